@@ -1,0 +1,165 @@
+//! Builds every part of the server from a `Config` and owns start-up and
+//! shutdown order.
+//!
+//! `App::build` creates each model's store, queue, join cache and trainer,
+//! and binds the public listener (so the real port is known before `run`,
+//! which tests rely on). `App::run` starts the trainers, serves until the
+//! shutdown token is cancelled, then shuts down in order: stop accepting
+//! and let in-flight requests finish, then let each trainer train what is
+//! queued and publish, all bounded by `server.shutdown_grace_ms`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{AppState, public_router};
+use crate::learn::{FeatureHasher, Learner, Params};
+use crate::serving::{
+    JoinCache, ModelRuntime, ModelStore, Registry, Trainer, TrainingStats, feedback_channel,
+};
+
+pub struct App {
+    config: Arc<Config>,
+    listener: TcpListener,
+    state: AppState,
+    trainers: Vec<Trainer>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Validates nothing more (the config already is) and binds the public
+    /// listener; no task runs until `run`.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let mut registry = Registry::default();
+        let mut trainers = Vec::new();
+        for m in &config.models {
+            let space = Arc::new(m.label_space()?);
+            let params = Params::new(space.clone(), m.hash_bits);
+            let store = Arc::new(ModelStore::new(params.clone()));
+            let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
+            let stats = Arc::new(TrainingStats::default());
+            let name: Arc<str> = Arc::from(m.name.as_str());
+            trainers.push(Trainer {
+                model: name.clone(),
+                learner: Learner::new(params, m.optimizer),
+                stream,
+                sink: store.clone(),
+                stats: stats.clone(),
+                config: m.training,
+            });
+            registry.insert(ModelRuntime {
+                name,
+                config: m.clone(),
+                space,
+                hasher: FeatureHasher::new(m.hash_bits),
+                store,
+                queue,
+                joins: JoinCache::new(m.join.ttl(), m.join.capacity),
+                stats,
+                created_at: SystemTime::now(),
+            });
+        }
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
+        Ok(Self {
+            config: Arc::new(config),
+            listener,
+            state: AppState {
+                registry: Arc::new(registry),
+                ready: Arc::new(AtomicBool::new(false)),
+            },
+            trainers,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The bound public address (the real port when `listen` used port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shared handles, for in-process tests.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the shutdown token is cancelled, then shuts down in
+    /// order. Fails if a trainer died, so `main` can exit non-zero.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let grace = self.config.server.shutdown_grace();
+        let tracker = TaskTracker::new();
+        let stop_training = CancellationToken::new();
+        let failed = Arc::new(AtomicBool::new(false));
+        for trainer in self.trainers {
+            let rt = tokio::runtime::Handle::current();
+            let stop = stop_training.clone();
+            let model = trainer.model.clone();
+            let handle = tracker.spawn_blocking(move || {
+                let span = tracing::info_span!("trainer", model = %trainer.model);
+                let _entered = span.enter();
+                trainer.run_blocking(rt, stop, grace)
+            });
+            // Supervision: a trainer only ends when asked to; if it dies
+            // otherwise, serving without learning would be a silent lie, so
+            // the whole server shuts down and exits non-zero.
+            let shutdown = self.shutdown.clone();
+            let stop = stop_training.clone();
+            let failed = failed.clone();
+            tracker.spawn(async move {
+                let result = handle.await;
+                if !stop.is_cancelled() || result.is_err() {
+                    tracing::error!(%model, error = ?result.err(), "trainer ended unexpectedly; shutting down");
+                    failed.store(true, Ordering::SeqCst);
+                    shutdown.cancel();
+                }
+            });
+        }
+        let router = public_router(self.state.clone(), &self.config.server);
+        self.state.ready.store(true, Ordering::Release);
+        let shutdown = self.shutdown.clone();
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result.context("public listener failed")?,
+            _ = shutdown.cancelled() => {
+                self.state.ready.store(false, Ordering::Release);
+                tracing::info!("shutting down: finishing in-flight requests");
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish within the grace period");
+                }
+            }
+        }
+        self.state.ready.store(false, Ordering::Release);
+        tracing::info!("training what is queued");
+        stop_training.cancel();
+        tracker.close();
+        // The trainers bound their own draining by `grace`; allow a little
+        // more for the final publish before giving up on them.
+        if tokio::time::timeout(grace * 2, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("trainers did not stop within the grace period");
+        }
+        if failed.load(Ordering::SeqCst) {
+            anyhow::bail!("a trainer ended unexpectedly");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

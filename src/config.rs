@@ -1,0 +1,599 @@
+//! The typed configuration tree, loaded in layers and validated before
+//! anything binds a socket.
+//!
+//! Layers, lowest first: the built-in `config/eddy.toml` (compiled in), the
+//! file given with `--config` (tables merge key by key; arrays such as
+//! `[[models]]` replace), then `EDDY_*` environment variables. A variable
+//! names a key path with `__` between levels (`EDDY_SERVER__LISTEN`); inside
+//! `models` the next level is a model's name (case-insensitive, `-` written
+//! as `_`) or its position, e.g. `EDDY_MODELS__DEMO__OPTIMIZER__LEARNING_RATE`
+//! or `EDDY_MODELS__0__HASH_BITS`. Unknown keys at any layer are errors that
+//! name the key.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::{Table, Value};
+
+use crate::learn::features::{MAX_HASH_BITS, MIN_HASH_BITS};
+use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
+
+/// The built-in default configuration.
+pub const DEFAULT_TOML: &str = include_str!("../config/eddy.toml");
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "EDDY_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: NonZeroUsize,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: NonZeroUsize,
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub task: TaskKind,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    #[serde(default = "default_hash_bits")]
+    pub hash_bits: u8,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub training: TrainingConfig,
+    #[serde(default)]
+    pub join: JoinConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    #[serde(default = "default_minibatch")]
+    pub minibatch_size: NonZeroUsize,
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
+    #[serde(default = "default_queue")]
+    pub queue_capacity: NonZeroUsize,
+    #[serde(default = "default_publish_every")]
+    pub publish_every: NonZeroU32,
+    #[serde(default = "default_min_publish")]
+    pub min_publish_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    #[serde(default = "default_ttl")]
+    pub ttl_s: u64,
+    #[serde(default = "default_join_capacity")]
+    pub capacity: usize,
+}
+
+fn default_max_body() -> NonZeroUsize {
+    NonZeroUsize::new(1 << 20).expect("non-zero")
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+fn default_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(1024).expect("non-zero")
+}
+fn default_grace() -> u64 {
+    10_000
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_hash_bits() -> u8 {
+    18
+}
+fn default_minibatch() -> NonZeroUsize {
+    NonZeroUsize::new(32).expect("non-zero")
+}
+fn default_max_wait() -> u64 {
+    50
+}
+fn default_queue() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).expect("non-zero")
+}
+fn default_publish_every() -> NonZeroU32 {
+    NonZeroU32::new(1).expect("non-zero")
+}
+fn default_min_publish() -> u64 {
+    5
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_join_capacity() -> usize {
+    100_000
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            minibatch_size: default_minibatch(),
+            max_wait_ms: default_max_wait(),
+            queue_capacity: default_queue(),
+            publish_every: default_publish_every(),
+            min_publish_interval_ms: default_min_publish(),
+        }
+    }
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: default_ttl(),
+            capacity: default_join_capacity(),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl TrainingConfig {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+    pub fn min_publish_interval(&self) -> Duration {
+        Duration::from_millis(self.min_publish_interval_ms)
+    }
+}
+
+impl JoinConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_s)
+    }
+}
+
+impl ModelConfig {
+    /// The label space this model's config describes (validated at load).
+    pub fn label_space(&self) -> Result<LabelSpace, Error> {
+        LabelSpace::new(self.task, self.classes.clone()).map_err(|e| Error::Invalid {
+            key: format!("models[{}].classes", self.name),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Why a configuration was refused. Every variant names the key or file.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+impl Config {
+    /// The built-in default, with no file and no environment.
+    pub fn builtin() -> Result<Self, Error> {
+        Self::load(None, std::iter::empty())
+    }
+
+    /// Loads the layers; `env` is the process environment in `main` and a
+    /// plain list in tests (tests never change the real environment).
+    pub fn load<I>(file: Option<&Path>, env: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut tree = parse(DEFAULT_TOML, "built-in config")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let over = parse(&text, &path.display().to_string())?;
+            merge(&mut tree, over);
+        }
+        for (var, value) in env {
+            if let Some(rest) = var.strip_prefix(ENV_PREFIX) {
+                apply_env(&mut tree, &var, rest, &value)?;
+            }
+        }
+        Self::from_table(tree)
+    }
+
+    /// Parses a complete TOML document over the built-in default (for tests
+    /// and tools that hold config text rather than a file).
+    pub fn from_toml_over_default(text: &str) -> Result<Self, Error> {
+        let mut tree = parse(DEFAULT_TOML, "built-in config")?;
+        merge(&mut tree, parse(text, "config text")?);
+        Self::from_table(tree)
+    }
+
+    fn from_table(tree: Table) -> Result<Self, Error> {
+        let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+            let path = e.path().to_string();
+            Error::Invalid {
+                key: if path == "." { "config".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |key: String, message: &str| Error::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        if self.models.is_empty() {
+            return Err(invalid(
+                "models".into(),
+                "at least one [[models]] entry is required",
+            ));
+        }
+        if self.server.request_timeout_ms == 0 {
+            return Err(invalid(
+                "server.request_timeout_ms".into(),
+                "must be greater than 0",
+            ));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            let key = |k: &str| {
+                format!(
+                    "models[{}].{k}",
+                    if m.name.is_empty() {
+                        i.to_string()
+                    } else {
+                        m.name.clone()
+                    }
+                )
+            };
+            if m.name.is_empty()
+                || m.name.len() > 64
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(invalid(
+                    key("name"),
+                    "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+                ));
+            }
+            if self.models[..i].iter().any(|o| o.name == m.name) {
+                return Err(invalid(key("name"), "two models share this name"));
+            }
+            m.label_space()?;
+            if !(MIN_HASH_BITS..=MAX_HASH_BITS).contains(&m.hash_bits) {
+                return Err(invalid(
+                    key("hash_bits"),
+                    &format!("must lie in {MIN_HASH_BITS}..={MAX_HASH_BITS}"),
+                ));
+            }
+            let o = &m.optimizer;
+            if !(o.learning_rate.is_finite() && o.learning_rate > 0.0) {
+                return Err(invalid(
+                    key("optimizer.learning_rate"),
+                    "must be a finite number above 0",
+                ));
+            }
+            if !(o.l1.is_finite() && o.l1 >= 0.0) {
+                return Err(invalid(
+                    key("optimizer.l1"),
+                    "must be a finite number of at least 0",
+                ));
+            }
+            if !(o.l2.is_finite() && o.l2 >= 0.0) {
+                return Err(invalid(
+                    key("optimizer.l2"),
+                    "must be a finite number of at least 0",
+                ));
+            }
+            if m.training.minibatch_size > m.training.queue_capacity {
+                return Err(invalid(
+                    key("training.minibatch_size"),
+                    "must not exceed training.queue_capacity",
+                ));
+            }
+            if m.join.ttl_s == 0 {
+                return Err(invalid(key("join.ttl_s"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<Table, Error> {
+    text.parse::<Table>().map_err(|e| Error::Syntax {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Applies one `EDDY_A__B__C=value` override.
+fn apply_env(tree: &mut Table, var: &str, rest: &str, value: &str) -> Result<(), Error> {
+    let err = |message: String| Error::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(err("empty key segment (use __ between levels)".into()));
+    }
+    let mut table = tree;
+    let mut i = 0;
+    while i + 1 < parts.len() {
+        let part = &parts[i];
+        if part == "models" {
+            let Some(Value::Array(models)) = table.get_mut("models") else {
+                return Err(err("no [[models]] entries to override".into()));
+            };
+            let which = &parts[i + 1];
+            let pos = which
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p < models.len())
+                .or_else(|| {
+                    models.iter().position(|m| {
+                        m.get("name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|n| n.to_ascii_lowercase().replace('-', "_") == *which)
+                    })
+                });
+            let Some(pos) = pos else {
+                return Err(err(format!("no model named or numbered `{which}`")));
+            };
+            let Some(Value::Table(t)) = models.get_mut(pos) else {
+                return Err(err("models entries must be tables".into()));
+            };
+            table = t;
+            i += 2;
+            if i == parts.len() {
+                return Err(err("name a key inside the model".into()));
+            }
+            continue;
+        }
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        let Value::Table(t) = entry else {
+            return Err(err(format!("`{part}` is not a table")));
+        };
+        table = t;
+        i += 1;
+    }
+    let key = &parts[parts.len() - 1];
+    let parsed = match table.get(key) {
+        // A string key stays a string: a token of digits is still a token.
+        Some(Value::String(_)) => Value::String(value.to_owned()),
+        _ => parse_scalar(value),
+    };
+    table.insert(key.clone(), parsed);
+    Ok(())
+}
+
+/// A TOML value (number, boolean, array) when the text is one, else a string.
+fn parse_scalar(text: &str) -> Value {
+    format!("v = {text}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_text(text: &str, vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eddy.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env(vars))
+    }
+
+    #[test]
+    fn builtin_default_loads_with_one_demo_model() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.models.len(), 1);
+        assert_eq!(c.models[0].name, "demo");
+        assert_eq!(c.models[0].training.minibatch_size.get(), 32);
+    }
+
+    #[test]
+    fn env_overrides_nested_and_model_keys() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("EDDY_SERVER__LISTEN", "127.0.0.1:0"),
+                ("EDDY_ADMIN__TOKEN", "12345"),
+                ("EDDY_MODELS__DEMO__OPTIMIZER__LEARNING_RATE", "0.25"),
+                ("EDDY_MODELS__0__HASH_BITS", "12"),
+                ("OTHER_VAR", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 0);
+        assert_eq!(c.admin.token, "12345");
+        assert_eq!(c.models[0].optimizer.learning_rate, 0.25);
+        assert_eq!(c.models[0].hash_bits, 12);
+    }
+
+    #[test]
+    fn file_models_replace_the_default_ones() {
+        let c = load_text(
+            r#"
+            [[models]]
+            name = "segments"
+            task = "multiclass"
+            classes = ["a", "b", "c"]
+            [[models]]
+            name = "price"
+            task = "regression"
+            "#,
+            &[("EDDY_MODELS__PRICE__TRAINING__MINIBATCH_SIZE", "1")],
+        )
+        .unwrap();
+        let names: Vec<_> = c.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["segments", "price"]);
+        assert_eq!(c.models[1].training.minibatch_size.get(), 1);
+        assert_eq!(c.server.listen.port(), 8080, "unset keys keep the default");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("[server]\nlisen = \"x\"", &[], "server"),
+            (
+                "[server]\nlisten = \"not an address\"",
+                &[],
+                "server.listen",
+            ),
+            (
+                "[[models]]\nname = \"m\"\ntask = \"multiclass\"",
+                &[],
+                "models[m].classes",
+            ),
+            (
+                "[[models]]\nname = \"m\"\ntask = \"binary\"\nhash_bits = 40",
+                &[],
+                "models[m].hash_bits",
+            ),
+            (
+                "[[models]]\nname = \"m\"\ntask = \"bin\"",
+                &[],
+                "models[0].task",
+            ),
+            (
+                "[[models]]\nname = \"a b\"\ntask = \"binary\"",
+                &[],
+                "models[a b].name",
+            ),
+            (
+                "",
+                &[("EDDY_MODELS__NOPE__HASH_BITS", "3")],
+                "EDDY_MODELS__NOPE__HASH_BITS",
+            ),
+            (
+                "",
+                &[("EDDY_SERVER__MAX_BODY_BYTES", "0")],
+                "server.max_body_bytes",
+            ),
+            (
+                "",
+                &[("EDDY_MODELS__DEMO__OPTIMIZER__KIND", "rmsprop")],
+                "models[0].optimizer.kind",
+            ),
+            (
+                "",
+                &[("EDDY_MODELS__DEMO__OPTIMIZER__LEARNING_RATE", "-1")],
+                "models[demo].optimizer.learning_rate",
+            ),
+            ("[server\n", &[], "not valid TOML"),
+        ];
+        for (text, vars, key) in cases {
+            let e = load_text(text, vars).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?}: {e:?} should name {key}");
+        }
+        let e = load_text("[server]\nlisen = \"x\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+    }
+}

@@ -1,0 +1,55 @@
+//! `JsonBody`: the request-body extractor every JSON route uses. It
+//! enforces the body limit with an `ApiError` and leaves
+//! parsing to `parse`, which borrows from the body so feature names are not
+//! copied. The content type is not checked: the body must be JSON
+//! whatever the header says (so `curl -d` works), and a body that is not
+//! JSON answers 400 `malformed_json`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// The raw body of a JSON request, within the configured size limit.
+pub struct JsonBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(usize::MAX, |l| l.0);
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(JsonBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge(limit))
+            }
+            Err(rejection) => Err(ApiError::InvalidRequest(format!(
+                "could not read the request body: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// The configured body limit, carried as a request extension so the
+/// rejection can state it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Parses JSON, telling syntax errors (400) from shape errors (422).
+pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
+        // JSON has no NaN or infinity; a literal beyond f64's range is the
+        // only way to send one, and it is refused as a value, not as syntax.
+        _ if e.to_string().starts_with("number out of range") => {
+            ApiError::InvalidRequest(format!("a number is not finite (out of range): {e}"))
+        }
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
+}

@@ -1,0 +1,159 @@
+//! `ApiError`: every way a request can fail, the one table that maps each
+//! to a status code and a stable machine-readable `code`, and the JSON body
+//! `{"error": {"code", "message"}}` they all share (batch refusals add an
+//! `items` list with per-example reasons).
+//!
+//! Server-side failures (500) are logged here, once, with their cause;
+//! the client sees a generic message.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::learn::{FeatureError, LabelError};
+use crate::serving::{JoinError, QueueError};
+
+/// Seconds a client is told to wait after a 429 or 503.
+const RETRY_AFTER_S: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("invalid features: {0}")]
+    InvalidFeatures(#[from] FeatureError),
+    #[error("invalid label: {0}")]
+    InvalidLabel(#[from] LabelError),
+    #[error("{} of the batch's examples are invalid; nothing was accepted", .0.len())]
+    InvalidBatch(Vec<ItemError>),
+    #[error("no model named `{0}`")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    Join(#[from] JoinError),
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}; retry later")]
+    QueueFull(QueueError),
+    #[error("{0}")]
+    BatchTooLarge(QueueError),
+    #[error("request timed out")]
+    Timeout,
+    #[error("server is at its concurrency limit; retry later")]
+    Overloaded,
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("not ready")]
+    NotReady,
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Why one example of a batch was refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemError {
+    pub index: usize,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// The single table of status codes and error codes.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json"),
+            ApiError::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::InvalidFeatures(_) => (S::UNPROCESSABLE_ENTITY, "invalid_features"),
+            ApiError::InvalidLabel(LabelError::UnknownClass(..)) => {
+                (S::UNPROCESSABLE_ENTITY, "unknown_class")
+            }
+            ApiError::InvalidLabel(LabelError::WrongType(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "invalid_label")
+            }
+            ApiError::InvalidBatch(_) => (S::UNPROCESSABLE_ENTITY, "invalid_batch"),
+            ApiError::ModelNotFound(_) => (S::NOT_FOUND, "model_not_found"),
+            ApiError::Join(JoinError::Unknown) => (S::NOT_FOUND, "unknown_prediction_id"),
+            ApiError::Join(JoinError::Expired) => (S::UNPROCESSABLE_ENTITY, "prediction_expired"),
+            ApiError::Join(JoinError::AlreadyLabelled) => (S::CONFLICT, "already_labelled"),
+            ApiError::RouteNotFound => (S::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::QueueFull(_) => (S::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::BatchTooLarge(_) => (S::UNPROCESSABLE_ENTITY, "batch_too_large"),
+            ApiError::Timeout => (S::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The code of an error reported for one item of a batch.
+    pub fn item(self, index: usize) -> ItemError {
+        let (_, code) = self.status_and_code();
+        ItemError {
+            index,
+            code,
+            message: self.to_string(),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Full(_) => ApiError::QueueFull(e),
+            QueueError::TooLarge { .. } => ApiError::BatchTooLarge(e),
+            QueueError::Closed => ApiError::ShuttingDown,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    items: Option<&'a [ItemError]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let items = match &self {
+            ApiError::InvalidBatch(items) => Some(items.as_slice()),
+            _ => None,
+        };
+        let body = Body {
+            error: ErrorBody {
+                code,
+                message: self.to_string(),
+                items,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        response
+    }
+}

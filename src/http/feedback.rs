@@ -1,0 +1,249 @@
+//! `POST /v1/models/{model}/feedback`: labelled examples for the trainer.
+//!
+//! One example is `{"features": ..., "label": ...}` or
+//! `{"prediction_id": "...", "label": ...}`; a batch is
+//! `{"examples": [...], "source": "..."}`. The source of an example is its
+//! own `source`, else the batch's, else the `X-Eddy-Source` header.
+//!
+//! A request is handled in three steps so that it is applied whole or not
+//! at all: validate every example (features, label, shape); under the join
+//! cache's lock check every `prediction_id` and reserve queue room for all
+//! examples; only then claim the ids and enqueue. A single example that
+//! fails answers its own status (404 unknown id, 409 already labelled, 422
+//! otherwise); a batch with any failure answers 422 `invalid_batch` with a
+//! reason per failing example.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
+use crate::serving::{Feedback, ModelRuntime, PredictionRef};
+
+use super::AppState;
+use super::body::{JsonBody, parse};
+use super::error::ApiError;
+
+/// Header naming the sender when the body does not.
+pub const SOURCE_HEADER: &str = "x-eddy-source";
+/// Longest accepted source name.
+const MAX_SOURCE_LEN: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRequest<'a> {
+    #[serde(borrow, default)]
+    examples: Option<Vec<ExampleIn<'a>>>,
+    #[serde(borrow, default)]
+    features: Option<RawFeatures<'a>>,
+    #[serde(borrow, default)]
+    prediction_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    label: Option<RawLabel<'a>>,
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExampleIn<'a> {
+    #[serde(borrow, default)]
+    features: Option<RawFeatures<'a>>,
+    #[serde(borrow, default)]
+    prediction_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    label: Option<RawLabel<'a>>,
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+}
+
+/// An example that passed validation, before the join and the queue.
+struct Checked<'a> {
+    input: Input<'a>,
+    target: Target,
+    source: Option<Arc<str>>,
+}
+
+enum Input<'a> {
+    Inline(FeatureVec),
+    Joined(&'a str),
+}
+
+pub async fn feedback(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let runtime = state.model(&model)?;
+    let header_source = match headers.get(SOURCE_HEADER) {
+        Some(v) => Some(source(v.to_str().map_err(|_| {
+            ApiError::InvalidRequest("X-Eddy-Source is not valid text".into())
+        })?)?),
+        None => None,
+    };
+    let request: FeedbackRequest = parse(&body)?;
+    let batch_source = match &request.source {
+        Some(s) => Some(source(s)?),
+        None => header_source,
+    };
+    let accepted = match request.examples {
+        Some(examples) => {
+            if request.features.is_some()
+                || request.prediction_id.is_some()
+                || request.label.is_some()
+            {
+                return Err(ApiError::InvalidRequest(
+                    "send either `examples` or one example's fields, not both".into(),
+                ));
+            }
+            if examples.is_empty() {
+                return Err(ApiError::InvalidRequest("examples is empty".into()));
+            }
+            let mut checked = Vec::with_capacity(examples.len());
+            let mut errors = Vec::new();
+            for (i, ex) in examples.iter().enumerate() {
+                match check(&runtime, ex, &batch_source) {
+                    Ok(c) => checked.push(c),
+                    Err(e) => errors.push(e.item(i)),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(ApiError::InvalidBatch(errors));
+            }
+            enqueue(&runtime, checked, true)?
+        }
+        None => {
+            let one = ExampleIn {
+                features: request.features,
+                prediction_id: request.prediction_id,
+                label: request.label,
+                source: None,
+            };
+            let checked = check(&runtime, &one, &batch_source)?;
+            // `one` borrows from the body; keep both alive through enqueue.
+            enqueue(&runtime, vec![checked], false)?
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "accepted": accepted })),
+    )
+        .into_response())
+}
+
+fn source(s: &str) -> Result<Arc<str>, ApiError> {
+    if s.is_empty() || s.len() > MAX_SOURCE_LEN {
+        return Err(ApiError::InvalidRequest(format!(
+            "source must be 1 to {MAX_SOURCE_LEN} bytes"
+        )));
+    }
+    Ok(Arc::from(s))
+}
+
+/// Validates one example without touching the join cache or the queue.
+fn check<'a>(
+    runtime: &ModelRuntime,
+    ex: &'a ExampleIn<'a>,
+    default_source: &Option<Arc<str>>,
+) -> Result<Checked<'a>, ApiError> {
+    let label = ex
+        .label
+        .as_ref()
+        .ok_or_else(|| ApiError::InvalidRequest("missing `label`".into()))?;
+    let target = runtime.space.target(label)?;
+    let input = match (&ex.features, &ex.prediction_id) {
+        (Some(f), None) => Input::Inline(runtime.hasher.hash(f)?),
+        (None, Some(id)) => Input::Joined(id.as_ref()),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidRequest(
+                "send either `features` or `prediction_id`, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::InvalidRequest(
+                "missing `features` or `prediction_id`".into(),
+            ));
+        }
+    };
+    let source = match &ex.source {
+        Some(s) => Some(source(s)?),
+        None => default_source.clone(),
+    };
+    Ok(Checked {
+        input,
+        target,
+        source,
+    })
+}
+
+/// Checks ids and queue room for all examples, then applies all of them.
+fn enqueue(
+    runtime: &ModelRuntime,
+    checked: Vec<Checked<'_>>,
+    is_batch: bool,
+) -> Result<usize, ApiError> {
+    let n = checked.len();
+    let any_joined = checked.iter().any(|c| matches!(c.input, Input::Joined(_)));
+    let mut joins = any_joined.then(|| runtime.joins.batch());
+    if let Some(joins) = &joins {
+        let mut seen = HashSet::new();
+        let mut errors = Vec::new();
+        for (i, c) in checked.iter().enumerate() {
+            if let Input::Joined(id) = c.input {
+                let result = if seen.insert(id) {
+                    joins.check(id)
+                } else {
+                    Err(crate::serving::JoinError::AlreadyLabelled)
+                };
+                if let Err(e) = result {
+                    if !is_batch {
+                        return Err(e.into());
+                    }
+                    errors.push(ApiError::from(e).item(i));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::InvalidBatch(errors));
+        }
+    }
+    let reservation = runtime.queue.reserve(n)?;
+    let now = SystemTime::now();
+    let mut items = Vec::with_capacity(n);
+    for c in checked {
+        let (features, prediction) = match c.input {
+            Input::Inline(x) => (x, None),
+            Input::Joined(id) => {
+                let joins = joins
+                    .as_mut()
+                    .ok_or_else(|| ApiError::Internal("join lock not held".into()))?;
+                // Checked above under the same lock, so the claim succeeds.
+                let p = joins.claim(id)?;
+                (
+                    p.features,
+                    Some(PredictionRef {
+                        version: p.version,
+                        predicted_at: p.predicted_at,
+                    }),
+                )
+            }
+        };
+        items.push(Feedback {
+            features,
+            target: c.target,
+            source: c.source,
+            prediction,
+            received_at: now,
+        });
+    }
+    reservation.send(items);
+    Ok(n)
+}

@@ -1,0 +1,26 @@
+//! `GET /healthz` (liveness: the process answers) and `GET /readyz`
+//! (readiness: every model is loaded and its trainer running; false again
+//! once shutdown starts).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.ready.load(Ordering::Acquire) {
+        Ok(Json(
+            json!({ "status": "ready", "models": state.registry.len() }),
+        ))
+    } else {
+        Err(ApiError::NotReady)
+    }
+}

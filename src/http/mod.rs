@@ -1,0 +1,96 @@
+//! The public HTTP API: router assembly, shared state and the middleware
+//! stack (panic catching, tracing, load shedding, a concurrency limit and a
+//! request timeout, each failure turned into the JSON error shape).
+//!
+//! Wire types (request and response structs) live in the handler modules
+//! and are converted explicitly to domain types; nothing below `http`
+//! knows about JSON envelopes.
+
+pub mod body;
+pub mod error;
+pub mod feedback;
+pub mod health;
+pub mod models;
+pub mod predict;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServerConfig;
+use crate::serving::{ModelRuntime, Registry};
+
+use body::BodyLimit;
+use error::ApiError;
+
+/// Cheap handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    /// Immutable after start-up.
+    pub registry: Arc<Registry>,
+    /// Readiness latch: set by `app` once trainers run, cleared at shutdown.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn model(&self, name: &str) -> Result<Arc<ModelRuntime>, ApiError> {
+        self.registry
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))
+    }
+}
+
+/// The public router with its middleware.
+pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
+    let limit = server.max_body_bytes.get();
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{model}", get(models::show))
+        .route("/v1/models/{model}/predict", post(predict::predict))
+        .route("/v1/models/{model}/feedback", post(feedback::feedback))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(middleware_error))
+                .load_shed()
+                .concurrency_limit(server.max_concurrency.get())
+                .timeout(server.request_timeout()),
+        )
+}
+
+async fn middleware_error(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+fn panic_response(cause: Box<dyn Any + Send + 'static>) -> Response {
+    let cause = cause
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| cause.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::Internal(format!("handler panicked: {cause}")).into_response()
+}

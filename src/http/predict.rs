@@ -1,0 +1,162 @@
+//! `POST /v1/models/{model}/predict`: one instance (`{"features": ...}`) or
+//! a batch (`{"instances": [{"features": ...}, ...]}`), answered by the
+//! live version, which is read once per request so a batch shares one
+//! version. Every prediction gets a `prediction_id` remembered in the
+//! model's join cache for delayed labels.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::learn::{FeatureVec, LabelOut, LabelSpace, Output, RawFeatures};
+use crate::serving::PendingPrediction;
+
+use super::AppState;
+use super::body::{JsonBody, parse};
+use super::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest<'a> {
+    #[serde(borrow, default)]
+    features: Option<RawFeatures<'a>>,
+    #[serde(borrow, default)]
+    instances: Option<Vec<Instance<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Instance<'a> {
+    #[serde(borrow)]
+    features: RawFeatures<'a>,
+}
+
+/// One prediction as it is written in a response.
+#[derive(Serialize)]
+pub struct PredictionOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<u64>,
+    prediction_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<LabelOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<Probabilities<'a>>,
+}
+
+/// Class name -> probability, in class order.
+pub struct Probabilities<'a> {
+    space: &'a LabelSpace,
+    p: Vec<f32>,
+}
+
+impl Serialize for Probabilities<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.p.len()))?;
+        for (k, p) in self.p.iter().enumerate() {
+            map.serialize_entry(self.space.class_key(k), p)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+pub struct BatchOut<'a> {
+    model: &'a str,
+    model_version: u64,
+    predictions: Vec<PredictionOut<'a>>,
+}
+
+pub async fn predict(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<axum::response::Response, ApiError> {
+    let runtime = state.model(&model)?;
+    let request: PredictRequest = parse(&body)?;
+    let hasher = runtime.hasher;
+    match (request.features, request.instances) {
+        (Some(features), None) => {
+            let x = hasher.hash(&features)?;
+            let (version, out) = {
+                let live = runtime.store.guard();
+                (live.version, live.params.predict(&x))
+            };
+            let space = &*runtime.space;
+            let id = remember(&runtime.joins, x, version);
+            let mut one = render(space, out, id);
+            one.model = Some(&runtime.name);
+            one.model_version = Some(version);
+            Ok(axum::response::IntoResponse::into_response(Json(one)))
+        }
+        (None, Some(instances)) => {
+            if instances.is_empty() {
+                return Err(ApiError::InvalidRequest("instances is empty".into()));
+            }
+            let mut xs = Vec::with_capacity(instances.len());
+            let mut errors = Vec::new();
+            for (i, inst) in instances.iter().enumerate() {
+                match hasher.hash(&inst.features) {
+                    Ok(x) => xs.push(x),
+                    Err(e) => errors.push(ApiError::from(e).item(i)),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(ApiError::InvalidBatch(errors));
+            }
+            // One version for the whole batch: load once.
+            let live = runtime.store.live();
+            let outs: Vec<Output> = xs.iter().map(|x| live.params.predict(x)).collect();
+            let version = live.version;
+            drop(live);
+            let space = &*runtime.space;
+            let predictions = xs
+                .into_iter()
+                .zip(outs)
+                .map(|(x, out)| render(space, out, remember(&runtime.joins, x, version)))
+                .collect();
+            let out = BatchOut {
+                model: &runtime.name,
+                model_version: version,
+                predictions,
+            };
+            Ok(axum::response::IntoResponse::into_response(Json(out)))
+        }
+        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+            "send either `features` or `instances`, not both".into(),
+        )),
+        (None, None) => Err(ApiError::InvalidRequest(
+            "missing `features` (one instance) or `instances` (a batch)".into(),
+        )),
+    }
+}
+
+fn remember(joins: &crate::serving::JoinCache, features: FeatureVec, version: u64) -> String {
+    joins.insert(PendingPrediction {
+        features,
+        version,
+        predicted_at: SystemTime::now(),
+    })
+}
+
+fn render(space: &LabelSpace, out: Output, prediction_id: String) -> PredictionOut<'_> {
+    let label = out.argmax().map(|k| space.label_out(k));
+    let (value, probabilities) = match out {
+        Output::Probabilities(p) => (None, Some(Probabilities { space, p })),
+        Output::Value(v) => (Some(v), None),
+    };
+    PredictionOut {
+        model: None,
+        model_version: None,
+        prediction_id,
+        label,
+        value,
+        probabilities,
+    }
+}

@@ -1,0 +1,47 @@
+//! `Example`: one labelled example, and its JSON form
+//! `{"features": {...}, "label": ...}` as used by JSON Lines data files.
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::features::{FeatureError, FeatureHasher, FeatureVec, RawFeatures};
+use super::label::{LabelError, LabelSpace, RawLabel, Target};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub features: FeatureVec,
+    pub target: Target,
+}
+
+#[derive(Debug, Error)]
+pub enum ExampleError {
+    #[error("not a JSON example: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Features(#[from] FeatureError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+}
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    features: RawFeatures<'a>,
+    #[serde(borrow)]
+    label: RawLabel<'a>,
+}
+
+impl Example {
+    /// Parses one JSON Lines record.
+    pub fn from_json(
+        line: &str,
+        hasher: &FeatureHasher,
+        space: &LabelSpace,
+    ) -> Result<Self, ExampleError> {
+        let raw: Line = serde_json::from_str(line)?;
+        Ok(Self {
+            features: hasher.hash(&raw.features)?,
+            target: space.target(&raw.label)?,
+        })
+    }
+}

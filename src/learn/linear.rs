@@ -1,0 +1,441 @@
+//! The linear model family on hashed features: logistic regression
+//! (binary), softmax regression (multiclass) and linear regression (squared
+//! loss), each with an intercept.
+//!
+//! Learning is scale-robust without tuning: numeric features are
+//! standardised online (running mean and variance per hashed row, updated
+//! before each step, as River's `StandardScaler` in front of a linear
+//! model), and regression targets are standardised the same way so the
+//! intercept does not have to crawl to the target's mean. That state is
+//! part of `Params`, so every published version predicts with the
+//! statistics it was trained with.
+//!
+//! `Params` is what predict reads (immutable once published); `Learner`
+//! owns a working copy plus optimizer state and is what trainers mutate.
+
+use std::sync::Arc;
+
+use ndarray::Array2;
+
+use super::blocked::Blocked;
+use super::features::{FeatureHasher, FeatureVec};
+use super::label::{LabelSpace, Target, TaskKind};
+use super::optim::OptimizerConfig;
+
+/// Running count, mean and sum of squared deviations (Welford).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    pub n: f64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    #[inline]
+    pub fn push(&mut self, x: f64) {
+        self.n += 1.0;
+        let d = x - self.mean;
+        self.mean += d / self.n;
+        self.m2 += d * (x - self.mean);
+    }
+
+    /// Population standard deviation, or `None` before two distinct values.
+    #[inline]
+    pub fn std(&self) -> Option<f64> {
+        let var = if self.n > 0.0 { self.m2 / self.n } else { 0.0 };
+        (var > 1e-24).then(|| var.sqrt())
+    }
+
+    /// `(x - mean) / std`, and 0 while the spread is unknown.
+    #[inline]
+    pub fn standardise(&self, x: f32) -> f32 {
+        match self.std() {
+            Some(sd) => ((x as f64 - self.mean) / sd) as f32,
+            None => 0.0,
+        }
+    }
+}
+
+/// Everything a prediction needs. Cheap to clone: weights and feature
+/// statistics are copy-on-write blocks shared between versions.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub space: Arc<LabelSpace>,
+    pub hash_bits: u8,
+    /// `2^hash_bits x outputs`.
+    pub weights: Blocked<f32>,
+    /// One intercept per output.
+    pub bias: Vec<f32>,
+    /// Per hashed row: statistics of the numeric feature(s) hashed there.
+    pub scaler: Blocked<Moments>,
+    /// Regression only: statistics of the target.
+    pub target: Moments,
+}
+
+/// A model output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Class probabilities, summing to 1, in class order.
+    Probabilities(Vec<f32>),
+    Value(f64),
+}
+
+impl Output {
+    /// Index of the most probable class (ties: the lowest index).
+    pub fn argmax(&self) -> Option<usize> {
+        match self {
+            Output::Probabilities(p) => {
+                let mut best = 0;
+                for (k, v) in p.iter().enumerate() {
+                    if *v > p[best] {
+                        best = k;
+                    }
+                }
+                Some(best)
+            }
+            Output::Value(_) => None,
+        }
+    }
+}
+
+impl Params {
+    pub fn new(space: Arc<LabelSpace>, hash_bits: u8) -> Self {
+        let rows = FeatureHasher::new(hash_bits).rows();
+        let outputs = space.outputs();
+        Self {
+            space,
+            hash_bits,
+            weights: Blocked::new(rows, outputs),
+            bias: vec![0.0; outputs],
+            scaler: Blocked::new(rows, 1),
+            target: Moments::default(),
+        }
+    }
+
+    pub fn hasher(&self) -> FeatureHasher {
+        FeatureHasher::new(self.hash_bits)
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Raw scores (logits, or the standardised regression value).
+    fn scores(&self, x: &FeatureVec, out: &mut [f32]) {
+        out.copy_from_slice(&self.bias);
+        for f in &x.features {
+            let r = f.index as usize;
+            let v = self.input(f.index, f.value, f.numeric);
+            if v == 0.0 {
+                continue;
+            }
+            let w = self.weights.row(r);
+            for (o, wk) in out.iter_mut().zip(w.iter()) {
+                *o += wk * v;
+            }
+        }
+    }
+
+    /// The value the model sees for one feature.
+    #[inline]
+    fn input(&self, row: u32, value: f32, numeric: bool) -> f32 {
+        if numeric {
+            self.scaler.row(row as usize)[0].standardise(value)
+        } else {
+            value
+        }
+    }
+
+    pub fn predict(&self, x: &FeatureVec) -> Output {
+        let mut z = [0.0f32; 1];
+        match self.space.kind() {
+            TaskKind::Binary => {
+                self.scores(x, &mut z);
+                let p = sigmoid(z[0]);
+                Output::Probabilities(vec![1.0 - p, p])
+            }
+            TaskKind::Regression => {
+                self.scores(x, &mut z);
+                Output::Value(self.target_value(z[0]))
+            }
+            TaskKind::Multiclass => {
+                let mut z = vec![0.0; self.outputs()];
+                self.scores(x, &mut z);
+                softmax(&mut z);
+                Output::Probabilities(z)
+            }
+        }
+    }
+
+    fn target_scale(&self) -> (f64, f64) {
+        (self.target.mean, self.target.std().unwrap_or(1.0))
+    }
+
+    fn target_value(&self, z: f32) -> f64 {
+        let (mean, sd) = self.target_scale();
+        mean + sd * z as f64
+    }
+}
+
+#[inline]
+pub fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// In place, numerically stable.
+pub fn softmax(z: &mut [f32]) {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in z.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in z.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Optimizer state, never published: only the trainer and snapshots see it.
+#[derive(Debug, Clone)]
+pub struct OptimState {
+    /// `2^hash_bits x (outputs * slots)`.
+    pub weights: Array2<f32>,
+    /// `outputs x slots`.
+    pub bias: Array2<f32>,
+    /// Examples learned so far (Adam's bias correction counts them).
+    pub steps: u64,
+}
+
+/// A trainer's private model: parameters plus optimizer state.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    params: Params,
+    optimizer: OptimizerConfig,
+    state: OptimState,
+    /// Scratch for the standardised inputs of one example.
+    inputs: Vec<(usize, f32)>,
+    scores: Vec<f32>,
+}
+
+impl Learner {
+    pub fn new(params: Params, optimizer: OptimizerConfig) -> Self {
+        let slots = optimizer.slots();
+        let outputs = params.outputs();
+        let state = OptimState {
+            weights: Array2::zeros((params.weights.rows(), outputs * slots)),
+            bias: Array2::zeros((outputs, slots)),
+            steps: 0,
+        };
+        Self::with_state(params, optimizer, state)
+    }
+
+    /// Resumes from saved state; the caller checks the shapes match.
+    pub fn with_state(params: Params, optimizer: OptimizerConfig, state: OptimState) -> Self {
+        let outputs = params.outputs();
+        Self {
+            params,
+            optimizer,
+            state,
+            inputs: Vec::new(),
+            scores: vec![0.0; outputs],
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
+    }
+
+    pub fn state(&self) -> &OptimState {
+        &self.state
+    }
+
+    pub fn optimizer(&self) -> &OptimizerConfig {
+        &self.optimizer
+    }
+
+    /// One test-free update on one example.
+    pub fn learn_one(&mut self, x: &FeatureVec, y: Target) {
+        let p = &mut self.params;
+        // Statistics first, so the step sees the same scale the next
+        // prediction will.
+        for f in &x.features {
+            if f.numeric {
+                p.scaler.row_mut(f.index as usize)[0].push(f.value as f64);
+            }
+        }
+        self.inputs.clear();
+        for f in &x.features {
+            let v = p.input(f.index, f.value, f.numeric);
+            if v != 0.0 {
+                self.inputs.push((f.index as usize, v));
+            }
+        }
+        let z = &mut self.scores;
+        z.copy_from_slice(&p.bias);
+        for (r, v) in &self.inputs {
+            for (o, wk) in z.iter_mut().zip(p.weights.row(*r).iter()) {
+                *o += wk * v;
+            }
+        }
+        // z becomes the loss gradient with respect to each output.
+        match (p.space.kind(), y) {
+            (TaskKind::Binary, Target::Class(c)) => z[0] = sigmoid(z[0]) - c as f32,
+            (TaskKind::Multiclass, Target::Class(c)) => {
+                softmax(z);
+                z[c] -= 1.0;
+            }
+            (TaskKind::Regression, Target::Value(v)) => {
+                p.target.push(v);
+                let (mean, sd) = p.target_scale();
+                z[0] -= ((v - mean) / sd) as f32;
+            }
+            // The label space validated the target; a mismatch is a bug in
+            // the caller, and learning nothing is the safe answer.
+            _ => return,
+        }
+        self.state.steps += 1;
+        let step = self.state.steps;
+        let slots = self.optimizer.slots();
+        for (r, v) in &self.inputs {
+            let mut w = p.weights.row_mut(*r);
+            let mut s = self.state.weights.row_mut(*r);
+            let s = s.as_slice_mut().expect("state rows are contiguous");
+            for (k, g) in z.iter().enumerate() {
+                self.optimizer.update(
+                    &mut w[k],
+                    &mut s[k * slots..(k + 1) * slots],
+                    g * v,
+                    step,
+                    true,
+                );
+            }
+        }
+        for (k, g) in z.iter().enumerate() {
+            let mut s = self.state.bias.row_mut(k);
+            let s = s.as_slice_mut().expect("state rows are contiguous");
+            self.optimizer.update(&mut p.bias[k], s, *g, step, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::features::RawFeatures;
+    use crate::learn::optim::OptimizerKind;
+
+    fn learner(kind: TaskKind, classes: &[&str]) -> Learner {
+        let space = LabelSpace::new(kind, classes.iter().map(|s| s.to_string()).collect()).unwrap();
+        Learner::new(Params::new(Arc::new(space), 12), OptimizerConfig::default())
+    }
+
+    fn x(json: &str) -> FeatureVec {
+        let raw: RawFeatures = serde_json::from_str(json).unwrap();
+        FeatureHasher::new(12).hash(&raw).unwrap()
+    }
+
+    #[test]
+    fn fresh_models_are_uninformed() {
+        let l = learner(TaskKind::Binary, &[]);
+        assert_eq!(
+            l.params().predict(&x(r#"{"a": 5}"#)),
+            Output::Probabilities(vec![0.5, 0.5])
+        );
+        let l = learner(TaskKind::Multiclass, &["a", "b", "c", "d"]);
+        assert_eq!(
+            l.params().predict(&x(r#"{"a": 5}"#)),
+            Output::Probabilities(vec![0.25; 4])
+        );
+    }
+
+    #[test]
+    fn logistic_learns_a_threshold_on_a_raw_scale() {
+        let mut l = learner(TaskKind::Binary, &[]);
+        // Feature on a scale of thousands: standardisation makes defaults work.
+        for i in 0..2000 {
+            let v = 1000.0 + (i % 100) as f64 * 10.0;
+            let y = usize::from(v > 1500.0);
+            l.learn_one(
+                &x(&format!(r#"{{"v": {v}, "colour": "red"}}"#)),
+                Target::Class(y),
+            );
+        }
+        let p = |v: f64| {
+            l.params()
+                .predict(&x(&format!(r#"{{"v": {v}, "colour": "red"}}"#)))
+                .argmax()
+        };
+        assert_eq!(p(1100.0), Some(0));
+        assert_eq!(p(1900.0), Some(1));
+    }
+
+    #[test]
+    fn softmax_probabilities_sum_to_one() {
+        let mut l = learner(TaskKind::Multiclass, &["a", "b", "c"]);
+        for i in 0..600 {
+            let c = i % 3;
+            l.learn_one(
+                &x(&format!(r#"{{"k": "{c}", "noise": {}}}"#, i % 7)),
+                Target::Class(c),
+            );
+        }
+        for c in 0..3 {
+            let out = l
+                .params()
+                .predict(&x(&format!(r#"{{"k": "{c}", "noise": 3}}"#)));
+            let Output::Probabilities(p) = &out else {
+                panic!("classification")
+            };
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert_eq!(out.argmax(), Some(c));
+        }
+    }
+
+    #[test]
+    fn regression_finds_the_target_scale() {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adagrad,
+            OptimizerKind::Adam,
+            OptimizerKind::Ftrl,
+        ] {
+            let mut l = learner(TaskKind::Regression, &[]);
+            l.optimizer.kind = kind;
+            l.optimizer.learning_rate = if kind == OptimizerKind::Sgd {
+                0.01
+            } else {
+                0.1
+            };
+            l = Learner::new(l.params.clone(), l.optimizer);
+            for i in 0..3000 {
+                let a = (i % 50) as f64;
+                l.learn_one(
+                    &x(&format!(r#"{{"a": {a}, "date": {}}}"#, 736_000 + i)),
+                    Target::Value(500.0 + 3.0 * a),
+                );
+            }
+            let Output::Value(v) = l.params().predict(&x(r#"{"a": 10, "date": 739000}"#)) else {
+                panic!()
+            };
+            assert!((v - 530.0).abs() < 5.0, "{kind:?}: {v}");
+        }
+    }
+
+    #[test]
+    fn published_copy_does_not_move_while_learning() {
+        let mut l = learner(TaskKind::Binary, &[]);
+        l.learn_one(&x(r#"{"a": 1}"#), Target::Class(1));
+        l.learn_one(&x(r#"{"a": 2}"#), Target::Class(0));
+        let published = l.params().clone();
+        let before = published.predict(&x(r#"{"a": 3}"#));
+        for _ in 0..50 {
+            l.learn_one(&x(r#"{"a": 3}"#), Target::Class(1));
+        }
+        assert_eq!(published.predict(&x(r#"{"a": 3}"#)), before);
+        assert_ne!(l.params().predict(&x(r#"{"a": 3}"#)), before);
+    }
+}

@@ -1,0 +1,17 @@
+//! eddy: an online-learning model server. It answers predictions over REST
+//! and keeps learning from labelled feedback, publishing each new version
+//! of the weights atomically while requests are served.
+//!
+//! Codemap (see `ARCHITECTURE.md` at the repository root for more):
+//! - `learn`: pure maths: feature hashing, linear models, optimizers, metrics;
+//! - `serving`: per-model runtime: store, feedback queue, trainer, join cache;
+//! - `http`: the REST API and its error table;
+//! - `config`, `app`, `cli`, `telemetry`: wiring.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod learn;
+pub mod serving;
+pub mod telemetry;

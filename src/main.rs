@@ -1,0 +1,80 @@
+//! The `eddy` binary: parses the command line, loads the configuration,
+//! sets up logging and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use eddy::app::App;
+use eddy::cli::{Cli, Command};
+use eddy::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eddy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Config { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            print!("{}", toml::to_string(&config)?);
+            Ok(())
+        }
+        Command::Serve { config } => {
+            // Configuration errors end the process before any socket is bound.
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            eddy::telemetry::init(&config.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("eddy-worker")
+                .build()?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
+    let app = App::build(config).await?;
+    tracing::info!(addr = %app.local_addr()?, ?models, "eddy serving");
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        token.cancel();
+    });
+    app.run().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,17 @@
+//! One runtime per named model: the live-version store, the feedback
+//! queue, the trainer task and the prediction join cache. Everything here
+//! may use tokio; the maths it runs lives in `learn`.
+
+pub mod join;
+pub mod queue;
+pub mod registry;
+pub mod store;
+pub mod trainer;
+
+pub use join::{JoinCache, JoinError, PendingPrediction};
+pub use queue::{
+    Feedback, FeedbackQueue, FeedbackStream, PredictionRef, QueueError, feedback_channel,
+};
+pub use registry::{ModelRuntime, Registry};
+pub use store::{ModelStore, ModelVersion, PublishMeta, VersionSink};
+pub use trainer::{Trainer, TrainingStats};

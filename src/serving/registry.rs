@@ -1,0 +1,64 @@
+//! `Registry`: model name -> `ModelRuntime`, the per-model bundle of
+//! handles that request handlers use (store, feedback queue, join cache,
+//! training counters). Built once at start-up; immutable afterwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::ModelConfig;
+use crate::learn::{FeatureHasher, LabelSpace};
+
+use super::join::JoinCache;
+use super::queue::FeedbackQueue;
+use super::store::ModelStore;
+use super::trainer::TrainingStats;
+
+/// Everything about one served model that requests touch.
+#[derive(Debug)]
+pub struct ModelRuntime {
+    pub name: Arc<str>,
+    pub config: ModelConfig,
+    pub space: Arc<LabelSpace>,
+    pub hasher: FeatureHasher,
+    /// Read by predict without locks; written by the trainer.
+    pub store: Arc<ModelStore>,
+    /// Handlers offer feedback here; the trainer drains it.
+    pub queue: FeedbackQueue,
+    /// Predictions awaiting labels.
+    pub joins: JoinCache,
+    pub stats: Arc<TrainingStats>,
+    pub created_at: SystemTime,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    models: HashMap<Arc<str>, Arc<ModelRuntime>>,
+    /// Names in config order, for listings.
+    order: Vec<Arc<str>>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, runtime: ModelRuntime) {
+        let name = runtime.name.clone();
+        self.order.push(name.clone());
+        self.models.insert(name, Arc::new(runtime));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ModelRuntime>> {
+        self.models.get(name)
+    }
+
+    /// Models in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ModelRuntime>> {
+        self.order.iter().filter_map(|n| self.models.get(n))
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}

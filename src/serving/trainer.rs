@@ -1,0 +1,215 @@
+//! `Trainer`: one per model, on its own blocking thread. Drains the
+//! feedback queue into minibatches (by size, or after `max_wait_ms`), trains
+//! them on a private `Learner`, and publishes a new version every
+//! `publish_every` minibatches through a `VersionSink`.
+//!
+//! Publishing is cheap because weights are copy-on-write blocks: a publish
+//! clones block pointers, and the next minibatch copies only the blocks it
+//! writes. Under backlog publishes are also coalesced to at most one per
+//! `min_publish_interval_ms`; when the queue runs dry anything trained is
+//! published at once, so feedback shows in predictions within about
+//! `max_wait_ms`.
+//!
+//! Waiting uses the tokio runtime's timers through `Handle::block_on`, but
+//! the training itself runs on this thread, never on the request executor.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TrainingConfig;
+use crate::learn::Learner;
+
+use super::queue::{Feedback, FeedbackStream};
+use super::store::{PublishMeta, VersionSink};
+
+/// Counters the trainer publishes for status endpoints; monotonic.
+#[derive(Debug, Default)]
+pub struct TrainingStats {
+    /// Examples already in the weights the trainer started from (a
+    /// snapshot's count); fixed at start-up.
+    pub examples_base: u64,
+    pub examples_trained: AtomicU64,
+    pub minibatches_trained: AtomicU64,
+    pub publishes: AtomicU64,
+    /// Training ticks that panicked (their minibatch was discarded).
+    pub panics: AtomicU64,
+    /// Blocks the last publish had written (a measure of its cost).
+    pub blocks_written_last_publish: AtomicU64,
+}
+
+pub struct Trainer {
+    pub model: Arc<str>,
+    pub learner: Learner,
+    pub stream: FeedbackStream,
+    pub sink: Arc<dyn VersionSink>,
+    pub stats: Arc<TrainingStats>,
+    pub config: TrainingConfig,
+}
+
+/// What woke the trainer while it waited for feedback.
+enum Wake {
+    Items,
+    Flush,
+    Stop,
+    Closed,
+}
+
+impl Trainer {
+    /// Runs until `stop` is cancelled or every sender is gone, then trains
+    /// what is still queued (for at most `grace`) and publishes it.
+    pub fn run_blocking(mut self, rt: Handle, stop: CancellationToken, grace: Duration) {
+        let size = self.config.minibatch_size.get();
+        let max_wait = self.config.max_wait();
+        let mut batch: Vec<Feedback> = Vec::with_capacity(size);
+        let mut unpublished = 0u32;
+        let mut last_publish = Instant::now();
+        loop {
+            batch.clear();
+            let stream = &mut self.stream;
+            let wake = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => Wake::Stop,
+                    n = stream.recv_many(&mut batch, size) => if n == 0 { Wake::Closed } else { Wake::Items },
+                    _ = tokio::time::sleep(max_wait), if unpublished > 0 => Wake::Flush,
+                }
+            });
+            match wake {
+                Wake::Stop | Wake::Closed => break,
+                Wake::Flush => {
+                    self.publish();
+                    unpublished = 0;
+                    last_publish = Instant::now();
+                    continue;
+                }
+                Wake::Items => {}
+            }
+            let stopped = self.fill(&rt, &mut batch, size, Instant::now() + max_wait, &stop);
+            self.train(&batch);
+            unpublished += 1;
+            let due = unpublished >= self.config.publish_every.get()
+                && (self.stream.is_empty()
+                    || last_publish.elapsed() >= self.config.min_publish_interval());
+            if due {
+                self.publish();
+                unpublished = 0;
+                last_publish = Instant::now();
+            }
+            if stopped {
+                break;
+            }
+        }
+        self.drain(size, grace, unpublished > 0);
+    }
+
+    /// Tops the minibatch up to `size`, waiting until `deadline` at most.
+    /// Returns true if `stop` fired meanwhile.
+    fn fill(
+        &mut self,
+        rt: &Handle,
+        batch: &mut Vec<Feedback>,
+        size: usize,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> bool {
+        while batch.len() < size {
+            if self.stream.try_recv_many(batch, size - batch.len()) > 0 {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let stream = &mut self.stream;
+            let want = size - batch.len();
+            let stopped = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => true,
+                    _ = tokio::time::timeout(left, stream.recv_many(batch, want)) => false,
+                }
+            });
+            if stopped {
+                return true;
+            }
+            if self.stream.is_empty() && Instant::now() >= deadline {
+                break;
+            }
+        }
+        false
+    }
+
+    /// Trains what is queued at shutdown, bounded by `grace`.
+    fn drain(&mut self, size: usize, grace: Duration, mut unpublished: bool) {
+        let deadline = Instant::now() + grace;
+        let mut batch = Vec::with_capacity(size);
+        loop {
+            batch.clear();
+            if self.stream.try_recv_many(&mut batch, size) == 0 {
+                break;
+            }
+            self.train(&batch);
+            unpublished = true;
+            if Instant::now() >= deadline {
+                let mut rest = Vec::new();
+                let left = self.stream.try_recv_many(&mut rest, usize::MAX);
+                tracing::warn!(model = %self.model, untrained = left, "shutdown grace ran out with feedback still queued");
+                break;
+            }
+        }
+        if unpublished {
+            self.publish();
+        }
+        tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
+    }
+
+    /// One minibatch on the working copy. A panic (a bug, never bad input:
+    /// input is validated before it is queued) is logged and counted, the
+    /// rest of that minibatch is skipped, and training goes on.
+    fn train(&mut self, batch: &[Feedback]) {
+        if batch.is_empty() {
+            return;
+        }
+        let learner = &mut self.learner;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            for fb in batch {
+                learner.learn_one(&fb.features, fb.target);
+            }
+        }));
+        match result {
+            Ok(()) => {
+                self.stats
+                    .examples_trained
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .minibatches_trained
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, examples = batch.len(), "training step panicked; minibatch discarded");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let written = self.learner.params_mut().weights.take_touched().len();
+        self.learner.params_mut().scaler.take_touched();
+        let meta = PublishMeta {
+            examples_trained: self.stats.examples_base
+                + self.stats.examples_trained.load(Ordering::Relaxed),
+            feedback_position: self.stream.position(),
+        };
+        let version = self.sink.publish(self.learner.params().clone(), meta);
+        self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .blocks_written_last_publish
+            .store(written as u64, Ordering::Relaxed);
+        tracing::debug!(model = %self.model, version = version.version, blocks = written, "published");
+    }
+}

@@ -1,0 +1,173 @@
+//! Delayed labels: feedback that names an earlier prediction.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn feedback_by_prediction_id_trains_on_the_predicted_features() {
+    let app = spawn_app(
+        "[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.training]\nminibatch_size = 1",
+    )
+    .await;
+    let x = json!({ "a": 1.0, "colour": "red" });
+    let before = app.predict("demo", x.clone()).await;
+    let mut n = 0;
+    for _ in 0..20 {
+        let p = app.predict("demo", x.clone()).await;
+        let id = p["prediction_id"].as_str().expect("id");
+        let (status, body) = app
+            .feedback("demo", json!({ "prediction_id": id, "label": 1 }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        n += 1;
+        app.wait_trained("demo", n).await;
+    }
+    let after = app.predict("demo", x).await;
+    let p = |v: &Value| v["probabilities"]["1"].as_f64().expect("p");
+    assert!(
+        p(&after) > p(&before) + 0.3,
+        "before {before} after {after}"
+    );
+
+    // An id can be labelled once; a made-up one is unknown.
+    let id = before["prediction_id"].as_str().expect("id");
+    assert_eq!(
+        app.feedback("demo", json!({ "prediction_id": id, "label": 0 }))
+            .await
+            .0,
+        202
+    );
+    let (status, body) = app
+        .feedback("demo", json!({ "prediction_id": id, "label": 0 }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_labelled"))
+    );
+    // Well formed and recent, but never issued.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let made_up = format!("{now_ms:012x}{}", "0".repeat(16));
+    let (status, body) = app
+        .feedback("demo", json!({ "prediction_id": made_up, "label": 0 }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_prediction_id"))
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn batch_predict_ids_are_distinct_and_belong_to_their_model() {
+    let app = spawn_app(
+        "[[models]]\nname = \"a\"\ntask = \"binary\"\n[[models]]\nname = \"b\"\ntask = \"binary\"",
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            "/v1/models/a/predict",
+            &json!({ "instances": [{ "features": { "x": 1 } }, { "features": { "x": 2 } }, { "features": [3.0] }] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ids: Vec<&str> = body["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["prediction_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    assert!(body["model_version"].is_u64());
+
+    // Model b never issued these ids.
+    let (status, body) = app
+        .feedback("b", json!({ "prediction_id": ids[0], "label": 1 }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_prediction_id"))
+    );
+
+    // A batch with one bad id is refused whole: the good id stays unlabelled.
+    let (status, body) = app
+        .feedback(
+            "a",
+            json!({ "examples": [
+                { "prediction_id": ids[0], "label": 1 },
+                { "prediction_id": "ffffffffffffffffffffffffffff", "label": 1 },
+                { "prediction_id": ids[1], "label": 1 },
+                { "prediction_id": ids[1], "label": 0 },
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let items = body["error"]["items"].as_array().expect("items");
+    let codes: Vec<(u64, &str)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["index"].as_u64().expect("index"),
+                i["code"].as_str().expect("code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [(1, "unknown_prediction_id"), (3, "already_labelled")]
+    );
+    assert_eq!(
+        app.info("a").await["feedback_accepted"],
+        0,
+        "nothing was accepted"
+    );
+
+    // Mixed batch: ids and inline features together.
+    let (status, body) = app
+        .feedback(
+            "a",
+            json!({ "source": "crm", "examples": [
+                { "prediction_id": ids[0], "label": 1 },
+                { "features": { "x": 5 }, "label": false },
+                { "prediction_id": ids[2], "label": true, "source": "other" },
+            ]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(3)),
+        "{body}"
+    );
+    app.wait_trained("a", 3).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn prediction_ids_expire_after_the_ttl() {
+    let app =
+        spawn_app("[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.join]\nttl_s = 1").await;
+    let p = app.predict("demo", json!({ "x": 1 })).await;
+    let id = p["prediction_id"].as_str().expect("id").to_owned();
+    assert_eq!(app.info("demo").await["pending_predictions"], 1);
+    // Poll a read-only view until the entry has aged out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.info("demo").await["pending_predictions"] != 0 {
+        assert!(Instant::now() < deadline, "prediction never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = app
+        .feedback("demo", json!({ "prediction_id": id, "label": 1 }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("prediction_expired")),
+        "{body}"
+    );
+    app.stop().await.expect("clean stop");
+}

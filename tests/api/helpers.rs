@@ -1,0 +1,165 @@
+//! `spawn_app`: the real server on 127.0.0.1:0 with a temporary storage
+//! directory, plus small helpers to call it and to poll with a deadline.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use eddy::app::App;
+use eddy::config::Config;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    /// In-process handles, to look at what HTTP does not show.
+    pub state: eddy::http::AppState,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub _dir: tempfile::TempDir,
+}
+
+/// A config over the built-in default: the given TOML, a free port, a temp
+/// storage directory.
+pub fn config(toml_text: &str, dir: &Path) -> Config {
+    let mut c = Config::from_toml_over_default(toml_text).expect("test config is valid");
+    c.server.listen = "127.0.0.1:0".parse().expect("addr");
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.storage.dir = dir.to_owned();
+    c
+}
+
+pub async fn spawn_app(toml_text: &str) -> TestApp {
+    spawn_with(toml_text, |_| {}).await
+}
+
+pub async fn spawn_with(toml_text: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = config(toml_text, dir.path());
+    tweak(&mut c);
+    let app = App::build(c).await.expect("app builds");
+    let addr = app.local_addr().expect("bound");
+    let shutdown = app.shutdown_token();
+    let state = app.state().clone();
+    let server = tokio::spawn(app.run());
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        shutdown,
+        state,
+        server,
+        _dir: dir,
+    }
+}
+
+/// Logs during tests are opt-in: EDDY_TEST_LOG=debug cargo test.
+fn init_logs() {
+    if let Ok(level) = std::env::var("EDDY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(level)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn predict(&self, model: &str, features: Value) -> Value {
+        let (status, body) = self
+            .post(
+                &format!("/v1/models/{model}/predict"),
+                &json!({ "features": features }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn feedback(&self, model: &str, body: Value) -> (u16, Value) {
+        self.post(&format!("/v1/models/{model}/feedback"), &body)
+            .await
+    }
+
+    pub async fn info(&self, model: &str) -> Value {
+        let (status, body) = self.get(&format!("/v1/models/{model}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls until the live version has learned `n` examples.
+    pub async fn wait_trained(&self, model: &str, n: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = self.info(model).await;
+            if info["version_examples_trained"].as_u64() >= Some(n) {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "model {model} never reached {n} trained examples: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Starts a graceful shutdown and waits for the server to exit.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.server.await.expect("server task")
+    }
+}
+
+/// Reads one of the vendored data sets (tests/data/NAME.jsonl.gz).
+pub fn dataset(name: &str) -> Vec<Value> {
+    use std::io::Read;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.jsonl.gz"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .expect("gzip");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}

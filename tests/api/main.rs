@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server on an ephemeral port. One test binary
+//! (modules below) keeps link times short.
+
+mod bad_input;
+mod concurrency;
+mod delayed_labels;
+mod helpers;
+mod learning;
+mod lifecycle;
+mod progressive;
