@@ -1,1 +1,98 @@
-fn main() {}
+//! Micro-benchmarks of the hot paths on an Elec2-sized example (6 numeric
+//! features) and 2^18 weights: parsing and hashing a feature object,
+//! predicting, one training step, and publishing a version (copy-on-write
+//! blocks versus copying every weight).
+//!
+//! Run: `cargo bench --bench learn`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use eddy::learn::blocked::Blocked;
+use eddy::learn::{
+    FeatureHasher, FeatureVec, LabelSpace, Learner, OptimizerConfig, Params, RawFeatures, Target,
+    TaskKind,
+};
+
+const BODY: &str = r#"{"period":0.021277,"nswprice":0.051699,"nswdemand":0.415055,"vicprice":0.003467,"vicdemand":0.422915,"transfer":0.414912}"#;
+
+fn example(i: usize) -> FeatureVec {
+    let v = i as f64 * 0.001;
+    let text = format!(
+        r#"{{"period":{v},"nswprice":{},"nswdemand":{},"vicprice":0.003467,"vicdemand":{},"transfer":0.414912}}"#,
+        v * 0.5,
+        1.0 - v,
+        v * v
+    );
+    let raw: RawFeatures = serde_json::from_str(&text).expect("json");
+    FeatureHasher::new(18).hash(&raw).expect("features")
+}
+
+fn trained_learner() -> Learner {
+    let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).expect("space"));
+    let mut l = Learner::new(Params::new(space, 18), OptimizerConfig::default());
+    for i in 0..1000 {
+        l.learn_one(&example(i), Target::Class(i % 2));
+    }
+    l
+}
+
+fn benches(c: &mut Criterion) {
+    let hasher = FeatureHasher::new(18);
+    c.bench_function("parse_and_hash_6_features", |b| {
+        b.iter(|| {
+            let raw: RawFeatures = serde_json::from_str(black_box(BODY)).expect("json");
+            black_box(hasher.hash(&raw).expect("features"))
+        })
+    });
+
+    let mut learner = trained_learner();
+    let x = example(7);
+    c.bench_function("predict_binary_2^18", |b| {
+        b.iter(|| black_box(learner.params().predict(black_box(&x))))
+    });
+
+    c.bench_function("learn_one_binary_2^18", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            learner.learn_one(black_box(&x), Target::Class(i % 2))
+        })
+    });
+
+    // Publishing: what the trainer pays per version. Copy-on-write: clone
+    // the block pointers, then the next minibatch of 32 copies the blocks it
+    // touches. Full copy: every weight and statistic duplicated.
+    let batch: Vec<FeatureVec> = (0..32).map(example).collect();
+    c.bench_function("publish_cow_then_minibatch_32", |b| {
+        b.iter(|| {
+            let published = learner.params().clone();
+            for (i, x) in batch.iter().enumerate() {
+                learner.learn_one(x, Target::Class(i % 2));
+            }
+            black_box(published)
+        })
+    });
+    c.bench_function("publish_full_copy_then_minibatch_32", |b| {
+        b.iter(|| {
+            let p = learner.params();
+            let weights = Blocked::from_vec(p.weights.rows(), p.weights.cols(), p.weights.to_vec());
+            let scaler = Blocked::from_vec(p.scaler.rows(), p.scaler.cols(), p.scaler.to_vec());
+            for (i, x) in batch.iter().enumerate() {
+                learner.learn_one(x, Target::Class(i % 2));
+            }
+            black_box((weights, scaler))
+        })
+    });
+    c.bench_function("minibatch_32_without_publish", |b| {
+        b.iter(|| {
+            for (i, x) in batch.iter().enumerate() {
+                learner.learn_one(x, Target::Class(i % 2));
+            }
+        })
+    });
+}
+
+criterion_group!(learn, benches);
+criterion_main!(learn);

@@ -72,10 +72,7 @@ impl App {
         Ok(Self {
             config: Arc::new(config),
             listener,
-            state: AppState {
-                registry: Arc::new(registry),
-                ready: Arc::new(AtomicBool::new(false)),
-            },
+            state: AppState::new(registry),
             trainers,
             shutdown: CancellationToken::new(),
         })

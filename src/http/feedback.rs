@@ -110,7 +110,7 @@ pub async fn feedback(
             let mut checked = Vec::with_capacity(examples.len());
             let mut errors = Vec::new();
             for (i, ex) in examples.iter().enumerate() {
-                match check(&runtime, ex, &batch_source) {
+                match check(runtime, ex, &batch_source) {
                     Ok(c) => checked.push(c),
                     Err(e) => errors.push(e.item(i)),
                 }
@@ -118,7 +118,7 @@ pub async fn feedback(
             if !errors.is_empty() {
                 return Err(ApiError::InvalidBatch(errors));
             }
-            enqueue(&runtime, checked, true)?
+            enqueue(runtime, checked, true)?
         }
         None => {
             let one = ExampleIn {
@@ -127,9 +127,9 @@ pub async fn feedback(
                 label: request.label,
                 source: None,
             };
-            let checked = check(&runtime, &one, &batch_source)?;
+            let checked = check(runtime, &one, &batch_source)?;
             // `one` borrows from the body; keep both alive through enqueue.
-            enqueue(&runtime, vec![checked], false)?
+            enqueue(runtime, vec![checked], false)?
         }
     };
     Ok((

@@ -32,28 +32,46 @@ use crate::serving::{ModelRuntime, Registry};
 use body::BodyLimit;
 use error::ApiError;
 
-/// Cheap handles shared by every request.
+/// What every request shares. Handlers get it through one `Arc`, so
+/// extracting the state costs a single reference-count increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     /// Immutable after start-up.
-    pub registry: Arc<Registry>,
+    pub registry: Registry,
     /// Readiness latch: set by `app` once trainers run, cleared at shutdown.
-    pub ready: Arc<AtomicBool>,
+    pub ready: AtomicBool,
 }
 
 impl AppState {
-    pub fn model(&self, name: &str) -> Result<Arc<ModelRuntime>, ApiError> {
-        self.registry
+    pub fn new(registry: Registry) -> Self {
+        Self(Arc::new(Shared {
+            registry,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn model(&self, name: &str) -> Result<&Arc<ModelRuntime>, ApiError> {
+        self.0
+            .registry
             .get(name)
-            .cloned()
             .ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }
 
 /// The public router with its middleware.
 pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     let limit = server.max_body_bytes.get();
-    Router::new()
+    let router = Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::show))
         .route("/v1/models/{model}/predict", post(predict::predict))
@@ -68,12 +86,18 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(TraceLayer::new_for_http())
                 .layer(HandleErrorLayer::new(middleware_error))
                 .load_shed()
                 .concurrency_limit(server.max_concurrency.get())
                 .timeout(server.request_timeout()),
-        )
+        );
+    // Per-request spans cost a measurable share of a predict, so they are
+    // added only when debug logging is on at start-up.
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        router.layer(TraceLayer::new_for_http())
+    } else {
+        router
+    }
 }
 
 async fn middleware_error(err: tower::BoxError) -> ApiError {

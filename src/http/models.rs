@@ -53,7 +53,7 @@ pub async fn show(
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let runtime = state.model(&model)?;
-    serde_json::to_value(info(&runtime))
+    serde_json::to_value(info(runtime))
         .map(Json)
         .map_err(|e| ApiError::Internal(e.to_string()))
 }

@@ -1,20 +1,20 @@
 //! `JoinCache`: recent predictions remembered per model, so feedback can
 //! name a `prediction_id` instead of repeating the features (delayed labels).
 //!
-//! Bounded two ways: at most `capacity` entries (the oldest go first) and a
-//! time to live. Entries are kept in issue order, so eviction by age and
-//! by count both pop from the front. A labelled entry keeps a tombstone
-//! until it ages out so a second label is told 409 rather than 404.
+//! A ring of `capacity` slots indexed by a per-model sequence number: an
+//! insert overwrites the oldest slot, a lookup goes straight to its slot and
+//! checks the whole id, so neither hashes nor scans. Entries older than the
+//! time to live are refused and, being oldest, are the next overwritten;
+//! memory is bounded by `capacity` either way. A labelled entry keeps a
+//! tombstone until overwritten, so a second label is told 409, not 404.
 //!
-//! Ids are 28 hex digits: issue time in milliseconds since the epoch (12),
-//! a per-process random nonce (8) and a per-process sequence (8). Carrying
-//! the time lets a lookup that misses say whether the id expired or was
-//! never known, without remembering expired ids.
+//! Ids are 28 hex digits: issue time in milliseconds since the epoch (12), a
+//! random per-model nonce (8) and the per-model sequence (8). The nonce
+//! keeps ids of different models and processes apart; carrying the time
+//! lets a lookup that misses say whether the id expired or was never known.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -47,28 +47,40 @@ pub enum JoinError {
 pub struct JoinCache {
     ttl: Duration,
     capacity: usize,
-    inner: Mutex<Inner>,
+    nonce: u32,
+    inner: Mutex<Ring>,
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    map: HashMap<u128, Entry>,
-    /// Keys in issue order; exactly the keys of `map`.
-    order: VecDeque<(u128, Instant)>,
+struct Ring {
+    /// Grows to `capacity`, then slot `seq % capacity` is reused.
+    slots: Vec<Slot>,
+    /// Sequence number of the next insert (wraps after 2^32 inserts; the
+    /// slot of an id is always `seq % capacity`).
+    next: u32,
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Slot {
+    key: Key,
     issued: Instant,
     /// `None` once labelled.
     pending: Option<PendingPrediction>,
+}
+
+/// A parsed id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    ms: u64,
+    nonce: u32,
+    seq: u32,
 }
 
 /// A locked view used to check and then claim several ids at once, so a
 /// batch is all-or-nothing.
 pub struct JoinBatch<'a> {
     cache: &'a JoinCache,
-    inner: MutexGuard<'a, Inner>,
+    ring: MutexGuard<'a, Ring>,
 }
 
 impl JoinCache {
@@ -76,35 +88,64 @@ impl JoinCache {
         Self {
             ttl,
             capacity,
-            inner: Mutex::new(Inner::default()),
+            nonce: rand::random::<u32>(),
+            inner: Mutex::new(Ring::default()),
         }
     }
 
     /// Remembers a prediction and returns its new id.
     pub fn insert(&self, pending: PendingPrediction) -> String {
-        let (key, id) = new_id(pending.predicted_at);
-        let now = Instant::now();
-        if self.capacity == 0 {
-            return id;
-        }
-        let mut inner = self.lock();
-        inner.evict(now, self.ttl, self.capacity - 1);
-        inner.order.push_back((key, now));
-        inner.map.insert(
-            key,
-            Entry {
-                issued: now,
+        let ms = epoch_ms(pending.predicted_at);
+        let issued = Instant::now();
+        let mut ring = self.lock();
+        let seq = ring.next;
+        ring.next = ring.next.wrapping_add(1);
+        let key = Key {
+            ms,
+            nonce: self.nonce,
+            seq,
+        };
+        let old = if self.capacity == 0 {
+            None
+        } else {
+            let slot = Slot {
+                key,
+                issued,
                 pending: Some(pending),
-            },
-        );
+            };
+            let i = seq as usize % self.capacity;
+            if i < ring.slots.len() {
+                Some(std::mem::replace(&mut ring.slots[i], slot))
+            } else {
+                ring.slots.push(slot);
+                None
+            }
+        };
+        drop(ring);
+        // The evicted entry's features are freed outside the lock.
+        drop(old);
+        let mut id = String::with_capacity(28);
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{:012x}{:08x}{:08x}", key.ms, key.nonce, key.seq);
         id
     }
 
-    /// Entries still remembered (expired ones are dropped first).
+    /// Predictions issued within the time to live that are still
+    /// remembered (labelled or not).
     pub fn len(&self) -> usize {
-        let mut inner = self.lock();
-        inner.evict(Instant::now(), self.ttl, self.capacity);
-        inner.map.len()
+        let ring = self.lock();
+        let n = ring.slots.len();
+        // Slots in issue order, newest first, are at next-1, next-2, ...
+        // Their ages increase, so count until the first expired one.
+        let mut count = 0;
+        for back in 1..=n as u32 {
+            let i = ring.next.wrapping_sub(back) as usize % self.capacity;
+            if ring.slots[i].issued.elapsed() > self.ttl {
+                break;
+            }
+            count += 1;
+        }
+        count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,93 +154,82 @@ impl JoinCache {
 
     /// Locks the cache for a check-then-claim over several ids.
     pub fn batch(&self) -> JoinBatch<'_> {
-        let mut inner = self.lock();
-        inner.evict(Instant::now(), self.ttl, self.capacity);
-        JoinBatch { cache: self, inner }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every mutation leaves map and order consistent before it can
-        // panic (allocation aside), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Inner {
-    /// Drops expired entries and the oldest ones beyond `keep`.
-    fn evict(&mut self, now: Instant, ttl: Duration, keep: usize) {
-        while let Some(&(key, issued)) = self.order.front() {
-            if self.order.len() > keep || now.duration_since(issued) > ttl {
-                self.order.pop_front();
-                self.map.remove(&key);
-            } else {
-                break;
-            }
+        JoinBatch {
+            cache: self,
+            ring: self.lock(),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        // Every mutation is a single slot write or a push, so a poisoned
+        // lock still guards a consistent ring.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl JoinBatch<'_> {
     /// Whether `id` could be claimed now. Claims nothing.
     pub fn check(&self, id: &str) -> Result<(), JoinError> {
+        self.slot(id).map(|_| ())
+    }
+
+    /// Takes the prediction and leaves a tombstone.
+    pub fn claim(&mut self, id: &str) -> Result<PendingPrediction, JoinError> {
+        let i = self.slot(id)?;
+        self.ring.slots[i]
+            .pending
+            .take()
+            .ok_or(JoinError::AlreadyLabelled)
+    }
+
+    /// The slot holding a claimable `id`, or why there is none.
+    fn slot(&self, id: &str) -> Result<usize, JoinError> {
         let key = parse_id(id).ok_or(JoinError::Unknown)?;
-        match self.inner.map.get(&key) {
-            Some(e) if e.issued.elapsed() > self.cache.ttl => Err(JoinError::Expired),
-            Some(Entry {
-                pending: Some(_), ..
-            }) => Ok(()),
-            Some(Entry { pending: None, .. }) => Err(JoinError::AlreadyLabelled),
-            None => {
-                let age = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .saturating_sub(Duration::from_millis((key >> 64) as u64));
-                if age > self.cache.ttl {
+        let cache = self.cache;
+        let expired = || {
+            let age = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(Duration::from_millis(key.ms));
+            age > cache.ttl
+        };
+        if key.nonce != cache.nonce || cache.capacity == 0 {
+            return Err(if expired() {
+                JoinError::Expired
+            } else {
+                JoinError::Unknown
+            });
+        }
+        let i = key.seq as usize % cache.capacity;
+        match self.ring.slots.get(i) {
+            Some(slot) if slot.key == key => {
+                if slot.issued.elapsed() > cache.ttl {
                     Err(JoinError::Expired)
+                } else if slot.pending.is_none() {
+                    Err(JoinError::AlreadyLabelled)
                 } else {
-                    Err(JoinError::Unknown)
+                    Ok(i)
                 }
             }
+            _ if expired() => Err(JoinError::Expired),
+            _ => Err(JoinError::Unknown),
         }
     }
-
-    /// Takes the prediction and leaves a tombstone. Call `check` first.
-    pub fn claim(&mut self, id: &str) -> Result<PendingPrediction, JoinError> {
-        self.check(id)?;
-        let key = parse_id(id).ok_or(JoinError::Unknown)?;
-        self.inner
-            .map
-            .get_mut(&key)
-            .and_then(|e| e.pending.take())
-            .ok_or(JoinError::Unknown)
-    }
 }
 
-/// The per-process part of ids: a random nonce and a sequence.
-fn new_id(at: SystemTime) -> (u128, String) {
-    static NONCE: OnceLock<u32> = OnceLock::new();
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nonce = *NONCE.get_or_init(rand::random::<u32>);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed) as u32;
-    let ms = at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-        & 0xffff_ffff_ffff;
-    let key = (u128::from(ms) << 64) | (u128::from(nonce) << 32) | u128::from(seq);
-    let mut id = String::with_capacity(28);
-    // Writing to a String cannot fail.
-    let _ = write!(id, "{ms:012x}{nonce:08x}{seq:08x}");
-    (key, id)
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64 & 0xffff_ffff_ffff
 }
 
-fn parse_id(id: &str) -> Option<u128> {
+fn parse_id(id: &str) -> Option<Key> {
     if id.len() != 28 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let ms = u64::from_str_radix(&id[..12], 16).ok()?;
-    let rest = u64::from_str_radix(&id[12..], 16).ok()?;
-    Some((u128::from(ms) << 64) | u128::from(rest))
+    Some(Key {
+        ms: u64::from_str_radix(&id[..12], 16).ok()?,
+        nonce: u32::from_str_radix(&id[12..20], 16).ok()?,
+        seq: u32::from_str_radix(&id[20..], 16).ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -237,6 +267,8 @@ mod tests {
         let ids: Vec<String> = (0..5).map(|_| cache.insert(pending())).collect();
         assert_eq!(cache.len(), 3);
         let b = cache.batch();
+        assert_eq!(b.check(&ids[1]), Err(JoinError::Unknown));
+        assert_eq!(b.check(&ids[2]), Ok(()));
         assert_eq!(b.check(&ids[0]), Err(JoinError::Unknown));
         assert_eq!(b.check(&ids[4]), Ok(()));
     }
