@@ -69,10 +69,11 @@ impl App {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
+        let max_body = config.server.max_body_bytes.get();
         Ok(Self {
             config: Arc::new(config),
             listener,
-            state: AppState::new(registry),
+            state: AppState::new(registry, max_body),
             trainers,
             shutdown: CancellationToken::new(),
         })

@@ -8,25 +8,23 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use serde::Deserialize;
 
+use super::AppState;
 use super::error::ApiError;
 
 /// The raw body of a JSON request, within the configured size limit.
 pub struct JsonBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(usize::MAX, |l| l.0);
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(JsonBody(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(limit))
+                Err(ApiError::PayloadTooLarge(state.max_body_bytes))
             }
             Err(rejection) => Err(ApiError::InvalidRequest(format!(
                 "could not read the request body: {}",
@@ -35,11 +33,6 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
     }
 }
-
-/// The configured body limit, carried as a request extension so the
-/// rejection can state it.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 /// Parses JSON, telling syntax errors (400) from shape errors (422).
 pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
@@ -52,4 +45,16 @@ pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
         }
         _ => ApiError::MalformedJson(e.to_string()),
     })
+}
+
+/// A JSON response serialized into a buffer sized for a typical answer,
+/// so small responses are written without regrowing it.
+pub fn json_response<T: serde::Serialize>(value: &T) -> Result<axum::response::Response, ApiError> {
+    let mut buf = Vec::with_capacity(256);
+    serde_json::to_writer(&mut buf, value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        buf,
+    )
+        .into_response())
 }

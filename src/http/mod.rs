@@ -29,7 +29,6 @@ use tower_http::trace::TraceLayer;
 use crate::config::ServerConfig;
 use crate::serving::{ModelRuntime, Registry};
 
-use body::BodyLimit;
 use error::ApiError;
 
 /// What every request shares. Handlers get it through one `Arc`, so
@@ -42,13 +41,16 @@ pub struct Shared {
     pub registry: Registry,
     /// Readiness latch: set by `app` once trainers run, cleared at shutdown.
     pub ready: AtomicBool,
+    /// `server.max_body_bytes`, for the 413 message.
+    pub max_body_bytes: usize,
 }
 
 impl AppState {
-    pub fn new(registry: Registry) -> Self {
+    pub fn new(registry: Registry, max_body_bytes: usize) -> Self {
         Self(Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
+            max_body_bytes,
         }))
     }
 
@@ -81,15 +83,16 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::Extension(BodyLimit(limit)))
+        // One layer call: each `Router::layer` wraps every route in another
+        // boxed service that is cloned per request.
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(HandleErrorLayer::new(middleware_error))
                 .load_shed()
                 .concurrency_limit(server.max_concurrency.get())
-                .timeout(server.request_timeout()),
+                .timeout(server.request_timeout())
+                .layer(DefaultBodyLimit::max(limit)),
         );
     // Per-request spans cost a measurable share of a predict, so they are
     // added only when debug logging is on at start-up.

@@ -6,7 +6,6 @@
 
 use std::time::SystemTime;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -15,7 +14,7 @@ use crate::learn::{FeatureVec, LabelOut, LabelSpace, Output, RawFeatures};
 use crate::serving::PendingPrediction;
 
 use super::AppState;
-use super::body::{JsonBody, parse};
+use super::body::{JsonBody, json_response, parse};
 use super::error::ApiError;
 
 #[derive(Deserialize)]
@@ -93,7 +92,7 @@ pub async fn predict(
             let mut one = render(space, out, id);
             one.model = Some(&runtime.name);
             one.model_version = Some(version);
-            Ok(axum::response::IntoResponse::into_response(Json(one)))
+            json_response(&one)
         }
         (None, Some(instances)) => {
             if instances.is_empty() {
@@ -126,7 +125,7 @@ pub async fn predict(
                 model_version: version,
                 predictions,
             };
-            Ok(axum::response::IntoResponse::into_response(Json(out)))
+            json_response(&out)
         }
         (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
             "send either `features` or `instances`, not both".into(),
