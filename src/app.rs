@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::http::{AppState, public_router};
+use crate::http::{AppState, protect, public_router};
 use crate::learn::{FeatureHasher, Learner, Params};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, Registry, Trainer, TrainingStats, feedback_channel,
@@ -125,10 +125,13 @@ impl App {
                 }
             });
         }
-        let router = public_router(self.state.clone(), &self.config.server);
+        let service = protect(
+            public_router(self.state.clone(), &self.config.server),
+            &self.config.server,
+        );
         self.state.ready.store(true, Ordering::Release);
         let shutdown = self.shutdown.clone();
-        let server = axum::serve(self.listener, router)
+        let server = axum::serve(self.listener, tower::make::Shared::new(service))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);

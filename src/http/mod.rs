@@ -14,15 +14,16 @@ pub mod models;
 pub mod predict;
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
@@ -70,7 +71,9 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The public router with its middleware.
+/// The public routes, with the layers that work per route: panics become
+/// 500s, bodies are limited. Load shedding, the concurrency limit and the
+/// timeout are added around the whole router by `protect`.
 pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     let limit = server.max_body_bytes.get();
     let router = Router::new()
@@ -88,10 +91,6 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(HandleErrorLayer::new(middleware_error))
-                .load_shed()
-                .concurrency_limit(server.max_concurrency.get())
-                .timeout(server.request_timeout())
                 .layer(DefaultBodyLimit::max(limit)),
         );
     // Per-request spans cost a measurable share of a predict, so they are
@@ -101,6 +100,26 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     } else {
         router
     }
+}
+
+/// Wraps the router in the listener-wide protections: a request timeout, a
+/// concurrency limit and load shedding beyond it, their errors turned into
+/// JSON. They must sit outside the router: axum's router does not pass
+/// `poll_ready` backpressure on to per-route layers, so a concurrency limit
+/// applied with `Router::layer` limits nothing.
+pub fn protect(
+    router: Router,
+    server: &ServerConfig,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(middleware_error))
+        .load_shed()
+        .concurrency_limit(server.max_concurrency.get())
+        .timeout(server.request_timeout())
+        .service(router)
 }
 
 async fn middleware_error(err: tower::BoxError) -> ApiError {

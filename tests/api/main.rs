@@ -7,4 +7,6 @@ mod delayed_labels;
 mod helpers;
 mod learning;
 mod lifecycle;
+mod limits;
 mod progressive;
+mod tidy;
