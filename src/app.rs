@@ -1,17 +1,19 @@
 //! Builds every part of the server from a `Config` and owns start-up and
 //! shutdown order.
 //!
-//! `App::build` creates each model's store, queue, join cache and trainer,
-//! and binds the public listener (so the real port is known before `run`,
+//! `App::build` loads each model's newest valid snapshot (or starts it
+//! fresh), creates its store, queue, join cache and trainer, and binds the
+//! public listener (so the real port is known before `run`,
 //! which tests rely on). `App::run` starts the trainers, serves until the
 //! shutdown token is cancelled, then shuts down in order: stop accepting
 //! and let in-flight requests finish, then let each trainer train what is
-//! queued and publish, all bounded by `server.shutdown_grace_ms`.
+//! queued, publish and snapshot, all bounded by `server.shutdown_grace_ms`;
+//! last, record each model's last version so the next start continues it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -21,8 +23,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::http::{AppState, protect, public_router};
 use crate::learn::{FeatureHasher, Learner, Params};
+use crate::persist::{SnapshotStore, VersionFloor};
+use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
-    JoinCache, ModelRuntime, ModelStore, Registry, Trainer, TrainingStats, feedback_channel,
+    JoinCache, ModelRuntime, ModelStore, PublishMeta, Registry, Trainer, TrainingStats,
+    feedback_channel,
 };
 
 pub struct App {
@@ -41,18 +46,67 @@ impl App {
         let mut trainers = Vec::new();
         for m in &config.models {
             let space = Arc::new(m.label_space()?);
-            let params = Params::new(space.clone(), m.hash_bits);
-            let store = Arc::new(ModelStore::new(params.clone()));
+            let dir = config.storage.model_dir(&m.name);
+            let snapshots = SnapshotStore::new(dir.clone(), config.storage.snapshot_keep.get());
+            let loaded = snapshots.load_newest_valid()?;
+            for skipped in &loaded.skipped {
+                tracing::error!(model = %m.name, error = %skipped, "damaged snapshot skipped");
+            }
+            let (learner, version, meta, created_ms) = match loaded.snapshot {
+                Some((snapshot, path)) => {
+                    snapshot.check_compatible(m, &path)?;
+                    tracing::info!(model = %m.name, version = snapshot.meta.version, path = %path.display(), "loaded snapshot");
+                    let meta = PublishMeta {
+                        examples_trained: snapshot.meta.examples_trained,
+                        feedback_position: snapshot.meta.feedback_position,
+                    };
+                    let (version, created) =
+                        (snapshot.meta.version, snapshot.meta.model_created_at_ms);
+                    (snapshot.adopt(m.optimizer), version, meta, created)
+                }
+                None => {
+                    let fresh = Learner::new(Params::new(space.clone(), m.hash_bits), m.optimizer);
+                    let meta = PublishMeta {
+                        examples_trained: 0,
+                        feedback_position: 0,
+                    };
+                    (fresh, 1, meta, epoch_ms())
+                }
+            };
+            let floor = VersionFloor::open(&dir)
+                .with_context(|| format!("model {}: version record", m.name))?;
+            let store = Arc::new(
+                ModelStore::open(learner.params().clone(), version, meta, floor).with_context(
+                    || {
+                        format!(
+                            "model {}: cannot record versions in {}",
+                            m.name,
+                            dir.display()
+                        )
+                    },
+                )?,
+            );
             let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
-            let stats = Arc::new(TrainingStats::default());
+            let stats = Arc::new(TrainingStats {
+                examples_base: meta.examples_trained,
+                ..TrainingStats::default()
+            });
             let name: Arc<str> = Arc::from(m.name.as_str());
             trainers.push(Trainer {
                 model: name.clone(),
-                learner: Learner::new(params, m.optimizer),
+                learner,
                 stream,
                 sink: store.clone(),
                 stats: stats.clone(),
                 config: m.training,
+                snapshots: Some(SnapshotPolicy {
+                    store: snapshots,
+                    interval: config.storage.snapshot_interval(),
+                    model: m.clone(),
+                    created_at_ms: created_ms,
+                    last: Instant::now(),
+                }),
+                live_version: store.live().version,
             });
             registry.insert(ModelRuntime {
                 name,
@@ -63,7 +117,7 @@ impl App {
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity),
                 stats,
-                created_at: SystemTime::now(),
+                created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
             });
         }
         let listener = TcpListener::bind(config.server.listen)
@@ -135,8 +189,15 @@ impl App {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);
+        let mut listener_error = None;
         tokio::select! {
-            result = &mut server => result.context("public listener failed")?,
+            result = &mut server => {
+                // Still train what was accepted before failing.
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "public listener failed; shutting down");
+                    listener_error = Some(e);
+                }
+            }
             _ = shutdown.cancelled() => {
                 self.state.ready.store(false, Ordering::Release);
                 tracing::info!("shutting down: finishing in-flight requests");
@@ -156,6 +217,17 @@ impl App {
             .is_err()
         {
             tracing::warn!("trainers did not stop within the grace period");
+        } else {
+            // Every trainer has published its last version: record it so
+            // the next start continues right after it.
+            for model in self.state.registry.iter() {
+                if let Err(e) = model.store.settle() {
+                    tracing::error!(model = %model.name, error = %e, "cannot record the last version");
+                }
+            }
+        }
+        if let Some(e) = listener_error {
+            return Err(anyhow::Error::new(e).context("public listener failed"));
         }
         if failed.load(Ordering::SeqCst) {
             anyhow::bail!("a trainer ended unexpectedly");

@@ -25,6 +25,10 @@ use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
 /// The built-in default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../config/eddy.toml");
 
+/// Upper bound of queue, concurrency and cache sizes (tokio's semaphores
+/// allow at most `usize::MAX >> 3`; far beyond any useful value anyway).
+const MAX_BOUND: usize = 1 << 28;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDDY_";
 
@@ -65,6 +69,13 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub dir: PathBuf,
+    /// Seconds between periodic snapshots of each model (they are also
+    /// written at shutdown).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval_s: u64,
+    /// Snapshots kept per model (the newest ones).
+    #[serde(default = "default_snapshot_keep")]
+    pub snapshot_keep: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +148,12 @@ fn default_concurrency() -> NonZeroUsize {
 fn default_grace() -> u64 {
     10_000
 }
+fn default_snapshot_interval() -> u64 {
+    300
+}
+fn default_snapshot_keep() -> NonZeroUsize {
+    NonZeroUsize::new(5).expect("non-zero")
+}
 fn default_level() -> String {
     "info".into()
 }
@@ -201,6 +218,17 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl StorageConfig {
+    pub fn snapshot_interval(&self) -> Duration {
+        Duration::from_secs(self.snapshot_interval_s)
+    }
+
+    /// Where one model keeps its snapshots and version record.
+    pub fn model_dir(&self, model: &str) -> PathBuf {
+        self.dir.join(model)
     }
 }
 
@@ -306,6 +334,12 @@ impl Config {
                 "at least one [[models]] entry is required",
             ));
         }
+        if self.server.max_concurrency.get() > MAX_BOUND {
+            return Err(invalid(
+                "server.max_concurrency".into(),
+                &format!("must be at most {MAX_BOUND}"),
+            ));
+        }
         if self.server.request_timeout_ms == 0 {
             return Err(invalid(
                 "server.request_timeout_ms".into(),
@@ -368,6 +402,18 @@ impl Config {
                 return Err(invalid(
                     key("training.minibatch_size"),
                     "must not exceed training.queue_capacity",
+                ));
+            }
+            if m.training.queue_capacity.get() > MAX_BOUND {
+                return Err(invalid(
+                    key("training.queue_capacity"),
+                    &format!("must be at most {MAX_BOUND}"),
+                ));
+            }
+            if m.join.capacity > MAX_BOUND {
+                return Err(invalid(
+                    key("join.capacity"),
+                    &format!("must be at most {MAX_BOUND}"),
                 ));
             }
             if m.join.ttl_s == 0 {

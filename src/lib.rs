@@ -13,5 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod learn;
+pub mod persist;
 pub mod serving;
 pub mod telemetry;

@@ -19,17 +19,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
-use crate::serving::{Feedback, ModelRuntime, PredictionRef};
+use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
 use super::AppState;
 use super::body::{JsonBody, parse};
-use super::error::ApiError;
+use super::error::{ApiError, ItemError};
+use super::model_name::ModelName;
 
 /// Header naming the sender when the body does not.
 pub const SOURCE_HEADER: &str = "x-eddy-source";
@@ -78,7 +79,7 @@ enum Input<'a> {
 
 pub async fn feedback(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    ModelName(model): ModelName,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -111,14 +112,11 @@ pub async fn feedback(
             let mut errors = Vec::new();
             for (i, ex) in examples.iter().enumerate() {
                 match check(runtime, ex, &batch_source) {
-                    Ok(c) => checked.push(c),
+                    Ok(c) => checked.push((i, c)),
                     Err(e) => errors.push(e.item(i)),
                 }
             }
-            if !errors.is_empty() {
-                return Err(ApiError::InvalidBatch(errors));
-            }
-            enqueue(runtime, checked, true)?
+            enqueue(runtime, checked, errors, true)?
         }
         None => {
             let one = ExampleIn {
@@ -129,7 +127,7 @@ pub async fn feedback(
             };
             let checked = check(runtime, &one, &batch_source)?;
             // `one` borrows from the body; keep both alive through enqueue.
-            enqueue(runtime, vec![checked], false)?
+            enqueue(runtime, vec![(0, checked)], Vec::new(), false)?
         }
     };
     Ok((
@@ -185,55 +183,61 @@ fn check<'a>(
 }
 
 /// Checks ids and queue room for all examples, then applies all of them.
+/// `errors` are the batch's refusals so far: ids are still checked so the
+/// answer lists every failing example, and nothing is applied.
 fn enqueue(
     runtime: &ModelRuntime,
-    checked: Vec<Checked<'_>>,
+    checked: Vec<(usize, Checked<'_>)>,
+    mut errors: Vec<ItemError>,
     is_batch: bool,
 ) -> Result<usize, ApiError> {
-    let n = checked.len();
-    let any_joined = checked.iter().any(|c| matches!(c.input, Input::Joined(_)));
+    let any_joined = checked
+        .iter()
+        .any(|(_, c)| matches!(c.input, Input::Joined(_)));
     let mut joins = any_joined.then(|| runtime.joins.batch());
+    let mut claims = vec![None; checked.len()];
     if let Some(joins) = &joins {
         let mut seen = HashSet::new();
-        let mut errors = Vec::new();
-        for (i, c) in checked.iter().enumerate() {
+        for (pos, (i, c)) in checked.iter().enumerate() {
             if let Input::Joined(id) = c.input {
                 let result = if seen.insert(id) {
                     joins.check(id)
                 } else {
-                    Err(crate::serving::JoinError::AlreadyLabelled)
+                    Err(JoinError::AlreadyLabelled)
                 };
-                if let Err(e) = result {
-                    if !is_batch {
-                        return Err(e.into());
-                    }
-                    errors.push(ApiError::from(e).item(i));
+                match result {
+                    Ok(claim) => claims[pos] = Some(claim),
+                    Err(e) if !is_batch => return Err(e.into()),
+                    Err(e) => errors.push(ApiError::from(e).item(*i)),
                 }
             }
         }
-        if !errors.is_empty() {
-            return Err(ApiError::InvalidBatch(errors));
-        }
     }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.index);
+        return Err(ApiError::InvalidBatch(errors));
+    }
+    let n = checked.len();
     let reservation = runtime.queue.reserve(n)?;
     let now = SystemTime::now();
     let mut items = Vec::with_capacity(n);
-    for c in checked {
-        let (features, prediction) = match c.input {
-            Input::Inline(x) => (x, None),
-            Input::Joined(id) => {
-                let joins = joins
-                    .as_mut()
-                    .ok_or_else(|| ApiError::Internal("join lock not held".into()))?;
-                // Checked above under the same lock, so the claim succeeds.
-                let p = joins.claim(id)?;
-                (
-                    p.features,
-                    Some(PredictionRef {
-                        version: p.version,
-                        predicted_at: p.predicted_at,
-                    }),
-                )
+    for ((_, c), claim) in checked.into_iter().zip(claims) {
+        let (features, prediction) = match (c.input, claim, joins.as_mut()) {
+            (Input::Inline(x), _, _) => (x, None),
+            (Input::Joined(_), Some(claim), Some(joins)) => {
+                // The join lock has been held since the check, so the
+                // claim finds the prediction still there.
+                let p = joins
+                    .claim(claim)
+                    .ok_or_else(|| ApiError::Internal("checked prediction vanished".into()))?;
+                let at = PredictionRef {
+                    version: p.version,
+                    predicted_at: p.predicted_at,
+                };
+                (p.features, Some(at))
+            }
+            (Input::Joined(_), _, _) => {
+                return Err(ApiError::Internal("unchecked prediction id".into()));
             }
         };
         items.push(Feedback {

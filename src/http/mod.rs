@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod feedback;
 pub mod health;
+pub mod model_name;
 pub mod models;
 pub mod predict;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 
 use crate::learn::{OptimizerConfig, TaskKind};
@@ -13,6 +13,7 @@ use crate::serving::ModelRuntime;
 
 use super::AppState;
 use super::error::ApiError;
+use super::model_name::ModelName;
 
 #[derive(Serialize)]
 pub struct ModelInfo<'a> {
@@ -50,7 +51,7 @@ pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 pub async fn show(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    ModelName(model): ModelName,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let runtime = state.model(&model)?;
     serde_json::to_value(info(runtime))

@@ -6,7 +6,7 @@
 
 use std::time::SystemTime;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +16,7 @@ use crate::serving::PendingPrediction;
 use super::AppState;
 use super::body::{JsonBody, json_response, parse};
 use super::error::ApiError;
+use super::model_name::ModelName;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +75,7 @@ pub struct BatchOut<'a> {
 
 pub async fn predict(
     State(state): State<AppState>,
-    Path(model): Path<String>,
+    ModelName(model): ModelName,
     JsonBody(body): JsonBody,
 ) -> Result<axum::response::Response, ApiError> {
     let runtime = state.model(&model)?;

@@ -29,8 +29,10 @@ pub const MAX_HASH_BITS: u8 = 26;
 pub struct Feature {
     /// Row of the weight matrix, in `0..2^hash_bits`.
     pub index: u32,
-    /// The value on its raw scale.
-    pub value: f32,
+    /// The value on its raw scale, kept in f64 so that large offsets
+    /// (epoch timestamps, ordinal dates) keep their resolution until they
+    /// are standardised.
+    pub value: f64,
     /// Numeric features are standardised by the model; indicator features
     /// (`name=value` strings) are used as they are.
     pub numeric: bool,
@@ -106,13 +108,12 @@ impl FeatureHasher {
     fn one(&self, name: &str, value: &RawValue<'_>) -> Result<Feature, FeatureError> {
         match value {
             RawValue::Number(x) => {
-                let v = *x as f32;
-                if !v.is_finite() {
+                if !x.is_finite() {
                     return Err(FeatureError::NonFinite(name.to_owned()));
                 }
                 Ok(Feature {
                     index: self.numeric(name),
-                    value: v,
+                    value: *x,
                     numeric: true,
                 })
             }
@@ -353,6 +354,7 @@ mod tests {
         let expected = (fold(xxh3_64_with_seed(b"nswprice", NAME_SEED))) & ((1 << 18) - 1);
         assert_eq!(h.numeric("nswprice"), expected);
         assert_eq!(h.numeric("nswprice"), 20751);
+        assert_eq!(h.categorical("colour", "red"), 246929);
     }
 
     #[test]
@@ -421,8 +423,10 @@ mod tests {
         assert!(
             matches!(hash(r#"{"x": {"y": 1}}"#), Err(FeatureError::Unsupported { name, .. }) if name == "x")
         );
+        assert!(hash(r#"{"x": 1e300}"#).is_ok(), "finite in f64: accepted");
+        let raw = RawFeatures::Named(vec![("x".into(), RawValue::Number(f64::INFINITY))]);
         assert_eq!(
-            hash(r#"{"x": 1e300}"#),
+            FeatureHasher::new(18).hash(&raw),
             Err(FeatureError::NonFinite("x".into()))
         );
         assert!(serde_json::from_str::<RawFeatures>(r#"[1, "a"]"#).is_err());

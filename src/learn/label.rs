@@ -8,6 +8,8 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
+use super::linear::MAX_TARGET;
+
 /// The `task` config key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,9 +138,13 @@ impl LabelSpace {
     pub fn target(&self, raw: &RawLabel<'_>) -> Result<Target, LabelError> {
         match self.kind {
             TaskKind::Regression => match raw {
-                RawLabel::Int(i) => Ok(Target::Value(*i as f64)),
-                RawLabel::Float(f) if f.is_finite() => Ok(Target::Value(*f)),
-                RawLabel::Float(_) => Err(LabelError::WrongType("not a finite number".into())),
+                RawLabel::Int(i) if (*i as f64).abs() <= MAX_TARGET => Ok(Target::Value(*i as f64)),
+                RawLabel::Float(f) if f.is_finite() && f.abs() <= MAX_TARGET => {
+                    Ok(Target::Value(*f))
+                }
+                RawLabel::Int(_) | RawLabel::Float(_) => Err(LabelError::WrongType(format!(
+                    "regression labels must be finite numbers of magnitude at most {MAX_TARGET:e}"
+                ))),
                 other => Err(LabelError::WrongType(format!(
                     "regression labels are numbers, got {}",
                     other.describe()
@@ -294,6 +300,7 @@ mod tests {
         assert_eq!(check(&s, "2.5"), Ok(Target::Value(2.5)));
         assert_eq!(check(&s, "-3"), Ok(Target::Value(-3.0)));
         assert!(matches!(check(&s, r#""2""#), Err(LabelError::WrongType(_))));
+        assert!(matches!(check(&s, "1e200"), Err(LabelError::WrongType(_))));
     }
 
     #[test]

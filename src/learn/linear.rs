@@ -22,6 +22,14 @@ use super::features::{FeatureHasher, FeatureVec};
 use super::label::{LabelSpace, Target, TaskKind};
 use super::optim::OptimizerConfig;
 
+/// Largest standardised input magnitude the model sees (a million standard
+/// deviations: no real feature gets there, and it keeps sums finite).
+pub const MAX_Z: f64 = 1e6;
+
+/// Largest regression label magnitude accepted; beyond it the squared
+/// deviations of the target statistics could overflow.
+pub const MAX_TARGET: f64 = 1e15;
+
 /// Running count, mean and sum of squared deviations (Welford).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moments {
@@ -33,6 +41,9 @@ pub struct Moments {
 impl Moments {
     #[inline]
     pub fn push(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
         self.n += 1.0;
         let d = x - self.mean;
         self.mean += d / self.n;
@@ -46,11 +57,13 @@ impl Moments {
         (var > 1e-24).then(|| var.sqrt())
     }
 
-    /// `(x - mean) / std`, and 0 while the spread is unknown.
+    /// `(x - mean) / std`, and 0 while the spread is unknown. Computed in
+    /// f64 and clamped to `MAX_Z` so that a wild but finite input cannot
+    /// become an infinity (and then a NaN) in the f32 model.
     #[inline]
-    pub fn standardise(&self, x: f32) -> f32 {
+    pub fn standardise(&self, x: f64) -> f32 {
         match self.std() {
-            Some(sd) => ((x as f64 - self.mean) / sd) as f32,
+            Some(sd) => ((x - self.mean) / sd).clamp(-MAX_Z, MAX_Z) as f32,
             None => 0.0,
         }
     }
@@ -138,11 +151,11 @@ impl Params {
 
     /// The value the model sees for one feature.
     #[inline]
-    fn input(&self, row: u32, value: f32, numeric: bool) -> f32 {
+    fn input(&self, row: u32, value: f64, numeric: bool) -> f32 {
         if numeric {
             self.scaler.row(row as usize)[0].standardise(value)
         } else {
-            value
+            value as f32
         }
     }
 
@@ -179,11 +192,22 @@ impl Params {
 
 #[inline]
 pub fn sigmoid(z: f32) -> f32 {
+    if z.is_nan() {
+        return 0.5;
+    }
     1.0 / (1.0 + (-z).exp())
 }
 
-/// In place, numerically stable.
+/// In place, numerically stable; non-finite scores are clamped first so the
+/// result is always a distribution.
 pub fn softmax(z: &mut [f32]) {
+    for v in z.iter_mut() {
+        *v = if v.is_nan() {
+            0.0
+        } else {
+            v.clamp(-1e30, 1e30)
+        };
+    }
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in z.iter_mut() {
@@ -264,7 +288,7 @@ impl Learner {
         // prediction will.
         for f in &x.features {
             if f.numeric {
-                p.scaler.row_mut(f.index as usize)[0].push(f.value as f64);
+                p.scaler.row_mut(f.index as usize)[0].push(f.value);
             }
         }
         self.inputs.clear();
@@ -296,6 +320,11 @@ impl Learner {
             // The label space validated the target; a mismatch is a bug in
             // the caller, and learning nothing is the safe answer.
             _ => return,
+        }
+        // A diverged or overflowing step would poison every later version;
+        // skip the example instead.
+        if !z.iter().all(|g| g.is_finite()) {
+            return;
         }
         self.state.steps += 1;
         let step = self.state.steps;
@@ -423,6 +452,35 @@ mod tests {
             };
             assert!((v - 530.0).abs() < 5.0, "{kind:?}: {v}");
         }
+    }
+
+    #[test]
+    fn wild_finite_inputs_still_give_distributions() {
+        let mut l = learner(TaskKind::Multiclass, &["a", "b", "c"]);
+        for i in 0..300 {
+            let v = (i % 10) as f64 / 10.0;
+            l.learn_one(
+                &x(&format!(r#"{{"a": {v}, "b": {}}}"#, 1.0 - v)),
+                Target::Class(i % 3),
+            );
+        }
+        for json in [
+            r#"{"a": 3e38, "b": -3e38}"#,
+            r#"{"a": 1e300}"#,
+            r#"{"a": -1e300, "b": 1e300}"#,
+        ] {
+            let Output::Probabilities(p) = l.params().predict(&x(json)) else {
+                panic!()
+            };
+            assert!(p.iter().all(|v| v.is_finite()), "{json}: {p:?}");
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{json}: {p:?}");
+        }
+        // Learning from such an example does not poison the model either.
+        l.learn_one(&x(r#"{"a": 1e300, "b": -1e300}"#), Target::Class(0));
+        let Output::Probabilities(p) = l.params().predict(&x(r#"{"a": 0.5}"#)) else {
+            panic!()
+        };
+        assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum JoinError {
 pub struct JoinCache {
     ttl: Duration,
     capacity: usize,
+    /// Sequence numbers run in `0..wrap`, a multiple of `capacity`, so the
+    /// slot `seq % capacity` always holds the oldest entry when reused.
+    wrap: u64,
     nonce: u32,
     inner: Mutex<Ring>,
 }
@@ -55,9 +58,8 @@ pub struct JoinCache {
 struct Ring {
     /// Grows to `capacity`, then slot `seq % capacity` is reused.
     slots: Vec<Slot>,
-    /// Sequence number of the next insert (wraps after 2^32 inserts; the
-    /// slot of an id is always `seq % capacity`).
-    next: u32,
+    /// Sequence number of the next insert, in `0..wrap`.
+    next: u64,
 }
 
 #[derive(Debug)]
@@ -77,17 +79,31 @@ struct Key {
 }
 
 /// A locked view used to check and then claim several ids at once, so a
-/// batch is all-or-nothing.
+/// batch is all-or-nothing. Every check uses the same `now`, so an entry
+/// cannot expire between its check and its claim.
 pub struct JoinBatch<'a> {
     cache: &'a JoinCache,
     ring: MutexGuard<'a, Ring>,
+    now: Instant,
+    now_ms: u64,
 }
+
+/// A checked, claimable id: its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim(usize);
 
 impl JoinCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
+        let span = u64::from(u32::MAX) + 1;
+        let wrap = if capacity == 0 || capacity as u64 > span {
+            span
+        } else {
+            span / capacity as u64 * capacity as u64
+        };
         Self {
             ttl,
             capacity,
+            wrap,
             nonce: rand::random::<u32>(),
             inner: Mutex::new(Ring::default()),
         }
@@ -98,8 +114,8 @@ impl JoinCache {
         let ms = epoch_ms(pending.predicted_at);
         let issued = Instant::now();
         let mut ring = self.lock();
-        let seq = ring.next;
-        ring.next = ring.next.wrapping_add(1);
+        let seq = ring.next as u32;
+        ring.next = (ring.next + 1) % self.wrap;
         let key = Key {
             ms,
             nonce: self.nonce,
@@ -131,21 +147,28 @@ impl JoinCache {
     }
 
     /// Predictions issued within the time to live that are still
-    /// remembered (labelled or not).
+    /// remembered, labelled or not. Ages grow with distance from the newest
+    /// entry, so a binary search finds the first expired one: the lock is
+    /// held for O(log capacity).
     pub fn len(&self) -> usize {
+        let now = Instant::now();
         let ring = self.lock();
         let n = ring.slots.len();
-        // Slots in issue order, newest first, are at next-1, next-2, ...
-        // Their ages increase, so count until the first expired one.
-        let mut count = 0;
-        for back in 1..=n as u32 {
-            let i = ring.next.wrapping_sub(back) as usize % self.capacity;
-            if ring.slots[i].issued.elapsed() > self.ttl {
-                break;
+        // The k-th newest entry (k = 0 is the newest) and its age.
+        let age = |k: usize| {
+            let seq = (ring.next + self.wrap - 1 - k as u64) % self.wrap;
+            now.saturating_duration_since(ring.slots[(seq % self.capacity as u64) as usize].issued)
+        };
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if age(mid) > self.ttl {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
-            count += 1;
         }
-        count
+        lo
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,6 +180,8 @@ impl JoinCache {
         JoinBatch {
             cache: self,
             ring: self.lock(),
+            now: Instant::now(),
+            now_ms: epoch_ms(SystemTime::now()),
         }
     }
 
@@ -168,52 +193,41 @@ impl JoinCache {
 }
 
 impl JoinBatch<'_> {
-    /// Whether `id` could be claimed now. Claims nothing.
-    pub fn check(&self, id: &str) -> Result<(), JoinError> {
-        self.slot(id).map(|_| ())
-    }
-
-    /// Takes the prediction and leaves a tombstone.
-    pub fn claim(&mut self, id: &str) -> Result<PendingPrediction, JoinError> {
-        let i = self.slot(id)?;
-        self.ring.slots[i]
-            .pending
-            .take()
-            .ok_or(JoinError::AlreadyLabelled)
-    }
-
-    /// The slot holding a claimable `id`, or why there is none.
-    fn slot(&self, id: &str) -> Result<usize, JoinError> {
+    /// Whether `id` can be claimed; claims nothing.
+    pub fn check(&self, id: &str) -> Result<Claim, JoinError> {
         let key = parse_id(id).ok_or(JoinError::Unknown)?;
         let cache = self.cache;
-        let expired = || {
-            let age = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .saturating_sub(Duration::from_millis(key.ms));
-            age > cache.ttl
-        };
+        // Another model's or another process's id is unknown here,
+        // whatever its age.
         if key.nonce != cache.nonce || cache.capacity == 0 {
-            return Err(if expired() {
-                JoinError::Expired
-            } else {
-                JoinError::Unknown
-            });
+            return Err(JoinError::Unknown);
         }
         let i = key.seq as usize % cache.capacity;
         match self.ring.slots.get(i) {
             Some(slot) if slot.key == key => {
-                if slot.issued.elapsed() > cache.ttl {
+                if self.now.saturating_duration_since(slot.issued) > cache.ttl {
                     Err(JoinError::Expired)
                 } else if slot.pending.is_none() {
                     Err(JoinError::AlreadyLabelled)
                 } else {
-                    Ok(i)
+                    Ok(Claim(i))
                 }
             }
-            _ if expired() => Err(JoinError::Expired),
+            // Gone from the ring: say why, from the time the id carries.
+            _ if Duration::from_millis(self.now_ms.saturating_sub(key.ms)) > cache.ttl => {
+                Err(JoinError::Expired)
+            }
             _ => Err(JoinError::Unknown),
         }
+    }
+
+    /// Takes a checked prediction, leaving a tombstone. Cannot fail: the
+    /// lock has been held since the check.
+    pub fn claim(&mut self, claim: Claim) -> Option<PendingPrediction> {
+        self.ring
+            .slots
+            .get_mut(claim.0)
+            .and_then(|s| s.pending.take())
     }
 }
 
@@ -250,14 +264,16 @@ mod tests {
         let id = cache.insert(pending());
         assert_eq!(id.len(), 28);
         let mut b = cache.batch();
-        assert_eq!(b.check(&id), Ok(()));
-        assert_eq!(b.claim(&id).unwrap().version, 3);
+        let claim = b.check(&id).unwrap();
+        assert_eq!(b.claim(claim).unwrap().version, 3);
         assert_eq!(b.check(&id), Err(JoinError::AlreadyLabelled));
         assert_eq!(b.check("zz"), Err(JoinError::Unknown));
+        let old = format!("{:012x}{:08x}{:08x}", 1u64, cache.nonce, 999u32);
+        assert_eq!(b.check(&old), Err(JoinError::Expired), "issued in 1970");
         assert_eq!(
             b.check(&"0".repeat(28)),
-            Err(JoinError::Expired),
-            "issued in 1970"
+            Err(JoinError::Unknown),
+            "another nonce"
         );
     }
 
@@ -268,9 +284,32 @@ mod tests {
         assert_eq!(cache.len(), 3);
         let b = cache.batch();
         assert_eq!(b.check(&ids[1]), Err(JoinError::Unknown));
-        assert_eq!(b.check(&ids[2]), Ok(()));
+        assert!(b.check(&ids[2]).is_ok());
         assert_eq!(b.check(&ids[0]), Err(JoinError::Unknown));
-        assert_eq!(b.check(&ids[4]), Ok(()));
+        assert!(b.check(&ids[4]).is_ok());
+    }
+
+    #[test]
+    fn sequence_wrap_keeps_evicting_the_oldest() {
+        let cache = JoinCache::new(Duration::from_secs(60), 3);
+        assert_eq!(cache.wrap % 3, 0);
+        // Jump to just before the wrap.
+        cache.lock().next = cache.wrap - 2;
+        let ids: Vec<String> = (0..5).map(|_| cache.insert(pending())).collect();
+        assert_eq!(cache.len(), 3);
+        let b = cache.batch();
+        assert_eq!(b.check(&ids[1]), Err(JoinError::Unknown));
+        for id in &ids[2..] {
+            assert!(b.check(id).is_ok(), "{id} is among the newest three");
+        }
+    }
+
+    #[test]
+    fn capacity_zero_remembers_nothing() {
+        let cache = JoinCache::new(Duration::from_secs(60), 0);
+        let id = cache.insert(pending());
+        assert_eq!(cache.len(), 0);
+        assert_eq!(cache.batch().check(&id), Err(JoinError::Unknown));
     }
 
     #[test]

@@ -113,13 +113,13 @@ impl FeedbackQueue {
 
 impl Reservation<'_> {
     /// Sends the batch; `items` must yield exactly as many as were reserved.
-    pub fn send<I: IntoIterator<Item = Feedback>>(self, items: I) {
-        let mut n = 0;
+    pub fn send(self, items: Vec<Feedback>) {
+        // Counted before the sends, so `accepted` never trails `trained`.
+        self.accepted
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         for (permit, item) in self.permits.zip(items) {
             permit.send(item);
-            n += 1;
         }
-        self.accepted.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +152,20 @@ impl FeedbackStream {
         self.rx.is_empty()
     }
 
+    /// Refuses new feedback (offers answer `QueueError::Closed`) while what
+    /// is queued, and what holders of reservations still send, can be
+    /// received.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+
+    /// Waits for the next item; `None` once closed and drained.
+    pub async fn recv(&mut self) -> Option<Feedback> {
+        let item = self.rx.recv().await;
+        self.taken += u64::from(item.is_some());
+        item
+    }
+
     /// Items taken from the queue since start.
     pub fn position(&self) -> u64 {
         self.taken
@@ -176,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_enqueued_whole_or_not_at_all() {
         let (q, mut s) = feedback_channel(5);
-        q.reserve(3).unwrap().send((0..3).map(|_| item()));
+        q.reserve(3).unwrap().send((0..3).map(|_| item()).collect());
         assert_eq!(q.depth(), 3);
         assert_eq!(q.reserve(3).err(), Some(QueueError::Full(3)));
         assert_eq!(q.depth(), 3, "a refused batch takes no room");
@@ -191,7 +205,7 @@ mod tests {
         assert_eq!(s.recv_many(&mut buf, 10).await, 3);
         assert_eq!(s.position(), 3);
         assert_eq!(q.accepted(), 3);
-        q.reserve(5).unwrap().send((0..5).map(|_| item()));
+        q.reserve(5).unwrap().send((0..5).map(|_| item()).collect());
         assert_eq!(s.try_recv_many(&mut buf, 2), 2);
         assert_eq!(q.depth(), 3);
     }

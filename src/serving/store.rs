@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::learn::Params;
+use crate::persist::VersionFloor;
 
 /// Recent versions kept in memory.
 const RECENT_VERSIONS: usize = 8;
@@ -41,31 +42,90 @@ pub struct PublishMeta {
 
 /// Where new versions go.
 pub trait VersionSink: Send + Sync {
-    /// Makes `params` the live model and returns its version.
-    fn publish(&self, params: Params, meta: PublishMeta) -> Arc<ModelVersion>;
+    /// Makes `params` the live model and returns its version. Fails only if
+    /// the version number could not be reserved durably; the live model is
+    /// then unchanged.
+    fn publish(&self, params: Params, meta: PublishMeta) -> std::io::Result<Arc<ModelVersion>>;
 }
 
 #[derive(Debug)]
 pub struct ModelStore {
     /// The version predict reads; swapped atomically.
     live: ArcSwap<ModelVersion>,
-    /// Serialises writers; holds the recent versions, newest last.
-    writer: Mutex<VecDeque<Arc<ModelVersion>>>,
+    /// Serialises writers.
+    writer: Mutex<Writer>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// Recent versions, newest last.
+    recent: VecDeque<Arc<ModelVersion>>,
+    /// Durable record of used version numbers; `None` in memory-only use.
+    floor: Option<VersionFloor>,
 }
 
 impl ModelStore {
-    /// A store whose first live version is `params` as version 1.
+    /// A memory-only store whose first live version is `params` as version 1.
     pub fn new(params: Params) -> Self {
+        Self::with_first(
+            params,
+            1,
+            PublishMeta {
+                examples_trained: 0,
+                feedback_position: 0,
+            },
+            None,
+        )
+    }
+
+    /// A store backed by a version record: the first live version is
+    /// `params` numbered `version`, or above every number a crashed earlier
+    /// process may have used, whichever is higher.
+    pub fn open(
+        params: Params,
+        version: u64,
+        meta: PublishMeta,
+        mut floor: VersionFloor,
+    ) -> std::io::Result<Self> {
+        let first = if floor.reserved() > version {
+            floor.reserved() + 1
+        } else {
+            version
+        };
+        floor.reserve(first)?;
+        Ok(Self::with_first(params, first, meta, Some(floor)))
+    }
+
+    fn with_first(
+        params: Params,
+        version: u64,
+        meta: PublishMeta,
+        floor: Option<VersionFloor>,
+    ) -> Self {
         let first = Arc::new(ModelVersion {
-            version: 1,
+            version,
             params,
             published_at: SystemTime::now(),
-            examples_trained: 0,
-            feedback_position: 0,
+            examples_trained: meta.examples_trained,
+            feedback_position: meta.feedback_position,
         });
         Self {
             live: ArcSwap::new(first.clone()),
-            writer: Mutex::new(VecDeque::from([first])),
+            writer: Mutex::new(Writer {
+                recent: VecDeque::from([first]),
+                floor,
+            }),
+        }
+    }
+
+    /// At a clean shutdown: records the last published version as the
+    /// highest used, so the next start continues right after it.
+    pub fn settle(&self) -> std::io::Result<()> {
+        let mut w = self.lock();
+        let last = w.recent.back().map_or(0, |v| v.version);
+        match &mut w.floor {
+            Some(floor) => floor.settle(last),
+            None => Ok(()),
         }
     }
 
@@ -83,10 +143,10 @@ impl ModelStore {
 
     /// Versions still held in memory, oldest first.
     pub fn recent(&self) -> Vec<Arc<ModelVersion>> {
-        self.lock().iter().cloned().collect()
+        self.lock().recent.iter().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<ModelVersion>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic while holding this lock leaves the ring intact (every
         // mutation is a single push or pop), so poisoning carries no meaning.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
@@ -94,22 +154,25 @@ impl ModelStore {
 }
 
 impl VersionSink for ModelStore {
-    fn publish(&self, params: Params, meta: PublishMeta) -> Arc<ModelVersion> {
-        let mut recent = self.lock();
-        let last = recent.back().map_or(0, |v| v.version);
+    fn publish(&self, params: Params, meta: PublishMeta) -> std::io::Result<Arc<ModelVersion>> {
+        let mut w = self.lock();
+        let version = w.recent.back().map_or(0, |v| v.version) + 1;
+        if let Some(floor) = &mut w.floor {
+            floor.reserve(version)?;
+        }
         let next = Arc::new(ModelVersion {
-            version: last + 1,
+            version,
             params,
             published_at: SystemTime::now(),
             examples_trained: meta.examples_trained,
             feedback_position: meta.feedback_position,
         });
         self.live.store(next.clone());
-        recent.push_back(next.clone());
-        while recent.len() > RECENT_VERSIONS {
-            recent.pop_front();
+        w.recent.push_back(next.clone());
+        while w.recent.len() > RECENT_VERSIONS {
+            w.recent.pop_front();
         }
-        next
+        Ok(next)
     }
 }
 
@@ -130,7 +193,10 @@ mod tests {
         };
         for want in 2..20 {
             assert_eq!(
-                store.publish(Params::new(space.clone(), 8), meta).version,
+                store
+                    .publish(Params::new(space.clone(), 8), meta)
+                    .unwrap()
+                    .version,
                 want
             );
         }
@@ -138,5 +204,46 @@ mod tests {
         assert_eq!(held.version, 1, "a reader's version never changes under it");
         let recent: Vec<u64> = store.recent().iter().map(|v| v.version).collect();
         assert_eq!(recent, (12..20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn numbers_used_before_a_crash_are_never_reused() {
+        let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let meta = PublishMeta {
+            examples_trained: 0,
+            feedback_position: 0,
+        };
+        let open = |version| {
+            ModelStore::open(
+                Params::new(space.clone(), 8),
+                version,
+                meta,
+                VersionFloor::open(dir.path()).unwrap(),
+            )
+            .unwrap()
+        };
+        let store = open(1);
+        for _ in 0..5 {
+            store.publish(Params::new(space.clone(), 8), meta).unwrap();
+        }
+        assert_eq!(store.live().version, 6);
+        drop(store); // a crash: no settle
+        let after_crash = open(3);
+        assert!(
+            after_crash.live().version > 6,
+            "got {}",
+            after_crash.live().version
+        );
+        after_crash
+            .publish(Params::new(space.clone(), 8), meta)
+            .unwrap();
+        let last = after_crash.live().version;
+        after_crash.settle().unwrap();
+        assert_eq!(
+            open(last).live().version,
+            last,
+            "a clean restart continues at the same number"
+        );
     }
 }

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TrainingConfig;
+use crate::config::{ModelConfig, TrainingConfig};
 use crate::learn::Learner;
+use crate::persist::{Snapshot, SnapshotMeta, SnapshotStore};
 
 use super::queue::{Feedback, FeedbackStream};
 use super::store::{PublishMeta, VersionSink};
@@ -40,6 +41,8 @@ pub struct TrainingStats {
     pub panics: AtomicU64,
     /// Blocks the last publish had written (a measure of its cost).
     pub blocks_written_last_publish: AtomicU64,
+    pub snapshots_written: AtomicU64,
+    pub snapshot_failures: AtomicU64,
 }
 
 pub struct Trainer {
@@ -49,6 +52,10 @@ pub struct Trainer {
     pub sink: Arc<dyn VersionSink>,
     pub stats: Arc<TrainingStats>,
     pub config: TrainingConfig,
+    /// `None`: no snapshots (memory-only use, tests of the trainer alone).
+    pub snapshots: Option<SnapshotPolicy>,
+    /// The version the working copy equals when nothing is unpublished.
+    pub live_version: u64,
 }
 
 /// What woke the trainer while it waited for feedback.
@@ -82,7 +89,7 @@ impl Trainer {
             match wake {
                 Wake::Stop | Wake::Closed => break,
                 Wake::Flush => {
-                    self.publish();
+                    self.publish_and_maybe_snapshot(false);
                     unpublished = 0;
                     last_publish = Instant::now();
                     continue;
@@ -96,7 +103,7 @@ impl Trainer {
                 && (self.stream.is_empty()
                     || last_publish.elapsed() >= self.config.min_publish_interval());
             if due {
-                self.publish();
+                self.publish_and_maybe_snapshot(false);
                 unpublished = 0;
                 last_publish = Instant::now();
             }
@@ -104,7 +111,7 @@ impl Trainer {
                 break;
             }
         }
-        self.drain(size, grace, unpublished > 0);
+        self.drain(&rt, size, grace, unpublished > 0);
     }
 
     /// Tops the minibatch up to `size`, waiting until `deadline` at most.
@@ -144,26 +151,44 @@ impl Trainer {
         false
     }
 
-    /// Trains what is queued at shutdown, bounded by `grace`.
-    fn drain(&mut self, size: usize, grace: Duration, mut unpublished: bool) {
+    /// Trains what is queued at shutdown, bounded by `grace`. The queue is
+    /// closed first, so a request arriving now is refused (503) rather than
+    /// accepted and left behind; reservations already made still deliver.
+    fn drain(&mut self, rt: &Handle, size: usize, grace: Duration, mut unpublished: bool) {
+        self.stream.close();
         let deadline = Instant::now() + grace;
         let mut batch = Vec::with_capacity(size);
         loop {
             batch.clear();
-            if self.stream.try_recv_many(&mut batch, size) == 0 {
+            let stream = &mut self.stream;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let done = rt.block_on(async {
+                while batch.len() < size {
+                    match tokio::time::timeout(left, stream.recv()).await {
+                        Ok(Some(item)) => batch.push(item),
+                        Ok(None) => return true,
+                        Err(_) => return false,
+                    }
+                }
+                false
+            });
+            self.train(&batch);
+            unpublished |= !batch.is_empty();
+            if done {
                 break;
             }
-            self.train(&batch);
-            unpublished = true;
             if Instant::now() >= deadline {
                 let mut rest = Vec::new();
                 let left = self.stream.try_recv_many(&mut rest, usize::MAX);
-                tracing::warn!(model = %self.model, untrained = left, "shutdown grace ran out with feedback still queued");
+                tracing::warn!(model = %self.model, untrained = left, "shutdown grace ran out with feedback still queued; it is lost");
                 break;
             }
         }
         if unpublished {
-            self.publish();
+            self.publish_and_maybe_snapshot(true);
+        } else if self.snapshots.is_some() {
+            // Nothing new to publish: still leave a snapshot of the live state.
+            self.snapshot(self.live_version);
         }
         tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
     }
@@ -197,19 +222,103 @@ impl Trainer {
         }
     }
 
-    fn publish(&mut self) {
-        let written = self.learner.params_mut().weights.take_touched().len();
-        self.learner.params_mut().scaler.take_touched();
+    /// Publishes the working copy; returns the new version number. On
+    /// failure (the version number could not be reserved on disk) the live
+    /// model stays as it was and the trained work is published next time.
+    fn publish(&mut self) -> Option<u64> {
         let meta = PublishMeta {
-            examples_trained: self.stats.examples_base
-                + self.stats.examples_trained.load(Ordering::Relaxed),
+            examples_trained: self.examples_trained(),
             feedback_position: self.stream.position(),
         };
-        let version = self.sink.publish(self.learner.params().clone(), meta);
-        self.stats.publishes.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .blocks_written_last_publish
-            .store(written as u64, Ordering::Relaxed);
-        tracing::debug!(model = %self.model, version = version.version, blocks = written, "published");
+        match self.sink.publish(self.learner.params().clone(), meta) {
+            Ok(version) => {
+                let written = self.learner.params_mut().weights.take_touched().len();
+                self.learner.params_mut().scaler.take_touched();
+                self.stats.publishes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .blocks_written_last_publish
+                    .store(written as u64, Ordering::Relaxed);
+                tracing::debug!(model = %self.model, version = version.version, blocks = written, "published");
+                self.live_version = version.version;
+                Some(version.version)
+            }
+            Err(e) => {
+                tracing::error!(model = %self.model, error = %e, "cannot reserve a version number; not published");
+                None
+            }
+        }
     }
+
+    fn examples_trained(&self) -> u64 {
+        self.stats.examples_base + self.stats.examples_trained.load(Ordering::Relaxed)
+    }
+
+    /// Writes a snapshot of the working copy as `version` (just published).
+    fn snapshot(&mut self, version: u64) {
+        let examples_trained = self.examples_trained();
+        let Some(policy) = &mut self.snapshots else {
+            return;
+        };
+        policy.last = Instant::now();
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                format_version: crate::persist::snapshot::FORMAT_VERSION,
+                model: self.model.to_string(),
+                task: policy.model.task,
+                classes: policy.model.classes.clone(),
+                hash_bits: policy.model.hash_bits,
+                optimizer: *self.learner.optimizer(),
+                version,
+                examples_trained,
+                feedback_position: self.stream.position(),
+                optimizer_steps: self.learner.state().steps,
+                created_at_ms: epoch_ms(),
+                model_created_at_ms: policy.created_at_ms,
+                quality: Default::default(),
+            },
+            learner: self.learner.clone(),
+        };
+        let started = Instant::now();
+        match policy.store.write(&snapshot, &[]) {
+            Ok(file) => {
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(model = %self.model, version, bytes = file.bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
+            }
+            Err(e) => {
+                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, version, error = %e, "snapshot failed");
+            }
+        }
+    }
+
+    /// Publishes and, when a snapshot is due (or `force`), snapshots.
+    fn publish_and_maybe_snapshot(&mut self, force: bool) {
+        if let Some(version) = self.publish() {
+            let due = self
+                .snapshots
+                .as_ref()
+                .is_some_and(|p| force || p.last.elapsed() >= p.interval);
+            if due {
+                self.snapshot(version);
+            }
+        }
+    }
+}
+
+/// When and where the trainer writes snapshots.
+pub struct SnapshotPolicy {
+    pub store: SnapshotStore,
+    pub interval: Duration,
+    /// The model's configuration (task, classes, hash_bits go in the meta).
+    pub model: ModelConfig,
+    pub created_at_ms: u64,
+    /// When the last snapshot was written (or the trainer started).
+    pub last: Instant,
+}
+
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }

@@ -136,13 +136,6 @@ const CASES: &[(&str, &str, &str, u16, &str)] = &[
         "invalid_features",
     ),
     (
-        "infinite after f32",
-        "/v1/models/bin/predict",
-        r#"{"features": {"a": 1e300}}"#,
-        422,
-        "invalid_features",
-    ),
-    (
         "beyond f64",
         "/v1/models/bin/predict",
         r#"{"features": {"a": 1e999}}"#,
@@ -289,6 +282,20 @@ const CASES: &[(&str, &str, &str, u16, &str)] = &[
         422,
         "batch_too_large",
     ),
+    (
+        "model name not UTF-8",
+        "/v1/models/%FF/predict",
+        r#"{"features": {"a": 1}}"#,
+        404,
+        "model_not_found",
+    ),
+    (
+        "regression label too large",
+        "/v1/models/reg/feedback",
+        r#"{"features": {"a": 1}, "label": 1e200}"#,
+        422,
+        "invalid_label",
+    ),
     ("unknown route", "/v2/models", "{}", 404, "not_found"),
     ("wrong method", "/healthz", "{}", 405, "method_not_allowed"),
 ];
@@ -328,6 +335,61 @@ async fn every_bad_input_answers_its_status_and_code_and_accepts_nothing() {
         (status, json["error"]["code"].as_str()),
         (404, Some("model_not_found"))
     );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_refused_batch_lists_every_failing_example() {
+    let app = spawn_app(MODELS).await;
+    let p = app.predict("bin", json!({ "a": 1 })).await;
+    let good_id = p["prediction_id"].as_str().expect("id");
+    let (status, body) = app
+        .feedback(
+            "bin",
+            json!({ "examples": [
+                { "features": { "a": 1 }, "label": 5 },
+                { "prediction_id": "0123", "label": 1 },
+                { "prediction_id": good_id, "label": 1 },
+                { "features": {}, "label": 1 },
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let codes: Vec<(u64, &str)> = body["error"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["index"].as_u64().expect("index"),
+                i["code"].as_str().expect("code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (0, "unknown_class"),
+            (1, "unknown_prediction_id"),
+            (3, "invalid_features")
+        ]
+    );
+    // Nothing was applied: the good id can still be labelled.
+    let (status, _) = app
+        .feedback("bin", json!({ "prediction_id": good_id, "label": 1 }))
+        .await;
+    assert_eq!(status, 202);
+    // Huge but finite features are accepted and answered with a distribution.
+    let p = app
+        .predict("multi", json!({ "a": 1e300, "b": -3e38 }))
+        .await;
+    let sum: f64 = p["probabilities"]
+        .as_object()
+        .expect("map")
+        .values()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-5, "{p}");
     app.stop().await.expect("clean stop");
 }
 

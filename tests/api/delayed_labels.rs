@@ -12,25 +12,30 @@ async fn feedback_by_prediction_id_trains_on_the_predicted_features() {
         "[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.training]\nminibatch_size = 1",
     )
     .await;
-    let x = json!({ "a": 1.0, "colour": "red" });
-    let before = app.predict("demo", x.clone()).await;
+    // Two categories labelled oppositely, only ever through prediction ids:
+    // each moves its own way only if the join hands the trainer the
+    // features that were predicted.
+    let red = json!({ "colour": "red" });
+    let blue = json!({ "colour": "blue" });
+    let before = app.predict("demo", red.clone()).await;
     let mut n = 0;
-    for _ in 0..20 {
-        let p = app.predict("demo", x.clone()).await;
-        let id = p["prediction_id"].as_str().expect("id");
-        let (status, body) = app
-            .feedback("demo", json!({ "prediction_id": id, "label": 1 }))
-            .await;
-        assert_eq!(status, 202, "{body}");
-        n += 1;
-        app.wait_trained("demo", n).await;
+    for _ in 0..15 {
+        for (x, label) in [(&red, 1), (&blue, 0)] {
+            let p = app.predict("demo", x.clone()).await;
+            let id = p["prediction_id"].as_str().expect("id");
+            let (status, body) = app
+                .feedback("demo", json!({ "prediction_id": id, "label": label }))
+                .await;
+            assert_eq!(status, 202, "{body}");
+            n += 1;
+            app.wait_trained("demo", n).await;
+        }
     }
-    let after = app.predict("demo", x).await;
     let p = |v: &Value| v["probabilities"]["1"].as_f64().expect("p");
-    assert!(
-        p(&after) > p(&before) + 0.3,
-        "before {before} after {after}"
-    );
+    let red_after = p(&app.predict("demo", red).await);
+    let blue_after = p(&app.predict("demo", blue).await);
+    assert!(red_after > 0.9, "red learned as 1: {red_after}");
+    assert!(blue_after < 0.1, "blue learned as 0: {blue_after}");
 
     // An id can be labelled once; a made-up one is unknown.
     let id = before["prediction_id"].as_str().expect("id");

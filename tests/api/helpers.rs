@@ -17,7 +17,8 @@ pub struct TestApp {
     /// In-process handles, to look at what HTTP does not show.
     pub state: eddy::http::AppState,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub _dir: tempfile::TempDir,
+    /// The storage directory, when this app owns it.
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 /// A config over the built-in default: the given TOML, a free port, a temp
@@ -35,28 +36,42 @@ pub async fn spawn_app(toml_text: &str) -> TestApp {
 }
 
 pub async fn spawn_with(toml_text: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    init_logs();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = config(toml_text, dir.path());
+    let mut app = spawn_at(toml_text, dir.path(), tweak)
+        .await
+        .expect("app builds");
+    app._dir = Some(dir);
+    app
+}
+
+/// Starts the app on a storage directory the caller owns (restart tests).
+pub async fn spawn_at(
+    toml_text: &str,
+    dir: &Path,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<TestApp> {
+    init_logs();
+    let mut c = config(toml_text, dir);
     tweak(&mut c);
-    let app = App::build(c).await.expect("app builds");
+    let app = App::build(c).await?;
     let addr = app.local_addr().expect("bound");
     let shutdown = app.shutdown_token();
     let state = app.state().clone();
     let server = tokio::spawn(app.run());
-    TestApp {
+    Ok(TestApp {
         addr,
         client: reqwest::Client::new(),
         shutdown,
         state,
         server,
-        _dir: dir,
-    }
+        _dir: None,
+    })
 }
 
-/// Logs during tests are opt-in: EDDY_TEST_LOG=debug cargo test.
+/// Logs during tests are opt-in: TEST_LOG=debug cargo test. (Not an
+/// EDDY_ variable: those are configuration.)
 fn init_logs() {
-    if let Ok(level) = std::env::var("EDDY_TEST_LOG") {
+    if let Ok(level) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(level)
             .with_test_writer()

@@ -44,6 +44,7 @@ async fn shutdown_trains_and_publishes_what_is_queued() {
 fn bad_config_exits_non_zero_naming_the_key() {
     let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .arg("serve")
+        .env_clear()
         .env("EDDY_MODELS__DEMO__HASH_BITS", "99")
         .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
         .output()
@@ -56,6 +57,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
     let path = dir.path().join("eddy.toml");
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\nport = 3\n").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .env_clear()
         .args(["serve", "--config"])
         .arg(&path)
         .output()

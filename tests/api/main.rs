@@ -9,4 +9,5 @@ mod learning;
 mod lifecycle;
 mod limits;
 mod progressive;
+mod restart;
 mod tidy;

@@ -1,0 +1,682 @@
+//! Snapshots: a model's complete learning state on disk, in a stable,
+//! versioned format, written atomically and verified on load.
+//!
+//! A snapshot holds the weights, intercepts, feature and target statistics,
+//! optimizer state, the model's shape (task, classes, hash_bits), its
+//! version and counters, and quality figures. The file is
+//!
+//! ```text
+//! "EDDYSNAP" | format u32 LE | payload length u64 LE | payload | blake3(all before)
+//! ```
+//!
+//! where the payload is a safetensors file (readable by other ML tools):
+//! tensors `weights` (f32, rows x outputs), `bias` (f32), `scaler` (f64,
+//! rows x 3: count, mean, M2), `target` (f64, 3), `optim.weights` and
+//! `optim.bias` (f32, when the optimizer keeps state), and the metadata
+//! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
+//! file fails the length or checksum test and is never loaded.
+//!
+//! `SnapshotStore` writes files as temp file, fsync, rename, fsync of the
+//! directory, so a crash part-way leaves either the old set of files or the
+//! new one, never a file that loads as valid with wrong contents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::Array2;
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::ModelConfig;
+use crate::learn::blocked::Blocked;
+use crate::learn::linear::{Moments, OptimState};
+use crate::learn::{LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
+
+const MAGIC: &[u8; 8] = b"EDDYSNAP";
+/// The on-disk format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8;
+const CHECKSUM_LEN: usize = 32;
+const META_KEY: &str = "eddy";
+
+/// What a snapshot says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub format_version: u32,
+    pub model: String,
+    pub task: TaskKind,
+    pub classes: Vec<String>,
+    pub hash_bits: u8,
+    pub optimizer: OptimizerConfig,
+    /// The model version these weights were published as.
+    pub version: u64,
+    pub examples_trained: u64,
+    /// Feedback items included (the trainer's queue position).
+    pub feedback_position: u64,
+    pub optimizer_steps: u64,
+    /// When this snapshot was written, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When the model was first created (kept across restarts).
+    #[serde(default)]
+    pub model_created_at_ms: u64,
+    /// Quality figures at snapshot time, by name (accuracy, log_loss, ...).
+    #[serde(default)]
+    pub quality: BTreeMap<String, f64>,
+}
+
+/// A model's state: metadata plus the learner (parameters and optimizer).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub learner: Learner,
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path}: not an eddy snapshot (bad magic)")]
+    BadMagic { path: PathBuf },
+    #[error(
+        "snapshot {path}: format version {found} is not supported (this build reads {FORMAT_VERSION})"
+    )]
+    Format { path: PathBuf, found: u32 },
+    #[error("snapshot {path}: truncated ({len} bytes, expected {expected})")]
+    Truncated {
+        path: PathBuf,
+        len: usize,
+        expected: usize,
+    },
+    #[error("snapshot {path}: checksum mismatch (corrupted)")]
+    Checksum { path: PathBuf },
+    #[error("snapshot {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("snapshot {path} does not match the configuration of model `{model}`: {message}")]
+    Mismatch {
+        path: PathBuf,
+        model: String,
+        message: String,
+    },
+}
+
+impl Error {
+    /// True when the file is damaged (skip it and look further), false when
+    /// it is intact but unusable with this configuration (stop start-up).
+    pub fn is_corruption(&self) -> bool {
+        !matches!(self, Error::Mismatch { .. } | Error::Io { .. })
+    }
+}
+
+impl Snapshot {
+    /// Encodes the snapshot in the file format described above.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let p = self.learner.params();
+        let st = self.learner.state();
+        let outputs = p.outputs();
+        let rows = p.weights.rows();
+        let slots = self.learner.optimizer().slots();
+        let weights = f32_bytes(&p.weights.to_vec());
+        let bias = f32_bytes(&p.bias);
+        let scaler: Vec<f64> = p
+            .scaler
+            .to_vec()
+            .iter()
+            .flat_map(|m| [m.n, m.mean, m.m2])
+            .collect();
+        let scaler = f64_bytes(&scaler);
+        let target = f64_bytes(&[p.target.n, p.target.mean, p.target.m2]);
+        let optim_w = f32_bytes(
+            st.weights
+                .as_slice()
+                .ok_or("optimizer state not contiguous")?,
+        );
+        let optim_b = f32_bytes(st.bias.as_slice().ok_or("optimizer state not contiguous")?);
+        let mut tensors = vec![
+            (
+                "weights".to_owned(),
+                view(Dtype::F32, vec![rows, outputs], &weights)?,
+            ),
+            ("bias".to_owned(), view(Dtype::F32, vec![outputs], &bias)?),
+            (
+                "scaler".to_owned(),
+                view(Dtype::F64, vec![rows, 3], &scaler)?,
+            ),
+            ("target".to_owned(), view(Dtype::F64, vec![3], &target)?),
+        ];
+        if slots > 0 {
+            tensors.push((
+                "optim.weights".to_owned(),
+                view(Dtype::F32, vec![rows, outputs * slots], &optim_w)?,
+            ));
+            tensors.push((
+                "optim.bias".to_owned(),
+                view(Dtype::F32, vec![outputs, slots], &optim_b)?,
+            ));
+        }
+        let meta = serde_json::to_string(&self.meta).map_err(|e| e.to_string())?;
+        let payload =
+            safetensors::serialize(tensors, Some(HashMap::from([(META_KEY.to_owned(), meta)])))
+                .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&payload);
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        Ok(out)
+    }
+
+    /// Decodes and verifies a snapshot file's bytes; `path` is for messages.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, Error> {
+        let path = path.to_owned();
+        let invalid = |message: String| Error::Invalid {
+            path: path.clone(),
+            message,
+        };
+        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
+            return Err(Error::Truncated {
+                path,
+                len: bytes.len(),
+                expected: HEADER_LEN + CHECKSUM_LEN,
+            });
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(Error::BadMagic { path });
+        }
+        let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if format != FORMAT_VERSION {
+            return Err(Error::Format {
+                path,
+                found: format,
+            });
+        }
+        let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        let expected = usize::try_from(payload_len)
+            .ok()
+            .and_then(|n| n.checked_add(HEADER_LEN + CHECKSUM_LEN))
+            .ok_or_else(|| invalid("payload length overflows".into()))?;
+        if bytes.len() != expected {
+            return Err(Error::Truncated {
+                path,
+                len: bytes.len(),
+                expected,
+            });
+        }
+        let (body, sum) = bytes.split_at(expected - CHECKSUM_LEN);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(Error::Checksum { path });
+        }
+        let st = safetensors::SafeTensors::deserialize(&body[HEADER_LEN..])
+            .map_err(|e| invalid(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&body[HEADER_LEN..])
+            .map_err(|e| invalid(e.to_string()))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| invalid("no eddy metadata".into()))?;
+        let meta: SnapshotMeta =
+            serde_json::from_str(meta_json).map_err(|e| invalid(format!("metadata: {e}")))?;
+        let space =
+            LabelSpace::new(meta.task, meta.classes.clone()).map_err(|e| invalid(e.to_string()))?;
+        let outputs = space.outputs();
+        let rows = 1usize
+            .checked_shl(u32::from(meta.hash_bits))
+            .filter(|_| meta.hash_bits <= crate::learn::features::MAX_HASH_BITS)
+            .ok_or_else(|| invalid("hash_bits out of range".into()))?;
+        let slots = meta.optimizer.slots();
+        let tensor = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<&[u8], Error> {
+            let t = st
+                .tensor(name)
+                .map_err(|e| invalid(format!("{name}: {e}")))?;
+            if t.dtype() != dtype || t.shape() != shape {
+                return Err(invalid(format!(
+                    "{name}: expected {dtype:?} {shape:?}, found {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            Ok(t.data())
+        };
+        let weights = read_f32(tensor("weights", Dtype::F32, &[rows, outputs])?);
+        let bias = read_f32(tensor("bias", Dtype::F32, &[outputs])?);
+        let scaler: Vec<Moments> = read_f64(tensor("scaler", Dtype::F64, &[rows, 3])?)
+            .chunks_exact(3)
+            .map(|c| Moments {
+                n: c[0],
+                mean: c[1],
+                m2: c[2],
+            })
+            .collect();
+        let t = read_f64(tensor("target", Dtype::F64, &[3])?);
+        let (optim_w, optim_b) = if slots > 0 {
+            (
+                read_f32(tensor(
+                    "optim.weights",
+                    Dtype::F32,
+                    &[rows, outputs * slots],
+                )?),
+                read_f32(tensor("optim.bias", Dtype::F32, &[outputs, slots])?),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let params = Params {
+            space: Arc::new(space),
+            hash_bits: meta.hash_bits,
+            weights: Blocked::from_vec(rows, outputs, weights)
+                .ok_or_else(|| invalid("weights shape".into()))?,
+            bias,
+            scaler: Blocked::from_vec(rows, 1, scaler)
+                .ok_or_else(|| invalid("scaler shape".into()))?,
+            target: Moments {
+                n: t[0],
+                mean: t[1],
+                m2: t[2],
+            },
+        };
+        let state = OptimState {
+            weights: Array2::from_shape_vec((rows, outputs * slots), optim_w)
+                .map_err(|e| invalid(e.to_string()))?,
+            bias: Array2::from_shape_vec((outputs, slots), optim_b)
+                .map_err(|e| invalid(e.to_string()))?,
+            steps: meta.optimizer_steps,
+        };
+        let learner = Learner::with_state(params, meta.optimizer, state);
+        Ok(Snapshot { meta, learner })
+    }
+
+    /// Checks that this snapshot can serve as `config`'s model: task,
+    /// classes and hash_bits must match. A changed optimizer is allowed
+    /// (see `adopt`).
+    pub fn check_compatible(&self, config: &ModelConfig, path: &Path) -> Result<(), Error> {
+        let m = &self.meta;
+        let mismatch = |message: String| Error::Mismatch {
+            path: path.to_owned(),
+            model: config.name.clone(),
+            message,
+        };
+        if m.task != config.task {
+            return Err(mismatch(format!(
+                "task is {:?} in the snapshot, {:?} in config",
+                m.task, config.task
+            )));
+        }
+        if m.classes != config.classes {
+            return Err(mismatch(format!(
+                "classes are {:?} in the snapshot, {:?} in config",
+                m.classes, config.classes
+            )));
+        }
+        if m.hash_bits != config.hash_bits {
+            return Err(mismatch(format!(
+                "hash_bits is {} in the snapshot, {} in config",
+                m.hash_bits, config.hash_bits
+            )));
+        }
+        Ok(())
+    }
+
+    /// The learner to continue with under `optimizer`: the saved one, or,
+    /// if the optimizer kind changed, the saved parameters with fresh
+    /// optimizer state (the old state means nothing to another rule).
+    pub fn adopt(self, optimizer: OptimizerConfig) -> Learner {
+        if self.meta.optimizer.kind == optimizer.kind {
+            let state = self.learner.state().clone();
+            Learner::with_state(self.learner.params().clone(), optimizer, state)
+        } else {
+            Learner::new(self.learner.params().clone(), optimizer)
+        }
+    }
+}
+
+fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
+    TensorView::new(dtype, shape, data).map_err(|e| e.to_string())
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f64_bytes(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Copies little-endian floats out of a tensor (its bytes need not be aligned).
+fn read_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn read_f64(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+/// One model's snapshot directory.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+    /// How many of the newest snapshots to keep.
+    keep: usize,
+}
+
+/// A snapshot file found in the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotFile {
+    pub version: u64,
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// What `load_newest_valid` found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub snapshot: Option<(Snapshot, PathBuf)>,
+    /// Damaged files passed over, newest first, with why.
+    pub skipped: Vec<Error>,
+}
+
+impl SnapshotStore {
+    pub fn new(dir: PathBuf, keep: usize) -> Self {
+        Self {
+            dir,
+            keep: keep.max(1),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+        let path = path.to_owned();
+        move |source| Error::Io {
+            path: path.clone(),
+            source,
+        }
+    }
+
+    /// Writes atomically, then prunes old snapshots (never those in `protect`).
+    pub fn write(&self, snapshot: &Snapshot, protect: &[u64]) -> Result<SnapshotFile, Error> {
+        let path = self.dir.join(file_name(snapshot.meta.version));
+        let bytes = snapshot.encode().map_err(|message| Error::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".snapshot-")
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(self.io(&self.dir))?;
+        tmp.write_all(&bytes).map_err(self.io(tmp.path()))?;
+        tmp.as_file().sync_all().map_err(self.io(tmp.path()))?;
+        tmp.persist(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(&self.dir))?;
+        self.prune(protect)?;
+        Ok(SnapshotFile {
+            version: snapshot.meta.version,
+            path,
+            bytes: bytes.len() as u64,
+        })
+    }
+
+    /// Snapshot files, oldest first.
+    pub fn list(&self) -> Result<Vec<SnapshotFile>, Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(&self.dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(self.io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(version) = name.to_str().and_then(parse_file_name) else {
+                continue;
+            };
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(SnapshotFile {
+                version,
+                path: entry.path(),
+                bytes,
+            });
+        }
+        out.sort_by_key(|f| f.version);
+        Ok(out)
+    }
+
+    /// Loads one file.
+    pub fn load(path: &Path) -> Result<Snapshot, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Snapshot::decode(&bytes, path)
+    }
+
+    /// The newest snapshot that verifies; damaged ones are skipped and
+    /// reported, never loaded.
+    pub fn load_newest_valid(&self) -> Result<Loaded, Error> {
+        let mut loaded = Loaded::default();
+        for file in self.list()?.into_iter().rev() {
+            match Self::load(&file.path) {
+                Ok(s) => {
+                    loaded.snapshot = Some((s, file.path));
+                    break;
+                }
+                Err(e) if e.is_corruption() => loaded.skipped.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Keeps the newest `keep` snapshots and those in `protect`.
+    fn prune(&self, protect: &[u64]) -> Result<(), Error> {
+        let files = self.list()?;
+        let cut = files.len().saturating_sub(self.keep);
+        for f in &files[..cut] {
+            if !protect.contains(&f.version) {
+                std::fs::remove_file(&f.path).map_err(self.io(&f.path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_name(version: u64) -> String {
+    format!("snapshot-{version:020}.eddy")
+}
+
+fn parse_file_name(name: &str) -> Option<u64> {
+    name.strip_prefix("snapshot-")?
+        .strip_suffix(".eddy")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::{FeatureHasher, OptimizerKind, RawFeatures, Target};
+
+    fn trained(kind: OptimizerKind, task: TaskKind, classes: &[&str]) -> Snapshot {
+        let classes: Vec<String> = classes.iter().map(|s| s.to_string()).collect();
+        let space = Arc::new(LabelSpace::new(task, classes.clone()).unwrap());
+        let optimizer = OptimizerConfig {
+            kind,
+            ..OptimizerConfig::default()
+        };
+        let mut learner = Learner::new(Params::new(space.clone(), 10), optimizer);
+        for i in 0..200 {
+            let x = features(&format!(r#"{{"a": {}, "c": "k{}"}}"#, i % 13, i % 3));
+            let y = match task {
+                TaskKind::Regression => Target::Value(i as f64 * 0.5),
+                _ => Target::Class(i % space.n_classes()),
+            };
+            learner.learn_one(&x, y);
+        }
+        Snapshot {
+            meta: SnapshotMeta {
+                format_version: FORMAT_VERSION,
+                model: "m".into(),
+                task,
+                classes,
+                hash_bits: 10,
+                optimizer,
+                version: 7,
+                examples_trained: 200,
+                feedback_position: 200,
+                optimizer_steps: learner.state().steps,
+                created_at_ms: 1,
+                model_created_at_ms: 1,
+                quality: BTreeMap::from([("accuracy".to_owned(), 0.75)]),
+            },
+            learner,
+        }
+    }
+
+    fn features(json: &str) -> crate::learn::FeatureVec {
+        let raw: RawFeatures = serde_json::from_str(json).unwrap();
+        FeatureHasher::new(10).hash(&raw).unwrap()
+    }
+
+    #[test]
+    fn round_trip_predicts_and_learns_identically() {
+        for (kind, task, classes) in [
+            (OptimizerKind::Sgd, TaskKind::Binary, &[][..]),
+            (
+                OptimizerKind::Adagrad,
+                TaskKind::Multiclass,
+                &["x", "y", "z"][..],
+            ),
+            (OptimizerKind::Adam, TaskKind::Regression, &[][..]),
+            (OptimizerKind::Ftrl, TaskKind::Binary, &["no", "yes"][..]),
+        ] {
+            let s = trained(kind, task, classes);
+            let bytes = s.encode().unwrap();
+            let back = Snapshot::decode(&bytes, Path::new("x")).unwrap();
+            assert_eq!(back.meta, s.meta);
+            let probe = features(r#"{"a": 5, "c": "k1"}"#);
+            assert_eq!(
+                back.learner.params().predict(&probe),
+                s.learner.params().predict(&probe)
+            );
+            // Optimizer state came back too: one more step agrees.
+            let (mut a, mut b) = (s.learner.clone(), back.learner.clone());
+            let y = if task == TaskKind::Regression {
+                Target::Value(3.0)
+            } else {
+                Target::Class(1)
+            };
+            a.learn_one(&probe, y);
+            b.learn_one(&probe, y);
+            assert_eq!(
+                a.params().predict(&probe),
+                b.params().predict(&probe),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let bytes = trained(OptimizerKind::Adagrad, TaskKind::Binary, &[])
+            .encode()
+            .unwrap();
+        let p = Path::new("x");
+        assert!(matches!(
+            Snapshot::decode(&bytes[..bytes.len() - 1], p),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            Snapshot::decode(&bytes[..10], p),
+            Err(Error::Truncated { .. })
+        ));
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        assert!(matches!(
+            Snapshot::decode(&flipped, p),
+            Err(Error::Checksum { .. })
+        ));
+        let mut magic = bytes.clone();
+        magic[0] = b'X';
+        assert!(matches!(
+            Snapshot::decode(&magic, p),
+            Err(Error::BadMagic { .. })
+        ));
+        let mut format = bytes.clone();
+        format[8] = 99;
+        assert!(matches!(
+            Snapshot::decode(&format, p),
+            Err(Error::Format { found: 99, .. })
+        ));
+        for e in [
+            Snapshot::decode(&flipped, p).unwrap_err(),
+            Snapshot::decode(&bytes[..50], p).unwrap_err(),
+        ] {
+            assert!(e.is_corruption());
+        }
+    }
+
+    #[test]
+    fn store_keeps_the_newest_and_skips_damaged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().to_owned(), 2);
+        let mut s = trained(OptimizerKind::Adagrad, TaskKind::Binary, &[]);
+        for v in [3, 5, 9, 12] {
+            s.meta.version = v;
+            store.write(&s, &[3]).unwrap();
+        }
+        let versions: Vec<u64> = store.list().unwrap().iter().map(|f| f.version).collect();
+        assert_eq!(
+            versions,
+            [3, 9, 12],
+            "the newest two plus the protected one"
+        );
+        // Damage the newest: it is skipped and reported, the next one loads.
+        let newest = store.list().unwrap().pop().unwrap();
+        let bytes = std::fs::read(&newest.path).unwrap();
+        std::fs::write(&newest.path, &bytes[..bytes.len() / 2]).unwrap();
+        let loaded = store.load_newest_valid().unwrap();
+        assert_eq!(loaded.snapshot.unwrap().0.meta.version, 9);
+        assert_eq!(loaded.skipped.len(), 1);
+        // Leftover temp files from a crash are not snapshots.
+        std::fs::write(dir.path().join(".snapshot-abc.tmp"), b"partial").unwrap();
+        assert_eq!(store.list().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_shape_is_a_mismatch() {
+        let s = trained(OptimizerKind::Adagrad, TaskKind::Binary, &[]);
+        let mut config: ModelConfig = crate::config::Config::builtin().unwrap().models.remove(0);
+        config.hash_bits = 10;
+        assert!(s.check_compatible(&config, Path::new("x")).is_ok());
+        config.hash_bits = 12;
+        let e = s.check_compatible(&config, Path::new("x")).unwrap_err();
+        assert!(
+            !e.is_corruption() && e.to_string().contains("hash_bits"),
+            "{e}"
+        );
+        config.hash_bits = 10;
+        config.task = TaskKind::Regression;
+        assert!(s.check_compatible(&config, Path::new("x")).is_err());
+    }
+}
