@@ -6,7 +6,7 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::helpers::{config, spawn_app, spawn_with};
+use crate::helpers::{config, item_codes, spawn_app, spawn_with};
 
 const MODELS: &str = r#"
 [[models]]
@@ -355,19 +355,8 @@ async fn a_refused_batch_lists_every_failing_example() {
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    let codes: Vec<(u64, &str)> = body["error"]["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|i| {
-            (
-                i["index"].as_u64().expect("index"),
-                i["code"].as_str().expect("code"),
-            )
-        })
-        .collect();
     assert_eq!(
-        codes,
+        item_codes(&body),
         [
             (0, "unknown_class"),
             (1, "unknown_prediction_id"),

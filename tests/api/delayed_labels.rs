@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{item_codes, spawn_app};
 
 #[tokio::test]
 async fn feedback_by_prediction_id_trains_on_the_predicted_features() {
@@ -113,18 +113,8 @@ async fn batch_predict_ids_are_distinct_and_belong_to_their_model() {
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    let items = body["error"]["items"].as_array().expect("items");
-    let codes: Vec<(u64, &str)> = items
-        .iter()
-        .map(|i| {
-            (
-                i["index"].as_u64().expect("index"),
-                i["code"].as_str().expect("code"),
-            )
-        })
-        .collect();
     assert_eq!(
-        codes,
+        item_codes(&body),
         [(1, "unknown_prediction_id"), (3, "already_labelled")]
     );
     assert_eq!(

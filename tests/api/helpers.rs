@@ -178,3 +178,18 @@ pub fn dataset(name: &str) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect()
 }
+
+/// The `(index, code)` pairs of a refused batch's error items.
+pub fn item_codes(body: &Value) -> Vec<(u64, &str)> {
+    body["error"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["index"].as_u64().expect("index"),
+                i["code"].as_str().expect("code"),
+            )
+        })
+        .collect()
+}
