@@ -12,8 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use eddy::app::App;
 use eddy::config::Config;
+
+mod common;
 use serde_json::{Value, json};
 
 const PROBES: usize = 40;
@@ -83,14 +84,8 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut config = Config::builtin().expect("config");
-        config.server.listen = "127.0.0.1:0".parse().expect("addr");
-        let dir = tempfile::tempdir().expect("dir");
-        config.storage.dir = dir.path().to_owned();
-        let app = App::build(config).await.expect("app");
-        let base = format!("http://{}", app.local_addr().expect("addr"));
-        let stop = app.shutdown_token();
-        let server = tokio::spawn(app.run());
+        let server = common::start(Config::builtin().expect("config")).await;
+        let base = server.base.clone();
 
         report("idle", probe_run(&base, 0).await);
 
@@ -123,7 +118,6 @@ fn main() {
             &format!("under load ({:.0} background examples/s)", sent as f64 / t.elapsed().as_secs_f64()),
             under_load,
         );
-        stop.cancel();
-        server.await.expect("join").expect("clean stop");
+        server.stop().await;
     });
 }

@@ -13,11 +13,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use eddy::app::App;
 use eddy::config::{Config, ModelConfig};
 use eddy::learn::eval::{Scores, prequential};
 use eddy::learn::{Example, FeatureHasher, Learner, OptimizerConfig, OptimizerKind, Params};
 use serde::Deserialize;
+
+mod common;
 use serde_json::{Value, json};
 
 struct Stream {
@@ -109,18 +110,13 @@ fn in_process(
 }
 
 async fn over_http(s: &Stream, rows: &[Value]) -> (f64, f64) {
-    let mut config = Config::from_toml_over_default(&format!(
+    let config = Config::from_toml_over_default(&format!(
         "[[models]]\nname = \"m\"\n{}\n[models.training]\nminibatch_size = 1",
         s.model
     ))
     .expect("config");
-    config.server.listen = "127.0.0.1:0".parse().expect("addr");
-    let dir = tempfile::tempdir().expect("dir");
-    config.storage.dir = dir.path().to_owned();
-    let app = App::build(config).await.expect("app");
-    let base = format!("http://{}", app.local_addr().expect("addr"));
-    let stop = app.shutdown_token();
-    let server = tokio::spawn(app.run());
+    let server = common::start(config).await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
     let space = model_config(s, "").label_space().expect("space");
     let mut scores = Scores::default();
@@ -167,8 +163,7 @@ async fn over_http(s: &Stream, rows: &[Value]) -> (f64, f64) {
         }
     }
     let rate = rows.len() as f64 / t.elapsed().as_secs_f64();
-    stop.cancel();
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
     (figure(s, &scores), rate)
 }
 
