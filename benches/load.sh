@@ -35,7 +35,7 @@ json.dump({"features": rows[100]["features"]}, open(f"{out}/predict.json", "w"))
 json.dump({"examples": rows[:1000]}, open(f"{out}/feedback.json", "w"))
 PY
 
-EDDY_SERVER__LISTEN=127.0.0.1:$EDDY_PORT EDDY_STORAGE__DIR=$work/data EDDY_LOG__LEVEL=warn \
+EDDY_SERVER__LISTEN=127.0.0.1:$EDDY_PORT EDDY_ADMIN__LISTEN=127.0.0.1:0 EDDY_STORAGE__DIR=$work/data EDDY_LOG__LEVEL=warn \
   ./target/release/eddy serve & pids+=($!)
 ./target/release/examples/noop_server 127.0.0.1:$NOOP_PORT 2>/dev/null & pids+=($!)
 for port in $EDDY_PORT $NOOP_PORT; do

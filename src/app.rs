@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::http::admin::{AdminState, admin_router};
 use crate::http::{AppState, protect, public_router};
 use crate::learn::{FeatureHasher, Learner, Params};
 use crate::persist::{SnapshotStore, VersionFloor};
@@ -33,6 +34,7 @@ use crate::serving::{
 pub struct App {
     config: Arc<Config>,
     listener: TcpListener,
+    admin_listener: TcpListener,
     state: AppState,
     trainers: Vec<Trainer>,
     shutdown: CancellationToken,
@@ -49,6 +51,7 @@ impl App {
             let dir = config.storage.model_dir(&m.name);
             let snapshots = SnapshotStore::new(dir.clone(), config.storage.snapshot_keep.get());
             let loaded = snapshots.load_newest_valid()?;
+            let loaded_skipped = loaded.skipped.len();
             for skipped in &loaded.skipped {
                 tracing::error!(model = %m.name, error = %skipped, "damaged snapshot skipped");
             }
@@ -89,6 +92,7 @@ impl App {
             let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
             let stats = Arc::new(TrainingStats {
                 examples_base: meta.examples_trained,
+                snapshots_skipped: (loaded_skipped as u64).into(),
                 ..TrainingStats::default()
             });
             let name: Arc<str> = Arc::from(m.name.as_str());
@@ -120,13 +124,24 @@ impl App {
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
             });
         }
+        // Without a token the admin routes are open: only on loopback.
+        if config.admin.token.is_empty() && !config.admin.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "admin.token must be set to bind admin.listen on the non-loopback address {}",
+                config.admin.listen
+            );
+        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
+        let admin_listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let max_body = config.server.max_body_bytes.get();
         Ok(Self {
             config: Arc::new(config),
             listener,
+            admin_listener,
             state: AppState::new(registry, max_body),
             trainers,
             shutdown: CancellationToken::new(),
@@ -136,6 +151,11 @@ impl App {
     /// The bound public address (the real port when `listen` used port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound admin address (`/metrics`, `/admin/...`).
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin_listener.local_addr()
     }
 
     /// Cancelling this token starts a graceful shutdown.
@@ -183,6 +203,19 @@ impl App {
             public_router(self.state.clone(), &self.config.server),
             &self.config.server,
         );
+        let admin = admin_router(AdminState {
+            app: self.state.clone(),
+            token: self.config.admin.token.clone(),
+            storage: self.config.storage.clone(),
+        });
+        let admin_server = axum::serve(self.admin_listener, admin)
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
+            .into_future();
+        tracker.spawn(async move {
+            if let Err(e) = admin_server.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
         self.state.ready.store(true, Ordering::Release);
         let shutdown = self.shutdown.clone();
         let server = axum::serve(self.listener, tower::make::Shared::new(service))

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod learn;
+pub mod metrics;
 pub mod persist;
 pub mod serving;
 pub mod telemetry;

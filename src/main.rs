@@ -42,7 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let models: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
     let app = App::build(config).await?;
-    tracing::info!(addr = %app.local_addr()?, ?models, "eddy serving");
+    tracing::info!(addr = %app.local_addr()?, admin = %app.admin_addr()?, ?models, "eddy serving");
     let token = app.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -15,6 +15,7 @@ pub struct Server {
 /// Starts `config` on a free loopback port and a fresh storage directory.
 pub async fn start(mut config: Config) -> Server {
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.admin.listen = "127.0.0.1:0".parse().expect("addr");
     let dir = tempfile::tempdir().expect("dir");
     config.storage.dir = dir.path().to_owned();
     let app = App::build(config).await.expect("app");

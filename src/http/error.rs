@@ -50,6 +50,8 @@ pub enum ApiError {
     ShuttingDown,
     #[error("not ready")]
     NotReady,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
     #[error("internal error")]
     Internal(String),
 }
@@ -90,6 +92,7 @@ impl ApiError {
             ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

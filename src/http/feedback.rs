@@ -84,13 +84,29 @@ pub async fn feedback(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let runtime = state.model(&model)?;
+    let result = accept(&state, runtime, &headers, &body);
+    match &result {
+        Ok(_) => {}
+        Err(e) => state
+            .metrics
+            .feedback_refused(&runtime.name, e.status_and_code().1),
+    }
+    result
+}
+
+fn accept(
+    state: &AppState,
+    runtime: &ModelRuntime,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let header_source = match headers.get(SOURCE_HEADER) {
         Some(v) => Some(source(v.to_str().map_err(|_| {
             ApiError::InvalidRequest("X-Eddy-Source is not valid text".into())
         })?)?),
         None => None,
     };
-    let request: FeedbackRequest = parse(&body)?;
+    let request: FeedbackRequest = parse(body)?;
     let batch_source = match &request.source {
         Some(s) => Some(source(s)?),
         None => header_source,
@@ -116,7 +132,7 @@ pub async fn feedback(
                     Err(e) => errors.push(e.item(i)),
                 }
             }
-            enqueue(runtime, checked, errors, true)?
+            enqueue(state, runtime, checked, errors, true)?
         }
         None => {
             let one = ExampleIn {
@@ -127,7 +143,7 @@ pub async fn feedback(
             };
             let checked = check(runtime, &one, &batch_source)?;
             // `one` borrows from the body; keep both alive through enqueue.
-            enqueue(runtime, vec![(0, checked)], Vec::new(), false)?
+            enqueue(state, runtime, vec![(0, checked)], Vec::new(), false)?
         }
     };
     Ok((
@@ -186,6 +202,7 @@ fn check<'a>(
 /// `errors` are the batch's refusals so far: ids are still checked so the
 /// answer lists every failing example, and nothing is applied.
 fn enqueue(
+    state: &AppState,
     runtime: &ModelRuntime,
     checked: Vec<(usize, Checked<'_>)>,
     mut errors: Vec<ItemError>,
@@ -205,6 +222,11 @@ fn enqueue(
                 } else {
                     Err(JoinError::AlreadyLabelled)
                 };
+                if let Err(e) = result {
+                    state
+                        .metrics
+                        .join_missed(&runtime.name, ApiError::from(e).status_and_code().1);
+                }
                 match result {
                     Ok(claim) => claims[pos] = Some(claim),
                     Err(e) if !is_batch => return Err(e.into()),
@@ -247,6 +269,19 @@ fn enqueue(
             prediction,
             received_at: now,
         });
+    }
+    if let Some(i) = state.metrics.model(&runtime.name) {
+        i.feedback_accepted.inc_by(n as u64);
+        for item in &items {
+            if let Some(p) = &item.prediction {
+                i.feedback_joined.inc();
+                let delay = item
+                    .received_at
+                    .duration_since(p.predicted_at)
+                    .unwrap_or_default();
+                i.feedback_delay.observe(delay.as_secs_f64());
+            }
+        }
     }
     reservation.send(items);
     Ok(n)

@@ -6,6 +6,7 @@
 //! and are converted explicitly to domain types; nothing below `http`
 //! knows about JSON envelopes.
 
+pub mod admin;
 pub mod body;
 pub mod error;
 pub mod feedback;
@@ -18,10 +19,12 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower::{Service, ServiceBuilder};
@@ -29,6 +32,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::ServerConfig;
+use crate::metrics::{HttpLabels, Metrics, RouteLabel};
 use crate::serving::{ModelRuntime, Registry};
 
 use error::ApiError;
@@ -45,14 +49,17 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// `server.max_body_bytes`, for the 413 message.
     pub max_body_bytes: usize,
+    pub metrics: Metrics,
 }
 
 impl AppState {
     pub fn new(registry: Registry, max_body_bytes: usize) -> Self {
+        let metrics = Metrics::new(registry.iter().cloned().collect());
         Self(Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
             max_body_bytes,
+            metrics,
         }))
     }
 
@@ -86,11 +93,12 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state.clone())
         // One layer call: each `Router::layer` wraps every route in another
         // boxed service that is cloned per request.
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(state, track))
                 .layer(CatchPanicLayer::custom(panic_response))
                 .layer(DefaultBodyLimit::max(limit)),
         );
@@ -121,6 +129,36 @@ pub fn protect(
         .concurrency_limit(server.max_concurrency.get())
         .timeout(server.request_timeout())
         .service(router)
+}
+
+/// Counts every routed request and its latency, labelled by the matched
+/// route template so the label set stays bounded.
+async fn track(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabel {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 async fn middleware_error(err: tower::BoxError) -> ApiError {

@@ -93,6 +93,9 @@ pub async fn predict(
             let mut one = render(space, out, id);
             one.model = Some(&runtime.name);
             one.model_version = Some(version);
+            if let Some(i) = state.metrics.model(&runtime.name) {
+                i.predictions.inc();
+            }
             json_response(&one)
         }
         (None, Some(instances)) => {
@@ -126,6 +129,9 @@ pub async fn predict(
                 model_version: version,
                 predictions,
             };
+            if let Some(i) = state.metrics.model(&runtime.name) {
+                i.predictions.inc_by(out.predictions.len() as u64);
+            }
             json_response(&out)
         }
         (Some(_), Some(_)) => Err(ApiError::InvalidRequest(

@@ -43,6 +43,8 @@ pub struct TrainingStats {
     pub blocks_written_last_publish: AtomicU64,
     pub snapshots_written: AtomicU64,
     pub snapshot_failures: AtomicU64,
+    /// Damaged snapshot files passed over at start-up.
+    pub snapshots_skipped: AtomicU64,
 }
 
 pub struct Trainer {

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/admin/...`).
+    pub admin: SocketAddr,
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
     /// In-process handles, to look at what HTTP does not show.
@@ -55,11 +57,13 @@ pub async fn spawn_at(
     tweak(&mut c);
     let app = App::build(c).await?;
     let addr = app.local_addr().expect("bound");
+    let admin = app.admin_addr().expect("bound");
     let shutdown = app.shutdown_token();
     let state = app.state().clone();
     let server = tokio::spawn(app.run());
     Ok(TestApp {
         addr,
+        admin,
         client: reqwest::Client::new(),
         shutdown,
         state,

@@ -72,23 +72,33 @@ fn bad_config_exits_non_zero_naming_the_key() {
 
 #[test]
 fn sigterm_stops_the_binary_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .arg("serve")
+        .env_clear()
         .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("EDDY_STORAGE__DIR", dir.path())
         .env("EDDY_LOG__FORMAT", "json")
-        .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
+    // Read the log on its own thread so waiting for a line has a deadline.
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = loop {
-        assert!(
-            Instant::now() < deadline,
-            "server never said where it listens"
-        );
-        let line = lines.next().expect("a log line").expect("utf-8");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the server says where it listens in time");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         if let Some(addr) = v["fields"]["addr"].as_str() {
             break addr.to_owned();

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on an ephemeral port. One test binary
 //! (modules below) keeps link times short.
 
+mod admin;
 mod bad_input;
 mod concurrency;
 mod delayed_labels;

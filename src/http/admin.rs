@@ -1,0 +1,123 @@
+//! The admin listener (`admin.listen`, loopback by default):
+//!
+//! - `GET /metrics`: Prometheus exposition of every `eddy_` family; no token,
+//!   as scrapers expect.
+//! - `GET /admin/models/{model}/snapshots`: the model's snapshot files on
+//!   disk, oldest first (version, path, bytes).
+//!
+//! Every `/admin` route needs `Authorization: Bearer <admin.token>`,
+//! compared in constant time; without it the answer is 401. When no token
+//! is configured the admin routes are open, which `app` allows only on a
+//! loopback listener (it refuses to bind elsewhere).
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::metrics::to_prometheus_text;
+use crate::persist::SnapshotStore;
+
+use super::AppState;
+use super::error::ApiError;
+use super::model_name::ModelName;
+
+/// What the admin routes need besides the shared state.
+#[derive(Clone)]
+pub struct AdminState {
+    pub app: AppState,
+    /// Empty: no token configured.
+    pub token: String,
+    pub storage: crate::config::StorageConfig,
+}
+
+pub fn admin_router(state: AdminState) -> Router {
+    let admin = Router::new()
+        .route("/admin/models/{model}/snapshots", get(snapshots))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if state.token.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
+        next.run(request).await
+    } else {
+        let mut response = ApiError::Unauthorized.into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), the classic
+/// text format otherwise.
+async fn metrics(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let text = state
+        .app
+        .metrics
+        .encode()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            to_prometheus_text(&text),
+        )
+            .into_response()
+    })
+}
+
+async fn snapshots(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    let store = SnapshotStore::new(
+        state.storage.model_dir(&runtime.name),
+        state.storage.snapshot_keep.get(),
+    );
+    let files = store
+        .list()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "snapshots": files })).into_response())
+}

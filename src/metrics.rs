@@ -1,0 +1,389 @@
+//! Metrics: every metric family eddy exports, declared here and nowhere
+//! else, in Prometheus text (OpenMetrics) exposition at `GET /metrics` on
+//! the admin listener.
+//!
+//! Names start with `eddy_`, use base units (seconds) and counters end in
+//! `_total` (the encoder appends it). Request-path metrics are live
+//! instruments updated by handlers; per-model state that already exists as
+//! atomics (queue depth, examples trained, versions, snapshots) is read at
+//! scrape time by `ModelCollector`, so the trainer needs no metric handles.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::serving::ModelRuntime;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub model: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The matched route template (`/v1/models/{model}/predict`), or
+    /// `unmatched`: bounded, whatever clients send.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// One model's request-path instruments, resolved once so a request does
+/// not hash and allocate label sets.
+#[derive(Debug, Clone)]
+pub struct ModelInstruments {
+    pub predictions: Counter,
+    pub feedback_accepted: Counter,
+    pub feedback_joined: Counter,
+    pub feedback_delay: Histogram,
+}
+
+/// The live instruments, shared by handlers.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    per_model: std::collections::HashMap<Arc<str>, ModelInstruments>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily<RouteLabel>,
+    pub predictions: Family<ModelLabel, Counter>,
+    pub feedback_accepted: Family<ModelLabel, Counter>,
+    pub feedback_joined: Family<ModelLabel, Counter>,
+    pub feedback_rejected: Family<ReasonLabels, Counter>,
+    pub join_misses: Family<ReasonLabels, Counter>,
+    pub feedback_delay: HistogramFamily<ModelLabel>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn delay_histogram() -> Histogram {
+    // 10 ms to about 2.8 hours: labels arrive late.
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
+}
+
+impl Metrics {
+    /// Registers every family; `models` feed the scrape-time collector.
+    pub fn new(models: Vec<Arc<ModelRuntime>>) -> Self {
+        let mut registry = Registry::with_prefix("eddy");
+        let http_requests: Family<HttpLabels, Counter> = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request, by route",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let predictions: Family<ModelLabel, Counter> = Family::default();
+        registry.register(
+            "predictions",
+            "Predictions made (each instance of a batch counts)",
+            predictions.clone(),
+        );
+        let feedback_accepted: Family<ModelLabel, Counter> = Family::default();
+        registry.register(
+            "feedback_accepted",
+            "Labelled examples accepted onto the training queue",
+            feedback_accepted.clone(),
+        );
+        let feedback_joined: Family<ModelLabel, Counter> = Family::default();
+        registry.register(
+            "feedback_joined",
+            "Accepted examples whose features were joined from a prediction_id",
+            feedback_joined.clone(),
+        );
+        let feedback_rejected: Family<ReasonLabels, Counter> = Family::default();
+        registry.register(
+            "feedback_rejected_requests",
+            "Feedback requests refused, by error code (nothing of a refused request is accepted)",
+            feedback_rejected.clone(),
+        );
+        let join_misses: Family<ReasonLabels, Counter> = Family::default();
+        registry.register(
+            "feedback_join_misses",
+            "prediction_ids that could not be joined: unknown, expired or already_labelled",
+            join_misses.clone(),
+        );
+        let feedback_delay: HistogramFamily<ModelLabel> =
+            Family::new_with_constructor(delay_histogram);
+        registry.register_with_unit(
+            "feedback_delay",
+            "Time from a prediction to its label, for feedback joined by prediction_id",
+            Unit::Seconds,
+            feedback_delay.clone(),
+        );
+        let per_model = models
+            .iter()
+            .map(|m| {
+                let label = ModelLabel {
+                    model: m.name.to_string(),
+                };
+                let instruments = ModelInstruments {
+                    predictions: predictions.get_or_create(&label).clone(),
+                    feedback_accepted: feedback_accepted.get_or_create(&label).clone(),
+                    feedback_joined: feedback_joined.get_or_create(&label).clone(),
+                    feedback_delay: feedback_delay.get_or_create(&label).clone(),
+                };
+                (m.name.clone(), instruments)
+            })
+            .collect();
+        registry.register_collector(Box::new(ModelCollector { models }));
+        Self {
+            registry,
+            per_model,
+            http_requests,
+            http_duration,
+            predictions,
+            feedback_accepted,
+            feedback_joined,
+            feedback_rejected,
+            join_misses,
+            feedback_delay,
+        }
+    }
+
+    /// The instruments of a configured model.
+    pub fn model(&self, name: &str) -> Option<&ModelInstruments> {
+        self.per_model.get(name)
+    }
+
+    /// Counts a refused feedback request.
+    pub fn feedback_refused(&self, model: &str, code: &str) {
+        self.feedback_rejected
+            .get_or_create(&ReasonLabels {
+                model: model.to_owned(),
+                reason: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a prediction_id that could not be joined.
+    pub fn join_missed(&self, model: &str, reason: &str) {
+        self.join_misses
+            .get_or_create(&ReasonLabels {
+                model: model.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The exposition in OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Converts OpenMetrics text to the classic Prometheus text format (0.0.4),
+/// for clients that do not ask for OpenMetrics (and for `promtool check
+/// metrics`): a counter family is named with its `_total` suffix in `HELP`
+/// and `TYPE`, and the `UNIT` and `EOF` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64);
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total() {
+        let om = "# HELP eddy_predictions Predictions made.\n# TYPE eddy_predictions counter\n\
+                  eddy_predictions_total{model=\"m\"} 3\n# HELP eddy_model_age Age.\n# TYPE eddy_model_age gauge\n\
+                  # UNIT eddy_model_age seconds\neddy_model_age{model=\"m\"} 1.5\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP eddy_predictions_total Predictions made.\n# TYPE eddy_predictions_total counter\n\
+             eddy_predictions_total{model=\"m\"} 3\n# HELP eddy_model_age Age.\n# TYPE eddy_model_age gauge\n\
+             eddy_model_age{model=\"m\"} 1.5\n"
+        );
+    }
+}
+
+/// Per-model state read at scrape time.
+#[derive(Debug)]
+struct ModelCollector {
+    models: Vec<Arc<ModelRuntime>>,
+}
+
+impl ModelCollector {
+    fn family<M: EncodeMetric>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        metric_type: MetricType,
+        value: impl Fn(&ModelRuntime) -> M,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, unit, metric_type)?;
+        for m in &self.models {
+            let labels = ModelLabel {
+                model: m.name.to_string(),
+            };
+            value(m).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for ModelCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let count = |f: fn(&ModelRuntime) -> u64| move |m: &ModelRuntime| ConstCounter::new(f(m));
+        self.family(
+            &mut e,
+            "queue_depth",
+            "Examples waiting for the trainer",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.queue.depth() as i64),
+        )?;
+        self.family(
+            &mut e,
+            "queue_capacity",
+            "Capacity of the training queue",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.queue.capacity() as i64),
+        )?;
+        self.family(
+            &mut e,
+            "examples_trained",
+            "Examples the trainer has applied since the model was created",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "minibatches_trained",
+            "Minibatches trained by this process",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.minibatches_trained.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "publishes",
+            "Model versions published by this process",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.publishes.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "training_panics",
+            "Training steps that panicked (a bug; the rest of that minibatch was skipped)",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.panics.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "snapshot_writes",
+            "Snapshots written",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.snapshots_written.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "snapshot_failures",
+            "Snapshots that could not be written",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.snapshot_failures.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "snapshots_skipped",
+            "Damaged snapshot files skipped at start-up",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.snapshots_skipped.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "model_version",
+            "The live model version",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.store.live().version as i64),
+        )?;
+        self.family(
+            &mut e,
+            "model_age",
+            "Time since the live version was published",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            |m| {
+                let age = SystemTime::now()
+                    .duration_since(m.store.live().published_at)
+                    .unwrap_or_default();
+                ConstGauge::new(age.as_secs_f64())
+            },
+        )?;
+        self.family(
+            &mut e,
+            "pending_predictions",
+            "Predictions remembered for delayed labels (within the TTL)",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.joins.len() as i64),
+        )?;
+        Ok(())
+    }
+}
