@@ -24,6 +24,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -79,18 +80,28 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Route templates of the public API; also the `route` metric label.
+const ROUTES: [&str; 6] = [
+    "/v1/models",
+    "/v1/models/{model}",
+    "/v1/models/{model}/predict",
+    "/v1/models/{model}/feedback",
+    "/healthz",
+    "/readyz",
+];
+
 /// The public routes, with the layers that work per route: panics become
 /// 500s, bodies are limited. Load shedding, the concurrency limit and the
 /// timeout are added around the whole router by `protect`.
 pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     let limit = server.max_body_bytes.get();
     let router = Router::new()
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{model}", get(models::show))
-        .route("/v1/models/{model}/predict", post(predict::predict))
-        .route("/v1/models/{model}/feedback", post(feedback::feedback))
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
+        .route(ROUTES[0], get(models::list))
+        .route(ROUTES[1], get(models::show))
+        .route(ROUTES[2], post(predict::predict))
+        .route(ROUTES[3], post(feedback::feedback))
+        .route(ROUTES[4], get(health::live))
+        .route(ROUTES[5], get(health::ready))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
@@ -140,15 +151,24 @@ async fn track(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    // Static labels: counting a request allocates nothing.
+    let route = matched
+        .and_then(|m| ROUTES.iter().find(|r| **r == m.as_str()))
+        .copied()
+        .unwrap_or("unmatched");
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
     let response = next.run(request).await;
     let metrics = &state.metrics;
     metrics
         .http_duration
-        .get_or_create(&RouteLabel {
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabel { route })
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http_requests
