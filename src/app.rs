@@ -96,7 +96,9 @@ impl App {
                 ..TrainingStats::default()
             });
             let name: Arc<str> = Arc::from(m.name.as_str());
+            let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
             trainers.push(Trainer {
+                commands,
                 model: name.clone(),
                 learner,
                 stream,
@@ -122,6 +124,7 @@ impl App {
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity),
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
+                trainer: commands_tx,
             });
         }
         // Without a token the admin routes are open: only on loopback.

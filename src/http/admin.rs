@@ -4,6 +4,8 @@
 //!   as scrapers expect.
 //! - `GET /admin/models/{model}/snapshots`: the model's snapshot files on
 //!   disk, oldest first (version, path, bytes).
+//! - `POST /admin/models/{model}/snapshot`: publish what is trained and
+//!   write a snapshot now; answers the new file.
 //!
 //! Every `/admin` route needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time; without it the answer is 401. When no token
@@ -15,12 +17,13 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::metrics::to_prometheus_text;
 use crate::persist::SnapshotStore;
+use crate::serving::trainer::TrainerCommand;
 
 use super::AppState;
 use super::error::ApiError;
@@ -38,6 +41,7 @@ pub struct AdminState {
 pub fn admin_router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/models/{model}/snapshots", get(snapshots))
+        .route("/admin/models/{model}/snapshot", post(snapshot_now))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -120,4 +124,24 @@ async fn snapshots(
         .list()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "snapshots": files })).into_response())
+}
+
+async fn snapshot_now(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    runtime
+        .trainer
+        .send(TrainerCommand::Snapshot(reply))
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
+    match answer.await {
+        Ok(Ok(file)) => Ok(
+            axum::Json(json!({ "model": runtime.name.as_ref(), "snapshot": file })).into_response(),
+        ),
+        Ok(Err(message)) => Err(ApiError::Internal(format!("snapshot failed: {message}"))),
+        Err(_) => Err(ApiError::ShuttingDown),
+    }
 }

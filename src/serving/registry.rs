@@ -12,7 +12,7 @@ use crate::learn::{FeatureHasher, LabelSpace};
 use super::join::JoinCache;
 use super::queue::FeedbackQueue;
 use super::store::ModelStore;
-use super::trainer::TrainingStats;
+use super::trainer::{TrainerCommand, TrainingStats};
 
 /// Everything about one served model that requests touch.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct ModelRuntime {
     pub joins: JoinCache,
     pub stats: Arc<TrainingStats>,
     pub created_at: SystemTime,
+    /// Requests to this model's trainer (admin API).
+    pub trainer: tokio::sync::mpsc::Sender<TrainerCommand>,
 }
 
 #[derive(Debug, Default)]

@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ModelConfig, TrainingConfig};
 use crate::learn::Learner;
-use crate::persist::{Snapshot, SnapshotMeta, SnapshotStore};
+use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::queue::{Feedback, FeedbackStream};
 use super::store::{PublishMeta, VersionSink};
@@ -58,14 +59,24 @@ pub struct Trainer {
     pub snapshots: Option<SnapshotPolicy>,
     /// The version the working copy equals when nothing is unpublished.
     pub live_version: u64,
+    /// Admin requests (see `TrainerCommand`).
+    pub commands: mpsc::Receiver<TrainerCommand>,
 }
 
 /// What woke the trainer while it waited for feedback.
 enum Wake {
     Items,
     Flush,
+    Command(TrainerCommand),
     Stop,
     Closed,
+}
+
+/// Requests to the trainer from the admin API; each carries its reply.
+#[derive(Debug)]
+pub enum TrainerCommand {
+    /// Publish anything trained but unpublished, then write a snapshot.
+    Snapshot(oneshot::Sender<Result<SnapshotFile, String>>),
 }
 
 impl Trainer {
@@ -80,10 +91,12 @@ impl Trainer {
         loop {
             batch.clear();
             let stream = &mut self.stream;
+            let commands = &mut self.commands;
             let wake = rt.block_on(async {
                 tokio::select! {
                     biased;
                     _ = stop.cancelled() => Wake::Stop,
+                    Some(cmd) = commands.recv() => Wake::Command(cmd),
                     n = stream.recv_many(&mut batch, size) => if n == 0 { Wake::Closed } else { Wake::Items },
                     _ = tokio::time::sleep(max_wait), if unpublished > 0 => Wake::Flush,
                 }
@@ -94,6 +107,16 @@ impl Trainer {
                     self.publish_and_maybe_snapshot(false);
                     unpublished = 0;
                     last_publish = Instant::now();
+                    continue;
+                }
+                Wake::Command(TrainerCommand::Snapshot(reply)) => {
+                    if unpublished > 0 && self.publish().is_some() {
+                        unpublished = 0;
+                        last_publish = Instant::now();
+                    }
+                    let result = self.snapshot(self.live_version);
+                    // The requester may have gone away; nothing to do then.
+                    let _ = reply.send(result);
                     continue;
                 }
                 Wake::Items => {}
@@ -190,7 +213,7 @@ impl Trainer {
             self.publish_and_maybe_snapshot(true);
         } else if self.snapshots.is_some() {
             // Nothing new to publish: still leave a snapshot of the live state.
-            self.snapshot(self.live_version);
+            let _ = self.snapshot(self.live_version);
         }
         tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
     }
@@ -256,10 +279,10 @@ impl Trainer {
     }
 
     /// Writes a snapshot of the working copy as `version` (just published).
-    fn snapshot(&mut self, version: u64) {
+    fn snapshot(&mut self, version: u64) -> Result<SnapshotFile, String> {
         let examples_trained = self.examples_trained();
         let Some(policy) = &mut self.snapshots else {
-            return;
+            return Err("snapshots are not kept for this model".into());
         };
         policy.last = Instant::now();
         let snapshot = Snapshot {
@@ -285,10 +308,12 @@ impl Trainer {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(model = %self.model, version, bytes = file.bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
+                Ok(file)
             }
             Err(e) => {
                 self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(model = %self.model, version, error = %e, "snapshot failed");
+                Err(e.to_string())
             }
         }
     }
@@ -301,7 +326,8 @@ impl Trainer {
                 .as_ref()
                 .is_some_and(|p| force || p.last.elapsed() >= p.interval);
             if due {
-                self.snapshot(version);
+                // A failure is logged and counted inside; the next one retries.
+                let _ = self.snapshot(version);
             }
         }
     }
