@@ -358,6 +358,14 @@ impl Collector for ModelCollector {
         )?;
         self.family(
             &mut e,
+            "training_paused",
+            "1 while an operator has paused learning",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(i64::from(m.stats.paused.load(Ordering::Relaxed))),
+        )?;
+        self.family(
+            &mut e,
             "model_version",
             "The live model version",
             None,

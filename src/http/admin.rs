@@ -6,6 +6,8 @@
 //!   disk, oldest first (version, path, bytes).
 //! - `POST /admin/models/{model}/snapshot`: publish what is trained and
 //!   write a snapshot now; answers the new file.
+//! - `POST /admin/models/{model}/training/pause` and `.../resume`: stop and
+//!   restart learning; feedback is still accepted (and queued) meanwhile.
 //!
 //! Every `/admin` route needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time; without it the answer is 401. When no token
@@ -42,6 +44,8 @@ pub fn admin_router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/models/{model}/snapshots", get(snapshots))
         .route("/admin/models/{model}/snapshot", post(snapshot_now))
+        .route("/admin/models/{model}/training/pause", post(pause))
+        .route("/admin/models/{model}/training/resume", post(resume))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -144,4 +148,34 @@ async fn snapshot_now(
         Ok(Err(message)) => Err(ApiError::Internal(format!("snapshot failed: {message}"))),
         Err(_) => Err(ApiError::ShuttingDown),
     }
+}
+
+async fn pause(state: State<AdminState>, model: ModelName) -> Result<Response, ApiError> {
+    set_training(state, model, true).await
+}
+
+async fn resume(state: State<AdminState>, model: ModelName) -> Result<Response, ApiError> {
+    set_training(state, model, false).await
+}
+
+async fn set_training(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+    pause: bool,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = if pause {
+        TrainerCommand::Pause(reply)
+    } else {
+        TrainerCommand::Resume(reply)
+    };
+    runtime
+        .trainer
+        .send(command)
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
+    answer.await.map_err(|_| ApiError::ShuttingDown)?;
+    let training = if pause { "paused" } else { "running" };
+    Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "training": training })).into_response())
 }

@@ -37,6 +37,8 @@ pub struct ModelInfo<'a> {
     updated_at: String,
     optimizer: &'a OptimizerConfig,
     minibatch_size: usize,
+    /// `running`, or `paused` by an operator.
+    training: &'static str,
 }
 
 #[derive(Serialize)]
@@ -78,6 +80,11 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         updated_at: rfc3339(live.published_at),
         optimizer: &m.config.optimizer,
         minibatch_size: m.config.training.minibatch_size.get(),
+        training: if m.stats.paused.load(Ordering::Acquire) {
+            "paused"
+        } else {
+            "running"
+        },
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
@@ -46,6 +46,8 @@ pub struct TrainingStats {
     pub snapshot_failures: AtomicU64,
     /// Damaged snapshot files passed over at start-up.
     pub snapshots_skipped: AtomicU64,
+    /// Whether an operator has paused learning.
+    pub paused: AtomicBool,
 }
 
 pub struct Trainer {
@@ -77,6 +79,11 @@ enum Wake {
 pub enum TrainerCommand {
     /// Publish anything trained but unpublished, then write a snapshot.
     Snapshot(oneshot::Sender<Result<SnapshotFile, String>>),
+    /// Stop taking feedback from the queue (it keeps accepting until full)
+    /// after publishing what is trained; answers once paused.
+    Pause(oneshot::Sender<()>),
+    /// Take feedback again; answers once running.
+    Resume(oneshot::Sender<()>),
 }
 
 impl Trainer {
@@ -88,6 +95,7 @@ impl Trainer {
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
         let mut unpublished = 0u32;
         let mut last_publish = Instant::now();
+        let mut paused = false;
         loop {
             batch.clear();
             let stream = &mut self.stream;
@@ -97,7 +105,7 @@ impl Trainer {
                     biased;
                     _ = stop.cancelled() => Wake::Stop,
                     Some(cmd) = commands.recv() => Wake::Command(cmd),
-                    n = stream.recv_many(&mut batch, size) => if n == 0 { Wake::Closed } else { Wake::Items },
+                    n = stream.recv_many(&mut batch, size), if !paused => if n == 0 { Wake::Closed } else { Wake::Items },
                     _ = tokio::time::sleep(max_wait), if unpublished > 0 => Wake::Flush,
                 }
             });
@@ -107,6 +115,24 @@ impl Trainer {
                     self.publish_and_maybe_snapshot(false);
                     unpublished = 0;
                     last_publish = Instant::now();
+                    continue;
+                }
+                Wake::Command(TrainerCommand::Pause(reply)) => {
+                    if unpublished > 0 && self.publish().is_some() {
+                        unpublished = 0;
+                        last_publish = Instant::now();
+                    }
+                    paused = true;
+                    self.stats.paused.store(true, Ordering::Release);
+                    tracing::info!(model = %self.model, "training paused");
+                    let _ = reply.send(());
+                    continue;
+                }
+                Wake::Command(TrainerCommand::Resume(reply)) => {
+                    paused = false;
+                    self.stats.paused.store(false, Ordering::Release);
+                    tracing::info!(model = %self.model, "training resumed");
+                    let _ = reply.send(());
                     continue;
                 }
                 Wake::Command(TrainerCommand::Snapshot(reply)) => {
@@ -134,6 +160,17 @@ impl Trainer {
             }
             if stopped {
                 break;
+            }
+        }
+        if paused {
+            // An operator paused learning, so what was queued meanwhile is
+            // not trained now either. It is not durable yet (no feedback
+            // log): say how much is left behind.
+            self.stream.close();
+            let mut rest = Vec::new();
+            let left = self.stream.try_recv_many(&mut rest, usize::MAX);
+            if left > 0 {
+                tracing::warn!(model = %self.model, untrained = left, "stopping while paused: queued feedback is not trained and is lost");
             }
         }
         self.drain(&rt, size, grace, unpublished > 0);

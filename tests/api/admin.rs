@@ -193,3 +193,61 @@ async fn open_admin_routes_are_refused_off_loopback() {
     let err = eddy::app::App::build(c).await.err().expect("refused");
     assert!(err.to_string().contains("admin.token"), "{err}");
 }
+
+#[tokio::test]
+async fn paused_learning_keeps_feedback_and_learns_it_on_resume() {
+    let app = spawn_app("").await;
+    let admin = |path: &str| format!("http://{}/admin/models/demo/{path}", app.admin);
+    let r = app
+        .client
+        .post(admin("training/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["training"], "paused");
+    assert_eq!(app.info("demo").await["training"], "paused");
+
+    let batch: Vec<Value> = (0..20)
+        .map(|i| json!({ "features": { "x": i }, "label": i % 2 }))
+        .collect();
+    assert_eq!(
+        app.feedback("demo", json!({ "examples": batch })).await.0,
+        202,
+        "still accepted"
+    );
+    // A snapshot request is answered by the trainer's loop after it has
+    // seen the feedback arrive: a deterministic point to look at it.
+    let r = app
+        .client
+        .post(admin("snapshot"))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(r.status(), 200);
+    let info = app.info("demo").await;
+    assert_eq!(
+        info["examples_trained"], 0,
+        "nothing learned while paused: {info}"
+    );
+    assert_eq!(info["queue_depth"], 20, "the feedback is kept: {info}");
+    assert!(
+        scrape(&app)
+            .await
+            .contains(r#"eddy_training_paused{model="demo"} 1"#)
+    );
+
+    let r = app
+        .client
+        .post(admin("training/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["training"],
+        "running"
+    );
+    let info = app.wait_trained("demo", 20).await;
+    assert_eq!(info["training"], "running");
+    app.stop().await.expect("clean stop");
+}
