@@ -3,6 +3,7 @@
 //! the server's trainer and the batch CLI run exactly the same code.
 
 pub mod blocked;
+pub mod compare;
 pub mod eval;
 pub mod example;
 pub mod features;

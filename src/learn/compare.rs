@@ -1,0 +1,254 @@
+//! Paired comparison of two model versions on the same labelled examples:
+//! the statistics behind "is the live model worse than the last good one?".
+//!
+//! Classification compares accuracy with an exact one-sided McNemar test
+//! on the discordant pairs (examples exactly one of the two got right);
+//! regression compares per-example losses with a one-sided paired t-test.
+//! A window is judged once, at its end, so testing repeatedly does not
+//! inflate false alarms: the caller feeds non-overlapping windows.
+
+use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
+
+/// When a live version counts as degraded against its baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DegradationRule {
+    /// Accuracy points (classification), or relative loss increase
+    /// (regression), the live version may lose before it counts.
+    pub tolerance: f64,
+    /// Paired examples needed before any verdict.
+    pub min_samples: u64,
+    /// Significance level of the one-sided test.
+    pub alpha: f64,
+}
+
+/// Accumulates one window of paired scores.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairedWindow {
+    pub n: u64,
+    live_correct: u64,
+    base_correct: u64,
+    /// Live right, baseline wrong.
+    live_only: u64,
+    /// Baseline right, live wrong.
+    base_only: u64,
+    live_loss: f64,
+    base_loss: f64,
+    /// Sums of the per-example loss difference (live - baseline) and its square.
+    diff: f64,
+    diff_sq: f64,
+}
+
+/// The outcome of judging a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Fewer than `min_samples` paired examples.
+    Insufficient,
+    /// Not worse by more than the tolerance, or not significantly.
+    Fine { p_value: f64 },
+    /// Worse by more than the tolerance, significantly.
+    Degraded { p_value: f64 },
+}
+
+impl PairedWindow {
+    /// One classification example scored by both versions.
+    pub fn add_class(
+        &mut self,
+        live_correct: bool,
+        base_correct: bool,
+        live_loss: f64,
+        base_loss: f64,
+    ) {
+        self.live_correct += u64::from(live_correct);
+        self.base_correct += u64::from(base_correct);
+        self.live_only += u64::from(live_correct && !base_correct);
+        self.base_only += u64::from(base_correct && !live_correct);
+        self.add_losses(live_loss, base_loss);
+    }
+
+    /// One regression example scored by both versions (e.g. squared error).
+    pub fn add_loss(&mut self, live_loss: f64, base_loss: f64) {
+        self.add_losses(live_loss, base_loss);
+    }
+
+    fn add_losses(&mut self, live: f64, base: f64) {
+        self.n += 1;
+        self.live_loss += live;
+        self.base_loss += base;
+        let d = live - base;
+        self.diff += d;
+        self.diff_sq += d * d;
+    }
+
+    pub fn live_accuracy(&self) -> f64 {
+        ratio(self.live_correct as f64, self.n)
+    }
+
+    pub fn base_accuracy(&self) -> f64 {
+        ratio(self.base_correct as f64, self.n)
+    }
+
+    pub fn live_mean_loss(&self) -> f64 {
+        ratio(self.live_loss, self.n)
+    }
+
+    pub fn base_mean_loss(&self) -> f64 {
+        ratio(self.base_loss, self.n)
+    }
+
+    /// Is the live version worse on accuracy? Exact McNemar: under "equally
+    /// good" each discordant pair goes either way with probability 1/2.
+    pub fn judge_accuracy(&self, rule: &DegradationRule) -> Verdict {
+        if self.n < rule.min_samples {
+            return Verdict::Insufficient;
+        }
+        let discordant = self.live_only + self.base_only;
+        let p_value = if discordant == 0 || self.base_only == 0 {
+            1.0
+        } else {
+            // P(X >= base_only), X ~ Binomial(discordant, 1/2).
+            Binomial::new(0.5, discordant).map_or(1.0, |b| b.sf(self.base_only - 1))
+        };
+        let worse_by = self.base_accuracy() - self.live_accuracy();
+        decide(worse_by > rule.tolerance, p_value, rule.alpha)
+    }
+
+    /// Is the live version worse on mean loss? One-sided paired t-test on
+    /// the per-example differences; the tolerance is relative to the
+    /// baseline's mean loss.
+    pub fn judge_loss(&self, rule: &DegradationRule) -> Verdict {
+        if self.n < rule.min_samples.max(2) {
+            return Verdict::Insufficient;
+        }
+        let n = self.n as f64;
+        let mean = self.diff / n;
+        let var = ((self.diff_sq - n * mean * mean) / (n - 1.0)).max(0.0);
+        let p_value = if var == 0.0 {
+            if mean > 0.0 { 0.0 } else { 1.0 }
+        } else {
+            let t = mean / (var / n).sqrt();
+            StudentsT::new(0.0, 1.0, n - 1.0).map_or(1.0, |d| d.sf(t))
+        };
+        let base = self.base_mean_loss();
+        let worse = self.live_mean_loss() > base * (1.0 + rule.tolerance);
+        decide(worse, p_value, rule.alpha)
+    }
+}
+
+fn decide(worse: bool, p_value: f64, alpha: f64) -> Verdict {
+    if worse && p_value < alpha {
+        Verdict::Degraded { p_value }
+    } else {
+        Verdict::Fine { p_value }
+    }
+}
+
+fn ratio(total: f64, n: u64) -> f64 {
+    if n == 0 { f64::NAN } else { total / n as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: DegradationRule = DegradationRule {
+        tolerance: 0.02,
+        min_samples: 200,
+        alpha: 0.01,
+    };
+
+    /// A window where live and baseline agree except for `live_only` and
+    /// `base_only` discordant examples.
+    fn window(n: u64, both: u64, live_only: u64, base_only: u64) -> PairedWindow {
+        let mut w = PairedWindow::default();
+        for i in 0..n {
+            let (l, b) = if i < both {
+                (true, true)
+            } else if i < both + live_only {
+                (true, false)
+            } else if i < both + live_only + base_only {
+                (false, true)
+            } else {
+                (false, false)
+            };
+            w.add_class(l, b, f64::from(u8::from(!l)), f64::from(u8::from(!b)));
+        }
+        w
+    }
+
+    #[test]
+    fn mcnemar_matches_the_exact_binomial_tail() {
+        // 2 vs 12 discordant: P(X >= 12 | 14, 1/2) = 106 / 16384.
+        let w = window(300, 200, 2, 12);
+        let Verdict::Degraded { p_value } = w.judge_accuracy(&RULE) else {
+            panic!("{:?}", w.judge_accuracy(&RULE))
+        };
+        assert!((p_value - 106.0 / 16384.0).abs() < 1e-9, "{p_value}");
+    }
+
+    #[test]
+    fn needs_samples_significance_and_size() {
+        assert_eq!(
+            window(100, 50, 0, 40).judge_accuracy(&RULE),
+            Verdict::Insufficient
+        );
+        // Worse by 3 points but not significant (8 vs 17 discordant).
+        assert!(matches!(
+            window(300, 200, 8, 17).judge_accuracy(&RULE),
+            Verdict::Fine { .. }
+        ));
+        // Significant but within the tolerance (1.5 points).
+        let w = window(2000, 1500, 0, 30);
+        assert!(w.base_accuracy() - w.live_accuracy() < RULE.tolerance);
+        assert!(matches!(w.judge_accuracy(&RULE), Verdict::Fine { .. }));
+        // Both got worse together (drift): no discordance, no alarm.
+        assert!(
+            matches!(window(500, 250, 0, 0).judge_accuracy(&RULE), Verdict::Fine { p_value } if p_value == 1.0)
+        );
+        // Live better: never degraded.
+        assert!(matches!(
+            window(500, 200, 100, 0).judge_accuracy(&RULE),
+            Verdict::Fine { .. }
+        ));
+    }
+
+    #[test]
+    fn paired_loss_test_flags_a_consistent_increase() {
+        let mut worse = PairedWindow::default();
+        let mut noisy = PairedWindow::default();
+        for i in 0..400 {
+            let base = 1.0 + (i % 7) as f64 * 0.1;
+            worse.add_loss(base * 1.2, base);
+            // Same means, differences that cancel.
+            noisy.add_loss(base + if i % 2 == 0 { 0.3 } else { -0.3 }, base);
+        }
+        assert!(matches!(worse.judge_loss(&RULE), Verdict::Degraded { .. }));
+        assert!(matches!(noisy.judge_loss(&RULE), Verdict::Fine { .. }));
+    }
+
+    /// Under no difference, windows judged once each raise false alarms at
+    /// about the nominal rate or less (the exact test is conservative).
+    #[test]
+    fn false_alarms_stay_below_alpha_on_equal_models() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let windows = 2000;
+        let mut alarms = 0;
+        for _ in 0..windows {
+            let mut w = PairedWindow::default();
+            for _ in 0..1000 {
+                let l = rng.random_bool(0.8);
+                let b = rng.random_bool(0.8);
+                w.add_class(l, b, 0.0, 0.0);
+            }
+            let rule = DegradationRule {
+                tolerance: 0.0,
+                ..RULE
+            };
+            alarms += usize::from(matches!(w.judge_accuracy(&rule), Verdict::Degraded { .. }));
+        }
+        assert!(
+            alarms as f64 / windows as f64 <= RULE.alpha * 1.5,
+            "{alarms} alarms in {windows}"
+        );
+    }
+}
