@@ -19,27 +19,18 @@ use serde_json::{Value, json};
 
 const PROBES: usize = 40;
 
-async fn p1(client: &reqwest::Client, base: &str, i: usize) -> (f64, u64) {
-    let v: Value = client
-        .post(format!("{base}/v1/models/demo/predict"))
-        .json(&json!({ "features": { "probe": i.to_string() } }))
-        .send()
-        .await
-        .expect("predict")
-        .json()
-        .await
-        .expect("json");
-    (
-        v["probabilities"]["1"].as_f64().expect("p"),
-        v["model_version"].as_u64().expect("version"),
-    )
+/// P(label 1) for the probe feature `probe=<i>`.
+async fn p1(client: &reqwest::Client, base: &str, i: usize) -> f64 {
+    let body = json!({ "features": { "probe": i.to_string() } });
+    let v = common::post_json(client, &format!("{base}/v1/models/demo/predict"), &body).await;
+    v["probabilities"]["1"].as_f64().expect("p")
 }
 
 async fn probe_run(base: &str, offset: usize) -> Vec<Duration> {
     let client = reqwest::Client::new();
     let mut out = Vec::new();
     for i in offset..offset + PROBES {
-        let (before, _) = p1(&client, base, i).await;
+        let before = p1(&client, base, i).await;
         let r = client
             .post(format!("{base}/v1/models/demo/feedback"))
             .json(&json!({ "features": { "probe": i.to_string() }, "label": 1 }))
@@ -49,7 +40,7 @@ async fn probe_run(base: &str, offset: usize) -> Vec<Duration> {
         assert_eq!(r.status(), 202);
         let accepted = Instant::now();
         loop {
-            let (now, _) = p1(&client, base, i).await;
+            let now = p1(&client, base, i).await;
             if now != before {
                 out.push(accepted.elapsed());
                 break;

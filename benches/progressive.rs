@@ -122,15 +122,12 @@ async fn over_http(s: &Stream, rows: &[Value]) -> (f64, f64) {
     let mut scores = Scores::default();
     let t = Instant::now();
     for (i, row) in rows.iter().enumerate() {
-        let p: Value = client
-            .post(format!("{base}/v1/models/m/predict"))
-            .json(&json!({ "features": row["features"] }))
-            .send()
-            .await
-            .expect("predict")
-            .json()
-            .await
-            .expect("json");
+        let p = common::post_json(
+            &client,
+            &format!("{base}/v1/models/m/predict"),
+            &json!({ "features": row["features"] }),
+        )
+        .await;
         let out = if s.regression {
             eddy::learn::Output::Value(p["value"].as_f64().expect("value"))
         } else {

@@ -86,61 +86,76 @@ fn delay_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 20))
 }
 
+/// Registers a counter family.
+fn counters<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Counter>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// Registers a histogram family measured in seconds.
+fn histograms<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    make: fn() -> Histogram,
+) -> HistogramFamily<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::new_with_constructor(make);
+    registry.register_with_unit(name, help, Unit::Seconds, family.clone());
+    family
+}
+
 impl Metrics {
     /// Registers every family; `models` feed the scrape-time collector.
     pub fn new(models: Vec<Arc<ModelRuntime>>) -> Self {
         let mut registry = Registry::with_prefix("eddy");
-        let http_requests: Family<HttpLabels, Counter> = Family::default();
-        registry.register(
+        let http_requests = counters(
+            &mut registry,
             "http_requests",
             "HTTP requests answered, by route, method and status",
-            http_requests.clone(),
         );
-        let http_duration: HistogramFamily<RouteLabel> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register_with_unit(
+        let http_duration = histograms(
+            &mut registry,
             "http_request_duration",
             "Time to answer an HTTP request, by route",
-            Unit::Seconds,
-            http_duration.clone(),
+            latency_histogram,
         );
-        let predictions: Family<ModelLabel, Counter> = Family::default();
-        registry.register(
+        let predictions = counters(
+            &mut registry,
             "predictions",
             "Predictions made (each instance of a batch counts)",
-            predictions.clone(),
         );
-        let feedback_accepted: Family<ModelLabel, Counter> = Family::default();
-        registry.register(
+        let feedback_accepted = counters(
+            &mut registry,
             "feedback_accepted",
             "Labelled examples accepted onto the training queue",
-            feedback_accepted.clone(),
         );
-        let feedback_joined: Family<ModelLabel, Counter> = Family::default();
-        registry.register(
+        let feedback_joined = counters(
+            &mut registry,
             "feedback_joined",
             "Accepted examples whose features were joined from a prediction_id",
-            feedback_joined.clone(),
         );
-        let feedback_rejected: Family<ReasonLabels, Counter> = Family::default();
-        registry.register(
+        let feedback_rejected = counters(
+            &mut registry,
             "feedback_rejected_requests",
             "Feedback requests refused, by error code (nothing of a refused request is accepted)",
-            feedback_rejected.clone(),
         );
-        let join_misses: Family<ReasonLabels, Counter> = Family::default();
-        registry.register(
+        let join_misses = counters(
+            &mut registry,
             "feedback_join_misses",
             "prediction_ids that could not be joined: unknown, expired or already_labelled",
-            join_misses.clone(),
         );
-        let feedback_delay: HistogramFamily<ModelLabel> =
-            Family::new_with_constructor(delay_histogram);
-        registry.register_with_unit(
+        let feedback_delay = histograms(
+            &mut registry,
             "feedback_delay",
             "Time from a prediction to its label, for feedback joined by prediction_id",
-            Unit::Seconds,
-            feedback_delay.clone(),
+            delay_histogram,
         );
         let per_model = models
             .iter()

@@ -30,6 +30,23 @@ pub async fn start(mut config: Config) -> Server {
     }
 }
 
+/// POSTs `body` as JSON and returns the JSON answer.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json answer")
+}
+
 impl Server {
     /// Graceful stop; panics if the server did not stop cleanly.
     pub async fn stop(self) {

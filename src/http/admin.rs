@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::metrics::to_prometheus_text;
 use crate::persist::SnapshotStore;
+use crate::serving::ModelRuntime;
 use crate::serving::trainer::TrainerCommand;
 
 use super::AppState;
@@ -135,19 +136,25 @@ async fn snapshot_now(
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
+    let file = ask(runtime, TrainerCommand::Snapshot)
+        .await?
+        .map_err(|message| ApiError::Internal(format!("snapshot failed: {message}")))?;
+    Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "snapshot": file })).into_response())
+}
+
+/// Sends a command to the model's trainer and waits for its answer; a
+/// trainer that is gone means the server is shutting down.
+async fn ask<T>(
+    runtime: &ModelRuntime,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TrainerCommand,
+) -> Result<T, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     runtime
         .trainer
-        .send(TrainerCommand::Snapshot(reply))
+        .send(command(reply))
         .await
         .map_err(|_| ApiError::ShuttingDown)?;
-    match answer.await {
-        Ok(Ok(file)) => Ok(
-            axum::Json(json!({ "model": runtime.name.as_ref(), "snapshot": file })).into_response(),
-        ),
-        Ok(Err(message)) => Err(ApiError::Internal(format!("snapshot failed: {message}"))),
-        Err(_) => Err(ApiError::ShuttingDown),
-    }
+    answer.await.map_err(|_| ApiError::ShuttingDown)
 }
 
 async fn pause(state: State<AdminState>, model: ModelName) -> Result<Response, ApiError> {
@@ -164,18 +171,11 @@ async fn set_training(
     pause: bool,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = if pause {
-        TrainerCommand::Pause(reply)
+    if pause {
+        ask(runtime, TrainerCommand::Pause).await?;
     } else {
-        TrainerCommand::Resume(reply)
-    };
-    runtime
-        .trainer
-        .send(command)
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?;
-    answer.await.map_err(|_| ApiError::ShuttingDown)?;
+        ask(runtime, TrainerCommand::Resume).await?;
+    }
     let training = if pause { "paused" } else { "running" };
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "training": training })).into_response())
 }

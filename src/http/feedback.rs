@@ -85,11 +85,10 @@ pub async fn feedback(
 ) -> Result<Response, ApiError> {
     let runtime = state.model(&model)?;
     let result = accept(&state, runtime, &headers, &body);
-    match &result {
-        Ok(_) => {}
-        Err(e) => state
+    if let Err(e) = &result {
+        state
             .metrics
-            .feedback_refused(&runtime.name, e.status_and_code().1),
+            .feedback_refused(&runtime.name, e.status_and_code().1);
     }
     result
 }
@@ -142,7 +141,6 @@ fn accept(
                 source: None,
             };
             let checked = check(runtime, &one, &batch_source)?;
-            // `one` borrows from the body; keep both alive through enqueue.
             enqueue(state, runtime, vec![(0, checked)], Vec::new(), false)?
         }
     };
@@ -222,15 +220,18 @@ fn enqueue(
                 } else {
                     Err(JoinError::AlreadyLabelled)
                 };
-                if let Err(e) = result {
-                    state
-                        .metrics
-                        .join_missed(&runtime.name, ApiError::from(e).status_and_code().1);
-                }
                 match result {
                     Ok(claim) => claims[pos] = Some(claim),
-                    Err(e) if !is_batch => return Err(e.into()),
-                    Err(e) => errors.push(ApiError::from(e).item(*i)),
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        state
+                            .metrics
+                            .join_missed(&runtime.name, e.status_and_code().1);
+                        if !is_batch {
+                            return Err(e);
+                        }
+                        errors.push(e.item(*i));
+                    }
                 }
             }
         }
@@ -242,6 +243,7 @@ fn enqueue(
     let n = checked.len();
     let reservation = runtime.queue.reserve(n)?;
     let now = SystemTime::now();
+    let instruments = state.metrics.model(&runtime.name);
     let mut items = Vec::with_capacity(n);
     for ((_, c), claim) in checked.into_iter().zip(claims) {
         let (features, prediction) = match (c.input, claim, joins.as_mut()) {
@@ -252,6 +254,11 @@ fn enqueue(
                 let p = joins
                     .claim(claim)
                     .ok_or_else(|| ApiError::Internal("checked prediction vanished".into()))?;
+                if let Some(i) = instruments {
+                    i.feedback_joined.inc();
+                    let delay = now.duration_since(p.predicted_at).unwrap_or_default();
+                    i.feedback_delay.observe(delay.as_secs_f64());
+                }
                 let at = PredictionRef {
                     version: p.version,
                     predicted_at: p.predicted_at,
@@ -270,18 +277,8 @@ fn enqueue(
             received_at: now,
         });
     }
-    if let Some(i) = state.metrics.model(&runtime.name) {
+    if let Some(i) = instruments {
         i.feedback_accepted.inc_by(n as u64);
-        for item in &items {
-            if let Some(p) = &item.prediction {
-                i.feedback_joined.inc();
-                let delay = item
-                    .received_at
-                    .duration_since(p.predicted_at)
-                    .unwrap_or_default();
-                i.feedback_delay.observe(delay.as_secs_f64());
-            }
-        }
     }
     reservation.send(items);
     Ok(n)

@@ -4,14 +4,15 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use axum::Json;
 use axum::extract::State;
+use axum::response::Response;
 use serde::Serialize;
 
 use crate::learn::{OptimizerConfig, TaskKind};
 use crate::serving::ModelRuntime;
 
 use super::AppState;
+use super::body::json_response;
 use super::error::ApiError;
 use super::model_name::ModelName;
 
@@ -46,19 +47,16 @@ pub struct ModelList<'a> {
     models: Vec<ModelInfo<'a>>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let models = state.registry.iter().map(|m| info(m)).collect();
-    Json(serde_json::to_value(ModelList { models }).unwrap_or_default())
+    json_response(&ModelList { models })
 }
 
 pub async fn show(
     State(state): State<AppState>,
     ModelName(model): ModelName,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let runtime = state.model(&model)?;
-    serde_json::to_value(info(runtime))
-        .map(Json)
-        .map_err(|e| ApiError::Internal(e.to_string()))
+) -> Result<Response, ApiError> {
+    json_response(&info(state.model(&model)?))
 }
 
 fn info(m: &ModelRuntime) -> ModelInfo<'_> {

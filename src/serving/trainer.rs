@@ -93,11 +93,10 @@ impl Trainer {
         let size = self.config.minibatch_size.get();
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
-        let mut unpublished = 0u32;
-        let mut last_publish = Instant::now();
-        let mut paused = false;
+        let mut pending = Pending::new();
         loop {
             batch.clear();
+            let paused = self.stats.paused.load(Ordering::Acquire);
             let stream = &mut self.stream;
             let commands = &mut self.commands;
             let wake = rt.block_on(async {
@@ -106,74 +105,76 @@ impl Trainer {
                     _ = stop.cancelled() => Wake::Stop,
                     Some(cmd) = commands.recv() => Wake::Command(cmd),
                     n = stream.recv_many(&mut batch, size), if !paused => if n == 0 { Wake::Closed } else { Wake::Items },
-                    _ = tokio::time::sleep(max_wait), if unpublished > 0 => Wake::Flush,
+                    _ = tokio::time::sleep(max_wait), if pending.minibatches > 0 => Wake::Flush,
                 }
             });
             match wake {
                 Wake::Stop | Wake::Closed => break,
-                Wake::Flush => {
-                    self.publish_and_maybe_snapshot(false);
-                    unpublished = 0;
-                    last_publish = Instant::now();
-                    continue;
-                }
+                Wake::Flush => self.publish_pending(&mut pending),
                 Wake::Command(TrainerCommand::Pause(reply)) => {
-                    if unpublished > 0 && self.publish().is_some() {
-                        unpublished = 0;
-                        last_publish = Instant::now();
-                    }
-                    paused = true;
-                    self.stats.paused.store(true, Ordering::Release);
-                    tracing::info!(model = %self.model, "training paused");
+                    self.publish_pending(&mut pending);
+                    self.set_paused(true);
+                    // The requester may have gone away; nothing to do then.
                     let _ = reply.send(());
-                    continue;
                 }
                 Wake::Command(TrainerCommand::Resume(reply)) => {
-                    paused = false;
-                    self.stats.paused.store(false, Ordering::Release);
-                    tracing::info!(model = %self.model, "training resumed");
+                    self.set_paused(false);
                     let _ = reply.send(());
-                    continue;
                 }
                 Wake::Command(TrainerCommand::Snapshot(reply)) => {
-                    if unpublished > 0 && self.publish().is_some() {
-                        unpublished = 0;
-                        last_publish = Instant::now();
-                    }
-                    let result = self.snapshot(self.live_version);
-                    // The requester may have gone away; nothing to do then.
-                    let _ = reply.send(result);
-                    continue;
+                    self.publish_pending(&mut pending);
+                    let _ = reply.send(self.snapshot(self.live_version));
                 }
-                Wake::Items => {}
-            }
-            let stopped = self.fill(&rt, &mut batch, size, Instant::now() + max_wait, &stop);
-            self.train(&batch);
-            unpublished += 1;
-            let due = unpublished >= self.config.publish_every.get()
-                && (self.stream.is_empty()
-                    || last_publish.elapsed() >= self.config.min_publish_interval());
-            if due {
-                self.publish_and_maybe_snapshot(false);
-                unpublished = 0;
-                last_publish = Instant::now();
-            }
-            if stopped {
-                break;
+                Wake::Items => {
+                    let stopped =
+                        self.fill(&rt, &mut batch, size, Instant::now() + max_wait, &stop);
+                    self.train(&batch);
+                    pending.minibatches += 1;
+                    let due = pending.minibatches >= self.config.publish_every.get()
+                        && (self.stream.is_empty()
+                            || pending.last_publish.elapsed()
+                                >= self.config.min_publish_interval());
+                    if due {
+                        self.publish_pending(&mut pending);
+                    }
+                    if stopped {
+                        break;
+                    }
+                }
             }
         }
-        if paused {
+        if self.stats.paused.load(Ordering::Acquire) {
             // An operator paused learning, so what was queued meanwhile is
-            // not trained now either. It is not durable yet (no feedback
-            // log): say how much is left behind.
-            self.stream.close();
-            let mut rest = Vec::new();
-            let left = self.stream.try_recv_many(&mut rest, usize::MAX);
-            if left > 0 {
-                tracing::warn!(model = %self.model, untrained = left, "stopping while paused: queued feedback is not trained and is lost");
-            }
+            // not trained now either.
+            self.discard_queued(
+                "stopping while paused: queued feedback is not trained and is lost",
+            );
         }
-        self.drain(&rt, size, grace, unpublished > 0);
+        self.drain(&rt, size, grace, pending.minibatches > 0);
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.stats.paused.store(paused, Ordering::Release);
+        tracing::info!(model = %self.model, paused, "training paused or resumed");
+    }
+
+    /// Publishes trained work, if any (snapshotting when one is due); the
+    /// work stays pending if the publish fails, to be retried.
+    fn publish_pending(&mut self, pending: &mut Pending) {
+        if pending.minibatches > 0 && self.publish_and_maybe_snapshot(false) {
+            *pending = Pending::new();
+        }
+    }
+
+    /// Closes the queue and drops what is in it, saying how much: accepted
+    /// feedback is not durable yet (no feedback log).
+    fn discard_queued(&mut self, why: &str) {
+        self.stream.close();
+        let mut rest = Vec::new();
+        let left = self.stream.try_recv_many(&mut rest, usize::MAX);
+        if left > 0 {
+            tracing::warn!(model = %self.model, untrained = left, "{why}");
+        }
     }
 
     /// Tops the minibatch up to `size`, waiting until `deadline` at most.
@@ -240,9 +241,9 @@ impl Trainer {
                 break;
             }
             if Instant::now() >= deadline {
-                let mut rest = Vec::new();
-                let left = self.stream.try_recv_many(&mut rest, usize::MAX);
-                tracing::warn!(model = %self.model, untrained = left, "shutdown grace ran out with feedback still queued; it is lost");
+                self.discard_queued(
+                    "shutdown grace ran out with feedback still queued; it is lost",
+                );
                 break;
             }
         }
@@ -356,16 +357,34 @@ impl Trainer {
     }
 
     /// Publishes and, when a snapshot is due (or `force`), snapshots.
-    fn publish_and_maybe_snapshot(&mut self, force: bool) {
-        if let Some(version) = self.publish() {
-            let due = self
-                .snapshots
-                .as_ref()
-                .is_some_and(|p| force || p.last.elapsed() >= p.interval);
-            if due {
-                // A failure is logged and counted inside; the next one retries.
-                let _ = self.snapshot(version);
-            }
+    /// Returns whether the publish succeeded.
+    fn publish_and_maybe_snapshot(&mut self, force: bool) -> bool {
+        let Some(version) = self.publish() else {
+            return false;
+        };
+        let due = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|p| force || p.last.elapsed() >= p.interval);
+        if due {
+            // A failure is logged and counted inside; the next one retries.
+            let _ = self.snapshot(version);
+        }
+        true
+    }
+}
+
+/// Trained minibatches not yet published, and when the last publish was.
+struct Pending {
+    minibatches: u32,
+    last_publish: Instant,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            minibatches: 0,
+            last_publish: Instant::now(),
         }
     }
 }
