@@ -20,14 +20,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ModelConfig};
 use crate::http::admin::{AdminState, admin_router};
 use crate::http::{AppState, protect, public_router};
-use crate::learn::{FeatureHasher, Learner, Params};
+use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::{SnapshotStore, VersionFloor};
+use crate::serving::events::EventLog;
+use crate::serving::monitor::{Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
-    JoinCache, ModelRuntime, ModelStore, PublishMeta, Registry, Trainer, TrainingStats,
+    JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, Trainer,
+    TrainingStats,
     feedback_channel,
 };
 
@@ -49,7 +52,8 @@ impl App {
         for m in &config.models {
             let space = Arc::new(m.label_space()?);
             let dir = config.storage.model_dir(&m.name);
-            let snapshots = SnapshotStore::new(dir.clone(), config.storage.snapshot_keep.get());
+            let snapshots = SnapshotStore::new(dir.clone(), config.storage.snapshot_keep.get())
+                .keeping_last_good(config.storage.last_good_keep);
             let loaded = snapshots.load_newest_valid()?;
             let loaded_skipped = loaded.skipped.len();
             for skipped in &loaded.skipped {
@@ -62,6 +66,7 @@ impl App {
                     let meta = PublishMeta {
                         examples_trained: snapshot.meta.examples_trained,
                         feedback_position: snapshot.meta.feedback_position,
+                        rolled_back_from: None,
                     };
                     let (version, created) =
                         (snapshot.meta.version, snapshot.meta.model_created_at_ms);
@@ -72,6 +77,7 @@ impl App {
                     let meta = PublishMeta {
                         examples_trained: 0,
                         feedback_position: 0,
+                        rolled_back_from: None,
                     };
                     (fresh, 1, meta, epoch_ms())
                 }
@@ -97,6 +103,9 @@ impl App {
             });
             let name: Arc<str> = Arc::from(m.name.as_str());
             let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
+            let live = store.live();
+            let monitor = build_monitor(m, &space, &snapshots, &learner, &live)?;
+            let events = Arc::new(EventLog::default());
             trainers.push(Trainer {
                 commands,
                 model: name.clone(),
@@ -111,8 +120,14 @@ impl App {
                     model: m.clone(),
                     created_at_ms: created_ms,
                     last: Instant::now(),
+                    last_good_at: Instant::now(),
+                    unsaved_last_good: false,
                 }),
-                live_version: store.live().version,
+                live,
+                monitor,
+                events: events.clone(),
+                trained_position: 0,
+                held: Vec::new(),
             });
             registry.insert(ModelRuntime {
                 name,
@@ -125,6 +140,7 @@ impl App {
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 trainer: commands_tx,
+                events,
             });
         }
         // Without a token the admin routes are open: only on loopback.
@@ -271,4 +287,77 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The model's monitor, unless disabled. Last-good starts as the newest
+/// valid last-good snapshot, or else the version the model starts with.
+fn build_monitor(
+    m: &ModelConfig,
+    space: &Arc<LabelSpace>,
+    snapshots: &SnapshotStore,
+    learner: &Learner,
+    live: &ModelVersion,
+) -> anyhow::Result<Option<Monitor>> {
+    if !m.monitor.enabled {
+        return Ok(None);
+    }
+    let reference = if m.monitor.reference_set.is_empty() {
+        Vec::new()
+    } else {
+        load_reference(std::path::Path::new(&m.monitor.reference_set), m, space)
+            .with_context(|| format!("models[{}].monitor.reference_set", m.name))?
+    };
+    let last_good = match snapshots.load_newest_last_good()? {
+        Some((snapshot, path)) => {
+            snapshot.check_compatible(m, &path)?;
+            tracing::info!(model = %m.name, version = snapshot.meta.version, "last-good from snapshot");
+            Checkpoint {
+                version: snapshot.meta.version,
+                position: 0,
+                examples_trained: snapshot.meta.examples_trained,
+                learner: snapshot.adopt(m.optimizer),
+            }
+        }
+        None => Checkpoint {
+            version: live.version,
+            learner: learner.clone(),
+            position: 0,
+            examples_trained: live.examples_trained,
+        },
+    };
+    Ok(Some(Monitor::new(
+        m.monitor.clone(),
+        m.task,
+        reference,
+        last_good,
+    )))
+}
+
+/// Reads a reference set: JSON Lines `{"features": ..., "label": ...}`,
+/// gzip when the name ends in `.gz`. Any bad line is an error naming it.
+fn load_reference(
+    path: &std::path::Path,
+    m: &ModelConfig,
+    space: &LabelSpace,
+) -> anyhow::Result<Vec<Labelled>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let hasher = FeatureHasher::new(m.hash_bits);
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ex = Example::from_json(&line, &hasher, space)
+            .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        out.push((ex.features, ex.target));
+    }
+    anyhow::ensure!(!out.is_empty(), "{} holds no examples", path.display());
+    Ok(out)
 }

@@ -76,6 +76,10 @@ pub struct StorageConfig {
     /// Snapshots kept per model (the newest ones).
     #[serde(default = "default_snapshot_keep")]
     pub snapshot_keep: NonZeroUsize,
+    /// Last-good snapshots kept besides the newest `snapshot_keep` (the
+    /// current last-good is never removed).
+    #[serde(default = "default_last_good_keep")]
+    pub last_good_keep: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +114,76 @@ pub struct ModelConfig {
     pub training: TrainingConfig,
     #[serde(default)]
     pub join: JoinConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+}
+
+/// `[models.monitor]`: prequential scoring, the publish gate, promotion
+/// and rollback (see `serving::monitor`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Trusted labelled examples per judged window.
+    #[serde(default = "default_window")]
+    pub window: u64,
+    /// Paired examples needed before any verdict (window, gate, blame).
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// Accuracy points (classification) or relative loss (regression) the
+    /// live model may lose against last-good before it counts as degraded.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Significance level of the degradation tests.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub on_degrade: OnDegrade,
+    /// Examples since last-good kept for replay after a rollback.
+    #[serde(default = "default_replay_capacity")]
+    pub replay_capacity: usize,
+    /// Sources whose labels the comparisons use; empty: every source.
+    #[serde(default)]
+    pub trusted_sources: Vec<String>,
+    /// Optional JSON Lines file of labelled examples rescored on candidates.
+    #[serde(default)]
+    pub reference_set: String,
+    /// Labelled examples after a rollback before the next can happen.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_examples: u64,
+    /// Distinct sources tracked (quality, blame, metrics); the rest fold
+    /// into `other`.
+    #[serde(default = "default_max_sources")]
+    pub max_sources: usize,
+    /// Gate candidate versions before they are published.
+    #[serde(default = "yes")]
+    pub gate: bool,
+    /// Largest share of the trainer's time the gate may use; a publish due
+    /// sooner waits (coalesced with the next).
+    #[serde(default = "default_gate_budget")]
+    pub gate_budget: f64,
+    /// A source is blamed when its mean loss under last-good is this many
+    /// times that of the reference sources (and significantly higher).
+    #[serde(default = "default_blame_factor")]
+    pub blame_factor: f64,
+    /// Promotion snapshots are written at most this often.
+    #[serde(default = "default_promotion_snapshot_interval")]
+    pub promotion_snapshot_interval_ms: u64,
+}
+
+/// What the monitor does after rolling back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDegrade {
+    /// Re-learn the examples since last-good without the blamed sources
+    /// (or drop them all when no source is to blame) and go on learning.
+    #[default]
+    Replay,
+    /// Stop learning until an operator resumes.
+    Pause,
+    /// Go on learning from new feedback; nothing is replayed.
+    Continue,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -175,6 +249,42 @@ fn default_publish_every() -> NonZeroU32 {
 fn default_min_publish() -> u64 {
     5
 }
+fn yes() -> bool {
+    true
+}
+fn default_window() -> u64 {
+    1000
+}
+fn default_min_samples() -> u64 {
+    200
+}
+fn default_tolerance() -> f64 {
+    0.02
+}
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_replay_capacity() -> usize {
+    20_000
+}
+fn default_cooldown() -> u64 {
+    2000
+}
+fn default_max_sources() -> usize {
+    16
+}
+fn default_gate_budget() -> f64 {
+    0.1
+}
+fn default_blame_factor() -> f64 {
+    2.0
+}
+fn default_promotion_snapshot_interval() -> u64 {
+    1000
+}
+fn default_last_good_keep() -> usize {
+    20
+}
 fn default_ttl() -> u64 {
     3600
 }
@@ -199,6 +309,28 @@ impl Default for TrainingConfig {
             queue_capacity: default_queue(),
             publish_every: default_publish_every(),
             min_publish_interval_ms: default_min_publish(),
+        }
+    }
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: default_window(),
+            min_samples: default_min_samples(),
+            tolerance: default_tolerance(),
+            alpha: default_alpha(),
+            on_degrade: OnDegrade::default(),
+            replay_capacity: default_replay_capacity(),
+            trusted_sources: Vec::new(),
+            reference_set: String::new(),
+            cooldown_examples: default_cooldown(),
+            max_sources: default_max_sources(),
+            gate: true,
+            gate_budget: default_gate_budget(),
+            blame_factor: default_blame_factor(),
+            promotion_snapshot_interval_ms: default_promotion_snapshot_interval(),
         }
     }
 }
@@ -238,6 +370,75 @@ impl TrainingConfig {
     }
     pub fn min_publish_interval(&self) -> Duration {
         Duration::from_millis(self.min_publish_interval_ms)
+    }
+}
+
+impl MonitorConfig {
+    fn validate(&self, key: &dyn Fn(&str) -> String) -> Result<(), Error> {
+        let invalid = |k: &str, message: String| Error::Invalid {
+            key: key(&format!("monitor.{k}")),
+            message,
+        };
+        let bound = MAX_BOUND as u64;
+        if !(1..=bound).contains(&self.window) {
+            return Err(invalid("window", format!("must lie in 1..={bound}")));
+        }
+        if self.min_samples > self.window {
+            return Err(invalid(
+                "min_samples",
+                "must not exceed monitor.window (a window would never be judged)".into(),
+            ));
+        }
+        if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
+            return Err(invalid(
+                "tolerance",
+                "must be a finite number of at least 0".into(),
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(invalid("alpha", "must lie strictly between 0 and 1".into()));
+        }
+        if self.replay_capacity > MAX_BOUND {
+            return Err(invalid(
+                "replay_capacity",
+                format!("must be at most {MAX_BOUND}"),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_sources) {
+            return Err(invalid("max_sources", "must lie in 1..=10000".into()));
+        }
+        if !(self.gate_budget > 0.0 && self.gate_budget <= 1.0) {
+            return Err(invalid(
+                "gate_budget",
+                "must lie in (0, 1] (a share of the trainer's time)".into(),
+            ));
+        }
+        if !(self.blame_factor.is_finite() && self.blame_factor >= 1.0) {
+            return Err(invalid(
+                "blame_factor",
+                "must be a finite number of at least 1".into(),
+            ));
+        }
+        if let Some(s) = self.trusted_sources.iter().find(|s| s.is_empty()) {
+            return Err(invalid(
+                "trusted_sources",
+                format!("source names must not be empty ({s:?})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The degradation test's parameters.
+    pub fn rule(&self) -> crate::learn::DegradationRule {
+        crate::learn::DegradationRule {
+            tolerance: self.tolerance,
+            min_samples: self.min_samples,
+            alpha: self.alpha,
+        }
+    }
+
+    pub fn promotion_snapshot_interval(&self) -> Duration {
+        Duration::from_millis(self.promotion_snapshot_interval_ms)
     }
 }
 
@@ -419,6 +620,7 @@ impl Config {
             if m.join.ttl_s == 0 {
                 return Err(invalid(key("join.ttl_s"), "must be at least 1"));
             }
+            m.monitor.validate(&key)?;
         }
         Ok(())
     }

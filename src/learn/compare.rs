@@ -9,6 +9,9 @@
 
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, StudentsT};
 
+use super::eval::Scored;
+use super::label::TaskKind;
+
 /// When a live version counts as degraded against its baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DegradationRule {
@@ -68,6 +71,61 @@ impl PairedWindow {
     /// One regression example scored by both versions (e.g. squared error).
     pub fn add_loss(&mut self, live_loss: f64, base_loss: f64) {
         self.add_losses(live_loss, base_loss);
+    }
+
+    /// One example scored by both versions, whatever the task.
+    pub fn add(&mut self, live: Scored, base: Scored) {
+        match (live, base) {
+            (
+                Scored::Class {
+                    correct: lc,
+                    log_loss: ll,
+                },
+                Scored::Class {
+                    correct: bc,
+                    log_loss: bl,
+                },
+            ) => self.add_class(lc, bc, ll, bl),
+            _ => self.add_loss(live.loss(), base.loss()),
+        }
+    }
+
+    /// Judges with the test that fits the task: accuracy (McNemar) for
+    /// classification, mean loss (paired t-test) for regression.
+    pub fn judge(&self, rule: &DegradationRule, task: TaskKind) -> Verdict {
+        match task {
+            TaskKind::Regression => self.judge_loss(rule),
+            TaskKind::Binary | TaskKind::Multiclass => self.judge_accuracy(rule),
+        }
+    }
+
+    /// Whether the live side was at least as good as the baseline over
+    /// this window (the promotion criterion).
+    pub fn live_at_least_as_good(&self, task: TaskKind) -> bool {
+        match task {
+            TaskKind::Regression => self.live_mean_loss() <= self.base_mean_loss(),
+            TaskKind::Binary | TaskKind::Multiclass => self.live_accuracy() >= self.base_accuracy(),
+        }
+    }
+
+    /// The figures behind a verdict, for events and logs.
+    pub fn figures(&self, task: TaskKind) -> Vec<(&'static str, f64)> {
+        let mut f = vec![("examples", self.n as f64)];
+        match task {
+            TaskKind::Regression => {
+                f.push(("live_mean_loss", self.live_mean_loss()));
+                f.push(("baseline_mean_loss", self.base_mean_loss()));
+            }
+            TaskKind::Binary | TaskKind::Multiclass => {
+                f.push(("live_accuracy", self.live_accuracy()));
+                f.push(("baseline_accuracy", self.base_accuracy()));
+                f.push(("live_only_correct", self.live_only as f64));
+                f.push(("baseline_only_correct", self.base_only as f64));
+                f.push(("live_log_loss", self.live_mean_loss()));
+                f.push(("baseline_log_loss", self.base_mean_loss()));
+            }
+        }
+        f
     }
 
     fn add_losses(&mut self, live: f64, base: f64) {
@@ -131,6 +189,65 @@ impl PairedWindow {
         let base = self.base_mean_loss();
         let worse = self.live_mean_loss() > base * (1.0 + rule.tolerance);
         decide(worse, p_value, rule.alpha)
+    }
+}
+
+/// Running count, sum and sum of squares of one group's per-example losses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSample {
+    pub n: u64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl LossSample {
+    pub fn add(&mut self, loss: f64) {
+        self.n += 1;
+        self.sum += loss;
+        self.sum_sq += loss * loss;
+    }
+
+    pub fn mean(&self) -> f64 {
+        ratio(self.sum, self.n)
+    }
+
+    /// This sample with a sub-sample of it taken out.
+    pub fn without(&self, part: &LossSample) -> LossSample {
+        LossSample {
+            n: self.n.saturating_sub(part.n),
+            sum: self.sum - part.sum,
+            sum_sq: (self.sum_sq - part.sum_sq).max(0.0),
+        }
+    }
+
+    fn variance(&self) -> f64 {
+        if self.n < 2 {
+            return 0.0;
+        }
+        let n = self.n as f64;
+        ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0)
+    }
+
+    /// One-sided Welch t-test that this group's mean loss is above
+    /// `other`'s: the p-value (1 when either group has under two examples).
+    pub fn p_above(&self, other: &LossSample) -> f64 {
+        if self.n < 2 || other.n < 2 {
+            return 1.0;
+        }
+        let (va, vb) = (
+            self.variance() / self.n as f64,
+            other.variance() / other.n as f64,
+        );
+        let diff = self.mean() - other.mean();
+        let se2 = va + vb;
+        if se2 == 0.0 {
+            return if diff > 0.0 { 0.0 } else { 1.0 };
+        }
+        let t = diff / se2.sqrt();
+        // Welch-Satterthwaite degrees of freedom.
+        let df = se2 * se2
+            / (va * va / (self.n - 1) as f64 + vb * vb / (other.n - 1) as f64).max(f64::MIN_POSITIVE);
+        StudentsT::new(0.0, 1.0, df.max(1.0)).map_or(1.0, |d| d.sf(t))
     }
 }
 
@@ -209,6 +326,24 @@ mod tests {
             window(500, 200, 100, 0).judge_accuracy(&RULE),
             Verdict::Fine { .. }
         ));
+    }
+
+    #[test]
+    fn welch_test_separates_a_high_loss_group() {
+        let mut high = LossSample::default();
+        let mut low = LossSample::default();
+        let mut same = LossSample::default();
+        for i in 0..100 {
+            let jitter = (i % 5) as f64 * 0.05;
+            high.add(1.5 + jitter);
+            low.add(0.4 + jitter);
+            same.add(0.4 + (4 - i % 5) as f64 * 0.05);
+        }
+        assert!((high.mean() - 1.6).abs() < 1e-9);
+        assert!(high.p_above(&low) < 1e-10);
+        assert!(low.p_above(&high) > 0.99);
+        assert!(same.p_above(&low) > 0.1);
+        assert_eq!(LossSample::default().p_above(&low), 1.0);
     }
 
     #[test]

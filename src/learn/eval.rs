@@ -22,24 +22,75 @@ pub struct Scores {
     sq_err: f64,
 }
 
+/// One example's outcome under one model version.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scored {
+    Class { correct: bool, log_loss: f64 },
+    Value { abs_err: f64, sq_err: f64 },
+}
+
+impl Scored {
+    /// Scores an output against its true target.
+    pub fn of(out: &Output, y: Target) -> Self {
+        match (out, y) {
+            (Output::Probabilities(p), Target::Class(c)) => {
+                let pc = p.get(c).copied().unwrap_or(0.0) as f64;
+                Self::class(out.argmax() == Some(c), pc)
+            }
+            (Output::Value(v), Target::Value(t)) => Self::value(*v - t),
+            // A task mismatch cannot be built through the API; count it as
+            // a miss rather than panic.
+            (Output::Probabilities(_), _) => Self::class(false, 0.0),
+            (Output::Value(_), _) => Self::value(f64::INFINITY),
+        }
+    }
+
+    /// A classification outcome from the probability given to the true class.
+    pub fn class(correct: bool, p_true: f64) -> Self {
+        Self::Class {
+            correct,
+            log_loss: -p_true.clamp(LOG_LOSS_EPS, 1.0).ln(),
+        }
+    }
+
+    pub fn value(err: f64) -> Self {
+        Self::Value {
+            abs_err: err.abs(),
+            sq_err: err * err,
+        }
+    }
+
+    /// The per-example loss comparisons use: log loss, or squared error.
+    pub fn loss(&self) -> f64 {
+        match *self {
+            Self::Class { log_loss, .. } => log_loss,
+            Self::Value { sq_err, .. } => sq_err,
+        }
+    }
+
+    pub fn correct(&self) -> bool {
+        matches!(self, Self::Class { correct: true, .. })
+    }
+}
+
 impl Scores {
     /// Adds one prediction and its true target.
     pub fn add(&mut self, out: &Output, y: Target) {
+        self.add_scored(Scored::of(out, y));
+    }
+
+    /// Adds one scored example.
+    pub fn add_scored(&mut self, s: Scored) {
         self.n += 1;
-        match (out, y) {
-            (Output::Probabilities(p), Target::Class(c)) => {
-                if out.argmax() == Some(c) {
-                    self.correct += 1;
-                }
-                let pc = p.get(c).copied().unwrap_or(0.0) as f64;
-                self.log_loss -= pc.clamp(LOG_LOSS_EPS, 1.0).ln();
+        match s {
+            Scored::Class { correct, log_loss } => {
+                self.correct += u64::from(correct);
+                self.log_loss += log_loss;
             }
-            (Output::Value(v), Target::Value(t)) => {
-                let e = v - t;
-                self.abs_err += e.abs();
-                self.sq_err += e * e;
+            Scored::Value { abs_err, sq_err } => {
+                self.abs_err += abs_err;
+                self.sq_err += sq_err;
             }
-            _ => {}
         }
     }
 

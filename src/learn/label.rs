@@ -35,6 +35,16 @@ pub enum Target {
     Value(f64),
 }
 
+impl Target {
+    /// The class index, for classification targets.
+    pub fn class(&self) -> Option<usize> {
+        match *self {
+            Target::Class(c) => Some(c),
+            Target::Value(_) => None,
+        }
+    }
+}
+
 /// The label of a prediction, as it is written in JSON.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LabelOut<'a> {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ndarray::Array2;
 
 use super::blocked::Blocked;
+use super::eval::Scored;
 use super::features::{FeatureHasher, FeatureVec};
 use super::label::{LabelSpace, Target, TaskKind};
 use super::optim::OptimizerConfig;
@@ -177,6 +178,31 @@ impl Params {
                 softmax(&mut z);
                 Output::Probabilities(z)
             }
+        }
+    }
+
+    /// Scores one labelled example; the same outcome as scoring
+    /// `predict`'s output, without allocating for binary and regression
+    /// models (the monitor scores every example this way).
+    pub fn score(&self, x: &FeatureVec, y: Target) -> Scored {
+        let mut z = [0.0f32; 1];
+        match (self.space.kind(), y) {
+            (TaskKind::Binary, Target::Class(c)) => {
+                self.scores(x, &mut z);
+                let p1 = sigmoid(z[0]);
+                let p0 = 1.0 - p1;
+                let (p_true, correct) = if c == 1 {
+                    (p1, p1 > p0)
+                } else {
+                    (p0, p0 >= p1)
+                };
+                Scored::class(correct, p_true as f64)
+            }
+            (TaskKind::Regression, Target::Value(t)) => {
+                self.scores(x, &mut z);
+                Scored::value(self.target_value(z[0]) - t)
+            }
+            _ => Scored::of(&self.predict(x), y),
         }
     }
 

@@ -11,6 +11,8 @@ pub mod label;
 pub mod linear;
 pub mod optim;
 
+pub use compare::{DegradationRule, LossSample, PairedWindow, Verdict};
+pub use eval::{Scored, Scores};
 pub use example::Example;
 pub use features::{Feature, FeatureError, FeatureHasher, FeatureVec, RawFeatures, RawValue};
 pub use label::{LabelError, LabelOut, LabelSpace, RawLabel, Target, TaskKind};

@@ -65,6 +65,9 @@ pub struct SnapshotMeta {
     /// Quality figures at snapshot time, by name (accuracy, log_loss, ...).
     #[serde(default)]
     pub quality: BTreeMap<String, f64>,
+    /// Written when the monitor promoted this version to last-good.
+    #[serde(default)]
+    pub last_good: bool,
 }
 
 /// A model's state: metadata plus the learner (parameters and optimizer).
@@ -368,6 +371,8 @@ pub struct SnapshotStore {
     dir: PathBuf,
     /// How many of the newest snapshots to keep.
     keep: usize,
+    /// How many last-good snapshots to keep besides those.
+    keep_last_good: usize,
 }
 
 /// A snapshot file found in the directory.
@@ -376,6 +381,8 @@ pub struct SnapshotFile {
     pub version: u64,
     pub path: PathBuf,
     pub bytes: u64,
+    /// A last-good snapshot (named `*.good.eddy`).
+    pub last_good: bool,
 }
 
 /// What `load_newest_valid` found.
@@ -391,7 +398,14 @@ impl SnapshotStore {
         Self {
             dir,
             keep: keep.max(1),
+            keep_last_good: 0,
         }
+    }
+
+    /// Also keeps the newest `n` last-good snapshots.
+    pub fn keeping_last_good(mut self, n: usize) -> Self {
+        self.keep_last_good = n;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -408,7 +422,9 @@ impl SnapshotStore {
 
     /// Writes atomically, then prunes old snapshots (never those in `protect`).
     pub fn write(&self, snapshot: &Snapshot, protect: &[u64]) -> Result<SnapshotFile, Error> {
-        let path = self.dir.join(file_name(snapshot.meta.version));
+        let path = self
+            .dir
+            .join(file_name(snapshot.meta.version, snapshot.meta.last_good));
         let bytes = snapshot.encode().map_err(|message| Error::Invalid {
             path: path.clone(),
             message,
@@ -429,11 +445,23 @@ impl SnapshotStore {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(self.io(&self.dir))?;
+        if snapshot.meta.last_good {
+            // The same weights written earlier without the mark are now
+            // redundant.
+            let plain = self.dir.join(file_name(snapshot.meta.version, false));
+            match std::fs::remove_file(&plain) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(self.io(&plain)(e));
+                }
+                _ => {}
+            }
+        }
         self.prune(protect)?;
         Ok(SnapshotFile {
             version: snapshot.meta.version,
             path,
             bytes: bytes.len() as u64,
+            last_good: snapshot.meta.last_good,
         })
     }
 
@@ -448,7 +476,7 @@ impl SnapshotStore {
         for entry in entries {
             let entry = entry.map_err(self.io(&self.dir))?;
             let name = entry.file_name();
-            let Some(version) = name.to_str().and_then(parse_file_name) else {
+            let Some((version, last_good)) = name.to_str().and_then(parse_file_name) else {
                 continue;
             };
             let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -456,9 +484,10 @@ impl SnapshotStore {
                 version,
                 path: entry.path(),
                 bytes,
+                last_good,
             });
         }
-        out.sort_by_key(|f| f.version);
+        out.sort_by_key(|f| (f.version, f.last_good));
         Ok(out)
     }
 
@@ -488,12 +517,42 @@ impl SnapshotStore {
         Ok(loaded)
     }
 
-    /// Keeps the newest `keep` snapshots and those in `protect`.
+    /// The newest last-good snapshot that verifies (damaged ones skipped).
+    pub fn load_newest_last_good(&self) -> Result<Option<(Snapshot, PathBuf)>, Error> {
+        for file in self.list()?.into_iter().rev().filter(|f| f.last_good) {
+            match Self::load(&file.path) {
+                Ok(s) => return Ok(Some((s, file.path))),
+                Err(e) if e.is_corruption() => {
+                    tracing::error!(error = %e, "damaged last-good snapshot skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The retained snapshot of `version` (its last-good file if both exist).
+    pub fn find(&self, version: u64) -> Result<Option<SnapshotFile>, Error> {
+        Ok(self.list()?.into_iter().rev().find(|f| f.version == version))
+    }
+
+    /// Keeps the newest `keep` snapshots, the newest `keep_last_good`
+    /// last-good ones, and those in `protect`.
     fn prune(&self, protect: &[u64]) -> Result<(), Error> {
         let files = self.list()?;
         let cut = files.len().saturating_sub(self.keep);
+        let good_cut = files
+            .iter()
+            .filter(|f| f.last_good)
+            .count()
+            .saturating_sub(self.keep_last_good);
+        let mut good_seen = 0;
         for f in &files[..cut] {
-            if !protect.contains(&f.version) {
+            let kept_as_good = f.last_good && {
+                good_seen += 1;
+                good_seen > good_cut
+            };
+            if !kept_as_good && !protect.contains(&f.version) {
                 std::fs::remove_file(&f.path).map_err(self.io(&f.path))?;
             }
         }
@@ -501,15 +560,21 @@ impl SnapshotStore {
     }
 }
 
-fn file_name(version: u64) -> String {
-    format!("snapshot-{version:020}.eddy")
+fn file_name(version: u64, last_good: bool) -> String {
+    if last_good {
+        format!("snapshot-{version:020}.good.eddy")
+    } else {
+        format!("snapshot-{version:020}.eddy")
+    }
 }
 
-fn parse_file_name(name: &str) -> Option<u64> {
-    name.strip_prefix("snapshot-")?
-        .strip_suffix(".eddy")?
-        .parse()
-        .ok()
+/// The version and last-good mark a snapshot file name carries.
+fn parse_file_name(name: &str) -> Option<(u64, bool)> {
+    let stem = name.strip_prefix("snapshot-")?.strip_suffix(".eddy")?;
+    match stem.strip_suffix(".good") {
+        Some(v) => Some((v.parse().ok()?, true)),
+        None => Some((stem.parse().ok()?, false)),
+    }
 }
 
 #[cfg(test)]
@@ -548,6 +613,7 @@ mod tests {
                 created_at_ms: 1,
                 model_created_at_ms: 1,
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.75)]),
+                last_good: false,
             },
             learner,
         }
@@ -634,6 +700,42 @@ mod tests {
         ] {
             assert!(e.is_corruption());
         }
+    }
+
+    #[test]
+    fn retention_keeps_recent_last_good_snapshots_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().to_owned(), 2).keeping_last_good(2);
+        let mut s = trained(OptimizerKind::Adagrad, TaskKind::Binary, &[]);
+        for (v, good) in [(1, true), (2, false), (3, true), (4, false), (5, true)] {
+            s.meta.version = v;
+            s.meta.last_good = good;
+            store.write(&s, &[]).unwrap();
+        }
+        // Version 6 written plain, then promoted: one file, marked good.
+        s.meta.version = 6;
+        s.meta.last_good = false;
+        store.write(&s, &[]).unwrap();
+        s.meta.last_good = true;
+        store.write(&s, &[]).unwrap();
+        s.meta.version = 7;
+        s.meta.last_good = false;
+        store.write(&s, &[]).unwrap();
+        let kept: Vec<(u64, bool)> = store
+            .list()
+            .unwrap()
+            .iter()
+            .map(|f| (f.version, f.last_good))
+            .collect();
+        assert_eq!(
+            kept,
+            [(5, true), (6, true), (7, false)],
+            "newest two, plus the two newest last-good"
+        );
+        let (good, _) = store.load_newest_last_good().unwrap().unwrap();
+        assert_eq!((good.meta.version, good.meta.last_good), (6, true));
+        assert_eq!(store.find(5).unwrap().map(|f| f.last_good), Some(true));
+        assert_eq!(store.find(2).unwrap(), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! queue, the trainer task and the prediction join cache. Everything here
 //! may use tokio; the maths it runs lives in `learn`.
 
+pub mod events;
 pub mod join;
+pub mod monitor;
 pub mod queue;
 pub mod registry;
 pub mod store;

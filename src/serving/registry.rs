@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use crate::config::ModelConfig;
 use crate::learn::{FeatureHasher, LabelSpace};
 
+use super::events::EventLog;
 use super::join::JoinCache;
 use super::queue::FeedbackQueue;
 use super::store::ModelStore;
@@ -31,6 +32,8 @@ pub struct ModelRuntime {
     pub created_at: SystemTime,
     /// Requests to this model's trainer (admin API).
     pub trainer: tokio::sync::mpsc::Sender<TrainerCommand>,
+    /// What the safety loop did, newest last.
+    pub events: Arc<EventLog>,
 }
 
 #[derive(Debug, Default)]

@@ -31,13 +31,17 @@ pub struct ModelVersion {
     /// Feedback position included: the count of feedback items the trainer
     /// had taken from its queue when this version was cut.
     pub feedback_position: u64,
+    /// Set when this version restores older weights: the live version it
+    /// replaced (versions only go up, so a rollback is a new version).
+    pub rolled_back_from: Option<u64>,
 }
 
 /// What a publisher says about a new version.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PublishMeta {
     pub examples_trained: u64,
     pub feedback_position: u64,
+    pub rolled_back_from: Option<u64>,
 }
 
 /// Where new versions go.
@@ -70,10 +74,7 @@ impl ModelStore {
         Self::with_first(
             params,
             1,
-            PublishMeta {
-                examples_trained: 0,
-                feedback_position: 0,
-            },
+            PublishMeta::default(),
             None,
         )
     }
@@ -108,6 +109,7 @@ impl ModelStore {
             published_at: SystemTime::now(),
             examples_trained: meta.examples_trained,
             feedback_position: meta.feedback_position,
+            rolled_back_from: meta.rolled_back_from,
         });
         Self {
             live: ArcSwap::new(first.clone()),
@@ -166,6 +168,7 @@ impl VersionSink for ModelStore {
             published_at: SystemTime::now(),
             examples_trained: meta.examples_trained,
             feedback_position: meta.feedback_position,
+            rolled_back_from: meta.rolled_back_from,
         });
         self.live.store(next.clone());
         w.recent.push_back(next.clone());
@@ -190,6 +193,7 @@ mod tests {
         let meta = PublishMeta {
             examples_trained: 5,
             feedback_position: 5,
+            rolled_back_from: None,
         };
         for want in 2..20 {
             assert_eq!(
@@ -210,10 +214,7 @@ mod tests {
     fn numbers_used_before_a_crash_are_never_reused() {
         let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let meta = PublishMeta {
-            examples_trained: 0,
-            feedback_position: 0,
-        };
+        let meta = PublishMeta::default();
         let open = |version| {
             ModelStore::open(
                 Params::new(space.clone(), 8),

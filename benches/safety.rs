@@ -1,0 +1,252 @@
+//! The safety loop on real and generated streams, in process, through the
+//! real `Trainer` and `Monitor` (minibatches of 32, a publish after every
+//! minibatch, deterministic order):
+//!
+//! 1. Elec2, clean: rollbacks and gate refusals (target: zero).
+//! 2. Elec2 label-inversion attack: from row 15,000 an untrusted source
+//!    resends each current example 3 times with its label inverted while
+//!    the trusted source keeps sending. Detection delay (examples from the
+//!    attack's start to the first rollback or gate refusal) and the trusted
+//!    prequential accuracy over rows 15,000-30,000, against the unattacked
+//!    run (target: within 1 point) and an undefended learner (monitor off).
+//! 3. Elec2 broken upstream: `nswprice` arrives 1000x too large on rows
+//!    15,000-16,000, one source, no trusted set.
+//! 4. SEA-style abrupt drift (generated): the threshold moves three times;
+//!    target zero rollbacks, and the model adapts.
+//!
+//! Run: `cargo bench --bench safety` (under a minute).
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use eddy::config::{Config, ModelConfig};
+use eddy::learn::{Example, FeatureHasher, FeatureVec, Target};
+use eddy::serving::Trainer;
+use eddy::serving::queue::Feedback;
+use eddy::serving::trainer::Cadence;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const MINIBATCH: usize = 32;
+
+fn rows(name: &str) -> Vec<Value> {
+    use std::io::Read;
+    let path = format!("{}/tests/data/{name}.jsonl.gz", env!("CARGO_MANIFEST_DIR"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("data file"))
+        .read_to_string(&mut text)
+        .expect("gzip");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+fn model(extra: &str) -> ModelConfig {
+    Config::from_toml_over_default(&format!(
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{extra}"
+    ))
+    .expect("config")
+    .models
+    .remove(0)
+}
+
+fn examples(rows: &[Value], m: &ModelConfig, edit: impl Fn(usize, &mut Value)) -> Vec<(FeatureVec, Target)> {
+    let hasher = FeatureHasher::new(m.hash_bits);
+    let space = m.label_space().expect("space");
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut r = r.clone();
+            edit(i, &mut r);
+            let e = Example::from_json(&r.to_string(), &hasher, &space).expect("example");
+            (e.features, e.target)
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Trusted prequential accuracy over the measured rows.
+    correct: u64,
+    scored: u64,
+    /// Over every row.
+    correct_all: u64,
+    rows: u64,
+    rollbacks: u64,
+    gate_refusals: u64,
+    promotions: u64,
+    detection_delay: Option<u64>,
+    blamed: Vec<String>,
+    excluded: u64,
+}
+
+/// Streams `xs` through a trainer: each row is predicted by the live
+/// version (counted when in `measure`), then sent as trusted feedback; from
+/// `attack_from`, `copies` inverted copies follow from the attacker.
+fn run(
+    m: &ModelConfig,
+    xs: &[(FeatureVec, Target)],
+    attack_from: Option<usize>,
+    copies: usize,
+    measure: std::ops::Range<usize>,
+) -> Outcome {
+    let (mut trainer, queue, _commands) = Trainer::in_memory(m).expect("trainer");
+    let mut cadence = Cadence::default();
+    let mut out = Outcome::default();
+    let mut sent = 0u64;
+    let mut attack_start = None;
+    let feedback = |x: &FeatureVec, y: Target, source: &str| Feedback {
+        features: x.clone(),
+        target: y,
+        source: Some(source.into()),
+        prediction: None,
+        received_at: SystemTime::now(),
+    };
+    for (i, (x, y)) in xs.iter().enumerate() {
+        let out_live = trainer.live.params.predict(x);
+        let correct = Some(out_live.argmax().unwrap_or(0)) == y.class();
+        out.correct_all += u64::from(correct);
+        out.rows += 1;
+        if measure.contains(&i) {
+            out.correct += u64::from(correct);
+            out.scored += 1;
+        }
+        let mut items = vec![feedback(x, *y, "trusted")];
+        if let Some(from) = attack_from
+            && i >= from
+        {
+            if attack_start.is_none() {
+                attack_start = Some(sent);
+            }
+            let inverted = Target::Class(1 - y.class().unwrap_or(0));
+            items.extend((0..copies).map(|_| feedback(x, inverted, "attacker")));
+        }
+        sent += items.len() as u64;
+        queue.reserve(items.len()).expect("room").send(items);
+        while trainer.stream.position() + MINIBATCH as u64 <= sent {
+            trainer.step(MINIBATCH, &mut cadence);
+            let s = &trainer.stats;
+            let detections = s.rollbacks_degraded.load(Ordering::Relaxed)
+                + s.rollbacks_gate.load(Ordering::Relaxed);
+            if detections > 0
+                && out.detection_delay.is_none()
+                && let Some(start) = attack_start
+            {
+                out.detection_delay = Some(trainer.stream.position().saturating_sub(start));
+            }
+        }
+    }
+    while trainer.step(MINIBATCH, &mut cadence) > 0 {}
+    let s = &trainer.stats;
+    out.rollbacks = s.rollbacks_degraded.load(Ordering::Relaxed);
+    out.gate_refusals = s.rollbacks_gate.load(Ordering::Relaxed);
+    out.promotions = s.promotions.load(Ordering::Relaxed);
+    out.excluded = s.excluded.load(Ordering::Relaxed);
+    out.blamed = s.monitor.load().blamed_sources.clone();
+    if std::env::var_os("SAFETY_EVENTS").is_some() {
+        for e in trainer.events.all() {
+            if e.kind != eddy::serving::events::EventKind::Promotion {
+                println!("  {:?} v{} {} {}", e.kind, e.version, e.reason, serde_json::Value::Object(e.figures.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn pct(c: u64, n: u64) -> f64 {
+    100.0 * c as f64 / n.max(1) as f64
+}
+
+fn print(name: &str, o: &Outcome) {
+    println!(
+        "{name:<40} measured acc {:6.2}%  all {:6.2}%  rollbacks {:2}  gate refusals {:2}  promotions {:3}  delay {:>6}  blamed {:?}  excluded {}",
+        pct(o.correct, o.scored),
+        pct(o.correct_all, o.rows),
+        o.rollbacks,
+        o.gate_refusals,
+        o.promotions,
+        o.detection_delay.map_or("-".into(), |d| d.to_string()),
+        o.blamed,
+        o.excluded,
+    );
+}
+
+/// A SEA concepts stream: three features in [0, 10], label `f1 + f2 <=
+/// theta`, 10% label noise; theta moves at each quarter.
+fn sea(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let thetas = [8.0, 9.0, 7.0, 9.5];
+    (0..n)
+        .map(|i| {
+            let f: [f64; 3] = [
+                rng.random_range(0.0..10.0),
+                rng.random_range(0.0..10.0),
+                rng.random_range(0.0..10.0),
+            ];
+            let theta = thetas[i * thetas.len() / n];
+            let mut label = f[0] + f[1] <= theta;
+            if rng.random_bool(0.1) {
+                label = !label;
+            }
+            serde_json::json!({"features": {"f1": f[0], "f2": f[1], "f3": f[2]}, "label": u8::from(label)})
+        })
+        .collect()
+}
+
+fn main() {
+    let started = Instant::now();
+    let elec2 = rows("elec2");
+    let trusted = model("trusted_sources = [\"trusted\"]");
+    let xs = examples(&elec2, &trusted, |_, _| {});
+    let measure = 15_000..30_000;
+
+    println!("== Elec2 ({} rows), minibatch {MINIBATCH}", xs.len());
+    let clean = run(&trusted, &xs, None, 0, measure.clone());
+    print("clean, monitor on", &clean);
+    let attacked = run(&trusted, &xs, Some(15_000), 3, measure.clone());
+    print("label attack x3 from 15k, monitor on", &attacked);
+    let off = model("enabled = false");
+    let undefended = run(&off, &xs, Some(15_000), 3, measure.clone());
+    print("label attack x3 from 15k, monitor off", &undefended);
+    let unattacked_off = run(&off, &xs, None, 0, measure.clone());
+    print("clean, monitor off", &unattacked_off);
+    println!(
+        "trusted accuracy rows 15k-30k: attacked {:.2}% vs unattacked {:.2}% (diff {:+.2} points); undefended {:.2}%; detection delay {:?} examples",
+        pct(attacked.correct, attacked.scored),
+        pct(clean.correct, clean.scored),
+        pct(attacked.correct, attacked.scored) - pct(clean.correct, clean.scored),
+        pct(undefended.correct, undefended.scored),
+        attacked.detection_delay,
+    );
+
+    println!("\n== Elec2 broken upstream: nswprice x1000 on rows 15,000-16,000, one source");
+    let open = model("");
+    let broken = examples(&elec2, &open, |i, r| {
+        if (15_000..16_000).contains(&i)
+            && let Some(p) = r["features"]["nswprice"].as_f64()
+        {
+            r["features"]["nswprice"] = (p * 1000.0).into();
+        }
+    });
+    let after = 16_000..30_000;
+    let b_on = run(&open, &broken, None, 0, after.clone());
+    print("broken upstream, monitor on", &b_on);
+    let b_off = run(&off, &broken, None, 0, after.clone());
+    print("broken upstream, monitor off", &b_off);
+    let b_clean = run(&open, &examples(&elec2, &open, |_, _| {}), None, 0, after);
+    print("no break, monitor on", &b_clean);
+
+    println!("\n== SEA abrupt drift, 40,000 rows, theta 8 -> 9 -> 7 -> 9.5");
+    let sea_rows = sea(40_000, 7);
+    let sea_x = examples(&sea_rows, &open, |_, _| {});
+    for (name, range) in [
+        ("last 5k before drift 1", 5_000..10_000),
+        ("first 2k after drift 1", 10_000..12_000),
+        ("last 5k before drift 2", 15_000..20_000),
+        ("rows 22k-30k", 22_000..30_000),
+    ] {
+        let o = run(&open, &sea_x, None, 0, range);
+        print(&format!("SEA monitor on, {name}"), &o);
+    }
+    println!("\n(total {:.1} s)", started.elapsed().as_secs_f64());
+}

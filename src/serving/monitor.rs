@@ -1,0 +1,744 @@
+//! `Monitor`: the safety loop's judgement for one model. It runs on the
+//! trainer's thread, between taking a minibatch off the queue and training
+//! it, so every labelled example is scored by the live version *before* it
+//! is learned (test-then-train), and by the last-good version on the same
+//! example (shadow scoring). From those pairs it decides:
+//!
+//! - **Degradation** (`close_window`): at the end of each non-overlapping
+//!   window of `window` trusted examples, live vs last-good with
+//!   `learn::compare` (exact McNemar, or a paired t-test for regression).
+//!   One look per window keeps the false-alarm rate at `alpha` per window.
+//!   Under pure drift both versions get worse together, there is no
+//!   discordance in the live model's disfavour, and nothing happens.
+//! - **The gate** (`gate`): before a candidate is published, it is scored on
+//!   the most recent `min_samples` trusted examples (and the reference set)
+//!   against last-good's stored scores. Recent examples are the ones a
+//!   drifting world makes the candidate better at and a poisoned candidate
+//!   worse at. O(`min_samples`) per publish; the trainer bounds how often.
+//! - **Promotion**: a candidate frozen at a window boundary is scored over
+//!   the next full window and becomes last-good only if it was at least as
+//!   good as last-good there (and not worse on the reference set).
+//! - **Recovery** (`recover`): back to last-good, blame sources, then replay
+//!   what was learned since without them, or drop it when none is to blame.
+//!
+//! **Blame rule.** Over the examples since last-good, a named, untrusted
+//! source with at least `BLAME_MIN_EXAMPLES` examples is blamed when its
+//! mean loss under last-good is more than `blame_factor` times that of the
+//! reference group (the trusted sources when configured, else every other
+//! example) and higher by a one-sided Welch t-test at `alpha`. Last-good
+//! predates the damage, so a source whose labels disagree with it far more
+//! than everyone else's is the one that moved the model. Blamed sources'
+//! examples are scored but never trained on until an operator re-admits
+//! the source.
+//!
+//! The monitor holds no locks and does no IO; it hands the trainer
+//! decisions, and the trainer publishes, snapshots and records events.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{MonitorConfig, OnDegrade};
+use crate::learn::{
+    DegradationRule, FeatureVec, Learner, LossSample, PairedWindow, Params, Scored, Scores,
+    Target, TaskKind, Verdict,
+};
+
+use super::queue::Feedback;
+use super::store::ModelVersion;
+
+/// Examples a source needs since last-good before it can be blamed.
+pub const BLAME_MIN_EXAMPLES: u64 = 30;
+
+/// The name examples without a source are tracked under.
+pub const UNKNOWN_SOURCE: &str = "unknown";
+/// Where sources beyond `max_sources` are folded.
+pub const OTHER_SOURCE: &str = "other";
+
+/// A labelled example of the reference set.
+pub type Labelled = (FeatureVec, Target);
+
+/// A version the monitor can return to: weights plus optimizer state.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub version: u64,
+    pub learner: Learner,
+    /// Feedback position it includes: examples at positions below it are
+    /// in these weights.
+    pub position: u64,
+    pub examples_trained: u64,
+}
+
+/// One remembered example.
+#[derive(Debug)]
+struct Entry {
+    fb: Feedback,
+    position: u64,
+    trusted: bool,
+    /// Its outcome under last-good (rescored when last-good changes).
+    base: Scored,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    checkpoint: Checkpoint,
+    /// Candidate vs last-good on the trusted examples since it was frozen.
+    window: PairedWindow,
+}
+
+/// What found the damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A window showed the live version worse than last-good.
+    Degraded,
+    /// The gate refused a candidate before it was published.
+    GateRefused,
+}
+
+/// A detected degradation and the numbers behind it.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub trigger: Trigger,
+    pub reason: String,
+    pub figures: Vec<(&'static str, f64)>,
+}
+
+/// A source blamed for a degradation.
+#[derive(Debug, Clone)]
+pub struct Blame {
+    pub source: String,
+    pub examples: u64,
+    pub mean_loss: f64,
+    pub reference_loss: f64,
+    pub p_value: f64,
+}
+
+/// What a recovery did besides restoring last-good.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub blamed: Vec<Blame>,
+    /// Examples since last-good learned again.
+    pub replayed: usize,
+    /// Examples since last-good not learned again.
+    pub dropped: usize,
+    /// Examples since last-good that had already left the replay buffer.
+    pub lost: u64,
+}
+
+/// The verdict at a window boundary.
+#[derive(Debug)]
+pub enum WindowOutcome {
+    Degraded(Detection),
+    Judged { promote: bool },
+}
+
+/// Rolling quality of one version (or one source) as users see it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quality {
+    pub examples: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+}
+
+impl Quality {
+    pub fn of(s: &Scores, task: TaskKind) -> Self {
+        let some = |v: f64| v.is_finite().then_some(v);
+        let (accuracy, log_loss, mae, rmse) = match task {
+            TaskKind::Regression => (None, None, some(s.mae()), some(s.rmse())),
+            TaskKind::Binary | TaskKind::Multiclass => {
+                (some(s.accuracy()), some(s.log_loss()), None, None)
+            }
+        };
+        Self {
+            examples: s.n,
+            accuracy,
+            log_loss,
+            mae,
+            rmse,
+        }
+    }
+
+    /// The figures by name, for metrics.
+    pub fn figures(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("accuracy", self.accuracy),
+            ("log_loss", self.log_loss),
+            ("mae", self.mae),
+            ("rmse", self.rmse),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceReport {
+    pub source: String,
+    /// Labelled examples from it since start-up.
+    pub examples: u64,
+    /// Live quality on its last `window` examples.
+    pub live: Quality,
+    pub blamed: bool,
+}
+
+/// What the monitor shows operators (model info, metrics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MonitorReport {
+    pub enabled: bool,
+    pub last_good_version: Option<u64>,
+    /// Being scored for promotion.
+    pub candidate_version: Option<u64>,
+    /// Rolling quality over the last `window` labelled examples (every
+    /// source): the live versions, and last-good on the same examples.
+    pub live: Quality,
+    pub baseline: Quality,
+    pub sources: Vec<SourceReport>,
+    pub blamed_sources: Vec<String>,
+    /// Labelled examples left before another rollback may happen.
+    pub cooldown_left: u64,
+}
+
+/// Two consecutive blocks of scores: the last complete one and the one
+/// filling. Reports show the complete one (the filling one at first).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rolling {
+    current: Scores,
+    previous: Scores,
+}
+
+impl Rolling {
+    /// Adds one; returns true when a block completed.
+    fn add(&mut self, s: Scored, block: u64) -> bool {
+        self.current.add_scored(s);
+        if self.current.n >= block {
+            self.previous = std::mem::take(&mut self.current);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn shown(&self) -> &Scores {
+        if self.previous.n > 0 {
+            &self.previous
+        } else {
+            &self.current
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SourceTable {
+    index: HashMap<Arc<str>, usize>,
+    rows: Vec<(Arc<str>, Rolling, u64)>,
+}
+
+impl SourceTable {
+    fn add(&mut self, source: Option<&Arc<str>>, s: Scored, block: u64, max: usize) {
+        let name = source.map_or(UNKNOWN_SOURCE, |s| s.as_ref());
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                let key: Arc<str> = if self.rows.len() < max {
+                    source.cloned().unwrap_or_else(|| UNKNOWN_SOURCE.into())
+                } else {
+                    OTHER_SOURCE.into()
+                };
+                match self.index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        self.rows.push((key.clone(), Rolling::default(), 0));
+                        self.index.insert(key, self.rows.len() - 1);
+                        self.rows.len() - 1
+                    }
+                }
+            }
+        };
+        let row = &mut self.rows[i];
+        row.1.add(s, block);
+        row.2 += 1;
+    }
+}
+
+pub struct Monitor {
+    config: MonitorConfig,
+    rule: DegradationRule,
+    task: TaskKind,
+    trusted: HashSet<String>,
+    reference: Vec<Labelled>,
+    /// Last-good's outcome on each reference example.
+    reference_base: Vec<Scored>,
+    last_good: Checkpoint,
+    /// A live version known to carry exactly last-good's weights (a
+    /// rollback that replayed nothing): scored once, not twice.
+    alias: Option<u64>,
+    candidate: Option<Candidate>,
+    /// Live vs last-good on the trusted examples of the current window.
+    window: PairedWindow,
+    rolling_live: Rolling,
+    rolling_base: Rolling,
+    sources: SourceTable,
+    /// Recent examples, oldest first, by position: every one since
+    /// last-good (up to `replay_capacity`) and the newest trusted ones the
+    /// gate scores.
+    buffer: VecDeque<Entry>,
+    /// Examples since last-good evicted from `buffer`.
+    lost_since_last_good: u64,
+    blamed: BTreeSet<String>,
+    cooldown_left: u64,
+    /// Scores of the minibatch being handled, between `observe` and
+    /// `remember`: last-good's outcome, whether it is trusted, its position.
+    scored: Vec<(Scored, bool, u64)>,
+}
+
+impl Monitor {
+    pub fn new(
+        config: MonitorConfig,
+        task: TaskKind,
+        reference: Vec<Labelled>,
+        last_good: Checkpoint,
+    ) -> Self {
+        let mut m = Self {
+            rule: config.rule(),
+            trusted: config.trusted_sources.iter().cloned().collect(),
+            task,
+            reference,
+            reference_base: Vec::new(),
+            last_good,
+            alias: None,
+            candidate: None,
+            window: PairedWindow::default(),
+            rolling_live: Rolling::default(),
+            rolling_base: Rolling::default(),
+            sources: SourceTable::default(),
+            buffer: VecDeque::new(),
+            lost_since_last_good: 0,
+            blamed: BTreeSet::new(),
+            cooldown_left: 0,
+            scored: Vec::new(),
+            config,
+        };
+        m.rescore_reference();
+        m
+    }
+
+    pub fn last_good(&self) -> &Checkpoint {
+        &self.last_good
+    }
+
+    pub fn on_degrade(&self) -> OnDegrade {
+        self.config.on_degrade
+    }
+
+    /// The gate's share of trainer time, when the gate is on.
+    pub fn gate_budget(&self) -> Option<f64> {
+        self.config.gate.then_some(self.config.gate_budget)
+    }
+
+    pub fn promotion_snapshot_interval(&self) -> std::time::Duration {
+        self.config.promotion_snapshot_interval()
+    }
+
+    fn is_trusted(&self, fb: &Feedback) -> bool {
+        self.trusted.is_empty()
+            || fb
+                .source
+                .as_deref()
+                .is_some_and(|s| self.trusted.contains(s))
+    }
+
+    /// Examples the gate scores candidates on.
+    fn gate_sample(&self) -> usize {
+        self.config.min_samples.max(1) as usize
+    }
+
+    fn carries_last_good(&self, version: u64) -> bool {
+        version == self.last_good.version || self.alias == Some(version)
+    }
+
+    /// Scores a minibatch (queue positions `first..`) with `live` and last-good
+    /// before it is trained. Returns true when the window is full and
+    /// `close_window` is due.
+    pub fn observe(&mut self, batch: &[Feedback], first: u64, live: &ModelVersion) -> bool {
+        self.scored.clear();
+        let live_is_base = self.carries_last_good(live.version);
+        let block = self.config.window;
+        for (i, fb) in batch.iter().enumerate() {
+            let base = self.last_good.learner.params().score(&fb.features, fb.target);
+            let now = if live_is_base {
+                base
+            } else {
+                live.params.score(&fb.features, fb.target)
+            };
+            self.rolling_live.add(now, block);
+            self.rolling_base.add(base, block);
+            self.sources
+                .add(fb.source.as_ref(), now, block, self.config.max_sources);
+            let trusted = self.is_trusted(fb);
+            if trusted {
+                self.window.add(now, base);
+                if let Some(c) = &mut self.candidate {
+                    let cand = if c.checkpoint.version == live.version {
+                        now
+                    } else {
+                        c.checkpoint
+                            .learner
+                            .params()
+                            .score(&fb.features, fb.target)
+                    };
+                    c.window.add(cand, base);
+                }
+            }
+            self.cooldown_left = self.cooldown_left.saturating_sub(1);
+            self.scored.push((base, trusted, first + i as u64));
+        }
+        self.window.n >= self.config.window
+    }
+
+    /// Removes examples from blamed sources from `batch` (they are scored,
+    /// never trained); returns how many.
+    pub fn retain_admitted(&mut self, batch: &mut Vec<Feedback>) -> usize {
+        if self.blamed.is_empty() {
+            return 0;
+        }
+        let before = batch.len();
+        let admitted: Vec<bool> = batch
+            .iter()
+            .map(|fb| {
+                fb.source
+                    .as_deref()
+                    .is_none_or(|s| !self.blamed.contains(s))
+            })
+            .collect();
+        let mut keep = admitted.iter();
+        batch.retain(|_| keep.next().copied().unwrap_or(true));
+        let mut keep = admitted.iter();
+        self.scored
+            .retain(|_| keep.next().copied().unwrap_or(true));
+        before - batch.len()
+    }
+
+    /// Forgets the scores of a minibatch that was not trained.
+    pub fn forget_scored(&mut self) {
+        self.scored.clear();
+    }
+
+    /// Keeps the (trained) minibatch for replay, blame and the gate.
+    pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
+        let capacity = self
+            .config
+            .replay_capacity
+            .max(self.gate_sample())
+            .max(1);
+        for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
+            self.buffer.push_back(Entry {
+                fb,
+                position,
+                trusted,
+                base,
+            });
+        }
+        while self.buffer.len() > capacity {
+            if let Some(old) = self.buffer.pop_front()
+                && old.position >= self.last_good.position
+            {
+                self.lost_since_last_good += 1;
+            }
+        }
+    }
+
+    /// Judges the window that just filled and starts the next one.
+    pub fn close_window(&mut self) -> WindowOutcome {
+        let window = std::mem::take(&mut self.window);
+        if let Verdict::Degraded { p_value } = window.judge(&self.rule, self.task)
+            && self.cooldown_left == 0
+        {
+            let mut figures = window.figures(self.task);
+            figures.push(("p_value", p_value));
+            return WindowOutcome::Degraded(Detection {
+                trigger: Trigger::Degraded,
+                reason: format!(
+                    "live versions were worse than last-good v{} over a window of {} trusted examples (p = {p_value:.2e})",
+                    self.last_good.version, window.n
+                ),
+                figures,
+            });
+        }
+        let promote = self.candidate.as_ref().is_some_and(|c| {
+            c.window.n >= self.config.window
+                && c.window.live_at_least_as_good(self.task)
+                && !matches!(
+                    c.window.judge(&self.rule, self.task),
+                    Verdict::Degraded { .. }
+                )
+                && self.reference_ok(c.checkpoint.learner.params())
+        });
+        WindowOutcome::Judged { promote }
+    }
+
+    /// Whether `candidate` is at least as good as last-good on the
+    /// reference set (true without one).
+    fn reference_ok(&self, candidate: &Params) -> bool {
+        if self.reference.is_empty() {
+            return true;
+        }
+        let w = self.reference_window(candidate);
+        w.live_at_least_as_good(self.task)
+    }
+
+    fn reference_window(&self, candidate: &Params) -> PairedWindow {
+        let mut w = PairedWindow::default();
+        for ((x, y), base) in self.reference.iter().zip(&self.reference_base) {
+            w.add(candidate.score(x, *y), *base);
+        }
+        w
+    }
+
+    /// Makes the candidate last-good (after `close_window` said so);
+    /// returns the window that earned it.
+    pub fn promote(&mut self) -> Option<Vec<(&'static str, f64)>> {
+        let c = self.candidate.take()?;
+        let figures = c.window.figures(self.task);
+        self.last_good = c.checkpoint;
+        self.alias = None;
+        self.lost_since_last_good = 0;
+        self.rescore();
+        Some(figures)
+    }
+
+    /// Starts scoring `checkpoint` (a just-published version) for promotion.
+    pub fn freeze_candidate(&mut self, checkpoint: Checkpoint) {
+        self.candidate = (!self.carries_last_good(checkpoint.version)).then(|| Candidate {
+            checkpoint,
+            window: PairedWindow::default(),
+        });
+    }
+
+    /// Last-good changed: rescore what the gate and blame still need and
+    /// forget the rest.
+    fn rescore(&mut self) {
+        let base = self.last_good.learner.params();
+        let mut trusted_left = self.gate_sample();
+        let mut oldest_needed = self.buffer.len();
+        for (i, e) in self.buffer.iter_mut().enumerate().rev() {
+            let since = e.position >= self.last_good.position;
+            if !since && trusted_left == 0 {
+                break;
+            }
+            if e.trusted {
+                trusted_left = trusted_left.saturating_sub(1);
+            }
+            e.base = base.score(&e.fb.features, e.fb.target);
+            oldest_needed = i;
+        }
+        self.buffer.drain(..oldest_needed);
+        self.rescore_reference();
+    }
+
+    fn rescore_reference(&mut self) {
+        let base = self.last_good.learner.params();
+        self.reference_base = self.reference.iter().map(|(x, y)| base.score(x, *y)).collect();
+    }
+
+    /// Scores a candidate against last-good before it is published; `Some`
+    /// means refuse. Returns `None` while cooling down after a rollback.
+    pub fn gate(&self, candidate: &Params) -> Option<Detection> {
+        if !self.config.gate || self.cooldown_left > 0 {
+            return None;
+        }
+        let mut w = PairedWindow::default();
+        for e in self
+            .buffer
+            .iter()
+            .rev()
+            .filter(|e| e.trusted)
+            .take(self.gate_sample())
+        {
+            w.add(candidate.score(&e.fb.features, e.fb.target), e.base);
+        }
+        let refuse = |w: &PairedWindow, on: &str| {
+            let Verdict::Degraded { p_value } = w.judge(&self.rule, self.task) else {
+                return None;
+            };
+            let mut figures = w.figures(self.task);
+            figures.push(("p_value", p_value));
+            Some(Detection {
+                trigger: Trigger::GateRefused,
+                reason: format!(
+                    "candidate was worse than last-good v{} on {on} ({} examples, p = {p_value:.2e})",
+                    self.last_good.version, w.n
+                ),
+                figures,
+            })
+        };
+        refuse(&w, "the most recent trusted examples").or_else(|| {
+            if self.reference.is_empty() {
+                None
+            } else {
+                refuse(&self.reference_window(candidate), "the reference set")
+            }
+        })
+    }
+
+    /// After a detection: blames sources, resets `learner` to last-good and
+    /// replays (or drops) the examples since, as `on_degrade` says. Windows
+    /// restart, the candidate is dropped and the cool-down begins.
+    pub fn recover(&mut self, learner: &mut Learner) -> Recovery {
+        let blamed = self.blame();
+        for b in &blamed {
+            self.blamed.insert(b.source.clone());
+        }
+        *learner = self.last_good.learner.clone();
+        let start = self
+            .buffer
+            .partition_point(|e| e.position < self.last_good.position);
+        let since = self.buffer.len() - start;
+        let replay = self.config.on_degrade == OnDegrade::Replay && !blamed.is_empty();
+        let mut recovery = Recovery {
+            lost: std::mem::take(&mut self.lost_since_last_good),
+            ..Recovery::default()
+        };
+        if replay {
+            let blamed_set = &self.blamed;
+            let mut i = 0usize;
+            self.buffer.retain(|e| {
+                // Entries before `start` are already in last-good.
+                let keep = i < start
+                    || e.fb.source.as_deref().is_none_or(|s| !blamed_set.contains(s));
+                i += 1;
+                keep
+            });
+            for e in self.buffer.range(start.min(self.buffer.len())..) {
+                learner.learn_one(&e.fb.features, e.fb.target);
+            }
+            recovery.replayed = self.buffer.len().saturating_sub(start);
+            recovery.dropped = since - recovery.replayed;
+        } else {
+            self.buffer.truncate(start);
+            recovery.dropped = since;
+        }
+        self.restart();
+        recovery.blamed = blamed;
+        recovery
+    }
+
+    /// Windows and candidate start over, and the cool-down begins.
+    fn restart(&mut self) {
+        self.window = PairedWindow::default();
+        self.candidate = None;
+        self.cooldown_left = self.config.cooldown_examples;
+    }
+
+    /// The sources to blame for damage since last-good (see the module doc).
+    fn blame(&self) -> Vec<Blame> {
+        let start = self
+            .buffer
+            .partition_point(|e| e.position < self.last_good.position);
+        let mut groups: HashMap<&str, LossSample> = HashMap::new();
+        let mut trusted = LossSample::default();
+        let mut all = LossSample::default();
+        for e in self.buffer.range(start..) {
+            let loss = e.base.loss();
+            all.add(loss);
+            if e.trusted && !self.trusted.is_empty() {
+                trusted.add(loss);
+            } else if let Some(s) = e.fb.source.as_deref() {
+                groups.entry(s).or_default().add(loss);
+            }
+        }
+        let min = BLAME_MIN_EXAMPLES.min(self.config.min_samples.max(2));
+        let mut out: Vec<Blame> = groups
+            .into_iter()
+            .filter(|(_, g)| g.n >= min)
+            .filter_map(|(source, g)| {
+                let reference = if self.trusted.is_empty() {
+                    all.without(&g)
+                } else {
+                    trusted
+                };
+                if reference.n < min {
+                    return None;
+                }
+                let p_value = g.p_above(&reference);
+                let far = g.mean() > self.config.blame_factor * reference.mean();
+                (far && p_value < self.config.alpha).then(|| Blame {
+                    source: source.to_owned(),
+                    examples: g.n,
+                    mean_loss: g.mean(),
+                    reference_loss: reference.mean(),
+                    p_value,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.source.cmp(&b.source));
+        out
+    }
+
+    /// Back to last-good without replaying (an operator's rollback): the
+    /// examples since are dropped from the model. Returns how many.
+    pub fn restore_last_good(&mut self, learner: &mut Learner) -> usize {
+        *learner = self.last_good.learner.clone();
+        let start = self
+            .buffer
+            .partition_point(|e| e.position < self.last_good.position);
+        let dropped = self.buffer.len() - start;
+        self.buffer.truncate(start);
+        self.lost_since_last_good = 0;
+        self.restart();
+        dropped
+    }
+
+    /// An operator rolled back to a retained version: it becomes last-good.
+    pub fn adopt_last_good(&mut self, checkpoint: Checkpoint) {
+        self.last_good = checkpoint;
+        self.alias = None;
+        self.lost_since_last_good = 0;
+        self.rescore();
+        self.restart();
+    }
+
+    /// A live version now carries last-good's weights (a rollback).
+    pub fn note_rollback_version(&mut self, version: u64) {
+        self.alias = Some(version);
+    }
+
+    /// Takes a source back into training; false if it was not blamed.
+    pub fn readmit(&mut self, source: &str) -> bool {
+        self.blamed.remove(source)
+    }
+
+    pub fn blamed(&self) -> impl Iterator<Item = &str> {
+        self.blamed.iter().map(String::as_str)
+    }
+
+    pub fn report(&self) -> MonitorReport {
+        MonitorReport {
+            enabled: true,
+            last_good_version: Some(self.last_good.version),
+            candidate_version: self.candidate.as_ref().map(|c| c.checkpoint.version),
+            live: Quality::of(self.rolling_live.shown(), self.task),
+            baseline: Quality::of(self.rolling_base.shown(), self.task),
+            sources: self
+                .sources
+                .rows
+                .iter()
+                .map(|(name, rolling, examples)| SourceReport {
+                    source: name.to_string(),
+                    examples: *examples,
+                    live: Quality::of(rolling.shown(), self.task),
+                    blamed: self.blamed.contains(name.as_ref()),
+                })
+                .collect(),
+            blamed_sources: self.blamed.iter().cloned().collect(),
+            cooldown_left: self.cooldown_left,
+        }
+    }
+}
