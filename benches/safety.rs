@@ -43,14 +43,19 @@ fn rows(name: &str) -> Vec<Value> {
 
 fn model(extra: &str) -> ModelConfig {
     Config::from_toml_over_default(&format!(
-        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{extra}"
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{}\n{extra}",
+        std::env::var("SAFETY_MONITOR").unwrap_or_default().replace(';', "\n")
     ))
     .expect("config")
     .models
     .remove(0)
 }
 
-fn examples(rows: &[Value], m: &ModelConfig, edit: impl Fn(usize, &mut Value)) -> Vec<(FeatureVec, Target)> {
+fn examples(
+    rows: &[Value],
+    m: &ModelConfig,
+    edit: impl Fn(usize, &mut Value),
+) -> Vec<(FeatureVec, Target)> {
     let hasher = FeatureHasher::new(m.hash_bits);
     let space = m.label_space().expect("space");
     rows.iter()
@@ -145,8 +150,16 @@ fn run(
     out.blamed = s.monitor.load().blamed_sources.clone();
     if std::env::var_os("SAFETY_EVENTS").is_some() {
         for e in trainer.events.all() {
-            if e.kind != eddy::serving::events::EventKind::Promotion {
-                println!("  {:?} v{} {} {}", e.kind, e.version, e.reason, serde_json::Value::Object(e.figures.clone()));
+            if e.kind != eddy::serving::events::EventKind::Promotion
+                || std::env::var_os("SAFETY_ALL").is_some()
+            {
+                println!(
+                    "  {:?} v{} {} {}",
+                    e.kind,
+                    e.version,
+                    e.reason,
+                    serde_json::Value::Object(e.figures.clone())
+                );
             }
         }
     }
@@ -189,6 +202,25 @@ fn sea(n: usize, seed: u64) -> Vec<Value> {
                 label = !label;
             }
             serde_json::json!({"features": {"f1": f[0], "f2": f[1], "f3": f[2]}, "label": u8::from(label)})
+        })
+        .collect()
+}
+
+/// A stationary stream: label = [2 a - b + 0.5 c + noise > 0], features on
+/// their own scales; `a` arrives 1000x too large on rows `broken`.
+fn broken_stationary(n: usize, seed: u64, broken: std::ops::Range<usize>) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let (a, b, c): (f64, f64, f64) = (
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+            );
+            let noise: f64 = rng.random_range(-0.5..0.5);
+            let label = 2.0 * a - b + 0.5 * c + noise > 0.0;
+            let shown_a = if broken.contains(&i) { a * 1000.0 } else { a };
+            serde_json::json!({"features": {"a": 40.0 + 5.0 * shown_a, "b": b * 300.0, "c": c}, "label": u8::from(label)})
         })
         .collect()
 }
@@ -236,8 +268,34 @@ fn main() {
     let b_clean = run(&open, &examples(&elec2, &open, |_, _| {}), None, 0, after);
     print("no break, monitor on", &b_clean);
 
+    println!(
+        "\n== Stationary stream, 20,000 rows: feature `a` 1000x too large on rows 8,000-9,000"
+    );
+    let st = examples(
+        &broken_stationary(20_000, 3, 8_000..9_000),
+        &open,
+        |_, _| {},
+    );
+    let st_clean = examples(&broken_stationary(20_000, 3, 0..0), &open, |_, _| {});
+    print(
+        "broken, monitor on (acc rows 9k-20k)",
+        &run(&open, &st, None, 0, 9_000..20_000),
+    );
+    print(
+        "broken, monitor off",
+        &run(&off, &st, None, 0, 9_000..20_000),
+    );
+    print(
+        "no break, monitor on",
+        &run(&open, &st_clean, None, 0, 9_000..20_000),
+    );
+
     println!("\n== SEA abrupt drift, 40,000 rows, theta 8 -> 9 -> 7 -> 9.5");
-    let sea_rows = sea(40_000, 7);
+    let seed = std::env::var("SAFETY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let sea_rows = sea(40_000, seed);
     let sea_x = examples(&sea_rows, &open, |_, _| {});
     for (name, range) in [
         ("last 5k before drift 1", 5_000..10_000),

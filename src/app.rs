@@ -30,8 +30,7 @@ use crate::serving::monitor::{Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, Trainer,
-    TrainingStats,
-    feedback_channel,
+    TrainingStats, feedback_channel,
 };
 
 pub struct App {
@@ -341,7 +340,8 @@ fn load_reference(
     space: &LabelSpace,
 ) -> anyhow::Result<Vec<Labelled>> {
     use std::io::BufRead;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
     } else {

@@ -167,6 +167,17 @@ pub struct MonitorConfig {
     /// times that of the reference sources (and significantly higher).
     #[serde(default = "default_blame_factor")]
     pub blame_factor: f64,
+    /// Consecutive examples per block in the degradation tests (streams
+    /// are autocorrelated; see `learn::compare`).
+    #[serde(default = "default_block_size")]
+    pub block_size: u64,
+    /// Most recent trusted examples the gate scores a candidate on.
+    #[serde(default = "default_gate_examples")]
+    pub gate_examples: u64,
+    /// Windows promotion may wait while last-good scores far below what
+    /// earned it (the data changed under both versions).
+    #[serde(default = "default_settle_windows")]
+    pub settle_windows: u64,
     /// Promotion snapshots are written at most this often.
     #[serde(default = "default_promotion_snapshot_interval")]
     pub promotion_snapshot_interval_ms: u64,
@@ -282,6 +293,15 @@ fn default_blame_factor() -> f64 {
 fn default_promotion_snapshot_interval() -> u64 {
     1000
 }
+fn default_settle_windows() -> u64 {
+    3
+}
+fn default_block_size() -> u64 {
+    50
+}
+fn default_gate_examples() -> u64 {
+    200
+}
 fn default_last_good_keep() -> usize {
     20
 }
@@ -330,6 +350,9 @@ impl Default for MonitorConfig {
             gate: true,
             gate_budget: default_gate_budget(),
             blame_factor: default_blame_factor(),
+            block_size: default_block_size(),
+            gate_examples: default_gate_examples(),
+            settle_windows: default_settle_windows(),
             promotion_snapshot_interval_ms: default_promotion_snapshot_interval(),
         }
     }
@@ -388,6 +411,15 @@ impl MonitorConfig {
                 "min_samples",
                 "must not exceed monitor.window (a window would never be judged)".into(),
             ));
+        }
+        if self.block_size == 0 || self.block_size > self.window {
+            return Err(invalid(
+                "block_size",
+                "must lie in 1..=monitor.window".into(),
+            ));
+        }
+        if !(1..=bound).contains(&self.gate_examples) {
+            return Err(invalid("gate_examples", format!("must lie in 1..={bound}")));
         }
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
             return Err(invalid(

@@ -25,9 +25,23 @@ pub struct DegradationRule {
 }
 
 /// Accumulates one window of paired scores.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+///
+/// Streams are autocorrelated (Elec2 is half-hourly: neighbouring examples
+/// are nearly the same), so single examples are not independent and a test
+/// that counts them as such is overconfident: on clean Elec2 it flags
+/// "significant" differences between two sound versions again and again.
+/// With `block > 1` the tests therefore run on the means of consecutive
+/// blocks of `block` examples (the batch-means method of simulation output
+/// analysis), and they test the tolerance itself: "worse by more than
+/// `tolerance`" is the hypothesis, a one-sided t-test of the block mean
+/// differences against that margin (a non-inferiority test), rather than
+/// "worse at all" plus a point estimate over the margin. With `block = 1`
+/// (independent examples) accuracy uses the exact McNemar test. A trailing
+/// partial block counts toward the totals but not the test.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairedWindow {
     pub n: u64,
+    block: u64,
     live_correct: u64,
     base_correct: u64,
     /// Live right, baseline wrong.
@@ -36,9 +50,36 @@ pub struct PairedWindow {
     base_only: u64,
     live_loss: f64,
     base_loss: f64,
-    /// Sums of the per-example loss difference (live - baseline) and its square.
+    /// The block being filled: examples, and correct and loss totals.
+    cur_n: u64,
+    cur_correct_diff: i64,
+    cur_loss_diff: f64,
+    cur_live_correct: u64,
+    cur_base_correct: u64,
+    cur_live_loss: f64,
+    cur_base_loss: f64,
+    /// Per block, each side's error rate and mean loss: its quality as a
+    /// sample of block means (for unpaired comparisons across windows).
+    live_block_err: LossSample,
+    base_block_err: LossSample,
+    live_block_loss: LossSample,
+    base_block_loss: LossSample,
+    /// Complete blocks, and those each version won on accuracy.
+    blocks: u64,
+    live_blocks: u64,
+    base_blocks: u64,
+    /// Sums of the block mean loss difference (live - baseline) and its square.
     diff: f64,
     diff_sq: f64,
+    /// Sums of the block accuracy difference (baseline - live) and its square.
+    acc_diff: f64,
+    acc_diff_sq: f64,
+}
+
+impl Default for PairedWindow {
+    fn default() -> Self {
+        Self::with_block(1)
+    }
 }
 
 /// The outcome of judging a window.
@@ -53,6 +94,38 @@ pub enum Verdict {
 }
 
 impl PairedWindow {
+    /// An empty window whose tests use blocks of `block` examples.
+    pub fn with_block(block: u64) -> Self {
+        Self {
+            n: 0,
+            block: block.max(1),
+            live_correct: 0,
+            base_correct: 0,
+            live_only: 0,
+            base_only: 0,
+            live_loss: 0.0,
+            base_loss: 0.0,
+            cur_n: 0,
+            cur_correct_diff: 0,
+            cur_loss_diff: 0.0,
+            cur_live_correct: 0,
+            cur_base_correct: 0,
+            cur_live_loss: 0.0,
+            cur_base_loss: 0.0,
+            live_block_err: LossSample::default(),
+            base_block_err: LossSample::default(),
+            live_block_loss: LossSample::default(),
+            base_block_loss: LossSample::default(),
+            blocks: 0,
+            live_blocks: 0,
+            base_blocks: 0,
+            diff: 0.0,
+            diff_sq: 0.0,
+            acc_diff: 0.0,
+            acc_diff_sq: 0.0,
+        }
+    }
+
     /// One classification example scored by both versions.
     pub fn add_class(
         &mut self,
@@ -65,6 +138,9 @@ impl PairedWindow {
         self.base_correct += u64::from(base_correct);
         self.live_only += u64::from(live_correct && !base_correct);
         self.base_only += u64::from(base_correct && !live_correct);
+        self.cur_correct_diff += i64::from(live_correct) - i64::from(base_correct);
+        self.cur_live_correct += u64::from(live_correct);
+        self.cur_base_correct += u64::from(base_correct);
         self.add_losses(live_loss, base_loss);
     }
 
@@ -121,6 +197,9 @@ impl PairedWindow {
                 f.push(("baseline_accuracy", self.base_accuracy()));
                 f.push(("live_only_correct", self.live_only as f64));
                 f.push(("baseline_only_correct", self.base_only as f64));
+                f.push(("blocks", self.blocks as f64));
+                f.push(("blocks_live_better", self.live_blocks as f64));
+                f.push(("blocks_baseline_better", self.base_blocks as f64));
                 f.push(("live_log_loss", self.live_mean_loss()));
                 f.push(("baseline_log_loss", self.base_mean_loss()));
             }
@@ -132,9 +211,57 @@ impl PairedWindow {
         self.n += 1;
         self.live_loss += live;
         self.base_loss += base;
-        let d = live - base;
-        self.diff += d;
-        self.diff_sq += d * d;
+        self.cur_n += 1;
+        self.cur_loss_diff += live - base;
+        self.cur_live_loss += live;
+        self.cur_base_loss += base;
+        if self.cur_n == self.block {
+            let b = self.block as f64;
+            self.live_block_err
+                .add(1.0 - self.cur_live_correct as f64 / b);
+            self.base_block_err
+                .add(1.0 - self.cur_base_correct as f64 / b);
+            self.live_block_loss.add(self.cur_live_loss / b);
+            self.base_block_loss.add(self.cur_base_loss / b);
+            self.cur_live_correct = 0;
+            self.cur_base_correct = 0;
+            self.cur_live_loss = 0.0;
+            self.cur_base_loss = 0.0;
+            self.blocks += 1;
+            self.live_blocks += u64::from(self.cur_correct_diff > 0);
+            self.base_blocks += u64::from(self.cur_correct_diff < 0);
+            let d = self.cur_loss_diff / self.block as f64;
+            self.diff += d;
+            self.diff_sq += d * d;
+            let a = -(self.cur_correct_diff as f64) / self.block as f64;
+            self.acc_diff += a;
+            self.acc_diff_sq += a * a;
+            self.cur_n = 0;
+            self.cur_correct_diff = 0;
+            self.cur_loss_diff = 0.0;
+        }
+    }
+
+    /// Complete blocks so far.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The live side's per-block badness (error rate for classification,
+    /// mean loss for regression), as a sample.
+    pub fn live_blocks_badness(&self, task: TaskKind) -> LossSample {
+        match task {
+            TaskKind::Regression => self.live_block_loss,
+            TaskKind::Binary | TaskKind::Multiclass => self.live_block_err,
+        }
+    }
+
+    /// The baseline side's per-block badness.
+    pub fn base_blocks_badness(&self, task: TaskKind) -> LossSample {
+        match task {
+            TaskKind::Regression => self.base_block_loss,
+            TaskKind::Binary | TaskKind::Multiclass => self.base_block_err,
+        }
     }
 
     pub fn live_accuracy(&self) -> f64 {
@@ -153,11 +280,24 @@ impl PairedWindow {
         ratio(self.base_loss, self.n)
     }
 
-    /// Is the live version worse on accuracy? Exact McNemar: under "equally
-    /// good" each discordant pair goes either way with probability 1/2.
+    /// Is the live version worse on accuracy by more than the tolerance?
+    /// Blocks: t-test of the block accuracy differences against the
+    /// margin. Single examples: exact McNemar (under "equally good" each
+    /// discordant pair goes either way with probability 1/2) plus the
+    /// point estimate over the margin.
     pub fn judge_accuracy(&self, rule: &DegradationRule) -> Verdict {
         if self.n < rule.min_samples {
             return Verdict::Insufficient;
+        }
+        let worse_by = self.base_accuracy() - self.live_accuracy();
+        if self.block > 1 {
+            return self.margin_test(
+                self.acc_diff,
+                self.acc_diff_sq,
+                rule.tolerance,
+                worse_by > rule.tolerance,
+                rule.alpha,
+            );
         }
         let discordant = self.live_only + self.base_only;
         let p_value = if discordant == 0 || self.base_only == 0 {
@@ -166,29 +306,39 @@ impl PairedWindow {
             // P(X >= base_only), X ~ Binomial(discordant, 1/2).
             Binomial::new(0.5, discordant).map_or(1.0, |b| b.sf(self.base_only - 1))
         };
-        let worse_by = self.base_accuracy() - self.live_accuracy();
         decide(worse_by > rule.tolerance, p_value, rule.alpha)
     }
 
-    /// Is the live version worse on mean loss? One-sided paired t-test on
-    /// the per-example differences; the tolerance is relative to the
-    /// baseline's mean loss.
+    /// Is the live version worse on mean loss by more than the tolerance
+    /// (relative to the baseline's mean loss)? One-sided paired t-test of
+    /// the block mean differences against that margin.
     pub fn judge_loss(&self, rule: &DegradationRule) -> Verdict {
-        if self.n < rule.min_samples.max(2) {
+        if self.n < rule.min_samples {
             return Verdict::Insufficient;
         }
-        let n = self.n as f64;
-        let mean = self.diff / n;
-        let var = ((self.diff_sq - n * mean * mean) / (n - 1.0)).max(0.0);
+        let base = self.base_mean_loss();
+        let margin = base * rule.tolerance;
+        let worse = self.live_mean_loss() > base + margin;
+        self.margin_test(self.diff, self.diff_sq, margin, worse, rule.alpha)
+    }
+
+    /// t-test that the mean of the block differences (given by their sum
+    /// and sum of squares) exceeds `margin`.
+    fn margin_test(&self, sum: f64, sum_sq: f64, margin: f64, worse: bool, alpha: f64) -> Verdict {
+        if self.blocks < 2 {
+            return Verdict::Insufficient;
+        }
+        let n = self.blocks as f64;
+        let mean = sum / n;
+        let var = ((sum_sq - n * mean * mean) / (n - 1.0)).max(0.0);
+        let excess = mean - margin;
         let p_value = if var == 0.0 {
-            if mean > 0.0 { 0.0 } else { 1.0 }
+            if excess > 0.0 { 0.0 } else { 1.0 }
         } else {
-            let t = mean / (var / n).sqrt();
+            let t = excess / (var / n).sqrt();
             StudentsT::new(0.0, 1.0, n - 1.0).map_or(1.0, |d| d.sf(t))
         };
-        let base = self.base_mean_loss();
-        let worse = self.live_mean_loss() > base * (1.0 + rule.tolerance);
-        decide(worse, p_value, rule.alpha)
+        decide(worse, p_value, alpha)
     }
 }
 
@@ -231,6 +381,12 @@ impl LossSample {
     /// One-sided Welch t-test that this group's mean loss is above
     /// `other`'s: the p-value (1 when either group has under two examples).
     pub fn p_above(&self, other: &LossSample) -> f64 {
+        self.p_above_by(other, 0.0)
+    }
+
+    /// One-sided Welch t-test that this group's mean is above `other`'s by
+    /// more than `margin`.
+    pub fn p_above_by(&self, other: &LossSample, margin: f64) -> f64 {
         if self.n < 2 || other.n < 2 {
             return 1.0;
         }
@@ -238,7 +394,7 @@ impl LossSample {
             self.variance() / self.n as f64,
             other.variance() / other.n as f64,
         );
-        let diff = self.mean() - other.mean();
+        let diff = self.mean() - other.mean() - margin;
         let se2 = va + vb;
         if se2 == 0.0 {
             return if diff > 0.0 { 0.0 } else { 1.0 };
@@ -246,7 +402,8 @@ impl LossSample {
         let t = diff / se2.sqrt();
         // Welch-Satterthwaite degrees of freedom.
         let df = se2 * se2
-            / (va * va / (self.n - 1) as f64 + vb * vb / (other.n - 1) as f64).max(f64::MIN_POSITIVE);
+            / (va * va / (self.n - 1) as f64 + vb * vb / (other.n - 1) as f64)
+                .max(f64::MIN_POSITIVE);
         StudentsT::new(0.0, 1.0, df.max(1.0)).map_or(1.0, |d| d.sf(t))
     }
 }

@@ -533,7 +533,11 @@ impl SnapshotStore {
 
     /// The retained snapshot of `version` (its last-good file if both exist).
     pub fn find(&self, version: u64) -> Result<Option<SnapshotFile>, Error> {
-        Ok(self.list()?.into_iter().rev().find(|f| f.version == version))
+        Ok(self
+            .list()?
+            .into_iter()
+            .rev()
+            .find(|f| f.version == version))
     }
 
     /// Keeps the newest `keep` snapshots, the newest `keep_last_good`

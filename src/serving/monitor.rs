@@ -41,8 +41,8 @@ use serde::Serialize;
 
 use crate::config::{MonitorConfig, OnDegrade};
 use crate::learn::{
-    DegradationRule, FeatureVec, Learner, LossSample, PairedWindow, Params, Scored, Scores,
-    Target, TaskKind, Verdict,
+    DegradationRule, FeatureVec, Learner, LossSample, PairedWindow, Params, Scored, Scores, Target,
+    TaskKind, Verdict,
 };
 
 use super::queue::Feedback;
@@ -126,6 +126,15 @@ pub struct Recovery {
     pub lost: u64,
 }
 
+/// The gate's answer for a candidate.
+#[derive(Debug)]
+pub enum GateVerdict {
+    Pass,
+    /// Failed once: do not publish yet, look again on fresh examples.
+    Hold,
+    Refuse(Detection),
+}
+
 /// The verdict at a window boundary.
 #[derive(Debug)]
 pub enum WindowOutcome {
@@ -204,6 +213,9 @@ pub struct MonitorReport {
     pub blamed_sources: Vec<String>,
     /// Labelled examples left before another rollback may happen.
     pub cooldown_left: u64,
+    /// Windows promotion has waited because last-good scores far below
+    /// what earned it (the data changed; see `Monitor::settled`).
+    pub unsettled_windows: u64,
 }
 
 /// Two consecutive blocks of scores: the last complete one and the one
@@ -294,6 +306,15 @@ pub struct Monitor {
     lost_since_last_good: u64,
     blamed: BTreeSet<String>,
     cooldown_left: u64,
+    /// Trusted examples observed so far.
+    trusted_seen: u64,
+    /// Last-good's per-block badness over the window that earned its
+    /// promotion (see `settled`).
+    earned: Option<LossSample>,
+    /// Consecutive windows in which last-good scored far below `earned`.
+    unsettled: u64,
+    /// `trusted_seen` when the gate first failed the current candidate.
+    suspect: Option<u64>,
     /// Scores of the minibatch being handled, between `observe` and
     /// `remember`: last-good's outcome, whether it is trusted, its position.
     scored: Vec<(Scored, bool, u64)>,
@@ -315,7 +336,7 @@ impl Monitor {
             last_good,
             alias: None,
             candidate: None,
-            window: PairedWindow::default(),
+            window: PairedWindow::with_block(config.block_size),
             rolling_live: Rolling::default(),
             rolling_base: Rolling::default(),
             sources: SourceTable::default(),
@@ -323,6 +344,10 @@ impl Monitor {
             lost_since_last_good: 0,
             blamed: BTreeSet::new(),
             cooldown_left: 0,
+            trusted_seen: 0,
+            earned: None,
+            unsettled: 0,
+            suspect: None,
             scored: Vec::new(),
             config,
         };
@@ -357,7 +382,23 @@ impl Monitor {
 
     /// Examples the gate scores candidates on.
     fn gate_sample(&self) -> usize {
-        self.config.min_samples.max(1) as usize
+        self.config.gate_examples.max(1) as usize
+    }
+
+    /// The gate looks at every publish, over the most recent
+    /// `gate_examples`: about `window / gate_examples` independent looks
+    /// per window. Testing each at `alpha * gate_examples / window` keeps
+    /// its false-alarm rate per window near `alpha`, as the window test's.
+    fn gate_rule(&self) -> DegradationRule {
+        let share = (self.config.gate_examples as f64 / self.config.window as f64).min(1.0);
+        DegradationRule {
+            alpha: self.rule.alpha * share,
+            ..self.rule
+        }
+    }
+
+    fn paired(&self) -> PairedWindow {
+        PairedWindow::with_block(self.config.block_size)
     }
 
     fn carries_last_good(&self, version: u64) -> bool {
@@ -372,7 +413,11 @@ impl Monitor {
         let live_is_base = self.carries_last_good(live.version);
         let block = self.config.window;
         for (i, fb) in batch.iter().enumerate() {
-            let base = self.last_good.learner.params().score(&fb.features, fb.target);
+            let base = self
+                .last_good
+                .learner
+                .params()
+                .score(&fb.features, fb.target);
             let now = if live_is_base {
                 base
             } else {
@@ -384,15 +429,13 @@ impl Monitor {
                 .add(fb.source.as_ref(), now, block, self.config.max_sources);
             let trusted = self.is_trusted(fb);
             if trusted {
+                self.trusted_seen += 1;
                 self.window.add(now, base);
                 if let Some(c) = &mut self.candidate {
                     let cand = if c.checkpoint.version == live.version {
                         now
                     } else {
-                        c.checkpoint
-                            .learner
-                            .params()
-                            .score(&fb.features, fb.target)
+                        c.checkpoint.learner.params().score(&fb.features, fb.target)
                     };
                     c.window.add(cand, base);
                 }
@@ -421,8 +464,7 @@ impl Monitor {
         let mut keep = admitted.iter();
         batch.retain(|_| keep.next().copied().unwrap_or(true));
         let mut keep = admitted.iter();
-        self.scored
-            .retain(|_| keep.next().copied().unwrap_or(true));
+        self.scored.retain(|_| keep.next().copied().unwrap_or(true));
         before - batch.len()
     }
 
@@ -433,11 +475,7 @@ impl Monitor {
 
     /// Keeps the (trained) minibatch for replay, blame and the gate.
     pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
-        let capacity = self
-            .config
-            .replay_capacity
-            .max(self.gate_sample())
-            .max(1);
+        let capacity = self.config.replay_capacity.max(self.gate_sample()).max(1);
         for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
             self.buffer.push_back(Entry {
                 fb,
@@ -457,7 +495,8 @@ impl Monitor {
 
     /// Judges the window that just filled and starts the next one.
     pub fn close_window(&mut self) -> WindowOutcome {
-        let window = std::mem::take(&mut self.window);
+        let fresh = self.paired();
+        let window = std::mem::replace(&mut self.window, fresh);
         if let Verdict::Degraded { p_value } = window.judge(&self.rule, self.task)
             && self.cooldown_left == 0
         {
@@ -472,16 +511,51 @@ impl Monitor {
                 figures,
             });
         }
-        let promote = self.candidate.as_ref().is_some_and(|c| {
-            c.window.n >= self.config.window
-                && c.window.live_at_least_as_good(self.task)
-                && !matches!(
-                    c.window.judge(&self.rule, self.task),
-                    Verdict::Degraded { .. }
-                )
-                && self.reference_ok(c.checkpoint.learner.params())
-        });
+        let settled = self.settled(&window);
+        let promote = settled
+            && self.candidate.as_ref().is_some_and(|c| {
+                c.window.n >= self.config.window
+                    && c.window.live_at_least_as_good(self.task)
+                    && !matches!(
+                        c.window.judge(&self.rule, self.task),
+                        Verdict::Degraded { .. }
+                    )
+                    && self.reference_ok(c.checkpoint.learner.params())
+            });
         WindowOutcome::Judged { promote }
+    }
+
+    /// Whether the world still looks like the one last-good was chosen
+    /// in. If last-good now scores significantly worse (by more than the
+    /// tolerance) than over the window that earned its promotion, the data
+    /// changed under both versions: a drift, or a broken upstream. A
+    /// candidate adapted to it is not promoted yet, for up to
+    /// `settle_windows` windows: a broken upstream usually ends within
+    /// that, and its damage is then judged against a last-good that never
+    /// learned it. A change that lasts longer is accepted as the new
+    /// normal and promotion resumes.
+    fn settled(&mut self, window: &PairedWindow) -> bool {
+        let now = window.base_blocks_badness(self.task);
+        let Some(earned) = self.earned else {
+            return true;
+        };
+        let margin = match self.task {
+            TaskKind::Regression => self.config.tolerance * earned.mean(),
+            TaskKind::Binary | TaskKind::Multiclass => self.config.tolerance,
+        };
+        let changed = now.mean() > earned.mean() + margin
+            && now.p_above_by(&earned, margin) < self.config.alpha;
+        if !changed {
+            self.unsettled = 0;
+            return true;
+        }
+        self.unsettled += 1;
+        if self.unsettled > self.config.settle_windows {
+            self.earned = Some(now);
+            self.unsettled = 0;
+            return true;
+        }
+        false
     }
 
     /// Whether `candidate` is at least as good as last-good on the
@@ -495,7 +569,7 @@ impl Monitor {
     }
 
     fn reference_window(&self, candidate: &Params) -> PairedWindow {
-        let mut w = PairedWindow::default();
+        let mut w = self.paired();
         for ((x, y), base) in self.reference.iter().zip(&self.reference_base) {
             w.add(candidate.score(x, *y), *base);
         }
@@ -507,6 +581,8 @@ impl Monitor {
     pub fn promote(&mut self) -> Option<Vec<(&'static str, f64)>> {
         let c = self.candidate.take()?;
         let figures = c.window.figures(self.task);
+        self.earned = Some(c.window.live_blocks_badness(self.task));
+        self.unsettled = 0;
         self.last_good = c.checkpoint;
         self.alias = None;
         self.lost_since_last_good = 0;
@@ -516,10 +592,9 @@ impl Monitor {
 
     /// Starts scoring `checkpoint` (a just-published version) for promotion.
     pub fn freeze_candidate(&mut self, checkpoint: Checkpoint) {
-        self.candidate = (!self.carries_last_good(checkpoint.version)).then(|| Candidate {
-            checkpoint,
-            window: PairedWindow::default(),
-        });
+        let window = self.paired();
+        self.candidate = (!self.carries_last_good(checkpoint.version))
+            .then_some(Candidate { checkpoint, window });
     }
 
     /// Last-good changed: rescore what the gate and blame still need and
@@ -545,16 +620,59 @@ impl Monitor {
 
     fn rescore_reference(&mut self) {
         let base = self.last_good.learner.params();
-        self.reference_base = self.reference.iter().map(|(x, y)| base.score(x, *y)).collect();
+        self.reference_base = self
+            .reference
+            .iter()
+            .map(|(x, y)| base.score(x, *y))
+            .collect();
     }
 
-    /// Scores a candidate against last-good before it is published; `Some`
-    /// means refuse. Returns `None` while cooling down after a rollback.
-    pub fn gate(&self, candidate: &Params) -> Option<Detection> {
+    /// Scores a candidate against last-good before it is published.
+    ///
+    /// A first failure only holds publishing (`Hold`: the live version
+    /// stays, the candidate keeps training); the candidate is refused if it
+    /// fails again once at least half of `gate_examples` new trusted
+    /// examples have arrived, and passes as soon as it no longer fails. A
+    /// learner's passing dips clear on fresh data; damage does not. While
+    /// cooling down after a rollback the gate passes everything.
+    pub fn gate(&mut self, candidate: &Params) -> GateVerdict {
         if !self.config.gate || self.cooldown_left > 0 {
-            return None;
+            return GateVerdict::Pass;
         }
-        let mut w = PairedWindow::default();
+        let confirm_after = (self.config.gate_examples / 2).max(1);
+        if let Some(at) = self.suspect
+            && self.trusted_seen < at + confirm_after
+        {
+            return GateVerdict::Hold;
+        }
+        match self.gate_check(candidate) {
+            None => {
+                self.suspect = None;
+                GateVerdict::Pass
+            }
+            Some(detection) if self.suspect.is_some() => {
+                self.suspect = None;
+                GateVerdict::Refuse(detection)
+            }
+            Some(_) => {
+                self.suspect = Some(self.trusted_seen);
+                GateVerdict::Hold
+            }
+        }
+    }
+
+    /// Whether publishing is on hold after a first gate failure.
+    pub fn holding(&self) -> bool {
+        self.suspect.is_some()
+    }
+
+    fn gate_block(&self) -> u64 {
+        (self.config.block_size * self.config.gate_examples / self.config.window).max(1)
+    }
+
+    /// One gate test: `Some` when the candidate is worse than last-good.
+    fn gate_check(&self, candidate: &Params) -> Option<Detection> {
+        let mut w = PairedWindow::with_block(self.gate_block());
         for e in self
             .buffer
             .iter()
@@ -565,7 +683,7 @@ impl Monitor {
             w.add(candidate.score(&e.fb.features, e.fb.target), e.base);
         }
         let refuse = |w: &PairedWindow, on: &str| {
-            let Verdict::Degraded { p_value } = w.judge(&self.rule, self.task) else {
+            let Verdict::Degraded { p_value } = w.judge(&self.gate_rule(), self.task) else {
                 return None;
             };
             let mut figures = w.figures(self.task);
@@ -612,7 +730,10 @@ impl Monitor {
             self.buffer.retain(|e| {
                 // Entries before `start` are already in last-good.
                 let keep = i < start
-                    || e.fb.source.as_deref().is_none_or(|s| !blamed_set.contains(s));
+                    || e.fb
+                        .source
+                        .as_deref()
+                        .is_none_or(|s| !blamed_set.contains(s));
                 i += 1;
                 keep
             });
@@ -632,8 +753,9 @@ impl Monitor {
 
     /// Windows and candidate start over, and the cool-down begins.
     fn restart(&mut self) {
-        self.window = PairedWindow::default();
+        self.window = self.paired();
         self.candidate = None;
+        self.suspect = None;
         self.cooldown_left = self.config.cooldown_examples;
     }
 
@@ -739,6 +861,7 @@ impl Monitor {
                 .collect(),
             blamed_sources: self.blamed.iter().cloned().collect(),
             cooldown_left: self.cooldown_left,
+            unsettled_windows: self.unsettled,
         }
     }
 }

@@ -71,12 +71,7 @@ struct Writer {
 impl ModelStore {
     /// A memory-only store whose first live version is `params` as version 1.
     pub fn new(params: Params) -> Self {
-        Self::with_first(
-            params,
-            1,
-            PublishMeta::default(),
-            None,
-        )
+        Self::with_first(params, 1, PublishMeta::default(), None)
     }
 
     /// A store backed by a version record: the first live version is

@@ -40,7 +40,9 @@ use crate::learn::Learner;
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::events::{Event, EventKind, EventLog};
-use super::monitor::{Checkpoint, Detection, Monitor, MonitorReport, Trigger, WindowOutcome};
+use super::monitor::{
+    Checkpoint, Detection, GateVerdict, Monitor, MonitorReport, Trigger, WindowOutcome,
+};
 use super::queue::{Feedback, FeedbackStream};
 use super::store::{ModelVersion, PublishMeta, VersionSink};
 
@@ -71,6 +73,8 @@ pub struct TrainingStats {
     pub rollbacks_operator: AtomicU64,
     /// Candidates the gate scored.
     pub gate_checks: AtomicU64,
+    /// Publishes held back by a first gate failure.
+    pub gate_holds: AtomicU64,
     /// Examples from blamed sources: scored, not trained.
     pub excluded: AtomicU64,
     /// The monitor's latest report (default: monitor disabled).
@@ -218,8 +222,14 @@ impl Trainer {
     /// (`step`) in tests and benchmarks. The monitor has no reference set.
     pub fn in_memory(
         m: &ModelConfig,
-    ) -> Result<(Self, super::queue::FeedbackQueue, mpsc::Sender<TrainerCommand>), crate::config::Error>
-    {
+    ) -> Result<
+        (
+            Self,
+            super::queue::FeedbackQueue,
+            mpsc::Sender<TrainerCommand>,
+        ),
+        crate::config::Error,
+    > {
         let space = Arc::new(m.label_space()?);
         let learner = Learner::new(crate::learn::Params::new(space, m.hash_bits), m.optimizer);
         let store = Arc::new(super::store::ModelStore::new(learner.params().clone()));
@@ -334,10 +344,7 @@ impl Trainer {
                 let _ = reply.send(self.rollback(version, cadence));
             }
             TrainerCommand::Readmit { source, reply } => {
-                let readmitted = self
-                    .monitor
-                    .as_mut()
-                    .is_some_and(|m| m.readmit(&source));
+                let readmitted = self.monitor.as_mut().is_some_and(|m| m.readmit(&source));
                 if readmitted {
                     self.events.push(Event::new(
                         EventKind::SourceReadmitted,
@@ -479,7 +486,8 @@ impl Trainer {
         for (name, value) in figures {
             event = event.figure(name, value);
         }
-        self.events.push(event.figure("previous_last_good", previous));
+        self.events
+            .push(event.figure("previous_last_good", previous));
         if let Some(policy) = &mut self.snapshots {
             policy.unsaved_last_good = true;
         }
@@ -590,7 +598,10 @@ impl Trainer {
         let last_good = self.monitor.as_ref().map(|m| m.last_good().version);
         let (restored, dropped) = match (version, &mut self.monitor) {
             (None, None) => return Err(RollbackError::NoLastGood),
-            (None, Some(m)) => (m.last_good().version, m.restore_last_good(&mut self.learner)),
+            (None, Some(m)) => (
+                m.last_good().version,
+                m.restore_last_good(&mut self.learner),
+            ),
             (Some(v), Some(m)) if Some(v) == last_good => {
                 (v, m.restore_last_good(&mut self.learner))
             }
@@ -660,8 +671,8 @@ impl Trainer {
                 .collect();
             return Err(RollbackError::NotRetained { version, retained });
         };
-        let snapshot = SnapshotStore::load(&file.path)
-            .map_err(|e| RollbackError::Unusable(e.to_string()))?;
+        let snapshot =
+            SnapshotStore::load(&file.path).map_err(|e| RollbackError::Unusable(e.to_string()))?;
         snapshot
             .check_compatible(&policy.model, &file.path)
             .map_err(|e| RollbackError::Unusable(e.to_string()))?;
@@ -683,21 +694,28 @@ impl Trainer {
         if cadence.minibatches == 0 {
             return;
         }
-        if let Some(monitor) = &self.monitor
+        if let Some(monitor) = &mut self.monitor
             && let Some(budget) = monitor.gate_budget()
         {
             let now = Instant::now();
             if !force && now < cadence.gate_ready_at {
                 return;
             }
-            let refused = monitor.gate(self.learner.params());
+            let verdict = monitor.gate(self.learner.params());
             let spent = now.elapsed();
             self.stats.gate_checks.fetch_add(1, Ordering::Relaxed);
             self.stats.timings.gate.observe(spent.as_secs_f64());
             cadence.gate_ready_at = Instant::now() + spent.mul_f64(1.0 / budget - 1.0);
-            if let Some(detection) = refused {
-                self.recover(detection, cadence);
-                return;
+            match verdict {
+                GateVerdict::Pass => {}
+                GateVerdict::Hold => {
+                    self.stats.gate_holds.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                GateVerdict::Refuse(detection) => {
+                    self.recover(detection, cadence);
+                    return;
+                }
             }
         }
         if self.publish_and_maybe_snapshot(false) {
@@ -794,9 +812,9 @@ impl Trainer {
             self.publish_pending(cadence, true);
         }
         if cadence.minibatches > 0 {
-            // The gate refused and recovery failed to publish, or the
-            // version record failed: nothing more to try at shutdown.
-            tracing::error!(model = %self.model, "trained work could not be published at shutdown");
+            // The gate is holding a suspect candidate, or the version
+            // record failed: nothing more to try at shutdown.
+            tracing::warn!(model = %self.model, holding = self.monitor.as_ref().is_some_and(Monitor::holding), "trained work was not published at shutdown");
         }
         self.snapshot_last_good_if_due(true);
         if self.snapshots.is_some() {
