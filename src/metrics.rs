@@ -296,8 +296,207 @@ impl ModelCollector {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QualityLabels {
+    model: String,
+    /// `live` or `baseline` (last-good on the same examples).
+    version: &'static str,
+    metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceMetricLabels {
+    model: String,
+    source: String,
+    metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    model: String,
+    source: String,
+}
+
+/// Encodes one family whose rows carry their own label sets.
+fn labelled<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    rows: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in rows {
+        value.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl ModelCollector {
+    /// The safety loop's families: quality, rollbacks, promotions, gate,
+    /// blamed sources, trainer latencies.
+    fn encode_safety(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let count = |f: fn(&ModelRuntime) -> &std::sync::atomic::AtomicU64| {
+            move |m: &ModelRuntime| ConstCounter::new(f(m).load(Ordering::Relaxed))
+        };
+        let reports: Vec<_> = self
+            .models
+            .iter()
+            .map(|m| (m.name.to_string(), m.stats.monitor.load_full()))
+            .collect();
+        let mut quality = Vec::new();
+        let mut sources = Vec::new();
+        let mut blamed = Vec::new();
+        for (model, report) in &reports {
+            for (version, q) in [("live", &report.live), ("baseline", &report.baseline)] {
+                for (metric, value) in q.figures() {
+                    let labels = QualityLabels {
+                        model: model.clone(),
+                        version,
+                        metric,
+                    };
+                    quality.push((labels, ConstGauge::new(value)));
+                }
+            }
+            for s in &report.sources {
+                for (metric, value) in s.live.figures() {
+                    let labels = SourceMetricLabels {
+                        model: model.clone(),
+                        source: s.source.clone(),
+                        metric,
+                    };
+                    sources.push((labels, ConstGauge::new(value)));
+                }
+            }
+            for source in &report.blamed_sources {
+                let labels = SourceLabels {
+                    model: model.clone(),
+                    source: source.clone(),
+                };
+                blamed.push((labels, ConstGauge::new(1i64)));
+            }
+        }
+        labelled(
+            e,
+            "model_quality",
+            "Rolling quality over the last monitor window of trusted labelled examples: the live versions (scored before learning) and last-good on the same examples",
+            MetricType::Gauge,
+            quality,
+        )?;
+        labelled(
+            e,
+            "source_quality",
+            "Rolling quality of the live versions on each source's last window of examples (sources beyond max_sources fold into `other`)",
+            MetricType::Gauge,
+            sources,
+        )?;
+        labelled(
+            e,
+            "source_blamed",
+            "1 for each source blamed for a degradation and excluded from training until readmitted",
+            MetricType::Gauge,
+            blamed,
+        )?;
+        let mut rollbacks = Vec::new();
+        for m in &self.models {
+            for (reason, c) in [
+                ("degraded", &m.stats.rollbacks_degraded),
+                ("gate_refused", &m.stats.rollbacks_gate),
+                ("operator", &m.stats.rollbacks_operator),
+            ] {
+                let labels = ReasonLabels {
+                    model: m.name.to_string(),
+                    reason: reason.to_owned(),
+                };
+                rollbacks.push((labels, ConstCounter::new(c.load(Ordering::Relaxed))));
+            }
+        }
+        labelled(
+            e,
+            "rollbacks",
+            "Rollbacks to last-good weights, by reason: degraded (a window showed live worse than last-good), gate_refused (a candidate was refused before publishing), operator",
+            MetricType::Counter,
+            rollbacks,
+        )?;
+        self.family(
+            e,
+            "promotions",
+            "Candidate versions promoted to last-good",
+            None,
+            MetricType::Counter,
+            count(|m| &m.stats.promotions),
+        )?;
+        self.family(
+            e,
+            "gate_checks",
+            "Candidate versions the publish gate scored",
+            None,
+            MetricType::Counter,
+            count(|m| &m.stats.gate_checks),
+        )?;
+        self.family(
+            e,
+            "gate_holds",
+            "Publishes held back after a candidate first failed the gate",
+            None,
+            MetricType::Counter,
+            count(|m| &m.stats.gate_holds),
+        )?;
+        self.family(
+            e,
+            "feedback_excluded",
+            "Labelled examples from blamed sources: scored, not trained",
+            None,
+            MetricType::Counter,
+            count(|m| &m.stats.excluded),
+        )?;
+        self.family(
+            e,
+            "last_good_version",
+            "The version the monitor trusts (0 when the monitor is disabled)",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.stats.monitor.load().last_good_version.unwrap_or(0) as i64),
+        )?;
+        self.family(
+            e,
+            "training_step_duration",
+            "Time to score and train one minibatch",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            |m| m.stats.timings.step.clone(),
+        )?;
+        self.family(
+            e,
+            "publish_duration",
+            "Time to publish a version",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            |m| m.stats.timings.publish.clone(),
+        )?;
+        self.family(
+            e,
+            "gate_duration",
+            "Time the publish gate took to score a candidate",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            |m| m.stats.timings.gate.clone(),
+        )?;
+        self.family(
+            e,
+            "snapshot_write_duration",
+            "Time to write a snapshot (encode, write, fsync, rename)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            |m| m.stats.timings.snapshot.clone(),
+        )?;
+        Ok(())
+    }
+}
+
 impl Collector for ModelCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_safety(&mut e)?;
         let count = |f: fn(&ModelRuntime) -> u64| move |m: &ModelRuntime| ConstCounter::new(f(m));
         self.family(
             &mut e,

@@ -8,6 +8,13 @@
 //!   write a snapshot now; answers the new file.
 //! - `POST /admin/models/{model}/training/pause` and `.../resume`: stop and
 //!   restart learning; feedback is still accepted (and queued) meanwhile.
+//! - `POST /admin/models/{model}/rollback` with `{}` (to last-good) or
+//!   `{"version": N}` (a retained snapshot): publishes those weights as a
+//!   new version and answers it.
+//! - `GET /admin/models/{model}/events`: what the safety loop did, newest
+//!   last.
+//! - `POST /admin/models/{model}/sources/{source}/readmit`: train a blamed
+//!   source's feedback again.
 //!
 //! Every `/admin` route needs `Authorization: Bearer <admin.token>`,
 //! compared in constant time; without it the answer is 401. When no token
@@ -29,8 +36,9 @@ use crate::serving::ModelRuntime;
 use crate::serving::trainer::TrainerCommand;
 
 use super::AppState;
+use super::body::parse;
 use super::error::ApiError;
-use super::model_name::ModelName;
+use super::model_name::{ModelName, SourceName};
 
 /// What the admin routes need besides the shared state.
 #[derive(Clone)]
@@ -47,6 +55,12 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/models/{model}/snapshot", post(snapshot_now))
         .route("/admin/models/{model}/training/pause", post(pause))
         .route("/admin/models/{model}/training/resume", post(resume))
+        .route("/admin/models/{model}/rollback", post(rollback))
+        .route("/admin/models/{model}/events", get(events))
+        .route(
+            "/admin/models/{model}/sources/{source}/readmit",
+            post(readmit),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -178,4 +192,71 @@ async fn set_training(
     }
     let training = if pause { "paused" } else { "running" };
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "training": training })).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// A retained snapshot's version; absent: last-good.
+    version: Option<u64>,
+}
+
+async fn rollback(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        parse(&body)?
+    };
+    let done = ask(runtime, |reply| TrainerCommand::Rollback {
+        version: request.version,
+        reply,
+    })
+    .await??;
+    Ok(axum::Json(json!({
+        "model": runtime.name.as_ref(),
+        "version": done.version,
+        "restored": done.restored,
+        "rolled_back_from": done.rolled_back_from,
+        "dropped": done.dropped,
+    }))
+    .into_response())
+}
+
+async fn events(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    Ok(axum::Json(json!({
+        "model": runtime.name.as_ref(),
+        "events": runtime.events.all(),
+    }))
+    .into_response())
+}
+
+async fn readmit(
+    State(state): State<AdminState>,
+    ModelName(model): ModelName,
+    SourceName(source): SourceName,
+) -> Result<Response, ApiError> {
+    let runtime = state.app.model(&model)?;
+    let readmitted = ask(runtime, |reply| TrainerCommand::Readmit {
+        source: source.clone(),
+        reply,
+    })
+    .await?;
+    if !readmitted {
+        return Err(ApiError::SourceNotBlamed(source));
+    }
+    Ok(axum::Json(json!({
+        "model": runtime.name.as_ref(),
+        "source": source,
+        "readmitted": true,
+    }))
+    .into_response())
 }

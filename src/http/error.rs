@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::learn::{FeatureError, LabelError};
+use crate::serving::trainer::RollbackError;
 use crate::serving::{JoinError, QueueError};
 
 /// Seconds a client is told to wait after a 429 or 503.
@@ -52,6 +53,10 @@ pub enum ApiError {
     NotReady,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    Rollback(#[from] RollbackError),
+    #[error("source `{0}` is not blamed")]
+    SourceNotBlamed(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -93,6 +98,15 @@ impl ApiError {
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            ApiError::Rollback(RollbackError::NoLastGood) => (S::CONFLICT, "no_last_good"),
+            ApiError::Rollback(RollbackError::NotRetained { .. }) => {
+                (S::NOT_FOUND, "version_not_retained")
+            }
+            ApiError::Rollback(RollbackError::Unusable(_)) => (S::CONFLICT, "snapshot_unusable"),
+            ApiError::Rollback(RollbackError::Failed(_)) => {
+                (S::INTERNAL_SERVER_ERROR, "rollback_failed")
+            }
+            ApiError::SourceNotBlamed(_) => (S::NOT_FOUND, "source_not_blamed"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

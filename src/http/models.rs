@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::learn::{OptimizerConfig, TaskKind};
 use crate::serving::ModelRuntime;
+use crate::serving::monitor::MonitorReport;
 
 use super::AppState;
 use super::body::json_response;
@@ -32,14 +33,50 @@ pub struct ModelInfo<'a> {
     queue_depth: usize,
     queue_capacity: usize,
     feedback_accepted: u64,
+    /// Accepted feedback the trainer has dealt with (trained, excluded as
+    /// from a blamed source, or held while paused) since start-up.
+    feedback_processed: u64,
     pending_predictions: usize,
     created_at: String,
     /// When the live version was published.
     updated_at: String,
     optimizer: &'a OptimizerConfig,
     minibatch_size: usize,
-    /// `running`, or `paused` by an operator.
+    /// `running`, or `paused` (by an operator or `on_degrade = "pause"`).
     training: &'static str,
+    /// Set when the live version restores older weights.
+    rolled_back_from: Option<u64>,
+    /// The version the monitor trusts (null when the monitor is disabled).
+    last_good_version: Option<u64>,
+    /// Rolling quality of the live versions and of last-good on the same
+    /// examples.
+    quality: Quality,
+    monitor: Monitor,
+}
+
+#[derive(Serialize)]
+struct Quality {
+    live: crate::serving::monitor::Quality,
+    baseline: crate::serving::monitor::Quality,
+}
+
+#[derive(Serialize)]
+struct Monitor {
+    #[serde(flatten)]
+    report: MonitorReport,
+    promotions: u64,
+    rollbacks: Rollbacks,
+    gate_checks: u64,
+    gate_holds: u64,
+    /// Examples from blamed sources: scored, not trained.
+    excluded_examples: u64,
+}
+
+#[derive(Serialize)]
+struct Rollbacks {
+    degraded: u64,
+    gate_refused: u64,
+    operator: u64,
 }
 
 #[derive(Serialize)]
@@ -61,6 +98,7 @@ pub async fn show(
 
 fn info(m: &ModelRuntime) -> ModelInfo<'_> {
     let live = m.store.live();
+    let report = MonitorReport::clone(&m.stats.monitor.load());
     ModelInfo {
         name: &m.name,
         task: m.config.task,
@@ -73,6 +111,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         queue_depth: m.queue.depth(),
         queue_capacity: m.queue.capacity(),
         feedback_accepted: m.queue.accepted(),
+        feedback_processed: m.stats.processed.load(Ordering::Acquire),
         pending_predictions: m.joins.len(),
         created_at: rfc3339(m.created_at),
         updated_at: rfc3339(live.published_at),
@@ -83,7 +122,29 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         } else {
             "running"
         },
+        rolled_back_from: live.rolled_back_from,
+        last_good_version: report.last_good_version,
+        quality: Quality {
+            live: report.live.clone(),
+            baseline: report.baseline.clone(),
+        },
+        monitor: Monitor {
+            report,
+            promotions: count(&m.stats.promotions),
+            rollbacks: Rollbacks {
+                degraded: count(&m.stats.rollbacks_degraded),
+                gate_refused: count(&m.stats.rollbacks_gate),
+                operator: count(&m.stats.rollbacks_operator),
+            },
+            gate_checks: count(&m.stats.gate_checks),
+            gate_holds: count(&m.stats.gate_holds),
+            excluded_examples: count(&m.stats.excluded),
+        },
     }
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -205,8 +205,9 @@ pub struct MonitorReport {
     pub last_good_version: Option<u64>,
     /// Being scored for promotion.
     pub candidate_version: Option<u64>,
-    /// Rolling quality over the last `window` labelled examples (every
-    /// source): the live versions, and last-good on the same examples.
+    /// Rolling quality over the last `window` trusted labelled examples
+    /// (every example when no source is trusted): the live versions, and
+    /// last-good on the same examples.
     pub live: Quality,
     pub baseline: Quality,
     pub sources: Vec<SourceReport>,
@@ -423,12 +424,12 @@ impl Monitor {
             } else {
                 live.params.score(&fb.features, fb.target)
             };
-            self.rolling_live.add(now, block);
-            self.rolling_base.add(base, block);
             self.sources
                 .add(fb.source.as_ref(), now, block, self.config.max_sources);
             let trusted = self.is_trusted(fb);
             if trusted {
+                self.rolling_live.add(now, block);
+                self.rolling_base.add(base, block);
                 self.trusted_seen += 1;
                 self.window.add(now, base);
                 if let Some(c) = &mut self.candidate {

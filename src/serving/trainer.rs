@@ -77,6 +77,9 @@ pub struct TrainingStats {
     pub gate_holds: AtomicU64,
     /// Examples from blamed sources: scored, not trained.
     pub excluded: AtomicU64,
+    /// Feedback items the trainer has taken off the queue and dealt with
+    /// (trained, excluded, or held while paused), since start-up.
+    pub processed: AtomicU64,
     /// The monitor's latest report (default: monitor disabled).
     pub monitor: ArcSwap<MonitorReport>,
     pub timings: Timings,
@@ -392,6 +395,7 @@ impl Trainer {
                 monitor.forget_scored();
             }
             self.held.append(batch);
+            self.stats.processed.store(first + taken, Ordering::Release);
             return;
         }
         if let Some(monitor) = &mut self.monitor {
@@ -409,6 +413,9 @@ impl Trainer {
                 monitor.forget_scored();
             }
         }
+        self.stats
+            .processed
+            .store(self.trained_position, Ordering::Release);
         self.stats
             .timings
             .step

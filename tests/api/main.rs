@@ -11,4 +11,5 @@ mod lifecycle;
 mod limits;
 mod progressive;
 mod restart;
+mod safety;
 mod tidy;

@@ -1,0 +1,461 @@
+//! The safety loop end to end over HTTP: a label attack is refused and its
+//! source blamed, a broken upstream's damage is rolled back, a concept
+//! drift is learned without rollbacks; and in process, through the real
+//! trainer, clean Elec2 and a SEA drift stream see no rollback at all.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use eddy::config::Config;
+use eddy::learn::{Example, FeatureHasher};
+use eddy::serving::Trainer;
+use eddy::serving::queue::Feedback;
+use eddy::serving::trainer::Cadence;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, dataset, spawn_app};
+
+/// Rows sent per round: one minibatch of the default configuration.
+const CHUNK: usize = 32;
+
+/// Predicts `rows` (scoring them before their labels are sent), sends them
+/// as feedback from `source`, optionally followed by `copies` label-inverted
+/// copies from `attacker`, and waits until the trainer has dealt with all
+/// of it. Returns how many of the rows the live model got right.
+async fn round(
+    app: &TestApp,
+    model: &str,
+    rows: &[Value],
+    source: &str,
+    attacker: Option<(&str, usize)>,
+) -> usize {
+    let instances: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({ "features": r["features"] }))
+        .collect();
+    let (status, body) = app
+        .post(
+            &format!("/v1/models/{model}/predict"),
+            &json!({ "instances": instances }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let predictions = body["predictions"].as_array().expect("predictions");
+    let correct = predictions
+        .iter()
+        .zip(rows)
+        .filter(|(p, r)| p["label"] == r["label"])
+        .count();
+    let examples: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({ "features": r["features"], "label": r["label"] }))
+        .collect();
+    let (status, body) = app
+        .feedback(model, json!({ "examples": examples, "source": source }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    if let Some((name, copies)) = attacker {
+        let inverted: Vec<Value> = rows
+            .iter()
+            .flat_map(|r| {
+                let flipped = 1 - r["label"].as_u64().expect("0 or 1");
+                std::iter::repeat_n(
+                    json!({ "features": r["features"], "label": flipped }),
+                    copies,
+                )
+            })
+            .collect();
+        let (status, body) = app
+            .feedback(model, json!({ "examples": inverted, "source": name }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    wait_processed(app, model).await;
+    correct
+}
+
+/// Polls until the trainer has dealt with every accepted example.
+async fn wait_processed(app: &TestApp, model: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = app.info(model).await;
+        if info["feedback_processed"] == info["feedback_accepted"] {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "trainer never caught up: {info}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn events(app: &TestApp, model: &str) -> Vec<Value> {
+    let r = app
+        .client
+        .get(format!("http://{}/admin/models/{model}/events", app.admin))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.expect("json");
+    body["events"].as_array().expect("events").clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| *k != "promotion")
+        .collect()
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let r = app
+        .client
+        .get(format!("http://{}/metrics", app.admin))
+        .send()
+        .await
+        .expect("scrape");
+    r.text().await.expect("text")
+}
+
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix}"))
+}
+
+const TWO_MODELS: &str = r#"
+[[models]]
+name = "attacked"
+task = "binary"
+[models.monitor]
+trusted_sources = ["trusted"]
+
+[[models]]
+name = "clean"
+task = "binary"
+[models.monitor]
+trusted_sources = ["trusted"]
+"#;
+
+/// Elec2 rows 0-12,000 from a trusted source to two identical models; from
+/// row 6,000 an attacker resends each current example to one of them three
+/// times with its label inverted.
+#[tokio::test]
+async fn a_label_attack_is_refused_and_its_source_blamed() {
+    let app = spawn_app(TWO_MODELS).await;
+    let rows = dataset("elec2");
+    let (attack_from, end) = (6_000, 12_000);
+    let (mut hit_attacked, mut hit_clean, mut scored) = (0, 0, 0);
+    for (i, chunk) in rows[..end].chunks(CHUNK).enumerate() {
+        let under_attack = i * CHUNK >= attack_from;
+        let attacker = under_attack.then_some(("attacker", 3));
+        let a = round(&app, "attacked", chunk, "trusted", attacker).await;
+        let c = round(&app, "clean", chunk, "trusted", None).await;
+        if under_attack {
+            hit_attacked += a;
+            hit_clean += c;
+            scored += chunk.len();
+        }
+    }
+    let (acc_attacked, acc_clean) = (
+        hit_attacked as f64 / scored as f64,
+        hit_clean as f64 / scored as f64,
+    );
+    assert!(
+        acc_attacked >= acc_clean - 0.02,
+        "trusted accuracy under attack {acc_attacked:.4} vs unattacked {acc_clean:.4}"
+    );
+
+    let attacked = events(&app, "attacked").await;
+    let k = kinds(&attacked);
+    assert!(
+        k.contains(&"gate_refused") || k.contains(&"rollback"),
+        "no rollback or refusal: {attacked:?}"
+    );
+    let blamed = attacked
+        .iter()
+        .find(|e| e["kind"] == "source_blamed")
+        .unwrap_or_else(|| panic!("no source blamed: {attacked:?}"));
+    assert_eq!(blamed["figures"]["source"], "attacker");
+    let detection = attacked
+        .iter()
+        .find(|e| e["kind"] == "gate_refused" || e["kind"] == "rollback")
+        .expect("detection");
+    let reason = detection["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("worse than last-good") && reason.contains("attacker"),
+        "{reason}"
+    );
+    assert!(
+        detection["figures"]["rolled_back_from"].is_u64(),
+        "{detection}"
+    );
+    assert_eq!(
+        kinds(&events(&app, "clean").await),
+        Vec::<&str>::new(),
+        "the unattacked model never rolls back"
+    );
+
+    let info = app.info("attacked").await;
+    assert_eq!(
+        info["monitor"]["blamed_sources"],
+        json!(["attacker"]),
+        "{info}"
+    );
+    assert!(
+        info["monitor"]["excluded_examples"].as_u64() > Some(1000),
+        "{info}"
+    );
+    assert!(info["last_good_version"].is_u64(), "{info}");
+    assert!(
+        info["quality"]["live"]["accuracy"].as_f64() > Some(0.6),
+        "{info}"
+    );
+    assert!(info["quality"]["baseline"]["accuracy"].is_f64(), "{info}");
+
+    let text = scrape(&app).await;
+    let detections = sample(
+        &text,
+        r#"eddy_rollbacks_total{model="attacked",reason="gate_refused"}"#,
+    ) + sample(
+        &text,
+        r#"eddy_rollbacks_total{model="attacked",reason="degraded"}"#,
+    );
+    assert!(detections >= 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"eddy_source_blamed{model="attacked",source="attacker"}"#
+        ),
+        1.0
+    );
+    assert!(sample(&text, r#"eddy_feedback_excluded_total{model="attacked"}"#) > 1000.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"eddy_rollbacks_total{model="clean",reason="gate_refused"}"#
+        ) + sample(
+            &text,
+            r#"eddy_rollbacks_total{model="clean",reason="degraded"}"#
+        ),
+        0.0
+    );
+
+    // An operator takes the source back; a second readmit finds nothing.
+    let url = format!(
+        "http://{}/admin/models/attacked/sources/attacker/readmit",
+        app.admin
+    );
+    let r = app.client.post(&url).send().await.expect("readmit");
+    assert_eq!(r.status(), 200);
+    let r = app.client.post(&url).send().await.expect("readmit");
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "source_not_blamed");
+    assert_eq!(
+        events(&app, "attacked")
+            .await
+            .last()
+            .map(|e| e["kind"].clone()),
+        Some(json!("source_readmitted"))
+    );
+    assert_eq!(
+        app.info("attacked").await["monitor"]["blamed_sources"],
+        json!([])
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// A stationary stream: label = [2a - b + 0.5c + noise > 0]; feature `a`
+/// arrives 1000x too large on rows `broken`.
+fn stationary(n: usize, seed: u64, broken: std::ops::Range<usize>) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let (a, b, c): (f64, f64, f64) = (
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+            );
+            let noise: f64 = rng.random_range(-0.5..0.5);
+            let label = 2.0 * a - b + 0.5 * c + noise > 0.0;
+            let shown = if broken.contains(&i) { a * 1000.0 } else { a };
+            json!({"features": {"a": 40.0 + 5.0 * shown, "b": b * 300.0, "c": c}, "label": u8::from(label)})
+        })
+        .collect()
+}
+
+/// One upstream (no sources, nothing trusted) sends feature `a` on a wrong
+/// scale for 1,000 rows, then correctly again. Its statistics would stay
+/// polluted: the monitor finds the damage on ordinary traffic, rolls back
+/// to last-good and drops (does not replay) what was learned since, since
+/// no source can be blamed.
+#[tokio::test]
+async fn a_broken_upstreams_damage_is_rolled_back() {
+    let app = spawn_app(
+        r#"
+[[models]]
+name = "guarded"
+task = "binary"
+
+[[models]]
+name = "unguarded"
+task = "binary"
+[models.monitor]
+enabled = false
+"#,
+    )
+    .await;
+    let rows = stationary(10_000, 3, 4_000..5_000);
+    let (mut guarded, mut unguarded, mut scored) = (0, 0, 0);
+    for (i, chunk) in rows.chunks(CHUNK).enumerate() {
+        let g = round(&app, "guarded", chunk, "upstream", None).await;
+        let u = round(&app, "unguarded", chunk, "upstream", None).await;
+        if i * CHUNK >= 6_000 {
+            guarded += g;
+            unguarded += u;
+            scored += chunk.len();
+        }
+    }
+    let (g, u) = (
+        guarded as f64 / scored as f64,
+        unguarded as f64 / scored as f64,
+    );
+    assert!(g > 0.85 && g > u + 0.1, "guarded {g:.4}, unguarded {u:.4}");
+    let ev = events(&app, "guarded").await;
+    let detection = ev
+        .iter()
+        .find(|e| e["kind"] == "gate_refused" || e["kind"] == "rollback")
+        .unwrap_or_else(|| panic!("not detected: {ev:?}"));
+    let reason = detection["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("no source could be blamed") && reason.contains("dropped"),
+        "{reason}"
+    );
+    assert!(!ev.iter().any(|e| e["kind"] == "source_blamed"), "{ev:?}");
+    let info = app.info("guarded").await;
+    assert!(
+        info["monitor"]["rollbacks"]["gate_refused"]
+            .as_u64()
+            .unwrap_or(0)
+            + info["monitor"]["rollbacks"]["degraded"]
+                .as_u64()
+                .unwrap_or(0)
+            >= 1,
+        "{info}"
+    );
+    assert!(events(&app, "unguarded").await.is_empty());
+    assert_eq!(
+        app.info("unguarded").await["last_good_version"],
+        Value::Null
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// A SEA concepts stream: three features in [0, 10], label `f1 + f2 <=
+/// theta`, 10% label noise; theta moves abruptly at each quarter.
+fn sea(n: usize, seed: u64) -> Vec<Value> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let thetas = [8.0, 9.0, 7.0, 9.5];
+    (0..n)
+        .map(|i| {
+            let f: [f64; 3] = [
+                rng.random_range(0.0..10.0),
+                rng.random_range(0.0..10.0),
+                rng.random_range(0.0..10.0),
+            ];
+            let mut label = f[0] + f[1] <= thetas[i * thetas.len() / n];
+            if rng.random_bool(0.1) {
+                label = !label;
+            }
+            json!({"features": {"f1": f[0], "f2": f[1], "f3": f[2]}, "label": u8::from(label)})
+        })
+        .collect()
+}
+
+/// Abrupt concept drift over HTTP: both versions get worse together, so
+/// nothing is rolled back, and the live model adapts to each new concept.
+#[tokio::test]
+async fn concept_drift_is_learned_without_rollbacks() {
+    let app = spawn_app("").await;
+    let n = 16_000;
+    let rows = sea(n, 11);
+    let quarter = n / 4;
+    let mut tail_hits = [0usize; 4];
+    for (i, chunk) in rows.chunks(CHUNK).enumerate() {
+        let hits = round(&app, "demo", chunk, "sensor", None).await;
+        let row = i * CHUNK;
+        if row % quarter >= quarter / 2 {
+            tail_hits[row / quarter] += hits;
+        }
+    }
+    for (q, hits) in tail_hits.iter().enumerate() {
+        let acc = *hits as f64 / (quarter / 2) as f64;
+        assert!(
+            acc > 0.8,
+            "concept {q}: accuracy {acc:.3} on its second half"
+        );
+    }
+    let ev = events(&app, "demo").await;
+    assert_eq!(kinds(&ev), Vec::<&str>::new(), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| e["kind"] == "promotion"),
+        "last-good moves on: {ev:?}"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+/// In process, through the real trainer and monitor (deterministic): the
+/// whole of clean Elec2 and a longer SEA drift stream roll back nothing.
+#[test]
+fn clean_streams_see_no_rollback_in_process() {
+    let model = |extra: &str| {
+        Config::from_toml_over_default(&format!(
+            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{extra}"
+        ))
+        .expect("config")
+        .models
+        .remove(0)
+    };
+    for (name, rows) in [("elec2", dataset("elec2")), ("sea", sea(40_000, 7))] {
+        let m = model("");
+        let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
+        let hasher = FeatureHasher::new(m.hash_bits);
+        let space = m.label_space().expect("space");
+        let mut cadence = Cadence::default();
+        let mut correct = 0usize;
+        for row in &rows {
+            let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
+            let p = trainer.live.params.predict(&e.features);
+            correct += usize::from(p.argmax() == e.target.class());
+            let fb = Feedback {
+                features: e.features,
+                target: e.target,
+                source: None,
+                prediction: None,
+                received_at: SystemTime::now(),
+            };
+            queue.reserve(1).expect("room").send(vec![fb]);
+            if queue.depth() >= CHUNK {
+                trainer.step(CHUNK, &mut cadence);
+            }
+        }
+        while trainer.step(CHUNK, &mut cadence) > 0 {}
+        let s = &trainer.stats;
+        let acc = correct as f64 / rows.len() as f64;
+        assert_eq!(
+            (
+                s.rollbacks_degraded.load(Ordering::Relaxed),
+                s.rollbacks_gate.load(Ordering::Relaxed)
+            ),
+            (0, 0),
+            "{name}: {:?}",
+            trainer.events.all()
+        );
+        assert!(s.promotions.load(Ordering::Relaxed) >= 5, "{name}");
+        assert!(acc > 0.78, "{name}: prequential accuracy {acc:.4}");
+    }
+}
