@@ -104,6 +104,10 @@ impl App {
             let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
             let live = store.live();
             let monitor = build_monitor(m, &space, &snapshots, &learner, &live)?;
+            if let Some(monitor) = &monitor {
+                // Readable before the trainer thread starts.
+                stats.monitor.store(Arc::new(monitor.report()));
+            }
             let events = Arc::new(EventLog::default());
             trainers.push(Trainer {
                 commands,

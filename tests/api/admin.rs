@@ -251,3 +251,163 @@ async fn paused_learning_keeps_feedback_and_learns_it_on_resume() {
     assert_eq!(info["training"], "running");
     app.stop().await.expect("clean stop");
 }
+
+async fn admin_post(app: &crate::helpers::TestApp, path: &str, body: &str) -> (u16, Value) {
+    let r = app
+        .client
+        .post(format!("http://{}/admin/models/{path}", app.admin))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("admin request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json"))
+}
+
+fn probability(p: &Value) -> f64 {
+    p["probabilities"]["1"].as_f64().expect("p(1)")
+}
+
+#[tokio::test]
+async fn rollback_to_a_named_version_or_to_last_good() {
+    let app = spawn_app("").await;
+    let probe = json!({ "x": 3.0, "c": "k" });
+    let fresh = probability(&app.predict("demo", probe.clone()).await);
+    let train = |n: u64, label: u64| {
+        let batch: Vec<Value> = (0..n)
+            .map(|i| json!({ "features": { "x": i % 7, "c": "k" }, "label": label }))
+            .collect();
+        json!({ "examples": batch })
+    };
+    assert_eq!(app.feedback("demo", train(64, 1)).await.0, 202);
+    app.wait_trained("demo", 64).await;
+    let (status, snap) = admin_post(&app, "demo/snapshot", "").await;
+    assert_eq!(status, 200, "{snap}");
+    let kept = snap["snapshot"]["version"].as_u64().expect("version");
+    let at_kept = probability(&app.predict("demo", probe.clone()).await);
+    assert!(at_kept > fresh + 0.1, "{at_kept} vs {fresh}");
+
+    assert_eq!(app.feedback("demo", train(64, 0)).await.0, 202);
+    let info = app.wait_trained("demo", 128).await;
+    let before = info["version"].as_u64().expect("version");
+    assert_ne!(
+        probability(&app.predict("demo", probe.clone()).await),
+        at_kept
+    );
+
+    let (status, body) = admin_post(
+        &app,
+        "demo/rollback",
+        &json!({ "version": kept }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restored"], kept);
+    assert_eq!(body["rolled_back_from"], before);
+    let now = body["version"].as_u64().expect("version");
+    assert!(now > before, "versions only go up: {now} after {before}");
+    let p = app.predict("demo", probe.clone()).await;
+    assert_eq!(p["model_version"], now);
+    assert_eq!(probability(&p), at_kept, "the kept weights are live again");
+    let info = app.info("demo").await;
+    assert_eq!(info["rolled_back_from"], before);
+    assert_eq!(
+        info["last_good_version"], kept,
+        "an operator's choice is trusted"
+    );
+
+    // `{}` (or no body) goes back to last-good.
+    assert_eq!(app.feedback("demo", train(32, 0)).await.0, 202);
+    app.wait_trained("demo", 160).await;
+    let (status, body) = admin_post(&app, "demo/rollback", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["restored"], kept);
+    assert_eq!(
+        probability(&app.predict("demo", probe.clone()).await),
+        at_kept
+    );
+
+    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": 99999}"#).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("version_not_retained"))
+    );
+    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": "x"}"#).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": 1"#).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
+    let (status, _) = admin_post(&app, "nope/rollback", "{}").await;
+    assert_eq!(status, 404);
+
+    let r = app
+        .client
+        .get(format!("http://{}/admin/models/demo/events", app.admin))
+        .send()
+        .await
+        .expect("events");
+    let events: Value = r.json().await.expect("json");
+    let rollbacks: Vec<&Value> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "rollback")
+        .collect();
+    assert_eq!(rollbacks.len(), 2, "{events}");
+    for e in rollbacks {
+        assert!(e["at"].as_str().is_some_and(|a| a.ends_with('Z')), "{e}");
+        assert!(
+            e["reason"].as_str().is_some_and(|r| r.contains("operator")),
+            "{e}"
+        );
+        assert!(
+            e["version"].is_u64() && e["figures"]["rolled_back_from"].is_u64(),
+            "{e}"
+        );
+    }
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"eddy_rollbacks_total{model="demo",reason="operator"}"#
+        ),
+        2.0
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn rollback_needs_the_token_and_a_last_good() {
+    let app = spawn_with(
+        "[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.monitor]\nenabled = false\n",
+        |c| c.admin.token = "s3cret".into(),
+    )
+    .await;
+    let url = format!("http://{}/admin/models/demo/rollback", app.admin);
+    for token in [None, Some("wrong")] {
+        let mut r = app.client.post(&url).body("{}");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().await.expect("request");
+        assert_eq!(r.status(), 401);
+    }
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth("s3cret")
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "no_last_good");
+    assert_eq!(app.info("demo").await["monitor"]["enabled"], false);
+    app.stop().await.expect("clean stop");
+}

@@ -93,3 +93,46 @@ async fn a_restart_resumes_the_model_exactly() {
     let msg = format!("{err:#}");
     assert!(msg.contains("hash_bits") && msg.contains("demo"), "{msg}");
 }
+
+#[tokio::test]
+async fn last_good_is_snapshotted_on_promotion_and_kept_across_a_restart() {
+    let model = format!(
+        "{MODEL}\n[models.monitor]\nwindow = 200\nmin_samples = 100\nblock_size = 10\ngate_examples = 100\npromotion_snapshot_interval_ms = 0"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let app = spawn_at(&model, dir.path(), |_| {}).await.expect("starts");
+    let mut fed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let promoted = loop {
+        feed(&app, fed, 200).await;
+        fed += 200;
+        let info = app.wait_trained("demo", u64::from(fed)).await;
+        if let Some(v) = info["last_good_version"].as_u64().filter(|v| *v > 1) {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never promoted: {info}"
+        );
+    };
+    app.stop().await.expect("clean stop");
+    let good: Vec<String> = std::fs::read_dir(dir.path().join("demo"))
+        .expect("dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".good.eddy"))
+        .collect();
+    assert!(
+        good.iter().any(|n| n.contains(&format!("{promoted:020}"))),
+        "{good:?}"
+    );
+
+    let app = spawn_at(&model, dir.path(), |_| {})
+        .await
+        .expect("restarts");
+    let info = app.info("demo").await;
+    assert!(
+        info["last_good_version"].as_u64() >= Some(promoted),
+        "last-good survives the restart: {info}"
+    );
+    app.stop().await.expect("clean stop");
+}

@@ -459,3 +459,76 @@ fn clean_streams_see_no_rollback_in_process() {
         assert!(acc > 0.78, "{name}: prequential accuracy {acc:.4}");
     }
 }
+
+/// What each `on_degrade` does after a label attack is detected, in
+/// process: replay re-learns the trusted examples without the blamed
+/// source; pause stops learning (and holds what it took); continue goes on
+/// without replaying.
+#[test]
+fn on_degrade_replays_pauses_or_continues() {
+    for mode in ["replay", "pause", "continue"] {
+        let m = Config::from_toml_over_default(&format!(
+            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n\
+             [models.monitor]\ngate_budget = 1.0\ntrusted_sources = [\"trusted\"]\non_degrade = \"{mode}\""
+        ))
+        .expect("config")
+        .models
+        .remove(0);
+        let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
+        let hasher = FeatureHasher::new(m.hash_bits);
+        let space = m.label_space().expect("space");
+        let mut cadence = Cadence::default();
+        let feedback = |e: &Example, label: usize, source: &str| Feedback {
+            features: e.features.clone(),
+            target: eddy::learn::Target::Class(label),
+            source: Some(source.into()),
+            prediction: None,
+            received_at: SystemTime::now(),
+        };
+        for (i, row) in stationary(8_000, 5, 0..0).iter().enumerate() {
+            let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
+            let y = e.target.class().expect("class");
+            let mut items = vec![feedback(&e, y, "trusted")];
+            if i >= 4_000 {
+                items.extend((0..3).map(|_| feedback(&e, 1 - y, "attacker")));
+            }
+            queue.reserve(items.len()).expect("room").send(items);
+            while queue.depth() >= CHUNK {
+                trainer.step(CHUNK, &mut cadence);
+            }
+        }
+        let events = trainer.events.all();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        use eddy::serving::events::EventKind as K;
+        assert!(kinds.contains(&K::SourceBlamed), "{mode}: {events:?}");
+        let detection = events
+            .iter()
+            .find(|e| matches!(e.kind, K::GateRefused | K::Rollback))
+            .unwrap_or_else(|| panic!("{mode}: {events:?}"));
+        let paused = trainer.stats.paused.load(Ordering::Relaxed);
+        match mode {
+            "replay" => {
+                assert!(
+                    detection.reason.contains("replayed"),
+                    "{}",
+                    detection.reason
+                );
+                assert!(detection.figures["replayed"].as_u64() > Some(0));
+                assert!(!paused);
+            }
+            "pause" => {
+                assert!(paused, "learning stopped");
+                assert!(kinds.contains(&K::Paused), "{events:?}");
+                assert!(
+                    !trainer.held.is_empty(),
+                    "what was taken is kept for the resume"
+                );
+            }
+            _ => {
+                assert!(detection.reason.contains("dropped"), "{}", detection.reason);
+                assert_eq!(detection.figures["replayed"], 0);
+                assert!(!paused);
+            }
+        }
+    }
+}
