@@ -29,6 +29,10 @@ use serde_json::Value;
 
 const MINIBATCH: usize = 32;
 
+// The server's allocator, so throughput figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rows(name: &str) -> Vec<Value> {
     use std::io::Read;
     let path = format!("{}/tests/data/{name}.jsonl.gz", env!("CARGO_MANIFEST_DIR"));
@@ -106,6 +110,7 @@ fn run(
         source: Some(source.into()),
         prediction: None,
         received_at: SystemTime::now(),
+        scored: None,
     };
     for (i, (x, y)) in xs.iter().enumerate() {
         let out_live = trainer.live.params.predict(x);
@@ -225,8 +230,63 @@ fn broken_stationary(n: usize, seed: u64, broken: std::ops::Range<usize>) -> Vec
         .collect()
 }
 
+/// Trainer-only throughput (no HTTP): Elec2 pushed through `step` in
+/// minibatches of 32 with the default publish pacing, monitor on vs off.
+fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
+    let m = Config::from_toml_over_default(&format!(
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\n{monitor}"
+    ))
+    .expect("config")
+    .models
+    .remove(0);
+    let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
+    let mut cadence = Cadence::default();
+    let started = Instant::now();
+    let mut n = 0usize;
+    let reps: usize = std::env::var("SAFETY_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    for _ in 0..reps {
+        for chunk in xs.chunks(1024) {
+            let items: Vec<Feedback> = chunk
+                .iter()
+                .map(|(x, y)| Feedback {
+                    features: x.clone(),
+                    target: *y,
+                    source: None,
+                    prediction: None,
+                    received_at: SystemTime::now(),
+                    scored: None,
+                })
+                .collect();
+            n += items.len();
+            queue.reserve(items.len()).expect("room").send(items);
+            while trainer.step(MINIBATCH, &mut cadence) > 0 {}
+        }
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let started = Instant::now();
+    if std::env::var_os("SAFETY_THROUGHPUT").is_some() {
+        let m = model("");
+        let xs = examples(&rows("elec2"), &m, |_, _| {});
+        if std::env::var_os("SAFETY_ON_ONLY").is_some() {
+            println!("{:.0}", throughput(&xs, "enabled = true"));
+            return;
+        }
+        for _ in 0..3 {
+            let on = throughput(&xs, "enabled = true");
+            let off = throughput(&xs, "enabled = false");
+            println!(
+                "trainer alone: monitor on {on:.0} ex/s, off {off:.0} ex/s, ratio {:.2}",
+                on / off
+            );
+        }
+        return;
+    }
     let elec2 = rows("elec2");
     let trusted = model("trusted_sources = [\"trusted\"]");
     let xs = examples(&elec2, &trusted, |_, _| {});

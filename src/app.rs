@@ -26,7 +26,7 @@ use crate::http::{AppState, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::{SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
-use crate::serving::monitor::{Checkpoint, Labelled, Monitor};
+use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, Trainer,
@@ -103,13 +103,15 @@ impl App {
             let name: Arc<str> = Arc::from(m.name.as_str());
             let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
             let live = store.live();
-            let monitor = build_monitor(m, &space, &snapshots, &learner, &live)?;
+            let baseline = BaselineHandle::default();
+            let monitor = build_monitor(m, &space, &snapshots, &learner, &live, &baseline)?;
             if let Some(monitor) = &monitor {
                 // Readable before the trainer thread starts.
                 stats.monitor.store(Arc::new(monitor.report()));
             }
             let events = Arc::new(EventLog::default());
             trainers.push(Trainer {
+                published: learner.clone(),
                 commands,
                 model: name.clone(),
                 learner,
@@ -144,6 +146,7 @@ impl App {
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 trainer: commands_tx,
                 events,
+                baseline,
             });
         }
         // Without a token the admin routes are open: only on loopback.
@@ -300,6 +303,7 @@ fn build_monitor(
     snapshots: &SnapshotStore,
     learner: &Learner,
     live: &ModelVersion,
+    baseline: &BaselineHandle,
 ) -> anyhow::Result<Option<Monitor>> {
     if !m.monitor.enabled {
         return Ok(None);
@@ -333,6 +337,7 @@ fn build_monitor(
         m.task,
         reference,
         last_good,
+        baseline.clone(),
     )))
 }
 

@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
+use crate::serving::queue::Prescored;
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
 use super::AppState;
@@ -275,11 +276,39 @@ fn enqueue(
             source: c.source,
             prediction,
             received_at: now,
+            scored: None,
         });
     }
+    drop(joins);
+    prescore(runtime, &mut items);
     if let Some(i) = instruments {
         i.feedback_accepted.inc_by(n as u64);
     }
     reservation.send(items);
     Ok(n)
+}
+
+/// Scores accepted examples against the live and last-good versions here,
+/// on the request threads, so the monitor on the trainer's thread need not
+/// (test-then-train: this is before the trainer sees them).
+fn prescore(runtime: &ModelRuntime, items: &mut [Feedback]) {
+    let baseline = runtime.baseline.load();
+    let Some(base) = baseline.as_ref() else {
+        return;
+    };
+    let live = runtime.store.guard();
+    for item in items {
+        let now = live.params.score(&item.features, item.target);
+        let then = if live.version == base.version {
+            now
+        } else {
+            base.params.score(&item.features, item.target)
+        };
+        item.scored = Some(Prescored {
+            live_version: live.version,
+            live: now,
+            base_version: base.version,
+            base: then,
+        });
+    }
 }

@@ -53,6 +53,9 @@ impl<T: Clone + Default> Blocked<T> {
             return None;
         }
         let mut out = Self::new(rows, cols);
+        if cols == 0 {
+            return Some(out);
+        }
         for (b, block) in out.blocks.iter_mut().enumerate() {
             let start = b * BLOCK_ROWS * cols;
             let len = block.nrows() * cols;
@@ -73,6 +76,12 @@ impl<T: Clone + Default> Blocked<T> {
     #[inline]
     pub fn row(&self, r: usize) -> ArrayView1<'_, T> {
         self.blocks[r / BLOCK_ROWS].row(r % BLOCK_ROWS)
+    }
+
+    /// One element (the predict path: no view built).
+    #[inline]
+    pub fn at(&self, r: usize, c: usize) -> &T {
+        &self.blocks[r / BLOCK_ROWS][(r % BLOCK_ROWS, c)]
     }
 
     /// The row for writing; copies its block first if a clone shares it.

@@ -31,15 +31,31 @@ pub const MAX_Z: f64 = 1e6;
 /// deviations of the target statistics could overflow.
 pub const MAX_TARGET: f64 = 1e15;
 
-/// Running count, mean and sum of squared deviations (Welford).
+/// Running count, mean and sum of squared deviations (Welford), with the
+/// inverse standard deviation kept up to date so that standardising an
+/// input (every predict and score) is a subtraction and a product.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Moments {
     pub n: f64,
     pub mean: f64,
     pub m2: f64,
+    /// `1 / std`, or 0 while the spread is unknown.
+    inv_std: f64,
 }
 
 impl Moments {
+    /// Rebuilds from saved count, mean and M2.
+    pub fn from_parts(n: f64, mean: f64, m2: f64) -> Self {
+        let mut m = Self {
+            n,
+            mean,
+            m2,
+            inv_std: 0.0,
+        };
+        m.inv_std = m.std().map_or(0.0, |sd| 1.0 / sd);
+        m
+    }
+
     #[inline]
     pub fn push(&mut self, x: f64) {
         if !x.is_finite() {
@@ -49,6 +65,7 @@ impl Moments {
         let d = x - self.mean;
         self.mean += d / self.n;
         self.m2 += d * (x - self.mean);
+        self.inv_std = self.std().map_or(0.0, |sd| 1.0 / sd);
     }
 
     /// Population standard deviation, or `None` before two distinct values.
@@ -63,10 +80,7 @@ impl Moments {
     /// become an infinity (and then a NaN) in the f32 model.
     #[inline]
     pub fn standardise(&self, x: f64) -> f32 {
-        match self.std() {
-            Some(sd) => ((x - self.mean) / sd).clamp(-MAX_Z, MAX_Z) as f32,
-            None => 0.0,
-        }
+        ((x - self.mean) * self.inv_std).clamp(-MAX_Z, MAX_Z) as f32
     }
 }
 
@@ -143,9 +157,13 @@ impl Params {
             if v == 0.0 {
                 continue;
             }
-            let w = self.weights.row(r);
-            for (o, wk) in out.iter_mut().zip(w.iter()) {
-                *o += wk * v;
+            if let [o] = out {
+                *o += self.weights.at(r, 0) * v;
+            } else {
+                let w = self.weights.row(r);
+                for (o, wk) in out.iter_mut().zip(w.iter()) {
+                    *o += wk * v;
+                }
             }
         }
     }
@@ -154,7 +172,7 @@ impl Params {
     #[inline]
     fn input(&self, row: u32, value: f64, numeric: bool) -> f32 {
         if numeric {
-            self.scaler.row(row as usize)[0].standardise(value)
+            self.scaler.at(row as usize, 0).standardise(value)
         } else {
             value as f32
         }
@@ -196,7 +214,7 @@ impl Params {
                 } else {
                     (p0, p0 >= p1)
                 };
-                Scored::class(correct, p_true as f64)
+                Scored::class_f32(correct, p_true)
             }
             (TaskKind::Regression, Target::Value(t)) => {
                 self.scores(x, &mut z);
@@ -248,8 +266,9 @@ pub fn softmax(z: &mut [f32]) {
 /// Optimizer state, never published: only the trainer and snapshots see it.
 #[derive(Debug, Clone)]
 pub struct OptimState {
-    /// `2^hash_bits x (outputs * slots)`.
-    pub weights: Array2<f32>,
+    /// `2^hash_bits x (outputs * slots)`, copy-on-write like the weights,
+    /// so a checkpoint of the learner (the monitor keeps some) is cheap.
+    pub weights: Blocked<f32>,
     /// `outputs x slots`.
     pub bias: Array2<f32>,
     /// Examples learned so far (Adam's bias correction counts them).
@@ -272,7 +291,7 @@ impl Learner {
         let slots = optimizer.slots();
         let outputs = params.outputs();
         let state = OptimState {
-            weights: Array2::zeros((params.weights.rows(), outputs * slots)),
+            weights: Blocked::new(params.weights.rows(), outputs * slots),
             bias: Array2::zeros((outputs, slots)),
             steps: 0,
         };

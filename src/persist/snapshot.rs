@@ -134,11 +134,7 @@ impl Snapshot {
             .collect();
         let scaler = f64_bytes(&scaler);
         let target = f64_bytes(&[p.target.n, p.target.mean, p.target.m2]);
-        let optim_w = f32_bytes(
-            st.weights
-                .as_slice()
-                .ok_or("optimizer state not contiguous")?,
-        );
+        let optim_w = f32_bytes(&st.weights.to_vec());
         let optim_b = f32_bytes(st.bias.as_slice().ok_or("optimizer state not contiguous")?);
         let mut tensors = vec![
             (
@@ -252,11 +248,7 @@ impl Snapshot {
         let bias = read_f32(tensor("bias", Dtype::F32, &[outputs])?);
         let scaler: Vec<Moments> = read_f64(tensor("scaler", Dtype::F64, &[rows, 3])?)
             .chunks_exact(3)
-            .map(|c| Moments {
-                n: c[0],
-                mean: c[1],
-                m2: c[2],
-            })
+            .map(|c| Moments::from_parts(c[0], c[1], c[2]))
             .collect();
         let t = read_f64(tensor("target", Dtype::F64, &[3])?);
         let (optim_w, optim_b) = if slots > 0 {
@@ -279,15 +271,11 @@ impl Snapshot {
             bias,
             scaler: Blocked::from_vec(rows, 1, scaler)
                 .ok_or_else(|| invalid("scaler shape".into()))?,
-            target: Moments {
-                n: t[0],
-                mean: t[1],
-                m2: t[2],
-            },
+            target: Moments::from_parts(t[0], t[1], t[2]),
         };
         let state = OptimState {
-            weights: Array2::from_shape_vec((rows, outputs * slots), optim_w)
-                .map_err(|e| invalid(e.to_string()))?,
+            weights: Blocked::from_vec(rows, outputs * slots, optim_w)
+                .ok_or_else(|| invalid("optimizer state shape".into()))?,
             bias: Array2::from_shape_vec((outputs, slots), optim_b)
                 .map_err(|e| invalid(e.to_string()))?,
             steps: meta.optimizer_steps,

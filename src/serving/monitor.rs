@@ -59,6 +59,18 @@ pub const OTHER_SOURCE: &str = "other";
 /// A labelled example of the reference set.
 pub type Labelled = (FeatureVec, Target);
 
+/// Last-good's weights for request threads, which score accepted
+/// feedback against it (`queue::Prescored`). The monitor replaces it
+/// whenever last-good changes.
+#[derive(Debug)]
+pub struct Baseline {
+    pub version: u64,
+    pub params: Params,
+}
+
+/// Where the monitor publishes `Baseline`; `None` while the monitor is off.
+pub type BaselineHandle = Arc<arc_swap::ArcSwapOption<Baseline>>;
+
 /// A version the monitor can return to: weights plus optimizer state.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -283,6 +295,8 @@ impl SourceTable {
 
 pub struct Monitor {
     config: MonitorConfig,
+    /// Shared with request threads (see `Baseline`).
+    baseline: BaselineHandle,
     rule: DegradationRule,
     task: TaskKind,
     trusted: HashSet<String>,
@@ -327,8 +341,10 @@ impl Monitor {
         task: TaskKind,
         reference: Vec<Labelled>,
         last_good: Checkpoint,
+        baseline: BaselineHandle,
     ) -> Self {
         let mut m = Self {
+            baseline,
             rule: config.rule(),
             trusted: config.trusted_sources.iter().cloned().collect(),
             task,
@@ -353,7 +369,16 @@ impl Monitor {
             config,
         };
         m.rescore_reference();
+        m.share_baseline();
         m
+    }
+
+    /// Hands request threads the current last-good weights.
+    fn share_baseline(&self) {
+        self.baseline.store(Some(Arc::new(Baseline {
+            version: self.last_good.version,
+            params: self.last_good.learner.params().clone(),
+        })));
     }
 
     pub fn last_good(&self) -> &Checkpoint {
@@ -414,15 +439,33 @@ impl Monitor {
         let live_is_base = self.carries_last_good(live.version);
         let block = self.config.window;
         for (i, fb) in batch.iter().enumerate() {
-            let base = self
-                .last_good
-                .learner
-                .params()
-                .score(&fb.features, fb.target);
-            let now = if live_is_base {
-                base
-            } else {
-                live.params.score(&fb.features, fb.target)
+            // Scored on acceptance when possible: the live version then,
+            // and last-good if it has not changed since.
+            let (now, now_version, base) = match fb.scored {
+                Some(s) if s.base_version == self.last_good.version => {
+                    (s.live, s.live_version, s.base)
+                }
+                Some(s) => (
+                    s.live,
+                    s.live_version,
+                    self.last_good
+                        .learner
+                        .params()
+                        .score(&fb.features, fb.target),
+                ),
+                None => {
+                    let base = self
+                        .last_good
+                        .learner
+                        .params()
+                        .score(&fb.features, fb.target);
+                    let now = if live_is_base {
+                        base
+                    } else {
+                        live.params.score(&fb.features, fb.target)
+                    };
+                    (now, live.version, base)
+                }
             };
             self.sources
                 .add(fb.source.as_ref(), now, block, self.config.max_sources);
@@ -433,7 +476,7 @@ impl Monitor {
                 self.trusted_seen += 1;
                 self.window.add(now, base);
                 if let Some(c) = &mut self.candidate {
-                    let cand = if c.checkpoint.version == live.version {
+                    let cand = if c.checkpoint.version == now_version {
                         now
                     } else {
                         c.checkpoint.learner.params().score(&fb.features, fb.target)
@@ -617,6 +660,7 @@ impl Monitor {
         }
         self.buffer.drain(..oldest_needed);
         self.rescore_reference();
+        self.share_baseline();
     }
 
     fn rescore_reference(&mut self) {

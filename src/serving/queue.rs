@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::learn::{FeatureVec, Target};
+use crate::learn::{FeatureVec, Scored, Target};
 
 /// One labelled example accepted for training.
 #[derive(Debug, Clone)]
@@ -25,6 +25,19 @@ pub struct Feedback {
     /// Set when the features were joined from a prediction.
     pub prediction: Option<PredictionRef>,
     pub received_at: SystemTime,
+    /// Scores taken when the example was accepted (see `Prescored`).
+    pub scored: Option<Prescored>,
+}
+
+/// An example's outcome under the live and last-good versions, taken on
+/// the request thread when it was accepted, so the trainer's thread does
+/// not have to (the monitor rescores what is missing or stale).
+#[derive(Debug, Clone, Copy)]
+pub struct Prescored {
+    pub live_version: u64,
+    pub live: Scored,
+    pub base_version: u64,
+    pub base: Scored,
 }
 
 /// The prediction a joined feedback labels.
@@ -184,6 +197,7 @@ mod tests {
             source: None,
             prediction: None,
             received_at: SystemTime::now(),
+            scored: None,
         }
     }
 

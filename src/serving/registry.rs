@@ -11,6 +11,7 @@ use crate::learn::{FeatureHasher, LabelSpace};
 
 use super::events::EventLog;
 use super::join::JoinCache;
+use super::monitor::BaselineHandle;
 use super::queue::FeedbackQueue;
 use super::store::ModelStore;
 use super::trainer::{TrainerCommand, TrainingStats};
@@ -34,6 +35,8 @@ pub struct ModelRuntime {
     pub trainer: tokio::sync::mpsc::Sender<TrainerCommand>,
     /// What the safety loop did, newest last.
     pub events: Arc<EventLog>,
+    /// Last-good's weights, for scoring feedback as it is accepted.
+    pub baseline: BaselineHandle,
 }
 
 #[derive(Debug, Default)]

@@ -126,6 +126,9 @@ pub struct Trainer {
     pub events: Arc<EventLog>,
     /// Feedback position the working copy includes.
     pub trained_position: u64,
+    /// The learner as it was at the last publish (the live version's
+    /// weights with their optimizer state): what a frozen candidate keeps.
+    pub published: Learner,
     /// A minibatch taken when `on_degrade = "pause"` stopped learning,
     /// learned on resume.
     pub held: Vec<Feedback>,
@@ -250,10 +253,12 @@ impl Trainer {
                     position: 0,
                     examples_trained: 0,
                 },
+                Default::default(),
             )
         });
         let trainer = Self {
             model: Arc::from(m.name.as_str()),
+            published: learner.clone(),
             learner,
             stream,
             sink: store,
@@ -385,7 +390,7 @@ impl Trainer {
         if let Some(monitor) = &mut self.monitor {
             let window_full = monitor.observe(batch, first, &self.live);
             if window_full {
-                self.close_window(cadence, first);
+                self.close_window(cadence);
             }
         }
         if self.stats.paused.load(Ordering::Acquire) {
@@ -446,8 +451,8 @@ impl Trainer {
     }
 
     /// The monitor's window filled: roll back, or promote and freeze the
-    /// next candidate (the live version once what is trained is published).
-    fn close_window(&mut self, cadence: &mut Cadence, position: u64) {
+    /// next candidate (the live version).
+    fn close_window(&mut self, cadence: &mut Cadence) {
         let Some(monitor) = &mut self.monitor else {
             return;
         };
@@ -457,14 +462,11 @@ impl Trainer {
                 if promote {
                     self.promote();
                 }
-                self.publish_pending(cadence, true);
-                if cadence.minibatches == 0
-                    && let Some(monitor) = &mut self.monitor
-                {
+                if let Some(monitor) = &mut self.monitor {
                     monitor.freeze_candidate(Checkpoint {
                         version: self.live.version,
-                        learner: self.learner.clone(),
-                        position,
+                        learner: self.published.clone(),
+                        position: self.live.feedback_position,
                         examples_trained: self.live.examples_trained,
                     });
                 }
@@ -887,6 +889,10 @@ impl Trainer {
                 tracing::debug!(model = %self.model, version = version.version, blocks = written, "published");
                 let v = version.version;
                 self.live = version;
+                if self.monitor.is_some() {
+                    // Cheap: blocks are shared until the working copy writes.
+                    self.published = self.learner.clone();
+                }
                 Some(v)
             }
             Err(e) => {

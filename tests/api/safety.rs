@@ -437,6 +437,7 @@ fn clean_streams_see_no_rollback_in_process() {
                 source: None,
                 prediction: None,
                 received_at: SystemTime::now(),
+                scored: None,
             };
             queue.reserve(1).expect("room").send(vec![fb]);
             if queue.depth() >= CHUNK {
@@ -484,6 +485,7 @@ fn on_degrade_replays_pauses_or_continues() {
             source: Some(source.into()),
             prediction: None,
             received_at: SystemTime::now(),
+            scored: None,
         };
         for (i, row) in stationary(8_000, 5, 0..0).iter().enumerate() {
             let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
