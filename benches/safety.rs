@@ -84,7 +84,11 @@ struct Outcome {
     rollbacks: u64,
     gate_refusals: u64,
     promotions: u64,
+    holds: u64,
+    publishes: u64,
     detection_delay: Option<u64>,
+    /// Examples from the attack's start to the first held publish.
+    hold_delay: Option<u64>,
     blamed: Vec<String>,
     excluded: u64,
 }
@@ -104,6 +108,7 @@ fn run(
     let mut out = Outcome::default();
     let mut sent = 0u64;
     let mut attack_start = None;
+    let mut baseline_counts: Option<(u64, u64)> = None;
     let feedback = |x: &FeatureVec, y: Target, source: &str| Feedback {
         features: x.clone(),
         target: y,
@@ -138,11 +143,16 @@ fn run(
             let s = &trainer.stats;
             let detections = s.rollbacks_degraded.load(Ordering::Relaxed)
                 + s.rollbacks_gate.load(Ordering::Relaxed);
-            if detections > 0
-                && out.detection_delay.is_none()
-                && let Some(start) = attack_start
-            {
-                out.detection_delay = Some(trainer.stream.position().saturating_sub(start));
+            let holds = s.gate_holds.load(Ordering::Relaxed);
+            if let Some(start) = attack_start {
+                let (d0, h0) = *baseline_counts.get_or_insert((detections, holds));
+                let since = trainer.stream.position().saturating_sub(start);
+                if detections > d0 && out.detection_delay.is_none() {
+                    out.detection_delay = Some(since);
+                }
+                if holds > h0 && out.hold_delay.is_none() {
+                    out.hold_delay = Some(since);
+                }
             }
         }
     }
@@ -151,6 +161,8 @@ fn run(
     out.rollbacks = s.rollbacks_degraded.load(Ordering::Relaxed);
     out.gate_refusals = s.rollbacks_gate.load(Ordering::Relaxed);
     out.promotions = s.promotions.load(Ordering::Relaxed);
+    out.holds = s.gate_holds.load(Ordering::Relaxed);
+    out.publishes = s.publishes.load(Ordering::Relaxed);
     out.excluded = s.excluded.load(Ordering::Relaxed);
     out.blamed = s.monitor.load().blamed_sources.clone();
     if std::env::var_os("SAFETY_EVENTS").is_some() {
@@ -177,13 +189,14 @@ fn pct(c: u64, n: u64) -> f64 {
 
 fn print(name: &str, o: &Outcome) {
     println!(
-        "{name:<40} measured acc {:6.2}%  all {:6.2}%  rollbacks {:2}  gate refusals {:2}  promotions {:3}  delay {:>6}  blamed {:?}  excluded {}",
+        "{name:<40} measured acc {:6.2}%  all {:6.2}%  rollbacks {:2}  gate refusals {:2}  holds {:3}/{:5} publishes  promotions {:3}  blamed {:?}  excluded {}",
         pct(o.correct, o.scored),
         pct(o.correct_all, o.rows),
         o.rollbacks,
         o.gate_refusals,
+        o.holds,
+        o.publishes,
         o.promotions,
-        o.detection_delay.map_or("-".into(), |d| d.to_string()),
         o.blamed,
         o.excluded,
     );
@@ -297,17 +310,32 @@ fn main() {
     print("clean, monitor on", &clean);
     let attacked = run(&trusted, &xs, Some(15_000), 3, measure.clone());
     print("label attack x3 from 15k, monitor on", &attacked);
+    for range in [
+        15_000..15_250,
+        15_250..15_500,
+        15_500..16_000,
+        16_000..17_000,
+    ] {
+        let a = run(&trusted, &xs, Some(15_000), 3, range.clone());
+        let c = run(&trusted, &xs, None, 0, range.clone());
+        println!(
+            "  rows {range:?}: trusted accuracy attacked {:.2}% vs unattacked {:.2}%",
+            pct(a.correct, a.scored),
+            pct(c.correct, c.scored)
+        );
+    }
     let off = model("enabled = false");
     let undefended = run(&off, &xs, Some(15_000), 3, measure.clone());
     print("label attack x3 from 15k, monitor off", &undefended);
     let unattacked_off = run(&off, &xs, None, 0, measure.clone());
     print("clean, monitor off", &unattacked_off);
     println!(
-        "trusted accuracy rows 15k-30k: attacked {:.2}% vs unattacked {:.2}% (diff {:+.2} points); undefended {:.2}%; detection delay {:?} examples",
+        "trusted accuracy rows 15k-30k: attacked {:.2}% vs unattacked {:.2}% (diff {:+.2} points); undefended {:.2}%; examples from the attack's start to the first held publish {:?}, to the first refusal or rollback {:?}",
         pct(attacked.correct, attacked.scored),
         pct(clean.correct, clean.scored),
         pct(attacked.correct, attacked.scored) - pct(clean.correct, clean.scored),
         pct(undefended.correct, undefended.scored),
+        attacked.hold_delay,
         attacked.detection_delay,
     );
 

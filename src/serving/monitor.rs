@@ -680,7 +680,7 @@ impl Monitor {
     /// examples have arrived, and passes as soon as it no longer fails. A
     /// learner's passing dips clear on fresh data; damage does not. While
     /// cooling down after a rollback the gate passes everything.
-    pub fn gate(&mut self, candidate: &Params) -> GateVerdict {
+    pub fn gate(&mut self, candidate: &Params, live: Option<(u64, &Params)>) -> GateVerdict {
         if !self.config.gate || self.cooldown_left > 0 {
             return GateVerdict::Pass;
         }
@@ -690,7 +690,7 @@ impl Monitor {
         {
             return GateVerdict::Hold;
         }
-        match self.gate_check(candidate) {
+        match self.gate_check(candidate, live) {
             None => {
                 self.suspect = None;
                 GateVerdict::Pass
@@ -716,8 +716,10 @@ impl Monitor {
     }
 
     /// One gate test: `Some` when the candidate is worse than last-good.
-    fn gate_check(&self, candidate: &Params) -> Option<Detection> {
-        let mut w = PairedWindow::with_block(self.gate_block());
+    fn gate_check(&self, candidate: &Params, live: Option<(u64, &Params)>) -> Option<Detection> {
+        let block = self.gate_block();
+        let mut vs_base = PairedWindow::with_block(block);
+        let mut vs_live = PairedWindow::with_block(block);
         for e in self
             .buffer
             .iter()
@@ -725,9 +727,13 @@ impl Monitor {
             .filter(|e| e.trusted)
             .take(self.gate_sample())
         {
-            w.add(candidate.score(&e.fb.features, e.fb.target), e.base);
+            let c = candidate.score(&e.fb.features, e.fb.target);
+            vs_base.add(c, e.base);
+            if let Some((_, live)) = live {
+                vs_live.add(c, live.score(&e.fb.features, e.fb.target));
+            }
         }
-        let refuse = |w: &PairedWindow, on: &str| {
+        let refuse = |w: &PairedWindow, than: String, on: &str| {
             let Verdict::Degraded { p_value } = w.judge(&self.gate_rule(), self.task) else {
                 return None;
             };
@@ -736,17 +742,38 @@ impl Monitor {
             Some(Detection {
                 trigger: Trigger::GateRefused,
                 reason: format!(
-                    "candidate was worse than last-good v{} on {on} ({} examples, p = {p_value:.2e})",
-                    self.last_good.version, w.n
+                    "candidate was worse than {than} on {on} ({} examples, p = {p_value:.2e})",
+                    w.n
                 ),
                 figures,
             })
         };
-        refuse(&w, "the most recent trusted examples").or_else(|| {
+        let recent = "the most recent trusted examples";
+        refuse(
+            &vs_base,
+            format!("last-good v{}", self.last_good.version),
+            recent,
+        )
+        .or_else(|| {
+            let (version, _) = live?;
+            refuse(
+                &vs_live,
+                format!(
+                    "the live v{version} (and so than last-good v{})",
+                    self.last_good.version
+                ),
+                recent,
+            )
+        })
+        .or_else(|| {
             if self.reference.is_empty() {
                 None
             } else {
-                refuse(&self.reference_window(candidate), "the reference set")
+                refuse(
+                    &self.reference_window(candidate),
+                    format!("last-good v{}", self.last_good.version),
+                    "the reference set",
+                )
             }
         })
     }

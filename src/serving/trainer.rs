@@ -710,7 +710,11 @@ impl Trainer {
             if !force && now < cadence.gate_ready_at {
                 return;
             }
-            let verdict = monitor.gate(self.learner.params());
+            // The live version passed the gate; it is the other yardstick
+            // (unless it carries last-good's weights anyway).
+            let live = (self.live.version != monitor.last_good().version)
+                .then(|| (self.live.version, self.published.params()));
+            let verdict = monitor.gate(self.learner.params(), live);
             let spent = now.elapsed();
             self.stats.gate_checks.fetch_add(1, Ordering::Relaxed);
             self.stats.timings.gate.observe(spent.as_secs_f64());
