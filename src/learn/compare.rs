@@ -485,6 +485,55 @@ mod tests {
         ));
     }
 
+    /// With blocks, the test is of the margin itself: a version 10 points
+    /// worse in every block is degraded; one whose 3-point deficit comes
+    /// from a burst in two blocks (what autocorrelation looks like) is not
+    /// shown to exceed a 2-point tolerance, though per example it would.
+    #[test]
+    fn block_tests_judge_the_margin() {
+        let rule = DegradationRule {
+            tolerance: 0.02,
+            min_samples: 200,
+            alpha: 0.01,
+        };
+        let make = |block: u64, wrong: &dyn Fn(u64) -> bool| {
+            let mut w = PairedWindow::with_block(block);
+            for i in 0..1000u64 {
+                let live = !wrong(i);
+                w.add_class(live, true, f64::from(u8::from(!live)), 0.0);
+            }
+            w
+        };
+        let spread = make(50, &|i| i % 10 == 0);
+        assert_eq!(spread.blocks(), 20);
+        assert!(matches!(
+            spread.judge_accuracy(&rule),
+            Verdict::Degraded { .. }
+        ));
+        let burst = |i: u64| (100..115).contains(&i) || (600..615).contains(&i);
+        let clustered = make(50, &burst);
+        assert!(clustered.base_accuracy() - clustered.live_accuracy() > 0.02);
+        assert!(matches!(
+            clustered.judge_accuracy(&rule),
+            Verdict::Fine { .. }
+        ));
+        assert!(
+            matches!(
+                make(1, &burst).judge_accuracy(&rule),
+                Verdict::Degraded { .. }
+            ),
+            "per example, the same burst looks significant"
+        );
+        assert!(matches!(
+            make(50, &|_| false).judge_accuracy(&rule),
+            Verdict::Fine { .. }
+        ));
+        assert_eq!(
+            PairedWindow::with_block(50).judge_accuracy(&rule),
+            Verdict::Insufficient
+        );
+    }
+
     #[test]
     fn welch_test_separates_a_high_loss_group() {
         let mut high = LossSample::default();
