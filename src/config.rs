@@ -291,7 +291,7 @@ fn default_blame_factor() -> f64 {
     2.0
 }
 fn default_promotion_snapshot_interval() -> u64 {
-    1000
+    30_000
 }
 fn default_settle_windows() -> u64 {
     3

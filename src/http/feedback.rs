@@ -304,11 +304,20 @@ fn prescore(runtime: &ModelRuntime, items: &mut [Feedback]) {
         } else {
             base.params.score(&item.features, item.target)
         };
+        let candidate = base.candidate.as_ref().map(|(v, params)| {
+            let scored = if *v == live.version {
+                now
+            } else {
+                params.score(&item.features, item.target)
+            };
+            (*v, scored)
+        });
         item.scored = Some(Prescored {
             live_version: live.version,
             live: now,
             base_version: base.version,
             base: then,
+            candidate,
         });
     }
 }

@@ -66,6 +66,8 @@ pub type Labelled = (FeatureVec, Target);
 pub struct Baseline {
     pub version: u64,
     pub params: Params,
+    /// The candidate being scored for promotion: its version and weights.
+    pub candidate: Option<(u64, Params)>,
 }
 
 /// Where the monitor publishes `Baseline`; `None` while the monitor is off.
@@ -88,8 +90,10 @@ struct Entry {
     fb: Feedback,
     position: u64,
     trusted: bool,
-    /// Its outcome under last-good (rescored when last-good changes).
+    /// Its outcome under last-good version `base_version` (rescored
+    /// lazily, when it is next needed after last-good changed).
     base: Scored,
+    base_version: u64,
 }
 
 #[derive(Debug)]
@@ -264,12 +268,37 @@ impl Rolling {
 struct SourceTable {
     index: HashMap<Arc<str>, usize>,
     rows: Vec<(Arc<str>, Rolling, u64)>,
+    /// The last source looked up (examples of a batch share theirs).
+    last: Option<(Option<Arc<str>>, usize)>,
 }
 
 impl SourceTable {
     fn add(&mut self, source: Option<&Arc<str>>, s: Scored, block: u64, max: usize) {
+        let cached = self.last.as_ref().and_then(|(src, i)| {
+            let same = match (src, source) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            same.then_some(*i)
+        });
+        let i = match cached {
+            Some(i) => i,
+            None => {
+                let i = self.slot(source, max);
+                self.last = Some((source.cloned(), i));
+                i
+            }
+        };
+        let row = &mut self.rows[i];
+        row.1.add(s, block);
+        row.2 += 1;
+    }
+
+    /// The row of `source`, made if there is room (else `other`).
+    fn slot(&mut self, source: Option<&Arc<str>>, max: usize) -> usize {
         let name = source.map_or(UNKNOWN_SOURCE, |s| s.as_ref());
-        let i = match self.index.get(name) {
+        match self.index.get(name) {
             Some(&i) => i,
             None => {
                 let key: Arc<str> = if self.rows.len() < max {
@@ -286,10 +315,7 @@ impl SourceTable {
                     }
                 }
             }
-        };
-        let row = &mut self.rows[i];
-        row.1.add(s, block);
-        row.2 += 1;
+        }
     }
 }
 
@@ -378,6 +404,10 @@ impl Monitor {
         self.baseline.store(Some(Arc::new(Baseline {
             version: self.last_good.version,
             params: self.last_good.learner.params().clone(),
+            candidate: self
+                .candidate
+                .as_ref()
+                .map(|c| (c.checkpoint.version, c.checkpoint.learner.params().clone())),
         })));
     }
 
@@ -476,8 +506,14 @@ impl Monitor {
                 self.trusted_seen += 1;
                 self.window.add(now, base);
                 if let Some(c) = &mut self.candidate {
+                    let prescored = fb
+                        .scored
+                        .and_then(|s| s.candidate)
+                        .filter(|(v, _)| *v == c.checkpoint.version);
                     let cand = if c.checkpoint.version == now_version {
                         now
+                    } else if let Some((_, scored)) = prescored {
+                        scored
                     } else {
                         c.checkpoint.learner.params().score(&fb.features, fb.target)
                     };
@@ -520,9 +556,11 @@ impl Monitor {
     /// Keeps the (trained) minibatch for replay, blame and the gate.
     pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
         let capacity = self.config.replay_capacity.max(self.gate_sample()).max(1);
+        let base_version = self.last_good.version;
         for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
             self.buffer.push_back(Entry {
                 fb,
+                base_version,
                 position,
                 trusted,
                 base,
@@ -637,14 +675,17 @@ impl Monitor {
     /// Starts scoring `checkpoint` (a just-published version) for promotion.
     pub fn freeze_candidate(&mut self, checkpoint: Checkpoint) {
         let window = self.paired();
+        let previous = self.candidate.as_ref().map(|c| c.checkpoint.version);
         self.candidate = (!self.carries_last_good(checkpoint.version))
             .then_some(Candidate { checkpoint, window });
+        if self.candidate.as_ref().map(|c| c.checkpoint.version) != previous {
+            self.share_baseline();
+        }
     }
 
-    /// Last-good changed: rescore what the gate and blame still need and
-    /// forget the rest.
+    /// Last-good changed: forget what the gate and blame no longer need
+    /// (what they need is rescored when they next look: `freshen`).
     fn rescore(&mut self) {
-        let base = self.last_good.learner.params();
         let mut trusted_left = self.gate_sample();
         let mut oldest_needed = self.buffer.len();
         for (i, e) in self.buffer.iter_mut().enumerate().rev() {
@@ -655,7 +696,6 @@ impl Monitor {
             if e.trusted {
                 trusted_left = trusted_left.saturating_sub(1);
             }
-            e.base = base.score(&e.fb.features, e.fb.target);
             oldest_needed = i;
         }
         self.buffer.drain(..oldest_needed);
@@ -690,6 +730,7 @@ impl Monitor {
         {
             return GateVerdict::Hold;
         }
+        self.freshen_gate_sample();
         match self.gate_check(candidate, live) {
             None => {
                 self.suspect = None;
@@ -829,10 +870,51 @@ impl Monitor {
         self.candidate = None;
         self.suspect = None;
         self.cooldown_left = self.config.cooldown_examples;
+        self.share_baseline();
+    }
+
+    /// Rescores under the current last-good the entries `pick` selects
+    /// (walking from the newest) whose scores are older.
+    fn freshen(&mut self, mut pick: impl FnMut(&Entry) -> Option<bool>) {
+        let version = self.last_good.version;
+        let base = self.last_good.learner.params();
+        for e in self.buffer.iter_mut().rev() {
+            match pick(e) {
+                None => break,
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            if e.base_version != version {
+                e.base = base.score(&e.fb.features, e.fb.target);
+                e.base_version = version;
+            }
+        }
+    }
+
+    /// The gate's sample: the newest `gate_examples` trusted entries.
+    fn freshen_gate_sample(&mut self) {
+        let mut left = self.gate_sample();
+        self.freshen(|e| {
+            if left == 0 {
+                None
+            } else if e.trusted {
+                left -= 1;
+                Some(true)
+            } else {
+                Some(false)
+            }
+        });
+    }
+
+    /// Blame's sample: every entry since last-good.
+    fn freshen_since_last_good(&mut self) {
+        let position = self.last_good.position;
+        self.freshen(|e| (e.position >= position).then_some(true));
     }
 
     /// The sources to blame for damage since last-good (see the module doc).
-    fn blame(&self) -> Vec<Blame> {
+    fn blame(&mut self) -> Vec<Blame> {
+        self.freshen_since_last_good();
         let start = self
             .buffer
             .partition_point(|e| e.position < self.last_good.position);

@@ -38,6 +38,8 @@ pub struct Prescored {
     pub live: Scored,
     pub base_version: u64,
     pub base: Scored,
+    /// The candidate being scored for promotion, when there is one.
+    pub candidate: Option<(u64, Scored)>,
 }
 
 /// The prediction a joined feedback labels.
