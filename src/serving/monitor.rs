@@ -347,14 +347,14 @@ pub struct Monitor {
     lost_since_last_good: u64,
     blamed: BTreeSet<String>,
     cooldown_left: u64,
-    /// Trusted examples observed so far.
-    trusted_seen: u64,
+    /// Labelled examples observed so far.
+    seen: u64,
     /// Last-good's per-block badness over the window that earned its
     /// promotion (see `settled`).
     earned: Option<LossSample>,
     /// Consecutive windows in which last-good scored far below `earned`.
     unsettled: u64,
-    /// `trusted_seen` when the gate first failed the current candidate.
+    /// `seen` when the gate first failed the current candidate.
     suspect: Option<u64>,
     /// Scores of the minibatch being handled, between `observe` and
     /// `remember`: last-good's outcome, whether it is trusted, its position.
@@ -387,7 +387,7 @@ impl Monitor {
             lost_since_last_good: 0,
             blamed: BTreeSet::new(),
             cooldown_left: 0,
-            trusted_seen: 0,
+            seen: 0,
             earned: None,
             unsettled: 0,
             suspect: None,
@@ -503,7 +503,6 @@ impl Monitor {
             if trusted {
                 self.rolling_live.add(now, block);
                 self.rolling_base.add(base, block);
-                self.trusted_seen += 1;
                 self.window.add(now, base);
                 if let Some(c) = &mut self.candidate {
                     let prescored = fb
@@ -521,6 +520,7 @@ impl Monitor {
                 }
             }
             self.cooldown_left = self.cooldown_left.saturating_sub(1);
+            self.seen += 1;
             self.scored.push((base, trusted, first + i as u64));
         }
         self.window.n >= self.config.window
@@ -716,7 +716,7 @@ impl Monitor {
     ///
     /// A first failure only holds publishing (`Hold`: the live version
     /// stays, the candidate keeps training); the candidate is refused if it
-    /// fails again once at least half of `gate_examples` new trusted
+    /// fails again once at least half of `gate_examples` new labelled
     /// examples have arrived, and passes as soon as it no longer fails. A
     /// learner's passing dips clear on fresh data; damage does not. While
     /// cooling down after a rollback the gate passes everything.
@@ -726,7 +726,7 @@ impl Monitor {
         }
         let confirm_after = (self.config.gate_examples / 2).max(1);
         if let Some(at) = self.suspect
-            && self.trusted_seen < at + confirm_after
+            && self.seen < at + confirm_after
         {
             return GateVerdict::Hold;
         }
@@ -741,7 +741,7 @@ impl Monitor {
                 GateVerdict::Refuse(detection)
             }
             Some(_) => {
-                self.suspect = Some(self.trusted_seen);
+                self.suspect = Some(self.seen);
                 GateVerdict::Hold
             }
         }
@@ -1151,6 +1151,53 @@ mod tests {
             trained().params().predict(&x(0.5)),
             "back to last-good exactly"
         );
+    }
+
+    #[test]
+    fn a_reference_set_gates_candidates_when_no_trusted_traffic_arrives() {
+        let config = MonitorConfig {
+            window: 200,
+            min_samples: 100,
+            block_size: 10,
+            gate_examples: 100,
+            trusted_sources: vec!["nobody".into()],
+            ..MonitorConfig::default()
+        };
+        let learner = trained();
+        let reference: Vec<Labelled> = rows(200, 3)
+            .map(|(v, y)| (x(v), Target::Class(y)))
+            .collect();
+        let checkpoint = Checkpoint {
+            version: 1,
+            learner: learner.clone(),
+            position: 0,
+            examples_trained: 2000,
+        };
+        let mut m = Monitor::new(
+            config,
+            TaskKind::Binary,
+            reference,
+            checkpoint,
+            Default::default(),
+        );
+        let live = version(1, &learner);
+        let mut damaged = learner.clone();
+        for (v, y) in rows(400, 7) {
+            damaged.learn_one(&x(v), Target::Class(1 - y));
+        }
+        assert!(matches!(m.gate(learner.params(), None), GateVerdict::Pass));
+        assert!(matches!(m.gate(damaged.params(), None), GateVerdict::Hold));
+        // Untrusted traffic is not compared, but it is fresh evidence time.
+        feed(
+            &mut m,
+            rows(60, 0).map(|(v, y)| fb(v, y, "other")).collect(),
+            0,
+            &live,
+        );
+        let GateVerdict::Refuse(d) = m.gate(damaged.params(), None) else {
+            panic!("refused on the reference set")
+        };
+        assert!(d.reason.contains("the reference set"), "{}", d.reason);
     }
 
     #[test]

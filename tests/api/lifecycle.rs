@@ -73,37 +73,7 @@ fn bad_config_exits_non_zero_naming_the_key() {
 #[test]
 fn sigterm_stops_the_binary_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("serve")
-        .env_clear()
-        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("EDDY_STORAGE__DIR", dir.path())
-        .env("EDDY_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    // Read the log on its own thread so waiting for a line has a deadline.
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the server says where it listens in time");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        if let Some(addr) = v["fields"]["addr"].as_str() {
-            break addr.to_owned();
-        }
-    };
+    let (mut child, addr, _) = start_binary(dir.path());
     // The server answers, then stops on SIGTERM with exit code 0.
     let mut stream = std::net::TcpStream::connect(&addr).expect("connects");
     use std::io::{Read, Write};
@@ -127,4 +97,116 @@ fn sigterm_stops_the_binary_cleanly() {
         assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Sends a request and reads its JSON answer.
+async fn answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Starts the real binary on `dir`; returns it with its public and admin
+/// addresses (read from its JSON log, with a deadline).
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller owns the child and reaps it; a panic here fails the test"
+)]
+fn start_binary(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("serve")
+        .env_clear()
+        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("EDDY_STORAGE__DIR", dir)
+        .env("EDDY_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the server says where it listens in time");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        if let (Some(addr), Some(admin)) =
+            (v["fields"]["addr"].as_str(), v["fields"]["admin"].as_str())
+        {
+            // Keep draining the log so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, addr.to_owned(), admin.to_owned());
+        }
+    }
+}
+
+/// SIGKILL, then restart: the model comes back from its last snapshot with
+/// identical predictions, and versions continue above every number the
+/// killed process could have used.
+#[tokio::test]
+async fn a_killed_server_restarts_from_its_snapshot_predicting_the_same() {
+    use serde_json::{Value, json};
+    let dir = tempfile::tempdir().expect("dir");
+    let client = reqwest::Client::new();
+    let (mut child, addr, admin) = start_binary(dir.path());
+    let examples: Vec<Value> = (0..300)
+        .map(|i| json!({ "features": { "x": f64::from(i % 13), "c": format!("k{}", i % 3) }, "label": i % 2 }))
+        .collect();
+    let r = client
+        .post(format!("http://{addr}/v1/models/demo/feedback"))
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
+        if info["version_examples_trained"] == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let snap = answer(client.post(format!("http://{admin}/admin/models/demo/snapshot"))).await;
+    let saved = snap["snapshot"]["version"].as_u64().expect("version");
+    let probes = [
+        json!({ "x": 2.0, "c": "k1" }),
+        json!({ "x": 9.0, "c": "k0" }),
+    ];
+    let predict = |addr: String, features: Value| {
+        answer(
+            client
+                .post(format!("http://{addr}/v1/models/demo/predict"))
+                .json(&json!({ "features": features })),
+        )
+    };
+    let mut before = Vec::new();
+    for p in &probes {
+        before.push(predict(addr.clone(), p.clone()).await["probabilities"].clone());
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+
+    let (mut child, addr, _) = start_binary(dir.path());
+    for (p, want) in probes.iter().zip(&before) {
+        let got = predict(addr.clone(), p.clone()).await;
+        assert_eq!(&got["probabilities"], want, "identical after the kill");
+        assert!(got["model_version"].as_u64() > Some(saved), "{got}");
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
 }

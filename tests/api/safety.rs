@@ -534,3 +534,41 @@ fn on_degrade_replays_pauses_or_continues() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_reference_set_is_loaded_or_start_up_says_why_not() {
+    let dir = tempfile::tempdir().expect("dir");
+    let model = |path: &std::path::Path| {
+        format!(
+            "[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.monitor]\nreference_set = \"{}\"",
+            path.display()
+        )
+    };
+    let good = dir.path().join("reference.jsonl");
+    let lines: Vec<String> = (0..50)
+        .map(|i| json!({ "features": { "x": i }, "label": i % 2 }).to_string())
+        .collect();
+    std::fs::write(&good, lines.join("\n")).expect("write");
+    let app = crate::helpers::spawn_app(&model(&good)).await;
+    assert_eq!(app.info("demo").await["monitor"]["enabled"], true);
+    app.stop().await.expect("clean stop");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!("{}\n{{\"features\": {{}}, \"label\": 1}}\n", lines[0]),
+    )
+    .expect("write");
+    for (path, says) in [
+        (dir.path().join("missing.jsonl"), "cannot open"),
+        (bad, "line 2"),
+    ] {
+        let config = crate::helpers::config(&model(&path), dir.path());
+        let err = eddy::app::App::build(config).await.err().expect("refused");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("models[demo].monitor.reference_set") && msg.contains(says),
+            "{msg}"
+        );
+    }
+}
