@@ -19,7 +19,10 @@ use eddy::learn::{Example, FeatureHasher, Learner, OptimizerConfig, OptimizerKin
 use serde::Deserialize;
 
 mod common;
+#[path = "../tests/api/streams.rs"]
+mod streams;
 use serde_json::{Value, json};
+use streams::dataset;
 
 struct Stream {
     name: &'static str,
@@ -54,18 +57,6 @@ const STREAMS: &[Stream] = &[
         river: 1.3145,
     },
 ];
-
-fn rows(name: &str) -> Vec<Value> {
-    use std::io::Read;
-    let path = format!("{}/tests/data/{name}.jsonl.gz", env!("CARGO_MANIFEST_DIR"));
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("data file"))
-        .read_to_string(&mut text)
-        .expect("gzip");
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
-}
 
 fn model_config(s: &Stream, extra: &str) -> ModelConfig {
     Config::from_toml_over_default(&format!(
@@ -168,7 +159,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let data: Vec<Vec<Value>> = STREAMS.iter().map(|s| rows(s.name)).collect();
+    let data: Vec<Vec<Value>> = STREAMS.iter().map(|s| dataset(s.name)).collect();
     println!("in process: accuracy (MAE for trump_approval) at minibatch 1 / 32");
     let candidates = [
         (OptimizerKind::Sgd, 0.01),

@@ -24,26 +24,17 @@ use eddy::learn::{Example, FeatureHasher, FeatureVec, Target};
 use eddy::serving::Trainer;
 use eddy::serving::queue::Feedback;
 use eddy::serving::trainer::Cadence;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
+
+#[path = "../tests/api/streams.rs"]
+mod streams;
+use streams::{dataset, sea, stationary};
 
 const MINIBATCH: usize = 32;
 
 // The server's allocator, so throughput figures match it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn rows(name: &str) -> Vec<Value> {
-    use std::io::Read;
-    let path = format!("{}/tests/data/{name}.jsonl.gz", env!("CARGO_MANIFEST_DIR"));
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("data file"))
-        .read_to_string(&mut text)
-        .expect("gzip");
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
-}
 
 fn model(extra: &str) -> ModelConfig {
     Config::from_toml_over_default(&format!(
@@ -202,47 +193,6 @@ fn print(name: &str, o: &Outcome) {
     );
 }
 
-/// A SEA concepts stream: three features in [0, 10], label `f1 + f2 <=
-/// theta`, 10% label noise; theta moves at each quarter.
-fn sea(n: usize, seed: u64) -> Vec<Value> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let thetas = [8.0, 9.0, 7.0, 9.5];
-    (0..n)
-        .map(|i| {
-            let f: [f64; 3] = [
-                rng.random_range(0.0..10.0),
-                rng.random_range(0.0..10.0),
-                rng.random_range(0.0..10.0),
-            ];
-            let theta = thetas[i * thetas.len() / n];
-            let mut label = f[0] + f[1] <= theta;
-            if rng.random_bool(0.1) {
-                label = !label;
-            }
-            serde_json::json!({"features": {"f1": f[0], "f2": f[1], "f3": f[2]}, "label": u8::from(label)})
-        })
-        .collect()
-}
-
-/// A stationary stream: label = [2 a - b + 0.5 c + noise > 0], features on
-/// their own scales; `a` arrives 1000x too large on rows `broken`.
-fn broken_stationary(n: usize, seed: u64, broken: std::ops::Range<usize>) -> Vec<Value> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let (a, b, c): (f64, f64, f64) = (
-                rng.random_range(-1.0..1.0),
-                rng.random_range(-1.0..1.0),
-                rng.random_range(-1.0..1.0),
-            );
-            let noise: f64 = rng.random_range(-0.5..0.5);
-            let label = 2.0 * a - b + 0.5 * c + noise > 0.0;
-            let shown_a = if broken.contains(&i) { a * 1000.0 } else { a };
-            serde_json::json!({"features": {"a": 40.0 + 5.0 * shown_a, "b": b * 300.0, "c": c}, "label": u8::from(label)})
-        })
-        .collect()
-}
-
 /// Trainer-only throughput (no HTTP): Elec2 pushed through `step` in
 /// minibatches of 32 with the default publish pacing, monitor on vs off.
 fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
@@ -285,7 +235,7 @@ fn main() {
     let started = Instant::now();
     if std::env::var_os("SAFETY_THROUGHPUT").is_some() {
         let m = model("");
-        let xs = examples(&rows("elec2"), &m, |_, _| {});
+        let xs = examples(&dataset("elec2"), &m, |_, _| {});
         if std::env::var_os("SAFETY_ON_ONLY").is_some() {
             println!("{:.0}", throughput(&xs, "enabled = true"));
             return;
@@ -300,7 +250,7 @@ fn main() {
         }
         return;
     }
-    let elec2 = rows("elec2");
+    let elec2 = dataset("elec2");
     let trusted = model("trusted_sources = [\"trusted\"]");
     let xs = examples(&elec2, &trusted, |_, _| {});
     let measure = 15_000..30_000;
@@ -359,12 +309,8 @@ fn main() {
     println!(
         "\n== Stationary stream, 20,000 rows: feature `a` 1000x too large on rows 8,000-9,000"
     );
-    let st = examples(
-        &broken_stationary(20_000, 3, 8_000..9_000),
-        &open,
-        |_, _| {},
-    );
-    let st_clean = examples(&broken_stationary(20_000, 3, 0..0), &open, |_, _| {});
+    let st = examples(&stationary(20_000, 3, 8_000..9_000), &open, |_, _| {});
+    let st_clean = examples(&stationary(20_000, 3, 0..0), &open, |_, _| {});
     print(
         "broken, monitor on (acc rows 9k-20k)",
         &run(&open, &st, None, 0, 9_000..20_000),

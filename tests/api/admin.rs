@@ -3,27 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, spawn_with};
-
-async fn scrape(app: &crate::helpers::TestApp) -> String {
-    let r = app
-        .client
-        .get(format!("http://{}/metrics", app.admin))
-        .send()
-        .await
-        .expect("scrape");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("text")
-}
-
-/// The value of the sample line that starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-}
+use crate::helpers::{sample, scrape, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn metrics_count_what_happened_and_pass_promtool() {

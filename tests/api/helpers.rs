@@ -169,19 +169,7 @@ impl TestApp {
     }
 }
 
-/// Reads one of the vendored data sets (tests/data/NAME.jsonl.gz).
-pub fn dataset(name: &str) -> Vec<Value> {
-    use std::io::Read;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.jsonl.gz"));
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .expect("gzip");
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
-}
+pub use crate::streams::dataset;
 
 /// The `(index, code)` pairs of a refused batch's error items.
 pub fn item_codes(body: &Value) -> Vec<(u64, &str)> {
@@ -196,4 +184,25 @@ pub fn item_codes(body: &Value) -> Vec<(u64, &str)> {
             )
         })
         .collect()
+}
+
+/// `GET /metrics` on the admin listener.
+pub async fn scrape(app: &TestApp) -> String {
+    let r = app
+        .client
+        .get(format!("http://{}/metrics", app.admin))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("text")
+}
+
+/// The value of the sample line that starts with `prefix`.
+pub fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
 }

@@ -12,4 +12,5 @@ mod limits;
 mod progressive;
 mod restart;
 mod safety;
+mod streams;
 mod tidy;

@@ -11,10 +11,10 @@ use eddy::learn::{Example, FeatureHasher};
 use eddy::serving::Trainer;
 use eddy::serving::queue::Feedback;
 use eddy::serving::trainer::Cadence;
-use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, dataset, spawn_app};
+use crate::helpers::{TestApp, dataset, sample, scrape, spawn_app};
+use crate::streams::{sea, stationary};
 
 /// Rows sent per round: one minibatch of the default configuration.
 const CHUNK: usize = 32;
@@ -106,24 +106,6 @@ fn kinds(events: &[Value]) -> Vec<&str> {
         .filter_map(|e| e["kind"].as_str())
         .filter(|k| *k != "promotion")
         .collect()
-}
-
-async fn scrape(app: &TestApp) -> String {
-    let r = app
-        .client
-        .get(format!("http://{}/metrics", app.admin))
-        .send()
-        .await
-        .expect("scrape");
-    r.text().await.expect("text")
-}
-
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix}"))
 }
 
 const TWO_MODELS: &str = r#"
@@ -269,25 +251,6 @@ async fn a_label_attack_is_refused_and_its_source_blamed() {
     app.stop().await.expect("clean stop");
 }
 
-/// A stationary stream: label = [2a - b + 0.5c + noise > 0]; feature `a`
-/// arrives 1000x too large on rows `broken`.
-fn stationary(n: usize, seed: u64, broken: std::ops::Range<usize>) -> Vec<Value> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let (a, b, c): (f64, f64, f64) = (
-                rng.random_range(-1.0..1.0),
-                rng.random_range(-1.0..1.0),
-                rng.random_range(-1.0..1.0),
-            );
-            let noise: f64 = rng.random_range(-0.5..0.5);
-            let label = 2.0 * a - b + 0.5 * c + noise > 0.0;
-            let shown = if broken.contains(&i) { a * 1000.0 } else { a };
-            json!({"features": {"a": 40.0 + 5.0 * shown, "b": b * 300.0, "c": c}, "label": u8::from(label)})
-        })
-        .collect()
-}
-
 /// One upstream (no sources, nothing trusted) sends feature `a` on a wrong
 /// scale for 1,000 rows, then correctly again. Its statistics would stay
 /// polluted: the monitor finds the damage on ordinary traffic, rolls back
@@ -353,27 +316,6 @@ enabled = false
         Value::Null
     );
     app.stop().await.expect("clean stop");
-}
-
-/// A SEA concepts stream: three features in [0, 10], label `f1 + f2 <=
-/// theta`, 10% label noise; theta moves abruptly at each quarter.
-fn sea(n: usize, seed: u64) -> Vec<Value> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let thetas = [8.0, 9.0, 7.0, 9.5];
-    (0..n)
-        .map(|i| {
-            let f: [f64; 3] = [
-                rng.random_range(0.0..10.0),
-                rng.random_range(0.0..10.0),
-                rng.random_range(0.0..10.0),
-            ];
-            let mut label = f[0] + f[1] <= thetas[i * thetas.len() / n];
-            if rng.random_bool(0.1) {
-                label = !label;
-            }
-            json!({"features": {"f1": f[0], "f2": f[1], "f3": f[2]}, "label": u8::from(label)})
-        })
-        .collect()
 }
 
 /// Abrupt concept drift over HTTP: both versions get worse together, so
