@@ -797,14 +797,7 @@ impl Monitor {
         )
         .or_else(|| {
             let (version, _) = live?;
-            refuse(
-                &vs_live,
-                format!(
-                    "the live v{version} (and so than last-good v{})",
-                    self.last_good.version
-                ),
-                recent,
-            )
+            refuse(&vs_live, format!("the live v{version}"), recent)
         })
         .or_else(|| {
             if self.reference.is_empty() {

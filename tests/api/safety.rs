@@ -168,7 +168,7 @@ async fn a_label_attack_is_refused_and_its_source_blamed() {
         .expect("detection");
     let reason = detection["reason"].as_str().expect("reason");
     assert!(
-        reason.contains("worse than last-good") && reason.contains("attacker"),
+        reason.contains("candidate was worse than") && reason.contains("attacker"),
         "{reason}"
     );
     assert!(
