@@ -159,6 +159,10 @@ pub struct MonitorConfig {
     /// Gate candidate versions before they are published.
     #[serde(default = "yes")]
     pub gate: bool,
+    /// How long a held candidate waits for fresh evidence before it is
+    /// looked at again on what there is.
+    #[serde(default = "default_gate_hold")]
+    pub gate_hold_ms: u64,
     /// Largest share of the trainer's time the gate may use; a publish due
     /// sooner waits (coalesced with the next).
     #[serde(default = "default_gate_budget")]
@@ -296,6 +300,9 @@ fn default_promotion_snapshot_interval() -> u64 {
 fn default_settle_windows() -> u64 {
     3
 }
+fn default_gate_hold() -> u64 {
+    1000
+}
 fn default_block_size() -> u64 {
     50
 }
@@ -349,6 +356,7 @@ impl Default for MonitorConfig {
             max_sources: default_max_sources(),
             gate: true,
             gate_budget: default_gate_budget(),
+            gate_hold_ms: default_gate_hold(),
             blame_factor: default_blame_factor(),
             block_size: default_block_size(),
             gate_examples: default_gate_examples(),
@@ -467,6 +475,10 @@ impl MonitorConfig {
             min_samples: self.min_samples,
             alpha: self.alpha,
         }
+    }
+
+    pub fn gate_hold(&self) -> Duration {
+        Duration::from_millis(self.gate_hold_ms)
     }
 
     pub fn promotion_snapshot_interval(&self) -> Duration {

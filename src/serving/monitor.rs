@@ -142,6 +142,18 @@ pub struct Recovery {
     pub lost: u64,
 }
 
+/// A first gate failure, waiting for fresh evidence.
+#[derive(Debug, Clone, Copy)]
+struct Suspicion {
+    /// The evidence count (see `Monitor::evidence`) at the failure.
+    at: u64,
+    on_reference: bool,
+    /// When it failed: with no fresh evidence after `gate_hold_ms` (a
+    /// quiet stream, or a client waiting for its own feedback to show),
+    /// the candidate is looked at again on what there is.
+    since: std::time::Instant,
+}
+
 /// The gate's answer for a candidate.
 #[derive(Debug)]
 pub enum GateVerdict {
@@ -349,13 +361,17 @@ pub struct Monitor {
     cooldown_left: u64,
     /// Labelled examples observed so far.
     seen: u64,
+    /// Trusted labelled examples observed so far.
+    trusted_seen: u64,
+    /// `trusted_seen` at the gate's last look.
+    last_look: u64,
     /// Last-good's per-block badness over the window that earned its
     /// promotion (see `settled`).
     earned: Option<LossSample>,
     /// Consecutive windows in which last-good scored far below `earned`.
     unsettled: u64,
     /// `seen` when the gate first failed the current candidate.
-    suspect: Option<u64>,
+    suspect: Option<Suspicion>,
     /// Scores of the minibatch being handled, between `observe` and
     /// `remember`: last-good's outcome, whether it is trusted, its position.
     scored: Vec<(Scored, bool, u64)>,
@@ -388,6 +404,8 @@ impl Monitor {
             blamed: BTreeSet::new(),
             cooldown_left: 0,
             seen: 0,
+            trusted_seen: 0,
+            last_look: 0,
             earned: None,
             unsettled: 0,
             suspect: None,
@@ -441,12 +459,14 @@ impl Monitor {
         self.config.gate_examples.max(1) as usize
     }
 
-    /// The gate looks at every publish, over the most recent
-    /// `gate_examples`: about `window / gate_examples` independent looks
-    /// per window. Testing each at `alpha * gate_examples / window` keeps
-    /// its false-alarm rate per window near `alpha`, as the window test's.
-    fn gate_rule(&self) -> DegradationRule {
-        let share = (self.config.gate_examples as f64 / self.config.window as f64).min(1.0);
+    /// The gate's significance level for one look: alpha spent in
+    /// proportion to the fresh trusted examples the look brings (at most
+    /// `gate_examples`), out of a window's worth. Looks at every publish,
+    /// however frequent, then spend about `alpha` per window together, as
+    /// the window test does.
+    fn gate_rule(&self, fresh: u64) -> DegradationRule {
+        let fresh = fresh.clamp(1, self.config.gate_examples);
+        let share = (fresh as f64 / self.config.window as f64).min(1.0);
         DegradationRule {
             alpha: self.rule.alpha * share,
             ..self.rule
@@ -504,6 +524,7 @@ impl Monitor {
                 self.rolling_live.add(now, block);
                 self.rolling_base.add(base, block);
                 self.window.add(now, base);
+                self.trusted_seen += 1;
                 if let Some(c) = &mut self.candidate {
                     let prescored = fb
                         .scored
@@ -714,10 +735,12 @@ impl Monitor {
 
     /// Scores a candidate against last-good before it is published.
     ///
+    /// Each look tests at a share of `alpha` (see `gate_rule`).
     /// A first failure only holds publishing (`Hold`: the live version
     /// stays, the candidate keeps training); the candidate is refused if it
-    /// fails again once at least half of `gate_examples` new labelled
-    /// examples have arrived, and passes as soon as it no longer fails. A
+    /// fails again once at least half of `gate_examples` new trusted
+    /// examples have arrived (new labelled examples of any source, when it
+    /// failed on the reference set), and passes as soon as it no longer fails. A
     /// learner's passing dips clear on fresh data; damage does not. While
     /// cooling down after a rollback the gate passes everything.
     pub fn gate(&mut self, candidate: &Params, live: Option<(u64, &Params)>) -> GateVerdict {
@@ -725,25 +748,43 @@ impl Monitor {
             return GateVerdict::Pass;
         }
         let confirm_after = (self.config.gate_examples / 2).max(1);
-        if let Some(at) = self.suspect
-            && self.seen < at + confirm_after
+        if let Some(s) = self.suspect
+            && self.evidence(s.on_reference) < s.at + confirm_after
+            && s.since.elapsed() < self.config.gate_hold()
         {
             return GateVerdict::Hold;
         }
         self.freshen_gate_sample();
-        match self.gate_check(candidate, live) {
+        let fresh = self.trusted_seen - self.last_look;
+        self.last_look = self.trusted_seen;
+        match self.gate_check(candidate, live, fresh) {
             None => {
                 self.suspect = None;
                 GateVerdict::Pass
             }
-            Some(detection) if self.suspect.is_some() => {
+            Some((detection, _)) if self.suspect.is_some() => {
                 self.suspect = None;
                 GateVerdict::Refuse(detection)
             }
-            Some(_) => {
-                self.suspect = Some(self.seen);
+            Some((_, on_reference)) => {
+                self.suspect = Some(Suspicion {
+                    at: self.evidence(on_reference),
+                    on_reference,
+                    since: std::time::Instant::now(),
+                });
                 GateVerdict::Hold
             }
+        }
+    }
+
+    /// How much fresh evidence has arrived: trusted examples for a failure
+    /// on them, any labelled example (the candidate keeps learning) for a
+    /// failure on the fixed reference set.
+    fn evidence(&self, on_reference: bool) -> u64 {
+        if on_reference {
+            self.seen
+        } else {
+            self.trusted_seen
         }
     }
 
@@ -756,8 +797,20 @@ impl Monitor {
         (self.config.block_size * self.config.gate_examples / self.config.window).max(1)
     }
 
-    /// One gate test: `Some` when the candidate is worse than last-good.
-    fn gate_check(&self, candidate: &Params, live: Option<(u64, &Params)>) -> Option<Detection> {
+    /// One gate test: `Some` when the candidate is worse, with whether it
+    /// was on the reference set.
+    fn gate_check(
+        &self,
+        candidate: &Params,
+        live: Option<(u64, &Params)>,
+        fresh: u64,
+    ) -> Option<(Detection, bool)> {
+        let rule = self.gate_rule(fresh);
+        // The live version is a second yardstick for classification only:
+        // a regression candidate one step from the live one routinely
+        // differs from it in squared error by more than a small relative
+        // tolerance, consistently across the sample, without being damaged.
+        let live = live.filter(|_| self.task != TaskKind::Regression);
         let block = self.gate_block();
         let mut vs_base = PairedWindow::with_block(block);
         let mut vs_live = PairedWindow::with_block(block);
@@ -775,7 +828,7 @@ impl Monitor {
             }
         }
         let refuse = |w: &PairedWindow, than: String, on: &str| {
-            let Verdict::Degraded { p_value } = w.judge(&self.gate_rule(), self.task) else {
+            let Verdict::Degraded { p_value } = w.judge(&rule, self.task) else {
                 return None;
             };
             let mut figures = w.figures(self.task);
@@ -790,7 +843,7 @@ impl Monitor {
             })
         };
         let recent = "the most recent trusted examples";
-        refuse(
+        let on_recent = refuse(
             &vs_base,
             format!("last-good v{}", self.last_good.version),
             recent,
@@ -798,18 +851,19 @@ impl Monitor {
         .or_else(|| {
             let (version, _) = live?;
             refuse(&vs_live, format!("the live v{version}"), recent)
-        })
-        .or_else(|| {
-            if self.reference.is_empty() {
-                None
-            } else {
-                refuse(
-                    &self.reference_window(candidate),
-                    format!("last-good v{}", self.last_good.version),
-                    "the reference set",
-                )
-            }
-        })
+        });
+        if let Some(d) = on_recent {
+            return Some((d, false));
+        }
+        if self.reference.is_empty() {
+            return None;
+        }
+        refuse(
+            &self.reference_window(candidate),
+            format!("last-good v{}", self.last_good.version),
+            "the reference set",
+        )
+        .map(|d| (d, true))
     }
 
     /// After a detection: blames sources, resets `learner` to last-good and

@@ -300,7 +300,8 @@ impl Trainer {
             });
             match wake {
                 Wake::Stop | Wake::Closed => break,
-                Wake::Flush => self.publish_pending(&mut cadence, false),
+                // The flush timer fires only when the queue ran dry.
+                Wake::Flush => self.publish_pending(&mut cadence, true),
                 Wake::Command(command) => self.command(command, &mut cadence),
                 Wake::Items => {
                     let stopped =
@@ -428,11 +429,13 @@ impl Trainer {
         if trained {
             cadence.minibatches += 1;
         }
+        let idle = self.stream.is_empty();
         let due = cadence.minibatches >= self.config.publish_every.get()
-            && (self.stream.is_empty()
-                || cadence.last_publish.elapsed() >= self.config.min_publish_interval());
+            && (idle || cadence.last_publish.elapsed() >= self.config.min_publish_interval());
         if due {
-            self.publish_pending(cadence, false);
+            // The gate's time budget matters under backlog only: with the
+            // queue dry, what is trained is gated and published at once.
+            self.publish_pending(cadence, idle);
         }
         if cadence.report_at.elapsed() >= REPORT_EVERY {
             cadence.report_at = Instant::now();
@@ -696,9 +699,10 @@ impl Trainer {
     }
 
     /// Publishes trained work, if any, once the gate passes it (snapshotting
-    /// when one is due). Under load the gate runs at most `gate_budget` of
-    /// the time; a publish due sooner waits unless `force`. A failed
-    /// publish stays pending, to be retried.
+    /// when one is due). Under backlog the gate runs at most `gate_budget`
+    /// of the time: a publish due sooner waits unless `force` (the queue is
+    /// dry, or an operator asked). A failed publish stays pending, to be
+    /// retried.
     fn publish_pending(&mut self, cadence: &mut Cadence, force: bool) {
         if cadence.minibatches == 0 {
             return;
