@@ -58,7 +58,16 @@ impl App {
             for skipped in &loaded.skipped {
                 tracing::error!(model = %m.name, error = %skipped, "damaged snapshot skipped");
             }
-            let (learner, version, meta, created_ms) = match loaded.snapshot {
+            let seeded = match (&loaded.snapshot, m.init_snapshot.as_str()) {
+                (None, path) if !path.is_empty() => {
+                    let (snapshot, file) = crate::batch::snapshot::load(std::path::Path::new(path))
+                        .with_context(|| format!("models[{}].init_snapshot", m.name))?;
+                    tracing::info!(model = %m.name, path = %file.display(), "seeded from init_snapshot");
+                    Some((snapshot, file))
+                }
+                _ => None,
+            };
+            let (learner, version, meta, created_ms) = match loaded.snapshot.or(seeded) {
                 Some((snapshot, path)) => {
                     snapshot.check_compatible(m, &path)?;
                     tracing::info!(model = %m.name, version = snapshot.meta.version, path = %path.display(), "loaded snapshot");

@@ -116,6 +116,10 @@ pub struct ModelConfig {
     pub join: JoinConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
+    /// A snapshot file, or a directory of them (`eddy train --out`), that
+    /// seeds this model when it has no snapshot of its own yet.
+    #[serde(default)]
+    pub init_snapshot: String,
 }
 
 /// `[models.monitor]`: prequential scoring, the publish gate, promotion

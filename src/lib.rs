@@ -6,11 +6,15 @@
 //! - `learn`: pure maths: feature hashing, linear models, optimizers, metrics;
 //! - `serving`: per-model runtime: store, feedback queue, trainer, join cache;
 //! - `http`: the REST API and its error table;
+//! - `data`: CSV and JSON Lines files to examples (batch training);
+//! - `batch`: `eddy train` and `eddy eval`;
 //! - `config`, `app`, `cli`, `telemetry`: wiring.
 
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod http;
 pub mod learn;
 pub mod metrics;

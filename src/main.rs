@@ -26,6 +26,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string(&config)?);
             Ok(())
         }
+        Command::Train(args) => eddy::batch::commands::train_command(args),
+        Command::Eval(args) => eddy::batch::commands::eval_command(args),
+        Command::Snapshot(command) => eddy::batch::commands::snapshot_command(command),
         Command::Serve { config } => {
             // Configuration errors end the process before any socket is bound.
             let config = Config::load(config.as_deref(), std::env::vars())?;

@@ -78,7 +78,17 @@ impl FeatureHasher {
     }
 
     pub fn categorical(&self, name: &str, value: &str) -> u32 {
-        let name_hash = xxh3_64_with_seed(name.as_bytes(), NAME_SEED);
+        self.categorical_in(Self::name_hash(name), value)
+    }
+
+    /// The hash of a feature name, for callers that see the same names
+    /// again and again (CSV columns) and hash each only once.
+    pub fn name_hash(name: &str) -> u64 {
+        xxh3_64_with_seed(name.as_bytes(), NAME_SEED)
+    }
+
+    /// `categorical` with the name already hashed by `name_hash`.
+    pub fn categorical_in(&self, name_hash: u64, value: &str) -> u32 {
         fold(xxh3_64_with_seed(value.as_bytes(), name_hash ^ VALUE_SEED)) & self.mask
     }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bad_input;
+mod batch;
 mod concurrency;
 mod delayed_labels;
 mod helpers;

@@ -1,0 +1,202 @@
+//! The `train`, `eval` and `snapshot` commands: configuration in, figures
+//! out (text on a terminal, or one JSON object with `--json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::{DataArgs, EvalArgs, ExportFormat, SnapshotCommand, TrainArgs};
+use crate::config::{Config, ModelConfig};
+use crate::data::{Input, ReadOptions};
+use crate::learn::{Learner, Params};
+
+use super::{EvalOptions, TrainOptions, evaluate, snapshot, train};
+
+/// Prints a progress line to stderr at most every few seconds.
+struct Progress {
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, what: &str, rows: u64) {
+        if self.last.elapsed() >= Duration::from_secs(2) {
+            self.last = Instant::now();
+            let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("{what}: {rows} rows, {rate:.0} rows/s");
+        }
+    }
+}
+
+fn model_and_inputs(
+    args: &DataArgs,
+) -> anyhow::Result<(Config, ModelConfig, Vec<Input>, ReadOptions)> {
+    let config = Config::load(args.config.as_deref(), std::env::vars())?;
+    let model = config
+        .models
+        .iter()
+        .find(|m| m.name == args.model)
+        .cloned()
+        .with_context(|| {
+            let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+            format!(
+                "no model named `{}` in the configuration (models: {names:?})",
+                args.model
+            )
+        })?;
+    let inputs: Vec<Input> = args.data.iter().map(|p| Input::parse(p)).collect();
+    let read = ReadOptions {
+        format: args.format,
+        label: args.label.clone(),
+        skip_bad_rows: args.skip_bad_rows,
+        ..ReadOptions::default()
+    };
+    Ok((config, model, inputs, read))
+}
+
+fn fresh(model: &ModelConfig) -> anyhow::Result<Learner> {
+    let space = Arc::new(model.label_space()?);
+    Ok(Learner::new(
+        Params::new(space, model.hash_bits),
+        model.optimizer,
+    ))
+}
+
+pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
+    let (config, model, inputs, read) = model_and_inputs(&args.data)?;
+    let reads_twice = args.epochs > 1 || args.holdout > 0.0;
+    if reads_twice && inputs.contains(&Input::Stdin) {
+        anyhow::bail!("stdin can be read once: --epochs above 1 and --holdout need files");
+    }
+    if !(0.0..1.0).contains(&args.holdout) {
+        anyhow::bail!("--holdout must lie in [0, 1)");
+    }
+    let mut learner = match &args.init {
+        Some(path) => snapshot::load_for(&model, path)?,
+        None => fresh(&model)?,
+    };
+    let options = TrainOptions {
+        epochs: args.epochs.max(1),
+        shuffle_buffer: args.shuffle_buffer,
+        holdout: args.holdout,
+        seed: args.seed,
+        read,
+    };
+    let mut progress = Progress::new();
+    let trained = train(&model, &mut learner, &inputs, &options, |epoch, rows| {
+        progress.tick(&format!("epoch {}", epoch + 1), rows);
+    })?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| config.storage.model_dir(&model.name));
+    let mut quality = BTreeMap::new();
+    if let Some(h) = &trained.holdout {
+        for (k, v) in [
+            ("holdout_accuracy", h.accuracy),
+            ("holdout_log_loss", h.log_loss),
+            ("holdout_mae", h.mae),
+            ("holdout_rmse", h.rmse),
+            ("holdout_r2", h.r2),
+        ] {
+            if let Some(v) = v {
+                quality.insert(k.to_owned(), v);
+            }
+        }
+    }
+    let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality)?;
+    for bad in &trained.read.bad {
+        eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "trained": trained, "snapshot": file })
+        );
+    } else {
+        println!(
+            "trained {} examples ({} rows x {} epochs) in {:.2} s, {:.0} rows/s; {} bad rows skipped",
+            trained.examples,
+            trained.rows,
+            trained.epochs,
+            trained.seconds,
+            trained.rows_per_second,
+            trained.read.bad_rows
+        );
+        if let Some(h) = &trained.holdout {
+            println!("holdout:\n{}", h.text());
+        }
+        println!(
+            "snapshot v{} written to {}",
+            file.version,
+            file.path.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
+    let (config, model, inputs, read) = model_and_inputs(&args.data)?;
+    let source: PathBuf = args
+        .snapshot
+        .clone()
+        .unwrap_or_else(|| config.storage.model_dir(&model.name));
+    let mut learner = match snapshot::load_for(&model, &source) {
+        Ok(l) => l,
+        Err(e) if args.snapshot.is_none() && args.prequential => {
+            tracing::debug!(error = %e, "no snapshot: prequential from a fresh model");
+            fresh(&model)?
+        }
+        Err(e) => return Err(e),
+    };
+    let options = EvalOptions {
+        prequential: args.prequential,
+        every: args.every,
+        read,
+    };
+    let mut progress = Progress::new();
+    let evaluation = evaluate(&mut learner, &inputs, &options, |rows| {
+        progress.tick("eval", rows)
+    })?;
+    for bad in &evaluation.read.bad {
+        eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&evaluation.report)?);
+    } else {
+        print!("{}", evaluation.report.text());
+        if !evaluation.rolling.is_empty() {
+            println!(
+                "rolling {} (every {} rows):",
+                evaluation.rolling_metric, options.every
+            );
+            for p in &evaluation.rolling {
+                println!("  {:>10} {:.4}", p.row, p.value);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn snapshot_command(command: SnapshotCommand) -> anyhow::Result<()> {
+    let value = match command {
+        SnapshotCommand::Inspect { path } => snapshot::inspect(&path)?,
+        SnapshotCommand::Export {
+            path,
+            format: ExportFormat::Json,
+        } => snapshot::export_json(&path)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}

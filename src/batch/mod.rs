@@ -1,0 +1,14 @@
+//! Batch and out-of-core work with the server's engine: `train` (epochs,
+//! shuffle buffer, holdout) and `eval` (as-is or prequential), reading
+//! files through `data::ExampleStream`, writing and reading the server's
+//! snapshot format (`snapshot`).
+
+pub mod commands;
+pub mod eval;
+pub mod report;
+pub mod snapshot;
+pub mod train;
+
+pub use eval::{EvalOptions, Evaluation, evaluate};
+pub use report::{Report, Tally};
+pub use train::{TrainOptions, Trained, train};

@@ -1,0 +1,129 @@
+//! Snapshots for the command line: find one (a file, or the newest valid
+//! one in a directory), write a trained model as a last-good snapshot that
+//! `eddy serve` loads, and show or export one as JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::config::ModelConfig;
+use crate::learn::Learner;
+use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
+
+/// Loads `path`: a snapshot file, or the newest valid one in a directory.
+pub fn load(path: &Path) -> anyhow::Result<(Snapshot, PathBuf)> {
+    if path.is_dir() {
+        let loaded = SnapshotStore::new(path.to_owned(), usize::MAX).load_newest_valid()?;
+        for skipped in &loaded.skipped {
+            tracing::warn!(error = %skipped, "damaged snapshot skipped");
+        }
+        loaded
+            .snapshot
+            .with_context(|| format!("no valid snapshot in {}", path.display()))
+    } else {
+        let s = SnapshotStore::load(path)?;
+        Ok((s, path.to_owned()))
+    }
+}
+
+/// Loads `path` as the starting point of `model`, checking it fits.
+pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<Learner> {
+    let (snapshot, file) = load(path)?;
+    snapshot.check_compatible(model, &file)?;
+    Ok(snapshot.adopt(model.optimizer))
+}
+
+/// Writes `learner` into `dir` as a last-good snapshot, numbered above
+/// every version the directory has used, so `eddy serve` on that
+/// directory starts from it (and trusts it).
+pub fn write_trained(
+    model: &ModelConfig,
+    learner: &Learner,
+    dir: &Path,
+    examples_trained: u64,
+    quality: BTreeMap<String, f64>,
+) -> anyhow::Result<SnapshotFile> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = SnapshotStore::new(dir.to_owned(), usize::MAX);
+    let newest = store.list()?.last().map_or(0, |f| f.version);
+    let mut floor = VersionFloor::open(dir)?;
+    let version = newest.max(floor.reserved()) + 1;
+    floor.reserve(version)?;
+    floor.settle(version)?;
+    let now = crate::serving::trainer::epoch_ms();
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            format_version: crate::persist::snapshot::FORMAT_VERSION,
+            model: model.name.clone(),
+            task: model.task,
+            classes: model.classes.clone(),
+            hash_bits: model.hash_bits,
+            optimizer: *learner.optimizer(),
+            version,
+            examples_trained,
+            feedback_position: 0,
+            optimizer_steps: learner.state().steps,
+            created_at_ms: now,
+            model_created_at_ms: now,
+            quality,
+            last_good: true,
+        },
+        learner: learner.clone(),
+    };
+    Ok(store.write(&snapshot, &[])?)
+}
+
+/// What `eddy snapshot inspect` shows: the metadata and the shape.
+pub fn inspect(path: &Path) -> anyhow::Result<Value> {
+    let (s, file) = load(path)?;
+    let p = s.learner.params();
+    let weights = p.weights.to_vec();
+    let nonzero_rows = weights
+        .chunks(p.outputs().max(1))
+        .filter(|r| r.iter().any(|w| *w != 0.0))
+        .count();
+    Ok(json!({
+        "file": file,
+        "bytes": std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
+        "checksum": "verified (blake3)",
+        "meta": s.meta,
+        "rows": p.weights.rows(),
+        "outputs": p.outputs(),
+        "rows_with_weights": nonzero_rows,
+        "bias": p.bias,
+    }))
+}
+
+/// What `eddy snapshot export --format json` writes: the configuration,
+/// intercepts, and every row that holds a weight, by hashed index (the
+/// snapshot keeps no feature names; `FeatureHasher::numeric` and
+/// `categorical` give a name's index), with its feature statistics.
+pub fn export_json(path: &Path) -> anyhow::Result<Value> {
+    let (s, _) = load(path)?;
+    let p = s.learner.params();
+    let outputs = p.outputs().max(1);
+    let weights = p.weights.to_vec();
+    let scaler = p.scaler.to_vec();
+    let mut rows = serde_json::Map::new();
+    for (i, row) in weights.chunks(outputs).enumerate() {
+        if row.iter().any(|w| *w != 0.0) {
+            let m = scaler.get(i).copied().unwrap_or_default();
+            rows.insert(
+                i.to_string(),
+                json!({ "weights": row, "count": m.n, "mean": m.mean, "m2": m.m2 }),
+            );
+        }
+    }
+    let classes: Vec<String> = (0..p.space.n_classes())
+        .map(|k| p.space.class_key(k).to_owned())
+        .collect();
+    Ok(json!({
+        "meta": s.meta,
+        "outputs": classes,
+        "bias": p.bias,
+        "target": { "count": p.target.n, "mean": p.target.mean, "m2": p.target.m2 },
+        "rows": rows,
+    }))
+}

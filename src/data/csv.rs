@@ -1,0 +1,164 @@
+//! CSV rows to examples. The header names the features; the label column
+//! (`--label`, default `label`) is the target. A cell that parses as a
+//! number is a numeric feature, any other non-empty cell a categorical
+//! one (`column=value`, as a JSON string feature would be), and an empty
+//! cell is a missing feature. Column names are hashed once, not per row.
+
+use csv::StringRecord;
+
+use crate::learn::{Example, Feature, FeatureHasher, FeatureVec, LabelSpace, RawLabel};
+
+/// How a file's columns become features.
+#[derive(Debug, Clone)]
+pub struct CsvSchema {
+    label: usize,
+    columns: Vec<Column>,
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    position: usize,
+    /// The row a numeric value of this column goes to.
+    numeric: u32,
+    name_hash: u64,
+}
+
+impl CsvSchema {
+    /// Reads the header; `Err` says what is wrong with it.
+    pub fn new(header: &StringRecord, label: &str, hasher: &FeatureHasher) -> Result<Self, String> {
+        let names: Vec<&str> = header.iter().collect();
+        let label_at = names.iter().position(|n| *n == label).ok_or_else(|| {
+            format!(
+                "no label column `{label}` in the header (columns: {names:?}); name it with --label"
+            )
+        })?;
+        if let Some(dup) = names
+            .iter()
+            .enumerate()
+            .find(|(i, n)| names[..*i].contains(n))
+        {
+            return Err(format!("the header names column `{}` twice", dup.1));
+        }
+        let columns = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != label_at)
+            .map(|(position, name)| Column {
+                position,
+                numeric: hasher.numeric(name),
+                name_hash: FeatureHasher::name_hash(name),
+            })
+            .collect();
+        Ok(Self {
+            label: label_at,
+            columns,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.columns.len() + 1
+    }
+
+    /// One data row; `Err` says what is wrong with it.
+    pub fn example(
+        &self,
+        record: &StringRecord,
+        hasher: &FeatureHasher,
+        space: &LabelSpace,
+    ) -> Result<Example, String> {
+        if record.len() != self.width() {
+            return Err(format!(
+                "{} fields where the header has {}",
+                record.len(),
+                self.width()
+            ));
+        }
+        let label = record.get(self.label).unwrap_or("");
+        let target = space
+            .target(&parse_label(label))
+            .map_err(|e| format!("label {label:?}: {e}"))?;
+        let mut features = Vec::with_capacity(self.columns.len());
+        for c in &self.columns {
+            let cell = record.get(c.position).unwrap_or("");
+            if cell.is_empty() {
+                continue;
+            }
+            match cell.parse::<f64>() {
+                Ok(x) if x.is_finite() => features.push(Feature {
+                    index: c.numeric,
+                    value: x,
+                    numeric: true,
+                }),
+                Ok(_) => return Err(format!("column {}: {cell:?} is not finite", c.position + 1)),
+                Err(_) => features.push(Feature {
+                    index: hasher.categorical_in(c.name_hash, cell),
+                    value: 1.0,
+                    numeric: false,
+                }),
+            }
+        }
+        if features.is_empty() {
+            return Err("no features (every cell but the label is empty)".into());
+        }
+        Ok(Example {
+            features: FeatureVec { features },
+            target,
+        })
+    }
+}
+
+/// A label cell as JSON would have given it.
+fn parse_label(cell: &str) -> RawLabel<'_> {
+    match cell {
+        "true" => RawLabel::Bool(true),
+        "false" => RawLabel::Bool(false),
+        _ => {
+            if let Ok(i) = cell.parse::<i64>() {
+                RawLabel::Int(i)
+            } else if let Ok(f) = cell.parse::<f64>() {
+                RawLabel::Float(f)
+            } else {
+                RawLabel::Str(cell.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::{RawFeatures, TaskKind};
+
+    #[test]
+    fn rows_hash_exactly_as_the_json_form_does() {
+        let hasher = FeatureHasher::new(18);
+        let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
+        let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
+        let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let row = StringRecord::from(vec!["0.5", "1", "red", ""]);
+        let e = schema.example(&row, &hasher, &space).unwrap();
+        let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
+        assert_eq!(e.features, hasher.hash(&raw).unwrap());
+        assert_eq!(e.target, crate::learn::Target::Class(1));
+
+        let bad = |cells: Vec<&str>| schema.example(&StringRecord::from(cells), &hasher, &space);
+        assert!(bad(vec!["0.5", "1"]).unwrap_err().contains("fields"));
+        assert!(
+            bad(vec!["0.5", "7", "red", ""])
+                .unwrap_err()
+                .contains("label")
+        );
+        assert!(
+            bad(vec!["inf", "1", "red", ""])
+                .unwrap_err()
+                .contains("not finite")
+        );
+        assert!(
+            bad(vec!["", "1", "", ""])
+                .unwrap_err()
+                .contains("no features")
+        );
+        let no_label = CsvSchema::new(&header, "y", &hasher).unwrap_err();
+        assert!(no_label.contains("--label"), "{no_label}");
+    }
+}

@@ -1,0 +1,265 @@
+//! `ExampleStream`: one pass over the inputs, parsed on a thread of its own
+//! and handed over in chunks through a bounded channel, so at most
+//! `QUEUED_CHUNKS + 2` chunks exist at once whatever the data's size, and
+//! parsing overlaps training.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::learn::{Example, FeatureHasher, LabelSpace};
+
+use super::csv::CsvSchema;
+use super::{DataError, Format, Input, jsonl};
+
+/// Chunks waiting between the reader and the consumer.
+const QUEUED_CHUNKS: usize = 4;
+/// Bad rows kept for the report (all are counted).
+const BAD_ROWS_KEPT: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Forced format; else from each file's name.
+    pub format: Option<Format>,
+    /// The CSV label column.
+    pub label: String,
+    /// Bad rows tolerated (reported) before the read fails.
+    pub skip_bad_rows: u64,
+    /// Examples per chunk.
+    pub chunk: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            format: None,
+            label: "label".into(),
+            skip_bad_rows: 0,
+            chunk: 4096,
+        }
+    }
+}
+
+/// A row that was skipped, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BadRow {
+    pub file: String,
+    pub line: u64,
+    pub message: String,
+}
+
+/// What one pass read.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReadSummary {
+    pub rows: u64,
+    pub bad_rows: u64,
+    /// The first `BAD_ROWS_KEPT` of them.
+    pub bad: Vec<BadRow>,
+}
+
+pub struct ExampleStream {
+    chunks: Receiver<Vec<Example>>,
+    reader: Option<JoinHandle<Result<ReadSummary, DataError>>>,
+}
+
+impl ExampleStream {
+    /// Starts reading `inputs` in order on a new thread.
+    pub fn spawn(
+        inputs: Vec<Input>,
+        options: ReadOptions,
+        hasher: FeatureHasher,
+        space: Arc<LabelSpace>,
+    ) -> Self {
+        let (tx, rx) = sync_channel(QUEUED_CHUNKS);
+        let reader = std::thread::Builder::new()
+            .name("eddy-reader".into())
+            .spawn(move || {
+                let mut pass = Pass {
+                    tx,
+                    options,
+                    hasher,
+                    space,
+                    chunk: Vec::new(),
+                    summary: ReadSummary::default(),
+                };
+                for input in &inputs {
+                    pass.read(input)?;
+                }
+                pass.flush();
+                Ok(pass.summary)
+            })
+            .expect("spawning the reader thread");
+        Self {
+            chunks: rx,
+            reader: Some(reader),
+        }
+    }
+
+    /// The next chunk, or `None` at the end (or after an error: `finish`
+    /// reports it).
+    pub fn next_chunk(&mut self) -> Option<Vec<Example>> {
+        self.chunks.recv().ok()
+    }
+
+    /// Waits for the reader: what it read, or the error that stopped it.
+    pub fn finish(mut self) -> Result<ReadSummary, DataError> {
+        // Unblock a reader waiting for room, then collect its verdict.
+        drop(std::mem::replace(&mut self.chunks, sync_channel(0).1));
+        match self.reader.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(DataError::Format {
+                file: "<reader>".into(),
+                message: "the reader thread panicked".into(),
+            }),
+            None => Ok(ReadSummary::default()),
+        }
+    }
+}
+
+struct Pass {
+    tx: SyncSender<Vec<Example>>,
+    options: ReadOptions,
+    hasher: FeatureHasher,
+    space: Arc<LabelSpace>,
+    chunk: Vec<Example>,
+    summary: ReadSummary,
+}
+
+impl Pass {
+    fn read(&mut self, input: &Input) -> Result<(), DataError> {
+        let format = self
+            .options
+            .format
+            .or_else(|| input.format())
+            .ok_or_else(|| DataError::Format {
+                file: input.name(),
+                message: "cannot tell CSV from JSON Lines by the name; pass --format csv|jsonl"
+                    .into(),
+            })?;
+        let reader = input.open()?;
+        match format {
+            Format::Csv => self.read_csv(input, reader),
+            Format::Jsonl => self.read_jsonl(input, reader),
+        }
+    }
+
+    fn read_csv(
+        &mut self,
+        input: &Input,
+        reader: Box<dyn std::io::BufRead + Send>,
+    ) -> Result<(), DataError> {
+        let file = input.name();
+        let mut csv = csv::ReaderBuilder::new()
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(reader);
+        let header = csv.headers().map_err(|e| DataError::Format {
+            file: file.clone(),
+            message: format!("cannot read the header: {e}"),
+        })?;
+        let schema =
+            CsvSchema::new(header, &self.options.label, &self.hasher).map_err(|message| {
+                DataError::Format {
+                    file: file.clone(),
+                    message,
+                }
+            })?;
+        let mut record = csv::StringRecord::new();
+        loop {
+            let line = csv.position().line() + 1;
+            match csv.read_record(&mut record) {
+                Ok(false) => return Ok(()),
+                Ok(true) => {
+                    let line = record.position().map_or(line, |p| p.line());
+                    match schema.example(&record, &self.hasher, &self.space) {
+                        Ok(e) => self.push(e),
+                        Err(message) => self.bad(&file, line, message)?,
+                    }
+                }
+                Err(e) if e.is_io_error() => {
+                    return Err(DataError::Io {
+                        file,
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+                Err(e) => {
+                    let line = e.position().map_or(line, |p| p.line());
+                    self.bad(&file, line, e.to_string())?;
+                }
+            }
+        }
+    }
+
+    fn read_jsonl(
+        &mut self,
+        input: &Input,
+        mut reader: Box<dyn std::io::BufRead + Send>,
+    ) -> Result<(), DataError> {
+        let file = input.name();
+        let mut line = String::new();
+        let mut number = 0u64;
+        loop {
+            line.clear();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|source| DataError::Io {
+                    file: file.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(());
+            }
+            number += 1;
+            match jsonl::example(&line, &self.hasher, &self.space) {
+                Ok(Some(e)) => self.push(e),
+                Ok(None) => {}
+                Err(message) => self.bad(&file, number, message)?,
+            }
+        }
+    }
+
+    fn push(&mut self, e: Example) {
+        self.summary.rows += 1;
+        self.chunk.push(e);
+        if self.chunk.len() >= self.options.chunk {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.chunk.is_empty() {
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(self.options.chunk));
+            // The consumer is gone only when it stopped early; it reads the
+            // reason from `finish`, so there is nothing to report here.
+            let _ = self.tx.send(chunk);
+        }
+    }
+
+    /// Counts a bad row; fails once the budget is spent.
+    fn bad(&mut self, file: &str, line: u64, message: String) -> Result<(), DataError> {
+        self.summary.bad_rows += 1;
+        if self.summary.bad_rows > self.options.skip_bad_rows {
+            let row = DataError::BadRow {
+                file: file.to_owned(),
+                line,
+                message,
+            };
+            return Err(if self.options.skip_bad_rows == 0 {
+                row
+            } else {
+                DataError::TooManyBadRows {
+                    budget: self.options.skip_bad_rows,
+                    last: row.to_string(),
+                }
+            });
+        }
+        if self.summary.bad.len() < BAD_ROWS_KEPT {
+            self.summary.bad.push(BadRow {
+                file: file.to_owned(),
+                line,
+                message,
+            });
+        }
+        Ok(())
+    }
+}

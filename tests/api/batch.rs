@@ -1,0 +1,316 @@
+//! `eddy train` and `eddy eval` with the real binary: train, serve and
+//! predict agree with eval; out-of-core equals in-memory; bad rows; gzip
+//! and stdin.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use eddy::batch::{TrainOptions, train};
+use eddy::data::{Input, ReadOptions};
+use eddy::learn::{Example, FeatureHasher, LabelSpace, Learner, Params, TaskKind};
+use serde_json::{Value, json};
+
+use crate::helpers::{dataset, spawn_at};
+
+/// Elec2 rows as CSV text (header `period,...,label`).
+fn elec2_csv(rows: &[Value]) -> String {
+    let names: Vec<String> = rows[0]["features"]
+        .as_object()
+        .expect("features")
+        .keys()
+        .cloned()
+        .collect();
+    let mut out = format!("{},label\n", names.join(","));
+    for r in rows {
+        let cells: Vec<String> = names.iter().map(|n| r["features"][n].to_string()).collect();
+        out.push_str(&format!("{},{}\n", cells.join(","), r["label"]));
+    }
+    out
+}
+
+fn eddy(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(args)
+        .env_clear()
+        .env("EDDY_STORAGE__DIR", dir)
+        .output()
+        .expect("eddy runs")
+}
+
+#[tokio::test]
+async fn trained_snapshot_serves_exactly_what_eval_reports() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rows = dataset("elec2");
+    let (train_rows, test_rows) = rows[..6000].split_at(5000);
+    let train_csv = dir.path().join("train.csv");
+    let test_csv = dir.path().join("test.csv");
+    std::fs::write(&train_csv, elec2_csv(train_rows)).expect("write");
+    std::fs::write(&test_csv, elec2_csv(test_rows)).expect("write");
+    let data = dir.path().join("data");
+    let out = eddy(
+        &data,
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            train_csv.to_str().expect("path"),
+            "--epochs",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trained: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(trained["trained"]["examples"], 10_000);
+    let out = eddy(
+        &data,
+        &[
+            "eval",
+            "--model",
+            "demo",
+            "--data",
+            test_csv.to_str().expect("path"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(eval["rows"], 1000);
+
+    // `eddy serve` on the same directory starts from the trained model
+    // (and trusts it as last-good); its predictions give the same figures.
+    let app = spawn_at("", &data, |_| {}).await.expect("serves");
+    let info = app.info("demo").await;
+    assert_eq!(info["version"], trained["snapshot"]["version"]);
+    assert_eq!(info["last_good_version"], trained["snapshot"]["version"]);
+    let (mut correct, mut log_loss) = (0usize, 0.0f64);
+    for r in test_rows {
+        let p = app.predict("demo", r["features"].clone()).await;
+        correct += usize::from(p["label"] == r["label"]);
+        let key = r["label"].to_string();
+        let pt = p["probabilities"][key.as_str()].as_f64().expect("p");
+        log_loss -= pt.clamp(1e-15, 1.0).ln();
+    }
+    let accuracy = correct as f64 / test_rows.len() as f64;
+    assert_eq!(Some(accuracy), eval["accuracy"].as_f64());
+    let served = log_loss / test_rows.len() as f64;
+    let reported = eval["log_loss"].as_f64().expect("log_loss");
+    assert!((served - reported).abs() < 1e-6, "{served} vs {reported}");
+    let probe = test_rows[0]["features"].clone();
+    let before = app.predict("demo", probe.clone()).await["probabilities"].clone();
+    app.stop().await.expect("clean stop");
+
+    // `init_snapshot` seeds a model that has no snapshot of its own.
+    let other = tempfile::tempdir().expect("dir");
+    let seeded = format!(
+        "[[models]]\nname = \"demo\"\ntask = \"binary\"\ninit_snapshot = \"{}\"",
+        data.join("demo").display()
+    );
+    let app = spawn_at(&seeded, other.path(), |_| {})
+        .await
+        .expect("serves");
+    assert_eq!(app.predict("demo", probe).await["probabilities"], before);
+    assert_eq!(
+        app.info("demo").await["last_good_version"],
+        trained["snapshot"]["version"]
+    );
+    app.stop().await.expect("clean stop");
+
+    // The export names every row that holds a weight.
+    let out = eddy(
+        &data,
+        &[
+            "snapshot",
+            "export",
+            data.join("demo").to_str().expect("path"),
+        ],
+    );
+    assert!(out.status.success());
+    let export: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let row = FeatureHasher::new(18).numeric("nswprice").to_string();
+    assert!(
+        export["rows"][row.as_str()]["weights"].is_array(),
+        "nswprice's row"
+    );
+    assert_eq!(export["meta"]["last_good"], true);
+}
+
+#[test]
+fn out_of_core_training_equals_in_memory_for_the_same_order() {
+    let rows = dataset("phishing");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("phishing.jsonl");
+    let text: Vec<String> = rows.iter().map(Value::to_string).collect();
+    std::fs::write(&path, text.join("\n")).expect("write");
+    let model = eddy::config::Config::builtin()
+        .expect("config")
+        .models
+        .remove(0);
+    let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).expect("space"));
+    let fresh = || Learner::new(Params::new(space.clone(), model.hash_bits), model.optimizer);
+
+    let mut memory = fresh();
+    let hasher = FeatureHasher::new(model.hash_bits);
+    for r in &rows {
+        let e = Example::from_json(&r.to_string(), &hasher, &space).expect("example");
+        memory.learn_one(&e.features, e.target);
+    }
+    for chunk in [1, 7, 4096] {
+        let mut streamed = fresh();
+        let options = TrainOptions {
+            read: ReadOptions {
+                chunk,
+                ..ReadOptions::default()
+            },
+            ..TrainOptions::default()
+        };
+        let trained = train(
+            &model,
+            &mut streamed,
+            &[Input::File(path.clone())],
+            &options,
+            |_, _| {},
+        )
+        .expect("trains");
+        assert_eq!(trained.examples, rows.len() as u64);
+        assert_eq!(
+            streamed.params().weights.to_vec(),
+            memory.params().weights.to_vec(),
+            "chunks of {chunk}"
+        );
+        assert_eq!(streamed.params().bias, memory.params().bias);
+    }
+}
+
+#[test]
+fn bad_rows_name_file_and_line_and_are_skipped_only_when_allowed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("rows.csv");
+    std::fs::write(
+        &path,
+        "x,colour,label\n1.0,red,1\n2.0,blue,7\n3.0,green\n4.0,red,0\n",
+    )
+    .expect("write");
+    let file = path.to_str().expect("path");
+    let out = eddy(dir.path(), &["train", "--model", "demo", "--data", file]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{file}:3")) && err.contains("label"),
+        "{err}"
+    );
+
+    let out = eddy(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            file,
+            "--skip-bad-rows",
+            "1",
+        ],
+    );
+    assert!(!out.status.success(), "two bad rows, one allowed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than 1 bad rows"));
+
+    let out = eddy(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            file,
+            "--skip-bad-rows",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(summary["trained"]["examples"], 2);
+    assert_eq!(summary["trained"]["read"]["bad_rows"], 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("skipped {file}:3"))
+            && stderr.contains(&format!("skipped {file}:4")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn gzip_files_and_stdin_are_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rows = dataset("elec2");
+    let gz = dir.path().join("elec2.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(elec2_csv(&rows[..2000]).as_bytes())
+        .expect("gzip");
+    std::fs::write(&gz, enc.finish().expect("gzip")).expect("write");
+    let out = eddy(
+        dir.path(),
+        &[
+            "train",
+            "--model",
+            "demo",
+            "--data",
+            gz.to_str().expect("path"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(summary["trained"]["rows"], 2000);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args([
+            "eval",
+            "--model",
+            "demo",
+            "--data",
+            "-",
+            "--format",
+            "jsonl",
+            "--prequential",
+            "--json",
+            "--snapshot",
+            dir.path().join("demo").to_str().expect("path"),
+        ])
+        .env_clear()
+        .env("EDDY_STORAGE__DIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("eddy runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let lines: Vec<String> = rows[2000..2500]
+        .iter()
+        .map(|r| json!(r).to_string())
+        .collect();
+    std::thread::spawn(move || stdin.write_all(lines.join("\n").as_bytes()));
+    let out = child.wait_with_output().expect("eval ends");
+    assert!(out.status.success());
+    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(eval["rows"], 500);
+    assert!(eval["accuracy"].as_f64() > Some(0.6), "{eval}");
+}
