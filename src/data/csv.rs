@@ -26,7 +26,7 @@ struct Column {
 impl CsvSchema {
     /// Reads the header; `Err` says what is wrong with it.
     pub fn new(header: &StringRecord, label: &str, hasher: &FeatureHasher) -> Result<Self, String> {
-        let names: Vec<&str> = header.iter().collect();
+        let names: Vec<&str> = header.iter().map(str::trim).collect();
         let label_at = names.iter().position(|n| *n == label).ok_or_else(|| {
             format!(
                 "no label column `{label}` in the header (columns: {names:?}); name it with --label"
@@ -73,13 +73,13 @@ impl CsvSchema {
                 self.width()
             ));
         }
-        let label = record.get(self.label).unwrap_or("");
+        let label = record.get(self.label).unwrap_or("").trim();
         let target = space
             .target(&parse_label(label))
             .map_err(|e| format!("label {label:?}: {e}"))?;
         let mut features = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
-            let cell = record.get(c.position).unwrap_or("");
+            let cell = record.get(c.position).unwrap_or("").trim();
             if cell.is_empty() {
                 continue;
             }
@@ -135,7 +135,7 @@ mod tests {
         let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
         let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
         let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
-        let row = StringRecord::from(vec!["0.5", "1", "red", ""]);
+        let row = StringRecord::from(vec![" 0.5", "1 ", "red", ""]);
         let e = schema.example(&row, &hasher, &space).unwrap();
         let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
         assert_eq!(e.features, hasher.hash(&raw).unwrap());

@@ -149,10 +149,9 @@ impl Pass {
         reader: Box<dyn std::io::BufRead + Send>,
     ) -> Result<(), DataError> {
         let file = input.name();
-        let mut csv = csv::ReaderBuilder::new()
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(reader);
+        // Cells are trimmed by `CsvSchema` (cheaper than the reader's
+        // trimming, which copies every record).
+        let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
         let header = csv.headers().map_err(|e| DataError::Format {
             file: file.clone(),
             message: format!("cannot read the header: {e}"),
