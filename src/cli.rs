@@ -106,6 +106,9 @@ pub struct EvalArgs {
     /// Print the final figures as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Write an SVG chart of the rolling figure along the stream.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,28 +15,78 @@ use crate::learn::{Learner, Params};
 
 use super::{EvalOptions, TrainOptions, evaluate, snapshot, train};
 
-/// Prints a progress line to stderr at most every few seconds.
+/// Progress of a long run on stderr: a bar with rows/s and ETA (by bytes
+/// read) on a terminal, a plain line every few seconds otherwise.
 struct Progress {
     started: Instant,
     last: Instant,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    /// `total`: the inputs' bytes per pass, when known (not stdin).
+    fn new(total: Option<u64>) -> Self {
+        use std::io::IsTerminal;
         let now = Instant::now();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                ),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
         Self {
             started: now,
             last: now,
+            bar,
         }
     }
 
-    fn tick(&mut self, what: &str, rows: u64) {
-        if self.last.elapsed() >= Duration::from_secs(2) {
-            self.last = Instant::now();
-            let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("{what}: {rows} rows, {rate:.0} rows/s");
+    fn tick(&mut self, what: &str, rows: u64, bytes: u64) {
+        let rate = rows as f64 / self.last_pass_seconds();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_prefix(what.to_owned());
+                bar.set_position(bytes);
+                bar.set_message(format!("{rows} rows, {rate:.0} rows/s"));
+            }
+            None if self.last.elapsed() >= Duration::from_secs(2) => {
+                self.last = Instant::now();
+                eprintln!("{what}: {rows} rows, {rate:.0} rows/s");
+            }
+            None => {}
         }
     }
+
+    /// A new pass over the data starts (an epoch).
+    fn restart(&mut self) {
+        self.started = Instant::now();
+        if let Some(bar) = &self.bar {
+            bar.reset();
+        }
+    }
+
+    fn last_pass_seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The bytes of one pass over `inputs`, if every one is a file.
+fn total_bytes(inputs: &[Input]) -> Option<u64> {
+    inputs.iter().map(Input::size).sum()
 }
 
 fn model_and_inputs(
@@ -93,10 +143,23 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         read,
     };
-    let mut progress = Progress::new();
-    let trained = train(&model, &mut learner, &inputs, &options, |epoch, rows| {
-        progress.tick(&format!("epoch {}", epoch + 1), rows);
-    })?;
+    let mut progress = Progress::new(total_bytes(&inputs));
+    let mut current = 0;
+    let trained = train(
+        &model,
+        &mut learner,
+        &inputs,
+        &options,
+        |epoch, rows, bytes| {
+            if epoch != current {
+                current = epoch;
+                progress.restart();
+            }
+            progress.tick(&format!("epoch {}", epoch + 1), rows, bytes);
+        },
+    );
+    progress.done();
+    let trained = trained?;
     let out = args
         .out
         .clone()
@@ -165,10 +228,16 @@ pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
         every: args.every,
         read,
     };
-    let mut progress = Progress::new();
-    let evaluation = evaluate(&mut learner, &inputs, &options, |rows| {
-        progress.tick("eval", rows)
-    })?;
+    let mut progress = Progress::new(total_bytes(&inputs));
+    let evaluation = evaluate(&mut learner, &inputs, &options, |rows, bytes| {
+        progress.tick("eval", rows, bytes)
+    });
+    progress.done();
+    let evaluation = evaluation?;
+    if let Some(path) = &args.plot {
+        super::plot::rolling(path, &evaluation, options.every, args.prequential)?;
+        eprintln!("chart written to {}", path.display());
+    }
     for bad in &evaluation.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
     }

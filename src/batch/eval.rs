@@ -39,7 +39,7 @@ pub fn evaluate(
     learner: &mut Learner,
     inputs: &[Input],
     options: &EvalOptions,
-    mut progress: impl FnMut(u64),
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<Evaluation, DataError> {
     let space = learner.params().space.clone();
     let mut stream = ExampleStream::spawn(
@@ -68,7 +68,7 @@ pub fn evaluate(
                 window = Tally::new(&space);
             }
         }
-        progress(total.rows());
+        progress(total.rows(), stream.bytes_read());
     }
     let read = stream.finish()?;
     let report = total.report();

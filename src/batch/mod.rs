@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod eval;
+pub mod plot;
 pub mod report;
 pub mod snapshot;
 pub mod train;

@@ -64,13 +64,13 @@ fn held_out(n: u64, share: f64) -> bool {
 }
 
 /// Trains `learner` on `inputs`; `progress` is called after each chunk
-/// with the rows read so far in this epoch.
+/// with the epoch, and the rows and bytes read so far in it.
 pub fn train(
     model: &ModelConfig,
     learner: &mut Learner,
     inputs: &[Input],
     options: &TrainOptions,
-    mut progress: impl FnMut(u32, u64),
+    mut progress: impl FnMut(u32, u64, u64),
 ) -> Result<Trained, DataError> {
     let space: Arc<LabelSpace> = learner.params().space.clone();
     let hasher = learner.params().hasher();
@@ -104,7 +104,7 @@ pub fn train(
                 }
                 n += 1;
             }
-            progress(epoch, n);
+            progress(epoch, n, stream.bytes_read());
         }
         summary = stream.finish()?;
         rows = n;

@@ -6,6 +6,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::DataError;
 
@@ -61,8 +63,25 @@ impl Input {
         }
     }
 
+    /// Its size in bytes, when it is a file.
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Input::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            Input::Stdin => None,
+        }
+    }
+
     /// Opens it for reading, decompressing gzip.
     pub fn open(&self) -> Result<Box<dyn BufRead + Send>, DataError> {
+        self.open_counted(Arc::default())
+    }
+
+    /// As `open`, adding the bytes read from the file (compressed, for
+    /// gzip) to `counter`: what progress reports measure.
+    pub fn open_counted(
+        &self,
+        counter: Arc<AtomicU64>,
+    ) -> Result<Box<dyn BufRead + Send>, DataError> {
         let io = |source| DataError::Io {
             file: self.name(),
             source,
@@ -70,6 +89,10 @@ impl Input {
         let raw: Box<dyn Read + Send> = match self {
             Input::File(p) => Box::new(File::open(p).map_err(io)?),
             Input::Stdin => Box::new(std::io::stdin()),
+        };
+        let raw = Counted {
+            inner: raw,
+            counter,
         };
         let mut reader = BufReader::with_capacity(BUFFER, raw);
         let gzip = reader.fill_buf().map_err(io)?.starts_with(&GZIP_MAGIC);
@@ -81,6 +104,20 @@ impl Input {
         } else {
             Box::new(reader)
         })
+    }
+}
+
+/// A reader that counts what passes through it.
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

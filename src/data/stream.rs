@@ -4,6 +4,7 @@
 //! parsing overlaps training.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -59,6 +60,8 @@ pub struct ReadSummary {
 
 pub struct ExampleStream {
     chunks: Receiver<Vec<Example>>,
+    /// Bytes read from the inputs so far (for progress).
+    bytes: Arc<AtomicU64>,
     reader: Option<JoinHandle<Result<ReadSummary, DataError>>>,
 }
 
@@ -71,6 +74,8 @@ impl ExampleStream {
         space: Arc<LabelSpace>,
     ) -> Self {
         let (tx, rx) = sync_channel(QUEUED_CHUNKS);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
         let reader = std::thread::Builder::new()
             .name("eddy-reader".into())
             .spawn(move || {
@@ -81,6 +86,7 @@ impl ExampleStream {
                     space,
                     chunk: Vec::new(),
                     summary: ReadSummary::default(),
+                    bytes: counter,
                 };
                 for input in &inputs {
                     pass.read(input)?;
@@ -91,8 +97,14 @@ impl ExampleStream {
             .expect("spawning the reader thread");
         Self {
             chunks: rx,
+            bytes,
             reader: Some(reader),
         }
+    }
+
+    /// Bytes read from the inputs so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The next chunk, or `None` at the end (or after an error: `finish`
@@ -123,6 +135,7 @@ struct Pass {
     space: Arc<LabelSpace>,
     chunk: Vec<Example>,
     summary: ReadSummary,
+    bytes: Arc<AtomicU64>,
 }
 
 impl Pass {
@@ -136,7 +149,7 @@ impl Pass {
                 message: "cannot tell CSV from JSON Lines by the name; pass --format csv|jsonl"
                     .into(),
             })?;
-        let reader = input.open()?;
+        let reader = input.open_counted(self.bytes.clone())?;
         match format {
             Format::Csv => self.read_csv(input, reader),
             Format::Jsonl => self.read_jsonl(input, reader),

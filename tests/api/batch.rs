@@ -179,7 +179,7 @@ fn out_of_core_training_equals_in_memory_for_the_same_order() {
             &mut streamed,
             &[Input::File(path.clone())],
             &options,
-            |_, _| {},
+            |_, _, _| {},
         )
         .expect("trains");
         assert_eq!(trained.examples, rows.len() as u64);
@@ -313,4 +313,48 @@ fn gzip_files_and_stdin_are_read() {
     let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(eval["rows"], 500);
     assert!(eval["accuracy"].as_f64() > Some(0.6), "{eval}");
+}
+
+#[test]
+fn eval_plots_the_rolling_figure_as_svg() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("elec2.csv");
+    std::fs::write(&data, elec2_csv(&dataset("elec2")[..3000])).expect("write");
+    let svg = dir.path().join("chart.svg");
+    let args = [
+        "eval",
+        "--model",
+        "demo",
+        "--prequential",
+        "--every",
+        "500",
+        "--data",
+        data.to_str().expect("path"),
+        "--plot",
+        svg.to_str().expect("path"),
+    ];
+    let out = eddy(dir.path(), &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).expect("chart written");
+    assert!(
+        text.starts_with("<svg") && text.contains("accuracy over the last 500 rows"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.contains("<polyline"), "a line is drawn");
+    // Too few rows for one point: a clear error, no file.
+    let none = dir.path().join("none.svg");
+    let mut args = args.map(str::to_owned);
+    args[5] = "100000".into();
+    args[9] = none.to_str().expect("path").into();
+    let out = eddy(
+        dir.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no rolling figures"));
 }
