@@ -100,6 +100,10 @@ pub struct EvalArgs {
     /// Test-then-train over the stream, in order.
     #[arg(long)]
     pub prequential: bool,
+    /// With --prequential: run through the server's trainer and monitor
+    /// (gate, promotion, rollback), reporting its decisions by row.
+    #[arg(long, requires = "prequential")]
+    pub monitor: bool,
     /// Rows per point of the rolling figures.
     #[arg(long, default_value_t = 1000)]
     pub every: u64,

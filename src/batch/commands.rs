@@ -229,9 +229,15 @@ pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
         read,
     };
     let mut progress = Progress::new(total_bytes(&inputs));
-    let evaluation = evaluate(&mut learner, &inputs, &options, |rows, bytes| {
-        progress.tick("eval", rows, bytes)
-    });
+    let evaluation = if args.monitor {
+        super::evaluate_monitored(&model, learner, &inputs, &options, |rows, bytes| {
+            progress.tick("eval", rows, bytes)
+        })
+    } else {
+        evaluate(&mut learner, &inputs, &options, |rows, bytes| {
+            progress.tick("eval", rows, bytes)
+        })
+    };
     progress.done();
     let evaluation = evaluation?;
     if let Some(path) = &args.plot {
@@ -242,8 +248,17 @@ pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
     }
     if args.json {
-        println!("{}", serde_json::to_string(&evaluation.report)?);
+        let mut out = serde_json::to_value(&evaluation.report)?;
+        if let Some(o) = out.as_object_mut()
+            && !evaluation.markers.is_empty()
+        {
+            o.insert("markers".into(), serde_json::to_value(&evaluation.markers)?);
+        }
+        println!("{out}");
     } else {
+        for m in &evaluation.markers {
+            println!("row {:>10}: {:?}: {}", m.row, m.kind, m.reason);
+        }
         print!("{}", evaluation.report.text());
         if !evaluation.rolling.is_empty() {
             println!(

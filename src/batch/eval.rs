@@ -3,10 +3,17 @@
 //! row predicted, then learned, in order: River's `progressive_val_score`),
 //! with rolling figures along the stream for reports and plots.
 
+use std::time::SystemTime;
+
 use serde::Serialize;
 
+use crate::config::ModelConfig;
 use crate::data::{DataError, ExampleStream, Input, ReadOptions, ReadSummary};
 use crate::learn::Learner;
+use crate::serving::Trainer;
+use crate::serving::events::EventKind;
+use crate::serving::queue::Feedback;
+use crate::serving::trainer::Cadence;
 
 use super::report::{Report, Tally};
 
@@ -25,6 +32,15 @@ pub struct Point {
     pub value: f64,
 }
 
+/// A safety-loop decision along the stream (with `--monitor`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Marker {
+    /// Rows predicted when it happened.
+    pub row: u64,
+    pub kind: EventKind,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
     #[serde(flatten)]
@@ -32,6 +48,9 @@ pub struct Evaluation {
     /// Which figure `rolling` follows (`accuracy` or `mae`).
     pub rolling_metric: &'static str,
     pub rolling: Vec<Point>,
+    /// Rollbacks, refusals, promotions... when run through the monitor.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub markers: Vec<Marker>,
     pub read: ReadSummary,
 }
 
@@ -76,6 +95,88 @@ pub fn evaluate(
         rolling_metric: report.headline().0,
         report,
         rolling,
+        markers: Vec::new(),
+        read,
+    })
+}
+
+/// Prequential evaluation through the server's trainer and monitor: each
+/// row is predicted by the live version, then fed as feedback; minibatches
+/// of `training.minibatch_size`, a publish after each (deterministic:
+/// no time-based pacing). Rollbacks, gate refusals, promotions and blamed
+/// sources become markers at the row where they happened.
+pub fn evaluate_monitored(
+    model: &ModelConfig,
+    learner: Learner,
+    inputs: &[Input],
+    options: &EvalOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Evaluation, DataError> {
+    let mut model = model.clone();
+    model.training.min_publish_interval_ms = 0;
+    model.monitor.gate_budget = 1.0;
+    let space = learner.params().space.clone();
+    let hasher = learner.params().hasher();
+    let (mut trainer, queue, _commands) = Trainer::in_memory_from(&model, learner);
+    let minibatch = model.training.minibatch_size.get();
+    let mut cadence = Cadence::default();
+    let mut stream =
+        ExampleStream::spawn(inputs.to_vec(), options.read.clone(), hasher, space.clone());
+    let mut total = Tally::new(&space);
+    let mut window = Tally::new(&space);
+    let (mut rolling, mut markers) = (Vec::new(), Vec::new());
+    let every = options.every.max(1);
+    let mut seen = 0;
+    while let Some(chunk) = stream.next_chunk() {
+        for e in chunk {
+            let out = trainer.live.params.predict(&e.features);
+            total.add(&out, e.target);
+            window.add(&out, e.target);
+            let fb = Feedback {
+                features: e.features,
+                target: e.target,
+                source: None,
+                prediction: None,
+                received_at: SystemTime::now(),
+                scored: None,
+            };
+            if queue.reserve(1).map(|r| r.send(vec![fb])).is_err() {
+                // Cannot happen: the queue is drained below at every
+                // minibatch; stop rather than drop silently.
+                return Err(DataError::Format {
+                    file: "<monitor>".into(),
+                    message: "the training queue refused an example".into(),
+                });
+            }
+            if queue.depth() >= minibatch {
+                trainer.step(minibatch, &mut cadence);
+                for ev in trainer.events.since(seen) {
+                    markers.push(Marker {
+                        row: total.rows(),
+                        kind: ev.kind,
+                        reason: ev.reason,
+                    });
+                }
+                seen = trainer.events.total();
+            }
+            if window.rows() >= every {
+                rolling.push(Point {
+                    row: total.rows(),
+                    value: window.report().headline().1,
+                });
+                window = Tally::new(&space);
+            }
+        }
+        progress(total.rows(), stream.bytes_read());
+    }
+    while trainer.step(minibatch, &mut cadence) > 0 {}
+    let read = stream.finish()?;
+    let report = total.report();
+    Ok(Evaluation {
+        rolling_metric: report.headline().0,
+        report,
+        rolling,
+        markers,
         read,
     })
 }

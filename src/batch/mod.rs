@@ -10,6 +10,6 @@ pub mod report;
 pub mod snapshot;
 pub mod train;
 
-pub use eval::{EvalOptions, Evaluation, evaluate};
+pub use eval::{EvalOptions, Evaluation, Marker, evaluate, evaluate_monitored};
 pub use report::{Report, Tally};
 pub use train::{TrainOptions, Trained, train};

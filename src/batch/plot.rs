@@ -1,5 +1,6 @@
 //! `eddy eval --plot out.svg`: the rolling figure along the stream as an
-//! SVG line chart (plotters), because people would rather look than read.
+//! SVG line chart (plotters), because people would rather look than read;
+//! with `--monitor`, rollbacks and refused candidates are red verticals.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use anyhow::Context;
 use plotters::prelude::*;
 
 use super::Evaluation;
+use crate::serving::events::EventKind;
 
 pub fn rolling(path: &Path, e: &Evaluation, every: u64, prequential: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -52,6 +54,19 @@ pub fn rolling(path: &Path, e: &Evaluation, every: u64, prequential: bool) -> an
             &BLUE,
         ))
         .map_err(draw)?;
+    // Rollbacks and refused candidates, as red verticals.
+    for m in e
+        .markers
+        .iter()
+        .filter(|m| matches!(m.kind, EventKind::Rollback | EventKind::GateRefused))
+    {
+        chart
+            .draw_series(LineSeries::new(
+                [(m.row, lo - pad), (m.row, hi + pad)],
+                &RED,
+            ))
+            .map_err(draw)?;
+    }
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

@@ -58,6 +58,8 @@ impl Event {
 #[derive(Debug, Default)]
 pub struct EventLog {
     events: Mutex<VecDeque<Event>>,
+    /// Events ever pushed (the list keeps the newest `EVENTS_KEPT`).
+    total: std::sync::atomic::AtomicU64,
 }
 
 impl EventLog {
@@ -65,6 +67,8 @@ impl EventLog {
         tracing::info!(kind = ?event.kind, version = event.version, reason = %event.reason, figures = %serde_json::Value::Object(event.figures.clone()), "monitor event");
         let mut events = self.lock();
         events.push_back(event);
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         while events.len() > EVENTS_KEPT {
             events.pop_front();
         }
@@ -73,6 +77,22 @@ impl EventLog {
     /// Every kept event, oldest first.
     pub fn all(&self) -> Vec<Event> {
         self.lock().iter().cloned().collect()
+    }
+
+    /// Events ever pushed.
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The kept events pushed after the first `seen` ones.
+    pub fn since(&self, seen: u64) -> Vec<Event> {
+        let events = self.lock();
+        let newer = self.total().saturating_sub(seen) as usize;
+        events
+            .iter()
+            .skip(events.len().saturating_sub(newer))
+            .cloned()
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Event>> {

@@ -238,6 +238,18 @@ impl Trainer {
     > {
         let space = Arc::new(m.label_space()?);
         let learner = Learner::new(crate::learn::Params::new(space, m.hash_bits), m.optimizer);
+        Ok(Self::in_memory_from(m, learner))
+    }
+
+    /// As `in_memory`, starting from `learner` (which is also last-good).
+    pub fn in_memory_from(
+        m: &ModelConfig,
+        learner: Learner,
+    ) -> (
+        Self,
+        super::queue::FeedbackQueue,
+        mpsc::Sender<TrainerCommand>,
+    ) {
         let store = Arc::new(super::store::ModelStore::new(learner.params().clone()));
         let live = store.live();
         let (queue, stream) = super::queue::feedback_channel(m.training.queue_capacity.get());
@@ -272,7 +284,7 @@ impl Trainer {
             trained_position: 0,
             held: Vec::new(),
         };
-        Ok((trainer, queue, commands_tx))
+        (trainer, queue, commands_tx)
     }
 
     /// Runs until `stop` is cancelled or every sender is gone, then trains

@@ -358,3 +358,57 @@ fn eval_plots_the_rolling_figure_as_svg() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no rolling figures"));
 }
+
+/// `--monitor` runs the stream through the server's trainer and monitor:
+/// a broken upstream's damage is refused at a row, shown on the chart.
+#[test]
+fn eval_through_the_monitor_marks_its_decisions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let rows = crate::streams::stationary(12_000, 3, 5_000..6_000);
+    let mut csv = String::from("a,b,c,label\n");
+    for r in &rows {
+        let f = &r["features"];
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            f["a"], f["b"], f["c"], r["label"]
+        ));
+    }
+    let data = dir.path().join("broken.csv");
+    std::fs::write(&data, csv).expect("write");
+    let svg = dir.path().join("chart.svg");
+    let out = eddy(
+        dir.path(),
+        &[
+            "eval",
+            "--model",
+            "demo",
+            "--prequential",
+            "--monitor",
+            "--json",
+            "--data",
+            data.to_str().expect("path"),
+            "--plot",
+            svg.to_str().expect("path"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let refusal = eval["markers"]
+        .as_array()
+        .expect("markers")
+        .iter()
+        .find(|m| m["kind"] == "gate_refused" || m["kind"] == "rollback")
+        .unwrap_or_else(|| panic!("{eval}"));
+    let row = refusal["row"].as_u64().expect("row");
+    assert!((6_000..9_000).contains(&row), "after the break: {row}");
+    assert!(
+        std::fs::read_to_string(&svg)
+            .expect("chart")
+            .contains("#FF0000"),
+        "a red marker"
+    );
+}
