@@ -17,7 +17,7 @@
 //! Run: `cargo bench --bench safety` (under a minute).
 
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use eddy::config::{Config, ModelConfig};
 use eddy::learn::{Example, FeatureHasher, FeatureVec, Target};
@@ -100,13 +100,8 @@ fn run(
     let mut sent = 0u64;
     let mut attack_start = None;
     let mut baseline_counts: Option<(u64, u64)> = None;
-    let feedback = |x: &FeatureVec, y: Target, source: &str| Feedback {
-        features: x.clone(),
-        target: y,
-        source: Some(source.into()),
-        prediction: None,
-        received_at: SystemTime::now(),
-        scored: None,
+    let feedback = |x: &FeatureVec, y: Target, source: &str| {
+        Feedback::labelled(x.clone(), y, Some(source.into()))
     };
     for (i, (x, y)) in xs.iter().enumerate() {
         let out_live = trainer.live.params.predict(x);
@@ -214,14 +209,7 @@ fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
         for chunk in xs.chunks(1024) {
             let items: Vec<Feedback> = chunk
                 .iter()
-                .map(|(x, y)| Feedback {
-                    features: x.clone(),
-                    target: *y,
-                    source: None,
-                    prediction: None,
-                    received_at: SystemTime::now(),
-                    scored: None,
-                })
+                .map(|(x, y)| Feedback::labelled(x.clone(), *y, None))
                 .collect();
             n += items.len();
             queue.reserve(items.len()).expect("room").send(items);

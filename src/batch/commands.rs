@@ -145,19 +145,13 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     };
     let mut progress = Progress::new(total_bytes(&inputs));
     let mut current = 0;
-    let trained = train(
-        &model,
-        &mut learner,
-        &inputs,
-        &options,
-        |epoch, rows, bytes| {
-            if epoch != current {
-                current = epoch;
-                progress.restart();
-            }
-            progress.tick(&format!("epoch {}", epoch + 1), rows, bytes);
-        },
-    );
+    let trained = train(&mut learner, &inputs, &options, |epoch, rows, bytes| {
+        if epoch != current {
+            current = epoch;
+            progress.restart();
+        }
+        progress.tick(&format!("epoch {}", epoch + 1), rows, bytes);
+    });
     progress.done();
     let trained = trained?;
     let out = args

@@ -3,13 +3,13 @@
 //! row predicted, then learned, in order: River's `progressive_val_score`),
 //! with rolling figures along the stream for reports and plots.
 
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::ModelConfig;
 use crate::data::{DataError, ExampleStream, Input, ReadOptions, ReadSummary};
-use crate::learn::Learner;
+use crate::learn::{LabelSpace, Learner, Output, Target};
 use crate::serving::Trainer;
 use crate::serving::events::EventKind;
 use crate::serving::queue::Feedback;
@@ -54,6 +54,55 @@ pub struct Evaluation {
     pub read: ReadSummary,
 }
 
+/// The running figures of one evaluation: over all rows, and over each
+/// block of `every` rows for the rolling series.
+struct Series {
+    space: Arc<LabelSpace>,
+    every: u64,
+    total: Tally,
+    window: Tally,
+    rolling: Vec<Point>,
+}
+
+impl Series {
+    fn new(space: Arc<LabelSpace>, every: u64) -> Self {
+        Self {
+            total: Tally::new(&space),
+            window: Tally::new(&space),
+            every: every.max(1),
+            rolling: Vec::new(),
+            space,
+        }
+    }
+
+    fn add(&mut self, out: &Output, y: Target) {
+        self.total.add(out, y);
+        self.window.add(out, y);
+        if self.window.rows() >= self.every {
+            self.rolling.push(Point {
+                row: self.total.rows(),
+                value: self.window.report().headline().1,
+            });
+            self.window = Tally::new(&self.space);
+        }
+    }
+
+    fn rows(&self) -> u64 {
+        self.total.rows()
+    }
+
+    fn finish(self, markers: Vec<Marker>, read: ReadSummary) -> Evaluation {
+        let report = self.total.report();
+        Evaluation {
+            rolling_metric: report.headline().0,
+            report,
+            rolling: self.rolling,
+            markers,
+            read,
+        }
+    }
+}
+
 pub fn evaluate(
     learner: &mut Learner,
     inputs: &[Input],
@@ -67,37 +116,18 @@ pub fn evaluate(
         learner.params().hasher(),
         space.clone(),
     );
-    let mut total = Tally::new(&space);
-    let mut window = Tally::new(&space);
-    let mut rolling = Vec::new();
-    let every = options.every.max(1);
+    let mut series = Series::new(space, options.every);
     while let Some(chunk) = stream.next_chunk() {
         for e in chunk {
-            let out = learner.params().predict(&e.features);
-            total.add(&out, e.target);
-            window.add(&out, e.target);
+            series.add(&learner.params().predict(&e.features), e.target);
             if options.prequential {
                 learner.learn_one(&e.features, e.target);
             }
-            if window.rows() >= every {
-                rolling.push(Point {
-                    row: total.rows(),
-                    value: window.report().headline().1,
-                });
-                window = Tally::new(&space);
-            }
         }
-        progress(total.rows(), stream.bytes_read());
+        progress(series.rows(), stream.bytes_read());
     }
     let read = stream.finish()?;
-    let report = total.report();
-    Ok(Evaluation {
-        rolling_metric: report.headline().0,
-        report,
-        rolling,
-        markers: Vec::new(),
-        read,
-    })
+    Ok(series.finish(Vec::new(), read))
 }
 
 /// Prequential evaluation through the server's trainer and monitor: each
@@ -122,24 +152,13 @@ pub fn evaluate_monitored(
     let mut cadence = Cadence::default();
     let mut stream =
         ExampleStream::spawn(inputs.to_vec(), options.read.clone(), hasher, space.clone());
-    let mut total = Tally::new(&space);
-    let mut window = Tally::new(&space);
-    let (mut rolling, mut markers) = (Vec::new(), Vec::new());
-    let every = options.every.max(1);
+    let mut series = Series::new(space, options.every);
+    let mut markers = Vec::new();
     let mut seen = 0;
     while let Some(chunk) = stream.next_chunk() {
         for e in chunk {
-            let out = trainer.live.params.predict(&e.features);
-            total.add(&out, e.target);
-            window.add(&out, e.target);
-            let fb = Feedback {
-                features: e.features,
-                target: e.target,
-                source: None,
-                prediction: None,
-                received_at: SystemTime::now(),
-                scored: None,
-            };
+            series.add(&trainer.live.params.predict(&e.features), e.target);
+            let fb = Feedback::labelled(e.features, e.target, None);
             if queue.reserve(1).map(|r| r.send(vec![fb])).is_err() {
                 // Cannot happen: the queue is drained below at every
                 // minibatch; stop rather than drop silently.
@@ -152,31 +171,17 @@ pub fn evaluate_monitored(
                 trainer.step(minibatch, &mut cadence);
                 for ev in trainer.events.since(seen) {
                     markers.push(Marker {
-                        row: total.rows(),
+                        row: series.rows(),
                         kind: ev.kind,
                         reason: ev.reason,
                     });
                 }
                 seen = trainer.events.total();
             }
-            if window.rows() >= every {
-                rolling.push(Point {
-                    row: total.rows(),
-                    value: window.report().headline().1,
-                });
-                window = Tally::new(&space);
-            }
         }
-        progress(total.rows(), stream.bytes_read());
+        progress(series.rows(), stream.bytes_read());
     }
     while trainer.step(minibatch, &mut cadence) > 0 {}
     let read = stream.finish()?;
-    let report = total.report();
-    Ok(Evaluation {
-        rolling_metric: report.headline().0,
-        report,
-        rolling,
-        markers,
-        read,
-    })
+    Ok(series.finish(markers, read))
 }

@@ -72,30 +72,24 @@ impl Tally {
     }
 
     pub fn report(&self) -> Report {
-        let some = |v: f64| v.is_finite().then_some(v);
+        let f = self.scores.figures(self.task);
         let classification = self.task != TaskKind::Regression;
-        let r2 = (!classification)
-            .then(|| {
-                // 1 - SSE / SST, with SST = n * variance of the targets.
-                let sse = self.scores.rmse().powi(2) * self.scores.n as f64;
-                let sst = self.targets.m2;
-                if sst > 0.0 { 1.0 - sse / sst } else { f64::NAN }
-            })
-            .and_then(some);
+        let r2 = f.rmse.and_then(|rmse| {
+            // 1 - SSE / SST, with SST = n * variance of the targets.
+            let sse = rmse.powi(2) * self.scores.n as f64;
+            let sst = self.targets.m2;
+            (sst > 0.0).then(|| 1.0 - sse / sst)
+        });
         Report {
             rows: self.scores.n,
-            accuracy: classification
-                .then(|| self.scores.accuracy())
-                .and_then(some),
-            log_loss: classification
-                .then(|| self.scores.log_loss())
-                .and_then(some),
+            accuracy: f.accuracy,
+            log_loss: f.log_loss,
             confusion: classification.then(|| Confusion {
                 classes: self.classes.clone(),
                 counts: self.confusion.clone(),
             }),
-            mae: (!classification).then(|| self.scores.mae()).and_then(some),
-            rmse: (!classification).then(|| self.scores.rmse()).and_then(some),
+            mae: f.mae,
+            rmse: f.rmse,
             r2,
         }
     }

@@ -13,7 +13,6 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::config::ModelConfig;
 use crate::data::{DataError, ExampleStream, Input, ReadOptions, ReadSummary};
 use crate::learn::{Example, LabelSpace, Learner};
 
@@ -66,7 +65,6 @@ fn held_out(n: u64, share: f64) -> bool {
 /// Trains `learner` on `inputs`; `progress` is called after each chunk
 /// with the epoch, and the rows and bytes read so far in it.
 pub fn train(
-    model: &ModelConfig,
     learner: &mut Learner,
     inputs: &[Input],
     options: &TrainOptions,
@@ -134,7 +132,6 @@ pub fn train(
     } else {
         None
     };
-    let _ = model;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Trained {
         epochs: options.epochs.max(1),

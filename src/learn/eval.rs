@@ -6,7 +6,7 @@
 //! version published at the last minibatch boundary, then learned.
 
 use super::features::FeatureVec;
-use super::label::Target;
+use super::label::{Target, TaskKind};
 use super::linear::{Learner, Output, Params};
 
 /// Probabilities are clipped to this before taking logs.
@@ -126,6 +126,54 @@ impl Scores {
 
     pub fn rmse(&self) -> f64 {
         self.mean(self.sq_err).sqrt()
+    }
+}
+
+/// The figures that fit a task (accuracy and log loss, or MAE and RMSE),
+/// by name; a figure with no examples behind it is absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Figures {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+}
+
+impl Figures {
+    /// The present figures as `(name, value)`, for metrics and metadata.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("accuracy", self.accuracy),
+            ("log_loss", self.log_loss),
+            ("mae", self.mae),
+            ("rmse", self.rmse),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+}
+
+impl Scores {
+    /// The figures that fit `task`.
+    pub fn figures(&self, task: TaskKind) -> Figures {
+        let some = |v: f64| v.is_finite().then_some(v);
+        match task {
+            TaskKind::Regression => Figures {
+                mae: some(self.mae()),
+                rmse: some(self.rmse()),
+                ..Figures::default()
+            },
+            TaskKind::Binary | TaskKind::Multiclass => Figures {
+                accuracy: some(self.accuracy()),
+                log_loss: some(self.log_loss()),
+                ..Figures::default()
+            },
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub mod linear;
 pub mod optim;
 
 pub use compare::{DegradationRule, LossSample, PairedWindow, Verdict};
-pub use eval::{Scored, Scores};
+pub use eval::{Figures, Scored, Scores};
 pub use example::Example;
 pub use features::{Feature, FeatureError, FeatureHasher, FeatureVec, RawFeatures, RawValue};
 pub use label::{LabelError, LabelOut, LabelSpace, RawLabel, Target, TaskKind};

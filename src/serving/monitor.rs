@@ -41,8 +41,8 @@ use serde::Serialize;
 
 use crate::config::{MonitorConfig, OnDegrade};
 use crate::learn::{
-    DegradationRule, FeatureVec, Learner, LossSample, PairedWindow, Params, Scored, Scores, Target,
-    TaskKind, Verdict,
+    DegradationRule, FeatureVec, Figures, Learner, LossSample, PairedWindow, Params, Scored,
+    Scores, Target, TaskKind, Verdict,
 };
 
 use super::queue::Feedback;
@@ -174,45 +174,21 @@ pub enum WindowOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Quality {
     pub examples: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_loss: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mae: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rmse: Option<f64>,
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 impl Quality {
     pub fn of(s: &Scores, task: TaskKind) -> Self {
-        let some = |v: f64| v.is_finite().then_some(v);
-        let (accuracy, log_loss, mae, rmse) = match task {
-            TaskKind::Regression => (None, None, some(s.mae()), some(s.rmse())),
-            TaskKind::Binary | TaskKind::Multiclass => {
-                (some(s.accuracy()), some(s.log_loss()), None, None)
-            }
-        };
         Self {
             examples: s.n,
-            accuracy,
-            log_loss,
-            mae,
-            rmse,
+            figures: s.figures(task),
         }
     }
 
     /// The figures by name, for metrics.
     pub fn figures(&self) -> Vec<(&'static str, f64)> {
-        [
-            ("accuracy", self.accuracy),
-            ("log_loss", self.log_loss),
-            ("mae", self.mae),
-            ("rmse", self.rmse),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
+        self.figures.named()
     }
 }
 
@@ -689,7 +665,7 @@ impl Monitor {
         self.last_good = c.checkpoint;
         self.alias = None;
         self.lost_since_last_good = 0;
-        self.rescore();
+        self.last_good_changed();
         Some(figures)
     }
 
@@ -706,10 +682,10 @@ impl Monitor {
 
     /// Last-good changed: forget what the gate and blame no longer need
     /// (what they need is rescored when they next look: `freshen`).
-    fn rescore(&mut self) {
+    fn last_good_changed(&mut self) {
         let mut trusted_left = self.gate_sample();
         let mut oldest_needed = self.buffer.len();
-        for (i, e) in self.buffer.iter_mut().enumerate().rev() {
+        for (i, e) in self.buffer.iter().enumerate().rev() {
             let since = e.position >= self.last_good.position;
             if !since && trusted_left == 0 {
                 break;
@@ -875,9 +851,7 @@ impl Monitor {
             self.blamed.insert(b.source.clone());
         }
         *learner = self.last_good.learner.clone();
-        let start = self
-            .buffer
-            .partition_point(|e| e.position < self.last_good.position);
+        let start = self.since_last_good();
         let since = self.buffer.len() - start;
         let replay = self.config.on_degrade == OnDegrade::Replay && !blamed.is_empty();
         let mut recovery = Recovery {
@@ -918,6 +892,12 @@ impl Monitor {
         self.suspect = None;
         self.cooldown_left = self.config.cooldown_examples;
         self.share_baseline();
+    }
+
+    /// Index in `buffer` of the first entry since last-good.
+    fn since_last_good(&self) -> usize {
+        self.buffer
+            .partition_point(|e| e.position < self.last_good.position)
     }
 
     /// Rescores under the current last-good the entries `pick` selects
@@ -962,9 +942,7 @@ impl Monitor {
     /// The sources to blame for damage since last-good (see the module doc).
     fn blame(&mut self) -> Vec<Blame> {
         self.freshen_since_last_good();
-        let start = self
-            .buffer
-            .partition_point(|e| e.position < self.last_good.position);
+        let start = self.since_last_good();
         let mut groups: HashMap<&str, LossSample> = HashMap::new();
         let mut trusted = LossSample::default();
         let mut all = LossSample::default();
@@ -1009,9 +987,7 @@ impl Monitor {
     /// examples since are dropped from the model. Returns how many.
     pub fn restore_last_good(&mut self, learner: &mut Learner) -> usize {
         *learner = self.last_good.learner.clone();
-        let start = self
-            .buffer
-            .partition_point(|e| e.position < self.last_good.position);
+        let start = self.since_last_good();
         let dropped = self.buffer.len() - start;
         self.buffer.truncate(start);
         self.lost_since_last_good = 0;
@@ -1024,7 +1000,7 @@ impl Monitor {
         self.last_good = checkpoint;
         self.alias = None;
         self.lost_since_last_good = 0;
-        self.rescore();
+        self.last_good_changed();
         self.restart();
     }
 
@@ -1080,14 +1056,7 @@ mod tests {
     }
 
     fn fb(v: f64, label: usize, source: &str) -> Feedback {
-        Feedback {
-            features: x(v),
-            target: Target::Class(label),
-            source: Some(source.into()),
-            prediction: None,
-            received_at: SystemTime::now(),
-            scored: None,
-        }
+        Feedback::labelled(x(v), Target::Class(label), Some(source.into()))
     }
 
     /// A learner that knows `label = x > 0`.

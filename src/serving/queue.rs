@@ -42,6 +42,21 @@ pub struct Prescored {
     pub candidate: Option<(u64, Scored)>,
 }
 
+impl Feedback {
+    /// An example labelled inline (no prediction joined, not scored yet),
+    /// received now: what drivers other than the HTTP handler send.
+    pub fn labelled(features: FeatureVec, target: Target, source: Option<Arc<str>>) -> Self {
+        Self {
+            features,
+            target,
+            source,
+            prediction: None,
+            received_at: SystemTime::now(),
+            scored: None,
+        }
+    }
+}
+
 /// The prediction a joined feedback labels.
 #[derive(Debug, Clone, Copy)]
 pub struct PredictionRef {
@@ -193,14 +208,7 @@ mod tests {
     use crate::learn::FeatureVec;
 
     fn item() -> Feedback {
-        Feedback {
-            features: FeatureVec::default(),
-            target: Target::Class(1),
-            source: None,
-            prediction: None,
-            received_at: SystemTime::now(),
-            scored: None,
-        }
+        Feedback::labelled(FeatureVec::default(), Target::Class(1), None)
     }
 
     #[tokio::test]

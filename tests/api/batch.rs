@@ -29,6 +29,16 @@ fn elec2_csv(rows: &[Value]) -> String {
     out
 }
 
+/// The JSON a successful command printed (its stderr when it failed).
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 fn eddy(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
         .args(args)
@@ -61,12 +71,7 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let trained: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let trained = json_of(&out);
     assert_eq!(trained["trained"]["examples"], 10_000);
     let out = eddy(
         &data,
@@ -79,12 +84,7 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let eval = json_of(&out);
     assert_eq!(eval["rows"], 1000);
 
     // `eddy serve` on the same directory starts from the trained model
@@ -135,8 +135,7 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
             data.join("demo").to_str().expect("path"),
         ],
     );
-    assert!(out.status.success());
-    let export: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let export = json_of(&out);
     let row = FeatureHasher::new(18).numeric("nswprice").to_string();
     assert!(
         export["rows"][row.as_str()]["weights"].is_array(),
@@ -175,7 +174,6 @@ fn out_of_core_training_equals_in_memory_for_the_same_order() {
             ..TrainOptions::default()
         };
         let trained = train(
-            &model,
             &mut streamed,
             &[Input::File(path.clone())],
             &options,
@@ -238,12 +236,7 @@ fn bad_rows_name_file_and_line_and_are_skipped_only_when_allowed() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let summary = json_of(&out);
     assert_eq!(summary["trained"]["examples"], 2);
     assert_eq!(summary["trained"]["read"]["bad_rows"], 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -274,12 +267,7 @@ fn gzip_files_and_stdin_are_read() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let summary = json_of(&out);
     assert_eq!(summary["trained"]["rows"], 2000);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
@@ -309,8 +297,7 @@ fn gzip_files_and_stdin_are_read() {
         .collect();
     std::thread::spawn(move || stdin.write_all(lines.join("\n").as_bytes()));
     let out = child.wait_with_output().expect("eval ends");
-    assert!(out.status.success());
-    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let eval = json_of(&out);
     assert_eq!(eval["rows"], 500);
     assert!(eval["accuracy"].as_f64() > Some(0.6), "{eval}");
 }
@@ -391,12 +378,7 @@ fn eval_through_the_monitor_marks_its_decisions() {
             svg.to_str().expect("path"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let eval: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let eval = json_of(&out);
     let refusal = eval["markers"]
         .as_array()
         .expect("markers")

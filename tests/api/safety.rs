@@ -4,7 +4,7 @@
 //! trainer, clean Elec2 and a SEA drift stream see no rollback at all.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use eddy::config::Config;
 use eddy::learn::{Example, FeatureHasher};
@@ -373,14 +373,7 @@ fn clean_streams_see_no_rollback_in_process() {
             let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
             let p = trainer.live.params.predict(&e.features);
             correct += usize::from(p.argmax() == e.target.class());
-            let fb = Feedback {
-                features: e.features,
-                target: e.target,
-                source: None,
-                prediction: None,
-                received_at: SystemTime::now(),
-                scored: None,
-            };
+            let fb = Feedback::labelled(e.features, e.target, None);
             queue.reserve(1).expect("room").send(vec![fb]);
             if queue.depth() >= CHUNK {
                 trainer.step(CHUNK, &mut cadence);
@@ -421,13 +414,12 @@ fn on_degrade_replays_pauses_or_continues() {
         let hasher = FeatureHasher::new(m.hash_bits);
         let space = m.label_space().expect("space");
         let mut cadence = Cadence::default();
-        let feedback = |e: &Example, label: usize, source: &str| Feedback {
-            features: e.features.clone(),
-            target: eddy::learn::Target::Class(label),
-            source: Some(source.into()),
-            prediction: None,
-            received_at: SystemTime::now(),
-            scored: None,
+        let feedback = |e: &Example, label: usize, source: &str| {
+            Feedback::labelled(
+                e.features.clone(),
+                eddy::learn::Target::Class(label),
+                Some(source.into()),
+            )
         };
         for (i, row) in stationary(8_000, 5, 0..0).iter().enumerate() {
             let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
