@@ -4,7 +4,8 @@
 # 1. Throughput: `eddy train` on Elec2 repeated 20 times (~906k rows, CSV)
 #    against the Vowpal Wabbit command-line learner on the same rows
 #    (`python -m vowpalwabbit`, logistic loss), ROUNDS alternating runs;
-#    medians, then both models' accuracy on the original Elec2 rows.
+#    medians, then both models' accuracy and log loss on the original
+#    Elec2 rows, beside the full-batch optimum (scipy L-BFGS).
 # 2. Memory: peak RSS of `eddy train` on generated CSVs of two sizes
 #    (SMALL_MB and LARGE_MB, Elec2 rows repeated), from /usr/bin/time.
 # 3. Quality: several epochs on the first half of Elec2, evaluated on the
@@ -19,6 +20,7 @@ SMALL_MB=${SMALL_MB:-200}
 LARGE_MB=${LARGE_MB:-2048}
 
 python3 -c 'import vowpalwabbit' 2>/dev/null || pip install -q vowpalwabbit
+python3 -c 'import scipy' 2>/dev/null || pip install -q scipy
 cargo build --release --quiet --bin eddy
 EDDY=$PWD/target/release/eddy
 work=$(mktemp -d)
@@ -52,31 +54,60 @@ rows=$(($(wc -l < "$work/elec2x20.csv") - 1))
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "== throughput: $rows rows (Elec2 x 20), $ROUNDS alternating runs"
-eddy_runs=(); vw_runs=()
+# Each eddy run uses its own shuffle seed, so its accuracy is reported as a
+# median over seeds too; VW is deterministic.
+eddy_runs=(); vw_runs=(); eddy_acc=(); eddy_loss=()
+fig() { "$EDDY" eval --model demo --snapshot "$1" --data "$2" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))'; }
 for r in $(seq "$ROUNDS"); do
+  rm -rf "$work/eddy-model"
   t0=$(date +%s.%N)
-  "$EDDY" train --model demo --data "$work/elec2x20.csv" --out "$work/eddy-model" > /dev/null
+  "$EDDY" train --model demo --data "$work/elec2x20.csv" --seed "$r" --out "$work/eddy-model" > /dev/null
   t1=$(date +%s.%N)
   python3 -m vowpalwabbit -d "$work/elec2x20.vw" --loss_function logistic -f "$work/vw.model" --quiet
   t2=$(date +%s.%N)
   e=$(awk -v a="$t0" -v b="$t1" -v n="$rows" 'BEGIN {printf "%.0f", n/(b-a)}')
   v=$(awk -v a="$t1" -v b="$t2" -v n="$rows" 'BEGIN {printf "%.0f", n/(b-a)}')
-  echo "run $r: eddy train $e rows/s, vw $v rows/s (wall clock, process start included)"
-  eddy_runs+=("$e"); vw_runs+=("$v")
+  read -r acc loss < <(fig "$work/eddy-model" "$work/elec2.csv")
+  echo "run $r: eddy train $e rows/s (accuracy $acc, log loss $loss), vw $v rows/s (wall clock, process start included)"
+  eddy_runs+=("$e"); vw_runs+=("$v"); eddy_acc+=("$acc"); eddy_loss+=("$loss")
 done
 em=$(printf '%s\n' "${eddy_runs[@]}" | median); vm=$(printf '%s\n' "${vw_runs[@]}" | median)
 echo "median: eddy $em rows/s, vw $vm rows/s, ratio $(awk -v a="$em" -v b="$vm" 'BEGIN {printf "%.2f", a/b}')"
-ea=$("$EDDY" eval --model demo --snapshot "$work/eddy-model" --data "$work/elec2.csv" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["accuracy"], 4))')
+rm -rf "$work/eddy-file-order"
+"$EDDY" train --model demo --data "$work/elec2x20.csv" --shuffle-buffer 0 --out "$work/eddy-file-order" > /dev/null
 python3 -m vowpalwabbit -t -i "$work/vw.model" -d "$work/elec2.vw" -p "$work/vw.preds" --quiet
-va=$(python3 - "$work" <<'PY'
-import sys
+vw_fig=$(python3 - "$work" <<'PY2'
+import math, sys
 w = sys.argv[1]
 preds = [float(l.split()[0]) for l in open(f"{w}/vw.preds")]
 labels = [int(l) for l in open(f"{w}/elec2.labels")]
-print(round(sum((p > 0) == (y == 1) for p, y in zip(preds, labels)) / len(labels), 4))
-PY
+acc = sum((p > 0) == (y == 1) for p, y in zip(preds, labels)) / len(labels)
+# VW's raw score is the logit: log loss = log(1 + e^z) - y z, computed stably.
+loss = sum(max(p, 0) + math.log1p(math.exp(-abs(p))) - y * p for p, y in zip(preds, labels)) / len(labels)
+print(round(acc, 4), round(loss, 4))
+PY2
 )
-echo "accuracy on the 45,312 Elec2 rows after one pass over Elec2 x 20: eddy $ea, vw $va"
+# The full-batch optimum of the same model (logistic regression on the
+# standardised features, with an intercept): what both learners approach.
+optimum=$(python3 - "$work" <<'PY2'
+import sys
+import numpy as np
+from scipy.optimize import minimize
+d = np.loadtxt(f"{sys.argv[1]}/elec2.csv", delimiter=",", skiprows=1)
+X, y = d[:, :-1], d[:, -1]
+X = np.hstack([(X - X.mean(0)) / X.std(0), np.ones((len(X), 1))])
+def f(w):
+    z = X @ w
+    return np.mean(np.logaddexp(0, z) - y * z), X.T @ (1 / (1 + np.exp(-z)) - y) / len(y)
+r = minimize(f, np.zeros(X.shape[1]), jac=True, method="L-BFGS-B")
+print(round(float(((X @ r.x > 0) == y).mean()), 4), round(float(r.fun), 4))
+PY2
+)
+echo "on the 45,312 Elec2 rows after one pass over Elec2 x 20 (accuracy, log loss):"
+echo "  eddy, default shuffle buffer, median over seeds: $(printf '%s\n' "${eddy_acc[@]}" | median) $(printf '%s\n' "${eddy_loss[@]}" | median)"
+echo "  eddy, file order (--shuffle-buffer 0): $(fig "$work/eddy-file-order" "$work/elec2.csv")"
+echo "  vw: $vw_fig"
+echo "  full-batch optimum of logistic regression: $optimum"
 
 echo "== memory: peak RSS of eddy train by file size"
 for mb in "$SMALL_MB" "$LARGE_MB"; do
@@ -92,11 +123,11 @@ done
 
 echo "== quality: batch on the first half of Elec2, evaluated on the second half"
 for epochs in 1 3 10; do
-  "$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --out "$work/q-$epochs" > /dev/null
+  "$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --shuffle-buffer 0 --out "$work/q-$epochs" > /dev/null
   a=$("$EDDY" eval --model demo --snapshot "$work/q-$epochs" --data "$work/second.csv" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
   s=$("$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --shuffle-buffer 10000 --out "$work/qs-$epochs" > /dev/null; \
       "$EDDY" eval --model demo --snapshot "$work/qs-$epochs" --data "$work/second.csv" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
-  echo "epochs $epochs: second-half accuracy, log loss $a (file order), $s (shuffle buffer 10000)"
+  echo "epochs $epochs: second-half accuracy, log loss $a (file order), $s (shuffle buffer 10000, the default)"
 done
 p=$(EDDY_STORAGE__DIR=$work/empty "$EDDY" eval --model demo --data "$work/second.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
 pa=$("$EDDY" eval --model demo --snapshot "$work/q-1" --data "$work/second.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')

@@ -67,7 +67,7 @@ impl App {
                 }
                 _ => None,
             };
-            let (learner, version, meta, created_ms) = match loaded.snapshot.or(seeded) {
+            let (learner, version, meta, created_ms, names) = match loaded.snapshot.or(seeded) {
                 Some((snapshot, path)) => {
                     snapshot.check_compatible(m, &path)?;
                     tracing::info!(model = %m.name, version = snapshot.meta.version, path = %path.display(), "loaded snapshot");
@@ -78,7 +78,8 @@ impl App {
                     };
                     let (version, created) =
                         (snapshot.meta.version, snapshot.meta.model_created_at_ms);
-                    (snapshot.adopt(m.optimizer), version, meta, created)
+                    let names = snapshot.meta.feature_names.clone();
+                    (snapshot.adopt(m.optimizer), version, meta, created, names)
                 }
                 None => {
                     let fresh = Learner::new(Params::new(space.clone(), m.hash_bits), m.optimizer);
@@ -87,7 +88,7 @@ impl App {
                         feedback_position: 0,
                         rolled_back_from: None,
                     };
-                    (fresh, 1, meta, epoch_ms())
+                    (fresh, 1, meta, epoch_ms(), Arc::default())
                 }
             };
             let floor = VersionFloor::open(&dir)
@@ -133,6 +134,7 @@ impl App {
                     interval: config.storage.snapshot_interval(),
                     model: m.clone(),
                     created_at_ms: created_ms,
+                    feature_names: names,
                     last: Instant::now(),
                     last_good_at: Instant::now(),
                     unsaved_last_good: false,

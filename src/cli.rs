@@ -69,7 +69,7 @@ pub struct TrainArgs {
     pub epochs: u32,
     /// Examples held and released in random order (bounded memory); 0
     /// keeps file order.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::batch::DEFAULT_SHUFFLE_BUFFER)]
     pub shuffle_buffer: usize,
     /// Share of rows never trained on and evaluated at the end.
     #[arg(long, default_value_t = 0.0)]

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::cli::{DataArgs, EvalArgs, ExportFormat, SnapshotCommand, TrainArgs};
 use crate::config::{Config, ModelConfig};
 use crate::data::{Input, ReadOptions};
-use crate::learn::{Learner, Params};
+use crate::learn::{FeatureNames, Learner, Params};
 
 use super::{EvalOptions, TrainOptions, evaluate, snapshot, train};
 
@@ -132,9 +132,9 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.holdout) {
         anyhow::bail!("--holdout must lie in [0, 1)");
     }
-    let mut learner = match &args.init {
+    let (mut learner, mut names) = match &args.init {
         Some(path) => snapshot::load_for(&model, path)?,
-        None => fresh(&model)?,
+        None => (fresh(&model)?, FeatureNames::default()),
     };
     let options = TrainOptions {
         epochs: args.epochs.max(1),
@@ -172,7 +172,8 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality)?;
+    names.merge(&trained.read.names);
+    let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality, names)?;
     for bad in &trained.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
     }
@@ -210,7 +211,7 @@ pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.storage.model_dir(&model.name));
     let mut learner = match snapshot::load_for(&model, &source) {
-        Ok(l) => l,
+        Ok((learner, _)) => learner,
         Err(e) if args.snapshot.is_none() && args.prequential => {
             tracing::debug!(error = %e, "no snapshot: prequential from a fresh model");
             fresh(&model)?

@@ -12,4 +12,4 @@ pub mod train;
 
 pub use eval::{EvalOptions, Evaluation, Marker, evaluate, evaluate_monitored};
 pub use report::{Report, Tally};
-pub use train::{TrainOptions, Trained, train};
+pub use train::{DEFAULT_SHUFFLE_BUFFER, TrainOptions, Trained, train};

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::config::ModelConfig;
-use crate::learn::Learner;
+use crate::learn::{FeatureNames, Learner};
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
 
 /// Loads `path`: a snapshot file, or the newest valid one in a directory.
@@ -28,11 +29,13 @@ pub fn load(path: &Path) -> anyhow::Result<(Snapshot, PathBuf)> {
     }
 }
 
-/// Loads `path` as the starting point of `model`, checking it fits.
-pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<Learner> {
+/// Loads `path` as the starting point of `model`, checking it fits: the
+/// learner, and the feature names the snapshot knows.
+pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, FeatureNames)> {
     let (snapshot, file) = load(path)?;
     snapshot.check_compatible(model, &file)?;
-    Ok(snapshot.adopt(model.optimizer))
+    let names = FeatureNames::clone(&snapshot.meta.feature_names);
+    Ok((snapshot.adopt(model.optimizer), names))
 }
 
 /// Writes `learner` into `dir` as a last-good snapshot, numbered above
@@ -44,6 +47,7 @@ pub fn write_trained(
     dir: &Path,
     examples_trained: u64,
     quality: BTreeMap<String, f64>,
+    names: FeatureNames,
 ) -> anyhow::Result<SnapshotFile> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = SnapshotStore::new(dir.to_owned(), usize::MAX);
@@ -69,6 +73,7 @@ pub fn write_trained(
             model_created_at_ms: now,
             quality,
             last_good: true,
+            feature_names: Arc::new(names),
         },
         learner: learner.clone(),
     };
@@ -88,7 +93,8 @@ pub fn inspect(path: &Path) -> anyhow::Result<Value> {
         "file": file,
         "bytes": std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
         "checksum": "verified (blake3)",
-        "meta": s.meta,
+        "meta": meta_without_names(&s.meta)?,
+        "feature_names": names_summary(&s.meta.feature_names),
         "rows": p.weights.rows(),
         "outputs": p.outputs(),
         "rows_with_weights": nonzero_rows,
@@ -96,13 +102,36 @@ pub fn inspect(path: &Path) -> anyhow::Result<Value> {
     }))
 }
 
+/// The metadata as JSON without the names table (shown by
+/// `names_summary`, and per row by the export).
+fn meta_without_names(meta: &SnapshotMeta) -> anyhow::Result<Value> {
+    let mut value = serde_json::to_value(meta)?;
+    if let Some(map) = value.as_object_mut() {
+        map.remove("feature_names");
+    }
+    Ok(value)
+}
+
+fn names_summary(names: &FeatureNames) -> Value {
+    json!({
+        "known": names.len(),
+        "collisions": names.collisions(),
+        "complete": names.complete(),
+    })
+}
+
 /// What `eddy snapshot export --format json` writes: the configuration,
-/// intercepts, and every row that holds a weight, by hashed index (the
-/// snapshot keeps no feature names; `FeatureHasher::numeric` and
-/// `categorical` give a name's index), with its feature statistics.
+/// intercepts, every row that holds a weight by hashed index with its
+/// feature statistics and the names known to hash there (from `eddy
+/// train`; a row with two names is a collision, and a row with none was
+/// learned from features the snapshot never saw named), and `features`:
+/// the weights of every known name (zero for a feature that never moved
+/// its weight, e.g. a constant column), with the mean and standard
+/// deviation a numeric feature is standardised by.
 pub fn export_json(path: &Path) -> anyhow::Result<Value> {
     let (s, _) = load(path)?;
     let p = s.learner.params();
+    let names = &s.meta.feature_names;
     let outputs = p.outputs().max(1);
     let weights = p.weights.to_vec();
     let scaler = p.scaler.to_vec();
@@ -110,17 +139,37 @@ pub fn export_json(path: &Path) -> anyhow::Result<Value> {
     for (i, row) in weights.chunks(outputs).enumerate() {
         if row.iter().any(|w| *w != 0.0) {
             let m = scaler.get(i).copied().unwrap_or_default();
+            let known = u32::try_from(i).map_or(&[][..], |r| names.get(r));
             rows.insert(
                 i.to_string(),
-                json!({ "weights": row, "count": m.n, "mean": m.mean, "m2": m.m2 }),
+                json!({ "names": known, "weights": row, "count": m.n, "mean": m.mean, "m2": m.m2 }),
             );
+        }
+    }
+    let mut features = serde_json::Map::new();
+    for (r, known) in names.iter() {
+        let start = r as usize * outputs;
+        let Some(row) = weights.get(start..start + outputs) else {
+            continue;
+        };
+        // A numeric feature's weight applies to (x - mean) / std.
+        let m = scaler.get(r as usize).copied().unwrap_or_default();
+        for name in known {
+            let mut entry = json!({ "row": r, "weights": row });
+            if let Some(sd) = m.std() {
+                entry["mean"] = json!(m.mean);
+                entry["std"] = json!(sd);
+            }
+            features.insert(name.clone(), entry);
         }
     }
     let classes: Vec<String> = (0..p.space.n_classes())
         .map(|k| p.space.class_key(k).to_owned())
         .collect();
     Ok(json!({
-        "meta": s.meta,
+        "meta": meta_without_names(&s.meta)?,
+        "feature_names": names_summary(names),
+        "features": features,
         "outputs": classes,
         "bias": p.bias,
         "target": { "count": p.target.n, "mean": p.target.mean, "m2": p.target.m2 },

@@ -14,9 +14,18 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::data::{DataError, ExampleStream, Input, ReadOptions, ReadSummary};
-use crate::learn::{Example, LabelSpace, Learner};
+use crate::learn::{Example, FeatureNames, LabelSpace, Learner};
 
 use super::report::{Report, Tally};
+
+/// The shuffle buffer `eddy train` uses unless told otherwise. Files are
+/// often in time order, and consecutive rows of a stream are alike: fed in
+/// that order, SGD takes correlated steps and ends fitted to the end of the
+/// file. Releasing rows in random order from a buffer of this many makes
+/// the result the fit of the whole file (on Elec2 × 20: log loss 0.514
+/// against 0.576 in file order; the full-batch optimum is 0.513). It costs
+/// a few MB (10,000 parsed rows), not a pass over the data.
+pub const DEFAULT_SHUFFLE_BUFFER: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -33,7 +42,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         Self {
             epochs: 1,
-            shuffle_buffer: 0,
+            shuffle_buffer: DEFAULT_SHUFFLE_BUFFER,
             holdout: 0.0,
             seed: 0,
             read: ReadOptions::default(),
@@ -53,6 +62,10 @@ pub struct Trained {
     pub rows_per_second: f64,
     /// Figures on the held-out rows, when there were some.
     pub holdout: Option<Report>,
+    /// The shuffle buffer used (0: file order) and its seed.
+    pub shuffle_buffer: usize,
+    pub seed: u64,
+    /// The last pass's read summary; its `names` are those of the first.
     pub read: ReadSummary,
 }
 
@@ -91,9 +104,14 @@ pub fn train(
         learner.learn_one(&e.features, e.target);
         *examples += 1;
     };
+    let mut names = FeatureNames::default();
     for epoch in 0..options.epochs.max(1) {
-        let mut stream =
-            ExampleStream::spawn(inputs.to_vec(), options.read.clone(), hasher, space.clone());
+        // Feature names are noted on the first pass; later ones repeat it.
+        let read = ReadOptions {
+            names: epoch == 0,
+            ..options.read.clone()
+        };
+        let mut stream = ExampleStream::spawn(inputs.to_vec(), read, hasher, space.clone());
         let mut n = 0u64;
         while let Some(chunk) = stream.next_chunk() {
             for e in chunk {
@@ -105,6 +123,9 @@ pub fn train(
             progress(epoch, n, stream.bytes_read());
         }
         summary = stream.finish()?;
+        if epoch == 0 {
+            names = std::mem::take(&mut summary.names);
+        }
         rows = n;
     }
     // What the shuffle buffer still holds, in random order.
@@ -140,7 +161,9 @@ pub fn train(
         seconds,
         rows_per_second: (rows as f64 * f64::from(options.epochs.max(1))) / seconds.max(1e-9),
         holdout,
-        read: summary,
+        shuffle_buffer: options.shuffle_buffer,
+        seed: options.seed,
+        read: ReadSummary { names, ..summary },
     })
 }
 

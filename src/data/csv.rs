@@ -6,7 +6,9 @@
 
 use csv::StringRecord;
 
-use crate::learn::{Example, Feature, FeatureHasher, FeatureVec, LabelSpace, RawLabel};
+use crate::learn::{
+    Example, Feature, FeatureHasher, FeatureNames, FeatureVec, LabelSpace, RawLabel,
+};
 
 /// How a file's columns become features.
 #[derive(Debug, Clone)]
@@ -18,6 +20,7 @@ pub struct CsvSchema {
 #[derive(Debug, Clone)]
 struct Column {
     position: usize,
+    name: String,
     /// The row a numeric value of this column goes to.
     numeric: u32,
     name_hash: u64,
@@ -45,6 +48,7 @@ impl CsvSchema {
             .filter(|(i, _)| *i != label_at)
             .map(|(position, name)| Column {
                 position,
+                name: (*name).to_owned(),
                 numeric: hasher.numeric(name),
                 name_hash: FeatureHasher::name_hash(name),
             })
@@ -59,12 +63,14 @@ impl CsvSchema {
         self.columns.len() + 1
     }
 
-    /// One data row; `Err` says what is wrong with it.
+    /// One data row; `Err` says what is wrong with it. The feature names
+    /// of a valid row are noted in `names` when given.
     pub fn example(
         &self,
         record: &StringRecord,
         hasher: &FeatureHasher,
         space: &LabelSpace,
+        names: Option<&mut FeatureNames>,
     ) -> Result<Example, String> {
         if record.len() != self.width() {
             return Err(format!(
@@ -100,10 +106,39 @@ impl CsvSchema {
         if features.is_empty() {
             return Err("no features (every cell but the label is empty)".into());
         }
+        if let Some(names) = names {
+            self.note_names(record, &features, hasher, names);
+        }
         Ok(Example {
             features: FeatureVec { features },
             target,
         })
+    }
+}
+
+impl CsvSchema {
+    /// Notes the names of a valid row's features: the non-empty cells, in
+    /// column order, one feature each.
+    fn note_names(
+        &self,
+        record: &StringRecord,
+        features: &[Feature],
+        hasher: &FeatureHasher,
+        names: &mut FeatureNames,
+    ) {
+        let cells = self
+            .columns
+            .iter()
+            .map(|c| (c, record.get(c.position).unwrap_or("").trim()))
+            .filter(|(_, cell)| !cell.is_empty());
+        for ((c, cell), f) in cells.zip(features) {
+            if f.numeric {
+                names.note(c.name_hash, f.index, || c.name.clone());
+            } else {
+                let key = FeatureHasher::categorical_key(c.name_hash, cell);
+                names.note(key, hasher.row_of(key), || format!("{}={cell}", c.name));
+            }
+        }
     }
 }
 
@@ -136,12 +171,13 @@ mod tests {
         let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
         let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
         let row = StringRecord::from(vec![" 0.5", "1 ", "red", ""]);
-        let e = schema.example(&row, &hasher, &space).unwrap();
+        let e = schema.example(&row, &hasher, &space, None).unwrap();
         let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
         assert_eq!(e.features, hasher.hash(&raw).unwrap());
         assert_eq!(e.target, crate::learn::Target::Class(1));
 
-        let bad = |cells: Vec<&str>| schema.example(&StringRecord::from(cells), &hasher, &space);
+        let bad =
+            |cells: Vec<&str>| schema.example(&StringRecord::from(cells), &hasher, &space, None);
         assert!(bad(vec!["0.5", "1"]).unwrap_err().contains("fields"));
         assert!(
             bad(vec!["0.5", "7", "red", ""])
@@ -160,5 +196,34 @@ mod tests {
         );
         let no_label = CsvSchema::new(&header, "y", &hasher).unwrap_err();
         assert!(no_label.contains("--label"), "{no_label}");
+    }
+
+    #[test]
+    fn names_are_noted_as_the_json_form_notes_them_and_only_for_valid_rows() {
+        let hasher = FeatureHasher::new(18);
+        let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
+        let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
+        let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let mut names = FeatureNames::default();
+        let row = StringRecord::from(vec![" 0.5", "1", " red ", ""]);
+        schema
+            .example(&row, &hasher, &space, Some(&mut names))
+            .unwrap();
+        let mut json = FeatureNames::default();
+        let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
+        json.note_features(&hasher, &raw);
+        assert_eq!(names, json);
+        assert_eq!(
+            names.get(hasher.categorical("colour", "red")),
+            ["colour=red"]
+        );
+        // A row that fails (non-finite price) notes nothing, not even its colour.
+        let bad = StringRecord::from(vec!["inf", "1", "blue", ""]);
+        assert!(
+            schema
+                .example(&bad, &hasher, &space, Some(&mut names))
+                .is_err()
+        );
+        assert_eq!(names, json);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use crate::learn::{Example, FeatureHasher, LabelSpace};
+use crate::learn::{Example, FeatureHasher, FeatureNames, LabelSpace};
 
 use super::csv::CsvSchema;
 use super::{DataError, Format, Input, jsonl};
@@ -28,6 +28,8 @@ pub struct ReadOptions {
     pub skip_bad_rows: u64,
     /// Examples per chunk.
     pub chunk: usize,
+    /// Note the feature names read (`ReadSummary::names`).
+    pub names: bool,
 }
 
 impl Default for ReadOptions {
@@ -37,6 +39,7 @@ impl Default for ReadOptions {
             label: "label".into(),
             skip_bad_rows: 0,
             chunk: 4096,
+            names: false,
         }
     }
 }
@@ -56,6 +59,9 @@ pub struct ReadSummary {
     pub bad_rows: u64,
     /// The first `BAD_ROWS_KEPT` of them.
     pub bad: Vec<BadRow>,
+    /// The feature names of the valid rows, when `ReadOptions::names`.
+    #[serde(skip)]
+    pub names: FeatureNames,
 }
 
 pub struct ExampleStream {
@@ -183,7 +189,12 @@ impl Pass {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
                     let line = record.position().map_or(line, |p| p.line());
-                    match schema.example(&record, &self.hasher, &self.space) {
+                    match schema.example(
+                        &record,
+                        &self.hasher,
+                        &self.space,
+                        self.options.names.then_some(&mut self.summary.names),
+                    ) {
                         Ok(e) => self.push(e),
                         Err(message) => self.bad(&file, line, message)?,
                     }
@@ -222,7 +233,12 @@ impl Pass {
                 return Ok(());
             }
             number += 1;
-            match jsonl::example(&line, &self.hasher, &self.space) {
+            match jsonl::example(
+                &line,
+                &self.hasher,
+                &self.space,
+                self.options.names.then_some(&mut self.summary.names),
+            ) {
                 Ok(Some(e)) => self.push(e),
                 Ok(None) => {}
                 Err(message) => self.bad(&file, number, message)?,

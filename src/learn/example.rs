@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use super::features::{FeatureError, FeatureHasher, FeatureVec, RawFeatures};
 use super::label::{LabelError, LabelSpace, RawLabel, Target};
+use super::names::FeatureNames;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
@@ -38,10 +39,24 @@ impl Example {
         hasher: &FeatureHasher,
         space: &LabelSpace,
     ) -> Result<Self, ExampleError> {
+        Self::from_json_noting(line, hasher, space, None)
+    }
+
+    /// `from_json`, noting the feature names of a valid line in `names`.
+    pub fn from_json_noting(
+        line: &str,
+        hasher: &FeatureHasher,
+        space: &LabelSpace,
+        names: Option<&mut FeatureNames>,
+    ) -> Result<Self, ExampleError> {
         let raw: Line = serde_json::from_str(line)?;
-        Ok(Self {
+        let example = Self {
             features: hasher.hash(&raw.features)?,
             target: space.target(&raw.label)?,
-        })
+        };
+        if let Some(names) = names {
+            names.note_features(hasher, &raw.features);
+        }
+        Ok(example)
     }
 }

@@ -74,7 +74,14 @@ impl FeatureHasher {
     }
 
     pub fn numeric(&self, name: &str) -> u32 {
-        fold(xxh3_64_with_seed(name.as_bytes(), NAME_SEED)) & self.mask
+        self.row_of(Self::name_hash(name))
+    }
+
+    /// The row of a feature's 64-bit key (`name_hash` for a numeric
+    /// feature, `categorical_key` for a categorical one).
+    #[inline]
+    pub fn row_of(&self, key: u64) -> u32 {
+        fold(key) & self.mask
     }
 
     pub fn categorical(&self, name: &str, value: &str) -> u32 {
@@ -89,7 +96,14 @@ impl FeatureHasher {
 
     /// `categorical` with the name already hashed by `name_hash`.
     pub fn categorical_in(&self, name_hash: u64, value: &str) -> u32 {
-        fold(xxh3_64_with_seed(value.as_bytes(), name_hash ^ VALUE_SEED)) & self.mask
+        self.row_of(Self::categorical_key(name_hash, value))
+    }
+
+    /// The 64-bit key of a categorical feature, before it is folded into
+    /// a row: what tells `name=value` features apart where rows collide.
+    #[inline]
+    pub fn categorical_key(name_hash: u64, value: &str) -> u64 {
+        xxh3_64_with_seed(value.as_bytes(), name_hash ^ VALUE_SEED)
     }
 
     /// Hashes a parsed feature set; rejects an empty set.

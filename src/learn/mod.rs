@@ -9,6 +9,7 @@ pub mod example;
 pub mod features;
 pub mod label;
 pub mod linear;
+pub mod names;
 pub mod optim;
 
 pub use compare::{DegradationRule, LossSample, PairedWindow, Verdict};
@@ -17,4 +18,5 @@ pub use example::Example;
 pub use features::{Feature, FeatureError, FeatureHasher, FeatureVec, RawFeatures, RawValue};
 pub use label::{LabelError, LabelOut, LabelSpace, RawLabel, Target, TaskKind};
 pub use linear::{Learner, Output, Params};
+pub use names::FeatureNames;
 pub use optim::{OptimizerConfig, OptimizerKind};

@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::config::ModelConfig;
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
-use crate::learn::{LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
+use crate::learn::{FeatureNames, LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
 /// The on-disk format version this build writes and reads.
@@ -68,6 +68,14 @@ pub struct SnapshotMeta {
     /// Written when the monitor promoted this version to last-good.
     #[serde(default)]
     pub last_good: bool,
+    /// The feature names known for the weight rows (from `eddy train`),
+    /// carried from snapshot to snapshot.
+    #[serde(default, skip_serializing_if = "no_names")]
+    pub feature_names: Arc<FeatureNames>,
+}
+
+fn no_names(names: &Arc<FeatureNames>) -> bool {
+    names.is_empty()
 }
 
 /// A model's state: metadata plus the learner (parameters and optimizer).
@@ -582,8 +590,12 @@ mod tests {
             ..OptimizerConfig::default()
         };
         let mut learner = Learner::new(Params::new(space.clone(), 10), optimizer);
+        let mut names = FeatureNames::default();
         for i in 0..200 {
-            let x = features(&format!(r#"{{"a": {}, "c": "k{}"}}"#, i % 13, i % 3));
+            let json = format!(r#"{{"a": {}, "c": "k{}"}}"#, i % 13, i % 3);
+            let raw: RawFeatures = serde_json::from_str(&json).unwrap();
+            names.note_features(&FeatureHasher::new(10), &raw);
+            let x = features(&json);
             let y = match task {
                 TaskKind::Regression => Target::Value(i as f64 * 0.5),
                 _ => Target::Class(i % space.n_classes()),
@@ -606,6 +618,7 @@ mod tests {
                 model_created_at_ms: 1,
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.75)]),
                 last_good: false,
+                feature_names: Arc::new(names),
             },
             learner,
         }
@@ -632,6 +645,7 @@ mod tests {
             let bytes = s.encode().unwrap();
             let back = Snapshot::decode(&bytes, Path::new("x")).unwrap();
             assert_eq!(back.meta, s.meta);
+            assert_eq!(back.meta.feature_names.len(), 4, "a, c=k0, c=k1, c=k2");
             let probe = features(r#"{"a": 5, "c": "k1"}"#);
             assert_eq!(
                 back.learner.params().predict(&probe),

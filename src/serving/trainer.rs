@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ModelConfig, OnDegrade, TrainingConfig};
-use crate::learn::Learner;
+use crate::learn::{FeatureNames, Learner};
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::events::{Event, EventKind, EventLog};
@@ -1012,6 +1012,7 @@ impl Trainer {
                 model_created_at_ms: policy.created_at_ms,
                 quality,
                 last_good,
+                feature_names: policy.feature_names.clone(),
             },
             learner,
         })
@@ -1081,6 +1082,9 @@ pub struct SnapshotPolicy {
     /// The model's configuration (task, classes, hash_bits go in the meta).
     pub model: ModelConfig,
     pub created_at_ms: u64,
+    /// Feature names known from the snapshot the model started from
+    /// (written by `eddy train`); every snapshot carries them on.
+    pub feature_names: Arc<FeatureNames>,
     /// When the last periodic snapshot was written (or the trainer started).
     pub last: Instant,
     /// When the last last-good snapshot was written.

@@ -124,24 +124,65 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
         app.info("demo").await["last_good_version"],
         trained["snapshot"]["version"]
     );
+    // It learns on; the snapshot it writes at shutdown is its own.
+    let examples: Vec<Value> = test_rows[..50].to_vec();
+    let (status, body) = app.feedback("demo", json!({ "examples": examples })).await;
+    assert_eq!(status, 202, "{body}");
     app.stop().await.expect("clean stop");
 
-    // The export names every row that holds a weight.
-    let out = eddy(
-        &data,
-        &[
-            "snapshot",
-            "export",
-            data.join("demo").to_str().expect("path"),
-        ],
-    );
-    let export = json_of(&out);
-    let row = FeatureHasher::new(18).numeric("nswprice").to_string();
+    // The export gives every row that holds a weight, with the names
+    // `eddy train` saw hashed there, and the weights by name.
+    let export_of = |dir: &std::path::Path| {
+        json_of(&eddy(
+            &data,
+            &["snapshot", "export", dir.to_str().expect("path")],
+        ))
+    };
+    let export = export_of(&data.join("demo"));
+    let row = FeatureHasher::new(18).numeric("nswprice");
+    let key = row.to_string();
     assert!(
-        export["rows"][row.as_str()]["weights"].is_array(),
+        export["rows"][key.as_str()]["weights"].is_array(),
         "nswprice's row"
     );
+    assert_eq!(export["rows"][key.as_str()]["names"], json!(["nswprice"]));
+    assert_eq!(export["features"]["nswprice"]["row"], row);
+    assert_eq!(
+        export["features"]["nswprice"]["weights"],
+        export["rows"][key.as_str()]["weights"]
+    );
+    let names: Vec<&String> = export["features"]
+        .as_object()
+        .expect("features")
+        .keys()
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "nswdemand",
+            "nswprice",
+            "period",
+            "transfer",
+            "vicdemand",
+            "vicprice"
+        ]
+    );
+    // Victoria's columns are constant in these rows: known, but weightless.
+    assert_eq!(export["features"]["vicprice"]["weights"], json!([0.0]));
+    assert_eq!(export["feature_names"]["complete"], true);
     assert_eq!(export["meta"]["last_good"], true);
+    // The seeded server's own snapshot carries the names on.
+    let served = export_of(&other.path().join("demo"));
+    assert!(
+        served["meta"]["version"].as_u64() > trained["snapshot"]["version"].as_u64(),
+        "{}",
+        served["meta"]
+    );
+    assert_eq!(served["features"]["nswprice"]["row"], row);
+    assert_ne!(
+        served["features"]["nswprice"]["weights"], export["features"]["nswprice"]["weights"],
+        "learned on"
+    );
 }
 
 #[test]
@@ -164,9 +205,10 @@ fn out_of_core_training_equals_in_memory_for_the_same_order() {
         let e = Example::from_json(&r.to_string(), &hasher, &space).expect("example");
         memory.learn_one(&e.features, e.target);
     }
-    for chunk in [1, 7, 4096] {
-        let mut streamed = fresh();
+    let streamed = |chunk: usize, shuffle_buffer: usize| {
+        let mut learner = fresh();
         let options = TrainOptions {
+            shuffle_buffer,
             read: ReadOptions {
                 chunk,
                 ..ReadOptions::default()
@@ -174,19 +216,39 @@ fn out_of_core_training_equals_in_memory_for_the_same_order() {
             ..TrainOptions::default()
         };
         let trained = train(
-            &mut streamed,
+            &mut learner,
             &[Input::File(path.clone())],
             &options,
             |_, _, _| {},
         )
         .expect("trains");
         assert_eq!(trained.examples, rows.len() as u64);
+        learner
+    };
+    for chunk in [1, 7, 4096] {
+        let file_order = streamed(chunk, 0);
         assert_eq!(
-            streamed.params().weights.to_vec(),
+            file_order.params().weights.to_vec(),
             memory.params().weights.to_vec(),
             "chunks of {chunk}"
         );
-        assert_eq!(streamed.params().bias, memory.params().bias);
+        assert_eq!(file_order.params().bias, memory.params().bias);
+    }
+    // The default shuffles (the result differs from file order), and the
+    // shuffled order depends on the seed alone, not on how the file was
+    // chunked: out-of-core runs are reproducible.
+    let shuffled = streamed(4096, TrainOptions::default().shuffle_buffer);
+    assert_ne!(
+        shuffled.params().weights.to_vec(),
+        memory.params().weights.to_vec()
+    );
+    for chunk in [1, 7] {
+        let again = streamed(chunk, TrainOptions::default().shuffle_buffer);
+        assert_eq!(
+            again.params().weights.to_vec(),
+            shuffled.params().weights.to_vec(),
+            "shuffled, chunks of {chunk}"
+        );
     }
 }
 
