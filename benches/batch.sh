@@ -106,6 +106,9 @@ PY2
 echo "on the 45,312 Elec2 rows after one pass over Elec2 x 20 (accuracy, log loss):"
 echo "  eddy, default shuffle buffer, median over seeds: $(printf '%s\n' "${eddy_acc[@]}" | median) $(printf '%s\n' "${eddy_loss[@]}" | median)"
 echo "  eddy, file order (--shuffle-buffer 0): $(fig "$work/eddy-file-order" "$work/elec2.csv")"
+rm -rf "$work/eddy-10k"
+"$EDDY" train --model demo --data "$work/elec2x20.csv" --shuffle-buffer 10000 --out "$work/eddy-10k" > /dev/null
+echo "  eddy, --shuffle-buffer 10000: $(fig "$work/eddy-10k" "$work/elec2.csv")"
 echo "  vw: $vw_fig"
 echo "  full-batch optimum of logistic regression: $optimum"
 
@@ -125,9 +128,9 @@ echo "== quality: batch on the first half of Elec2, evaluated on the second half
 for epochs in 1 3 10; do
   "$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --shuffle-buffer 0 --out "$work/q-$epochs" > /dev/null
   a=$("$EDDY" eval --model demo --snapshot "$work/q-$epochs" --data "$work/second.csv" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
-  s=$("$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --shuffle-buffer 10000 --out "$work/qs-$epochs" > /dev/null; \
+  s=$("$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --out "$work/qs-$epochs" > /dev/null; \
       "$EDDY" eval --model demo --snapshot "$work/qs-$epochs" --data "$work/second.csv" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
-  echo "epochs $epochs: second-half accuracy, log loss $a (file order), $s (shuffle buffer 10000, the default)"
+  echo "epochs $epochs: second-half accuracy, log loss $a (file order), $s (the default shuffle buffer)"
 done
 p=$(EDDY_STORAGE__DIR=$work/empty "$EDDY" eval --model demo --data "$work/second.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
 pa=$("$EDDY" eval --model demo --snapshot "$work/q-1" --data "$work/second.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')

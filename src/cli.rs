@@ -71,6 +71,9 @@ pub struct TrainArgs {
     /// keeps file order.
     #[arg(long, default_value_t = crate::batch::DEFAULT_SHUFFLE_BUFFER)]
     pub shuffle_buffer: usize,
+    /// And at most this many MB of them (wide rows reach it first).
+    #[arg(long, default_value_t = crate::batch::DEFAULT_SHUFFLE_MB)]
+    pub shuffle_buffer_mb: usize,
     /// Share of rows never trained on and evaluated at the end.
     #[arg(long, default_value_t = 0.0)]
     pub holdout: f64,

@@ -133,12 +133,16 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("--holdout must lie in [0, 1)");
     }
     let (mut learner, mut names) = match &args.init {
-        Some(path) => snapshot::load_for(&model, path)?,
+        Some(path) => {
+            let (learner, names) = snapshot::load_for(&model, path)?;
+            (learner, Arc::unwrap_or_clone(names))
+        }
         None => (fresh(&model)?, FeatureNames::default()),
     };
     let options = TrainOptions {
         epochs: args.epochs.max(1),
         shuffle_buffer: args.shuffle_buffer,
+        shuffle_bytes: args.shuffle_buffer_mb.saturating_mul(1 << 20),
         holdout: args.holdout,
         seed: args.seed,
         read,
@@ -153,7 +157,7 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         progress.tick(&format!("epoch {}", epoch + 1), rows, bytes);
     });
     progress.done();
-    let trained = trained?;
+    let mut trained = trained?;
     let out = args
         .out
         .clone()
@@ -172,7 +176,7 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             }
         }
     }
-    names.merge(&trained.read.names);
+    names.merge(std::mem::take(&mut trained.read.names));
     let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality, names)?;
     for bad in &trained.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);

@@ -7,9 +7,10 @@ pub mod commands;
 pub mod eval;
 pub mod plot;
 pub mod report;
+pub mod shuffle;
 pub mod snapshot;
 pub mod train;
 
 pub use eval::{EvalOptions, Evaluation, Marker, evaluate, evaluate_monitored};
 pub use report::{Report, Tally};
-pub use train::{DEFAULT_SHUFFLE_BUFFER, TrainOptions, Trained, train};
+pub use train::{DEFAULT_SHUFFLE_BUFFER, DEFAULT_SHUFFLE_MB, TrainOptions, Trained, train};

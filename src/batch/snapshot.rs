@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::config::ModelConfig;
+use crate::learn::names::NameKind;
 use crate::learn::{FeatureNames, Learner};
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
 
@@ -31,10 +32,10 @@ pub fn load(path: &Path) -> anyhow::Result<(Snapshot, PathBuf)> {
 
 /// Loads `path` as the starting point of `model`, checking it fits: the
 /// learner, and the feature names the snapshot knows.
-pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, FeatureNames)> {
+pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, Arc<FeatureNames>)> {
     let (snapshot, file) = load(path)?;
     snapshot.check_compatible(model, &file)?;
-    let names = FeatureNames::clone(&snapshot.meta.feature_names);
+    let names = snapshot.meta.feature_names.clone();
     Ok((snapshot.adopt(model.optimizer), names))
 }
 
@@ -105,11 +106,11 @@ pub fn inspect(path: &Path) -> anyhow::Result<Value> {
 /// The metadata as JSON without the names table (shown by
 /// `names_summary`, and per row by the export).
 fn meta_without_names(meta: &SnapshotMeta) -> anyhow::Result<Value> {
-    let mut value = serde_json::to_value(meta)?;
-    if let Some(map) = value.as_object_mut() {
-        map.remove("feature_names");
-    }
-    Ok(value)
+    let meta = SnapshotMeta {
+        feature_names: Arc::default(),
+        ..meta.clone()
+    };
+    Ok(serde_json::to_value(meta)?)
 }
 
 fn names_summary(names: &FeatureNames) -> Value {
@@ -125,9 +126,9 @@ fn names_summary(names: &FeatureNames) -> Value {
 /// feature statistics and the names known to hash there (from `eddy
 /// train`; a row with two names is a collision, and a row with none was
 /// learned from features the snapshot never saw named), and `features`:
-/// the weights of every known name (zero for a feature that never moved
-/// its weight, e.g. a constant column), with the mean and standard
-/// deviation a numeric feature is standardised by.
+/// every known name, by name, with its kind, row and weights (zero for a
+/// feature that never moved its weight, e.g. a constant column) and, for a
+/// numeric feature, the mean and standard deviation it is standardised by.
 pub fn export_json(path: &Path) -> anyhow::Result<Value> {
     let (s, _) = load(path)?;
     let p = s.learner.params();
@@ -139,30 +140,33 @@ pub fn export_json(path: &Path) -> anyhow::Result<Value> {
     for (i, row) in weights.chunks(outputs).enumerate() {
         if row.iter().any(|w| *w != 0.0) {
             let m = scaler.get(i).copied().unwrap_or_default();
-            let known = u32::try_from(i).map_or(&[][..], |r| names.get(r));
+            let known: Vec<&str> = u32::try_from(i)
+                .map(|r| names.get(r).map(|(n, _)| n).collect())
+                .unwrap_or_default();
             rows.insert(
                 i.to_string(),
                 json!({ "names": known, "weights": row, "count": m.n, "mean": m.mean, "m2": m.m2 }),
             );
         }
     }
-    let mut features = serde_json::Map::new();
-    for (r, known) in names.iter() {
+    let mut features = Vec::with_capacity(names.len());
+    for (r, name, kind) in names.iter() {
         let start = r as usize * outputs;
         let Some(row) = weights.get(start..start + outputs) else {
             continue;
         };
+        let mut entry = json!({ "name": name, "kind": kind, "row": r, "weights": row });
         // A numeric feature's weight applies to (x - mean) / std.
-        let m = scaler.get(r as usize).copied().unwrap_or_default();
-        for name in known {
-            let mut entry = json!({ "row": r, "weights": row });
-            if let Some(sd) = m.std() {
-                entry["mean"] = json!(m.mean);
-                entry["std"] = json!(sd);
-            }
-            features.insert(name.clone(), entry);
+        if kind == NameKind::Numeric
+            && let Some(m) = scaler.get(r as usize)
+            && let Some(sd) = m.std()
+        {
+            entry["mean"] = json!(m.mean);
+            entry["std"] = json!(sd);
         }
+        features.push(entry);
     }
+    features.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let classes: Vec<String> = (0..p.space.n_classes())
         .map(|k| p.space.class_key(k).to_owned())
         .collect();

@@ -6,6 +6,7 @@
 
 use csv::StringRecord;
 
+use crate::learn::names::NameKind;
 use crate::learn::{
     Example, Feature, FeatureHasher, FeatureNames, FeatureVec, LabelSpace, RawLabel,
 };
@@ -133,10 +134,12 @@ impl CsvSchema {
             .filter(|(_, cell)| !cell.is_empty());
         for ((c, cell), f) in cells.zip(features) {
             if f.numeric {
-                names.note(c.name_hash, f.index, || c.name.clone());
+                names.note(c.name_hash, f.index, NameKind::Numeric, || c.name.clone());
             } else {
                 let key = FeatureHasher::categorical_key(c.name_hash, cell);
-                names.note(key, hasher.row_of(key), || format!("{}={cell}", c.name));
+                names.note(key, hasher.row_of(key), NameKind::Categorical, || {
+                    format!("{}={cell}", c.name)
+                });
             }
         }
     }
@@ -214,8 +217,10 @@ mod tests {
         json.note_features(&hasher, &raw);
         assert_eq!(names, json);
         assert_eq!(
-            names.get(hasher.categorical("colour", "red")),
-            ["colour=red"]
+            names
+                .get(hasher.categorical("colour", "red"))
+                .collect::<Vec<_>>(),
+            [("colour=red", NameKind::Categorical)]
         );
         // A row that fails (non-finite price) notes nothing, not even its colour.
         let bad = StringRecord::from(vec!["inf", "1", "blue", ""]);

@@ -15,7 +15,7 @@ pub mod jsonl;
 pub mod stream;
 
 pub use input::{Format, Input};
-pub use stream::{BadRow, ExampleStream, ReadOptions, ReadSummary};
+pub use stream::{BadRow, ExampleStream, ReadOptions, ReadSummary, held_out};
 
 use thiserror::Error;
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
 use crate::learn::{Example, FeatureHasher, FeatureNames, LabelSpace};
 
 use super::csv::CsvSchema;
@@ -30,6 +32,16 @@ pub struct ReadOptions {
     pub chunk: usize,
     /// Note the feature names read (`ReadSummary::names`).
     pub names: bool,
+    /// The share of rows held out of training (`held_out`): their names
+    /// are not noted, since no weight is learned from them.
+    pub holdout: f64,
+}
+
+/// Whether row `n` (valid rows counted from 0 across the inputs of a
+/// pass) is held out when a `share` of rows is: the same rows every pass.
+pub fn held_out(n: u64, share: f64) -> bool {
+    share > 0.0
+        && (xxh3_64_with_seed(&n.to_le_bytes(), 0x686f_6c64) as f64 / u64::MAX as f64) < share
 }
 
 impl Default for ReadOptions {
@@ -40,6 +52,7 @@ impl Default for ReadOptions {
             skip_bad_rows: 0,
             chunk: 4096,
             names: false,
+            holdout: 0.0,
         }
     }
 }
@@ -145,6 +158,11 @@ struct Pass {
 }
 
 impl Pass {
+    /// Whether to note the names of the row about to be parsed.
+    fn noting(&self) -> bool {
+        self.options.names && !held_out(self.summary.rows, self.options.holdout)
+    }
+
     fn read(&mut self, input: &Input) -> Result<(), DataError> {
         let format = self
             .options
@@ -189,11 +207,12 @@ impl Pass {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
                     let line = record.position().map_or(line, |p| p.line());
+                    let noting = self.noting();
                     match schema.example(
                         &record,
                         &self.hasher,
                         &self.space,
-                        self.options.names.then_some(&mut self.summary.names),
+                        noting.then_some(&mut self.summary.names),
                     ) {
                         Ok(e) => self.push(e),
                         Err(message) => self.bad(&file, line, message)?,
@@ -233,11 +252,12 @@ impl Pass {
                 return Ok(());
             }
             number += 1;
+            let noting = self.noting();
             match jsonl::example(
                 &line,
                 &self.hasher,
                 &self.space,
-                self.options.names.then_some(&mut self.summary.names),
+                noting.then_some(&mut self.summary.names),
             ) {
                 Ok(Some(e)) => self.push(e),
                 Ok(None) => {}
@@ -289,5 +309,49 @@ impl Pass {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_noted_for_trained_rows_only() {
+        use crate::learn::{FeatureHasher, LabelSpace, TaskKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"features": {{"f{i}": 1}}, "label": 1}}"#))
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let hasher = FeatureHasher::new(18);
+        let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
+        let options = ReadOptions {
+            names: true,
+            holdout: 0.5,
+            ..ReadOptions::default()
+        };
+        let mut stream = ExampleStream::spawn(vec![Input::File(path)], options, hasher, space);
+        while stream.next_chunk().is_some() {}
+        let names = stream.finish().unwrap().names;
+        let trained: Vec<u64> = (0..200).filter(|n| !held_out(*n, 0.5)).collect();
+        assert!(trained.len() > 50 && trained.len() < 150);
+        assert_eq!(names.len(), trained.len());
+        for n in trained {
+            let name = format!("f{n}");
+            assert_eq!(
+                names.get(hasher.numeric(&name)).next().map(|(n, _)| n),
+                Some(name.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_holdout_share_is_stable_and_about_right() {
+        let held = (0..100_000u64).filter(|n| held_out(*n, 0.2)).count();
+        assert!((19_000..21_000).contains(&held), "{held}");
+        assert_eq!(held_out(12, 0.2), held_out(12, 0.2));
+        assert!(!(0..1000u64).any(|n| held_out(n, 0.0)));
     }
 }

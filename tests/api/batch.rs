@@ -146,15 +146,25 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
         "nswprice's row"
     );
     assert_eq!(export["rows"][key.as_str()]["names"], json!(["nswprice"]));
-    assert_eq!(export["features"]["nswprice"]["row"], row);
-    assert_eq!(
-        export["features"]["nswprice"]["weights"],
-        export["rows"][key.as_str()]["weights"]
-    );
-    let names: Vec<&String> = export["features"]
-        .as_object()
+    let by_name = |export: &Value, name: &str| -> Value {
+        export["features"]
+            .as_array()
+            .expect("features")
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let nswprice = by_name(&export, "nswprice");
+    assert_eq!(nswprice["row"], row);
+    assert_eq!(nswprice["kind"], "numeric");
+    assert!(nswprice["std"].as_f64() > Some(0.0), "{nswprice}");
+    assert_eq!(nswprice["weights"], export["rows"][key.as_str()]["weights"]);
+    let names: Vec<&str> = export["features"]
+        .as_array()
         .expect("features")
-        .keys()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
         .collect();
     assert_eq!(
         names,
@@ -168,7 +178,7 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
         ]
     );
     // Victoria's columns are constant in these rows: known, but weightless.
-    assert_eq!(export["features"]["vicprice"]["weights"], json!([0.0]));
+    assert_eq!(by_name(&export, "vicprice")["weights"], json!([0.0]));
     assert_eq!(export["feature_names"]["complete"], true);
     assert_eq!(export["meta"]["last_good"], true);
     // The seeded server's own snapshot carries the names on.
@@ -178,9 +188,10 @@ async fn trained_snapshot_serves_exactly_what_eval_reports() {
         "{}",
         served["meta"]
     );
-    assert_eq!(served["features"]["nswprice"]["row"], row);
+    let served_nswprice = by_name(&served, "nswprice");
+    assert_eq!(served_nswprice["row"], row);
     assert_ne!(
-        served["features"]["nswprice"]["weights"], export["features"]["nswprice"]["weights"],
+        served_nswprice["weights"], nswprice["weights"],
         "learned on"
     );
 }
