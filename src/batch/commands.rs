@@ -13,7 +13,7 @@ use crate::config::{Config, ModelConfig};
 use crate::data::{Input, ReadOptions};
 use crate::learn::{FeatureNames, Learner, Params};
 
-use super::{EvalOptions, TrainOptions, evaluate, snapshot, train};
+use super::{EvalOptions, Report, TrainOptions, evaluate, snapshot, train};
 
 /// Progress of a long run on stderr: a bar with rows/s and ETA (by bytes
 /// read) on a terminal, a plain line every few seconds otherwise.
@@ -162,20 +162,12 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| config.storage.model_dir(&model.name));
-    let mut quality = BTreeMap::new();
-    if let Some(h) = &trained.holdout {
-        for (k, v) in [
-            ("holdout_accuracy", h.accuracy),
-            ("holdout_log_loss", h.log_loss),
-            ("holdout_mae", h.mae),
-            ("holdout_rmse", h.rmse),
-            ("holdout_r2", h.r2),
-        ] {
-            if let Some(v) = v {
-                quality.insert(k.to_owned(), v);
-            }
-        }
-    }
+    let quality: BTreeMap<String, f64> = trained
+        .holdout
+        .iter()
+        .flat_map(Report::named)
+        .map(|(name, v)| (format!("holdout_{name}"), v))
+        .collect();
     names.merge(std::mem::take(&mut trained.read.names));
     let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality, names)?;
     for bad in &trained.read.bad {

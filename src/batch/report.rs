@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::learn::linear::Moments;
-use crate::learn::{LabelSpace, Output, Scores, Target, TaskKind};
+use crate::learn::{Figures, LabelSpace, Output, Scores, Target, TaskKind};
 
 #[derive(Debug, Clone)]
 pub struct Tally {
@@ -20,17 +20,12 @@ pub struct Tally {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub rows: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_loss: Option<f64>,
+    /// Accuracy and log loss, or MAE and RMSE, by name.
+    #[serde(flatten)]
+    pub figures: Figures,
     /// Rows are actual classes, columns predicted ones, in `classes` order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confusion: Option<Confusion>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mae: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rmse: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub r2: Option<f64>,
 }
@@ -82,23 +77,27 @@ impl Tally {
         });
         Report {
             rows: self.scores.n,
-            accuracy: f.accuracy,
-            log_loss: f.log_loss,
+            figures: f,
             confusion: classification.then(|| Confusion {
                 classes: self.classes.clone(),
                 counts: self.confusion.clone(),
             }),
-            mae: f.mae,
-            rmse: f.rmse,
             r2,
         }
     }
 }
 
 impl Report {
+    /// The present figures as `(name, value)`: `Figures::named`, then R2.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        let mut named = self.figures.named();
+        named.extend(self.r2.map(|r2| ("r2", r2)));
+        named
+    }
+
     /// The headline figure: accuracy, or MAE.
     pub fn headline(&self) -> (&'static str, f64) {
-        match (self.accuracy, self.mae) {
+        match (self.figures.accuracy, self.figures.mae) {
             (Some(a), _) => ("accuracy", a),
             (None, Some(m)) => ("mae", m),
             _ => ("rows", self.rows as f64),
@@ -108,16 +107,9 @@ impl Report {
     /// A plain-text rendering for terminals.
     pub fn text(&self) -> String {
         let mut out = format!("rows       {}\n", self.rows);
-        let mut line = |name: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                out.push_str(&format!("{name:<10} {v:.6}\n"));
-            }
-        };
-        line("accuracy", self.accuracy);
-        line("log_loss", self.log_loss);
-        line("mae", self.mae);
-        line("rmse", self.rmse);
-        line("r2", self.r2);
+        for (name, v) in self.named() {
+            out.push_str(&format!("{name:<10} {v:.6}\n"));
+        }
         if let Some(c) = &self.confusion {
             out.push_str("confusion  (rows: actual, columns: predicted)\n");
             out.push_str(&format!("{:>12}", ""));
@@ -150,7 +142,7 @@ mod tests {
         t.add(&Output::Probabilities(vec![0.9, 0.1]), Target::Class(0));
         let r = t.report();
         assert_eq!(r.rows, 3);
-        assert_eq!(r.accuracy, Some(2.0 / 3.0));
+        assert_eq!(r.figures.accuracy, Some(2.0 / 3.0));
         assert_eq!(r.confusion.unwrap().counts, vec![vec![1, 0], vec![1, 1]]);
 
         let space = LabelSpace::new(TaskKind::Regression, vec![]).unwrap();
@@ -161,6 +153,6 @@ mod tests {
         let r = t.report();
         // SSE = 1, SST = (1-3)^2 + 0 + (5-3)^2 = 8.
         assert!((r.r2.unwrap() - (1.0 - 1.0 / 8.0)).abs() < 1e-12);
-        assert!(r.confusion.is_none() && r.accuracy.is_none());
+        assert!(r.confusion.is_none() && r.figures.accuracy.is_none());
     }
 }

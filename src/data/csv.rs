@@ -115,9 +115,7 @@ impl CsvSchema {
             target,
         })
     }
-}
 
-impl CsvSchema {
     /// Notes the names of a valid row's features: the non-empty cells, in
     /// column order, one feature each.
     fn note_names(

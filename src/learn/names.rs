@@ -210,11 +210,7 @@ impl FeatureNames {
                 .iter()
                 .flat_map(|(row, names)| names.iter().map(|n| (*row, n.clone())))
                 .collect();
-            let theirs = match kind {
-                NameKind::Numeric => &other.numeric,
-                NameKind::Categorical => &other.categorical,
-            };
-            for (row, names) in theirs {
+            for (row, names) in other.map(kind) {
                 for name in names {
                     if !have.contains(&(*row, name.clone())) {
                         self.push(*row, kind, name.clone());

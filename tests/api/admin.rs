@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{sample, scrape, spawn_app, spawn_with};
+use crate::helpers::{events, sample, scrape, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn metrics_count_what_happened_and_pass_promtool() {
@@ -325,20 +325,9 @@ async fn rollback_to_a_named_version_or_to_last_good() {
     let (status, _) = admin_post(&app, "nope/rollback", "{}").await;
     assert_eq!(status, 404);
 
-    let r = app
-        .client
-        .get(format!("http://{}/admin/models/demo/events", app.admin))
-        .send()
-        .await
-        .expect("events");
-    let events: Value = r.json().await.expect("json");
-    let rollbacks: Vec<&Value> = events["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["kind"] == "rollback")
-        .collect();
-    assert_eq!(rollbacks.len(), 2, "{events}");
+    let events = events(&app, "demo").await;
+    let rollbacks: Vec<&Value> = events.iter().filter(|e| e["kind"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 2, "{events:?}");
     for e in rollbacks {
         assert!(e["at"].as_str().is_some_and(|a| a.ends_with('Z')), "{e}");
         assert!(

@@ -186,16 +186,31 @@ pub fn item_codes(body: &Value) -> Vec<(u64, &str)> {
         .collect()
 }
 
-/// `GET /metrics` on the admin listener.
-pub async fn scrape(app: &TestApp) -> String {
+/// `GET` on the admin listener (no token), asserting 200.
+async fn admin_get(app: &TestApp, path: &str) -> reqwest::Response {
     let r = app
         .client
-        .get(format!("http://{}/metrics", app.admin))
+        .get(format!("http://{}{path}", app.admin))
         .send()
         .await
-        .expect("scrape");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("text")
+        .expect("admin request");
+    assert_eq!(r.status(), 200, "GET {path}");
+    r
+}
+
+/// `GET /admin/models/{model}/events`: what the safety loop did, oldest first.
+pub async fn events(app: &TestApp, model: &str) -> Vec<Value> {
+    let body: Value = admin_get(app, &format!("/admin/models/{model}/events"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    body["events"].as_array().expect("events").clone()
+}
+
+/// `GET /metrics` on the admin listener.
+pub async fn scrape(app: &TestApp) -> String {
+    admin_get(app, "/metrics").await.text().await.expect("text")
 }
 
 /// The value of the sample line that starts with `prefix`.

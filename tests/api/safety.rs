@@ -13,7 +13,7 @@ use eddy::serving::queue::Feedback;
 use eddy::serving::trainer::Cadence;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, dataset, sample, scrape, spawn_app};
+use crate::helpers::{TestApp, dataset, events, sample, scrape, spawn_app};
 use crate::streams::{sea, stationary};
 
 /// Rows sent per round: one minibatch of the default configuration.
@@ -86,18 +86,6 @@ async fn wait_processed(app: &TestApp, model: &str) -> Value {
         assert!(Instant::now() < deadline, "trainer never caught up: {info}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-async fn events(app: &TestApp, model: &str) -> Vec<Value> {
-    let r = app
-        .client
-        .get(format!("http://{}/admin/models/{model}/events", app.admin))
-        .send()
-        .await
-        .expect("events");
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.expect("json");
-    body["events"].as_array().expect("events").clone()
 }
 
 fn kinds(events: &[Value]) -> Vec<&str> {
