@@ -106,9 +106,6 @@ PY2
 echo "on the 45,312 Elec2 rows after one pass over Elec2 x 20 (accuracy, log loss):"
 echo "  eddy, default shuffle buffer, median over seeds: $(printf '%s\n' "${eddy_acc[@]}" | median) $(printf '%s\n' "${eddy_loss[@]}" | median)"
 echo "  eddy, file order (--shuffle-buffer 0): $(fig "$work/eddy-file-order" "$work/elec2.csv")"
-rm -rf "$work/eddy-10k"
-"$EDDY" train --model demo --data "$work/elec2x20.csv" --shuffle-buffer 10000 --out "$work/eddy-10k" > /dev/null
-echo "  eddy, --shuffle-buffer 10000: $(fig "$work/eddy-10k" "$work/elec2.csv")"
 echo "  vw: $vw_fig"
 echo "  full-batch optimum of logistic regression: $optimum"
 

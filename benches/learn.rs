@@ -8,12 +8,20 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use eddy::batch::shuffle::ShuffleBuffer;
 use eddy::learn::blocked::Blocked;
 use eddy::learn::{
-    FeatureHasher, FeatureVec, LabelSpace, Learner, OptimizerConfig, Params, RawFeatures, Target,
-    TaskKind,
+    Example, Feature, FeatureHasher, FeatureVec, LabelSpace, Learner, OptimizerConfig, Params,
+    RawFeatures, Target, TaskKind,
 };
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+/// The allocator the `eddy` binary uses, so allocation-heavy passes cost
+/// here what they cost there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BODY: &str = r#"{"period":0.021277,"nswprice":0.051699,"nswdemand":0.415055,"vicprice":0.003467,"vicdemand":0.422915,"transfer":0.414912}"#;
 
@@ -94,5 +102,50 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(learn, benches);
+/// One batch-training pass over 100,000 Elec2-sized examples, allocated
+/// one after another as the reader allocates them, through the shuffle
+/// buffer into `learn_one`: what `eddy train`'s trainer thread does per
+/// row, in file order and shuffled.
+fn shuffled_pass(c: &mut Criterion) {
+    let template = example(3);
+    let rows = |n: usize| -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let mut features = Vec::with_capacity(template.features.len());
+                for f in &template.features {
+                    features.push(Feature {
+                        value: f.value + (i % 97) as f64 * 0.01,
+                        ..*f
+                    });
+                }
+                Example {
+                    features: FeatureVec { features },
+                    target: Target::Class(i % 2),
+                }
+            })
+            .collect()
+    };
+    let mut group = c.benchmark_group("train_pass_100k");
+    group.sample_size(20);
+    for buffer in [0, 4096, 10_000, 30_000] {
+        group.bench_function(format!("shuffle_buffer_{buffer}"), |b| {
+            let mut learner = trained_learner();
+            let mut rng = StdRng::seed_from_u64(1);
+            b.iter_batched(
+                || rows(100_000),
+                |examples| {
+                    let mut shuffle = ShuffleBuffer::new(buffer, usize::MAX);
+                    for e in examples {
+                        shuffle.push(e, &mut rng, |e| learner.learn_one(&e.features, e.target));
+                    }
+                    shuffle.drain(&mut rng, |e| learner.learn_one(&e.features, e.target));
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(learn, benches, shuffled_pass);
 criterion_main!(learn);

@@ -15,6 +15,37 @@ pub struct ShuffleBuffer {
     bytes: usize,
     max_items: usize,
     max_bytes: usize,
+    /// The slot the next arrival replaces and the length it was drawn
+    /// for: drawn one arrival early, so that its example is fetched into
+    /// the cache while the current one is learned (`prefetch`). Drawing
+    /// early does not change the order the seed gives.
+    next: Option<(usize, usize)>,
+}
+
+/// Starts loading the first cache lines of `e`'s features, which the
+/// consumer reads soon. The buffer hands examples out in random order, so
+/// the hardware prefetcher cannot guess them, and without this every
+/// shuffled example waits on memory: a 10,000-row shuffled pass costs
+/// about 1.3x a pass in file order with it, 2x without
+/// (`cargo bench --bench learn -- train_pass`).
+#[inline]
+fn prefetch(e: &Example) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = e.features.features.as_ptr().cast::<i8>();
+        let len = (e.features.features.len() * size_of::<Feature>()).min(256);
+        for offset in (0..len).step_by(64) {
+            // SAFETY: `_mm_prefetch` is unsafe only because it is declared
+            // with `#[target_feature(enable = "sse")]`, and SSE is part of
+            // every x86_64 target. A prefetch is a hint: it never faults and
+            // never reads into the program, whatever the address, and
+            // `wrapping_add` keeps the address computation itself defined.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = e;
 }
 
 /// Memory an example holds: the struct and its features.
@@ -30,6 +61,7 @@ impl ShuffleBuffer {
             bytes: 0,
             max_items,
             max_bytes,
+            next: None,
         }
     }
 
@@ -47,9 +79,18 @@ impl ShuffleBuffer {
             out(e);
             return;
         }
-        let i = rng.random_range(0..self.items.len());
+        let i = self.slot(rng);
         let old = std::mem::replace(&mut self.items[i], e);
         self.bytes = self.bytes + size - footprint(&old);
+        if self.bytes <= self.max_bytes {
+            // The usual case: draw the next slot now and fetch its example
+            // while `old` is consumed.
+            let n = rng.random_range(0..self.items.len());
+            self.next = Some((n, self.items.len()));
+            prefetch(&self.items[n]);
+            out(old);
+            return;
+        }
         out(old);
         while self.bytes > self.max_bytes && self.items.len() > 1 {
             let j = rng.random_range(0..self.items.len());
@@ -59,10 +100,19 @@ impl ShuffleBuffer {
         }
     }
 
+    /// The slot to replace: the one drawn early if it was drawn for this
+    /// length, else a fresh draw.
+    fn slot(&mut self, rng: &mut impl Rng) -> usize {
+        match self.next.take() {
+            Some((i, len)) if len == self.items.len() => i,
+            _ => rng.random_range(0..self.items.len()),
+        }
+    }
+
     /// Hands `out` everything still held, in random order.
     pub fn drain(&mut self, rng: &mut impl Rng, mut out: impl FnMut(Example)) {
         while !self.items.is_empty() {
-            let i = rng.random_range(0..self.items.len());
+            let i = self.slot(rng);
             let x = self.items.swap_remove(i);
             self.bytes -= footprint(&x);
             out(x);
@@ -130,6 +180,28 @@ mod tests {
         let mut sorted = a.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drawing_the_next_slot_early_keeps_the_plain_algorithms_order() {
+        // The plain algorithm: fill, then replace a random slot per
+        // arrival, then empty in random order.
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut held, mut plain) = (Vec::new(), Vec::new());
+        for id in 0..1000usize {
+            if held.len() < 64 {
+                held.push(id);
+            } else {
+                let i = rng.random_range(0..held.len());
+                plain.push(std::mem::replace(&mut held[i], id));
+            }
+        }
+        while !held.is_empty() {
+            let i = rng.random_range(0..held.len());
+            plain.push(held.swap_remove(i));
+        }
+        let (order, _) = run(1000, 3, &mut ShuffleBuffer::new(64, usize::MAX), 3);
+        assert_eq!(order, plain);
     }
 
     #[test]
