@@ -11,13 +11,16 @@
 # 3. Quality: several epochs on the first half of Elec2, evaluated on the
 #    second half, beside one-pass prequential figures over the stream.
 #
-# Usage: benches/batch.sh   (ROUNDS=3 SMALL_MB=200 LARGE_MB=2048)
+# Usage: benches/batch.sh   (ROUNDS=3 SMALL_MB=200 LARGE_MB=2048
+#                            PARTS="throughput memory quality")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 SMALL_MB=${SMALL_MB:-200}
 LARGE_MB=${LARGE_MB:-2048}
+PARTS=${PARTS:-throughput memory quality}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 
 python3 -c 'import vowpalwabbit' 2>/dev/null || pip install -q vowpalwabbit
 python3 -c 'import scipy' 2>/dev/null || pip install -q scipy
@@ -53,6 +56,7 @@ PY
 rows=$(($(wc -l < "$work/elec2x20.csv") - 1))
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+if want throughput; then
 echo "== throughput: $rows rows (Elec2 x 20), $ROUNDS alternating runs"
 # Each eddy run uses its own shuffle seed, so its accuracy is reported as a
 # median over seeds too; VW is deterministic.
@@ -109,6 +113,9 @@ echo "  eddy, file order (--shuffle-buffer 0): $(fig "$work/eddy-file-order" "$w
 echo "  vw: $vw_fig"
 echo "  full-batch optimum of logistic regression: $optimum"
 
+fi
+
+if want memory; then
 echo "== memory: peak RSS of eddy train by file size"
 for mb in "$SMALL_MB" "$LARGE_MB"; do
   f=$work/gen-$mb.csv
@@ -121,6 +128,9 @@ for mb in "$SMALL_MB" "$LARGE_MB"; do
   rm -f "$f"
 done
 
+fi
+
+if want quality; then
 echo "== quality: batch on the first half of Elec2, evaluated on the second half"
 for epochs in 1 3 10; do
   "$EDDY" train --model demo --data "$work/first.csv" --epochs "$epochs" --shuffle-buffer 0 --out "$work/q-$epochs" > /dev/null
@@ -133,3 +143,4 @@ p=$(EDDY_STORAGE__DIR=$work/empty "$EDDY" eval --model demo --data "$work/second
 pa=$("$EDDY" eval --model demo --snapshot "$work/q-1" --data "$work/second.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
 full=$(EDDY_STORAGE__DIR=$work/empty "$EDDY" eval --model demo --data "$work/elec2.csv" --prequential --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(round(d["accuracy"],4), round(d["log_loss"],4))')
 echo "prequential on the second half from a fresh model: $p; from the 1-epoch batch model: $pa; over the whole stream: $full"
+fi

@@ -51,8 +51,7 @@ impl App {
         for m in &config.models {
             let space = Arc::new(m.label_space()?);
             let dir = config.storage.model_dir(&m.name);
-            let snapshots = SnapshotStore::new(dir.clone(), config.storage.snapshot_keep.get())
-                .keeping_last_good(config.storage.last_good_keep);
+            let snapshots = SnapshotStore::configured(dir.clone(), &config.storage);
             let loaded = snapshots.load_newest_valid()?;
             let loaded_skipped = loaded.skipped.len();
             for skipped in &loaded.skipped {

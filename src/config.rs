@@ -76,8 +76,9 @@ pub struct StorageConfig {
     /// Snapshots kept per model (the newest ones).
     #[serde(default = "default_snapshot_keep")]
     pub snapshot_keep: NonZeroUsize,
-    /// Last-good snapshots kept besides the newest `snapshot_keep` (the
-    /// current last-good is never removed).
+    /// The newest this many last-good snapshots are kept too, whether or
+    /// not they are among the newest `snapshot_keep` (the current
+    /// last-good is never removed).
     #[serde(default = "default_last_good_keep")]
     pub last_good_keep: usize,
 }

@@ -169,7 +169,15 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         .map(|(name, v)| (format!("holdout_{name}"), v))
         .collect();
     names.merge(std::mem::take(&mut trained.read.names));
-    let file = snapshot::write_trained(&model, &learner, &out, trained.examples, quality, names)?;
+    let file = snapshot::write_trained(
+        &config.storage,
+        &model,
+        &learner,
+        &out,
+        trained.examples,
+        quality,
+        names,
+    )?;
     for bad in &trained.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
     }

@@ -118,13 +118,14 @@ pub fn evaluate(
     );
     let mut series = Series::new(space, options.every);
     while let Some(chunk) = stream.next_chunk() {
-        for e in chunk {
+        for e in &chunk {
             series.add(&learner.params().predict(&e.features), e.target);
             if options.prequential {
                 learner.learn_one(&e.features, e.target);
             }
         }
         progress(series.rows(), stream.bytes_read());
+        stream.recycle(chunk);
     }
     let read = stream.finish()?;
     Ok(series.finish(Vec::new(), read))

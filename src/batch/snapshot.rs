@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::names::NameKind;
 use crate::learn::{FeatureNames, Learner};
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
@@ -41,8 +41,12 @@ pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, Ar
 
 /// Writes `learner` into `dir` as a last-good snapshot, numbered above
 /// every version the directory has used, so `eddy serve` on that
-/// directory starts from it (and trusts it).
+/// directory starts from it (and trusts it). Older snapshots there are
+/// pruned as the server prunes them (`storage.snapshot_keep` and
+/// `storage.last_good_keep`), so retraining into one directory does not
+/// fill the disk.
 pub fn write_trained(
+    storage: &StorageConfig,
     model: &ModelConfig,
     learner: &Learner,
     dir: &Path,
@@ -51,7 +55,7 @@ pub fn write_trained(
     names: FeatureNames,
 ) -> anyhow::Result<SnapshotFile> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let store = SnapshotStore::new(dir.to_owned(), usize::MAX);
+    let store = SnapshotStore::configured(dir.to_owned(), storage);
     let newest = store.list()?.last().map_or(0, |f| f.version);
     let mut floor = VersionFloor::open(dir)?;
     let version = newest.max(floor.reserved()) + 1;

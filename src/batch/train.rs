@@ -114,15 +114,22 @@ pub fn train(
         let mut stream = ExampleStream::spawn(inputs.to_vec(), read, hasher, space.clone());
         let mut n = 0u64;
         while let Some(chunk) = stream.next_chunk() {
+            // Learned (and held-out) examples go back to the reader, whose
+            // next rows reuse their feature buffers.
+            let mut spent = Vec::with_capacity(chunk.len());
             for e in chunk {
-                if !held_out(n, options.holdout) {
+                if held_out(n, options.holdout) {
+                    spent.push(e);
+                } else {
                     shuffle.push(e, &mut rng, |e| {
                         learner.learn_one(&e.features, e.target);
                         examples += 1;
+                        spent.push(e);
                     });
                 }
                 n += 1;
             }
+            stream.recycle(spent);
             progress(epoch, n, stream.bytes_read());
         }
         summary = stream.finish()?;
@@ -142,12 +149,13 @@ pub fn train(
             ExampleStream::spawn(inputs.to_vec(), options.read.clone(), hasher, space.clone());
         let mut n = 0u64;
         while let Some(chunk) = stream.next_chunk() {
-            for e in chunk {
+            for e in &chunk {
                 if held_out(n, options.holdout) {
                     tally.add(&learner.params().predict(&e.features), e.target);
                 }
                 n += 1;
             }
+            stream.recycle(chunk);
         }
         stream.finish()?;
         Some(tally.report())

@@ -4,7 +4,7 @@
 //! one (`column=value`, as a JSON string feature would be), and an empty
 //! cell is a missing feature. Column names are hashed once, not per row.
 
-use csv::StringRecord;
+use csv::{ByteRecord, StringRecord};
 
 use crate::learn::names::NameKind;
 use crate::learn::{
@@ -15,6 +15,7 @@ use crate::learn::{
 #[derive(Debug, Clone)]
 pub struct CsvSchema {
     label: usize,
+    /// The feature columns, in file order.
     columns: Vec<Column>,
 }
 
@@ -25,6 +26,9 @@ struct Column {
     /// The row a numeric value of this column goes to.
     numeric: u32,
     name_hash: u64,
+    /// Whether this column's numeric name was noted already (it is the
+    /// same for every row, so it is noted once, not looked up per row).
+    noted: bool,
 }
 
 impl CsvSchema {
@@ -52,6 +56,7 @@ impl CsvSchema {
                 name: (*name).to_owned(),
                 numeric: hasher.numeric(name),
                 name_hash: FeatureHasher::name_hash(name),
+                noted: false,
             })
             .collect();
         Ok(Self {
@@ -64,14 +69,17 @@ impl CsvSchema {
         self.columns.len() + 1
     }
 
-    /// One data row; `Err` says what is wrong with it. The feature names
-    /// of a valid row are noted in `names` when given.
+    /// One data row; `Err` says what is wrong with it. Cells are trimmed
+    /// of ASCII whitespace. The feature names of a valid row are noted in
+    /// `names` when given. `features` is a buffer to fill (whatever it
+    /// holds is dropped; its room is reused).
     pub fn example(
-        &self,
-        record: &StringRecord,
+        &mut self,
+        record: &ByteRecord,
         hasher: &FeatureHasher,
         space: &LabelSpace,
         names: Option<&mut FeatureNames>,
+        mut features: Vec<Feature>,
     ) -> Result<Example, String> {
         if record.len() != self.width() {
             return Err(format!(
@@ -80,25 +88,31 @@ impl CsvSchema {
                 self.width()
             ));
         }
-        let label = record.get(self.label).unwrap_or("").trim();
+        let label = text(
+            record.get(self.label).unwrap_or(b"").trim_ascii(),
+            self.label,
+        )?;
         let target = space
             .target(&parse_label(label))
             .map_err(|e| format!("label {label:?}: {e}"))?;
-        let mut features = Vec::with_capacity(self.columns.len());
-        for c in &self.columns {
-            let cell = record.get(c.position).unwrap_or("").trim();
-            if cell.is_empty() {
-                continue;
-            }
-            match cell.parse::<f64>() {
+        features.clear();
+        features.reserve(self.columns.len());
+        for (c, cell) in self.cells(record) {
+            match fast_float2::parse::<f64, _>(cell) {
                 Ok(x) if x.is_finite() => features.push(Feature {
                     index: c.numeric,
                     value: x,
                     numeric: true,
                 }),
-                Ok(_) => return Err(format!("column {}: {cell:?} is not finite", c.position + 1)),
+                Ok(_) => {
+                    return Err(format!(
+                        "column {}: {:?} is not finite",
+                        c.position + 1,
+                        String::from_utf8_lossy(cell)
+                    ));
+                }
                 Err(_) => features.push(Feature {
-                    index: hasher.categorical_in(c.name_hash, cell),
+                    index: hasher.categorical_in(c.name_hash, text(cell, c.position)?),
                     value: 1.0,
                     numeric: false,
                 }),
@@ -116,31 +130,52 @@ impl CsvSchema {
         })
     }
 
-    /// Notes the names of a valid row's features: the non-empty cells, in
-    /// column order, one feature each.
+    /// The non-empty feature cells of a row of the right width, trimmed,
+    /// with their columns, in file order.
+    fn cells<'r>(&self, record: &'r ByteRecord) -> impl Iterator<Item = (&Column, &'r [u8])> {
+        let label = self.label;
+        record
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| *i != label)
+            .zip(&self.columns)
+            .map(|((_, cell), c)| (c, cell.trim_ascii()))
+            .filter(|(_, cell)| !cell.is_empty())
+    }
+
+    /// Notes the names of a valid row's features (one per non-empty cell,
+    /// in column order): a categorical one per row, a numeric one per
+    /// column.
     fn note_names(
-        &self,
-        record: &StringRecord,
+        &mut self,
+        record: &ByteRecord,
         features: &[Feature],
         hasher: &FeatureHasher,
         names: &mut FeatureNames,
     ) {
-        let cells = self
-            .columns
-            .iter()
-            .map(|c| (c, record.get(c.position).unwrap_or("").trim()))
-            .filter(|(_, cell)| !cell.is_empty());
-        for ((c, cell), f) in cells.zip(features) {
+        let mut first_numeric = Vec::new();
+        for ((c, cell), f) in self.cells(record).zip(features) {
             if f.numeric {
-                names.note(c.name_hash, f.index, NameKind::Numeric, || c.name.clone());
-            } else {
+                if !c.noted {
+                    names.note(c.name_hash, f.index, NameKind::Numeric, || c.name.clone());
+                    first_numeric.push(c.position);
+                }
+            } else if let Ok(cell) = std::str::from_utf8(cell) {
                 let key = FeatureHasher::categorical_key(c.name_hash, cell);
                 names.note(key, hasher.row_of(key), NameKind::Categorical, || {
                     format!("{}={cell}", c.name)
                 });
             }
         }
+        for c in &mut self.columns {
+            c.noted |= first_numeric.contains(&c.position);
+        }
     }
+}
+
+/// A cell as text; `Err` names its column (1-based) when it is not UTF-8.
+fn text(cell: &[u8], position: usize) -> Result<&str, String> {
+    std::str::from_utf8(cell).map_err(|_| format!("column {}: not valid UTF-8", position + 1))
 }
 
 /// A label cell as JSON would have given it.
@@ -170,15 +205,18 @@ mod tests {
         let hasher = FeatureHasher::new(18);
         let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
         let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
-        let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
-        let row = StringRecord::from(vec![" 0.5", "1 ", "red", ""]);
-        let e = schema.example(&row, &hasher, &space, None).unwrap();
+        let mut schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let row = ByteRecord::from(vec![" 0.5", "1 ", "red", ""]);
+        let e = schema
+            .example(&row, &hasher, &space, None, Vec::new())
+            .unwrap();
         let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
         assert_eq!(e.features, hasher.hash(&raw).unwrap());
         assert_eq!(e.target, crate::learn::Target::Class(1));
 
-        let bad =
-            |cells: Vec<&str>| schema.example(&StringRecord::from(cells), &hasher, &space, None);
+        let mut bad = |cells: Vec<&str>| {
+            schema.example(&ByteRecord::from(cells), &hasher, &space, None, Vec::new())
+        };
         assert!(bad(vec!["0.5", "1"]).unwrap_err().contains("fields"));
         assert!(
             bad(vec!["0.5", "7", "red", ""])
@@ -195,6 +233,23 @@ mod tests {
                 .unwrap_err()
                 .contains("no features")
         );
+        // Numbers are read from the bytes; a text cell must be UTF-8.
+        let latin1 = ByteRecord::from(vec![&b"0.5"[..], b"1", b"caf\xe9", b""]);
+        let err = schema
+            .example(&latin1, &hasher, &space, None, Vec::new())
+            .unwrap_err();
+        assert!(err.contains("column 3: not valid UTF-8"), "{err}");
+        // A reused buffer holds exactly this row's features.
+        let reused = vec![
+            Feature {
+                index: 9,
+                value: 9.0,
+                numeric: true
+            };
+            5
+        ];
+        let again = schema.example(&row, &hasher, &space, None, reused).unwrap();
+        assert_eq!(again.features, e.features);
         let no_label = CsvSchema::new(&header, "y", &hasher).unwrap_err();
         assert!(no_label.contains("--label"), "{no_label}");
     }
@@ -204,11 +259,11 @@ mod tests {
         let hasher = FeatureHasher::new(18);
         let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
         let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
-        let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let mut schema = CsvSchema::new(&header, "label", &hasher).unwrap();
         let mut names = FeatureNames::default();
-        let row = StringRecord::from(vec![" 0.5", "1", " red ", ""]);
+        let row = ByteRecord::from(vec![" 0.5", "1", " red ", ""]);
         schema
-            .example(&row, &hasher, &space, Some(&mut names))
+            .example(&row, &hasher, &space, Some(&mut names), Vec::new())
             .unwrap();
         let mut json = FeatureNames::default();
         let raw: RawFeatures = serde_json::from_str(r#"{"price": 0.5, "colour": "red"}"#).unwrap();
@@ -221,10 +276,10 @@ mod tests {
             [("colour=red", NameKind::Categorical)]
         );
         // A row that fails (non-finite price) notes nothing, not even its colour.
-        let bad = StringRecord::from(vec!["inf", "1", "blue", ""]);
+        let bad = ByteRecord::from(vec!["inf", "1", "blue", ""]);
         assert!(
             schema
-                .example(&bad, &hasher, &space, Some(&mut names))
+                .example(&bad, &hasher, &space, Some(&mut names), Vec::new())
                 .is_err()
         );
         assert_eq!(names, json);

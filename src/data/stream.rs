@@ -2,6 +2,12 @@
 //! and handed over in chunks through a bounded channel, so at most
 //! `QUEUED_CHUNKS + 2` chunks exist at once whatever the data's size, and
 //! parsing overlaps training.
+//!
+//! Examples the consumer is done with may be handed back (`recycle`): the
+//! reader parses CSV rows into their feature buffers instead of allocating
+//! new ones, which keeps allocation (and freeing on another thread) off
+//! the reader, the slower side of the pair. At most `RECYCLED_CHUNKS`
+//! chunks wait to be reused; more are dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,13 +16,15 @@ use std::thread::JoinHandle;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::learn::{Example, FeatureHasher, FeatureNames, LabelSpace};
+use crate::learn::{Example, Feature, FeatureHasher, FeatureNames, LabelSpace};
 
 use super::csv::CsvSchema;
 use super::{DataError, Format, Input, jsonl};
 
 /// Chunks waiting between the reader and the consumer.
 const QUEUED_CHUNKS: usize = 4;
+/// Chunks of spent examples waiting to be reused by the reader.
+const RECYCLED_CHUNKS: usize = 4;
 /// Bad rows kept for the report (all are counted).
 const BAD_ROWS_KEPT: usize = 20;
 
@@ -79,6 +87,8 @@ pub struct ReadSummary {
 
 pub struct ExampleStream {
     chunks: Receiver<Vec<Example>>,
+    /// Spent examples back to the reader.
+    spent: SyncSender<Vec<Example>>,
     /// Bytes read from the inputs so far (for progress).
     bytes: Arc<AtomicU64>,
     reader: Option<JoinHandle<Result<ReadSummary, DataError>>>,
@@ -93,6 +103,7 @@ impl ExampleStream {
         space: Arc<LabelSpace>,
     ) -> Self {
         let (tx, rx) = sync_channel(QUEUED_CHUNKS);
+        let (spent, reuse) = sync_channel(RECYCLED_CHUNKS);
         let bytes = Arc::new(AtomicU64::new(0));
         let counter = bytes.clone();
         let reader = std::thread::Builder::new()
@@ -104,6 +115,8 @@ impl ExampleStream {
                     hasher,
                     space,
                     chunk: Vec::new(),
+                    reuse,
+                    spare: Vec::new(),
                     summary: ReadSummary::default(),
                     bytes: counter,
                 };
@@ -116,6 +129,7 @@ impl ExampleStream {
             .expect("spawning the reader thread");
         Self {
             chunks: rx,
+            spent,
             bytes,
             reader: Some(reader),
         }
@@ -130,6 +144,14 @@ impl ExampleStream {
     /// reports it).
     pub fn next_chunk(&mut self) -> Option<Vec<Example>> {
         self.chunks.recv().ok()
+    }
+
+    /// Hands back examples the consumer is done with, for the reader to
+    /// parse into; dropped instead when enough are waiting already.
+    pub fn recycle(&self, spent: Vec<Example>) {
+        if !spent.is_empty() {
+            let _ = self.spent.try_send(spent);
+        }
     }
 
     /// Waits for the reader: what it read, or the error that stopped it.
@@ -153,6 +175,9 @@ struct Pass {
     hasher: FeatureHasher,
     space: Arc<LabelSpace>,
     chunk: Vec<Example>,
+    /// Spent examples from the consumer, and those taken but not used up.
+    reuse: Receiver<Vec<Example>>,
+    spare: Vec<Example>,
     summary: ReadSummary,
     bytes: Arc<AtomicU64>,
 }
@@ -161,6 +186,20 @@ impl Pass {
     /// Whether to note the names of the row about to be parsed.
     fn noting(&self) -> bool {
         self.options.names && !held_out(self.summary.rows, self.options.holdout)
+    }
+
+    /// A feature buffer to parse into: a spent example's when there is
+    /// one.
+    fn buffer(&mut self) -> Vec<Feature> {
+        if self.spare.is_empty()
+            && let Ok(spent) = self.reuse.try_recv()
+        {
+            self.spare = spent;
+        }
+        self.spare
+            .pop()
+            .map(|e| e.features.features)
+            .unwrap_or_default()
     }
 
     fn read(&mut self, input: &Input) -> Result<(), DataError> {
@@ -193,26 +232,30 @@ impl Pass {
             file: file.clone(),
             message: format!("cannot read the header: {e}"),
         })?;
-        let schema =
+        let mut schema =
             CsvSchema::new(header, &self.options.label, &self.hasher).map_err(|message| {
                 DataError::Format {
                     file: file.clone(),
                     message,
                 }
             })?;
-        let mut record = csv::StringRecord::new();
+        // Byte records: cells are checked as UTF-8 only where read as text
+        // (numbers are parsed from the bytes).
+        let mut record = csv::ByteRecord::new();
         loop {
             let line = csv.position().line() + 1;
-            match csv.read_record(&mut record) {
+            match csv.read_byte_record(&mut record) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
                     let line = record.position().map_or(line, |p| p.line());
                     let noting = self.noting();
+                    let buffer = self.buffer();
                     match schema.example(
                         &record,
                         &self.hasher,
                         &self.space,
                         noting.then_some(&mut self.summary.names),
+                        buffer,
                     ) {
                         Ok(e) => self.push(e),
                         Err(message) => self.bad(&file, line, message)?,
@@ -345,6 +388,48 @@ mod tests {
                 Some(name.as_str())
             );
         }
+    }
+
+    #[test]
+    fn recycled_examples_are_parsed_into_afresh() {
+        use crate::learn::{FeatureHasher, LabelSpace, TaskKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        // Rows of one to three features, so reused buffers differ in length.
+        let mut text = String::from("a,b,c,label\n");
+        for i in 0..500 {
+            let cell = |k: usize| {
+                if (i + k) % 3 == 0 {
+                    String::new()
+                } else {
+                    format!("{}", i * k)
+                }
+            };
+            text.push_str(&format!("{},{},x{},{}\n", cell(1), cell(2), i % 4, i % 2));
+        }
+        std::fs::write(&path, text).unwrap();
+        let read = |recycle: bool| {
+            let hasher = FeatureHasher::new(18);
+            let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
+            let options = ReadOptions {
+                chunk: 7,
+                ..ReadOptions::default()
+            };
+            let mut stream =
+                ExampleStream::spawn(vec![Input::File(path.clone())], options, hasher, space);
+            let mut all = Vec::new();
+            while let Some(chunk) = stream.next_chunk() {
+                all.extend(chunk.iter().cloned());
+                if recycle {
+                    stream.recycle(chunk);
+                }
+            }
+            stream.finish().unwrap();
+            all
+        };
+        let fresh = read(false);
+        assert_eq!(fresh.len(), 500);
+        assert_eq!(read(true), fresh);
     }
 
     #[test]

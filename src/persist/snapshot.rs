@@ -30,7 +30,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
 use crate::learn::{FeatureNames, LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
@@ -396,6 +396,12 @@ impl SnapshotStore {
             keep: keep.max(1),
             keep_last_good: 0,
         }
+    }
+
+    /// The store of `dir` with the configured retention
+    /// (`storage.snapshot_keep`, `storage.last_good_keep`).
+    pub fn configured(dir: PathBuf, storage: &StorageConfig) -> Self {
+        Self::new(dir, storage.snapshot_keep.get()).keeping_last_good(storage.last_good_keep)
     }
 
     /// Also keeps the newest `n` last-good snapshots.

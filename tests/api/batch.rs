@@ -376,6 +376,43 @@ fn gzip_files_and_stdin_are_read() {
 }
 
 #[test]
+fn retraining_into_one_directory_keeps_the_configured_number_of_snapshots() {
+    let dir = tempfile::tempdir().expect("dir");
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, elec2_csv(&dataset("elec2")[..300])).expect("write");
+    let out = dir.path().join("model");
+    let mut versions = Vec::new();
+    for _ in 0..4 {
+        let run = Command::new(env!("CARGO_BIN_EXE_eddy"))
+            .args(["train", "--model", "demo", "--json", "--data"])
+            .arg(&csv)
+            .arg("--out")
+            .arg(&out)
+            .env_clear()
+            .env("EDDY_STORAGE__DIR", dir.path())
+            .env("EDDY_STORAGE__SNAPSHOT_KEEP", "1")
+            .env("EDDY_STORAGE__LAST_GOOD_KEEP", "2")
+            .output()
+            .expect("eddy runs");
+        versions.push(json_of(&run)["snapshot"]["version"].clone());
+    }
+    assert_eq!(versions, [1, 2, 3, 4]);
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .expect("out dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snapshot-"))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "snapshot-00000000000000000003.good.eddy",
+            "snapshot-00000000000000000004.good.eddy"
+        ]
+    );
+}
+
+#[test]
 fn eval_plots_the_rolling_figure_as_svg() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("elec2.csv");
