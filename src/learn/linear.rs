@@ -52,8 +52,20 @@ impl Moments {
             m2,
             inv_std: 0.0,
         };
-        m.inv_std = m.std().map_or(0.0, |sd| 1.0 / sd);
+        m.inv_std = m.inverse_std();
         m
+    }
+
+    /// `1 / std` as `sqrt(n / M2)` (one division and one root: this runs
+    /// for every numeric feature of every example learned), or 0 before
+    /// two distinct values (the variance test of `std`).
+    #[inline]
+    fn inverse_std(&self) -> f64 {
+        if self.n > 0.0 && self.m2 > 1e-24 * self.n {
+            (self.n / self.m2).sqrt()
+        } else {
+            0.0
+        }
     }
 
     #[inline]
@@ -65,7 +77,7 @@ impl Moments {
         let d = x - self.mean;
         self.mean += d / self.n;
         self.m2 += d * (x - self.mean);
-        self.inv_std = self.std().map_or(0.0, |sd| 1.0 / sd);
+        self.inv_std = self.inverse_std();
     }
 
     /// Population standard deviation, or `None` before two distinct values.
