@@ -26,7 +26,7 @@ pub struct ShuffleBuffer {
 /// consumer reads soon. The buffer hands examples out in random order, so
 /// the hardware prefetcher cannot guess them, and without this every
 /// shuffled example waits on memory: a 10,000-row shuffled pass costs
-/// about 1.3x a pass in file order with it, 2x without
+/// 1.0-1.3x a pass in file order with it, 2x without
 /// (`cargo bench --bench learn -- train_pass`).
 #[inline]
 fn prefetch(e: &Example) {
