@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -13,76 +12,8 @@ use crate::config::{Config, ModelConfig};
 use crate::data::{Input, ReadOptions};
 use crate::learn::{FeatureNames, Learner, Params};
 
+use super::progress::Progress;
 use super::{EvalOptions, Report, TrainOptions, evaluate, snapshot, train};
-
-/// Progress of a long run on stderr: a bar with rows/s and ETA (by bytes
-/// read) on a terminal, a plain line every few seconds otherwise.
-struct Progress {
-    started: Instant,
-    last: Instant,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    /// `total`: the inputs' bytes per pass, when known (not stdin).
-    fn new(total: Option<u64>) -> Self {
-        use std::io::IsTerminal;
-        let now = Instant::now();
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = match total {
-                Some(t) => indicatif::ProgressBar::new(t).with_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {msg} ETA {eta}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-                ),
-                None => indicatif::ProgressBar::new_spinner(),
-            };
-            bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        Self {
-            started: now,
-            last: now,
-            bar,
-        }
-    }
-
-    fn tick(&mut self, what: &str, rows: u64, bytes: u64) {
-        let rate = rows as f64 / self.last_pass_seconds();
-        match &self.bar {
-            Some(bar) => {
-                bar.set_prefix(what.to_owned());
-                bar.set_position(bytes);
-                bar.set_message(format!("{rows} rows, {rate:.0} rows/s"));
-            }
-            None if self.last.elapsed() >= Duration::from_secs(2) => {
-                self.last = Instant::now();
-                eprintln!("{what}: {rows} rows, {rate:.0} rows/s");
-            }
-            None => {}
-        }
-    }
-
-    /// A new pass over the data starts (an epoch).
-    fn restart(&mut self) {
-        self.started = Instant::now();
-        if let Some(bar) = &self.bar {
-            bar.reset();
-        }
-    }
-
-    fn last_pass_seconds(&self) -> f64 {
-        self.started.elapsed().as_secs_f64().max(1e-9)
-    }
-
-    fn done(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
 
 /// The bytes of one pass over `inputs`, if every one is a file.
 fn total_bytes(inputs: &[Input]) -> Option<u64> {

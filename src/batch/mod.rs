@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod eval;
 pub mod plot;
+mod progress;
 pub mod report;
 pub mod shuffle;
 pub mod snapshot;
