@@ -63,12 +63,16 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.holdout) {
         anyhow::bail!("--holdout must lie in [0, 1)");
     }
-    let (mut learner, mut names) = match &args.init {
+    let (mut learner, mut names, started_from) = match &args.init {
         Some(path) => {
-            let (learner, names) = snapshot::load_for(&model, path)?;
-            (learner, Arc::unwrap_or_clone(names))
+            let start = snapshot::load_for(&model, path)?;
+            (
+                start.learner,
+                Arc::unwrap_or_clone(start.names),
+                Some(start.version),
+            )
         }
-        None => (fresh(&model)?, FeatureNames::default()),
+        None => (fresh(&model)?, FeatureNames::default(), None),
     };
     let options = TrainOptions {
         epochs: args.epochs.max(1),
@@ -105,9 +109,12 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         &model,
         &learner,
         &out,
-        trained.examples,
-        quality,
-        names,
+        snapshot::Provenance {
+            examples_trained: trained.examples,
+            quality,
+            names,
+            started_from,
+        },
     )?;
     for bad in &trained.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
@@ -146,7 +153,7 @@ pub fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.storage.model_dir(&model.name));
     let mut learner = match snapshot::load_for(&model, &source) {
-        Ok((learner, _)) => learner,
+        Ok(start) => start.learner,
         Err(e) if args.snapshot.is_none() && args.prequential => {
             tracing::debug!(error = %e, "no snapshot: prequential from a fresh model");
             fresh(&model)?

@@ -32,11 +32,33 @@ pub fn load(path: &Path) -> anyhow::Result<(Snapshot, PathBuf)> {
 
 /// Loads `path` as the starting point of `model`, checking it fits: the
 /// learner, and the feature names the snapshot knows.
-pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, Arc<FeatureNames>)> {
+pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<Start> {
     let (snapshot, file) = load(path)?;
     snapshot.check_compatible(model, &file)?;
     let names = snapshot.meta.feature_names.clone();
-    Ok((snapshot.adopt(model.optimizer), names))
+    let version = snapshot.meta.version;
+    Ok(Start {
+        learner: snapshot.adopt(model.optimizer),
+        names,
+        version,
+    })
+}
+
+/// A snapshot loaded as a starting point.
+pub struct Start {
+    pub learner: Learner,
+    pub names: Arc<FeatureNames>,
+    /// Its version, in the directory it came from.
+    pub version: u64,
+}
+
+/// What a trained snapshot records besides the learner.
+pub struct Provenance {
+    pub examples_trained: u64,
+    pub quality: BTreeMap<String, f64>,
+    pub names: FeatureNames,
+    /// The version `--init` started from: never pruned by this write.
+    pub started_from: Option<u64>,
 }
 
 /// Writes `learner` into `dir` as a last-good snapshot, numbered above
@@ -44,19 +66,34 @@ pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<(Learner, Ar
 /// directory starts from it (and trusts it). Older snapshots there are
 /// pruned as the server prunes them (`storage.snapshot_keep` and
 /// `storage.last_good_keep`), so retraining into one directory does not
-/// fill the disk.
+/// fill the disk; but never the newest last-good one found there (a
+/// server running on the directory may hold it as its rollback target)
+/// nor the `--init` snapshot.
 pub fn write_trained(
     storage: &StorageConfig,
     model: &ModelConfig,
     learner: &Learner,
     dir: &Path,
-    examples_trained: u64,
-    quality: BTreeMap<String, f64>,
-    names: FeatureNames,
+    provenance: Provenance,
 ) -> anyhow::Result<SnapshotFile> {
+    let Provenance {
+        examples_trained,
+        quality,
+        names,
+        started_from,
+    } = provenance;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = SnapshotStore::configured(dir.to_owned(), storage);
-    let newest = store.list()?.last().map_or(0, |f| f.version);
+    let existing = store.list()?;
+    let newest = existing.last().map_or(0, |f| f.version);
+    let protect: Vec<u64> = existing
+        .iter()
+        .rev()
+        .find(|f| f.last_good)
+        .map(|f| f.version)
+        .into_iter()
+        .chain(started_from)
+        .collect();
     let mut floor = VersionFloor::open(dir)?;
     let version = newest.max(floor.reserved()) + 1;
     floor.reserve(version)?;
@@ -82,7 +119,7 @@ pub fn write_trained(
         },
         learner: learner.clone(),
     };
-    Ok(store.write(&snapshot, &[])?)
+    Ok(store.write(&snapshot, &protect)?)
 }
 
 /// What `eddy snapshot inspect` shows: the metadata and the shape.

@@ -70,8 +70,9 @@ impl CsvSchema {
     }
 
     /// One data row; `Err` says what is wrong with it. Cells are trimmed
-    /// of ASCII whitespace. The feature names of a valid row are noted in
-    /// `names` when given. `features` is a buffer to fill (whatever it
+    /// of whitespace (`str::trim`). The feature names of a valid row are
+    /// noted in `names` when given: always the same table for one schema,
+    /// which notes each numeric column's name once. `features` is a buffer to fill (whatever it
     /// holds is dropped; its room is reused).
     pub fn example(
         &mut self,
@@ -88,10 +89,7 @@ impl CsvSchema {
                 self.width()
             ));
         }
-        let label = text(
-            record.get(self.label).unwrap_or(b"").trim_ascii(),
-            self.label,
-        )?;
+        let label = text(trim(record.get(self.label).unwrap_or(b"")), self.label)?;
         let target = space
             .target(&parse_label(label))
             .map_err(|e| format!("label {label:?}: {e}"))?;
@@ -139,7 +137,7 @@ impl CsvSchema {
             .enumerate()
             .filter(move |(i, _)| *i != label)
             .zip(&self.columns)
-            .map(|((_, cell), c)| (c, cell.trim_ascii()))
+            .map(|((_, cell), c)| (c, trim(cell)))
             .filter(|(_, cell)| !cell.is_empty())
     }
 
@@ -175,6 +173,21 @@ impl CsvSchema {
             c.noted |= first_numeric.contains(&c.position);
         }
     }
+}
+
+/// A cell without the whitespace around it, as `str::trim` removes it: a
+/// byte scan for ASCII whitespace, and Unicode whitespace (a no-break
+/// space from a spreadsheet export, a vertical tab) when an edge byte
+/// could be one.
+fn trim(cell: &[u8]) -> &[u8] {
+    let cell = cell.trim_ascii();
+    let unusual = |b: &u8| *b >= 0x80 || *b == 0x0b;
+    if cell.first().is_some_and(unusual) || cell.last().is_some_and(unusual) {
+        if let Ok(text) = std::str::from_utf8(cell) {
+            return text.trim().as_bytes();
+        }
+    }
+    cell
 }
 
 /// A cell as text; `Err` names its column (1-based) when it is not UTF-8.
@@ -243,6 +256,13 @@ mod tests {
             .example(&latin1, &hasher, &space, None, Vec::new())
             .unwrap_err();
         assert!(err.contains("column 3: not valid UTF-8"), "{err}");
+        // Whitespace around a cell is not part of it, Unicode included (a
+        // no-break space from a spreadsheet export).
+        let padded = ByteRecord::from(vec!["0.5\u{a0}", "\u{a0}1\u{3000}", "\u{b}red ", ""]);
+        let trimmed = schema
+            .example(&padded, &hasher, &space, None, Vec::new())
+            .unwrap();
+        assert_eq!(trimmed, e);
         // A reused buffer holds exactly this row's features.
         let reused = vec![
             Feature {
@@ -287,5 +307,30 @@ mod tests {
                 .is_err()
         );
         assert_eq!(names, json);
+
+        // A column first seen empty, or as a category, is noted once it
+        // holds a number; a category seen after the numbers are known too.
+        let mut later = FeatureNames::default();
+        let mut schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        for cells in [
+            vec!["", "1", "red", ""],
+            vec!["cheap", "0", "", ""],
+            vec!["0.5", "1", "", "3"],
+            vec!["0.5", "1", "blue", "3"],
+        ] {
+            schema
+                .example(
+                    &ByteRecord::from(cells),
+                    &hasher,
+                    &space,
+                    Some(&mut later),
+                    Vec::new(),
+                )
+                .unwrap();
+        }
+        let known: Vec<&str> = later.iter().map(|(_, name, _)| name).collect();
+        for name in ["colour=red", "price=cheap", "price", "gap", "colour=blue"] {
+            assert!(known.contains(&name), "{name} in {known:?}");
+        }
     }
 }

@@ -5,9 +5,11 @@
 //!
 //! Examples the consumer is done with may be handed back (`recycle`): the
 //! reader parses CSV rows into their feature buffers instead of allocating
-//! new ones, which keeps allocation (and freeing on another thread) off
-//! the reader, the slower side of the pair. At most `RECYCLED_CHUNKS`
-//! chunks wait to be reused; more are dropped.
+//! new ones for each row, which keeps allocation (and freeing on another
+//! thread) off the reader, the slower side of the pair. At most
+//! `RECYCLED_CHUNKS` chunks of spent examples wait to be reused, and one
+//! more is being used up; more are dropped (and while JSON Lines are read,
+//! which are not parsed into reused buffers, the waiting ones are freed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,7 +304,15 @@ impl Pass {
                 &self.space,
                 noting.then_some(&mut self.summary.names),
             ) {
-                Ok(Some(e)) => self.push(e),
+                Ok(Some(e)) => {
+                    self.push(e);
+                    if self.chunk.is_empty() {
+                        // JSON rows are not parsed into reused buffers:
+                        // free the spent ones rather than keep them waiting.
+                        while self.reuse.try_recv().is_ok() {}
+                        self.spare.clear();
+                    }
+                }
                 Ok(None) => {}
                 Err(message) => self.bad(&file, number, message)?,
             }
@@ -430,6 +440,43 @@ mod tests {
         let fresh = read(false);
         assert_eq!(fresh.len(), 500);
         assert_eq!(read(true), fresh);
+    }
+
+    #[test]
+    fn csv_rows_are_parsed_into_spent_buffers() {
+        let (tx, _chunks) = sync_channel(QUEUED_CHUNKS);
+        let (spent, reuse) = sync_channel(RECYCLED_CHUNKS);
+        let mut pass = Pass {
+            tx,
+            options: ReadOptions::default(),
+            hasher: crate::learn::FeatureHasher::new(18),
+            space: Arc::new(
+                crate::learn::LabelSpace::new(crate::learn::TaskKind::Binary, vec![]).unwrap(),
+            ),
+            chunk: Vec::new(),
+            reuse,
+            spare: Vec::new(),
+            summary: ReadSummary::default(),
+            bytes: Arc::new(AtomicU64::new(0)),
+        };
+        assert_eq!(pass.buffer().capacity(), 0, "nothing spent yet");
+        let example = |n: usize| Example {
+            features: crate::learn::FeatureVec {
+                features: Vec::with_capacity(n),
+            },
+            target: crate::learn::Target::Class(0),
+        };
+        let chunk = vec![example(3), example(5)];
+        let buffers: Vec<*const Feature> =
+            chunk.iter().map(|e| e.features.features.as_ptr()).collect();
+        spent.send(chunk).unwrap();
+        let (a, b) = (pass.buffer(), pass.buffer());
+        assert_eq!(
+            [b.as_ptr(), a.as_ptr()],
+            buffers[..],
+            "the same allocations"
+        );
+        assert_eq!(pass.buffer().capacity(), 0, "used up");
     }
 
     #[test]

@@ -56,12 +56,19 @@ impl Moments {
         m
     }
 
+    /// Whether the spread is known: a variance above 1e-24 (written
+    /// without the division, as both `std` and `inverse_std` test it).
+    #[inline]
+    fn spread_known(&self) -> bool {
+        self.n > 0.0 && self.m2 > 1e-24 * self.n
+    }
+
     /// `1 / std` as `sqrt(n / M2)` (one division and one root: this runs
-    /// for every numeric feature of every example learned), or 0 before
-    /// two distinct values (the variance test of `std`).
+    /// for every numeric feature of every example learned), or 0 while the
+    /// spread is unknown.
     #[inline]
     fn inverse_std(&self) -> f64 {
-        if self.n > 0.0 && self.m2 > 1e-24 * self.n {
+        if self.spread_known() {
             (self.n / self.m2).sqrt()
         } else {
             0.0
@@ -83,8 +90,7 @@ impl Moments {
     /// Population standard deviation, or `None` before two distinct values.
     #[inline]
     pub fn std(&self) -> Option<f64> {
-        let var = if self.n > 0.0 { self.m2 / self.n } else { 0.0 };
-        (var > 1e-24).then(|| var.sqrt())
+        self.spread_known().then(|| (self.m2 / self.n).sqrt())
     }
 
     /// `(x - mean) / std`, and 0 while the spread is unknown. Computed in
@@ -413,6 +419,31 @@ mod tests {
     use super::*;
     use crate::learn::features::RawFeatures;
     use crate::learn::optim::OptimizerKind;
+
+    #[test]
+    fn moments_know_the_spread_exactly_when_std_does() {
+        let mut m = Moments::default();
+        assert_eq!((m.std(), m.standardise(3.0)), (None, 0.0));
+        m.push(2.0);
+        m.push(2.0);
+        assert_eq!((m.std(), m.standardise(3.0)), (None, 0.0), "no spread yet");
+        m.push(f64::NAN);
+        assert_eq!(m.n, 2.0, "non-finite values are not counted");
+        m.push(4.0);
+        let sd = m.std().unwrap();
+        assert!((sd - (8.0f64 / 9.0).sqrt()).abs() < 1e-12);
+        assert!((f64::from(m.standardise(4.0)) - (4.0 - m.mean) / sd).abs() < 1e-6);
+        // Around the variance threshold both tests agree, whatever the
+        // rounding of m2 / n.
+        for n in [1.0, 3.0, 675_770.0, 1e12] {
+            for scale in [0.999_999, 1.0, 1.000_001] {
+                let m = Moments::from_parts(n, 0.0, 1e-24 * n * scale);
+                assert_eq!(m.std().is_some(), m.inv_std > 0.0, "n {n}, scale {scale}");
+            }
+        }
+        let restored = Moments::from_parts(0.0, 0.0, 0.0);
+        assert_eq!((restored.std(), restored.inv_std), (None, 0.0));
+    }
 
     fn learner(kind: TaskKind, classes: &[&str]) -> Learner {
         let space = LabelSpace::new(kind, classes.iter().map(|s| s.to_string()).collect()).unwrap();

@@ -559,7 +559,12 @@ impl SnapshotStore {
                 good_seen > good_cut
             };
             if !kept_as_good && !protect.contains(&f.version) {
-                std::fs::remove_file(&f.path).map_err(self.io(&f.path))?;
+                match std::fs::remove_file(&f.path) {
+                    // Another process pruning the same directory (a server
+                    // and `eddy train --out`) removed it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other.map_err(self.io(&f.path))?,
+                }
             }
         }
         Ok(())

@@ -381,35 +381,44 @@ fn retraining_into_one_directory_keeps_the_configured_number_of_snapshots() {
     let csv = dir.path().join("rows.csv");
     std::fs::write(&csv, elec2_csv(&dataset("elec2")[..300])).expect("write");
     let out = dir.path().join("model");
-    let mut versions = Vec::new();
-    for _ in 0..4 {
-        let run = Command::new(env!("CARGO_BIN_EXE_eddy"))
+    let good = |v: u64| format!("snapshot-{v:020}.good.eddy");
+    let train = |init: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
+        command
             .args(["train", "--model", "demo", "--json", "--data"])
             .arg(&csv)
             .arg("--out")
-            .arg(&out)
+            .arg(&out);
+        if let Some(name) = init {
+            command.arg("--init").arg(out.join(name));
+        }
+        let run = command
             .env_clear()
             .env("EDDY_STORAGE__DIR", dir.path())
             .env("EDDY_STORAGE__SNAPSHOT_KEEP", "1")
-            .env("EDDY_STORAGE__LAST_GOOD_KEEP", "2")
+            .env("EDDY_STORAGE__LAST_GOOD_KEEP", "0")
             .output()
             .expect("eddy runs");
-        versions.push(json_of(&run)["snapshot"]["version"].clone());
-    }
-    assert_eq!(versions, [1, 2, 3, 4]);
-    let mut left: Vec<String> = std::fs::read_dir(&out)
-        .expect("out dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("snapshot-"))
-        .collect();
-    left.sort();
+        let version = json_of(&run)["snapshot"]["version"].clone();
+        let mut left: Vec<String> = std::fs::read_dir(&out)
+            .expect("out dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("snapshot-"))
+            .collect();
+        left.sort();
+        (version, left)
+    };
+    assert_eq!(train(None), (json!(1), vec![good(1)]));
+    // Each write keeps the newest last-good it found (a server on the
+    // directory may hold it as its rollback target) and prunes the rest.
+    assert_eq!(train(None), (json!(2), vec![good(1), good(2)]));
+    assert_eq!(train(None), (json!(3), vec![good(2), good(3)]));
+    // The snapshot training started from is kept too.
     assert_eq!(
-        left,
-        [
-            "snapshot-00000000000000000003.good.eddy",
-            "snapshot-00000000000000000004.good.eddy"
-        ]
+        train(Some(&good(2))),
+        (json!(4), vec![good(2), good(3), good(4)])
     );
+    assert_eq!(train(None), (json!(5), vec![good(4), good(5)]));
 }
 
 #[test]
