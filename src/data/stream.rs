@@ -121,8 +121,12 @@ impl ExampleStream {
                     spare: Vec::new(),
                     summary: ReadSummary::default(),
                     bytes: counter,
+                    gone: false,
                 };
                 for input in &inputs {
+                    if pass.gone {
+                        break;
+                    }
                     pass.read(input)?;
                 }
                 pass.flush();
@@ -182,6 +186,8 @@ struct Pass {
     spare: Vec<Example>,
     summary: ReadSummary,
     bytes: Arc<AtomicU64>,
+    /// The consumer stopped taking chunks.
+    gone: bool,
 }
 
 impl Pass {
@@ -244,7 +250,7 @@ impl Pass {
         // Byte records: cells are checked as UTF-8 only where read as text
         // (numbers are parsed from the bytes).
         let mut record = csv::ByteRecord::new();
-        loop {
+        while !self.gone {
             let line = csv.position().line() + 1;
             match csv.read_byte_record(&mut record) {
                 Ok(false) => return Ok(()),
@@ -275,6 +281,7 @@ impl Pass {
                 }
             }
         }
+        Ok(())
     }
 
     fn read_jsonl(
@@ -285,7 +292,7 @@ impl Pass {
         let file = input.name();
         let mut line = String::new();
         let mut number = 0u64;
-        loop {
+        while !self.gone {
             line.clear();
             let n = reader
                 .read_line(&mut line)
@@ -317,6 +324,7 @@ impl Pass {
                 Err(message) => self.bad(&file, number, message)?,
             }
         }
+        Ok(())
     }
 
     fn push(&mut self, e: Example) {
@@ -330,9 +338,12 @@ impl Pass {
     fn flush(&mut self) {
         if !self.chunk.is_empty() {
             let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(self.options.chunk));
-            // The consumer is gone only when it stopped early; it reads the
-            // reason from `finish`, so there is nothing to report here.
-            let _ = self.tx.send(chunk);
+            // The consumer is gone only when it stopped early (`finish`
+            // before the end): stop reading, rather than parse the rest of
+            // a file nobody waits for while `finish` joins this thread.
+            if self.tx.send(chunk).is_err() {
+                self.gone = true;
+            }
         }
     }
 
@@ -458,6 +469,7 @@ mod tests {
             spare: Vec::new(),
             summary: ReadSummary::default(),
             bytes: Arc::new(AtomicU64::new(0)),
+            gone: false,
         };
         assert_eq!(pass.buffer().capacity(), 0, "nothing spent yet");
         let example = |n: usize| Example {
@@ -477,6 +489,30 @@ mod tests {
             "the same allocations"
         );
         assert_eq!(pass.buffer().capacity(), 0, "used up");
+    }
+
+    #[test]
+    fn finishing_early_stops_the_reader() {
+        use crate::learn::{FeatureHasher, LabelSpace, TaskKind};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        let mut text = String::from("x,label\n");
+        for i in 0..100_000 {
+            text.push_str(&format!("{i},{}\n", i % 2));
+        }
+        std::fs::write(&path, text).unwrap();
+        let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
+        let options = ReadOptions {
+            chunk: 100,
+            ..ReadOptions::default()
+        };
+        let files = vec![Input::File(path.clone()), Input::File(path)];
+        let mut stream = ExampleStream::spawn(files, options, FeatureHasher::new(18), space);
+        assert_eq!(stream.next_chunk().map(|c| c.len()), Some(100));
+        // The reader is at most the queued chunks ahead when it learns
+        // that nobody takes them any more.
+        let read = stream.finish().unwrap();
+        assert!(read.rows <= 100 * (QUEUED_CHUNKS as u64 + 3), "{}", read.rows);
     }
 
     #[test]
