@@ -63,13 +63,13 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.holdout) {
         anyhow::bail!("--holdout must lie in [0, 1)");
     }
-    let (mut learner, mut names, started_from) = match &args.init {
+    let (mut learner, mut names, origin) = match &args.init {
         Some(path) => {
             let start = snapshot::load_for(&model, path)?;
             (
                 start.learner,
                 Arc::unwrap_or_clone(start.names),
-                Some(start.version),
+                Some(start.origin),
             )
         }
         None => (fresh(&model)?, FeatureNames::default(), None),
@@ -113,7 +113,7 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             examples_trained: trained.examples,
             quality,
             names,
-            started_from,
+            started_from: origin.and_then(|o| o.version_in(&out)),
         },
     )?;
     for bad in &trained.read.bad {

@@ -40,7 +40,7 @@ pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<Start> {
     Ok(Start {
         learner: snapshot.adopt(model.optimizer),
         names,
-        version,
+        origin: Origin { version, file },
     })
 }
 
@@ -48,8 +48,22 @@ pub fn load_for(model: &ModelConfig, path: &Path) -> anyhow::Result<Start> {
 pub struct Start {
     pub learner: Learner,
     pub names: Arc<FeatureNames>,
-    /// Its version, in the directory it came from.
+    pub origin: Origin,
+}
+
+/// Where a loaded snapshot came from.
+pub struct Origin {
     pub version: u64,
+    pub file: PathBuf,
+}
+
+impl Origin {
+    /// The version, if the file lies in `dir` (where a write must not
+    /// prune it).
+    pub fn version_in(&self, dir: &Path) -> Option<u64> {
+        let parent = self.file.parent()?.canonicalize().ok()?;
+        (parent == dir.canonicalize().ok()?).then_some(self.version)
+    }
 }
 
 /// What a trained snapshot records besides the learner.
@@ -57,7 +71,8 @@ pub struct Provenance {
     pub examples_trained: u64,
     pub quality: BTreeMap<String, f64>,
     pub names: FeatureNames,
-    /// The version `--init` started from: never pruned by this write.
+    /// The version `--init` started from, when it lies in the directory
+    /// written to: not pruned by this write.
     pub started_from: Option<u64>,
 }
 

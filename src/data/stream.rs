@@ -512,7 +512,11 @@ mod tests {
         // The reader is at most the queued chunks ahead when it learns
         // that nobody takes them any more.
         let read = stream.finish().unwrap();
-        assert!(read.rows <= 100 * (QUEUED_CHUNKS as u64 + 3), "{}", read.rows);
+        assert!(
+            read.rows <= 100 * (QUEUED_CHUNKS as u64 + 3),
+            "{}",
+            read.rows
+        );
     }
 
     #[test]

@@ -376,21 +376,21 @@ fn gzip_files_and_stdin_are_read() {
 }
 
 #[test]
-fn retraining_into_one_directory_keeps_the_configured_number_of_snapshots() {
+fn retraining_into_one_directory_prunes_by_the_configured_retention() {
     let dir = tempfile::tempdir().expect("dir");
     let csv = dir.path().join("rows.csv");
     std::fs::write(&csv, elec2_csv(&dataset("elec2")[..300])).expect("write");
     let out = dir.path().join("model");
     let good = |v: u64| format!("snapshot-{v:020}.good.eddy");
-    let train = |init: Option<&str>| {
+    let train = |init: Option<std::path::PathBuf>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_eddy"));
         command
             .args(["train", "--model", "demo", "--json", "--data"])
             .arg(&csv)
             .arg("--out")
             .arg(&out);
-        if let Some(name) = init {
-            command.arg("--init").arg(out.join(name));
+        if let Some(path) = init {
+            command.arg("--init").arg(path);
         }
         let run = command
             .env_clear()
@@ -413,12 +413,20 @@ fn retraining_into_one_directory_keeps_the_configured_number_of_snapshots() {
     // directory may hold it as its rollback target) and prunes the rest.
     assert_eq!(train(None), (json!(2), vec![good(1), good(2)]));
     assert_eq!(train(None), (json!(3), vec![good(2), good(3)]));
-    // The snapshot training started from is kept too.
+    // The snapshot training started from is kept too, by that run.
     assert_eq!(
-        train(Some(&good(2))),
+        train(Some(out.join(good(2)))),
         (json!(4), vec![good(2), good(3), good(4)])
     );
     assert_eq!(train(None), (json!(5), vec![good(4), good(5)]));
+    // Started from a copy elsewhere, its version number protects nothing.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("dir");
+    std::fs::copy(out.join(good(4)), elsewhere.join(good(4))).expect("copy");
+    assert_eq!(
+        train(Some(elsewhere.join(good(4)))),
+        (json!(6), vec![good(5), good(6)])
+    );
 }
 
 #[test]
