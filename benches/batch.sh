@@ -76,7 +76,8 @@ for r in $(seq "$ROUNDS"); do
   eddy_runs+=("$e"); vw_runs+=("$v")
 done
 em=$(printf '%s\n' "${eddy_runs[@]}" | median); vm=$(printf '%s\n' "${vw_runs[@]}" | median)
-echo "median: eddy $em rows/s, vw $vm rows/s, ratio $(awk -v a="$em" -v b="$vm" 'BEGIN {printf "%.2f", a/b}')"
+per_round=$(for i in "${!eddy_runs[@]}"; do awk -v a="${eddy_runs[$i]}" -v b="${vw_runs[$i]}" 'BEGIN {printf "%.2f\n", a/b}'; done | median)
+echo "median: eddy $em rows/s, vw $vm rows/s, ratio $(awk -v a="$em" -v b="$vm" 'BEGIN {printf "%.2f", a/b}') (median of per-round ratios $per_round)"
 rm -rf "$work/eddy-file-order"
 "$EDDY" train --model demo --data "$work/elec2x20.csv" --shuffle-buffer 0 --out "$work/eddy-file-order" > /dev/null
 python3 -m vowpalwabbit -t -i "$work/vw.model" -d "$work/elec2.vw" -p "$work/vw.preds" --quiet
