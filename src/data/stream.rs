@@ -4,12 +4,11 @@
 //! parsing overlaps training.
 //!
 //! Examples the consumer is done with may be handed back (`recycle`): the
-//! reader parses CSV rows into their feature buffers instead of allocating
-//! new ones for each row, which keeps allocation (and freeing on another
-//! thread) off the reader, the slower side of the pair. At most
-//! `RECYCLED_CHUNKS` chunks of spent examples wait to be reused, and one
-//! more is being used up; more are dropped (and while JSON Lines are read,
-//! which are not parsed into reused buffers, the waiting ones are freed).
+//! reader parses rows (CSV and JSON Lines) into their feature buffers
+//! instead of allocating new ones for each row, which keeps allocation
+//! (and freeing on another thread) off the reader, the slower side of the
+//! pair. At most `RECYCLED_CHUNKS` chunks of spent examples wait to be
+//! reused, and one more is being used up; more are dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -305,21 +304,15 @@ impl Pass {
             }
             number += 1;
             let noting = self.noting();
+            let buffer = self.buffer();
             match jsonl::example(
                 &line,
                 &self.hasher,
                 &self.space,
                 noting.then_some(&mut self.summary.names),
+                buffer,
             ) {
-                Ok(Some(e)) => {
-                    self.push(e);
-                    if self.chunk.is_empty() {
-                        // JSON rows are not parsed into reused buffers:
-                        // free the spent ones rather than keep them waiting.
-                        while self.reuse.try_recv().is_ok() {}
-                        self.spare.clear();
-                    }
-                }
+                Ok(Some(e)) => self.push(e),
                 Ok(None) => {}
                 Err(message) => self.bad(&file, number, message)?,
             }
@@ -415,21 +408,41 @@ mod tests {
     fn recycled_examples_are_parsed_into_afresh() {
         use crate::learn::{FeatureHasher, LabelSpace, TaskKind};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rows.csv");
+        let csv = dir.path().join("rows.csv");
+        let jsonl = dir.path().join("rows.jsonl");
         // Rows of one to three features, so reused buffers differ in length.
         let mut text = String::from("a,b,c,label\n");
+        let mut lines = String::new();
         for i in 0..500 {
-            let cell = |k: usize| {
-                if (i + k) % 3 == 0 {
-                    String::new()
-                } else {
-                    format!("{}", i * k)
-                }
+            let numbers: Vec<(&str, usize)> = [("a", 1), ("b", 2)]
+                .into_iter()
+                .filter(|(_, k)| (i + k) % 3 != 0)
+                .map(|(name, k)| (name, i * k))
+                .collect();
+            let cell = |name: &str| {
+                numbers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(String::new(), |(_, v)| v.to_string())
             };
-            text.push_str(&format!("{},{},x{},{}\n", cell(1), cell(2), i % 4, i % 2));
+            text.push_str(&format!(
+                "{},{},x{},{}\n",
+                cell("a"),
+                cell("b"),
+                i % 4,
+                i % 2
+            ));
+            let mut features = serde_json::Map::new();
+            for (name, v) in &numbers {
+                features.insert((*name).into(), (*v).into());
+            }
+            features.insert("c".into(), format!("x{}", i % 4).into());
+            let line = serde_json::json!({"features": features, "label": i % 2});
+            lines.push_str(&format!("{line}\n"));
         }
-        std::fs::write(&path, text).unwrap();
-        let read = |recycle: bool| {
+        std::fs::write(&csv, text).unwrap();
+        std::fs::write(&jsonl, lines).unwrap();
+        let read = |path: &std::path::Path, recycle: bool| {
             let hasher = FeatureHasher::new(18);
             let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
             let options = ReadOptions {
@@ -437,7 +450,7 @@ mod tests {
                 ..ReadOptions::default()
             };
             let mut stream =
-                ExampleStream::spawn(vec![Input::File(path.clone())], options, hasher, space);
+                ExampleStream::spawn(vec![Input::File(path.to_owned())], options, hasher, space);
             let mut all = Vec::new();
             while let Some(chunk) = stream.next_chunk() {
                 all.extend(chunk.iter().cloned());
@@ -448,13 +461,16 @@ mod tests {
             stream.finish().unwrap();
             all
         };
-        let fresh = read(false);
+        let fresh = read(&csv, false);
         assert_eq!(fresh.len(), 500);
-        assert_eq!(read(true), fresh);
+        assert_eq!(read(&csv, true), fresh);
+        // The JSON form of the same rows hashes to the same examples.
+        assert_eq!(read(&jsonl, false), fresh);
+        assert_eq!(read(&jsonl, true), fresh);
     }
 
     #[test]
-    fn csv_rows_are_parsed_into_spent_buffers() {
+    fn spent_buffers_are_handed_out_before_new_ones() {
         let (tx, _chunks) = sync_channel(QUEUED_CHUNKS);
         let (spent, reuse) = sync_channel(RECYCLED_CHUNKS);
         let mut pass = Pass {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use thiserror::Error;
 
-use super::features::{FeatureError, FeatureHasher, FeatureVec, RawFeatures};
+use super::features::{Feature, FeatureError, FeatureHasher, FeatureVec, RawFeatures};
 use super::label::{LabelError, LabelSpace, RawLabel, Target};
 use super::names::FeatureNames;
 
@@ -39,19 +39,21 @@ impl Example {
         hasher: &FeatureHasher,
         space: &LabelSpace,
     ) -> Result<Self, ExampleError> {
-        Self::from_json_noting(line, hasher, space, None)
+        Self::from_json_noting(line, hasher, space, None, Vec::new())
     }
 
-    /// `from_json`, noting the feature names of a valid line in `names`.
+    /// `from_json`, noting the feature names of a valid line in `names` and
+    /// hashing the features into `buffer` (`FeatureHasher::hash_into`).
     pub fn from_json_noting(
         line: &str,
         hasher: &FeatureHasher,
         space: &LabelSpace,
         names: Option<&mut FeatureNames>,
+        buffer: Vec<Feature>,
     ) -> Result<Self, ExampleError> {
         let raw: Line = serde_json::from_str(line)?;
         let example = Self {
-            features: hasher.hash(&raw.features)?,
+            features: hasher.hash_into(&raw.features, buffer)?,
             target: space.target(&raw.label)?,
         };
         if let Some(names) = names {

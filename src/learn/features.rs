@@ -107,8 +107,20 @@ impl FeatureHasher {
     }
 
     /// Hashes a parsed feature set; rejects an empty set.
+    #[inline]
     pub fn hash(&self, raw: &RawFeatures<'_>) -> Result<FeatureVec, FeatureError> {
-        let mut features = Vec::with_capacity(raw.len());
+        self.hash_into(raw, Vec::new())
+    }
+
+    /// `hash` into `features`, a buffer to reuse (whatever it holds is
+    /// dropped; its room is kept).
+    pub fn hash_into(
+        &self,
+        raw: &RawFeatures<'_>,
+        mut features: Vec<Feature>,
+    ) -> Result<FeatureVec, FeatureError> {
+        features.clear();
+        features.reserve(raw.len());
         match raw {
             RawFeatures::Named(pairs) => {
                 for (name, value) in pairs {
