@@ -217,12 +217,18 @@ mod tests {
     use super::*;
     use crate::learn::{RawFeatures, TaskKind};
 
-    #[test]
-    fn rows_hash_exactly_as_the_json_form_does() {
+    /// A binary label space and the schema of `price,label,colour,gap`.
+    fn fixture() -> (FeatureHasher, LabelSpace, StringRecord, CsvSchema) {
         let hasher = FeatureHasher::new(18);
         let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
         let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
-        let mut schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        (hasher, space, header, schema)
+    }
+
+    #[test]
+    fn rows_hash_exactly_as_the_json_form_does() {
+        let (hasher, space, header, mut schema) = fixture();
         let row = ByteRecord::from(vec![" 0.5", "1 ", "red", ""]);
         let e = schema
             .example(&row, &hasher, &space, None, Vec::new())
@@ -280,10 +286,7 @@ mod tests {
 
     #[test]
     fn names_are_noted_as_the_json_form_notes_them_and_only_for_valid_rows() {
-        let hasher = FeatureHasher::new(18);
-        let space = LabelSpace::new(TaskKind::Binary, vec![]).unwrap();
-        let header = StringRecord::from(vec!["price", "label", "colour", "gap"]);
-        let mut schema = CsvSchema::new(&header, "label", &hasher).unwrap();
+        let (hasher, space, header, mut schema) = fixture();
         let mut names = FeatureNames::default();
         let row = ByteRecord::from(vec![" 0.5", "1", " red ", ""]);
         schema

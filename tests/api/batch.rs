@@ -273,7 +273,14 @@ fn bad_rows_name_file_and_line_and_are_skipped_only_when_allowed() {
     )
     .expect("write");
     let file = path.to_str().expect("path");
-    let out = eddy(dir.path(), &["train", "--model", "demo", "--data", file]);
+    let train = |extra: &[&str]| {
+        let args: Vec<&str> = ["train", "--model", "demo", "--data", file]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        eddy(dir.path(), &args)
+    };
+    let out = train(&[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -281,34 +288,11 @@ fn bad_rows_name_file_and_line_and_are_skipped_only_when_allowed() {
         "{err}"
     );
 
-    let out = eddy(
-        dir.path(),
-        &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            file,
-            "--skip-bad-rows",
-            "1",
-        ],
-    );
+    let out = train(&["--skip-bad-rows", "1"]);
     assert!(!out.status.success(), "two bad rows, one allowed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("more than 1 bad rows"));
 
-    let out = eddy(
-        dir.path(),
-        &[
-            "train",
-            "--model",
-            "demo",
-            "--data",
-            file,
-            "--skip-bad-rows",
-            "2",
-            "--json",
-        ],
-    );
+    let out = train(&["--skip-bad-rows", "2", "--json"]);
     let summary = json_of(&out);
     assert_eq!(summary["trained"]["examples"], 2);
     assert_eq!(summary["trained"]["read"]["bad_rows"], 2);
