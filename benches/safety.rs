@@ -16,14 +16,16 @@
 //!
 //! Run: `cargo bench --bench safety` (under a minute).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use eddy::batch::eval::ROW_INTERVAL;
 use eddy::config::{Config, ModelConfig};
 use eddy::learn::{Example, FeatureHasher, FeatureVec, Target};
 use eddy::serving::Trainer;
 use eddy::serving::queue::Feedback;
-use eddy::serving::trainer::Cadence;
+use eddy::serving::{ManualClock, SystemClock};
 use serde_json::Value;
 
 #[path = "../tests/api/streams.rs"]
@@ -38,8 +40,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn model(extra: &str) -> ModelConfig {
     Config::from_toml_over_default(&format!(
-        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{}\n{extra}",
-        std::env::var("SAFETY_MONITOR").unwrap_or_default().replace(';', "\n")
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\n{}\n{extra}",
+        std::env::var("SAFETY_MONITOR")
+            .unwrap_or_default()
+            .replace(';', "\n")
     ))
     .expect("config")
     .models
@@ -94,8 +98,8 @@ fn run(
     copies: usize,
     measure: std::ops::Range<usize>,
 ) -> Outcome {
-    let (mut trainer, queue, _commands) = Trainer::in_memory(m).expect("trainer");
-    let mut cadence = Cadence::default();
+    let clock = Arc::new(ManualClock::default());
+    let (mut trainer, queue, _commands) = Trainer::in_memory(m, clock.clone()).expect("trainer");
     let mut out = Outcome::default();
     let mut sent = 0u64;
     let mut attack_start = None;
@@ -104,7 +108,8 @@ fn run(
         Feedback::labelled(x.clone(), y, Some(source.into()))
     };
     for (i, (x, y)) in xs.iter().enumerate() {
-        let out_live = trainer.live.params.predict(x);
+        clock.advance(ROW_INTERVAL);
+        let out_live = trainer.live().params.predict(x);
         let correct = Some(out_live.argmax().unwrap_or(0)) == y.class();
         out.correct_all += u64::from(correct);
         out.rows += 1;
@@ -124,15 +129,15 @@ fn run(
         }
         sent += items.len() as u64;
         queue.reserve(items.len()).expect("room").send(items);
-        while trainer.stream.position() + MINIBATCH as u64 <= sent {
-            trainer.step(MINIBATCH, &mut cadence);
-            let s = &trainer.stats;
+        while trainer.position() + MINIBATCH as u64 <= sent {
+            trainer.step(MINIBATCH);
+            let s = &trainer.stats();
             let detections = s.rollbacks_degraded.load(Ordering::Relaxed)
                 + s.rollbacks_gate.load(Ordering::Relaxed);
             let holds = s.gate_holds.load(Ordering::Relaxed);
             if let Some(start) = attack_start {
                 let (d0, h0) = *baseline_counts.get_or_insert((detections, holds));
-                let since = trainer.stream.position().saturating_sub(start);
+                let since = trainer.position().saturating_sub(start);
                 if detections > d0 && out.detection_delay.is_none() {
                     out.detection_delay = Some(since);
                 }
@@ -142,8 +147,8 @@ fn run(
             }
         }
     }
-    while trainer.step(MINIBATCH, &mut cadence) > 0 {}
-    let s = &trainer.stats;
+    while trainer.step(MINIBATCH) > 0 {}
+    let s = &trainer.stats();
     out.rollbacks = s.rollbacks_degraded.load(Ordering::Relaxed);
     out.gate_refusals = s.rollbacks_gate.load(Ordering::Relaxed);
     out.promotions = s.promotions.load(Ordering::Relaxed);
@@ -152,7 +157,7 @@ fn run(
     out.excluded = s.excluded.load(Ordering::Relaxed);
     out.blamed = s.monitor.load().blamed_sources.clone();
     if std::env::var_os("SAFETY_EVENTS").is_some() {
-        for e in trainer.events.all() {
+        for e in trainer.events().all() {
             if e.kind != eddy::serving::events::EventKind::Promotion
                 || std::env::var_os("SAFETY_ALL").is_some()
             {
@@ -197,8 +202,8 @@ fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
     .expect("config")
     .models
     .remove(0);
-    let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
-    let mut cadence = Cadence::default();
+    let (mut trainer, queue, _commands) =
+        Trainer::in_memory(&m, Arc::new(SystemClock::default())).expect("trainer");
     let started = Instant::now();
     let mut n = 0usize;
     let reps: usize = std::env::var("SAFETY_REPS")
@@ -213,7 +218,7 @@ fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
                 .collect();
             n += items.len();
             queue.reserve(items.len()).expect("room").send(items);
-            while trainer.step(MINIBATCH, &mut cadence) > 0 {}
+            while trainer.step(MINIBATCH) > 0 {}
         }
     }
     n as f64 / started.elapsed().as_secs_f64()

@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -29,8 +29,8 @@ use crate::serving::events::EventLog;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
-    JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, Trainer,
-    TrainingStats, feedback_channel,
+    JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, SharedClock,
+    SystemClock, Trainer, TrainerParts, TrainingStats, feedback_channel,
 };
 
 pub struct App {
@@ -48,6 +48,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let mut trainers = Vec::new();
+        let clock: SharedClock = Arc::new(SystemClock::default());
         for m in &config.models {
             let space = Arc::new(m.label_space()?);
             let dir = config.storage.model_dir(&m.name);
@@ -119,31 +120,26 @@ impl App {
                 stats.monitor.store(Arc::new(monitor.report()));
             }
             let events = Arc::new(EventLog::default());
-            trainers.push(Trainer {
-                published: learner.clone(),
-                commands,
+            trainers.push(Trainer::new(TrainerParts {
                 model: name.clone(),
                 learner,
                 stream,
                 sink: store.clone(),
                 stats: stats.clone(),
                 config: m.training,
-                snapshots: Some(SnapshotPolicy {
-                    store: snapshots,
-                    interval: config.storage.snapshot_interval(),
-                    model: m.clone(),
-                    created_at_ms: created_ms,
-                    feature_names: names,
-                    last: Instant::now(),
-                    last_good_at: Instant::now(),
-                    unsaved_last_good: false,
-                }),
+                snapshots: Some(SnapshotPolicy::new(
+                    snapshots,
+                    config.storage.snapshot_interval(),
+                    m.clone(),
+                    created_ms,
+                    names,
+                )),
                 live,
+                commands,
                 monitor,
                 events: events.clone(),
-                trained_position: 0,
-                held: Vec::new(),
-            });
+                clock: clock.clone(),
+            }));
             registry.insert(ModelRuntime {
                 name,
                 config: m.clone(),
@@ -213,9 +209,9 @@ impl App {
         for trainer in self.trainers {
             let rt = tokio::runtime::Handle::current();
             let stop = stop_training.clone();
-            let model = trainer.model.clone();
+            let model = trainer.model().clone();
             let handle = tracker.spawn_blocking(move || {
-                let span = tracing::info_span!("trainer", model = %trainer.model);
+                let span = tracing::info_span!("trainer", model = %trainer.model());
                 let _entered = span.enter();
                 trainer.run_blocking(rt, stop, grace)
             });

@@ -13,7 +13,7 @@ use crate::learn::{LabelSpace, Learner, Output, Target};
 use crate::serving::Trainer;
 use crate::serving::events::EventKind;
 use crate::serving::queue::Feedback;
-use crate::serving::trainer::Cadence;
+use crate::serving::{Clock, ManualClock};
 
 use super::report::{Report, Tally};
 
@@ -131,11 +131,17 @@ pub fn evaluate(
     Ok(series.finish(Vec::new(), read))
 }
 
-/// Prequential evaluation through the server's trainer and monitor: each
-/// row is predicted by the live version, then fed as feedback; minibatches
-/// of `training.minibatch_size`, a publish after each (deterministic:
-/// no time-based pacing). Rollbacks, gate refusals, promotions and blamed
-/// sources become markers at the row where they happened.
+/// Rows of a file carry no arrival times; `evaluate_monitored` takes them
+/// to arrive this far apart on the trainer's clock.
+pub const ROW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Prequential evaluation through the server's trainer and monitor, with
+/// the model's configuration as it is: each row is predicted by the live
+/// version, then fed as feedback; a minibatch of `training.minibatch_size`
+/// is trained as soon as it is queued. The trainer reads a manual clock
+/// that moves `ROW_INTERVAL` per row, so the run is deterministic.
+/// Rollbacks, gate refusals, promotions and blamed sources become markers
+/// at the row where they happened.
 pub fn evaluate_monitored(
     model: &ModelConfig,
     learner: Learner,
@@ -143,14 +149,13 @@ pub fn evaluate_monitored(
     options: &EvalOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Evaluation, DataError> {
-    let mut model = model.clone();
-    model.training.min_publish_interval_ms = 0;
-    model.monitor.gate_budget = 1.0;
     let space = learner.params().space.clone();
     let hasher = learner.params().hasher();
-    let (mut trainer, queue, _commands) = Trainer::in_memory_from(&model, learner);
+    let clock = Arc::new(ManualClock::at(
+        crate::serving::SystemClock::default().now(),
+    ));
+    let (mut trainer, queue, _commands) = Trainer::in_memory_from(model, learner, clock.clone());
     let minibatch = model.training.minibatch_size.get();
-    let mut cadence = Cadence::default();
     let mut stream =
         ExampleStream::spawn(inputs.to_vec(), options.read.clone(), hasher, space.clone());
     let mut series = Series::new(space, options.every);
@@ -158,7 +163,8 @@ pub fn evaluate_monitored(
     let mut seen = 0;
     while let Some(chunk) = stream.next_chunk() {
         for e in chunk {
-            series.add(&trainer.live.params.predict(&e.features), e.target);
+            clock.advance(ROW_INTERVAL);
+            series.add(&trainer.live().params.predict(&e.features), e.target);
             let fb = Feedback::labelled(e.features, e.target, None);
             if queue.reserve(1).map(|r| r.send(vec![fb])).is_err() {
                 // Cannot happen: the queue is drained below at every
@@ -169,20 +175,20 @@ pub fn evaluate_monitored(
                 });
             }
             if queue.depth() >= minibatch {
-                trainer.step(minibatch, &mut cadence);
-                for ev in trainer.events.since(seen) {
+                trainer.step(minibatch);
+                for ev in trainer.events().since(seen) {
                     markers.push(Marker {
                         row: series.rows(),
                         kind: ev.kind,
                         reason: ev.reason,
                     });
                 }
-                seen = trainer.events.total();
+                seen = trainer.events().total();
             }
         }
         progress(series.rows(), stream.bytes_read());
     }
-    while trainer.step(minibatch, &mut cadence) > 0 {}
+    while trainer.step(minibatch) > 0 {}
     let read = stream.finish()?;
     Ok(series.finish(markers, read))
 }

@@ -2,6 +2,7 @@
 //! queue, the trainer task and the prediction join cache. Everything here
 //! may use tokio; the maths it runs lives in `learn`.
 
+pub mod clock;
 pub mod events;
 pub mod join;
 pub mod monitor;
@@ -10,10 +11,11 @@ pub mod registry;
 pub mod store;
 pub mod trainer;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use join::{JoinCache, JoinError, PendingPrediction};
 pub use queue::{
     Feedback, FeedbackQueue, FeedbackStream, PredictionRef, QueueError, feedback_channel,
 };
 pub use registry::{ModelRuntime, Registry};
 pub use store::{ModelStore, ModelVersion, PublishMeta, VersionSink};
-pub use trainer::{Trainer, TrainingStats};
+pub use trainer::{Trainer, TrainerParts, TrainingStats};

@@ -6,6 +6,7 @@ mod bad_input;
 mod batch;
 mod concurrency;
 mod delayed_labels;
+mod durability;
 mod helpers;
 mod learning;
 mod lifecycle;

@@ -3,14 +3,16 @@
 //! drift is learned without rollbacks; and in process, through the real
 //! trainer, clean Elec2 and a SEA drift stream see no rollback at all.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use eddy::batch::eval::ROW_INTERVAL;
 use eddy::config::Config;
 use eddy::learn::{Example, FeatureHasher};
+use eddy::serving::ManualClock;
 use eddy::serving::Trainer;
 use eddy::serving::queue::Feedback;
-use eddy::serving::trainer::Cadence;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, dataset, events, sample, scrape, spawn_app};
@@ -344,7 +346,7 @@ async fn concept_drift_is_learned_without_rollbacks() {
 fn clean_streams_see_no_rollback_in_process() {
     let model = |extra: &str| {
         Config::from_toml_over_default(&format!(
-            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n[models.monitor]\ngate_budget = 1.0\n{extra}"
+            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\n{extra}"
         ))
         .expect("config")
         .models
@@ -352,23 +354,25 @@ fn clean_streams_see_no_rollback_in_process() {
     };
     for (name, rows) in [("elec2", dataset("elec2")), ("sea", sea(40_000, 7))] {
         let m = model("");
-        let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
+        let clock = Arc::new(ManualClock::default());
+        let (mut trainer, queue, _commands) =
+            Trainer::in_memory(&m, clock.clone()).expect("trainer");
         let hasher = FeatureHasher::new(m.hash_bits);
         let space = m.label_space().expect("space");
-        let mut cadence = Cadence::default();
         let mut correct = 0usize;
         for row in &rows {
+            clock.advance(ROW_INTERVAL);
             let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
-            let p = trainer.live.params.predict(&e.features);
+            let p = trainer.live().params.predict(&e.features);
             correct += usize::from(p.argmax() == e.target.class());
             let fb = Feedback::labelled(e.features, e.target, None);
             queue.reserve(1).expect("room").send(vec![fb]);
             if queue.depth() >= CHUNK {
-                trainer.step(CHUNK, &mut cadence);
+                trainer.step(CHUNK);
             }
         }
-        while trainer.step(CHUNK, &mut cadence) > 0 {}
-        let s = &trainer.stats;
+        while trainer.step(CHUNK) > 0 {}
+        let s = &trainer.stats();
         let acc = correct as f64 / rows.len() as f64;
         assert_eq!(
             (
@@ -377,7 +381,7 @@ fn clean_streams_see_no_rollback_in_process() {
             ),
             (0, 0),
             "{name}: {:?}",
-            trainer.events.all()
+            trainer.events().all()
         );
         assert!(s.promotions.load(Ordering::Relaxed) >= 5, "{name}");
         assert!(acc > 0.78, "{name}: prequential accuracy {acc:.4}");
@@ -392,16 +396,16 @@ fn clean_streams_see_no_rollback_in_process() {
 fn on_degrade_replays_pauses_or_continues() {
     for mode in ["replay", "pause", "continue"] {
         let m = Config::from_toml_over_default(&format!(
-            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.training]\nmin_publish_interval_ms = 0\n\
-             [models.monitor]\ngate_budget = 1.0\ntrusted_sources = [\"trusted\"]\non_degrade = \"{mode}\""
+            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\ntrusted_sources = [\"trusted\"]\non_degrade = \"{mode}\""
         ))
         .expect("config")
         .models
         .remove(0);
-        let (mut trainer, queue, _commands) = Trainer::in_memory(&m).expect("trainer");
+        let clock = Arc::new(ManualClock::default());
+        let (mut trainer, queue, _commands) =
+            Trainer::in_memory(&m, clock.clone()).expect("trainer");
         let hasher = FeatureHasher::new(m.hash_bits);
         let space = m.label_space().expect("space");
-        let mut cadence = Cadence::default();
         let feedback = |e: &Example, label: usize, source: &str| {
             Feedback::labelled(
                 e.features.clone(),
@@ -410,6 +414,7 @@ fn on_degrade_replays_pauses_or_continues() {
             )
         };
         for (i, row) in stationary(8_000, 5, 0..0).iter().enumerate() {
+            clock.advance(ROW_INTERVAL);
             let e = Example::from_json(&row.to_string(), &hasher, &space).expect("example");
             let y = e.target.class().expect("class");
             let mut items = vec![feedback(&e, y, "trusted")];
@@ -418,10 +423,10 @@ fn on_degrade_replays_pauses_or_continues() {
             }
             queue.reserve(items.len()).expect("room").send(items);
             while queue.depth() >= CHUNK {
-                trainer.step(CHUNK, &mut cadence);
+                trainer.step(CHUNK);
             }
         }
-        let events = trainer.events.all();
+        let events = trainer.events().all();
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
         use eddy::serving::events::EventKind as K;
         assert!(kinds.contains(&K::SourceBlamed), "{mode}: {events:?}");
@@ -429,7 +434,7 @@ fn on_degrade_replays_pauses_or_continues() {
             .iter()
             .find(|e| matches!(e.kind, K::GateRefused | K::Rollback))
             .unwrap_or_else(|| panic!("{mode}: {events:?}"));
-        let paused = trainer.stats.paused.load(Ordering::Relaxed);
+        let paused = trainer.stats().paused.load(Ordering::Relaxed);
         match mode {
             "replay" => {
                 assert!(
@@ -443,10 +448,7 @@ fn on_degrade_replays_pauses_or_continues() {
             "pause" => {
                 assert!(paused, "learning stopped");
                 assert!(kinds.contains(&K::Paused), "{events:?}");
-                assert!(
-                    !trainer.held.is_empty(),
-                    "what was taken is kept for the resume"
-                );
+                assert!(trainer.held() > 0, "what was taken is kept for the resume");
             }
             _ => {
                 assert!(detection.reason.contains("dropped"), "{}", detection.reason);

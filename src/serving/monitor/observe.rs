@@ -1,0 +1,122 @@
+//! Test-then-train scoring: each minibatch scored by the live and last-good
+//! versions before it is learned, blamed sources taken out, and the trained
+//! examples remembered for the gate, blame and replay.
+
+use super::*;
+
+impl Monitor {
+    /// Scores a minibatch (queue positions `first..`) with `live` and last-good
+    /// before it is trained. Returns true when the window is full and
+    /// `close_window` is due.
+    pub fn observe(&mut self, batch: &[Feedback], first: u64, live: &ModelVersion) -> bool {
+        self.scored.clear();
+        let live_is_base = self.carries_last_good(live.version);
+        let block = self.config.window;
+        for (i, fb) in batch.iter().enumerate() {
+            // Scored on acceptance when possible: the live version then,
+            // and last-good if it has not changed since.
+            let (now, now_version, base) = match fb.scored {
+                Some(s) if s.base_version == self.last_good.version => {
+                    (s.live, s.live_version, s.base)
+                }
+                Some(s) => (
+                    s.live,
+                    s.live_version,
+                    self.last_good
+                        .learner
+                        .params()
+                        .score(&fb.features, fb.target),
+                ),
+                None => {
+                    let base = self
+                        .last_good
+                        .learner
+                        .params()
+                        .score(&fb.features, fb.target);
+                    let now = if live_is_base {
+                        base
+                    } else {
+                        live.params.score(&fb.features, fb.target)
+                    };
+                    (now, live.version, base)
+                }
+            };
+            self.sources
+                .add(fb.source.as_ref(), now, block, self.config.max_sources);
+            let trusted = self.is_trusted(fb);
+            if trusted {
+                self.rolling_live.add(now, block);
+                self.rolling_base.add(base, block);
+                self.window.add(now, base);
+                self.trusted_seen += 1;
+                if let Some(c) = &mut self.candidate {
+                    let prescored = fb
+                        .scored
+                        .and_then(|s| s.candidate)
+                        .filter(|(v, _)| *v == c.checkpoint.version);
+                    let cand = if c.checkpoint.version == now_version {
+                        now
+                    } else if let Some((_, scored)) = prescored {
+                        scored
+                    } else {
+                        c.checkpoint.learner.params().score(&fb.features, fb.target)
+                    };
+                    c.window.add(cand, base);
+                }
+            }
+            self.cooldown_left = self.cooldown_left.saturating_sub(1);
+            self.seen += 1;
+            self.scored.push((base, trusted, first + i as u64));
+        }
+        self.window.n >= self.config.window
+    }
+
+    /// Removes examples from blamed sources from `batch` (they are scored,
+    /// never trained); returns how many.
+    pub fn retain_admitted(&mut self, batch: &mut Vec<Feedback>) -> usize {
+        if self.blamed.is_empty() {
+            return 0;
+        }
+        let before = batch.len();
+        let admitted: Vec<bool> = batch
+            .iter()
+            .map(|fb| {
+                fb.source
+                    .as_deref()
+                    .is_none_or(|s| !self.blamed.contains(s))
+            })
+            .collect();
+        let mut keep = admitted.iter();
+        batch.retain(|_| keep.next().copied().unwrap_or(true));
+        let mut keep = admitted.iter();
+        self.scored.retain(|_| keep.next().copied().unwrap_or(true));
+        before - batch.len()
+    }
+
+    /// Forgets the scores of a minibatch that was not trained.
+    pub fn forget_scored(&mut self) {
+        self.scored.clear();
+    }
+
+    /// Keeps the (trained) minibatch for replay, blame and the gate.
+    pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
+        let capacity = self.config.replay_capacity.max(self.gate_sample()).max(1);
+        let base_version = self.last_good.version;
+        for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
+            self.buffer.push_back(Entry {
+                fb,
+                base_version,
+                position,
+                trusted,
+                base,
+            });
+        }
+        while self.buffer.len() > capacity {
+            if let Some(old) = self.buffer.pop_front()
+                && old.position >= self.last_good.position
+            {
+                self.lost_since_last_good += 1;
+            }
+        }
+    }
+}

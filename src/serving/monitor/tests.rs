@@ -1,0 +1,225 @@
+//! Unit tests of the monitor's decisions: blame, recovery, the gate.
+
+use super::*;
+use crate::learn::{FeatureHasher, LabelSpace, OptimizerConfig, RawFeatures};
+use std::time::{Duration, SystemTime};
+
+const NOW: Duration = Duration::from_secs(1);
+
+fn x(v: f64) -> FeatureVec {
+    let text = format!(r#"{{"x": {v}}}"#);
+    let raw: RawFeatures = serde_json::from_str(&text).unwrap();
+    FeatureHasher::new(8).hash(&raw).unwrap()
+}
+
+fn fb(v: f64, label: usize, source: &str) -> Feedback {
+    Feedback::labelled(x(v), Target::Class(label), Some(source.into()))
+}
+
+/// A learner that knows `label = x > 0`.
+fn trained() -> Learner {
+    let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).unwrap());
+    let mut l = Learner::new(Params::new(space, 8), OptimizerConfig::default());
+    for i in 0..2000 {
+        let v = ((i * 37) % 200) as f64 / 100.0 - 1.0;
+        l.learn_one(&x(v), Target::Class(usize::from(v > 0.0)));
+    }
+    l
+}
+
+fn monitor(trusted: &[&str]) -> (Monitor, Learner) {
+    let config = MonitorConfig {
+        window: 200,
+        min_samples: 100,
+        block_size: 10,
+        gate_examples: 100,
+        trusted_sources: trusted.iter().map(|s| s.to_string()).collect(),
+        ..MonitorConfig::default()
+    };
+    let learner = trained();
+    let checkpoint = Checkpoint {
+        version: 1,
+        learner: learner.clone(),
+        position: 0,
+        examples_trained: 2000,
+    };
+    let m = Monitor::new(
+        config,
+        TaskKind::Binary,
+        Vec::new(),
+        checkpoint,
+        Default::default(),
+    );
+    (m, learner)
+}
+
+/// Feeds `batch` through observe/remember as the trainer would.
+fn feed(m: &mut Monitor, batch: Vec<Feedback>, first: u64, live: &ModelVersion) {
+    m.observe(&batch, first, live);
+    m.remember(batch.into_iter());
+}
+
+fn version(n: u64, learner: &Learner) -> ModelVersion {
+    ModelVersion {
+        version: n,
+        params: learner.params().clone(),
+        published_at: SystemTime::now(),
+        examples_trained: 0,
+        feedback_position: 0,
+        rolled_back_from: None,
+    }
+}
+
+fn rows(n: usize, offset: usize) -> impl Iterator<Item = (f64, usize)> {
+    (0..n).map(move |i| {
+        let v = (((i + offset) * 53) % 200) as f64 / 100.0 - 0.995;
+        (v, usize::from(v > 0.0))
+    })
+}
+
+#[test]
+fn the_source_whose_labels_last_good_disputes_is_blamed_never_a_trusted_one() {
+    let (mut m, mut learner) = monitor(&["trusted"]);
+    let live = version(1, &learner);
+    let mut batch = Vec::new();
+    for (v, y) in rows(300, 0) {
+        batch.push(fb(v, y, "trusted"));
+        batch.push(fb(v, 1 - y, "attacker"));
+        batch.push(fb(v, y, "honest"));
+    }
+    feed(&mut m, batch, 0, &live);
+    let recovery = m.recover(&mut learner);
+    let blamed: Vec<&str> = recovery.blamed.iter().map(|b| b.source.as_str()).collect();
+    assert_eq!(blamed, ["attacker"]);
+    assert!(recovery.blamed[0].mean_loss > 2.0 * recovery.blamed[0].reference_loss);
+    assert_eq!(
+        (recovery.replayed, recovery.dropped),
+        (600, 300),
+        "trusted and honest replayed, the attacker's dropped"
+    );
+    let mut next = vec![fb(0.5, 0, "attacker"), fb(0.5, 1, "honest")];
+    m.observe(&next, 900, &live);
+    assert_eq!(
+        m.retain_admitted(&mut next),
+        1,
+        "blamed examples are not trained"
+    );
+    assert!(m.readmit("attacker"));
+    assert!(!m.readmit("attacker"));
+}
+
+#[test]
+fn with_one_source_nothing_is_blamed_and_the_damage_is_dropped() {
+    let (mut m, mut learner) = monitor(&[]);
+    let live = version(1, &learner);
+    let batch = rows(300, 0)
+        .map(|(v, y)| fb(v, 1 - y, "upstream"))
+        .collect();
+    feed(&mut m, batch, 0, &live);
+    let recovery = m.recover(&mut learner);
+    assert!(recovery.blamed.is_empty());
+    assert_eq!((recovery.replayed, recovery.dropped), (0, 300));
+    assert_eq!(
+        learner.params().predict(&x(0.5)),
+        trained().params().predict(&x(0.5)),
+        "back to last-good exactly"
+    );
+}
+
+#[test]
+fn a_reference_set_gates_candidates_when_no_trusted_traffic_arrives() {
+    let config = MonitorConfig {
+        window: 200,
+        min_samples: 100,
+        block_size: 10,
+        gate_examples: 100,
+        trusted_sources: vec!["nobody".into()],
+        ..MonitorConfig::default()
+    };
+    let learner = trained();
+    let reference: Vec<Labelled> = rows(200, 3)
+        .map(|(v, y)| (x(v), Target::Class(y)))
+        .collect();
+    let checkpoint = Checkpoint {
+        version: 1,
+        learner: learner.clone(),
+        position: 0,
+        examples_trained: 2000,
+    };
+    let mut m = Monitor::new(
+        config,
+        TaskKind::Binary,
+        reference,
+        checkpoint,
+        Default::default(),
+    );
+    let live = version(1, &learner);
+    let mut damaged = learner.clone();
+    for (v, y) in rows(400, 7) {
+        damaged.learn_one(&x(v), Target::Class(1 - y));
+    }
+    assert!(matches!(
+        m.gate(learner.params(), None, NOW),
+        GateVerdict::Pass
+    ));
+    assert!(matches!(
+        m.gate(damaged.params(), None, NOW),
+        GateVerdict::Hold
+    ));
+    // Untrusted traffic is not compared, but it is fresh evidence time.
+    feed(
+        &mut m,
+        rows(60, 0).map(|(v, y)| fb(v, y, "other")).collect(),
+        0,
+        &live,
+    );
+    let GateVerdict::Refuse(d) = m.gate(damaged.params(), None, NOW) else {
+        panic!("refused on the reference set")
+    };
+    assert!(d.reason.contains("the reference set"), "{}", d.reason);
+}
+
+#[test]
+fn the_gate_holds_then_refuses_a_damaged_candidate_and_passes_a_sound_one() {
+    let (mut m, learner) = monitor(&[]);
+    let live = version(1, &learner);
+    feed(
+        &mut m,
+        rows(100, 0).map(|(v, y)| fb(v, y, "s")).collect(),
+        0,
+        &live,
+    );
+    assert!(matches!(
+        m.gate(learner.params(), None, NOW),
+        GateVerdict::Pass
+    ));
+    let mut damaged = learner.clone();
+    for (v, y) in rows(400, 7) {
+        damaged.learn_one(&x(v), Target::Class(1 - y));
+    }
+    assert!(matches!(
+        m.gate(damaged.params(), None, NOW),
+        GateVerdict::Hold
+    ));
+    assert!(m.holding());
+    assert!(
+        matches!(m.gate(damaged.params(), None, NOW), GateVerdict::Hold),
+        "no new evidence yet: still holding"
+    );
+    feed(
+        &mut m,
+        rows(60, 100).map(|(v, y)| fb(v, y, "s")).collect(),
+        100,
+        &live,
+    );
+    let GateVerdict::Refuse(d) = m.gate(damaged.params(), None, NOW) else {
+        panic!("confirmed on fresh examples")
+    };
+    assert_eq!(d.trigger, Trigger::GateRefused);
+    assert!(d.reason.contains("worse than last-good v1"), "{}", d.reason);
+    assert!(!m.holding());
+    assert!(matches!(
+        m.gate(learner.params(), None, NOW),
+        GateVerdict::Pass
+    ));
+}

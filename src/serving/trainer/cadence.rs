@@ -1,0 +1,102 @@
+//! The publishing rhythm: when trained work is gated and published, with
+//! the gate held to its share of trainer time and publishes coalesced
+//! under backlog. Every reading comes from the trainer's clock.
+
+use super::*;
+
+/// Trained minibatches not yet published, and when the last publish, the
+/// next allowed gate check and the next report refresh are.
+#[derive(Debug)]
+pub(super) struct Cadence {
+    pub(super) minibatches: u32,
+    last_publish: Duration,
+    gate_ready_at: Duration,
+    report_at: Duration,
+}
+
+impl Cadence {
+    pub(super) fn new(now: Duration) -> Self {
+        Self {
+            minibatches: 0,
+            last_publish: now,
+            gate_ready_at: now,
+            report_at: now,
+        }
+    }
+
+    pub(super) fn published(&mut self, now: Duration) {
+        self.minibatches = 0;
+        self.last_publish = now;
+    }
+
+    /// Whether `publish_every` minibatches wait and, under backlog (not
+    /// `idle`), `min_publish_interval` has passed since the last publish.
+    pub(super) fn due(&self, config: &TrainingConfig, now: Duration, idle: bool) -> bool {
+        self.minibatches >= config.publish_every.get()
+            && (idle || now.saturating_sub(self.last_publish) >= config.min_publish_interval())
+    }
+
+    /// True (and the next refresh scheduled) when the report is due.
+    pub(super) fn report_due(&mut self, now: Duration) -> bool {
+        if now.saturating_sub(self.report_at) >= REPORT_EVERY {
+            self.report_at = now;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How often the monitor's report is refreshed while examples flow.
+const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+impl Trainer {
+    /// Publishes trained work, if any, once the gate passes it (snapshotting
+    /// when one is due). Under backlog the gate runs at most `gate_budget`
+    /// of the time: a publish due sooner waits unless `force` (the queue is
+    /// dry, or an operator asked). A failed publish stays pending, to be
+    /// retried.
+    pub(super) fn publish_pending(&mut self, force: bool) {
+        if self.cadence.minibatches == 0 {
+            return;
+        }
+        if let Some(monitor) = &mut self.monitor
+            && let Some(budget) = monitor.gate_budget()
+        {
+            let now = self.clock.now();
+            if !force && now < self.cadence.gate_ready_at {
+                return;
+            }
+            // The live version passed the gate; it is the other yardstick
+            // (unless it carries last-good's weights anyway).
+            let live = (self.live.version != monitor.last_good().version)
+                .then(|| (self.live.version, self.published.params()));
+            let started = Instant::now();
+            let verdict = monitor.gate(self.learner.params(), live, now);
+            self.stats.gate_checks.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .timings
+                .gate
+                .observe(started.elapsed().as_secs_f64());
+            // The gate may use `budget` of the time: after spending `spent`
+            // it waits `spent * (1 / budget - 1)` before the next look.
+            let after = self.clock.now();
+            let spent = after.saturating_sub(now);
+            self.cadence.gate_ready_at = after + spent.mul_f64(1.0 / budget - 1.0);
+            match verdict {
+                GateVerdict::Pass => {}
+                GateVerdict::Hold => {
+                    self.stats.gate_holds.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                GateVerdict::Refuse(detection) => {
+                    self.recover(detection);
+                    return;
+                }
+            }
+        }
+        if self.publish_and_maybe_snapshot(false) {
+            self.cadence.published(self.clock.now());
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Admin requests the trainer answers on its own thread: snapshot, pause,
+//! resume, rollback (to last-good or a retained snapshot), readmit.
+
+use super::*;
+
+/// Requests to the trainer from the admin API; each carries its reply.
+#[derive(Debug)]
+pub enum TrainerCommand {
+    /// Publish anything trained but unpublished, then write a snapshot.
+    Snapshot(oneshot::Sender<Result<SnapshotFile, String>>),
+    /// Stop taking feedback from the queue (it keeps accepting until full)
+    /// after publishing what is trained; answers once paused.
+    Pause(oneshot::Sender<()>),
+    /// Take feedback again; answers once running.
+    Resume(oneshot::Sender<()>),
+    /// Publish last-good (`None`) or a retained snapshot's weights as a new
+    /// version.
+    Rollback {
+        version: Option<u64>,
+        reply: oneshot::Sender<Result<RolledBack, RollbackError>>,
+    },
+    /// Take a blamed source back into training; answers whether it was
+    /// blamed.
+    Readmit {
+        source: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// An operator's rollback, done.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolledBack {
+    /// The new live version.
+    pub version: u64,
+    /// The version whose weights it carries.
+    pub restored: u64,
+    pub rolled_back_from: u64,
+    /// Examples learned since last-good that the model no longer includes.
+    pub dropped: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum RollbackError {
+    #[error("the monitor is disabled for this model, so there is no last-good version; name one")]
+    NoLastGood,
+    #[error("version {version} is not retained (snapshots on disk: {retained:?})")]
+    NotRetained { version: u64, retained: Vec<u64> },
+    #[error("{0}")]
+    Unusable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Trainer {
+    pub(super) fn command(&mut self, command: TrainerCommand) {
+        // A requester that has gone away needs no answer.
+        match command {
+            TrainerCommand::Pause(reply) => {
+                self.publish_pending(true);
+                if !self.stats.paused.load(Ordering::Acquire) {
+                    self.set_paused(true, "an operator paused learning");
+                }
+                let _ = reply.send(());
+            }
+            TrainerCommand::Resume(reply) => {
+                if self.stats.paused.load(Ordering::Acquire) {
+                    self.set_paused(false, "an operator resumed learning");
+                }
+                let mut held = std::mem::take(&mut self.held);
+                if !held.is_empty() {
+                    self.learn_minibatch(&mut held);
+                }
+                let _ = reply.send(());
+            }
+            TrainerCommand::Snapshot(reply) => {
+                self.publish_pending(true);
+                let _ = reply.send(self.snapshot_live());
+            }
+            TrainerCommand::Rollback { version, reply } => {
+                let _ = reply.send(self.rollback(version));
+            }
+            TrainerCommand::Readmit { source, reply } => {
+                let readmitted = self.monitor.as_mut().is_some_and(|m| m.readmit(&source));
+                if readmitted {
+                    self.events.push(Event::new(
+                        EventKind::SourceReadmitted,
+                        self.live.version,
+                        format!("an operator readmitted source `{source}`; its feedback is trained again"),
+                    ));
+                    self.refresh_report();
+                }
+                let _ = reply.send(readmitted);
+            }
+        }
+    }
+
+    pub(super) fn set_paused(&mut self, paused: bool, why: &str) {
+        self.stats.paused.store(paused, Ordering::Release);
+        let kind = if paused {
+            EventKind::Paused
+        } else {
+            EventKind::Resumed
+        };
+        self.events
+            .push(Event::new(kind, self.live.version, why.to_owned()));
+    }
+
+    /// An operator's rollback to last-good or to a retained snapshot.
+    pub(super) fn rollback(&mut self, version: Option<u64>) -> Result<RolledBack, RollbackError> {
+        let from = self.live.version;
+        let last_good = self.monitor.as_ref().map(|m| m.last_good().version);
+        let (restored, dropped) = match (version, &mut self.monitor) {
+            (None, None) => return Err(RollbackError::NoLastGood),
+            (None, Some(m)) => (
+                m.last_good().version,
+                m.restore_last_good(&mut self.learner),
+            ),
+            (Some(v), Some(m)) if Some(v) == last_good => {
+                (v, m.restore_last_good(&mut self.learner))
+            }
+            (Some(v), _) => {
+                let (learner, examples_trained) = self.load_retained(v)?;
+                self.learner = learner;
+                if let Some(m) = &mut self.monitor {
+                    m.adopt_last_good(Checkpoint {
+                        version: v,
+                        learner: self.learner.clone(),
+                        position: self.trained_position,
+                        examples_trained,
+                    });
+                }
+                (v, 0)
+            }
+        };
+        self.cadence.published(self.clock.now());
+        let Some(new) = self.publish(Some(from)) else {
+            self.cadence.minibatches = 1;
+            return Err(RollbackError::Failed(
+                "cannot reserve a version number; the rollback is published at the next attempt"
+                    .into(),
+            ));
+        };
+        if let Some(m) = &mut self.monitor {
+            m.note_rollback_version(new);
+        }
+        self.stats
+            .rollbacks_operator
+            .fetch_add(1, Ordering::Relaxed);
+        self.events.push(
+            Event::new(
+                EventKind::Rollback,
+                new,
+                format!("an operator rolled back to v{restored} (published as v{new}, rolled back from v{from}); {dropped} examples learned since were dropped"),
+            )
+            .figure("rolled_back_from", from)
+            .figure("restored", restored)
+            .figure("dropped", dropped),
+        );
+        self.refresh_report();
+        Ok(RolledBack {
+            version: new,
+            restored,
+            rolled_back_from: from,
+            dropped,
+        })
+    }
+
+    /// Loads a retained snapshot of `version` for a rollback.
+    pub(super) fn load_retained(&self, version: u64) -> Result<(Learner, u64), RollbackError> {
+        let Some(policy) = &self.snapshots else {
+            return Err(RollbackError::NotRetained {
+                version,
+                retained: Vec::new(),
+            });
+        };
+        let failed = |e: crate::persist::snapshot::Error| RollbackError::Failed(e.to_string());
+        let Some(file) = policy.store.find(version).map_err(failed)? else {
+            let retained = policy
+                .store
+                .list()
+                .map_err(failed)?
+                .into_iter()
+                .map(|f| f.version)
+                .collect();
+            return Err(RollbackError::NotRetained { version, retained });
+        };
+        let snapshot =
+            SnapshotStore::load(&file.path).map_err(|e| RollbackError::Unusable(e.to_string()))?;
+        snapshot
+            .check_compatible(&policy.model, &file.path)
+            .map_err(|e| RollbackError::Unusable(e.to_string()))?;
+        let examples = snapshot.meta.examples_trained;
+        Ok((snapshot.adopt(*self.learner.optimizer()), examples))
+    }
+}

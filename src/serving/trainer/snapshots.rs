@@ -1,0 +1,212 @@
+//! When and what the trainer writes to disk: periodic and shutdown
+//! snapshots of the published version, last-good snapshots after
+//! promotions.
+
+use super::*;
+
+impl Trainer {
+    /// Writes a snapshot of the live version: the weights as they were
+    /// published, never the working copy, which may hold minibatches the
+    /// gate has not passed (a held candidate must not reach the disk under
+    /// the live version's number).
+    pub(super) fn snapshot_live(&mut self) -> Result<SnapshotFile, String> {
+        let quality = self.quality();
+        let snapshot = self.snapshot_of(
+            self.published.clone(),
+            self.live.version,
+            self.live.examples_trained,
+            self.live.feedback_position,
+            false,
+            quality,
+        )?;
+        self.write_snapshot(snapshot)
+    }
+
+    /// Writes the last-good snapshot if one is owed and the promotion
+    /// interval has passed (or `force`).
+    pub(super) fn snapshot_last_good_if_due(&mut self, force: bool) {
+        let (Some(policy), Some(monitor)) = (&self.snapshots, &self.monitor) else {
+            return;
+        };
+        let due = policy.unsaved_last_good
+            && (force
+                || self.clock.now().saturating_sub(policy.last_good_at)
+                    >= monitor.promotion_snapshot_interval());
+        if !due {
+            return;
+        }
+        let lg = monitor.last_good();
+        let quality = self.quality();
+        let snapshot = self.snapshot_of(
+            lg.learner.clone(),
+            lg.version,
+            lg.examples_trained,
+            lg.position,
+            true,
+            quality,
+        );
+        if let Some(policy) = &mut self.snapshots {
+            policy.last_good_at = self.clock.now();
+            policy.unsaved_last_good = false;
+        }
+        if let Ok(snapshot) = snapshot {
+            // Failures are counted and recorded inside.
+            let _ = self.write_snapshot(snapshot);
+        }
+    }
+
+    /// Live and baseline rolling quality, for snapshot metadata.
+    pub(super) fn quality(&self) -> std::collections::BTreeMap<String, f64> {
+        let report = self.stats.monitor.load();
+        let mut q = std::collections::BTreeMap::new();
+        for (side, quality) in [("live", &report.live), ("baseline", &report.baseline)] {
+            for (name, value) in quality.figures() {
+                q.insert(format!("{side}_{name}"), value);
+            }
+        }
+        q
+    }
+
+    pub(super) fn snapshot_of(
+        &self,
+        learner: Learner,
+        version: u64,
+        examples_trained: u64,
+        feedback_position: u64,
+        last_good: bool,
+        quality: std::collections::BTreeMap<String, f64>,
+    ) -> Result<Snapshot, String> {
+        let Some(policy) = &self.snapshots else {
+            return Err("snapshots are not kept for this model".into());
+        };
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                format_version: crate::persist::snapshot::FORMAT_VERSION,
+                model: self.model.to_string(),
+                task: policy.model.task,
+                classes: policy.model.classes.clone(),
+                hash_bits: policy.model.hash_bits,
+                optimizer: *learner.optimizer(),
+                version,
+                examples_trained,
+                feedback_position,
+                optimizer_steps: learner.state().steps,
+                created_at_ms: epoch_ms(),
+                model_created_at_ms: policy.created_at_ms,
+                quality,
+                last_good,
+                feature_names: policy.feature_names.clone(),
+            },
+            learner,
+        })
+    }
+
+    pub(super) fn write_snapshot(&mut self, snapshot: Snapshot) -> Result<SnapshotFile, String> {
+        let protect: Vec<u64> = self
+            .monitor
+            .as_ref()
+            .map(|m| m.last_good().version)
+            .into_iter()
+            .collect();
+        let Some(policy) = &mut self.snapshots else {
+            return Err("snapshots are not kept for this model".into());
+        };
+        if !snapshot.meta.last_good {
+            policy.last = self.clock.now();
+        }
+        let version = snapshot.meta.version;
+        let started = Instant::now();
+        match policy.store.write(&snapshot, &protect) {
+            Ok(file) => {
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .timings
+                    .snapshot
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(model = %self.model, version, last_good = snapshot.meta.last_good, bytes = file.bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
+                Ok(file)
+            }
+            Err(e) => {
+                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, version, error = %e, "snapshot failed");
+                self.events.push(Event::new(
+                    EventKind::SnapshotFailed,
+                    version,
+                    format!("snapshot of v{version} failed: {e}"),
+                ));
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Publishes and, when a snapshot is due (or `force`), snapshots.
+    /// Returns whether the publish succeeded.
+    pub(super) fn publish_and_maybe_snapshot(&mut self, force: bool) -> bool {
+        if self.publish(None).is_none() {
+            return false;
+        }
+        let due = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|p| force || self.clock.now().saturating_sub(p.last) >= p.interval);
+        if due {
+            // A failure is logged and counted inside; the next one retries.
+            let _ = self.snapshot_live();
+        }
+        self.snapshot_last_good_if_due(false);
+        true
+    }
+}
+
+/// When and where the trainer writes snapshots.
+pub struct SnapshotPolicy {
+    pub(super) store: SnapshotStore,
+    pub(super) interval: Duration,
+    /// The model's configuration (task, classes, hash_bits go in the meta).
+    pub(super) model: ModelConfig,
+    pub(super) created_at_ms: u64,
+    /// Feature names known from the snapshot the model started from
+    /// (written by `eddy train`); every snapshot carries them on.
+    pub(super) feature_names: Arc<FeatureNames>,
+    /// When the last periodic snapshot was written (or the trainer started),
+    /// on the trainer's clock.
+    pub(super) last: Duration,
+    /// When the last last-good snapshot was written.
+    pub(super) last_good_at: Duration,
+    /// A promotion has not been snapshotted yet.
+    pub(super) unsaved_last_good: bool,
+}
+
+impl SnapshotPolicy {
+    pub fn new(
+        store: SnapshotStore,
+        interval: Duration,
+        model: ModelConfig,
+        created_at_ms: u64,
+        feature_names: Arc<FeatureNames>,
+    ) -> Self {
+        Self {
+            store,
+            interval,
+            model,
+            created_at_ms,
+            feature_names,
+            last: Duration::ZERO,
+            last_good_at: Duration::ZERO,
+            unsaved_last_good: false,
+        }
+    }
+
+    /// Intervals count from the trainer's start.
+    pub(super) fn started(&mut self, now: Duration) {
+        self.last = now;
+        self.last_good_at = now;
+    }
+}
+
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}

@@ -1,0 +1,66 @@
+//! `TrainingStats`: the counters and timings a trainer publishes for model
+//! info and metrics; written by the trainer thread, read by requests.
+
+use super::*;
+
+/// Counters the trainer publishes for status endpoints; monotonic.
+#[derive(Debug, Default)]
+pub struct TrainingStats {
+    /// Examples already in the weights the trainer started from (a
+    /// snapshot's count); fixed at start-up.
+    pub examples_base: u64,
+    pub examples_trained: AtomicU64,
+    pub minibatches_trained: AtomicU64,
+    pub publishes: AtomicU64,
+    /// Training ticks that panicked (their minibatch was discarded).
+    pub panics: AtomicU64,
+    /// Blocks the last publish had written (a measure of its cost).
+    pub blocks_written_last_publish: AtomicU64,
+    pub snapshots_written: AtomicU64,
+    pub snapshot_failures: AtomicU64,
+    /// Damaged snapshot files passed over at start-up.
+    pub snapshots_skipped: AtomicU64,
+    /// Whether learning is paused (by an operator or `on_degrade`).
+    pub paused: AtomicBool,
+    pub promotions: AtomicU64,
+    /// Rollbacks by reason: a degraded window, a refused candidate, an
+    /// operator.
+    pub rollbacks_degraded: AtomicU64,
+    pub rollbacks_gate: AtomicU64,
+    pub rollbacks_operator: AtomicU64,
+    /// Candidates the gate scored.
+    pub gate_checks: AtomicU64,
+    /// Publishes held back by a first gate failure.
+    pub gate_holds: AtomicU64,
+    /// Examples from blamed sources: scored, not trained.
+    pub excluded: AtomicU64,
+    /// Feedback items the trainer has taken off the queue and dealt with
+    /// (trained, excluded, or held while paused), since start-up.
+    pub processed: AtomicU64,
+    /// The monitor's latest report (default: monitor disabled).
+    pub monitor: ArcSwap<MonitorReport>,
+    pub timings: Timings,
+}
+
+/// Latency histograms of the trainer's work, in seconds.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Scoring and training one minibatch.
+    pub step: Histogram,
+    pub publish: Histogram,
+    pub gate: Histogram,
+    pub snapshot: Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        // 1 µs to about 4 s.
+        let fast = || Histogram::new(exponential_buckets(0.000_001, 4.0, 12));
+        Self {
+            step: fast(),
+            publish: fast(),
+            gate: fast(),
+            snapshot: fast(),
+        }
+    }
+}
