@@ -16,12 +16,12 @@
 //! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
-//! `SnapshotStore` writes files as temp file, fsync, rename, fsync of the
-//! directory, so a crash part-way leaves either the old set of files or the
-//! new one, never a file that loads as valid with wrong contents.
+//! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
+//! fsync, rename, fsync of the directory), so a crash part-way leaves
+//! either the old set of files or the new one, never a file that loads as
+//! valid with wrong contents.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -431,22 +431,7 @@ impl SnapshotStore {
             path: path.clone(),
             message,
         })?;
-        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".snapshot-")
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .map_err(self.io(&self.dir))?;
-        tmp.write_all(&bytes).map_err(self.io(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(self.io(tmp.path()))?;
-        tmp.persist(&path).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io(&self.dir))?;
+        super::write_atomic(&path, &bytes).map_err(self.io(&path))?;
         if snapshot.meta.last_good {
             // The same weights written earlier without the mark are now
             // redundant.
