@@ -40,8 +40,7 @@ pub struct DirLock {
 #[derive(Debug, Error)]
 pub enum LockError {
     #[error(
-        "model directory {} is in use by another eddy process ({}); stop it first or use another storage.dir",
-        .dir.display(),
+        "model directory {dir} is in use by another eddy process ({}); stop it first or use another storage.dir",
         describe(*.pid, .holder)
     )]
     Held {
@@ -52,7 +51,7 @@ pub enum LockError {
         /// What the holder said it is, e.g. `eddy serve`.
         holder: String,
     },
-    #[error("cannot lock {}: {source}", .path.display())]
+    #[error("cannot lock {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
