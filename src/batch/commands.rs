@@ -11,6 +11,7 @@ use crate::cli::{DataArgs, EvalArgs, ExportFormat, SnapshotCommand, TrainArgs};
 use crate::config::{Config, ModelConfig};
 use crate::data::{Input, ReadOptions};
 use crate::learn::{FeatureNames, Learner, Params};
+use crate::persist::DirLock;
 
 use super::progress::Progress;
 use super::{EvalOptions, Report, TrainOptions, evaluate, snapshot, train};
@@ -74,6 +75,14 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => (fresh(&model)?, FeatureNames::default(), None),
     };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| config.storage.model_dir(&model.name));
+    // Taken before training, not just around the write: a directory a
+    // server (or another `eddy train`) owns should fail the command at
+    // once, not after the whole training run.
+    let lock = DirLock::acquire(&out, "eddy train --out")?;
     let options = TrainOptions {
         epochs: args.epochs.max(1),
         shuffle_buffer: args.shuffle_buffer,
@@ -93,10 +102,6 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     });
     progress.done();
     let mut trained = trained?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| config.storage.model_dir(&model.name));
     let quality: BTreeMap<String, f64> = trained
         .holdout
         .iter()
@@ -108,7 +113,7 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         &config.storage,
         &model,
         &learner,
-        &out,
+        &lock,
         snapshot::Provenance {
             examples_trained: trained.examples,
             quality,
@@ -116,6 +121,7 @@ pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             started_from: origin.and_then(|o| o.version_in(&out)),
         },
     )?;
+    drop(lock);
     for bad in &trained.read.bad {
         eprintln!("skipped {}:{}: {}", bad.file, bad.line, bad.message);
     }

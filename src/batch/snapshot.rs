@@ -1,6 +1,7 @@
 //! Snapshots for the command line: find one (a file, or the newest valid
 //! one in a directory), write a trained model as a last-good snapshot that
-//! `eddy serve` loads, and show or export one as JSON.
+//! `eddy serve` loads (into a directory the caller holds the `DirLock`
+//! of), and show or export one as JSON.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::names::NameKind;
 use crate::learn::{FeatureNames, Learner};
-use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
+use crate::persist::{DirLock, Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore, VersionFloor};
 
 /// Loads `path`: a snapshot file, or the newest valid one in a directory.
 pub fn load(path: &Path) -> anyhow::Result<(Snapshot, PathBuf)> {
@@ -84,20 +85,24 @@ pub struct Provenance {
 /// fill the disk; but never the newest last-good one found there (a
 /// server running on the directory may hold it as its rollback target)
 /// nor the `--init` snapshot.
+///
+/// The directory is the one `lock` owns: taking a `DirLock` is the only
+/// way to name it, so this write and prune never race a server or another
+/// `eddy train --out` on the same directory.
 pub fn write_trained(
     storage: &StorageConfig,
     model: &ModelConfig,
     learner: &Learner,
-    dir: &Path,
+    lock: &DirLock,
     provenance: Provenance,
 ) -> anyhow::Result<SnapshotFile> {
+    let dir = lock.dir();
     let Provenance {
         examples_trained,
         quality,
         names,
         started_from,
     } = provenance;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = SnapshotStore::configured(dir.to_owned(), storage);
     let existing = store.list()?;
     let newest = existing.last().map_or(0, |f| f.version);

@@ -16,12 +16,19 @@
 //! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
-//! `SnapshotStore` writes files as temp file, fsync, rename, fsync of the
-//! directory, so a crash part-way leaves either the old set of files or the
-//! new one, never a file that loads as valid with wrong contents.
+//! The envelope (magic, format, length, checksum) stays the same in every
+//! format; the format number says how to read the payload. That is how an
+//! intact file written by a newer eddy is told from a damaged one: it is
+//! refused with `Error::NewerFormat`, which stops start-up rather than
+//! being skipped as corruption. `tests/data/fixtures/snapshot-v1.eddy` is a
+//! format 1 file that every later build must still load.
+//!
+//! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
+//! fsync, rename, fsync of the directory), so a crash part-way leaves
+//! either the old set of files or the new one, never a file that loads as
+//! valid with wrong contents.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,6 +105,14 @@ pub enum Error {
         "snapshot {path}: format version {found} is not supported (this build reads {FORMAT_VERSION})"
     )]
     Format { path: PathBuf, found: u32 },
+    #[error(
+        "snapshot {path} was written by a newer eddy (format {found}; this build reads up to {supported}); upgrade eddy or move the file away"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
     #[error("snapshot {path}: truncated ({len} bytes, expected {expected})")]
     Truncated {
         path: PathBuf,
@@ -118,9 +133,14 @@ pub enum Error {
 
 impl Error {
     /// True when the file is damaged (skip it and look further), false when
-    /// it is intact but unusable with this configuration (stop start-up).
+    /// it is intact but unusable by this build or configuration (stop
+    /// start-up). A newer format is not damage: skipping it would start the
+    /// model over from an older snapshot, or from nothing, in silence.
     pub fn is_corruption(&self) -> bool {
-        !matches!(self, Error::Mismatch { .. } | Error::Io { .. })
+        !matches!(
+            self,
+            Error::Mismatch { .. } | Error::Io { .. } | Error::NewerFormat { .. }
+        )
     }
 }
 
@@ -181,49 +201,35 @@ impl Snapshot {
     }
 
     /// Decodes and verifies a snapshot file's bytes; `path` is for messages.
+    ///
+    /// The envelope (magic, format, length, checksum) is verified first and
+    /// is the same for every format, so a damaged file is corruption
+    /// whatever its format field says, and an intact file of a format this
+    /// build does not know is told apart: newer means a newer eddy wrote it.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, Error> {
         let path = path.to_owned();
+        let (format, payload) = open_envelope(bytes, &path)?;
+        match format {
+            1 => Self::decode_v1(payload, path),
+            found if found > FORMAT_VERSION => Err(Error::NewerFormat {
+                path,
+                found,
+                supported: FORMAT_VERSION,
+            }),
+            found => Err(Error::Format { path, found }),
+        }
+    }
+
+    /// Format 1: the payload is a safetensors file (see the module doc).
+    fn decode_v1(payload: &[u8], path: PathBuf) -> Result<Self, Error> {
         let invalid = |message: String| Error::Invalid {
             path: path.clone(),
             message,
         };
-        if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
-            return Err(Error::Truncated {
-                path,
-                len: bytes.len(),
-                expected: HEADER_LEN + CHECKSUM_LEN,
-            });
-        }
-        if &bytes[..8] != MAGIC {
-            return Err(Error::BadMagic { path });
-        }
-        let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if format != FORMAT_VERSION {
-            return Err(Error::Format {
-                path,
-                found: format,
-            });
-        }
-        let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-        let expected = usize::try_from(payload_len)
-            .ok()
-            .and_then(|n| n.checked_add(HEADER_LEN + CHECKSUM_LEN))
-            .ok_or_else(|| invalid("payload length overflows".into()))?;
-        if bytes.len() != expected {
-            return Err(Error::Truncated {
-                path,
-                len: bytes.len(),
-                expected,
-            });
-        }
-        let (body, sum) = bytes.split_at(expected - CHECKSUM_LEN);
-        if blake3::hash(body).as_bytes() != sum {
-            return Err(Error::Checksum { path });
-        }
-        let st = safetensors::SafeTensors::deserialize(&body[HEADER_LEN..])
-            .map_err(|e| invalid(e.to_string()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&body[HEADER_LEN..])
-            .map_err(|e| invalid(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(payload).map_err(|e| invalid(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(payload).map_err(|e| invalid(e.to_string()))?;
         let meta_json = header
             .metadata()
             .as_ref()
@@ -336,6 +342,47 @@ impl Snapshot {
     }
 }
 
+/// Checks the envelope every format shares and returns the format and the
+/// payload: magic, a length that matches the file, and the checksum over
+/// everything before it.
+fn open_envelope<'a>(bytes: &'a [u8], path: &Path) -> Result<(u32, &'a [u8]), Error> {
+    let path = path.to_owned();
+    if bytes.len() < HEADER_LEN + CHECKSUM_LEN {
+        return Err(Error::Truncated {
+            path,
+            len: bytes.len(),
+            expected: HEADER_LEN + CHECKSUM_LEN,
+        });
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(Error::BadMagic { path });
+    }
+    // The slices are of fixed length, inside the length checked above.
+    let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let Some(expected) = usize::try_from(payload_len)
+        .ok()
+        .and_then(|n| n.checked_add(HEADER_LEN + CHECKSUM_LEN))
+    else {
+        return Err(Error::Invalid {
+            path,
+            message: "payload length overflows".into(),
+        });
+    };
+    if bytes.len() != expected {
+        return Err(Error::Truncated {
+            path,
+            len: bytes.len(),
+            expected,
+        });
+    }
+    let (body, sum) = bytes.split_at(expected - CHECKSUM_LEN);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Error::Checksum { path });
+    }
+    Ok((format, &body[HEADER_LEN..]))
+}
+
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
     TensorView::new(dtype, shape, data).map_err(|e| e.to_string())
 }
@@ -431,22 +478,7 @@ impl SnapshotStore {
             path: path.clone(),
             message,
         })?;
-        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".snapshot-")
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .map_err(self.io(&self.dir))?;
-        tmp.write_all(&bytes).map_err(self.io(tmp.path()))?;
-        tmp.as_file().sync_all().map_err(self.io(tmp.path()))?;
-        tmp.persist(&path).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.io(&self.dir))?;
+        super::write_atomic(&path, &bytes).map_err(self.io(&path))?;
         if snapshot.meta.last_good {
             // The same weights written earlier without the mark are now
             // redundant.
@@ -705,18 +737,167 @@ mod tests {
             Snapshot::decode(&magic, p),
             Err(Error::BadMagic { .. })
         ));
+        // A damaged format field fails the checksum like any other byte.
         let mut format = bytes.clone();
         format[8] = 99;
         assert!(matches!(
             Snapshot::decode(&format, p),
-            Err(Error::Format { found: 99, .. })
+            Err(Error::Checksum { .. })
+        ));
+        // An intact file of an unknown older format is no use either.
+        assert!(matches!(
+            Snapshot::decode(&with_format(&bytes, 0), p),
+            Err(Error::Format { found: 0, .. })
         ));
         for e in [
             Snapshot::decode(&flipped, p).unwrap_err(),
             Snapshot::decode(&bytes[..50], p).unwrap_err(),
+            Snapshot::decode(&with_format(&bytes, 0), p).unwrap_err(),
         ] {
             assert!(e.is_corruption());
         }
+    }
+
+    /// `bytes` claiming format `format`, with the checksum made good again,
+    /// as an intact file of that format would be.
+    fn with_format(bytes: &[u8], format: u32) -> Vec<u8> {
+        let mut out = bytes[..bytes.len() - CHECKSUM_LEN].to_vec();
+        out[8..12].copy_from_slice(&format.to_le_bytes());
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
+    }
+
+    #[test]
+    fn a_snapshot_from_a_newer_eddy_stops_loading_instead_of_being_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::new(dir.path().to_owned(), 5);
+        let mut s = trained(OptimizerKind::Adagrad, TaskKind::Binary, &[]);
+        store.write(&s, &[]).unwrap();
+        s.meta.version += 1;
+        let newer = store.write(&s, &[]).unwrap();
+        let bytes = std::fs::read(&newer.path).unwrap();
+        std::fs::write(&newer.path, with_format(&bytes, FORMAT_VERSION + 1)).unwrap();
+        let e = store.load_newest_valid().unwrap_err();
+        assert!(
+            matches!(&e, Error::NewerFormat { path, found, supported }
+                if path == &newer.path && *found == FORMAT_VERSION + 1 && *supported == FORMAT_VERSION),
+            "{e:?}"
+        );
+        assert!(!e.is_corruption());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "snapshot {} was written by a newer eddy (format {}; this build reads up to {}); \
+                 upgrade eddy or move the file away",
+                newer.path.display(),
+                FORMAT_VERSION + 1,
+                FORMAT_VERSION
+            )
+        );
+        s.meta.last_good = true;
+        s.meta.version += 1;
+        let good = store.write(&s, &[]).unwrap();
+        let bytes = std::fs::read(&good.path).unwrap();
+        std::fs::write(&good.path, with_format(&bytes, FORMAT_VERSION + 1)).unwrap();
+        assert!(matches!(
+            store.load_newest_last_good(),
+            Err(Error::NewerFormat { .. })
+        ));
+    }
+
+    /// The committed snapshot in today's format: every later build must
+    /// still load it (see `tests/data/README.md`).
+    const FIXTURE_V1: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/snapshot-v1.eddy"
+    );
+    /// What the fixture predicts for the probe in
+    /// `the_committed_format_1_fixture_still_loads`, recorded when it was
+    /// made: loading must give back these exact weights.
+    const PROBE_P0: f32 = 0.2979139;
+    const PROBE_P1: f32 = 0.7020861;
+
+    fn fixture_features(json: &str) -> crate::learn::FeatureVec {
+        let raw: RawFeatures = serde_json::from_str(json).unwrap();
+        FeatureHasher::new(6).hash(&raw).unwrap()
+    }
+
+    /// The fixture's model: 50 deterministic examples, binary, Adagrad,
+    /// hash_bits 6. Changing this does not change the committed file; only
+    /// `EDDY_WRITE_FIXTURES=1` rewrites it.
+    fn fixture_v1() -> Snapshot {
+        let space = Arc::new(LabelSpace::new(TaskKind::Binary, Vec::new()).unwrap());
+        let optimizer = OptimizerConfig {
+            kind: OptimizerKind::Adagrad,
+            learning_rate: 0.1,
+            l1: 0.0,
+            l2: 0.0,
+        };
+        let hasher = FeatureHasher::new(6);
+        let mut learner = Learner::new(Params::new(space, 6), optimizer);
+        let mut names = FeatureNames::default();
+        for i in 0..50u32 {
+            let x = (i * 7) % 11;
+            let json = format!(r#"{{"x": {x}, "colour": "c{}"}}"#, i % 4);
+            let raw: RawFeatures = serde_json::from_str(&json).unwrap();
+            names.note_features(&hasher, &raw);
+            learner.learn_one(&fixture_features(&json), Target::Class(usize::from(x > 5)));
+        }
+        Snapshot {
+            meta: SnapshotMeta {
+                format_version: FORMAT_VERSION,
+                model: "fixture".into(),
+                task: TaskKind::Binary,
+                classes: Vec::new(),
+                hash_bits: 6,
+                optimizer,
+                version: 3,
+                examples_trained: 50,
+                feedback_position: 50,
+                optimizer_steps: learner.state().steps,
+                created_at_ms: 1_700_000_000_000,
+                model_created_at_ms: 1_700_000_000_000,
+                quality: BTreeMap::from([("accuracy".to_owned(), 0.5)]),
+                last_good: true,
+                feature_names: Arc::new(names),
+            },
+            learner,
+        }
+    }
+
+    /// Regenerates the committed fixture, only when asked: the file is
+    /// evidence of what an earlier build wrote, so it must not follow the
+    /// current encoder.
+    #[test]
+    fn write_fixtures_when_asked() {
+        if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
+            let bytes = fixture_v1().encode().unwrap();
+            super::super::write_atomic(Path::new(FIXTURE_V1), &bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_committed_format_1_fixture_still_loads() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        let m = &s.meta;
+        assert_eq!(
+            (
+                m.format_version,
+                m.version,
+                m.examples_trained,
+                m.task,
+                m.hash_bits
+            ),
+            (1, 3, 50, TaskKind::Binary, 6)
+        );
+        assert_eq!(m.optimizer.kind, OptimizerKind::Adagrad);
+        assert!(m.last_good);
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        assert_eq!(
+            s.learner.params().predict(&probe),
+            crate::learn::Output::Probabilities(vec![PROBE_P0, PROBE_P1])
+        );
     }
 
     #[test]

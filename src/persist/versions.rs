@@ -4,13 +4,13 @@
 //!
 //! Numbers are reserved in blocks: before publishing version `v` above the
 //! reservation, the reservation is raised to `v + BLOCK` and made durable
-//! (temp file, fsync, rename, fsync of the directory). That is one small
-//! synchronous write per `BLOCK` publishes, on the trainer's thread. After
-//! a crash the next process starts above the reservation; after a clean
-//! shutdown the reservation is lowered to the last version actually
-//! published, so versions continue without a gap.
+//! (`atomic::write_atomic`: temp file, fsync, rename, fsync of the
+//! directory). That is one small synchronous write per `BLOCK` publishes,
+//! on the trainer's thread. After a crash the next process starts above
+//! the reservation; after a clean shutdown the reservation is lowered to
+//! the last version actually published, so versions continue without a
+//! gap.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Versions reserved per durable write.
@@ -60,13 +60,7 @@ impl VersionFloor {
     }
 
     fn store(&mut self, value: u64) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        writeln!(tmp, "{value}")?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        super::write_atomic(&self.path, format!("{value}\n").as_bytes())?;
         self.reserved = value;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! `eddy train` and `eddy eval` with the real binary: train, serve and
 //! predict agree with eval; out-of-core equals in-memory; bad rows; gzip
-//! and stdin.
+//! and stdin; a locked output directory.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -411,6 +411,36 @@ fn retraining_into_one_directory_prunes_by_the_configured_retention() {
         train(Some(elsewhere.join(good(4)))),
         (json!(6), vec![good(5), good(6)])
     );
+}
+
+#[test]
+fn training_into_a_directory_another_process_owns_fails_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, elec2_csv(&dataset("elec2")[..50])).expect("write");
+    let out = dir.path().join("model");
+    let held = eddy::persist::DirLock::acquire(&out, "eddy serve").expect("lock");
+    let args = [
+        "train",
+        "--model",
+        "demo",
+        "--data",
+        csv.to_str().expect("path"),
+    ];
+    let out_arg = ["--out", out.to_str().expect("path")];
+    let run = eddy(dir.path(), &[&args[..], &out_arg[..]].concat());
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains(&format!("model directory {} is in use", out.display()))
+            && err.contains(&format!("pid {}, eddy serve", std::process::id())),
+        "{err}"
+    );
+    drop(held);
+    json_of(&eddy(
+        dir.path(),
+        &[&args[..], &out_arg[..], &["--json"]].concat(),
+    ));
 }
 
 #[test]
