@@ -24,7 +24,8 @@ use crate::config::{Config, ModelConfig};
 use crate::http::admin::{AdminState, admin_router};
 use crate::http::{AppState, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
-use crate::persist::{SnapshotStore, VersionFloor};
+use crate::persist::atomic::remove_stale_temps;
+use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
@@ -40,6 +41,8 @@ pub struct App {
     state: AppState,
     trainers: Vec<Trainer>,
     shutdown: CancellationToken,
+    /// The model directories this process owns, until it ends.
+    _locks: Vec<DirLock>,
 }
 
 impl App {
@@ -48,10 +51,21 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let mut trainers = Vec::new();
+        let mut locks = Vec::new();
         let clock: SharedClock = Arc::new(SystemClock::default());
         for m in &config.models {
             let space = Arc::new(m.label_space()?);
             let dir = config.storage.model_dir(&m.name);
+            // One owner per model directory: a second server, or `eddy
+            // train --out`, fails here at once, so version numbers are
+            // never handed out twice. Held until the app is dropped.
+            let lock = DirLock::acquire(&dir, "eddy serve")?;
+            let stale = remove_stale_temps(&dir)
+                .with_context(|| format!("model {}: cannot clean {}", m.name, dir.display()))?;
+            if stale > 0 {
+                tracing::info!(model = %m.name, files = stale, "removed temp files a crash left behind");
+            }
+            locks.push(lock);
             let snapshots = SnapshotStore::configured(dir.clone(), &config.storage);
             let loaded = snapshots.load_newest_valid()?;
             let loaded_skipped = loaded.skipped.len();
@@ -176,6 +190,7 @@ impl App {
             state: AppState::new(registry, max_body),
             trainers,
             shutdown: CancellationToken::new(),
+            _locks: locks,
         })
     }
 

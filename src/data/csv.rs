@@ -182,10 +182,10 @@ impl CsvSchema {
 fn trim(cell: &[u8]) -> &[u8] {
     let cell = cell.trim_ascii();
     let unusual = |b: &u8| *b >= 0x80 || *b == 0x0b;
-    if cell.first().is_some_and(unusual) || cell.last().is_some_and(unusual) {
-        if let Ok(text) = std::str::from_utf8(cell) {
-            return text.trim().as_bytes();
-        }
+    if (cell.first().is_some_and(unusual) || cell.last().is_some_and(unusual))
+        && let Ok(text) = std::str::from_utf8(cell)
+    {
+        return text.trim().as_bytes();
     }
     cell
 }

@@ -77,16 +77,10 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io(&path))?;
-        // `File::try_lock` is stable since Rust 1.89, above the 1.85 that
-        // Cargo.toml declares; that declaration is already out of date (the
-        // crate uses let chains, stable since 1.88), so the declared
-        // version is what should move, to 1.89.
-        #[expect(
-            clippy::incompatible_msrv,
-            reason = "rust-version in Cargo.toml is stale"
-        )]
-        let locked = file.try_lock();
-        match locked {
+        // std's `File::try_lock` (an exclusive, non-blocking flock) rather
+        // than fd-lock: its guard borrows the lock, so it cannot be held
+        // for a value's lifetime without a self-referential struct.
+        match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let (pid, holder) = read_holder(&mut file);

@@ -90,3 +90,32 @@ async fn a_candidate_held_at_a_graceful_stop_is_never_served_after_the_restart()
     );
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_fails_at_once_naming_the_holder() {
+    let dir = tempfile::tempdir().expect("dir");
+    let app = spawn_at(GATED, dir.path(), |_| {}).await.expect("starts");
+    let second = spawn_at(GATED, dir.path(), |_| {}).await;
+    let message = format!("{:#}", second.err().expect("refused"));
+    assert!(
+        message.contains("in use by another eddy process")
+            && message.contains(&format!("pid {}", std::process::id()))
+            && message.contains(&dir.path().join("m").display().to_string()),
+        "{message}"
+    );
+    app.stop().await.expect("clean stop");
+    let again = spawn_at(GATED, dir.path(), |_| {})
+        .await
+        .expect("free again");
+    again.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_unusable_storage_directory_is_a_start_up_error_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").expect("file");
+    let built = spawn_at(GATED, &file, |_| {}).await;
+    let message = format!("{:#}", built.err().expect("refused"));
+    assert!(message.contains("not-a-dir"), "{message}");
+}
