@@ -1,0 +1,369 @@
+//! One segment file: its name, header and record encoding, creating a new
+//! segment safely, and reading one back record by record with the checks
+//! that tell a torn tail from corruption. Deciding what to do about a bad
+//! record (truncate, refuse, repair) is left to `local`, which knows whether
+//! the segment is the last one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{LogError, Position};
+
+/// The segment format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest payload a record may carry; a longer length is a bad record.
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
+
+const MAGIC: &[u8; 8] = b"EDDYWAL\0";
+/// Magic, format, first position, checksum.
+pub(super) const HEADER_LEN: u64 = 8 + 4 + 8 + 4;
+/// Payload length and checksum.
+pub(super) const RECORD_HEADER_LEN: u64 = 4 + 4;
+const SUFFIX: &str = ".wal";
+const TMP_SUFFIX: &str = ".wal.tmp";
+
+/// The file name of the segment whose first record is at `first`.
+pub(super) fn segment_name(first: Position) -> String {
+    format!("{first:020}{SUFFIX}")
+}
+
+/// The first position a segment file name stands for, if it is one.
+pub(super) fn parse_name(name: &str) -> Option<Position> {
+    let digits = name.strip_suffix(SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, in position order.
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let name = entry.file_name();
+        if let Some(first) = name.to_str().and_then(parse_name) {
+            segments.push((first, entry.path()));
+        }
+    }
+    segments.sort_unstable_by_key(|(first, _)| *first);
+    Ok(segments)
+}
+
+/// Removes temp files left by a crash while a segment was being created.
+pub(super) fn remove_temp_files(dir: &Path) -> Result<usize, LogError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(TMP_SUFFIX))
+        {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| LogError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Fsyncs a directory, making creations, renames and removals in it durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates the segment starting at `first`: the header goes to a temp file,
+/// which is fsynced (when `sync`), renamed into place, and the directory
+/// fsynced (when `sync`), so a segment file never has a partial header.
+/// Returns the path and the file opened for appending.
+pub(super) fn create_segment(
+    dir: &Path,
+    first: Position,
+    sync: bool,
+) -> Result<(PathBuf, File), LogError> {
+    let path = dir.join(segment_name(first));
+    let tmp = dir.join(format!("{first:020}{TMP_SUFFIX}"));
+    let written = (|| {
+        // A temp file left by an earlier failure is stale; append mode
+        // cannot truncate it, so it goes first.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&tmp)?;
+        file.write_all(&encode_header(first))?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(file)
+    })();
+    let file = match written {
+        Ok(file) => file,
+        Err(e) => {
+            // Best effort: a leftover temp file is also removed at open.
+            let _ = fs::remove_file(&tmp);
+            return Err(LogError::io(&tmp, e));
+        }
+    };
+    fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
+    if sync {
+        sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    }
+    Ok((path, file))
+}
+
+/// The 24-byte header of the segment starting at `first`.
+pub(super) fn encode_header(first: Position) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&first.to_le_bytes());
+    let crc = crc32fast::hash(&header[..20]);
+    header[20..].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Appends the record for `payload` at `position` to `buf`.
+pub(super) fn encode_record(buf: &mut Vec<u8>, position: Position, payload: &[u8]) {
+    // Callers check the length against MAX_RECORD_BYTES, which fits a u32.
+    let len = payload.len() as u32;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&record_crc(position, payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// The encoded size of a record with this payload.
+pub(super) fn record_len(payload: &[u8]) -> u64 {
+    RECORD_HEADER_LEN + payload.len() as u64
+}
+
+fn record_crc(position: Position, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&position.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Why a segment header cannot be used.
+#[derive(Debug)]
+pub(super) enum HeaderError {
+    Io(io::Error),
+    /// Shorter than a header, or all zero bytes: a segment that never got
+    /// its header (only possible when segments are created without fsync).
+    Incomplete,
+    Bad(String),
+    Newer(u32),
+}
+
+impl HeaderError {
+    pub(super) fn into_log_error(self, path: &Path) -> LogError {
+        match self {
+            HeaderError::Io(e) => LogError::io(path, e),
+            HeaderError::Newer(found) => LogError::NewerFormat {
+                path: path.to_owned(),
+                found,
+                supported: FORMAT_VERSION,
+            },
+            other => corrupt(path, 0, other.reason()),
+        }
+    }
+
+    /// Why the header is unusable, in words.
+    pub(super) fn reason(&self) -> String {
+        match self {
+            HeaderError::Io(e) => format!("cannot read the header: {e}"),
+            HeaderError::Incomplete => "incomplete segment header".into(),
+            HeaderError::Bad(reason) => reason.clone(),
+            HeaderError::Newer(found) => format!("format version {found} is newer than this build"),
+        }
+    }
+}
+
+/// Why the next record cannot be read.
+#[derive(Debug)]
+pub(super) enum RecordError {
+    Io(io::Error),
+    Bad {
+        /// Where the bad record starts.
+        offset: u64,
+        reason: String,
+        /// Nothing valid can follow it: a torn tail, if this is the last
+        /// segment.
+        torn: bool,
+    },
+}
+
+impl RecordError {
+    pub(super) fn into_log_error(self, path: &Path) -> LogError {
+        match self {
+            RecordError::Io(e) => LogError::io(path, e),
+            RecordError::Bad { offset, reason, .. } => corrupt(path, offset, reason),
+        }
+    }
+}
+
+impl From<io::Error> for RecordError {
+    fn from(e: io::Error) -> Self {
+        RecordError::Io(e)
+    }
+}
+
+pub(super) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> LogError {
+    LogError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// Reads one segment file front to back, checking every record.
+pub(super) struct SegmentReader {
+    reader: BufReader<File>,
+    /// The file's length when it was opened; bytes appended later are not
+    /// read.
+    file_len: u64,
+    /// Byte offset of the next record.
+    offset: u64,
+    /// Position of the next record.
+    next: Position,
+    /// First position, from the header.
+    first: Position,
+}
+
+impl SegmentReader {
+    /// Opens a segment and checks its header.
+    pub(super) fn open(path: &Path) -> Result<Self, HeaderError> {
+        let file = File::open(path).map_err(HeaderError::Io)?;
+        let file_len = file.metadata().map_err(HeaderError::Io)?.len();
+        let mut reader = BufReader::with_capacity(64 << 10, file);
+        if file_len < HEADER_LEN {
+            return Err(HeaderError::Incomplete);
+        }
+        let mut header = [0u8; HEADER_LEN as usize];
+        reader.read_exact(&mut header).map_err(HeaderError::Io)?;
+        let first = decode_header(&header)?;
+        Ok(SegmentReader {
+            reader,
+            file_len,
+            offset: HEADER_LEN,
+            next: first,
+            first,
+        })
+    }
+
+    /// The first position, as the header states it.
+    pub(super) fn first(&self) -> Position {
+        self.first
+    }
+
+    /// The position the next record read will have.
+    pub(super) fn next_position(&self) -> Position {
+        self.next
+    }
+
+    pub(super) fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Reads the next record's payload into `buf` and returns its position,
+    /// or `None` at the end of the file. After an error the reader is
+    /// spent.
+    pub(super) fn next_record(
+        &mut self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Position>, RecordError> {
+        let offset = self.offset;
+        let remaining = self.file_len - offset;
+        if remaining == 0 {
+            return Ok(None);
+        }
+        if remaining < RECORD_HEADER_LEN {
+            return Err(bad(offset, "incomplete record header", true));
+        }
+        let mut head = [0u8; RECORD_HEADER_LEN as usize];
+        self.reader.read_exact(&mut head)?;
+        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if RECORD_HEADER_LEN + len > remaining {
+            let reason = format!("record length {len} runs past the end of the file");
+            return Err(bad(offset, reason, true));
+        }
+        if len > MAX_RECORD_BYTES {
+            let torn = self.rest_is_zero(offset)?;
+            let reason = format!("record length {len} is over the limit of {MAX_RECORD_BYTES}");
+            return Err(bad(offset, reason, torn));
+        }
+        buf.clear();
+        // Bounded by MAX_RECORD_BYTES just above.
+        buf.resize(len as usize, 0);
+        self.reader.read_exact(buf)?;
+        if crc != record_crc(self.next, buf) {
+            let end = offset + RECORD_HEADER_LEN + len;
+            let torn = end == self.file_len || self.rest_is_zero(offset)?;
+            let reason = format!("checksum mismatch for position {}", self.next);
+            return Err(bad(offset, reason, torn));
+        }
+        self.offset += RECORD_HEADER_LEN + len;
+        let position = self.next;
+        self.next += 1;
+        Ok(Some(position))
+    }
+
+    /// Whether every byte from `offset` to the end of the file is zero.
+    fn rest_is_zero(&mut self, offset: u64) -> io::Result<bool> {
+        self.reader.seek(SeekFrom::Start(offset))?;
+        let mut left = self.file_len - offset;
+        let mut chunk = vec![0u8; 64 << 10];
+        while left > 0 {
+            let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let got = self.reader.read(&mut chunk[..want])?;
+            if got == 0 {
+                break;
+            }
+            if chunk[..got].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            left -= got as u64;
+        }
+        Ok(true)
+    }
+}
+
+fn bad(offset: u64, reason: impl Into<String>, torn: bool) -> RecordError {
+    RecordError::Bad {
+        offset,
+        reason: reason.into(),
+        torn,
+    }
+}
+
+fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<Position, HeaderError> {
+    if header.iter().all(|&b| b == 0) {
+        return Err(HeaderError::Incomplete);
+    }
+    if &header[..8] != MAGIC {
+        return Err(HeaderError::Bad("not a log segment (bad magic)".into()));
+    }
+    let format = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    // A newer format may lay out the rest of the header differently, so the
+    // version is checked before the checksum.
+    if format > FORMAT_VERSION {
+        return Err(HeaderError::Newer(format));
+    }
+    let crc = u32::from_le_bytes([header[20], header[21], header[22], header[23]]);
+    if crc != crc32fast::hash(&header[..20]) {
+        return Err(HeaderError::Bad("header checksum mismatch".into()));
+    }
+    if format == 0 {
+        return Err(HeaderError::Bad("format version 0".into()));
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&header[12..20]);
+    Ok(Position::from_le_bytes(first))
+}
