@@ -271,7 +271,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the log is poisoned by an earlier fsync failure and refuses writes until restarted")]
+    #[error(
+        "the log is poisoned by an earlier failed fsync (or failed cut-back of a write) and refuses writes until eddy restarts"
+    )]
     Poisoned,
     #[error("the log was closed before the records were durable")]
     Closed,

@@ -415,6 +415,45 @@ async fn always_shares_fsyncs_between_concurrent_appenders() {
 }
 
 #[tokio::test]
+async fn failed_fsync_poisons_the_log_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    let synced = append(&log, &[b"durable".to_vec()]).unwrap().end;
+    log.durable(synced).await.unwrap();
+
+    log.fail_fsyncs();
+    let log: Arc<dyn FeedbackLog> = Arc::new(log);
+    let end = log
+        .append(Append::new(&[b"lost?".to_vec()]), &mut |_| {})
+        .unwrap()
+        .end;
+    let err = log.durable(end).await.unwrap_err();
+    assert!(matches!(err, LogError::Poisoned), "{err:?}");
+    let stats = log.stats();
+    assert!(stats.poisoned.load(Ordering::Relaxed));
+    assert_eq!(stats.fsync_failures.load(Ordering::Relaxed), 1);
+
+    // Never retried: writes and syncs refuse, waiters for unsynced records
+    // fail, and what was already durable stays so.
+    let err = log
+        .append(Append::new(&[b"more".to_vec()]), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, LogError::Poisoned), "{err:?}");
+    assert!(matches!(log.sync(), Err(LogError::Poisoned)));
+    assert!(matches!(log.durable(end).await, Err(LogError::Poisoned)));
+    log.durable(synced).await.unwrap();
+    assert_eq!(stats.fsync_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(log.next_position(), end);
+    drop(log);
+
+    // A restart replays what reached the disk.
+    let (log, report) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    assert!(report.next >= synced);
+    assert!(!log.stats().poisoned.load(Ordering::Relaxed));
+    append(&log, &[b"after restart".to_vec()]).unwrap();
+}
+
+#[tokio::test]
 async fn interval_and_never_resolve_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Interval, 1 << 20), 0).unwrap();
