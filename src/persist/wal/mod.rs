@@ -53,6 +53,10 @@
 //!   durable) fails with [`LogError::Poisoned`]. Restarting replays what
 //!   really reached the disk.
 //!
+//! A new log's first segment starts at the `start_at` given to
+//! `LocalLog::open` (so a log created next to an older snapshot continues
+//! its positions); an existing log keeps its own.
+//!
 //! `LocalLog` (in `local`) is the file implementation; `segment` holds the
 //! file format, scanning and recovery rules; `read_dir` reads any directory
 //! of segments (an archive, say) without opening it for append.
@@ -168,6 +172,7 @@ pub trait FeedbackLog: Send + Sync {
     /// trainer in exactly log order. On a write error the file is cut back
     /// to the last whole record and the error returned; the log stays
     /// usable (e.g. disk full: later appends succeed once space returns).
+    /// An empty batch writes nothing but still calls `then`.
     fn append(
         &self,
         batch: Append<'_>,
