@@ -53,6 +53,8 @@ pub(super) struct Durability {
     pending: Mutex<Pending>,
     /// Wakes the sync thread when something is written or at shutdown.
     wake: Condvar,
+    #[cfg(test)]
+    pub(super) fail_fsyncs: std::sync::atomic::AtomicBool,
 }
 
 impl Durability {
@@ -77,6 +79,8 @@ impl Durability {
                 shutdown: false,
             }),
             wake: Condvar::new(),
+            #[cfg(test)]
+            fail_fsyncs: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -147,7 +151,7 @@ impl Durability {
             return Err(LogError::Poisoned);
         }
         let started = Instant::now();
-        match file.file.sync_data() {
+        match self.sync_data(file) {
             Ok(()) => {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +167,21 @@ impl Durability {
                 Err(LogError::io(&file.path, e))
             }
         }
+    }
+
+    #[cfg(not(test))]
+    fn sync_data(&self, file: &SegmentFile) -> io::Result<()> {
+        file.file.sync_data()
+    }
+
+    /// Tests make fsync fail on demand; a real failure (EIO from a dying
+    /// disk) cannot be produced in a temp directory.
+    #[cfg(test)]
+    fn sync_data(&self, file: &SegmentFile) -> io::Result<()> {
+        if self.fail_fsyncs.load(Ordering::Acquire) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        file.file.sync_data()
     }
 
     /// Marks everything before `synced` durable (it only ever advances).
@@ -189,7 +208,8 @@ impl Durability {
         tracing::error!(
             path = %path.display(),
             error = %e,
-            "{what}; the log is poisoned and refuses writes until restarted"
+            cause = what,
+            "the feedback log is poisoned and refuses writes until eddy restarts"
         );
         self.mark.send_modify(|mark| mark.poisoned = true);
         self.wake.notify_all();

@@ -177,6 +177,15 @@ impl LocalLog {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// Makes every later fsync fail, as a dying disk would.
+    #[cfg(test)]
+    pub(super) fn fail_fsyncs(&self) {
+        self.inner
+            .durability
+            .fail_fsyncs
+            .store(true, Ordering::Release);
+    }
 }
 
 impl Inner {

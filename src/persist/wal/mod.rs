@@ -53,6 +53,10 @@
 //!   durable) fails with [`LogError::Poisoned`]. Restarting replays what
 //!   really reached the disk.
 //!
+//! A new log's first segment starts at the `start_at` given to
+//! `LocalLog::open` (so a log created next to an older snapshot continues
+//! its positions); an existing log keeps its own.
+//!
 //! `LocalLog` (in `local`) is the file implementation; `segment` holds the
 //! file format, scanning and recovery rules; `read_dir` reads any directory
 //! of segments (an archive, say) without opening it for append.
@@ -168,6 +172,7 @@ pub trait FeedbackLog: Send + Sync {
     /// trainer in exactly log order. On a write error the file is cut back
     /// to the last whole record and the error returned; the log stays
     /// usable (e.g. disk full: later appends succeed once space returns).
+    /// An empty batch writes nothing but still calls `then`.
     fn append(
         &self,
         batch: Append<'_>,
@@ -271,7 +276,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the log is poisoned by an earlier fsync failure and refuses writes until restarted")]
+    #[error(
+        "the log is poisoned by an earlier failed fsync (or failed cut-back of a write) and refuses writes until eddy restarts"
+    )]
     Poisoned,
     #[error("the log was closed before the records were durable")]
     Closed,

@@ -117,7 +117,7 @@ impl Records {
                         first: first.load(Ordering::Acquire),
                     }));
                 }
-                return Some(Err(LogError::io(&path, e)));
+                return Some(Err(self.fail(LogError::io(&path, e))));
             }
             Err(HeaderError::Incomplete) if last && self.live.is_none() => {
                 tracing::warn!(path = %path.display(), "ignoring a segment without a header at the end of the log");

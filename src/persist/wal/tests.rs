@@ -415,6 +415,45 @@ async fn always_shares_fsyncs_between_concurrent_appenders() {
 }
 
 #[tokio::test]
+async fn failed_fsync_poisons_the_log_for_good() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    let synced = append(&log, &[b"durable".to_vec()]).unwrap().end;
+    log.durable(synced).await.unwrap();
+
+    log.fail_fsyncs();
+    let log: Arc<dyn FeedbackLog> = Arc::new(log);
+    let end = log
+        .append(Append::new(&[b"lost?".to_vec()]), &mut |_| {})
+        .unwrap()
+        .end;
+    let err = log.durable(end).await.unwrap_err();
+    assert!(matches!(err, LogError::Poisoned), "{err:?}");
+    let stats = log.stats();
+    assert!(stats.poisoned.load(Ordering::Relaxed));
+    assert_eq!(stats.fsync_failures.load(Ordering::Relaxed), 1);
+
+    // Never retried: writes and syncs refuse, waiters for unsynced records
+    // fail, and what was already durable stays so.
+    let err = log
+        .append(Append::new(&[b"more".to_vec()]), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, LogError::Poisoned), "{err:?}");
+    assert!(matches!(log.sync(), Err(LogError::Poisoned)));
+    assert!(matches!(log.durable(end).await, Err(LogError::Poisoned)));
+    log.durable(synced).await.unwrap();
+    assert_eq!(stats.fsync_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(log.next_position(), end);
+    drop(log);
+
+    // A restart replays what reached the disk.
+    let (log, report) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    assert!(report.next >= synced);
+    assert!(!log.stats().poisoned.load(Ordering::Relaxed));
+    append(&log, &[b"after restart".to_vec()]).unwrap();
+}
+
+#[tokio::test]
 async fn interval_and_never_resolve_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Interval, 1 << 20), 0).unwrap();
@@ -548,28 +587,35 @@ impl Drop for Mounted {
     }
 }
 
+/// Mounts a tmpfs of `size` (e.g. "256k") on `at`, or says why not (mounting
+/// needs root and a permissive container) and returns `None`.
+fn mount_tmpfs(at: &Path, size: &str, test: &str) -> Option<Mounted> {
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={size}"))
+        .arg("tmpfs")
+        .arg(at)
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => Some(Mounted(at.to_owned())),
+        Ok(out) => {
+            let why = String::from_utf8_lossy(&out.stderr);
+            eprintln!("skipping {test}: mount failed: {}", why.trim());
+            None
+        }
+        Err(e) => {
+            eprintln!("skipping {test}: cannot run mount: {e}");
+            None
+        }
+    }
+}
+
 #[test]
 fn full_disk_cuts_back_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(tmp.path())
-        .output();
-    match mounted {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            eprintln!(
-                "skipping full_disk_cuts_back_and_recovers: mount failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            eprintln!("skipping full_disk_cuts_back_and_recovers: cannot run mount: {e}");
-            return;
-        }
-    }
-    let _mount = Mounted(tmp.path().to_owned());
+    let Some(_mount) = mount_tmpfs(tmp.path(), "256k", "full_disk_cuts_back_and_recovers") else {
+        return;
+    };
     let filler = tmp.path().join("filler");
     fs::write(&filler, vec![1u8; 64 << 10]).unwrap();
     let dir = tmp.path().join("wal");
@@ -604,4 +650,52 @@ fn full_disk_cuts_back_and_recovers() {
     assert_eq!(read_all(&log, 0), expected);
     log.sync().unwrap();
     drop(log);
+}
+
+#[test]
+fn trim_archives_across_file_systems() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let Some(_mount) = mount_tmpfs(&archive, "1m", "trim_archives_across_file_systems") else {
+        return;
+    };
+    let dir = tmp.path().join("wal");
+    let mut opts = options(Fsync::Never, 160);
+    opts.archive_dir = Some(archive.clone());
+    let (log, _) = LocalLog::open(&dir, opts, 0).unwrap();
+    let expected = fill(&log, 0, 40);
+    // rename(2) fails with EXDEV here, so segments are copied and removed.
+    let trimmed = log.trim_before(40).unwrap();
+    assert_eq!(segment_paths(&archive).len(), trimmed);
+    assert_eq!(segment_paths(&dir).len(), 1);
+    let first = log.first_position() as usize;
+    let archived: Vec<_> = read_dir(&archive)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(archived, expected[..first]);
+    assert_eq!(read_all(&log, first as u64), expected[first..]);
+    let leftovers = fs::read_dir(&archive).unwrap().count();
+    assert_eq!(leftovers, trimmed, "no temp files left in the archive");
+    drop(log);
+}
+
+#[test]
+fn trim_without_archive_deletes_and_reads_stop_at_the_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Never, 160), 0).unwrap();
+    let mut expected = fill(&log, 0, 30);
+    // A reader sees the log as of its call, whatever is appended meanwhile.
+    let reader = log.read_from(0).unwrap();
+    let later = fill(&log, 30, 10);
+    assert_eq!(reader.collect::<Result<Vec<_>, _>>().unwrap(), expected);
+    expected.extend(later);
+    let before = segment_paths(tmp.path()).len();
+    let trimmed = log.trim_before(25).unwrap();
+    assert!(trimmed >= 1);
+    assert_eq!(segment_paths(tmp.path()).len(), before - trimmed);
+    let first = log.first_position();
+    assert!(first <= 25);
+    assert_eq!(read_all(&log, 25), expected[25..]);
 }
