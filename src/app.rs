@@ -25,9 +25,11 @@ use crate::http::admin::{AdminState, admin_router};
 use crate::http::{AppState, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::atomic::remove_stale_temps;
+use crate::persist::wal::{FeedbackLog, LocalLog};
 use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
+use crate::serving::trainer::Replay;
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, SharedClock,
@@ -118,8 +120,18 @@ impl App {
                     },
                 )?,
             );
+            let (log, replay) = if config.storage.wal {
+                let (log, replay) = open_log(&m.name, &dir, &config, meta.feedback_position)?;
+                (Some(log), Some(replay))
+            } else {
+                (None, None)
+            };
             let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
+            // Positions continue from the snapshot's: the log's records
+            // after it are replayed first, then new feedback follows.
+            let stream = stream.starting_at(meta.feedback_position);
             let stats = Arc::new(TrainingStats {
+                recovering: replay.as_ref().is_some_and(|r| r.to > r.from).into(),
                 examples_base: meta.examples_trained,
                 snapshots_skipped: (loaded_skipped as u64).into(),
                 ..TrainingStats::default()
@@ -153,6 +165,7 @@ impl App {
                 monitor,
                 events: events.clone(),
                 clock: clock.clone(),
+                replay,
             }));
             registry.insert(ModelRuntime {
                 name,
@@ -162,6 +175,7 @@ impl App {
                 store,
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity),
+                log,
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 trainer: commands_tx,
@@ -314,6 +328,53 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Opens the model's feedback log (`<dir>/wal`), whose positions continue
+/// the snapshot's: the records from `position` on are what the snapshot
+/// does not hold, to be replayed. A log that ends before the snapshot's
+/// position holds nothing the snapshot lacks (it was written while the log
+/// was off, or came with a copied snapshot): it is moved aside, kept for
+/// the operator, and a new one starts at the snapshot's position.
+fn open_log(
+    model: &str,
+    dir: &std::path::Path,
+    config: &Config,
+    position: u64,
+) -> anyhow::Result<(Arc<dyn FeedbackLog>, Replay)> {
+    let wal = dir.join("wal");
+    let options = config.storage.log_options();
+    let open = |options| {
+        LocalLog::open(&wal, options, position)
+            .with_context(|| format!("model {model}: feedback log {}", wal.display()))
+    };
+    let (mut log, mut report) = open(options.clone())?;
+    if log.next_position() < position {
+        drop(log);
+        let aside = dir.join(format!("wal-before-{position}"));
+        tracing::warn!(model, log = %wal.display(), moved_to = %aside.display(), position, "the feedback log ends before the snapshot's position; starting a new one");
+        std::fs::rename(&wal, &aside)
+            .with_context(|| format!("model {model}: cannot move {} aside", wal.display()))?;
+        (log, report) = open(options)?;
+    }
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(model, file = %torn.path.display(), offset = torn.offset, bytes = torn.bytes_dropped, "the feedback log ended in a torn record (a crash mid-write); truncated there");
+    }
+    let log: Arc<dyn FeedbackLog> = Arc::new(log);
+    let replay = Replay {
+        log: log.clone(),
+        from: position,
+        to: log.next_position(),
+    };
+    if replay.to > replay.from {
+        tracing::info!(
+            model,
+            from = replay.from,
+            to = replay.to,
+            "feedback after the snapshot will be replayed"
+        );
+    }
+    Ok((log, replay))
 }
 
 /// The model's monitor, unless disabled. Last-good starts as the newest

@@ -21,6 +21,7 @@ use toml::{Table, Value};
 
 use crate::learn::features::{MAX_HASH_BITS, MIN_HASH_BITS};
 use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
+pub use crate::persist::wal::Fsync;
 
 /// The built-in default configuration.
 pub const DEFAULT_TOML: &str = include_str!("../config/eddy.toml");
@@ -81,6 +82,25 @@ pub struct StorageConfig {
     /// last-good is never removed).
     #[serde(default = "default_last_good_keep")]
     pub last_good_keep: usize,
+    /// Keep a durable feedback log per model (`<dir>/<model>/wal`): every
+    /// accepted example is appended before the 202 and replayed after a
+    /// crash. `false` keeps feedback in memory only (lost on a crash).
+    #[serde(default = "yes")]
+    pub wal: bool,
+    /// When the log is fsynced: `always` (before the 202; concurrent
+    /// requests share one fsync), `interval` (every `fsync_interval_ms`),
+    /// `never` (the operating system decides).
+    #[serde(default = "default_fsync")]
+    pub fsync: Fsync,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// A log segment is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Truncate a feedback log at mid-log corruption instead of refusing
+    /// to start (`eddy serve --repair` sets it).
+    #[serde(default)]
+    pub repair: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,6 +334,15 @@ fn default_block_size() -> u64 {
 fn default_gate_examples() -> u64 {
     200
 }
+fn default_fsync() -> Fsync {
+    Fsync::Interval
+}
+fn default_fsync_interval() -> u64 {
+    100
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
 fn default_last_good_keep() -> usize {
     20
 }
@@ -392,6 +421,17 @@ impl ServerConfig {
 impl StorageConfig {
     pub fn snapshot_interval(&self) -> Duration {
         Duration::from_secs(self.snapshot_interval_s)
+    }
+
+    /// The feedback log's options.
+    pub fn log_options(&self) -> crate::persist::wal::LogOptions {
+        crate::persist::wal::LogOptions {
+            fsync: self.fsync,
+            fsync_interval: Duration::from_millis(self.fsync_interval_ms.max(1)),
+            segment_bytes: self.segment_bytes,
+            repair: self.repair,
+            archive_dir: None,
+        }
     }
 
     /// Where one model keeps its snapshots and version record.

@@ -57,6 +57,8 @@ pub enum ApiError {
     Rollback(#[from] RollbackError),
     #[error("source `{0}` is not blamed")]
     SourceNotBlamed(String),
+    #[error("feedback cannot be stored: {0}; nothing was accepted")]
+    Storage(crate::persist::wal::LogError),
     #[error("internal error")]
     Internal(String),
 }
@@ -107,6 +109,7 @@ impl ApiError {
                 (S::INTERNAL_SERVER_ERROR, "rollback_failed")
             }
             ApiError::SourceNotBlamed(_) => (S::NOT_FOUND, "source_not_blamed"),
+            ApiError::Storage(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

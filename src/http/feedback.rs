@@ -25,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
+use crate::persist::wal::{Append, Durable};
+use crate::serving::log_record;
 use crate::serving::queue::Prescored;
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
@@ -85,7 +87,22 @@ pub async fn feedback(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let runtime = state.model(&model)?;
-    let result = accept(&state, runtime, &headers, &body);
+    let result = match accept(&state, runtime, &headers, &body) {
+        // With `fsync = "always"` the 202 waits for an fsync covering the
+        // examples (shared with concurrent requests).
+        Ok((accepted, Some(durable))) => {
+            durable.await.map(|()| accepted).map_err(ApiError::Storage)
+        }
+        Ok((accepted, None)) => Ok(accepted),
+        Err(e) => Err(e),
+    }
+    .map(|accepted| {
+        (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "accepted": accepted })),
+        )
+            .into_response()
+    });
     if let Err(e) = &result {
         state
             .metrics
@@ -94,12 +111,14 @@ pub async fn feedback(
     result
 }
 
+/// Validates, logs and enqueues a request; returns how many examples it
+/// holds and, when the log must be fsynced first, what to wait for.
 fn accept(
     state: &AppState,
     runtime: &ModelRuntime,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Response, ApiError> {
+) -> Result<(usize, Option<Durable>), ApiError> {
     let header_source = match headers.get(SOURCE_HEADER) {
         Some(v) => Some(source(v.to_str().map_err(|_| {
             ApiError::InvalidRequest("X-Eddy-Source is not valid text".into())
@@ -145,11 +164,7 @@ fn accept(
             enqueue(state, runtime, vec![(0, checked)], Vec::new(), false)?
         }
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "accepted": accepted })),
-    )
-        .into_response())
+    Ok(accepted)
 }
 
 fn source(s: &str) -> Result<Arc<str>, ApiError> {
@@ -197,16 +212,19 @@ fn check<'a>(
     })
 }
 
-/// Checks ids and queue room for all examples, then applies all of them.
-/// `errors` are the batch's refusals so far: ids are still checked so the
-/// answer lists every failing example, and nothing is applied.
+/// Checks ids and queue room for all examples, then applies all of them:
+/// appended to the feedback log (when kept) and queued for the trainer in
+/// log order, and only then are the prediction ids claimed, so a failed
+/// append leaves nothing changed. `errors` are the batch's refusals so
+/// far: ids are still checked so the answer lists every failing example,
+/// and nothing is applied.
 fn enqueue(
     state: &AppState,
     runtime: &ModelRuntime,
     checked: Vec<(usize, Checked<'_>)>,
     mut errors: Vec<ItemError>,
     is_batch: bool,
-) -> Result<usize, ApiError> {
+) -> Result<(usize, Option<Durable>), ApiError> {
     let any_joined = checked
         .iter()
         .any(|(_, c)| matches!(c.input, Input::Joined(_)));
@@ -246,14 +264,15 @@ fn enqueue(
     let now = SystemTime::now();
     let instruments = state.metrics.model(&runtime.name);
     let mut items = Vec::with_capacity(n);
-    for ((_, c), claim) in checked.into_iter().zip(claims) {
-        let (features, prediction) = match (c.input, claim, joins.as_mut()) {
+    for ((_, c), claim) in checked.into_iter().zip(&claims) {
+        let (features, prediction) = match (c.input, claim, joins.as_ref()) {
             (Input::Inline(x), _, _) => (x, None),
             (Input::Joined(_), Some(claim), Some(joins)) => {
                 // The join lock has been held since the check, so the
-                // claim finds the prediction still there.
+                // prediction is still there; it is claimed once the
+                // examples are logged.
                 let p = joins
-                    .claim(claim)
+                    .peek(claim)
                     .ok_or_else(|| ApiError::Internal("checked prediction vanished".into()))?;
                 if let Some(i) = instruments {
                     i.feedback_joined.inc();
@@ -264,7 +283,7 @@ fn enqueue(
                     version: p.version,
                     predicted_at: p.predicted_at,
                 };
-                (p.features, Some(at))
+                (p.features.clone(), Some(at))
             }
             (Input::Joined(_), _, _) => {
                 return Err(ApiError::Internal("unchecked prediction id".into()));
@@ -279,13 +298,37 @@ fn enqueue(
             scored: None,
         });
     }
-    drop(joins);
     prescore(runtime, &mut items);
+    let durable = match &runtime.log {
+        Some(log) => {
+            let records: Vec<Vec<u8>> = items.iter().map(log_record::encode).collect();
+            let mut pending = Some((reservation, items));
+            // Queued inside the log's order lock, so the trainer takes the
+            // examples in log order.
+            let appended = log
+                .append(Append::new(&records), &mut |_| {
+                    if let Some((reservation, items)) = pending.take() {
+                        reservation.send(items);
+                    }
+                })
+                .map_err(ApiError::Storage)?;
+            Some(log.durable(appended.end))
+        }
+        None => {
+            reservation.send(items);
+            None
+        }
+    };
+    if let Some(joins) = joins.as_mut() {
+        for claim in claims.into_iter().flatten() {
+            joins.claim(claim);
+        }
+    }
+    drop(joins);
     if let Some(i) = instruments {
         i.feedback_accepted.inc_by(n as u64);
     }
-    reservation.send(items);
-    Ok(n)
+    Ok((n, durable))
 }
 
 /// Scores accepted examples against the live and last-good versions here,

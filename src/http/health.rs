@@ -1,6 +1,6 @@
 //! `GET /healthz` (liveness: the process answers) and `GET /readyz`
-//! (readiness: every model is loaded and its trainer running; false again
-//! once shutdown starts).
+//! (readiness: every model is loaded, its feedback log replayed and its
+//! trainer running; false again once shutdown starts).
 
 use std::sync::atomic::Ordering;
 
@@ -16,7 +16,11 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if state.ready.load(Ordering::Acquire) {
+    let recovering = state
+        .registry
+        .iter()
+        .any(|m| m.stats.recovering.load(Ordering::Acquire));
+    if state.ready.load(Ordering::Acquire) && !recovering {
         Ok(Json(
             json!({ "status": "ready", "models": state.registry.len() }),
         ))

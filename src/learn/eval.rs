@@ -23,7 +23,7 @@ pub struct Scores {
 }
 
 /// One example's outcome under one model version.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Scored {
     Class { correct: bool, log_loss: f64 },
     Value { abs_err: f64, sq_err: f64 },

@@ -25,7 +25,7 @@ pub const MIN_HASH_BITS: u8 = 4;
 pub const MAX_HASH_BITS: u8 = 26;
 
 /// One hashed feature.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Feature {
     /// Row of the weight matrix, in `0..2^hash_bits`.
     pub index: u32,
@@ -39,7 +39,7 @@ pub struct Feature {
 }
 
 /// A hashed, sparse feature vector ready for the model.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FeatureVec {
     pub features: Vec<Feature>,
 }

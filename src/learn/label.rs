@@ -28,7 +28,7 @@ pub struct LabelSpace {
 }
 
 /// A training target.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, Serialize)]
 pub enum Target {
     /// Index of the class (binary: 1 is the positive class).
     Class(usize),

@@ -223,6 +223,14 @@ impl JoinBatch<'_> {
 
     /// Takes a checked prediction, leaving a tombstone. Cannot fail: the
     /// lock has been held since the check.
+    /// The prediction a checked claim names, left in place.
+    pub fn peek(&self, claim: &Claim) -> Option<&PendingPrediction> {
+        self.ring
+            .slots
+            .get(claim.0)
+            .and_then(|s| s.pending.as_ref())
+    }
+
     pub fn claim(&mut self, claim: Claim) -> Option<PendingPrediction> {
         self.ring
             .slots

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod events;
 pub mod join;
+pub mod log_record;
 pub mod monitor;
 pub mod queue;
 pub mod registry;

@@ -32,7 +32,7 @@ pub struct Feedback {
 /// An example's outcome under the live and last-good versions, taken on
 /// the request thread when it was accepted, so the trainer's thread does
 /// not have to (the monitor rescores what is missing or stale).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Prescored {
     pub live_version: u64,
     pub live: Scored,
@@ -58,7 +58,7 @@ impl Feedback {
 }
 
 /// The prediction a joined feedback labels.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct PredictionRef {
     pub version: u64,
     pub predicted_at: SystemTime,
@@ -196,7 +196,20 @@ impl FeedbackStream {
         item
     }
 
-    /// Items taken from the queue since start.
+    /// Counts `n` items taken by other means (replayed from the log) so
+    /// positions continue after them.
+    pub fn advance(&mut self, n: u64) {
+        self.taken += n;
+    }
+
+    /// Starts counting positions at `position` (a snapshot's).
+    pub fn starting_at(mut self, position: u64) -> Self {
+        self.taken = position;
+        self
+    }
+
+    /// The position of the next item: items taken so far, counted from
+    /// where this stream started.
     pub fn position(&self) -> u64 {
         self.taken
     }

@@ -37,6 +37,9 @@ pub struct ModelRuntime {
     pub events: Arc<EventLog>,
     /// Last-good's weights, for scoring feedback as it is accepted.
     pub baseline: BaselineHandle,
+    /// The durable feedback log (`storage.wal`): feedback is appended here
+    /// before it is acknowledged.
+    pub log: Option<Arc<dyn crate::persist::wal::FeedbackLog>>,
 }
 
 #[derive(Debug, Default)]

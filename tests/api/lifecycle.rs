@@ -117,9 +117,22 @@ async fn answer(request: reqwest::RequestBuilder) -> serde_json::Value {
     reason = "the caller owns the child and reaps it; a panic here fails the test"
 )]
 fn start_binary(dir: &std::path::Path) -> (std::process::Child, String, String) {
+    start_binary_with(dir, &[])
+}
+
+/// As `start_binary`, with more `EDDY_*` settings.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller owns the child and reaps it; a panic here fails the test"
+)]
+fn start_binary_with(
+    dir: &std::path::Path,
+    settings: &[(&str, &str)],
+) -> (std::process::Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
         .arg("serve")
         .env_clear()
+        .envs(settings.iter().copied())
         .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
         .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
         .env("EDDY_STORAGE__DIR", dir)
@@ -207,6 +220,112 @@ async fn a_killed_server_restarts_from_its_snapshot_predicting_the_same() {
         assert_eq!(&got["probabilities"], want, "identical after the kill");
         assert!(got["model_version"].as_u64() > Some(saved), "{got}");
     }
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+}
+
+/// kill -9 right after the last 202 under `fsync = "always"`: every
+/// acknowledged example comes back from the feedback log, trained exactly
+/// once, and with `minibatch_size = 1` the restarted server predicts
+/// exactly as an uninterrupted one fed the same requests in the same order.
+#[tokio::test]
+async fn acknowledged_feedback_survives_kill_9_and_is_trained_exactly_once() {
+    use serde_json::{Value, json};
+    let settings = [
+        ("EDDY_STORAGE__FSYNC", "always"),
+        ("EDDY_MODELS__DEMO__TRAINING__MINIBATCH_SIZE", "1"),
+    ];
+    let requests: Vec<Value> = (0..40)
+        .map(|r| {
+            let examples: Vec<Value> = (0..10)
+                .map(|i| {
+                    let x = f64::from((r * 10 + i) % 13);
+                    json!({ "features": { "x": x, "c": format!("k{}", i % 3) }, "label": u8::from(x > 6.0) })
+                })
+                .collect();
+            json!({ "examples": examples })
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let probes = [
+        json!({ "x": 2.0, "c": "k1" }),
+        json!({ "x": 9.0, "c": "k0" }),
+    ];
+    let run = |addr: String| {
+        let client = client.clone();
+        let requests = requests.clone();
+        async move {
+            let mut acknowledged = 0;
+            for body in &requests {
+                let r = client
+                    .post(format!("http://{addr}/v1/models/demo/feedback"))
+                    .json(body)
+                    .send()
+                    .await
+                    .expect("feedback");
+                assert_eq!(r.status(), 202);
+                acknowledged += 10;
+            }
+            acknowledged
+        }
+    };
+    let trained = |addr: String, n: u64| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
+                if info["version_examples_trained"].as_u64() >= Some(n)
+                    && info["feedback_processed"] == info["feedback_accepted"]
+                {
+                    return info;
+                }
+                assert!(Instant::now() < deadline, "{info}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let predictions = |addr: String| {
+        let client = client.clone();
+        let probes = probes.clone();
+        async move {
+            let mut out = Vec::new();
+            for p in probes {
+                let got = answer(
+                    client
+                        .post(format!("http://{addr}/v1/models/demo/predict"))
+                        .json(&json!({ "features": p })),
+                )
+                .await;
+                out.push(got["probabilities"].clone());
+            }
+            out
+        }
+    };
+
+    // The reference: the same requests, uninterrupted.
+    let reference_dir = tempfile::tempdir().expect("dir");
+    let (mut reference, addr, _) = start_binary_with(reference_dir.path(), &settings);
+    let n = run(addr.clone()).await;
+    trained(addr.clone(), n).await;
+    let want = predictions(addr).await;
+    reference.kill().expect("kill");
+    reference.wait().expect("reaped");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, addr, _) = start_binary_with(dir.path(), &settings);
+    let acknowledged = run(addr).await;
+    child.kill().expect("SIGKILL right after the last 202");
+    child.wait().expect("reaped");
+
+    let (mut child, addr, _) = start_binary_with(dir.path(), &settings);
+    let info = trained(addr.clone(), acknowledged).await;
+    assert_eq!(
+        info["examples_trained"].as_u64(),
+        Some(acknowledged),
+        "every acknowledged example trained exactly once: {info}"
+    );
+    assert_eq!(predictions(addr).await, want, "as if never interrupted");
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }

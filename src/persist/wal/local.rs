@@ -287,13 +287,13 @@ impl FeedbackLog for LocalLog {
         let mut state = inner.lock_state();
         inner.check_poisoned()?;
         let first = state.next;
-        if let Some(expected) = batch.expect_next {
-            if expected != first {
-                return Err(LogError::Conflict {
-                    expected,
-                    actual: first,
-                });
-            }
+        if let Some(expected) = batch.expect_next
+            && expected != first
+        {
+            return Err(LogError::Conflict {
+                expected,
+                actual: first,
+            });
         }
         if batch.records.is_empty() {
             then(first);
@@ -360,17 +360,15 @@ impl FeedbackLog for LocalLog {
         for segment in &older {
             inner.durability.fsync(segment, None, &inner.stats)?;
         }
-        if dir_unsynced {
-            if let Err(e) = segment::sync_dir(&inner.dir) {
-                inner.stats.fsync_failures.fetch_add(1, Ordering::Relaxed);
-                inner.durability.poison(
-                    &inner.stats,
-                    "fsync of the log directory failed",
-                    &inner.dir,
-                    &e,
-                );
-                return Err(LogError::io(&inner.dir, e));
-            }
+        if dir_unsynced && let Err(e) = segment::sync_dir(&inner.dir) {
+            inner.stats.fsync_failures.fetch_add(1, Ordering::Relaxed);
+            inner.durability.poison(
+                &inner.stats,
+                "fsync of the log directory failed",
+                &inner.dir,
+                &e,
+            );
+            return Err(LogError::io(&inner.dir, e));
         }
         inner.durability.fsync(&file, Some(next), &inner.stats)
     }

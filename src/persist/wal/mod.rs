@@ -165,7 +165,7 @@ pub type Durable = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 's
 pub type Records = Box<dyn Iterator<Item = Result<(Position, Vec<u8>), LogError>> + Send>;
 
 /// A durable, ordered log of opaque records.
-pub trait FeedbackLog: Send + Sync {
+pub trait FeedbackLog: Send + Sync + std::fmt::Debug {
     /// Writes the records (one write syscall for the batch where possible)
     /// and, while still holding the log's order lock, calls
     /// `then(first_position)` so the caller can hand the records to the

@@ -154,11 +154,11 @@ impl Iterator for Records {
             if self.done {
                 return None;
             }
-            if let (Some(end), Some(next)) = (self.end, self.expected) {
-                if next >= end {
-                    self.done = true;
-                    return None;
-                }
+            if let (Some(end), Some(next)) = (self.end, self.expected)
+                && next >= end
+            {
+                self.done = true;
+                return None;
             }
             let Some((path, reader)) = self.current.as_mut() else {
                 match self.open_next()? {

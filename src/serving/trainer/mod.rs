@@ -46,6 +46,7 @@ use super::monitor::{
 };
 use super::queue::{Feedback, FeedbackQueue, FeedbackStream};
 use super::store::{ModelVersion, PublishMeta, VersionSink};
+use crate::persist::wal::FeedbackLog;
 
 mod cadence;
 mod commands;
@@ -90,6 +91,24 @@ pub struct Trainer {
     /// Where every time-based decision reads the time.
     clock: SharedClock,
     cadence: Cadence,
+    /// The durable feedback log and the positions to learn from it before
+    /// taking new feedback (what was accepted after the snapshot the
+    /// model started from).
+    replay: Option<Replay>,
+    replaying: bool,
+    /// Synced before each snapshot, so a snapshot never records a
+    /// position the log could lose.
+    log: Option<Arc<dyn FeedbackLog>>,
+    /// Queue position where this process's own feedback starts (after the
+    /// replayed examples): `processed` counts from here.
+    origin: u64,
+}
+
+/// Examples to learn again from the log at start-up: `from..to`.
+pub struct Replay {
+    pub log: Arc<dyn FeedbackLog>,
+    pub from: u64,
+    pub to: u64,
 }
 
 /// Everything a trainer is built from.
@@ -107,6 +126,8 @@ pub struct TrainerParts {
     pub monitor: Option<Monitor>,
     pub events: Arc<EventLog>,
     pub clock: SharedClock,
+    /// With a durable log: what to replay before new feedback.
+    pub replay: Option<Replay>,
 }
 
 /// What woke the trainer while it waited for feedback.
@@ -147,6 +168,10 @@ impl Trainer {
             held: Vec::new(),
             cadence: Cadence::new(now),
             clock: parts.clock,
+            origin: parts.replay.as_ref().map_or(0, |r| r.to),
+            log: parts.replay.as_ref().map(|r| r.log.clone()),
+            replaying: false,
+            replay: parts.replay,
         }
     }
 
@@ -194,6 +219,7 @@ impl Trainer {
             monitor,
             events: Arc::default(),
             clock,
+            replay: None,
         });
         (trainer, queue, commands_tx)
     }
@@ -232,6 +258,16 @@ impl Trainer {
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
         self.refresh_report();
+        if let Some(replay) = self.replay.take()
+            && let Err(e) = self.replay(&replay)
+        {
+            // Starting without what the log holds would serve a model
+            // that silently forgot acknowledged feedback: stop instead
+            // (the supervisor shuts the server down).
+            tracing::error!(model = %self.model, error = %e, "cannot replay the feedback log; stopping");
+            return;
+        }
+        self.stats.recovering.store(false, Ordering::Release);
         loop {
             batch.clear();
             let paused = self.stats.paused.load(Ordering::Acquire);
@@ -297,7 +333,10 @@ impl Trainer {
                 monitor.forget_scored();
             }
             self.held.append(batch);
-            self.stats.processed.store(first + taken, Ordering::Release);
+            self.stats.processed.store(
+                (first + taken).saturating_sub(self.origin),
+                Ordering::Release,
+            );
             return;
         }
         if let Some(monitor) = &mut self.monitor {
@@ -315,9 +354,10 @@ impl Trainer {
                 monitor.forget_scored();
             }
         }
-        self.stats
-            .processed
-            .store(self.trained_position, Ordering::Release);
+        self.stats.processed.store(
+            self.trained_position.saturating_sub(self.origin),
+            Ordering::Release,
+        );
         self.stats
             .timings
             .step
@@ -325,7 +365,8 @@ impl Trainer {
         if trained {
             self.cadence.minibatches += 1;
         }
-        let idle = self.stream.is_empty();
+        // While replaying, the log is the backlog: publishes coalesce.
+        let idle = !self.replaying && self.stream.is_empty();
         let now = self.clock.now();
         if self.cadence.due(&self.config, now, idle) {
             // The gate's time budget matters under backlog only: with the
@@ -335,6 +376,42 @@ impl Trainer {
         if self.cadence.report_due(self.clock.now()) {
             self.refresh_report();
         }
+    }
+
+    /// Learns the examples the log holds after the snapshot this trainer
+    /// started from, through the same path as live feedback (monitor,
+    /// gate, publishing), in log order. They were acknowledged before a
+    /// crash or a stop and are not in the snapshot's weights.
+    fn replay(&mut self, replay: &Replay) -> anyhow::Result<()> {
+        let size = self.config.minibatch_size.get();
+        let started = Instant::now();
+        let mut batch = Vec::with_capacity(size);
+        self.replaying = true;
+        for record in replay.log.read_from(replay.from)? {
+            let (position, bytes) = record?;
+            if position >= replay.to {
+                break;
+            }
+            let fb = super::log_record::decode(&bytes).map_err(|e| {
+                anyhow::anyhow!("feedback log record {position} cannot be read by this eddy: {e}")
+            })?;
+            batch.push(fb);
+            if batch.len() == size {
+                self.stream.advance(size as u64);
+                self.learn_minibatch(&mut batch);
+                batch.clear();
+            }
+        }
+        self.stream.advance(batch.len() as u64);
+        self.learn_minibatch(&mut batch);
+        self.replaying = false;
+        self.publish_pending(true);
+        let n = replay.to - replay.from;
+        if n > 0 {
+            tracing::info!(model = %self.model, examples = n, ms = started.elapsed().as_millis() as u64, "replayed the feedback log");
+        }
+        self.stats.replayed.store(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Takes up to `size` queued examples without waiting and learns them;

@@ -116,7 +116,19 @@ impl Trainer {
         }
         let version = snapshot.meta.version;
         let started = Instant::now();
-        match policy.store.write(&snapshot, &protect) {
+        let synced = match &self.log {
+            Some(log) => log
+                .sync()
+                .map_err(|e| format!("cannot sync the feedback log: {e}")),
+            None => Ok(()),
+        };
+        let written = synced.and_then(|()| {
+            policy
+                .store
+                .write(&snapshot, &protect)
+                .map_err(|e| e.to_string())
+        });
+        match written {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
                 self.stats

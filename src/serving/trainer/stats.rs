@@ -37,6 +37,10 @@ pub struct TrainingStats {
     /// Feedback items the trainer has taken off the queue and dealt with
     /// (trained, excluded, or held while paused), since start-up.
     pub processed: AtomicU64,
+    /// Examples learned again from the feedback log at start-up.
+    pub replayed: AtomicU64,
+    /// True until the feedback log has been replayed (`/readyz` waits).
+    pub recovering: AtomicBool,
     /// The monitor's latest report (default: monitor disabled).
     pub monitor: ArcSwap<MonitorReport>,
     pub timings: Timings,

@@ -100,6 +100,7 @@ fn rig(
         monitor,
         events: Arc::default(),
         clock: clock.clone(),
+        replay: None,
     });
     Rig {
         trainer,
