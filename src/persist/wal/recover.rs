@@ -84,49 +84,40 @@ pub(super) fn recover(
             }
             Err(HeaderError::Io(e)) => return Err(LogError::io(path, e)),
             Err(e) => {
-                let damage = Damage {
-                    offset: 0,
-                    reason: e.reason(),
-                    whole_file: true,
-                };
-                cut(
+                cut_whole(
                     dir,
                     options,
                     &listed[i..],
                     *name_first,
-                    damage,
+                    e.reason(),
                     &mut recovered,
                 )?;
                 break;
             }
         };
-        let mut damage = None;
-        if reader.first() != *name_first {
-            damage = Some(format!(
+        let damage = if reader.first() != *name_first {
+            Some(format!(
                 "header says the segment starts at position {}, but its file name says {name_first}",
                 reader.first()
-            ));
-        } else if let Some(expected) = expected.filter(|e| e != name_first) {
-            damage = Some(if *name_first > expected {
-                format!("gap: positions {expected}..{name_first} are missing")
-            } else {
-                format!(
-                    "overlap: segment starts at {name_first}, before the previous one ends at {expected}"
-                )
-            });
-        }
+            ))
+        } else {
+            expected.filter(|e| e != name_first).map(|expected| {
+                if *name_first > expected {
+                    format!("gap: positions {expected}..{name_first} are missing")
+                } else {
+                    format!(
+                        "overlap: segment starts at {name_first}, before the previous one ends at {expected}"
+                    )
+                }
+            })
+        };
         if let Some(reason) = damage {
-            let damage = Damage {
-                offset: 0,
-                reason,
-                whole_file: true,
-            };
-            cut(
+            cut_whole(
                 dir,
                 options,
                 &listed[i..],
                 *name_first,
-                damage,
+                reason,
                 &mut recovered,
             )?;
             break;
@@ -253,6 +244,24 @@ fn truncate(path: &Path, len: u64, sync: bool) -> Result<(), LogError> {
 
 fn file_len(path: &Path) -> Result<u64, LogError> {
     Ok(fs::metadata(path).map_err(|e| LogError::io(path, e))?.len())
+}
+
+/// `cut` for damage that makes a whole segment unusable (its header, or
+/// where it sits in the sequence).
+fn cut_whole(
+    dir: &Path,
+    options: &LogOptions,
+    from: &[(Position, PathBuf)],
+    first: Position,
+    reason: String,
+    recovered: &mut Recovered,
+) -> Result<(), LogError> {
+    let damage = Damage {
+        offset: 0,
+        reason,
+        whole_file: true,
+    };
+    cut(dir, options, from, first, damage, recovered)
 }
 
 fn sync_dir_if(sync: bool, dir: &Path) -> Result<(), LogError> {

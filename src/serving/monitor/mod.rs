@@ -220,6 +220,26 @@ impl Monitor {
         m
     }
 
+    /// The monitor of `m` (unless it is disabled) for a model with no
+    /// history: last-good is `learner` as `version`, no reference set, and
+    /// a baseline handle of its own (in-process drivers and tests).
+    pub fn fresh(m: &crate::config::ModelConfig, version: u64, learner: &Learner) -> Option<Self> {
+        m.monitor.enabled.then(|| {
+            Self::new(
+                m.monitor.clone(),
+                m.task,
+                Vec::new(),
+                Checkpoint {
+                    version,
+                    learner: learner.clone(),
+                    position: 0,
+                    examples_trained: 0,
+                },
+                Default::default(),
+            )
+        })
+    }
+
     /// Hands request threads the current last-good weights.
     fn share_baseline(&self) {
         self.baseline.store(Some(Arc::new(Baseline {

@@ -192,20 +192,7 @@ impl Trainer {
         let live = store.live();
         let (queue, stream) = super::queue::feedback_channel(m.training.queue_capacity.get());
         let (commands_tx, commands) = mpsc::channel(8);
-        let monitor = m.monitor.enabled.then(|| {
-            Monitor::new(
-                m.monitor.clone(),
-                m.task,
-                Vec::new(),
-                Checkpoint {
-                    version: live.version,
-                    learner: learner.clone(),
-                    position: 0,
-                    examples_trained: 0,
-                },
-                Default::default(),
-            )
-        });
+        let monitor = Monitor::fresh(m, live.version, &learner);
         let trainer = Self::new(TrainerParts {
             model: Arc::from(m.name.as_str()),
             learner,

@@ -33,6 +33,16 @@ fn row(i: usize) -> (FeatureVec, usize) {
     (x(v), usize::from(v > 0.0))
 }
 
+/// The first `n` rows, correctly labelled, without a source.
+fn honest(n: usize) -> Vec<Feedback> {
+    (0..n)
+        .map(|i| {
+            let (x, y) = row(i);
+            Feedback::labelled(x, Target::Class(y), None)
+        })
+        .collect()
+}
+
 fn send(queue: &FeedbackQueue, items: Vec<Feedback>) {
     queue.reserve(items.len()).expect("room").send(items);
 }
@@ -73,20 +83,7 @@ fn rig(
     let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
     let (_tx, commands) = mpsc::channel(8);
     let clock = Arc::new(ManualClock::default());
-    let monitor = m.monitor.enabled.then(|| {
-        Monitor::new(
-            m.monitor.clone(),
-            m.task,
-            Vec::new(),
-            Checkpoint {
-                version: live.version,
-                learner: learner.clone(),
-                position: 0,
-                examples_trained: 0,
-            },
-            Default::default(),
-        )
-    });
+    let monitor = Monitor::fresh(m, live.version, &learner);
     let trainer = Trainer::new(TrainerParts {
         model: Arc::from("m"),
         learner,
@@ -119,15 +116,7 @@ fn a_failed_publish_keeps_the_live_version_and_is_retried() {
     });
     let live = sink.store.live();
     let mut r = rig(&m, sink.clone(), live, None);
-    send(
-        &r.queue,
-        (0..32)
-            .map(|i| {
-                let (x, y) = row(i);
-                Feedback::labelled(x, Target::Class(y), None)
-            })
-            .collect(),
-    );
+    send(&r.queue, honest(32));
     assert_eq!(r.trainer.step(32), 32);
     assert_eq!(
         r.trainer.live().version,
@@ -158,15 +147,7 @@ fn pause_holds_what_it_takes_and_resume_learns_it() {
     let (tx, _rx) = oneshot::channel();
     r.trainer.command(TrainerCommand::Pause(tx));
     assert!(r.trainer.stats().paused.load(Ordering::Acquire));
-    send(
-        &r.queue,
-        (0..40)
-            .map(|i| {
-                let (x, y) = row(i);
-                Feedback::labelled(x, Target::Class(y), None)
-            })
-            .collect(),
-    );
+    send(&r.queue, honest(40));
     r.trainer.step(40);
     assert_eq!(r.trainer.held(), 40, "taken, not trained");
     assert_eq!(
