@@ -61,7 +61,7 @@ pub async fn spawn_at(
     let shutdown = app.shutdown_token();
     let state = app.state().clone();
     let server = tokio::spawn(app.run());
-    Ok(TestApp {
+    let app = TestApp {
         addr,
         admin,
         client: reqwest::Client::new(),
@@ -69,7 +69,9 @@ pub async fn spawn_at(
         state,
         server,
         _dir: None,
-    })
+    };
+    app.wait_ready().await;
+    Ok(app)
 }
 
 /// Logs during tests are opt-in: TEST_LOG=debug cargo test. (Not an
@@ -144,6 +146,19 @@ impl TestApp {
         let (status, body) = self.get(&format!("/v1/models/{model}")).await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// Polls `/readyz` until it answers 200 (the feedback log replayed).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never ready: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Polls until the live version has learned `n` examples.
