@@ -153,13 +153,16 @@ impl App {
                 sink: store.clone(),
                 stats: stats.clone(),
                 config: m.training,
-                snapshots: Some(SnapshotPolicy::new(
-                    snapshots,
-                    config.storage.snapshot_interval(),
-                    m.clone(),
-                    created_ms,
-                    names,
-                )),
+                snapshots: Some(
+                    SnapshotPolicy::new(
+                        snapshots,
+                        config.storage.snapshot_interval(),
+                        m.clone(),
+                        created_ms,
+                        names,
+                    )
+                    .every_examples(config.storage.snapshot_every_examples),
+                ),
                 live,
                 commands,
                 monitor,
@@ -343,7 +346,7 @@ fn open_log(
     position: u64,
 ) -> anyhow::Result<(Arc<dyn FeedbackLog>, Replay)> {
     let wal = dir.join("wal");
-    let options = config.storage.log_options();
+    let options = config.storage.log_options(model);
     let open = |options| {
         LocalLog::open(&wal, options, position)
             .with_context(|| format!("model {model}: feedback log {}", wal.display()))
@@ -402,7 +405,7 @@ fn build_monitor(
             tracing::info!(model = %m.name, version = snapshot.meta.version, "last-good from snapshot");
             Checkpoint {
                 version: snapshot.meta.version,
-                position: 0,
+                position: snapshot.meta.feedback_position,
                 examples_trained: snapshot.meta.examples_trained,
                 learner: snapshot.adopt(m.optimizer),
             }
@@ -410,7 +413,7 @@ fn build_monitor(
         None => Checkpoint {
             version: live.version,
             learner: learner.clone(),
-            position: 0,
+            position: live.feedback_position,
             examples_trained: live.examples_trained,
         },
     };

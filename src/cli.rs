@@ -46,7 +46,9 @@ pub struct DataArgs {
     /// The configured model (its task, classes, hash_bits, optimizer).
     #[arg(long)]
     pub model: String,
-    /// CSV (header row) or JSON Lines files, plain or gzip; `-` is stdin.
+    /// CSV (header row) or JSON Lines files, plain or gzip; `-` is stdin; a
+    /// directory of feedback log segments (a model's `wal/` or its
+    /// `storage.archive_dir` folder) reads the examples the server accepted.
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// The CSV column holding the label.

@@ -101,6 +101,16 @@ pub struct StorageConfig {
     /// to start (`eddy serve --repair` sets it).
     #[serde(default)]
     pub repair: bool,
+    /// Where log segments no longer needed go (one folder per model)
+    /// instead of being deleted; `eddy train --data` reads such a folder
+    /// for a full retrain. Empty: deleted.
+    #[serde(default)]
+    pub archive_dir: PathBuf,
+    /// A snapshot is also written after this many examples were trained
+    /// since the last one (bounds the log a restart replays); 0: only by
+    /// time.
+    #[serde(default = "default_snapshot_every_examples")]
+    pub snapshot_every_examples: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +344,9 @@ fn default_block_size() -> u64 {
 fn default_gate_examples() -> u64 {
     200
 }
+fn default_snapshot_every_examples() -> u64 {
+    1_000_000
+}
 fn default_fsync() -> Fsync {
     Fsync::Interval
 }
@@ -423,14 +436,15 @@ impl StorageConfig {
         Duration::from_secs(self.snapshot_interval_s)
     }
 
-    /// The feedback log's options.
-    pub fn log_options(&self) -> crate::persist::wal::LogOptions {
+    /// The feedback log's options for `model`.
+    pub fn log_options(&self, model: &str) -> crate::persist::wal::LogOptions {
         crate::persist::wal::LogOptions {
             fsync: self.fsync,
             fsync_interval: Duration::from_millis(self.fsync_interval_ms.max(1)),
             segment_bytes: self.segment_bytes,
             repair: self.repair,
-            archive_dir: None,
+            archive_dir: (!self.archive_dir.as_os_str().is_empty())
+                .then(|| self.archive_dir.join(model)),
         }
     }
 

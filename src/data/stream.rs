@@ -210,6 +210,11 @@ impl Pass {
     }
 
     fn read(&mut self, input: &Input) -> Result<(), DataError> {
+        if let Input::File(dir) = input
+            && dir.is_dir()
+        {
+            return self.read_log(dir);
+        }
         let format = self
             .options
             .format
@@ -278,6 +283,57 @@ impl Pass {
                     let line = e.position().map_or(line, |p| p.line());
                     self.bad(&file, line, e.to_string())?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory of feedback log segments (a model's `wal/`, or the
+    /// `storage.archive_dir` folder trimmed segments were moved to): each
+    /// record's example as the server accepted it, features already hashed.
+    /// A record that cannot be read counts as a bad row, named by position.
+    fn read_log(&mut self, dir: &std::path::Path) -> Result<(), DataError> {
+        let file = dir.display().to_string();
+        let io = |e: crate::persist::wal::LogError| DataError::Format {
+            file: file.clone(),
+            message: e.to_string(),
+        };
+        let rows = self.hasher.rows() as u64;
+        for record in crate::persist::wal::read_dir(dir).map_err(io)? {
+            if self.gone {
+                break;
+            }
+            let (position, bytes) = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    self.bad(&file, 0, e.to_string())?;
+                    continue;
+                }
+            };
+            let checked = crate::serving::log_record::decode(&bytes)
+                .map_err(|e| format!("log record {position}: {e}"))
+                .and_then(|fb| {
+                    if fb
+                        .features
+                        .features
+                        .iter()
+                        .any(|f| u64::from(f.index) >= rows)
+                    {
+                        return Err(format!(
+                            "log record {position}: hashed into more rows than this model's {rows}"
+                        ));
+                    }
+                    self.space
+                        .check(fb.target)
+                        .map_err(|e| format!("log record {position}: {e}"))?;
+                    Ok(Example {
+                        features: fb.features,
+                        target: fb.target,
+                    })
+                });
+            match checked {
+                Ok(e) => self.push(e),
+                Err(message) => self.bad(&file, position, message)?,
             }
         }
         Ok(())

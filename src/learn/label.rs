@@ -121,6 +121,21 @@ impl LabelSpace {
         }
     }
 
+    /// Whether `target` belongs to this space (a class index in range, or a
+    /// finite value for regression): for targets read back from elsewhere.
+    pub fn check(&self, target: Target) -> Result<(), String> {
+        match (self.kind, target) {
+            (TaskKind::Regression, Target::Value(v)) if v.is_finite() => Ok(()),
+            (TaskKind::Binary | TaskKind::Multiclass, Target::Class(c)) if c < self.n_classes() => {
+                Ok(())
+            }
+            _ => Err(format!(
+                "target {target:?} does not fit a {:?} model",
+                self.kind
+            )),
+        }
+    }
+
     /// Number of probabilities a prediction reports (0 for regression).
     pub fn n_classes(&self) -> usize {
         match self.kind {

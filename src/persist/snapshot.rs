@@ -525,6 +525,31 @@ impl SnapshotStore {
         Ok(out)
     }
 
+    /// The feedback position a snapshot file records, read from its
+    /// header alone (no checksum: for retention decisions, which a damaged
+    /// file, never loaded, does not need). `None` when unreadable.
+    pub fn position_of(path: &Path) -> Option<u64> {
+        use std::io::Read;
+        #[derive(Deserialize)]
+        struct Meta {
+            feedback_position: u64,
+        }
+        let mut file = std::fs::File::open(path).ok()?;
+        let mut head = [0u8; HEADER_LEN + 8];
+        file.read_exact(&mut head).ok()?;
+        if &head[..8] != MAGIC || head[8..12] != 1u32.to_le_bytes() {
+            return None;
+        }
+        let len = u64::from_le_bytes(head[HEADER_LEN..].try_into().ok()?);
+        let mut json = vec![0u8; usize::try_from(len).ok().filter(|n| *n <= 1 << 26)?];
+        file.read_exact(&mut json).ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&json).ok()?;
+        let meta = header.get("__metadata__")?.get(META_KEY)?.as_str()?;
+        serde_json::from_str::<Meta>(meta)
+            .ok()
+            .map(|m| m.feedback_position)
+    }
+
     /// Loads one file.
     pub fn load(path: &Path) -> Result<Snapshot, Error> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {

@@ -125,3 +125,65 @@ async fn an_unusable_storage_directory_is_a_start_up_error_naming_it() {
     let message = format!("{:#}", built.err().expect("refused"));
     assert!(message.contains("not-a-dir"), "{message}");
 }
+
+/// Snapshots every 500 examples let the log drop what they hold: whole
+/// segments before every retained snapshot (and last-good) move to
+/// `storage.archive_dir`, and `eddy train --data` reads the archive plus
+/// the live log back as every example the server accepted.
+#[tokio::test]
+async fn learned_log_segments_are_archived_and_retrain_from_the_archive() {
+    let dir = tempfile::tempdir().expect("dir");
+    let archive = dir.path().join("archive");
+    let config = format!(
+        "[storage]\nsegment_bytes = 4096\nsnapshot_every_examples = 500\nsnapshot_keep = 1\nlast_good_keep = 0\narchive_dir = {:?}\n",
+        archive.display().to_string()
+    );
+    let data = dir.path().join("data");
+    let app = spawn_at(&config, &data, |_| {}).await.expect("starts");
+    let rows = dataset("elec2");
+    for chunk in rows[..3000].chunks(100) {
+        let (status, body) = app.feedback("demo", json!({ "examples": chunk })).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    app.wait_trained("demo", 3000).await;
+    let segments = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .map(|entries| {
+                entries
+                    .filter(|e| {
+                        e.as_ref()
+                            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "wal"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Before any shutdown snapshot: the count, not the clock, did it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments(&archive.join("demo")) == 0 {
+        assert!(Instant::now() < deadline, "nothing was archived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await.expect("clean stop");
+    let (archived, live) = (
+        segments(&archive.join("demo")),
+        segments(&data.join("demo/wal")),
+    );
+    assert!(archived > 0 && live > 0, "archived {archived}, live {live}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .args(["train", "--model", "demo", "--json", "--data"])
+        .arg(archive.join("demo"))
+        .arg(data.join("demo/wal"))
+        .env_clear()
+        .env("EDDY_STORAGE__DIR", dir.path().join("retrained"))
+        .output()
+        .expect("eddy runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["trained"]["examples"], 3000, "{report}");
+}

@@ -149,7 +149,7 @@ impl Trainer {
         let now = parts.clock.now();
         let mut snapshots = parts.snapshots;
         if let Some(policy) = &mut snapshots {
-            policy.started(now);
+            policy.started(now, parts.live.feedback_position);
         }
         Self {
             model: parts.model,

@@ -113,6 +113,7 @@ impl Trainer {
         };
         if !snapshot.meta.last_good {
             policy.last = self.clock.now();
+            policy.last_position = snapshot.meta.feedback_position;
         }
         let version = snapshot.meta.version;
         let started = Instant::now();
@@ -131,6 +132,7 @@ impl Trainer {
         match written {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                self.trim_log();
                 self.stats
                     .timings
                     .snapshot
@@ -151,16 +153,48 @@ impl Trainer {
         }
     }
 
+    /// Drops (or archives) the log segments no snapshot on disk, nor
+    /// last-good, still needs: an online learner need not keep data it has
+    /// learned. A snapshot whose position cannot be read (damaged) never
+    /// loads, so it holds nothing back.
+    fn trim_log(&self) {
+        let (Some(log), Some(policy)) = (&self.log, &self.snapshots) else {
+            return;
+        };
+        let Ok(files) = policy.store.list() else {
+            return;
+        };
+        let needed = files
+            .iter()
+            .filter_map(|f| SnapshotStore::position_of(&f.path))
+            .chain(self.monitor.as_ref().map(|m| m.last_good().position))
+            .chain([self.live.feedback_position])
+            .min()
+            .unwrap_or(0);
+        match log.trim_before(needed) {
+            Ok(0) => {}
+            Ok(segments) => {
+                tracing::info!(model = %self.model, segments, before = needed, "feedback log segments no longer needed were removed");
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e, "cannot trim the feedback log")
+            }
+        }
+    }
+
     /// Publishes and, when a snapshot is due (or `force`), snapshots.
     /// Returns whether the publish succeeded.
     pub(super) fn publish_and_maybe_snapshot(&mut self, force: bool) -> bool {
         if self.publish(None).is_none() {
             return false;
         }
-        let due = self
-            .snapshots
-            .as_ref()
-            .is_some_and(|p| force || self.clock.now().saturating_sub(p.last) >= p.interval);
+        let position = self.live.feedback_position;
+        let due = self.snapshots.as_ref().is_some_and(|p| {
+            force
+                || self.clock.now().saturating_sub(p.last) >= p.interval
+                || (p.every_examples > 0
+                    && position.saturating_sub(p.last_position) >= p.every_examples)
+        });
         if due {
             // A failure is logged and counted inside; the next one retries.
             let _ = self.snapshot_live();
@@ -187,6 +221,10 @@ pub struct SnapshotPolicy {
     pub(super) last_good_at: Duration,
     /// A promotion has not been snapshotted yet.
     pub(super) unsaved_last_good: bool,
+    /// Also snapshot once the feedback position moved this far since the
+    /// last periodic snapshot (0: by time only).
+    pub(super) every_examples: u64,
+    pub(super) last_position: u64,
 }
 
 impl SnapshotPolicy {
@@ -206,13 +244,22 @@ impl SnapshotPolicy {
             last: Duration::ZERO,
             last_good_at: Duration::ZERO,
             unsaved_last_good: false,
+            every_examples: 0,
+            last_position: 0,
         }
     }
 
-    /// Intervals count from the trainer's start.
-    pub(super) fn started(&mut self, now: Duration) {
+    /// Also snapshots after `n` examples (`storage.snapshot_every_examples`).
+    pub fn every_examples(mut self, n: u64) -> Self {
+        self.every_examples = n;
+        self
+    }
+
+    /// Intervals count from the trainer's start, at `position`.
+    pub(super) fn started(&mut self, now: Duration, position: u64) {
         self.last = now;
         self.last_good_at = now;
+        self.last_position = position;
     }
 }
 
