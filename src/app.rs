@@ -28,6 +28,7 @@ use crate::persist::atomic::remove_stale_temps;
 use crate::persist::wal::{FeedbackLog, LocalLog};
 use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
+use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::Replay;
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
@@ -120,8 +121,17 @@ impl App {
                     },
                 )?,
             );
+            let keys = Arc::new(IdempotencyKeys::new(
+                m.idempotency.capacity,
+                m.idempotency.ttl(),
+            ));
             let (log, replay) = if config.storage.wal {
-                let (log, replay) = open_log(&m.name, &dir, &config, meta.feedback_position)?;
+                // Keys saved with the snapshot; those after it come back
+                // with the log's replay.
+                keys.load(&dir, meta.feedback_position, std::time::SystemTime::now())
+                    .with_context(|| format!("model {}: idempotency keys", m.name))?;
+                let (log, replay) =
+                    open_log(&m.name, &dir, &config, meta.feedback_position, &keys)?;
                 (Some(log), Some(replay))
             } else {
                 (None, None)
@@ -161,7 +171,8 @@ impl App {
                         created_ms,
                         names,
                     )
-                    .every_examples(config.storage.snapshot_every_examples),
+                    .every_examples(config.storage.snapshot_every_examples)
+                    .saving_keys(keys.clone()),
                 ),
                 live,
                 commands,
@@ -179,6 +190,7 @@ impl App {
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity),
                 log,
+                keys,
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 trainer: commands_tx,
@@ -344,6 +356,7 @@ fn open_log(
     dir: &std::path::Path,
     config: &Config,
     position: u64,
+    keys: &Arc<IdempotencyKeys>,
 ) -> anyhow::Result<(Arc<dyn FeedbackLog>, Replay)> {
     let wal = dir.join("wal");
     let options = config.storage.log_options(model);
@@ -368,6 +381,7 @@ fn open_log(
         log: log.clone(),
         from: position,
         to: log.next_position(),
+        keys: Some(keys.clone()),
     };
     if replay.to > replay.from {
         tracing::info!(

@@ -146,6 +146,8 @@ pub struct ModelConfig {
     #[serde(default)]
     pub join: JoinConfig,
     #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    #[serde(default)]
     pub monitor: MonitorConfig,
     /// A snapshot file, or a directory of them (`eddy train --out`), that
     /// seeds this model when it has no snapshot of its own yet.
@@ -410,6 +412,39 @@ impl Default for MonitorConfig {
             settle_windows: default_settle_windows(),
             promotion_snapshot_interval_ms: default_promotion_snapshot_interval(),
         }
+    }
+}
+
+/// `[models.idempotency]`: how long and how many `Idempotency-Key`s of
+/// acknowledged feedback requests are remembered.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    #[serde(default = "default_idempotency_ttl")]
+    pub ttl_s: u64,
+    #[serde(default = "default_idempotency_capacity")]
+    pub capacity: usize,
+}
+
+fn default_idempotency_ttl() -> u64 {
+    86_400
+}
+fn default_idempotency_capacity() -> usize {
+    100_000
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl_s: default_idempotency_ttl(),
+            capacity: default_idempotency_capacity(),
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_s)
     }
 }
 
@@ -718,6 +753,12 @@ impl Config {
                 return Err(invalid(
                     key("join.capacity"),
                     &format!("must be at most {MAX_BOUND}"),
+                ));
+            }
+            if !(1..=MAX_BOUND).contains(&m.idempotency.capacity) {
+                return Err(invalid(
+                    key("idempotency.capacity"),
+                    &format!("must lie in 1..={MAX_BOUND}"),
                 ));
             }
             if m.join.ttl_s == 0 {

@@ -312,7 +312,7 @@ impl Pass {
             };
             let checked = crate::serving::log_record::decode(&bytes)
                 .map_err(|e| format!("log record {position}: {e}"))
-                .and_then(|fb| {
+                .and_then(|(fb, _)| {
                     if fb
                         .features
                         .features

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::learn::{FeatureError, LabelError};
+use crate::serving::idempotency::KeyError;
 use crate::serving::trainer::RollbackError;
 use crate::serving::{JoinError, QueueError};
 
@@ -57,6 +58,8 @@ pub enum ApiError {
     Rollback(#[from] RollbackError),
     #[error("source `{0}` is not blamed")]
     SourceNotBlamed(String),
+    #[error("{0}")]
+    IdempotencyKey(#[from] crate::serving::idempotency::KeyError),
     #[error("feedback cannot be stored: {0}; nothing was accepted")]
     Storage(crate::persist::wal::LogError),
     #[error("internal error")]
@@ -110,6 +113,12 @@ impl ApiError {
             }
             ApiError::SourceNotBlamed(_) => (S::NOT_FOUND, "source_not_blamed"),
             ApiError::Storage(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            ApiError::IdempotencyKey(KeyError::InFlight) => {
+                (S::CONFLICT, "idempotency_key_in_flight")
+            }
+            ApiError::IdempotencyKey(KeyError::Reused) => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

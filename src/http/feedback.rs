@@ -16,16 +16,18 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
 use crate::persist::wal::{Append, Durable};
+use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
 use crate::serving::log_record;
 use crate::serving::queue::Prescored;
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
@@ -35,6 +37,11 @@ use super::body::{JsonBody, parse};
 use super::error::{ApiError, ItemError};
 use super::model_name::ModelName;
 
+/// Header of a request the client may retry: a retry answers the first
+/// 202 without training the examples again.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Set on the answer to such a retry.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Header naming the sender when the body does not.
 pub const SOURCE_HEADER: &str = "x-eddy-source";
 /// Longest accepted source name.
@@ -87,7 +94,27 @@ pub async fn feedback(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let runtime = state.model(&model)?;
-    let result = match accept(&state, runtime, &headers, &body) {
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(e) => {
+            state
+                .metrics
+                .feedback_refused(&runtime.name, e.status_and_code().1);
+            return Err(e);
+        }
+    };
+    let key = match key.map(|k| begin(runtime, k, &body)).transpose() {
+        Ok(Some(Keyed::Acknowledged(n))) => return Ok(acknowledged(n, true)),
+        Ok(Some(Keyed::New(record))) => Some(record),
+        Ok(None) => None,
+        Err(e) => {
+            state
+                .metrics
+                .feedback_refused(&runtime.name, e.status_and_code().1);
+            return Err(e);
+        }
+    };
+    let result = match accept(&state, runtime, &headers, &body, key.as_ref()) {
         // With `fsync = "always"` the 202 waits for an fsync covering the
         // examples (shared with concurrent requests).
         Ok((accepted, Some(durable))) => {
@@ -96,19 +123,76 @@ pub async fn feedback(
         Ok((accepted, None)) => Ok(accepted),
         Err(e) => Err(e),
     }
-    .map(|accepted| {
-        (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "accepted": accepted })),
-        )
-            .into_response()
-    });
+    .map(|accepted| acknowledged(accepted, false));
+    if let Some(record) = &key {
+        // Only 202 answers are remembered.
+        if result.is_ok() {
+            runtime.keys.finish(&record.key);
+        } else {
+            runtime.keys.abandon(&record.key);
+        }
+    }
     if let Err(e) = &result {
         state
             .metrics
             .feedback_refused(&runtime.name, e.status_and_code().1);
     }
     result
+}
+
+/// The 202 body; `replayed` marks the answer to a retried request.
+fn acknowledged(accepted: usize, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "accepted": accepted })),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// The request's `Idempotency-Key`, if it has one (1 to 128 bytes).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(Some(key))
+}
+
+enum Keyed {
+    New(KeyRecord),
+    Acknowledged(usize),
+}
+
+/// Looks the key up: a retry of an acknowledged request is answered from
+/// the table; a new one is marked in flight. While the model replays its
+/// log, keys of requests acknowledged before the restart are still coming
+/// back, so keyed feedback waits (503 `not_ready`, `Retry-After`).
+fn begin(runtime: &ModelRuntime, key: &[u8], body: &[u8]) -> Result<Keyed, ApiError> {
+    if runtime.stats.recovering.load(Ordering::Acquire) {
+        return Err(ApiError::NotReady);
+    }
+    let hash = *blake3::hash(body).as_bytes();
+    let now = SystemTime::now();
+    Ok(match runtime.keys.begin(key, hash, now)? {
+        Begin::Acknowledged(n) => Keyed::Acknowledged(n),
+        Begin::New => Keyed::New(KeyRecord {
+            key: key.to_vec(),
+            body: hash,
+            accepted: 0,
+            at: now,
+        }),
+    })
 }
 
 /// Validates, logs and enqueues a request; returns how many examples it
@@ -118,6 +202,7 @@ fn accept(
     runtime: &ModelRuntime,
     headers: &HeaderMap,
     body: &[u8],
+    key: Option<&KeyRecord>,
 ) -> Result<(usize, Option<Durable>), ApiError> {
     let header_source = match headers.get(SOURCE_HEADER) {
         Some(v) => Some(source(v.to_str().map_err(|_| {
@@ -151,7 +236,7 @@ fn accept(
                     Err(e) => errors.push(e.item(i)),
                 }
             }
-            enqueue(state, runtime, checked, errors, true)?
+            enqueue(state, runtime, checked, errors, true, key)?
         }
         None => {
             let one = ExampleIn {
@@ -161,7 +246,7 @@ fn accept(
                 source: None,
             };
             let checked = check(runtime, &one, &batch_source)?;
-            enqueue(state, runtime, vec![(0, checked)], Vec::new(), false)?
+            enqueue(state, runtime, vec![(0, checked)], Vec::new(), false, key)?
         }
     };
     Ok(accepted)
@@ -224,6 +309,7 @@ fn enqueue(
     checked: Vec<(usize, Checked<'_>)>,
     mut errors: Vec<ItemError>,
     is_batch: bool,
+    key: Option<&KeyRecord>,
 ) -> Result<(usize, Option<Durable>), ApiError> {
     let any_joined = checked
         .iter()
@@ -301,7 +387,16 @@ fn enqueue(
     prescore(runtime, &mut items);
     let durable = match &runtime.log {
         Some(log) => {
-            let records: Vec<Vec<u8>> = items.iter().map(log_record::encode).collect();
+            // The first record carries the request's key, with its count.
+            let key = key.map(|k| KeyRecord {
+                accepted: u32::try_from(n).unwrap_or(u32::MAX),
+                ..k.clone()
+            });
+            let records: Vec<Vec<u8>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, fb)| log_record::encode(fb, key.as_ref().filter(|_| i == 0)))
+                .collect();
             let mut pending = Some((reservation, items));
             // Queued inside the log's order lock, so the trainer takes the
             // examples in log order.
@@ -312,10 +407,16 @@ fn enqueue(
                     }
                 })
                 .map_err(ApiError::Storage)?;
+            if let Some(key) = &key {
+                runtime.keys.appended(&key.key, Some(appended.first), n);
+            }
             Some(log.durable(appended.end))
         }
         None => {
             reservation.send(items);
+            if let Some(key) = key {
+                runtime.keys.appended(&key.key, None, n);
+            }
             None
         }
     };

@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::learn::{FeatureVec, Target};
 
+use super::idempotency::KeyRecord;
 use super::queue::{Feedback, PredictionRef, Prescored};
 
 /// A record as written, borrowing the example.
 #[derive(Serialize)]
 enum RecordOut<'a> {
     Feedback(FeedbackOut<'a>),
+    /// The first example of a request sent with an `Idempotency-Key`.
+    KeyedFeedback(FeedbackOut<'a>, &'a KeyRecord),
 }
 
 #[derive(Serialize)]
@@ -40,6 +43,7 @@ struct FeedbackOut<'a> {
 #[derive(Deserialize)]
 enum RecordIn {
     Feedback(FeedbackIn),
+    KeyedFeedback(FeedbackIn, KeyRecord),
 }
 
 #[derive(Deserialize)]
@@ -52,31 +56,41 @@ struct FeedbackIn {
     scored: Option<Prescored>,
 }
 
-/// Encodes one accepted example.
-pub fn encode(fb: &Feedback) -> Vec<u8> {
-    let record = RecordOut::Feedback(FeedbackOut {
+/// Encodes one accepted example; the first of a keyed request carries
+/// its key.
+pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
+    let out = FeedbackOut {
         features: &fb.features,
         target: fb.target,
         source: fb.source.as_deref(),
         prediction: fb.prediction,
         received_at: fb.received_at,
         scored: fb.scored,
-    });
+    };
+    let record = match key {
+        None => RecordOut::Feedback(out),
+        Some(key) => RecordOut::KeyedFeedback(out, key),
+    };
     // Serialising plain data into a Vec cannot fail.
     postcard::to_stdvec(&record).unwrap_or_default()
 }
 
-/// Decodes one record (an example, as it was accepted).
-pub fn decode(bytes: &[u8]) -> Result<Feedback, postcard::Error> {
-    let RecordIn::Feedback(r) = postcard::from_bytes(bytes)?;
-    Ok(Feedback {
+/// Decodes one record: an example as it was accepted, and the request's
+/// idempotency key if it is the first example of a keyed request.
+pub fn decode(bytes: &[u8]) -> Result<(Feedback, Option<KeyRecord>), postcard::Error> {
+    let (r, key) = match postcard::from_bytes(bytes)? {
+        RecordIn::Feedback(r) => (r, None),
+        RecordIn::KeyedFeedback(r, key) => (r, Some(key)),
+    };
+    let fb = Feedback {
         features: r.features,
         target: r.target,
         source: r.source.map(Arc::from),
         prediction: r.prediction,
         received_at: r.received_at,
         scored: r.scored,
-    })
+    };
+    Ok((fb, key))
 }
 
 #[cfg(test)]
@@ -116,7 +130,8 @@ mod tests {
             version: 7,
             predicted_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(123),
         });
-        let back = decode(&encode(&fb)).expect("decodes");
+        let (back, key) = decode(&encode(&fb, None)).expect("decodes");
+        assert_eq!(key, None);
         assert_eq!(back.features, fb.features);
         assert_eq!(back.target, fb.target);
         assert_eq!(back.source, fb.source);
@@ -127,10 +142,15 @@ mod tests {
             format!("{:?}", fb.prediction)
         );
         let regression = Feedback::labelled(FeatureVec::default(), Target::Value(-2.25), None);
-        assert_eq!(
-            decode(&encode(&regression)).expect("decodes").target,
-            Target::Value(-2.25)
-        );
+        let key = KeyRecord {
+            key: b"retry-1".to_vec(),
+            body: [7; 32],
+            accepted: 3,
+            at: SystemTime::UNIX_EPOCH,
+        };
+        let (back, with) = decode(&encode(&regression, Some(&key))).expect("decodes");
+        assert_eq!(back.target, Target::Value(-2.25));
+        assert_eq!(with, Some(key));
         assert!(
             decode(&[9, 0, 0]).is_err(),
             "an unknown variant is an error"

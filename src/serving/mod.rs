@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod events;
+pub mod idempotency;
 pub mod join;
 pub mod log_record;
 pub mod monitor;

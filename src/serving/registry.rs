@@ -40,6 +40,8 @@ pub struct ModelRuntime {
     /// The durable feedback log (`storage.wal`): feedback is appended here
     /// before it is acknowledged.
     pub log: Option<Arc<dyn crate::persist::wal::FeedbackLog>>,
+    /// `Idempotency-Key`s of acknowledged feedback requests.
+    pub keys: Arc<super::idempotency::IdempotencyKeys>,
 }
 
 #[derive(Debug, Default)]

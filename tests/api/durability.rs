@@ -187,3 +187,74 @@ async fn learned_log_segments_are_archived_and_retrain_from_the_archive() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["trained"]["examples"], 3000, "{report}");
 }
+
+/// A client that retries with the same `Idempotency-Key` gets the first
+/// 202 and trains nothing twice, also after a restart whose log no longer
+/// holds the request (trimmed after snapshots); the same key with another
+/// body is refused.
+#[tokio::test]
+async fn a_retried_request_with_its_idempotency_key_is_trained_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = "[storage]\nsegment_bytes = 4096\nsnapshot_every_examples = 300\nsnapshot_keep = 1\nlast_good_keep = 0\n[[models]]\nname = \"demo\"\ntask = \"binary\"\nhash_bits = 12\n";
+    let rows = dataset("elec2");
+    let body = json!({ "examples": rows[..3] });
+    let send = |app: &TestApp, key: &str, body: &Value| {
+        app.client
+            .post(app.url("/v1/models/demo/feedback"))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let app = spawn_at(config, dir.path(), |_| {}).await.expect("starts");
+    let first = send(&app, "order-17", &body).await.expect("sent");
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let again = send(&app, "order-17", &body).await.expect("sent");
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.json::<Value>().await.expect("json"),
+        json!({ "accepted": 3 })
+    );
+    let other = json!({ "examples": rows[3..5] });
+    let reused = send(&app, "order-17", &other).await.expect("sent");
+    assert_eq!(reused.status(), 422);
+    let err: Value = reused.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    let long = "k".repeat(129);
+    assert_eq!(send(&app, &long, &body).await.expect("sent").status(), 422);
+    // Enough unkeyed feedback for a promotion and snapshots to trim the
+    // request's segment (last-good's range is kept until then).
+    for chunk in rows[5..3005].chunks(250) {
+        let (status, b) = app.feedback("demo", json!({ "examples": chunk })).await;
+        assert_eq!(status, 202, "{b}");
+    }
+    app.wait_trained("demo", 3003).await;
+    let first_segment = || {
+        std::fs::read_dir(dir.path().join("demo/wal"))
+            .expect("wal")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".wal"))
+            .min()
+            .expect("a segment")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_segment() == format!("{:020}.wal", 0) {
+        assert!(Instant::now() < deadline, "the log was never trimmed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await.expect("clean stop");
+
+    let app = spawn_at(config, dir.path(), |_| {})
+        .await
+        .expect("restarts");
+    let retry = send(&app, "order-17", &body).await.expect("sent");
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        app.info("demo").await["examples_trained"],
+        3003,
+        "nothing trained twice"
+    );
+    app.stop().await.expect("clean stop");
+}

@@ -41,6 +41,7 @@ use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::clock::SharedClock;
 use super::events::{Event, EventKind, EventLog};
+use super::idempotency::IdempotencyKeys;
 use super::monitor::{
     Checkpoint, Detection, GateVerdict, Monitor, MonitorReport, Trigger, WindowOutcome,
 };
@@ -109,6 +110,8 @@ pub struct Replay {
     pub log: Arc<dyn FeedbackLog>,
     pub from: u64,
     pub to: u64,
+    /// Where the keys of replayed keyed requests go back.
+    pub keys: Option<Arc<IdempotencyKeys>>,
 }
 
 /// Everything a trainer is built from.
@@ -379,9 +382,12 @@ impl Trainer {
             if position >= replay.to {
                 break;
             }
-            let fb = super::log_record::decode(&bytes).map_err(|e| {
+            let (fb, key) = super::log_record::decode(&bytes).map_err(|e| {
                 anyhow::anyhow!("feedback log record {position} cannot be read by this eddy: {e}")
             })?;
+            if let (Some(key), Some(keys)) = (key, &replay.keys) {
+                keys.restore(&key, position, std::time::SystemTime::now());
+            }
             batch.push(fb);
             if batch.len() == size {
                 self.stream.advance(size as u64);

@@ -132,7 +132,15 @@ impl Trainer {
         match written {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
-                self.trim_log();
+                // The log was synced above, so every key with a position
+                // is durable; saved before the log is trimmed.
+                if let Some(keys) = &policy.keys
+                    && let Err(e) = keys.save(policy.store.dir())
+                {
+                    tracing::warn!(model = %self.model, error = %e, "cannot save idempotency keys; the log is not trimmed");
+                } else {
+                    self.trim_log();
+                }
                 self.stats
                     .timings
                     .snapshot
@@ -225,6 +233,9 @@ pub struct SnapshotPolicy {
     /// last periodic snapshot (0: by time only).
     pub(super) every_examples: u64,
     pub(super) last_position: u64,
+    /// Saved beside each periodic snapshot, so keys outlive the log
+    /// segments retention removes.
+    pub(super) keys: Option<Arc<IdempotencyKeys>>,
 }
 
 impl SnapshotPolicy {
@@ -246,7 +257,14 @@ impl SnapshotPolicy {
             unsaved_last_good: false,
             every_examples: 0,
             last_position: 0,
+            keys: None,
         }
+    }
+
+    /// Saves `keys` with every periodic snapshot.
+    pub fn saving_keys(mut self, keys: Arc<IdempotencyKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Also snapshots after `n` examples (`storage.snapshot_every_examples`).
