@@ -21,6 +21,10 @@ pub enum Command {
         /// TOML file laid over the built-in default configuration.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Truncate a feedback log at mid-log corruption (dropping what
+        /// follows) instead of refusing to start: `storage.repair`.
+        #[arg(long)]
+        repair: bool,
     },
     /// Print the effective configuration (built-in default, file and
     /// EDDY_* variables) as TOML, after validating it.

@@ -29,9 +29,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => eddy::batch::commands::train_command(args),
         Command::Eval(args) => eddy::batch::commands::eval_command(args),
         Command::Snapshot(command) => eddy::batch::commands::snapshot_command(command),
-        Command::Serve { config } => {
+        Command::Serve { config, repair } => {
             // Configuration errors end the process before any socket is bound.
-            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let mut config = Config::load(config.as_deref(), std::env::vars())?;
+            config.storage.repair |= repair;
             eddy::telemetry::init(&config.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

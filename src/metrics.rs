@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::persist::wal::LogStats;
 use crate::serving::ModelRuntime;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -569,6 +570,70 @@ impl Collector for ModelCollector {
             None,
             MetricType::Counter,
             count(|m| m.stats.snapshots_skipped.load(Ordering::Relaxed)),
+        )?;
+        self.family(
+            &mut e,
+            "feedback_replayed",
+            "Examples learned again from the feedback log at start-up",
+            None,
+            MetricType::Counter,
+            count(|m| m.stats.replayed.load(Ordering::Relaxed)),
+        )?;
+        type LogCounter = fn(&LogStats) -> &std::sync::atomic::AtomicU64;
+        let log_counters: [(&str, &str, LogCounter); 6] = [
+            (
+                "feedback_log_records",
+                "Records appended to the feedback log",
+                |s| &s.records_appended,
+            ),
+            (
+                "feedback_log_bytes",
+                "Bytes appended to the feedback log",
+                |s| &s.bytes_appended,
+            ),
+            (
+                "feedback_log_fsyncs",
+                "fsyncs of the feedback log (group commit shares one among requests)",
+                |s| &s.fsyncs,
+            ),
+            (
+                "feedback_log_write_failures",
+                "Appends to the feedback log that failed (disk full, IO error); answered 507",
+                |s| &s.write_failures,
+            ),
+            (
+                "feedback_log_fsync_failures",
+                "fsyncs of the feedback log that failed; the log then refuses feedback until a restart",
+                |s| &s.fsync_failures,
+            ),
+            (
+                "feedback_log_torn_tails",
+                "Torn records at the end of the feedback log truncated at start-up (a crash mid-write)",
+                |s| &s.torn_tails_truncated,
+            ),
+        ];
+        for (name, help, field) in log_counters {
+            self.family(&mut e, name, help, None, MetricType::Counter, move |m| {
+                ConstCounter::new(
+                    m.log
+                        .as_ref()
+                        .map_or(0, |l| field(l.stats()).load(Ordering::Relaxed)),
+                )
+            })?;
+        }
+        self.family(
+            &mut e,
+            "feedback_log_failed",
+            "1 while the feedback log refuses feedback after a failed fsync (restart to clear)",
+            None,
+            MetricType::Gauge,
+            |m| {
+                ConstGauge::new(i64::from(
+                    m.log
+                        .as_ref()
+                        .is_some_and(|l| l.stats().poisoned.load(Ordering::Relaxed)),
+                ))
+            },
         )?;
         self.family(
             &mut e,

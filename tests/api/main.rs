@@ -7,6 +7,7 @@ mod batch;
 mod concurrency;
 mod delayed_labels;
 mod durability;
+mod faults;
 mod helpers;
 mod learning;
 mod lifecycle;
