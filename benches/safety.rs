@@ -128,7 +128,11 @@ fn run(
             items.extend((0..copies).map(|_| feedback(x, inverted, "attacker")));
         }
         sent += items.len() as u64;
-        queue.reserve(items.len()).expect("room").send(items);
+        queue
+            .reserve(items.len())
+            .expect("room")
+            .send(items)
+            .expect("appended");
         while trainer.position() + MINIBATCH as u64 <= sent {
             trainer.step(MINIBATCH);
             let s = &trainer.stats();
@@ -217,7 +221,11 @@ fn throughput(xs: &[(FeatureVec, Target)], monitor: &str) -> f64 {
                 .map(|(x, y)| Feedback::labelled(x.clone(), *y, None))
                 .collect();
             n += items.len();
-            queue.reserve(items.len()).expect("room").send(items);
+            queue
+                .reserve(items.len())
+                .expect("room")
+                .send(items)
+                .expect("appended");
             while trainer.step(MINIBATCH) > 0 {}
         }
     }

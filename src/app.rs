@@ -25,12 +25,13 @@ use crate::http::admin::{AdminState, admin_router};
 use crate::http::{AppState, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::atomic::remove_stale_temps;
+use crate::persist::wal::MemoryLog;
 use crate::persist::wal::{FeedbackLog, LocalLog};
 use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
-use crate::serving::trainer::Replay;
+use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
 use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, SharedClock,
@@ -70,7 +71,11 @@ impl App {
             }
             locks.push(lock);
             let snapshots = SnapshotStore::configured(dir.clone(), &config.storage);
-            let loaded = snapshots.load_newest_valid()?;
+            let loaded = if config.storage.wal {
+                snapshots.load_newest_resumable()?
+            } else {
+                snapshots.load_newest_valid()?
+            };
             let loaded_skipped = loaded.skipped.len();
             for skipped in &loaded.skipped {
                 tracing::error!(model = %m.name, error = %skipped, "damaged snapshot skipped");
@@ -84,8 +89,10 @@ impl App {
                 }
                 _ => None,
             };
-            let (learner, version, meta, created_ms, names) = match loaded.snapshot.or(seeded) {
-                Some((snapshot, path)) => {
+            let loaded_from_file = loaded.snapshot.is_some() || seeded.is_some();
+            let (learner, version, meta, created_ms, names, part) = match loaded.snapshot.or(seeded)
+            {
+                Some((mut snapshot, path)) => {
                     snapshot.check_compatible(m, &path)?;
                     tracing::info!(model = %m.name, version = snapshot.meta.version, path = %path.display(), "loaded snapshot");
                     let meta = PublishMeta {
@@ -96,7 +103,9 @@ impl App {
                     let (version, created) =
                         (snapshot.meta.version, snapshot.meta.model_created_at_ms);
                     let names = snapshot.meta.feature_names.clone();
-                    (snapshot.adopt(m.optimizer), version, meta, created, names)
+                    let part = snapshot.trainer.take();
+                    let learner = snapshot.adopt(m.optimizer);
+                    (learner, version, meta, created, names, part)
                 }
                 None => {
                     let fresh = Learner::new(Params::new(space.clone(), m.hash_bits), m.optimizer);
@@ -105,9 +114,22 @@ impl App {
                         feedback_position: 0,
                         rolled_back_from: None,
                     };
-                    (fresh, 1, meta, epoch_ms(), Arc::default())
+                    (fresh, 1, meta, epoch_ms(), Arc::default(), None)
                 }
             };
+            let has_state = part.is_some();
+            let state: Option<(TrainerState, Vec<(String, Learner)>)> = part
+                .map(|part| {
+                    postcard::from_bytes::<TrainerState>(&part.state)
+                        .map(|s| (s, part.learners))
+                        .with_context(|| {
+                            format!(
+                                "model {}: the snapshot's trainer state cannot be read",
+                                m.name
+                            )
+                        })
+                })
+                .transpose()?;
             let floor = VersionFloor::open(&dir)
                 .with_context(|| format!("model {}: version record", m.name))?;
             let store = Arc::new(
@@ -125,23 +147,43 @@ impl App {
                 m.idempotency.capacity,
                 m.idempotency.ttl(),
             ));
-            let (log, replay) = if config.storage.wal {
+            // Where a restart continues: the snapshot's trainer state, or
+            // (without one) its position with everything after it learned
+            // afresh; with no snapshot at all, the log from its start.
+            let next_example = state
+                .as_ref()
+                .map_or(meta.feedback_position, |(s, _)| s.next_example);
+            let log: Arc<dyn FeedbackLog> = if config.storage.wal {
                 // Keys saved with the snapshot; those after it come back
                 // with the log's replay.
-                keys.load(&dir, meta.feedback_position, std::time::SystemTime::now())
+                keys.load(&dir, next_example, std::time::SystemTime::now())
                     .with_context(|| format!("model {}: idempotency keys", m.name))?;
-                let (log, replay) =
-                    open_log(&m.name, &dir, &config, meta.feedback_position, &keys)?;
-                (Some(log), Some(replay))
+                open_log(&m.name, &dir, &config, meta.feedback_position)?
             } else {
-                (None, None)
+                Arc::new(MemoryLog::starting_at(meta.feedback_position))
             };
-            let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
-            // Positions continue from the snapshot's: the log's records
-            // after it are replayed first, then new feedback follows.
-            let stream = stream.starting_at(meta.feedback_position);
+            let recovery = log.keeps_records().then(|| {
+                let (s, _) = state
+                    .as_ref()
+                    .map_or((None, None), |(s, _)| (Some(s), s.monitor.as_ref()));
+                Recovery {
+                    from: s.map_or(meta.feedback_position, Trainer::log_from_state),
+                    next_example,
+                    applied: s.map_or(0, |s| s.applied),
+                    exact: s.is_some() || !loaded_from_file,
+                    held: s.map(|s| s.held.clone()).unwrap_or_default(),
+                    buffer: s
+                        .and_then(|s| s.monitor.as_ref())
+                        .map(|m| m.buffer.clone())
+                        .unwrap_or_default(),
+                    to: log.next_position(),
+                    keys: Some(keys.clone()),
+                }
+            });
+            let (queue, stream) = feedback_channel(m.training.queue_capacity.get(), log.clone());
             let stats = Arc::new(TrainingStats {
-                recovering: replay.as_ref().is_some_and(|r| r.to > r.from).into(),
+                recovering: recovery.is_some().into(),
+                paused: state.as_ref().is_some_and(|(s, _)| s.paused).into(),
                 examples_base: meta.examples_trained,
                 snapshots_skipped: (loaded_skipped as u64).into(),
                 ..TrainingStats::default()
@@ -150,7 +192,39 @@ impl App {
             let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
             let live = store.live();
             let baseline = BaselineHandle::default();
-            let monitor = build_monitor(m, &space, &snapshots, &learner, &live, &baseline)?;
+            let monitor = match state {
+                Some((
+                    TrainerState {
+                        monitor: Some(saved),
+                        ..
+                    },
+                    mut learners,
+                )) if m.monitor.enabled => {
+                    let mut take = |name: &str| {
+                        learners
+                            .iter()
+                            .position(|(n, _)| n == name)
+                            .map(|i| learners.swap_remove(i).1)
+                    };
+                    let last_good = take(LAST_GOOD).with_context(|| {
+                        format!(
+                            "model {}: the snapshot's state has no last-good weights",
+                            m.name
+                        )
+                    })?;
+                    let candidate = take(CANDIDATE);
+                    Some(Monitor::restore(
+                        m.monitor.clone(),
+                        m.task,
+                        reference_set(m, &space)?,
+                        saved,
+                        last_good,
+                        candidate,
+                        baseline.clone(),
+                    ))
+                }
+                _ => build_monitor(m, &space, &snapshots, &learner, &live, &baseline)?,
+            };
             if let Some(monitor) = &monitor {
                 // Readable before the trainer thread starts.
                 stats.monitor.store(Arc::new(monitor.report()));
@@ -172,14 +246,18 @@ impl App {
                         names,
                     )
                     .every_examples(config.storage.snapshot_every_examples)
-                    .saving_keys(keys.clone()),
+                    .saving_keys(keys.clone())
+                    // A run starts from a snapshot with its trainer's state,
+                    // so that a crash before the next one replays exactly.
+                    .owing(config.storage.wal && !has_state),
                 ),
                 live,
                 commands,
                 monitor,
                 events: events.clone(),
                 clock: clock.clone(),
-                replay,
+                journal: log,
+                recovery,
             }));
             registry.insert(ModelRuntime {
                 name,
@@ -189,7 +267,6 @@ impl App {
                 store,
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity),
-                log,
                 keys,
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
@@ -356,8 +433,7 @@ fn open_log(
     dir: &std::path::Path,
     config: &Config,
     position: u64,
-    keys: &Arc<IdempotencyKeys>,
-) -> anyhow::Result<(Arc<dyn FeedbackLog>, Replay)> {
+) -> anyhow::Result<Arc<dyn FeedbackLog>> {
     let wal = dir.join("wal");
     let options = config.storage.log_options(model);
     let open = |options| {
@@ -376,22 +452,7 @@ fn open_log(
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(model, file = %torn.path.display(), offset = torn.offset, bytes = torn.bytes_dropped, "the feedback log ended in a torn record (a crash mid-write); truncated there");
     }
-    let log: Arc<dyn FeedbackLog> = Arc::new(log);
-    let replay = Replay {
-        log: log.clone(),
-        from: position,
-        to: log.next_position(),
-        keys: Some(keys.clone()),
-    };
-    if replay.to > replay.from {
-        tracing::info!(
-            model,
-            from = replay.from,
-            to = replay.to,
-            "feedback after the snapshot will be replayed"
-        );
-    }
-    Ok((log, replay))
+    Ok(Arc::new(log))
 }
 
 /// The model's monitor, unless disabled. Last-good starts as the newest
@@ -407,12 +468,7 @@ fn build_monitor(
     if !m.monitor.enabled {
         return Ok(None);
     }
-    let reference = if m.monitor.reference_set.is_empty() {
-        Vec::new()
-    } else {
-        load_reference(std::path::Path::new(&m.monitor.reference_set), m, space)
-            .with_context(|| format!("models[{}].monitor.reference_set", m.name))?
-    };
+    let reference = reference_set(m, space)?;
     let last_good = match snapshots.load_newest_last_good()? {
         Some((snapshot, path)) => {
             snapshot.check_compatible(m, &path)?;
@@ -438,6 +494,15 @@ fn build_monitor(
         last_good,
         baseline.clone(),
     )))
+}
+
+/// The model's reference set (`monitor.reference_set`), if it has one.
+fn reference_set(m: &ModelConfig, space: &LabelSpace) -> anyhow::Result<Vec<Labelled>> {
+    if m.monitor.reference_set.is_empty() {
+        return Ok(Vec::new());
+    }
+    load_reference(std::path::Path::new(&m.monitor.reference_set), m, space)
+        .with_context(|| format!("models[{}].monitor.reference_set", m.name))
 }
 
 /// Reads a reference set: JSON Lines `{"features": ..., "label": ...}`,

@@ -614,11 +614,7 @@ impl Collector for ModelCollector {
         ];
         for (name, help, field) in log_counters {
             self.family(&mut e, name, help, None, MetricType::Counter, move |m| {
-                ConstCounter::new(
-                    m.log
-                        .as_ref()
-                        .map_or(0, |l| field(l.stats()).load(Ordering::Relaxed)),
-                )
+                ConstCounter::new(field(m.queue.log().stats()).load(Ordering::Relaxed))
             })?;
         }
         self.family(
@@ -629,9 +625,7 @@ impl Collector for ModelCollector {
             MetricType::Gauge,
             |m| {
                 ConstGauge::new(i64::from(
-                    m.log
-                        .as_ref()
-                        .is_some_and(|l| l.stats().poisoned.load(Ordering::Relaxed)),
+                    m.queue.log().stats().poisoned.load(Ordering::Relaxed),
                 ))
             },
         )?;

@@ -166,7 +166,11 @@ pub fn evaluate_monitored(
             clock.advance(ROW_INTERVAL);
             series.add(&trainer.live().params.predict(&e.features), e.target);
             let fb = Feedback::labelled(e.features, e.target, None);
-            if queue.reserve(1).map(|r| r.send(vec![fb])).is_err() {
+            let sent = queue
+                .reserve(1)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.send(vec![fb]).map_err(|e| e.to_string()));
+            if sent.is_err() {
                 // Cannot happen: the queue is drained below at every
                 // minibatch; stop rather than drop silently.
                 return Err(DataError::Format {

@@ -135,9 +135,11 @@ pub fn write_trained(
             model_created_at_ms: now,
             quality,
             last_good: true,
+            log_from: None,
             feature_names: Arc::new(names),
         },
         learner: learner.clone(),
+        trainer: None,
     };
     Ok(store.write(&snapshot, &protect)?)
 }

@@ -293,6 +293,7 @@ impl Pass {
     /// record's example as the server accepted it, features already hashed.
     /// A record that cannot be read counts as a bad row, named by position.
     fn read_log(&mut self, dir: &std::path::Path) -> Result<(), DataError> {
+        use crate::serving::log_record::Record;
         let file = dir.display().to_string();
         let io = |e: crate::persist::wal::LogError| DataError::Format {
             file: file.clone(),
@@ -310,27 +311,31 @@ impl Pass {
                     continue;
                 }
             };
-            let checked = crate::serving::log_record::decode(&bytes)
-                .map_err(|e| format!("log record {position}: {e}"))
-                .and_then(|(fb, _)| {
-                    if fb
-                        .features
-                        .features
-                        .iter()
-                        .any(|f| u64::from(f.index) >= rows)
-                    {
-                        return Err(format!(
-                            "log record {position}: hashed into more rows than this model's {rows}"
-                        ));
-                    }
-                    self.space
-                        .check(fb.target)
-                        .map_err(|e| format!("log record {position}: {e}"))?;
-                    Ok(Example {
-                        features: fb.features,
-                        target: fb.target,
-                    })
-                });
+            let fb = match crate::serving::log_record::decode(&bytes, position) {
+                // The trainer's own decisions are not examples.
+                Ok(Record::Step(_)) => continue,
+                Ok(Record::Feedback(fb, _)) => Ok(fb),
+                Err(e) => Err(format!("log record {position}: {e}")),
+            };
+            let checked = fb.and_then(|fb| {
+                if fb
+                    .features
+                    .features
+                    .iter()
+                    .any(|f| u64::from(f.index) >= rows)
+                {
+                    return Err(format!(
+                        "log record {position}: hashed into more rows than this model's {rows}"
+                    ));
+                }
+                self.space
+                    .check(fb.target)
+                    .map_err(|e| format!("log record {position}: {e}"))?;
+                Ok(Example {
+                    features: fb.features,
+                    target: fb.target,
+                })
+            });
             match checked {
                 Ok(e) => self.push(e),
                 Err(message) => self.bad(&file, position, message)?,

@@ -26,9 +26,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
-use crate::persist::wal::{Append, Durable};
+use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
-use crate::serving::log_record;
 use crate::serving::queue::Prescored;
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
@@ -382,44 +381,25 @@ fn enqueue(
             prediction,
             received_at: now,
             scored: None,
+            position: 0,
         });
     }
     prescore(runtime, &mut items);
-    let durable = match &runtime.log {
-        Some(log) => {
-            // The first record carries the request's key, with its count.
-            let key = key.map(|k| KeyRecord {
-                accepted: u32::try_from(n).unwrap_or(u32::MAX),
-                ..k.clone()
-            });
-            let records: Vec<Vec<u8>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, fb)| log_record::encode(fb, key.as_ref().filter(|_| i == 0)))
-                .collect();
-            let mut pending = Some((reservation, items));
-            // Queued inside the log's order lock, so the trainer takes the
-            // examples in log order.
-            let appended = log
-                .append(Append::new(&records), &mut |_| {
-                    if let Some((reservation, items)) = pending.take() {
-                        reservation.send(items);
-                    }
-                })
-                .map_err(ApiError::Storage)?;
-            if let Some(key) = &key {
-                runtime.keys.appended(&key.key, Some(appended.first), n);
-            }
-            Some(log.durable(appended.end))
-        }
-        None => {
-            reservation.send(items);
-            if let Some(key) = key {
-                runtime.keys.appended(&key.key, None, n);
-            }
-            None
-        }
-    };
+    // The first record carries the request's key, with its count.
+    let key = key.map(|k| KeyRecord {
+        accepted: u32::try_from(n).unwrap_or(u32::MAX),
+        ..k.clone()
+    });
+    // Appended, then queued in log order under the log's lock.
+    let appended = reservation
+        .append(items, key.as_ref())
+        .map_err(ApiError::Storage)?;
+    let log = runtime.queue.log();
+    if let Some(key) = &key {
+        let position = log.keeps_records().then_some(appended.first);
+        runtime.keys.appended(&key.key, position, n);
+    }
+    let durable = log.keeps_records().then(|| log.durable(appended.end));
     if let Some(joins) = joins.as_mut() {
         for claim in claims.into_iter().flatten() {
             joins.claim(claim);

@@ -38,7 +38,7 @@ pub struct DegradationRule {
 /// "worse at all" plus a point estimate over the margin. With `block = 1`
 /// (independent examples) accuracy uses the exact McNemar test. A trailing
 /// partial block counts toward the totals but not the test.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairedWindow {
     pub n: u64,
     block: u64,
@@ -343,7 +343,7 @@ impl PairedWindow {
 }
 
 /// Running count, sum and sum of squares of one group's per-example losses.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossSample {
     pub n: u64,
     sum: f64,

@@ -13,7 +13,7 @@ use super::linear::{Learner, Output, Params};
 const LOG_LOSS_EPS: f64 = 1e-15;
 
 /// Running totals of one quality measure set.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scores {
     pub n: u64,
     correct: u64,

@@ -48,6 +48,7 @@ pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
+const TRAINER_STATE: &str = "trainer.state";
 
 /// What a snapshot says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,11 @@ pub struct SnapshotMeta {
     /// Written when the monitor promoted this version to last-good.
     #[serde(default)]
     pub last_good: bool,
+    /// The earliest feedback log position a restore from this snapshot
+    /// reads (examples its trainer state refers to); `feedback_position`
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_from: Option<u64>,
     /// The feature names known for the weight rows (from `eddy train`),
     /// carried from snapshot to snapshot.
     #[serde(default, skip_serializing_if = "no_names")]
@@ -90,6 +96,81 @@ fn no_names(names: &Arc<FeatureNames>) -> bool {
 pub struct Snapshot {
     pub meta: SnapshotMeta,
     pub learner: Learner,
+    /// What a server's snapshot adds so that a restart resumes exactly;
+    /// `None` in snapshots from `eddy train` and from before it existed.
+    pub trainer: Option<TrainerPart>,
+}
+
+/// The trainer's state (bytes `serving` encodes and reads) and the other
+/// learners it refers to by name (last-good, the candidate). Stored as the
+/// tensor `trainer.state` (u8) and each learner's tensors under
+/// `<name>.` (with `<name>.steps`, i64, for its optimizer's step count).
+#[derive(Debug, Clone)]
+pub struct TrainerPart {
+    pub state: Vec<u8>,
+    pub learners: Vec<(String, Learner)>,
+}
+
+/// Owned tensor bytes waiting to be viewed for `safetensors::serialize`.
+type Owned = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// A learner's tensors, named with `prefix`.
+fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Result<(), String> {
+    let p = learner.params();
+    let st = learner.state();
+    let outputs = p.outputs();
+    let rows = p.weights.rows();
+    let slots = learner.optimizer().slots();
+    let scaler: Vec<f64> = p
+        .scaler
+        .to_vec()
+        .iter()
+        .flat_map(|m| [m.n, m.mean, m.m2])
+        .collect();
+    let name = |n: &str| format!("{prefix}{n}");
+    out.push((
+        name("weights"),
+        Dtype::F32,
+        vec![rows, outputs],
+        f32_bytes(&p.weights.to_vec()),
+    ));
+    out.push((name("bias"), Dtype::F32, vec![outputs], f32_bytes(&p.bias)));
+    out.push((
+        name("scaler"),
+        Dtype::F64,
+        vec![rows, 3],
+        f64_bytes(&scaler),
+    ));
+    out.push((
+        name("target"),
+        Dtype::F64,
+        vec![3],
+        f64_bytes(&[p.target.n, p.target.mean, p.target.m2]),
+    ));
+    if slots > 0 {
+        let optim_b = st.bias.as_slice().ok_or("optimizer state not contiguous")?;
+        out.push((
+            name("optim.weights"),
+            Dtype::F32,
+            vec![rows, outputs * slots],
+            f32_bytes(&st.weights.to_vec()),
+        ));
+        out.push((
+            name("optim.bias"),
+            Dtype::F32,
+            vec![outputs, slots],
+            f32_bytes(optim_b),
+        ));
+    }
+    if !prefix.is_empty() {
+        out.push((
+            name("steps"),
+            Dtype::I64,
+            vec![1],
+            (st.steps as i64).to_le_bytes().to_vec(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Error)]
@@ -147,45 +228,25 @@ impl Error {
 impl Snapshot {
     /// Encodes the snapshot in the file format described above.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let p = self.learner.params();
-        let st = self.learner.state();
-        let outputs = p.outputs();
-        let rows = p.weights.rows();
-        let slots = self.learner.optimizer().slots();
-        let weights = f32_bytes(&p.weights.to_vec());
-        let bias = f32_bytes(&p.bias);
-        let scaler: Vec<f64> = p
-            .scaler
-            .to_vec()
-            .iter()
-            .flat_map(|m| [m.n, m.mean, m.m2])
-            .collect();
-        let scaler = f64_bytes(&scaler);
-        let target = f64_bytes(&[p.target.n, p.target.mean, p.target.m2]);
-        let optim_w = f32_bytes(&st.weights.to_vec());
-        let optim_b = f32_bytes(st.bias.as_slice().ok_or("optimizer state not contiguous")?);
-        let mut tensors = vec![
-            (
-                "weights".to_owned(),
-                view(Dtype::F32, vec![rows, outputs], &weights)?,
-            ),
-            ("bias".to_owned(), view(Dtype::F32, vec![outputs], &bias)?),
-            (
-                "scaler".to_owned(),
-                view(Dtype::F64, vec![rows, 3], &scaler)?,
-            ),
-            ("target".to_owned(), view(Dtype::F64, vec![3], &target)?),
-        ];
-        if slots > 0 {
-            tensors.push((
-                "optim.weights".to_owned(),
-                view(Dtype::F32, vec![rows, outputs * slots], &optim_w)?,
+        let mut owned = Vec::new();
+        learner_tensors("", &self.learner, &mut owned)?;
+        if let Some(trainer) = &self.trainer {
+            owned.push((
+                TRAINER_STATE.to_owned(),
+                Dtype::U8,
+                vec![trainer.state.len()],
+                trainer.state.clone(),
             ));
-            tensors.push((
-                "optim.bias".to_owned(),
-                view(Dtype::F32, vec![outputs, slots], &optim_b)?,
-            ));
+            for (name, learner) in &trainer.learners {
+                learner_tensors(&format!("{name}."), learner, &mut owned)?;
+            }
         }
+        let tensors = owned
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                Ok((name.clone(), view(*dtype, shape.clone(), bytes)?))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let meta = serde_json::to_string(&self.meta).map_err(|e| e.to_string())?;
         let payload =
             safetensors::serialize(tensors, Some(HashMap::from([(META_KEY.to_owned(), meta)])))
@@ -244,58 +305,44 @@ impl Snapshot {
             .checked_shl(u32::from(meta.hash_bits))
             .filter(|_| meta.hash_bits <= crate::learn::features::MAX_HASH_BITS)
             .ok_or_else(|| invalid("hash_bits out of range".into()))?;
-        let slots = meta.optimizer.slots();
-        let tensor = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<&[u8], Error> {
-            let t = st
-                .tensor(name)
-                .map_err(|e| invalid(format!("{name}: {e}")))?;
-            if t.dtype() != dtype || t.shape() != shape {
-                return Err(invalid(format!(
-                    "{name}: expected {dtype:?} {shape:?}, found {:?} {:?}",
-                    t.dtype(),
-                    t.shape()
-                )));
-            }
-            Ok(t.data())
-        };
-        let weights = read_f32(tensor("weights", Dtype::F32, &[rows, outputs])?);
-        let bias = read_f32(tensor("bias", Dtype::F32, &[outputs])?);
-        let scaler: Vec<Moments> = read_f64(tensor("scaler", Dtype::F64, &[rows, 3])?)
-            .chunks_exact(3)
-            .map(|c| Moments::from_parts(c[0], c[1], c[2]))
-            .collect();
-        let t = read_f64(tensor("target", Dtype::F64, &[3])?);
-        let (optim_w, optim_b) = if slots > 0 {
-            (
-                read_f32(tensor(
-                    "optim.weights",
-                    Dtype::F32,
-                    &[rows, outputs * slots],
-                )?),
-                read_f32(tensor("optim.bias", Dtype::F32, &[outputs, slots])?),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let params = Params {
-            space: Arc::new(space),
+        let space = Arc::new(space);
+        let shape = Shape {
+            space: &space,
             hash_bits: meta.hash_bits,
-            weights: Blocked::from_vec(rows, outputs, weights)
-                .ok_or_else(|| invalid("weights shape".into()))?,
-            bias,
-            scaler: Blocked::from_vec(rows, 1, scaler)
-                .ok_or_else(|| invalid("scaler shape".into()))?,
-            target: Moments::from_parts(t[0], t[1], t[2]),
+            rows,
+            outputs,
+            optimizer: meta.optimizer,
         };
-        let state = OptimState {
-            weights: Blocked::from_vec(rows, outputs * slots, optim_w)
-                .ok_or_else(|| invalid("optimizer state shape".into()))?,
-            bias: Array2::from_shape_vec((outputs, slots), optim_b)
-                .map_err(|e| invalid(e.to_string()))?,
-            steps: meta.optimizer_steps,
+        let read = |prefix: &str, steps: u64| read_learner(&st, prefix, &shape, steps, &invalid);
+        let learner = read("", meta.optimizer_steps)?;
+        let trainer = match st.tensor(TRAINER_STATE) {
+            Err(_) => None,
+            Ok(state) => {
+                let mut learners = Vec::new();
+                for name in st.names() {
+                    if let Some(prefix) = name.strip_suffix(".steps") {
+                        let steps = st
+                            .tensor(name)
+                            .ok()
+                            .and_then(|t| t.data().try_into().ok())
+                            .map(i64::from_le_bytes)
+                            .ok_or_else(|| invalid(format!("{name}: not one i64")))?;
+                        let learner = read(&format!("{prefix}."), steps.max(0) as u64)?;
+                        learners.push((prefix.to_owned(), learner));
+                    }
+                }
+                learners.sort_by(|a, b| a.0.cmp(&b.0));
+                Some(TrainerPart {
+                    state: state.data().to_vec(),
+                    learners,
+                })
+            }
         };
-        let learner = Learner::with_state(params, meta.optimizer, state);
-        Ok(Snapshot { meta, learner })
+        Ok(Snapshot {
+            meta,
+            learner,
+            trainer,
+        })
     }
 
     /// Checks that this snapshot can serve as `config`'s model: task,
@@ -381,6 +428,77 @@ fn open_envelope<'a>(bytes: &'a [u8], path: &Path) -> Result<(u32, &'a [u8]), Er
         return Err(Error::Checksum { path });
     }
     Ok((format, &body[HEADER_LEN..]))
+}
+
+/// What every learner of one snapshot shares.
+struct Shape<'a> {
+    space: &'a Arc<LabelSpace>,
+    hash_bits: u8,
+    rows: usize,
+    outputs: usize,
+    optimizer: OptimizerConfig,
+}
+
+/// Reads the learner whose tensors are named with `prefix`.
+fn read_learner(
+    st: &safetensors::SafeTensors<'_>,
+    prefix: &str,
+    shape: &Shape<'_>,
+    steps: u64,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<Learner, Error> {
+    let (rows, outputs) = (shape.rows, shape.outputs);
+    let slots = shape.optimizer.slots();
+    let tensor = |name: &str, dtype: Dtype, dims: &[usize]| -> Result<&[u8], Error> {
+        let name = format!("{prefix}{name}");
+        let t = st
+            .tensor(&name)
+            .map_err(|e| invalid(format!("{name}: {e}")))?;
+        if t.dtype() != dtype || t.shape() != dims {
+            return Err(invalid(format!(
+                "{name}: expected {dtype:?} {dims:?}, found {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        Ok(t.data())
+    };
+    let weights = read_f32(tensor("weights", Dtype::F32, &[rows, outputs])?);
+    let bias = read_f32(tensor("bias", Dtype::F32, &[outputs])?);
+    let scaler: Vec<Moments> = read_f64(tensor("scaler", Dtype::F64, &[rows, 3])?)
+        .chunks_exact(3)
+        .map(|c| Moments::from_parts(c[0], c[1], c[2]))
+        .collect();
+    let t = read_f64(tensor("target", Dtype::F64, &[3])?);
+    let (optim_w, optim_b) = if slots > 0 {
+        (
+            read_f32(tensor(
+                "optim.weights",
+                Dtype::F32,
+                &[rows, outputs * slots],
+            )?),
+            read_f32(tensor("optim.bias", Dtype::F32, &[outputs, slots])?),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let params = Params {
+        space: shape.space.clone(),
+        hash_bits: shape.hash_bits,
+        weights: Blocked::from_vec(rows, outputs, weights)
+            .ok_or_else(|| invalid("weights shape".into()))?,
+        bias,
+        scaler: Blocked::from_vec(rows, 1, scaler).ok_or_else(|| invalid("scaler shape".into()))?,
+        target: Moments::from_parts(t[0], t[1], t[2]),
+    };
+    let state = OptimState {
+        weights: Blocked::from_vec(rows, outputs * slots, optim_w)
+            .ok_or_else(|| invalid("optimizer state shape".into()))?,
+        bias: Array2::from_shape_vec((outputs, slots), optim_b)
+            .map_err(|e| invalid(e.to_string()))?,
+        steps,
+    };
+    Ok(Learner::with_state(params, shape.optimizer, state))
 }
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
@@ -533,6 +651,8 @@ impl SnapshotStore {
         #[derive(Deserialize)]
         struct Meta {
             feedback_position: u64,
+            #[serde(default)]
+            log_from: Option<u64>,
         }
         let mut file = std::fs::File::open(path).ok()?;
         let mut head = [0u8; HEADER_LEN + 8];
@@ -547,7 +667,7 @@ impl SnapshotStore {
         let meta = header.get("__metadata__")?.get(META_KEY)?.as_str()?;
         serde_json::from_str::<Meta>(meta)
             .ok()
-            .map(|m| m.feedback_position)
+            .map(|m| m.log_from.unwrap_or(m.feedback_position))
     }
 
     /// Loads one file.
@@ -562,9 +682,35 @@ impl SnapshotStore {
     /// The newest snapshot that verifies; damaged ones are skipped and
     /// reported, never loaded.
     pub fn load_newest_valid(&self) -> Result<Loaded, Error> {
+        self.load_newest(false)
+    }
+
+    /// As `load_newest_valid`, but a snapshot that holds a trainer's state
+    /// (a plain file a server wrote) wins over newer last-good files: with
+    /// a feedback log, restoring the state and replaying what followed
+    /// ends later, and exactly, where a last-good file cannot continue.
+    pub fn load_newest_resumable(&self) -> Result<Loaded, Error> {
+        let preferred = self.load_newest(true)?;
+        if preferred
+            .snapshot
+            .as_ref()
+            .is_some_and(|(s, _)| s.trainer.is_some())
+        {
+            return Ok(preferred);
+        }
+        self.load_newest(false)
+    }
+
+    fn load_newest(&self, with_state_only: bool) -> Result<Loaded, Error> {
         let mut loaded = Loaded::default();
-        for file in self.list()?.into_iter().rev() {
+        for file in self
+            .list()?
+            .into_iter()
+            .rev()
+            .filter(|f| !(with_state_only && f.last_good))
+        {
             match Self::load(&file.path) {
+                Ok(s) if with_state_only && s.trainer.is_none() => continue,
                 Ok(s) => {
                     loaded.snapshot = Some((s, file.path));
                     break;
@@ -686,9 +832,11 @@ mod tests {
                 model_created_at_ms: 1,
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.75)]),
                 last_good: false,
+                log_from: None,
                 feature_names: Arc::new(names),
             },
             learner,
+            trainer: None,
         }
     }
 
@@ -884,10 +1032,12 @@ mod tests {
                 created_at_ms: 1_700_000_000_000,
                 model_created_at_ms: 1_700_000_000_000,
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.5)]),
+                log_from: None,
                 last_good: true,
                 feature_names: Arc::new(names),
             },
             learner,
+            trainer: None,
         }
     }
 

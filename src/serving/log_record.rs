@@ -20,6 +20,7 @@ use crate::learn::{FeatureVec, Target};
 
 use super::idempotency::KeyRecord;
 use super::queue::{Feedback, PredictionRef, Prescored};
+use super::trainer::StepRecord;
 
 /// A record as written, borrowing the example.
 #[derive(Serialize)]
@@ -27,6 +28,8 @@ enum RecordOut<'a> {
     Feedback(FeedbackOut<'a>),
     /// The first example of a request sent with an `Idempotency-Key`.
     KeyedFeedback(FeedbackOut<'a>, &'a KeyRecord),
+    /// A decision of the trainer (see `trainer::steps`).
+    Step(&'a StepRecord),
 }
 
 #[derive(Serialize)]
@@ -44,6 +47,16 @@ struct FeedbackOut<'a> {
 enum RecordIn {
     Feedback(FeedbackIn),
     KeyedFeedback(FeedbackIn, KeyRecord),
+    Step(StepRecord),
+}
+
+/// A record read back.
+#[derive(Debug)]
+pub enum Record {
+    /// An accepted example, and the request's key if it is the first
+    /// example of a keyed request.
+    Feedback(Box<Feedback>, Option<KeyRecord>),
+    Step(StepRecord),
 }
 
 #[derive(Deserialize)]
@@ -75,12 +88,18 @@ pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
     postcard::to_stdvec(&record).unwrap_or_default()
 }
 
-/// Decodes one record: an example as it was accepted, and the request's
-/// idempotency key if it is the first example of a keyed request.
-pub fn decode(bytes: &[u8]) -> Result<(Feedback, Option<KeyRecord>), postcard::Error> {
+/// Encodes a trainer's decision.
+pub fn encode_step(step: &StepRecord) -> Vec<u8> {
+    // Serialising plain data into a Vec cannot fail.
+    postcard::to_stdvec(&RecordOut::Step(step)).unwrap_or_default()
+}
+
+/// Decodes the record at `position`.
+pub fn decode(bytes: &[u8], position: u64) -> Result<Record, postcard::Error> {
     let (r, key) = match postcard::from_bytes(bytes)? {
         RecordIn::Feedback(r) => (r, None),
         RecordIn::KeyedFeedback(r, key) => (r, Some(key)),
+        RecordIn::Step(step) => return Ok(Record::Step(step)),
     };
     let fb = Feedback {
         features: r.features,
@@ -89,8 +108,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Feedback, Option<KeyRecord>), postcard::E
         prediction: r.prediction,
         received_at: r.received_at,
         scored: r.scored,
+        position,
     };
-    Ok((fb, key))
+    Ok(Record::Feedback(Box::new(fb), key))
 }
 
 #[cfg(test)]
@@ -130,7 +150,10 @@ mod tests {
             version: 7,
             predicted_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(123),
         });
-        let (back, key) = decode(&encode(&fb, None)).expect("decodes");
+        let Record::Feedback(back, key) = decode(&encode(&fb, None), 9).expect("decodes") else {
+            panic!("an example")
+        };
+        assert_eq!(back.position, 9);
         assert_eq!(key, None);
         assert_eq!(back.features, fb.features);
         assert_eq!(back.target, fb.target);
@@ -148,11 +171,15 @@ mod tests {
             accepted: 3,
             at: SystemTime::UNIX_EPOCH,
         };
-        let (back, with) = decode(&encode(&regression, Some(&key))).expect("decodes");
+        let Record::Feedback(back, with) =
+            decode(&encode(&regression, Some(&key)), 0).expect("decodes")
+        else {
+            panic!("an example")
+        };
         assert_eq!(back.target, Target::Value(-2.25));
         assert_eq!(with, Some(key));
         assert!(
-            decode(&[9, 0, 0]).is_err(),
+            decode(&[9, 0, 0], 0).is_err(),
             "an unknown variant is an error"
         );
     }

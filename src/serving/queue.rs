@@ -14,6 +14,10 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::learn::{FeatureVec, Scored, Target};
+use crate::persist::wal::{Append, Appended, FeedbackLog, LogError, MemoryLog};
+
+use super::idempotency::KeyRecord;
+use super::log_record;
 
 /// One labelled example accepted for training.
 #[derive(Debug, Clone)]
@@ -27,6 +31,8 @@ pub struct Feedback {
     pub received_at: SystemTime,
     /// Scores taken when the example was accepted (see `Prescored`).
     pub scored: Option<Prescored>,
+    /// Its position in the model's feedback log (set when it is appended).
+    pub position: u64,
 }
 
 /// An example's outcome under the live and last-good versions, taken on
@@ -53,6 +59,7 @@ impl Feedback {
             prediction: None,
             received_at: SystemTime::now(),
             scored: None,
+            position: 0,
         }
     }
 }
@@ -79,31 +86,46 @@ pub enum QueueError {
 pub struct FeedbackQueue {
     tx: mpsc::Sender<Feedback>,
     accepted: Arc<AtomicU64>,
+    /// Where every accepted example is appended before it is queued (a
+    /// `MemoryLog` when nothing is kept).
+    log: Arc<dyn FeedbackLog>,
 }
 
 /// Receiving side, owned by the trainer.
 #[derive(Debug)]
 pub struct FeedbackStream {
     rx: mpsc::Receiver<Feedback>,
-    /// Items taken so far: the feedback position versions record.
+    /// Items taken so far.
     taken: u64,
 }
 
-pub fn feedback_channel(capacity: usize) -> (FeedbackQueue, FeedbackStream) {
+/// A bounded queue whose examples are appended to `log` first.
+pub fn feedback_channel(
+    capacity: usize,
+    log: Arc<dyn FeedbackLog>,
+) -> (FeedbackQueue, FeedbackStream) {
     let (tx, rx) = mpsc::channel(capacity);
     (
         FeedbackQueue {
             tx,
             accepted: Arc::new(AtomicU64::new(0)),
+            log,
         },
         FeedbackStream { rx, taken: 0 },
     )
 }
 
-/// Room reserved for a batch; sending cannot fail once this exists.
+/// A queue over a `MemoryLog` from position 0 (in-process drivers, tests).
+pub fn memory_channel(capacity: usize) -> (FeedbackQueue, FeedbackStream) {
+    feedback_channel(capacity, Arc::new(MemoryLog::default()))
+}
+
+/// Room reserved for a batch; queueing cannot fail once this exists (the
+/// log append can).
 pub struct Reservation<'a> {
     permits: mpsc::PermitIterator<'a, Feedback>,
     accepted: &'a AtomicU64,
+    log: &'a dyn FeedbackLog,
 }
 
 impl FeedbackQueue {
@@ -120,6 +142,7 @@ impl FeedbackQueue {
             Ok(permits) => Ok(Reservation {
                 permits,
                 accepted: &self.accepted,
+                log: self.log.as_ref(),
             }),
             Err(mpsc::error::TrySendError::Full(())) => Err(QueueError::Full(n)),
             Err(mpsc::error::TrySendError::Closed(())) => Err(QueueError::Closed),
@@ -135,6 +158,11 @@ impl FeedbackQueue {
         self.tx.max_capacity()
     }
 
+    /// The log examples are appended to before they are queued.
+    pub fn log(&self) -> &Arc<dyn FeedbackLog> {
+        &self.log
+    }
+
     /// Examples accepted since start.
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
@@ -142,14 +170,43 @@ impl FeedbackQueue {
 }
 
 impl Reservation<'_> {
-    /// Sends the batch; `items` must yield exactly as many as were reserved.
-    pub fn send(self, items: Vec<Feedback>) {
-        // Counted before the sends, so `accepted` never trails `trained`.
-        self.accepted
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
-        for (permit, item) in self.permits.zip(items) {
-            permit.send(item);
-        }
+    /// Appends the batch to the log (the first record carrying `key`, a
+    /// keyed request's) and, under the log's order lock, gives each example
+    /// its position and queues them all: the trainer takes examples in log
+    /// order. If the append fails nothing is queued and the reserved room
+    /// is released.
+    pub fn append(
+        self,
+        mut items: Vec<Feedback>,
+        key: Option<&KeyRecord>,
+    ) -> Result<Appended, LogError> {
+        let records: Vec<Vec<u8>> = if self.log.keeps_records() {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, fb)| log_record::encode(fb, key.filter(|_| i == 0)))
+                .collect()
+        } else {
+            vec![Vec::new(); items.len()]
+        };
+        let (permits, accepted) = (self.permits, self.accepted);
+        let mut pending = Some(permits);
+        self.log.append(Append::new(&records), &mut |first| {
+            let Some(permits) = pending.take() else {
+                return;
+            };
+            // Counted before the sends, so `accepted` never trails `trained`.
+            accepted.fetch_add(items.len() as u64, Ordering::Relaxed);
+            for (i, (permit, mut item)) in permits.zip(items.drain(..)).enumerate() {
+                item.position = first + i as u64;
+                permit.send(item);
+            }
+        })
+    }
+
+    /// `append` without a key, for drivers that feed a trainer directly.
+    pub fn send(self, items: Vec<Feedback>) -> Result<Appended, LogError> {
+        self.append(items, None)
     }
 }
 
@@ -196,21 +253,8 @@ impl FeedbackStream {
         item
     }
 
-    /// Counts `n` items taken by other means (replayed from the log) so
-    /// positions continue after them.
-    pub fn advance(&mut self, n: u64) {
-        self.taken += n;
-    }
-
-    /// Starts counting positions at `position` (a snapshot's).
-    pub fn starting_at(mut self, position: u64) -> Self {
-        self.taken = position;
-        self
-    }
-
-    /// The position of the next item: items taken so far, counted from
-    /// where this stream started.
-    pub fn position(&self) -> u64 {
+    /// Items taken so far.
+    pub fn taken(&self) -> u64 {
         self.taken
     }
 }
@@ -226,8 +270,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_is_enqueued_whole_or_not_at_all() {
-        let (q, mut s) = feedback_channel(5);
-        q.reserve(3).unwrap().send((0..3).map(|_| item()).collect());
+        let (q, mut s) = memory_channel(5);
+        q.reserve(3)
+            .unwrap()
+            .send((0..3).map(|_| item()).collect())
+            .unwrap();
         assert_eq!(q.depth(), 3);
         assert_eq!(q.reserve(3).err(), Some(QueueError::Full(3)));
         assert_eq!(q.depth(), 3, "a refused batch takes no room");
@@ -240,10 +287,15 @@ mod tests {
         );
         let mut buf = Vec::new();
         assert_eq!(s.recv_many(&mut buf, 10).await, 3);
-        assert_eq!(s.position(), 3);
+        assert_eq!(s.taken(), 3);
         assert_eq!(q.accepted(), 3);
-        q.reserve(5).unwrap().send((0..5).map(|_| item()).collect());
+        q.reserve(5)
+            .unwrap()
+            .send((0..5).map(|_| item()).collect())
+            .unwrap();
         assert_eq!(s.try_recv_many(&mut buf, 2), 2);
+        let positions: Vec<u64> = buf.iter().map(|f| f.position).collect();
+        assert_eq!(positions, [0, 1, 2, 3, 4], "positions in log order");
         assert_eq!(q.depth(), 3);
     }
 }

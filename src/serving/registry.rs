@@ -37,9 +37,6 @@ pub struct ModelRuntime {
     pub events: Arc<EventLog>,
     /// Last-good's weights, for scoring feedback as it is accepted.
     pub baseline: BaselineHandle,
-    /// The durable feedback log (`storage.wal`): feedback is appended here
-    /// before it is acknowledged.
-    pub log: Option<Arc<dyn crate::persist::wal::FeedbackLog>>,
     /// `Idempotency-Key`s of acknowledged feedback requests.
     pub keys: Arc<super::idempotency::IdempotencyKeys>,
 }

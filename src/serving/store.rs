@@ -50,6 +50,17 @@ pub trait VersionSink: Send + Sync {
     /// the version number could not be reserved durably; the live model is
     /// then unchanged.
     fn publish(&self, params: Params, meta: PublishMeta) -> std::io::Result<Arc<ModelVersion>>;
+
+    /// Makes `params` the live model as `version`, a number this model
+    /// published before for exactly these weights (replaying the feedback
+    /// log re-publishes what a crash took from memory). It must be above
+    /// the live version.
+    fn publish_as(
+        &self,
+        params: Params,
+        meta: PublishMeta,
+        version: u64,
+    ) -> std::io::Result<Arc<ModelVersion>>;
 }
 
 #[derive(Debug)]
@@ -66,6 +77,10 @@ struct Writer {
     recent: VecDeque<Arc<ModelVersion>>,
     /// Durable record of used version numbers; `None` in memory-only use.
     floor: Option<VersionFloor>,
+    /// Every number up to this may have been used by a process that
+    /// crashed (for weights that may never be reproduced): new versions go
+    /// above it. 0 after a clean stop.
+    used_before: u64,
 }
 
 impl ModelStore {
@@ -74,22 +89,22 @@ impl ModelStore {
         Self::with_first(params, 1, PublishMeta::default(), None)
     }
 
-    /// A store backed by a version record: the first live version is
-    /// `params` numbered `version`, or above every number a crashed earlier
-    /// process may have used, whichever is higher.
+    /// A store backed by a version record whose first live version is
+    /// `params` as `version` (the snapshot it was loaded from). New
+    /// versions continue above every number an earlier process may have
+    /// used: after a crash that is the record's reservation, so a number is
+    /// never given to other weights than it had.
     pub fn open(
         params: Params,
         version: u64,
         meta: PublishMeta,
         mut floor: VersionFloor,
     ) -> std::io::Result<Self> {
-        let first = if floor.reserved() > version {
-            floor.reserved() + 1
-        } else {
-            version
-        };
-        floor.reserve(first)?;
-        Ok(Self::with_first(params, first, meta, Some(floor)))
+        let used_before = floor.reserved();
+        floor.reserve(version)?;
+        let store = Self::with_first(params, version, meta, Some(floor));
+        store.lock().used_before = used_before;
+        Ok(store)
     }
 
     fn with_first(
@@ -111,6 +126,7 @@ impl ModelStore {
             writer: Mutex::new(Writer {
                 recent: VecDeque::from([first]),
                 floor,
+                used_before: 0,
             }),
         }
     }
@@ -150,10 +166,14 @@ impl ModelStore {
     }
 }
 
-impl VersionSink for ModelStore {
-    fn publish(&self, params: Params, meta: PublishMeta) -> std::io::Result<Arc<ModelVersion>> {
-        let mut w = self.lock();
-        let version = w.recent.back().map_or(0, |v| v.version) + 1;
+impl ModelStore {
+    fn install(
+        &self,
+        w: &mut Writer,
+        version: u64,
+        params: Params,
+        meta: PublishMeta,
+    ) -> std::io::Result<Arc<ModelVersion>> {
         if let Some(floor) = &mut w.floor {
             floor.reserve(version)?;
         }
@@ -171,6 +191,31 @@ impl VersionSink for ModelStore {
             w.recent.pop_front();
         }
         Ok(next)
+    }
+}
+
+impl VersionSink for ModelStore {
+    fn publish(&self, params: Params, meta: PublishMeta) -> std::io::Result<Arc<ModelVersion>> {
+        let mut w = self.lock();
+        let last = w.recent.back().map_or(0, |v| v.version);
+        let version = last.max(w.used_before) + 1;
+        self.install(&mut w, version, params, meta)
+    }
+
+    fn publish_as(
+        &self,
+        params: Params,
+        meta: PublishMeta,
+        version: u64,
+    ) -> std::io::Result<Arc<ModelVersion>> {
+        let mut w = self.lock();
+        let last = w.recent.back().map_or(0, |v| v.version);
+        if version <= last {
+            return Err(std::io::Error::other(format!(
+                "version {version} is not above the live version {last}"
+            )));
+        }
+        self.install(&mut w, version, params, meta)
     }
 }
 
@@ -226,14 +271,24 @@ mod tests {
         assert_eq!(store.live().version, 6);
         drop(store); // a crash: no settle
         let after_crash = open(3);
-        assert!(
-            after_crash.live().version > 6,
-            "got {}",
-            after_crash.live().version
-        );
+        assert_eq!(after_crash.live().version, 3, "the snapshot's own number");
+        after_crash
+            .publish_as(Params::new(space.clone(), 8), meta, 4)
+            .expect("a replayed version keeps its number");
         after_crash
             .publish(Params::new(space.clone(), 8), meta)
             .unwrap();
+        assert!(
+            after_crash.live().version > 6,
+            "new versions go above every number used before the crash: {}",
+            after_crash.live().version
+        );
+        assert!(
+            after_crash
+                .publish_as(Params::new(space.clone(), 8), meta, 5)
+                .is_err(),
+            "never down"
+        );
         let last = after_crash.live().version;
         after_crash.settle().unwrap();
         assert_eq!(

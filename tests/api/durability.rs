@@ -9,14 +9,8 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, dataset, spawn_at};
 
 /// Trusted traffic is what the gate compares on; a hold lasts until fresh
-/// trusted evidence arrives (no timed re-look during the test). The log is
-/// off here: this test is about what the snapshot holds (with the log on,
-/// the restart also learns the held examples again, and until the
-/// monitor's state is snapshotted too that replay is not exact).
+/// trusted evidence arrives (no timed re-look during the test).
 const GATED: &str = r#"
-[storage]
-wal = false
-
 [[models]]
 name = "m"
 task = "binary"

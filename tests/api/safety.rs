@@ -366,7 +366,11 @@ fn clean_streams_see_no_rollback_in_process() {
             let p = trainer.live().params.predict(&e.features);
             correct += usize::from(p.argmax() == e.target.class());
             let fb = Feedback::labelled(e.features, e.target, None);
-            queue.reserve(1).expect("room").send(vec![fb]);
+            queue
+                .reserve(1)
+                .expect("room")
+                .send(vec![fb])
+                .expect("appended");
             if queue.depth() >= CHUNK {
                 trainer.step(CHUNK);
             }
@@ -421,7 +425,11 @@ fn on_degrade_replays_pauses_or_continues() {
             if i >= 4_000 {
                 items.extend((0..3).map(|_| feedback(&e, 1 - y, "attacker")));
             }
-            queue.reserve(items.len()).expect("room").send(items);
+            queue
+                .reserve(items.len())
+                .expect("room")
+                .send(items)
+                .expect("appended");
             while queue.depth() >= CHUNK {
                 trainer.step(CHUNK);
             }

@@ -63,6 +63,7 @@
 
 mod durability;
 mod local;
+mod memory;
 mod read;
 mod recover;
 mod segment;
@@ -80,6 +81,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use local::LocalLog;
+pub use memory::MemoryLog;
 pub use read::read_dir;
 pub use segment::{FORMAT_VERSION, MAX_RECORD_BYTES};
 
@@ -206,6 +208,12 @@ pub trait FeedbackLog: Send + Sync + std::fmt::Debug {
 
     /// Counters for metrics.
     fn stats(&self) -> &LogStats;
+
+    /// Whether appended payloads are kept (false: positions only, so
+    /// callers need not encode them).
+    fn keeps_records(&self) -> bool {
+        true
+    }
 }
 
 /// Counters for metrics, updated with relaxed atomics.

@@ -5,7 +5,7 @@
 use super::*;
 
 /// A first gate failure, waiting for fresh evidence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(super) struct Suspicion {
     /// The evidence count (see `Monitor::evidence`) at the failure.
     pub(super) at: u64,

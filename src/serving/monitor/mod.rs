@@ -53,6 +53,7 @@ mod gate;
 mod observe;
 mod replay;
 mod report;
+mod state;
 mod window;
 
 pub use blame::{BLAME_MIN_EXAMPLES, Blame};
@@ -61,6 +62,7 @@ use replay::Entry;
 pub use replay::Recovery;
 pub use report::{MonitorReport, Quality, SourceReport};
 use report::{Rolling, SourceTable};
+pub use state::{CheckpointMeta, EntryState, MonitorState};
 
 /// The name examples without a source are tracked under.
 pub const UNKNOWN_SOURCE: &str = "unknown";

@@ -5,14 +5,14 @@
 use super::*;
 
 impl Monitor {
-    /// Scores a minibatch (queue positions `first..`) with `live` and last-good
+    /// Scores a minibatch (each example at its log position) with `live` and last-good
     /// before it is trained. Returns true when the window is full and
     /// `close_window` is due.
-    pub fn observe(&mut self, batch: &[Feedback], first: u64, live: &ModelVersion) -> bool {
+    pub fn observe(&mut self, batch: &[Feedback], live: &ModelVersion) -> bool {
         self.scored.clear();
         let live_is_base = self.carries_last_good(live.version);
         let block = self.config.window;
-        for (i, fb) in batch.iter().enumerate() {
+        for fb in batch {
             // Scored on acceptance when possible: the live version then,
             // and last-good if it has not changed since.
             let (now, now_version, base) = match fb.scored {
@@ -66,7 +66,7 @@ impl Monitor {
             }
             self.cooldown_left = self.cooldown_left.saturating_sub(1);
             self.seen += 1;
-            self.scored.push((base, trusted, first + i as u64));
+            self.scored.push((base, trusted, fb.position));
         }
         self.window.n >= self.config.window
     }

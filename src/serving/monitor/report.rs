@@ -58,7 +58,7 @@ pub struct MonitorReport {
 
 /// Two consecutive blocks of scores: the last complete one and the one
 /// filling. Reports show the complete one (the filling one at first).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub(super) struct Rolling {
     pub(super) current: Scores,
     pub(super) previous: Scores,

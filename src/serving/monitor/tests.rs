@@ -54,8 +54,13 @@ fn monitor(trusted: &[&str]) -> (Monitor, Learner) {
 }
 
 /// Feeds `batch` through observe/remember as the trainer would.
-fn feed(m: &mut Monitor, batch: Vec<Feedback>, first: u64, live: &ModelVersion) {
-    m.observe(&batch, first, live);
+/// Feeds `batch` through observe/remember as the trainer would, at log
+/// positions from `first`.
+fn feed(m: &mut Monitor, mut batch: Vec<Feedback>, first: u64, live: &ModelVersion) {
+    for (i, fb) in batch.iter_mut().enumerate() {
+        fb.position = first + i as u64;
+    }
+    m.observe(&batch, live);
     m.remember(batch.into_iter());
 }
 
@@ -98,7 +103,9 @@ fn the_source_whose_labels_last_good_disputes_is_blamed_never_a_trusted_one() {
         "trusted and honest replayed, the attacker's dropped"
     );
     let mut next = vec![fb(0.5, 0, "attacker"), fb(0.5, 1, "honest")];
-    m.observe(&next, 900, &live);
+    next[0].position = 900;
+    next[1].position = 901;
+    m.observe(&next, &live);
     assert_eq!(
         m.retain_admitted(&mut next),
         1,

@@ -2,6 +2,7 @@
 //! the gate held to its share of trainer time and publishes coalesced
 //! under backlog. Every reading comes from the trainer's clock.
 
+use super::steps::Step;
 use super::*;
 
 /// Trained minibatches not yet published, and when the last publish, the
@@ -51,52 +52,28 @@ impl Cadence {
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 impl Trainer {
-    /// Publishes trained work, if any, once the gate passes it (snapshotting
-    /// when one is due). Under backlog the gate runs at most `gate_budget`
-    /// of the time: a publish due sooner waits unless `force` (the queue is
-    /// dry, or an operator asked). A failed publish stays pending, to be
-    /// retried.
-    pub(super) fn publish_pending(&mut self, force: bool) {
+    /// Publishes trained work, if any, as a logged `Publish` step (gated;
+    /// snapshotting when one is due). Under backlog the gate runs at most
+    /// `gate_budget` of the time: a publish due sooner waits unless `force`
+    /// (the queue is dry, or an operator asked). A failed publish stays
+    /// pending, to be retried.
+    pub(super) fn publish_live(&mut self, force: bool) {
         if self.cadence.minibatches == 0 {
             return;
         }
-        if let Some(monitor) = &mut self.monitor
-            && let Some(budget) = monitor.gate_budget()
-        {
-            let now = self.clock.now();
-            if !force && now < self.cadence.gate_ready_at {
-                return;
-            }
-            // The live version passed the gate; it is the other yardstick
-            // (unless it carries last-good's weights anyway).
-            let live = (self.live.version != monitor.last_good().version)
-                .then(|| (self.live.version, self.published.params()));
-            let started = Instant::now();
-            let verdict = monitor.gate(self.learner.params(), live, now);
-            self.stats.gate_checks.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .timings
-                .gate
-                .observe(started.elapsed().as_secs_f64());
+        let budget = self.monitor.as_ref().and_then(Monitor::gate_budget);
+        let now = self.clock.now();
+        if budget.is_some() && !force && now < self.cadence.gate_ready_at {
+            return;
+        }
+        self.take(Step::Publish, &mut Vec::new());
+        if let Some(budget) = budget {
             // The gate may use `budget` of the time: after spending `spent`
             // it waits `spent * (1 / budget - 1)` before the next look.
             let after = self.clock.now();
             let spent = after.saturating_sub(now);
             self.cadence.gate_ready_at = after + spent.mul_f64(1.0 / budget - 1.0);
-            match verdict {
-                GateVerdict::Pass => {}
-                GateVerdict::Hold => {
-                    self.stats.gate_holds.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                GateVerdict::Refuse(detection) => {
-                    self.recover(detection);
-                    return;
-                }
-            }
         }
-        if self.publish_and_maybe_snapshot(false) {
-            self.cadence.published(self.clock.now());
-        }
+        self.snapshot_if_due();
     }
 }

@@ -1,6 +1,7 @@
 //! Admin requests the trainer answers on its own thread: snapshot, pause,
 //! resume, rollback (to last-good or a retained snapshot), readmit.
 
+use super::steps::{Applied, Step};
 use super::*;
 
 /// Requests to the trainer from the admin API; each carries its reply.
@@ -52,46 +53,67 @@ pub enum RollbackError {
 }
 
 impl Trainer {
+    /// Answers an admin request with the steps it asks for.
     pub(super) fn command(&mut self, command: TrainerCommand) {
         // A requester that has gone away needs no answer.
         match command {
             TrainerCommand::Pause(reply) => {
-                self.publish_pending(true);
+                self.publish_live(true);
                 if !self.stats.paused.load(Ordering::Acquire) {
-                    self.set_paused(true, "an operator paused learning");
+                    self.take(Step::Pause, &mut Vec::new());
                 }
                 let _ = reply.send(());
             }
             TrainerCommand::Resume(reply) => {
-                if self.stats.paused.load(Ordering::Acquire) {
-                    self.set_paused(false, "an operator resumed learning");
-                }
-                let mut held = std::mem::take(&mut self.held);
-                if !held.is_empty() {
-                    self.learn_minibatch(&mut held);
-                }
+                self.take(Step::Resume, &mut Vec::new());
+                self.publish_live(self.backlog.is_empty() && self.stream.is_empty());
                 let _ = reply.send(());
             }
             TrainerCommand::Snapshot(reply) => {
-                self.publish_pending(true);
+                self.publish_live(true);
                 let _ = reply.send(self.snapshot_live());
             }
             TrainerCommand::Rollback { version, reply } => {
-                let _ = reply.send(self.rollback(version));
+                let last_good = self.monitor.as_ref().map(|m| m.last_good().version);
+                let from_file = version.is_some_and(|v| Some(v) != last_good);
+                let Applied::RolledBack(result) =
+                    self.take(Step::Rollback { version }, &mut Vec::new())
+                else {
+                    return;
+                };
+                if from_file && result.is_ok() {
+                    // Weights from a retained file: snapshot now, so that a
+                    // replay never needs that file again.
+                    if let Some(policy) = &mut self.snapshots {
+                        policy.owed = true;
+                    }
+                    self.snapshot_if_due();
+                }
+                let _ = reply.send(result);
             }
             TrainerCommand::Readmit { source, reply } => {
-                let readmitted = self.monitor.as_mut().is_some_and(|m| m.readmit(&source));
-                if readmitted {
-                    self.events.push(Event::new(
-                        EventKind::SourceReadmitted,
-                        self.live.version,
-                        format!("an operator readmitted source `{source}`; its feedback is trained again"),
-                    ));
-                    self.refresh_report();
-                }
+                let Applied::Readmitted(readmitted) =
+                    self.take(Step::Readmit { source }, &mut Vec::new())
+                else {
+                    return;
+                };
                 let _ = reply.send(readmitted);
             }
         }
+    }
+
+    /// Takes a blamed source back into training; false if it was not blamed.
+    pub(super) fn readmit(&mut self, source: &str) -> bool {
+        let readmitted = self.monitor.as_mut().is_some_and(|m| m.readmit(source));
+        if readmitted {
+            self.events.push(Event::new(
+                EventKind::SourceReadmitted,
+                self.live.version,
+                format!("an operator readmitted source `{source}`; its feedback is trained again"),
+            ));
+            self.refresh_report();
+        }
+        readmitted
     }
 
     pub(super) fn set_paused(&mut self, paused: bool, why: &str) {
@@ -106,7 +128,11 @@ impl Trainer {
     }
 
     /// An operator's rollback to last-good or to a retained snapshot.
-    pub(super) fn rollback(&mut self, version: Option<u64>) -> Result<RolledBack, RollbackError> {
+    pub(super) fn rollback(
+        &mut self,
+        version: Option<u64>,
+        at: Duration,
+    ) -> Result<RolledBack, RollbackError> {
         let from = self.live.version;
         let last_good = self.monitor.as_ref().map(|m| m.last_good().version);
         let (restored, dropped) = match (version, &mut self.monitor) {
@@ -132,7 +158,7 @@ impl Trainer {
                 (v, 0)
             }
         };
-        self.cadence.published(self.clock.now());
+        self.cadence.published(at);
         let Some(new) = self.publish(Some(from)) else {
             self.cadence.minibatches = 1;
             return Err(RollbackError::Failed(

@@ -5,6 +5,14 @@
 //! new version every `publish_every` minibatches through a `VersionSink`,
 //! once the monitor's gate has passed the candidate.
 //!
+//! The trainer is a deterministic state machine (`steps`): everything that
+//! changes its state is a `Step` (learn the next examples, publish, pause,
+//! resume, roll back, readmit) taken at a clock reading, and each step it
+//! takes is appended to the model's feedback log after the examples it
+//! learns. Replaying the log's steps over the state a snapshot holds gives
+//! the same weights, versions and monitor state, bit for bit (`replay`).
+//! This file is the live driver: what to do next, and when.
+//!
 //! Publishing is cheap because weights are copy-on-write blocks: a publish
 //! clones block pointers, and the next minibatch copies only the blocks it
 //! writes. Under backlog publishes are also coalesced to at most one per
@@ -22,6 +30,7 @@
 //! Waiting uses the tokio runtime's timers through `Handle::block_on`, but
 //! the training itself runs on this thread, never on the request executor.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,28 +46,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ModelConfig, OnDegrade, TrainingConfig};
 use crate::learn::{FeatureNames, Learner};
+use crate::persist::wal::FeedbackLog;
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::clock::SharedClock;
 use super::events::{Event, EventKind, EventLog};
-use super::idempotency::IdempotencyKeys;
 use super::monitor::{
     Checkpoint, Detection, GateVerdict, Monitor, MonitorReport, Trigger, WindowOutcome,
 };
 use super::queue::{Feedback, FeedbackQueue, FeedbackStream};
 use super::store::{ModelVersion, PublishMeta, VersionSink};
-use crate::persist::wal::FeedbackLog;
 
 mod cadence;
 mod commands;
 mod recovery;
+mod replay;
 mod snapshots;
 mod stats;
+mod steps;
 
 use cadence::Cadence;
 pub use commands::{RollbackError, RolledBack, TrainerCommand};
+pub use replay::Recovery;
 pub use snapshots::{SnapshotPolicy, epoch_ms};
 pub use stats::{Timings, TrainingStats};
+pub use steps::{CANDIDATE, LAST_GOOD, Step, StepRecord, TrainerState};
 
 /// A model's trainer. Built once with `Trainer::new`; its fields are its
 /// own (the thread that runs it is the only one that touches them).
@@ -79,39 +91,35 @@ pub struct Trainer {
     /// `None` when `[models.monitor] enabled = false`.
     monitor: Option<Monitor>,
     events: Arc<EventLog>,
-    /// Feedback position the working copy includes.
+    /// Log position the working copy includes (after its last example).
     trained_position: u64,
     /// The learner as it was at the last publish (the live version's
     /// weights with their optimizer state): what a frozen candidate keeps
     /// and what snapshots write, so a candidate the gate holds never
     /// reaches the disk.
     published: Learner,
-    /// A minibatch taken when `on_degrade = "pause"` stopped learning,
-    /// learned on resume.
+    /// Examples taken while learning was paused, learned on resume.
     held: Vec<Feedback>,
     /// Where every time-based decision reads the time.
     clock: SharedClock,
     cadence: Cadence,
-    /// The durable feedback log and the positions to learn from it before
-    /// taking new feedback (what was accepted after the snapshot the
-    /// model started from).
-    replay: Option<Replay>,
-    replaying: bool,
-    /// Synced before each snapshot, so a snapshot never records a
-    /// position the log could lose.
-    log: Option<Arc<dyn FeedbackLog>>,
-    /// Queue position where this process's own feedback starts (after the
-    /// replayed examples): `processed` counts from here.
-    origin: u64,
-}
-
-/// Examples to learn again from the log at start-up: `from..to`.
-pub struct Replay {
-    pub log: Arc<dyn FeedbackLog>,
-    pub from: u64,
-    pub to: u64,
-    /// Where the keys of replayed keyed requests go back.
-    pub keys: Option<Arc<IdempotencyKeys>>,
+    /// The model's feedback log, where each step taken is appended.
+    journal: Arc<dyn FeedbackLog>,
+    /// Position after the last example taken.
+    next_example: u64,
+    /// Position after the last step record applied.
+    applied: u64,
+    /// Examples from the log not learned yet (the tail a restart found
+    /// after the last logged step): learned before new feedback.
+    backlog: VecDeque<Feedback>,
+    /// While a logged step is applied again: the versions it published.
+    replaying: Option<VecDeque<u64>>,
+    /// Versions published during the step being taken (0: a failed one).
+    step_versions: Vec<u64>,
+    /// What to replay from the log before anything else.
+    recovery: Option<Recovery>,
+    /// A replayed step could not be applied as it was logged.
+    replay_failed: Option<String>,
 }
 
 /// Everything a trainer is built from.
@@ -129,8 +137,11 @@ pub struct TrainerParts {
     pub monitor: Option<Monitor>,
     pub events: Arc<EventLog>,
     pub clock: SharedClock,
-    /// With a durable log: what to replay before new feedback.
-    pub replay: Option<Replay>,
+    /// The model's feedback log (the queue's).
+    pub journal: Arc<dyn FeedbackLog>,
+    /// The log to replay and the state it continues (see `Recovery`);
+    /// `None` starts from `live` with nothing to replay.
+    pub recovery: Option<Recovery>,
 }
 
 /// What woke the trainer while it waited for feedback.
@@ -150,10 +161,15 @@ pub type InMemory = (Trainer, FeedbackQueue, mpsc::Sender<TrainerCommand>);
 impl Trainer {
     pub fn new(parts: TrainerParts) -> Self {
         let now = parts.clock.now();
+        let position = parts.live.feedback_position;
         let mut snapshots = parts.snapshots;
         if let Some(policy) = &mut snapshots {
-            policy.started(now, parts.live.feedback_position);
+            policy.started(now, position);
         }
+        let (next_example, applied) = parts
+            .recovery
+            .as_ref()
+            .map_or((position, 0), |r| (r.next_example, r.applied));
         Self {
             model: parts.model,
             published: parts.learner.clone(),
@@ -163,7 +179,7 @@ impl Trainer {
             stats: parts.stats,
             config: parts.config,
             snapshots,
-            trained_position: 0,
+            trained_position: position,
             live: parts.live,
             commands: parts.commands,
             monitor: parts.monitor,
@@ -171,10 +187,14 @@ impl Trainer {
             held: Vec::new(),
             cadence: Cadence::new(now),
             clock: parts.clock,
-            origin: parts.replay.as_ref().map_or(0, |r| r.to),
-            log: parts.replay.as_ref().map(|r| r.log.clone()),
-            replaying: false,
-            replay: parts.replay,
+            journal: parts.journal,
+            next_example,
+            applied,
+            backlog: VecDeque::new(),
+            replaying: None,
+            step_versions: Vec::new(),
+            recovery: parts.recovery,
+            replay_failed: None,
         }
     }
 
@@ -193,7 +213,7 @@ impl Trainer {
     pub fn in_memory_from(m: &ModelConfig, learner: Learner, clock: SharedClock) -> InMemory {
         let store = Arc::new(super::store::ModelStore::new(learner.params().clone()));
         let live = store.live();
-        let (queue, stream) = super::queue::feedback_channel(m.training.queue_capacity.get());
+        let (queue, stream) = super::queue::memory_channel(m.training.queue_capacity.get());
         let (commands_tx, commands) = mpsc::channel(8);
         let monitor = Monitor::fresh(m, live.version, &learner);
         let trainer = Self::new(TrainerParts {
@@ -209,7 +229,8 @@ impl Trainer {
             monitor,
             events: Arc::default(),
             clock,
-            replay: None,
+            journal: queue.log().clone(),
+            recovery: None,
         });
         (trainer, queue, commands_tx)
     }
@@ -238,7 +259,7 @@ impl Trainer {
 
     /// Feedback items taken from the queue so far.
     pub fn position(&self) -> u64 {
-        self.stream.position()
+        self.stream.taken()
     }
 
     /// Runs until `stop` is cancelled or every sender is gone, then trains
@@ -248,8 +269,8 @@ impl Trainer {
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
         self.refresh_report();
-        if let Some(replay) = self.replay.take()
-            && let Err(e) = self.replay(&replay)
+        if let Some(recovery) = self.recovery.take()
+            && let Err(e) = self.recover_from_log(recovery)
         {
             // Starting without what the log holds would serve a model
             // that silently forgot acknowledged feedback: stop instead
@@ -257,10 +278,26 @@ impl Trainer {
             tracing::error!(model = %self.model, error = %e, "cannot replay the feedback log; stopping");
             return;
         }
-        self.stats.recovering.store(false, Ordering::Release);
+        self.snapshot_if_due();
+        self.recovered();
         loop {
             batch.clear();
             let paused = self.stats.paused.load(Ordering::Acquire);
+            if !paused && !self.backlog.is_empty() {
+                // The log's unlearned tail comes before new feedback.
+                if stop.is_cancelled() {
+                    break;
+                }
+                if let Ok(command) = self.commands.try_recv() {
+                    self.command(command);
+                    continue;
+                }
+                let n = size.min(self.backlog.len());
+                batch.extend(self.backlog.drain(..n));
+                self.learn(&mut batch);
+                self.recovered();
+                continue;
+            }
             let stream = &mut self.stream;
             let commands = &mut self.commands;
             let unpublished = self.cadence.minibatches > 0;
@@ -276,135 +313,64 @@ impl Trainer {
             match wake {
                 Wake::Stop | Wake::Closed => break,
                 // The flush timer fires only when the queue ran dry.
-                Wake::Flush => self.publish_pending(true),
+                Wake::Flush => self.publish_live(true),
                 Wake::Command(command) => self.command(command),
                 Wake::Items => {
                     let stopped =
                         self.fill(&rt, &mut batch, size, Instant::now() + max_wait, &stop);
-                    self.learn_minibatch(&mut batch);
+                    self.learn(&mut batch);
                     if stopped {
                         break;
                     }
                 }
             }
         }
-        if self.stats.paused.load(Ordering::Acquire) {
+        if self.stats.paused.load(Ordering::Acquire) && !self.journal.keeps_records() {
             // Learning is paused, so what was queued meanwhile is not
-            // trained now either.
-            let held = std::mem::take(&mut self.held).len();
+            // trained now either, and without a log it is gone.
+            let held = self.held.len() + self.backlog.len();
             self.discard_queued(
-                "stopping while paused: queued feedback is not trained and is lost",
+                "stopping while paused: queued feedback is not trained and, with storage.wal off, is lost",
                 held,
             );
         }
         self.drain(&rt, size, grace);
     }
 
-    /// One minibatch, just taken from the queue: scored by the monitor
-    /// (which may roll back, promote or close a window first), trained
-    /// without blamed sources, remembered; published when due.
-    fn learn_minibatch(&mut self, batch: &mut Vec<Feedback>) {
+    /// Ready once what the log held is learned again (or learning is
+    /// paused, so it waits for the resume).
+    fn recovered(&self) {
+        if self.backlog.is_empty() || self.stats.paused.load(Ordering::Acquire) {
+            self.stats.recovering.store(false, Ordering::Release);
+        }
+    }
+
+    /// Learns a minibatch just taken (from the queue or the backlog) as a
+    /// logged step, then publishes and snapshots when due.
+    fn learn(&mut self, batch: &mut Vec<Feedback>) {
         if batch.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let taken = batch.len() as u64;
-        let first = self.stream.position().saturating_sub(taken);
-        if let Some(monitor) = &mut self.monitor {
-            let window_full = monitor.observe(batch, first, &self.live);
-            if window_full {
-                self.close_window();
-            }
-        }
-        if self.stats.paused.load(Ordering::Acquire) {
-            // `on_degrade = "pause"` just stopped learning: keep this
-            // minibatch for the resume rather than learn it now.
-            if let Some(monitor) = &mut self.monitor {
-                monitor.forget_scored();
-            }
-            self.held.append(batch);
-            self.stats.processed.store(
-                (first + taken).saturating_sub(self.origin),
-                Ordering::Release,
-            );
-            return;
-        }
-        if let Some(monitor) = &mut self.monitor {
-            let excluded = monitor.retain_admitted(batch);
-            self.stats
-                .excluded
-                .fetch_add(excluded as u64, Ordering::Relaxed);
-        }
-        let trained = self.train(batch);
-        self.trained_position = first + taken;
-        if let Some(monitor) = &mut self.monitor {
-            if trained {
-                monitor.remember(batch.drain(..));
-            } else {
-                monitor.forget_scored();
-            }
-        }
-        self.stats.processed.store(
-            self.trained_position.saturating_sub(self.origin),
-            Ordering::Release,
+        self.take(
+            Step::Learn {
+                count: batch.len() as u32,
+            },
+            batch,
         );
         self.stats
-            .timings
-            .step
-            .observe(started.elapsed().as_secs_f64());
-        if trained {
-            self.cadence.minibatches += 1;
-        }
-        // While replaying, the log is the backlog: publishes coalesce.
-        let idle = !self.replaying && self.stream.is_empty();
+            .processed
+            .store(self.stream.taken(), Ordering::Release);
+        let idle = self.backlog.is_empty() && self.stream.is_empty();
         let now = self.clock.now();
         if self.cadence.due(&self.config, now, idle) {
             // The gate's time budget matters under backlog only: with the
             // queue dry, what is trained is gated and published at once.
-            self.publish_pending(idle);
+            self.publish_live(idle);
         }
+        self.snapshot_if_due();
         if self.cadence.report_due(self.clock.now()) {
             self.refresh_report();
         }
-    }
-
-    /// Learns the examples the log holds after the snapshot this trainer
-    /// started from, through the same path as live feedback (monitor,
-    /// gate, publishing), in log order. They were acknowledged before a
-    /// crash or a stop and are not in the snapshot's weights.
-    fn replay(&mut self, replay: &Replay) -> anyhow::Result<()> {
-        let size = self.config.minibatch_size.get();
-        let started = Instant::now();
-        let mut batch = Vec::with_capacity(size);
-        self.replaying = true;
-        for record in replay.log.read_from(replay.from)? {
-            let (position, bytes) = record?;
-            if position >= replay.to {
-                break;
-            }
-            let (fb, key) = super::log_record::decode(&bytes).map_err(|e| {
-                anyhow::anyhow!("feedback log record {position} cannot be read by this eddy: {e}")
-            })?;
-            if let (Some(key), Some(keys)) = (key, &replay.keys) {
-                keys.restore(&key, position, std::time::SystemTime::now());
-            }
-            batch.push(fb);
-            if batch.len() == size {
-                self.stream.advance(size as u64);
-                self.learn_minibatch(&mut batch);
-                batch.clear();
-            }
-        }
-        self.stream.advance(batch.len() as u64);
-        self.learn_minibatch(&mut batch);
-        self.replaying = false;
-        self.publish_pending(true);
-        let n = replay.to - replay.from;
-        if n > 0 {
-            tracing::info!(model = %self.model, examples = n, ms = started.elapsed().as_millis() as u64, "replayed the feedback log");
-        }
-        self.stats.replayed.store(n, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Takes up to `size` queued examples without waiting and learns them;
@@ -413,7 +379,7 @@ impl Trainer {
     pub fn step(&mut self, size: usize) -> usize {
         let mut batch = Vec::with_capacity(size);
         let n = self.stream.try_recv_many(&mut batch, size);
-        self.learn_minibatch(&mut batch);
+        self.learn(&mut batch);
         n
     }
 
@@ -424,7 +390,7 @@ impl Trainer {
     }
 
     /// Closes the queue and drops what is in it (plus `held` already
-    /// taken), saying how much: accepted feedback is not durable yet.
+    /// taken), saying how much.
     fn discard_queued(&mut self, why: &str, held: usize) {
         self.stream.close();
         let mut rest = Vec::new();
@@ -472,15 +438,26 @@ impl Trainer {
     }
 
     /// Trains what is queued at shutdown, bounded by `grace`, through the
-    /// same monitor path. The queue is closed first, so a request arriving
-    /// now is refused (503) rather than accepted and left behind;
-    /// reservations already made still deliver.
+    /// same steps. The queue is closed first, so a request arriving now is
+    /// refused (503) rather than accepted and left behind; reservations
+    /// already made still deliver. With a feedback log, what is left when
+    /// the grace runs out (or while paused) is in the log and learned
+    /// after the restart.
     fn drain(&mut self, rt: &Handle, size: usize, grace: Duration) {
         self.stream.close();
         let deadline = Instant::now() + grace;
         let mut batch = Vec::with_capacity(size);
         let paused = self.stats.paused.load(Ordering::Acquire);
+        while !paused && !self.backlog.is_empty() && Instant::now() < deadline {
+            let n = size.min(self.backlog.len());
+            batch.clear();
+            batch.extend(self.backlog.drain(..n));
+            self.learn(&mut batch);
+        }
         loop {
+            if paused {
+                break;
+            }
             batch.clear();
             let stream = &mut self.stream;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -494,31 +471,33 @@ impl Trainer {
                 }
                 false
             });
-            if !paused {
-                self.learn_minibatch(&mut batch);
-            }
+            self.learn(&mut batch);
             if done || self.stats.paused.load(Ordering::Acquire) {
                 break;
             }
             if Instant::now() >= deadline {
-                self.discard_queued(
-                    "shutdown grace ran out with feedback still queued; it is lost",
-                    0,
-                );
+                let why = if self.journal.keeps_records() {
+                    "shutdown grace ran out with feedback still queued; it is in the feedback log and is learned after the restart"
+                } else {
+                    "shutdown grace ran out with feedback still queued; with storage.wal off it is lost"
+                };
+                self.discard_queued(why, 0);
                 break;
             }
         }
-        if self.cadence.minibatches > 0 {
-            self.publish_pending(true);
-        }
+        self.publish_live(true);
         if self.cadence.minibatches > 0 {
             // The gate is holding a suspect candidate, or the version
-            // record failed: nothing more to try at shutdown.
+            // record failed: nothing more to try at shutdown. The log
+            // keeps what the candidate learned.
             tracing::warn!(model = %self.model, holding = self.monitor.as_ref().is_some_and(Monitor::holding), "trained work was not published at shutdown");
         }
         self.snapshot_last_good_if_due(true);
         if self.snapshots.is_some() {
             let _ = self.snapshot_live();
+        }
+        if let Err(e) = self.journal.sync() {
+            tracing::error!(model = %self.model, error = %e, "cannot sync the feedback log at shutdown");
         }
         tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
     }
@@ -558,6 +537,8 @@ impl Trainer {
     /// Publishes the working copy; returns the new version number. On
     /// failure (the version number could not be reserved on disk) the live
     /// model stays as it was and the trained work is published next time.
+    /// While a logged step is replayed, the version gets the number the
+    /// log recorded for it (and fails where it failed).
     fn publish(&mut self, rolled_back_from: Option<u64>) -> Option<u64> {
         let started = Instant::now();
         let meta = PublishMeta {
@@ -565,7 +546,20 @@ impl Trainer {
             feedback_position: self.trained_position,
             rolled_back_from,
         };
-        match self.sink.publish(self.learner.params().clone(), meta) {
+        let params = self.learner.params().clone();
+        let result = match &mut self.replaying {
+            None => self.sink.publish(params, meta),
+            Some(versions) => match versions.pop_front() {
+                Some(v) if v > 0 => self.sink.publish_as(params, meta, v).inspect_err(|e| {
+                    self.replay_failed
+                        .get_or_insert_with(|| format!("cannot publish v{v} again: {e}"));
+                }),
+                _ => Err(std::io::Error::other(
+                    "this publish failed when it was logged",
+                )),
+            },
+        };
+        match result {
             Ok(version) => {
                 let written = self.learner.params_mut().weights.take_touched().len();
                 self.learner.params_mut().scaler.take_touched();
@@ -582,10 +576,16 @@ impl Trainer {
                 self.live = version;
                 // Cheap: blocks are shared until the working copy writes.
                 self.published = self.learner.clone();
+                if self.replaying.is_none() {
+                    self.step_versions.push(v);
+                }
                 Some(v)
             }
             Err(e) => {
-                tracing::error!(model = %self.model, error = %e, "cannot reserve a version number; not published");
+                if self.replaying.is_none() {
+                    self.step_versions.push(0);
+                    tracing::error!(model = %self.model, error = %e, "cannot reserve a version number; not published");
+                }
                 None
             }
         }

@@ -7,12 +7,12 @@ use super::*;
 impl Trainer {
     /// The monitor's window filled: roll back, or promote and freeze the
     /// next candidate (the live version).
-    pub(super) fn close_window(&mut self) {
+    pub(super) fn close_window(&mut self, at: Duration) {
         let Some(monitor) = &mut self.monitor else {
             return;
         };
         match monitor.close_window() {
-            WindowOutcome::Degraded(detection) => self.recover(detection),
+            WindowOutcome::Degraded(detection) => self.recover(detection, at),
             WindowOutcome::Judged { promote } => {
                 if promote {
                     self.promote();
@@ -60,7 +60,7 @@ impl Trainer {
 
     /// After a detection: back to last-good, blame, replay or drop, publish
     /// the result as a rollback version, then `on_degrade`.
-    pub(super) fn recover(&mut self, detection: Detection) {
+    pub(super) fn recover(&mut self, detection: Detection, at: Duration) {
         let Some(monitor) = &mut self.monitor else {
             return;
         };
@@ -85,7 +85,7 @@ impl Trainer {
                 .figure("p_value", b.p_value),
             );
         }
-        self.cadence.published(self.clock.now());
+        self.cadence.published(at);
         let published = self.publish(Some(from));
         match published {
             Some(v) if recovery.replayed == 0 => {

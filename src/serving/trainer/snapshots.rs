@@ -2,6 +2,9 @@
 //! snapshots of the published version, last-good snapshots after
 //! promotions.
 
+use crate::persist::snapshot::TrainerPart;
+
+use super::super::idempotency::IdempotencyKeys;
 use super::*;
 
 impl Trainer {
@@ -9,9 +12,18 @@ impl Trainer {
     /// published, never the working copy, which may hold minibatches the
     /// gate has not passed (a held candidate must not reach the disk under
     /// the live version's number).
+    ///
+    /// A quiet trainer (everything trained is published) adds its state,
+    /// so a restart continues it exactly. While the gate holds a candidate
+    /// the snapshot waits, with a feedback log (which keeps what the
+    /// candidate learned); without one the live weights are written alone.
     pub(super) fn snapshot_live(&mut self) -> Result<SnapshotFile, String> {
+        let state = self.state();
+        if state.is_none() && self.journal.keeps_records() {
+            return Err("not written now: the gate is holding a candidate that is not published; the feedback log keeps what it learned, and the next snapshot is written once it is decided".into());
+        }
         let quality = self.quality();
-        let snapshot = self.snapshot_of(
+        let mut snapshot = self.snapshot_of(
             self.published.clone(),
             self.live.version,
             self.live.examples_trained,
@@ -19,7 +31,34 @@ impl Trainer {
             false,
             quality,
         )?;
+        if let Some((state, learners)) = state {
+            snapshot.meta.log_from = Some(Self::log_from_state(&state));
+            snapshot.trainer = Some(TrainerPart {
+                state: postcard::to_stdvec(&state).map_err(|e| e.to_string())?,
+                learners,
+            });
+        }
         self.write_snapshot(snapshot)
+    }
+
+    /// Writes a snapshot of the live version when one is due (by time, by
+    /// examples, or owed) and the trainer is quiet. Never while replaying.
+    pub(super) fn snapshot_if_due(&mut self) {
+        if self.replaying.is_some() || self.cadence.minibatches > 0 {
+            return;
+        }
+        let position = self.live.feedback_position;
+        let now = self.clock.now();
+        let due = self.snapshots.as_ref().is_some_and(|p| {
+            p.owed
+                || now.saturating_sub(p.last) >= p.interval
+                || (p.every_examples > 0
+                    && position.saturating_sub(p.last_position) >= p.every_examples)
+        });
+        if due {
+            // A failure is logged and counted inside; the next one retries.
+            let _ = self.snapshot_live();
+        }
     }
 
     /// Writes the last-good snapshot if one is owed and the promotion
@@ -28,6 +67,9 @@ impl Trainer {
         let (Some(policy), Some(monitor)) = (&self.snapshots, &self.monitor) else {
             return;
         };
+        if self.replaying.is_some() {
+            return;
+        }
         let due = policy.unsaved_last_good
             && (force
                 || self.clock.now().saturating_sub(policy.last_good_at)
@@ -95,9 +137,11 @@ impl Trainer {
                 model_created_at_ms: policy.created_at_ms,
                 quality,
                 last_good,
+                log_from: None,
                 feature_names: policy.feature_names.clone(),
             },
             learner,
+            trainer: None,
         })
     }
 
@@ -117,12 +161,10 @@ impl Trainer {
         }
         let version = snapshot.meta.version;
         let started = Instant::now();
-        let synced = match &self.log {
-            Some(log) => log
-                .sync()
-                .map_err(|e| format!("cannot sync the feedback log: {e}")),
-            None => Ok(()),
-        };
+        let synced = self
+            .journal
+            .sync()
+            .map_err(|e| format!("cannot sync the feedback log: {e}"));
         let written = synced.and_then(|()| {
             policy
                 .store
@@ -132,6 +174,9 @@ impl Trainer {
         match written {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                if snapshot.trainer.is_some() {
+                    policy.owed = false;
+                }
                 // The log was synced above, so every key with a position
                 // is durable; saved before the log is trimmed.
                 if let Some(keys) = &policy.keys
@@ -166,9 +211,12 @@ impl Trainer {
     /// learned. A snapshot whose position cannot be read (damaged) never
     /// loads, so it holds nothing back.
     fn trim_log(&self) {
-        let (Some(log), Some(policy)) = (&self.log, &self.snapshots) else {
+        let (log, Some(policy)) = (&self.journal, &self.snapshots) else {
             return;
         };
+        if !log.keeps_records() {
+            return;
+        }
         let Ok(files) = policy.store.list() else {
             return;
         };
@@ -188,27 +236,6 @@ impl Trainer {
                 tracing::warn!(model = %self.model, error = %e, "cannot trim the feedback log")
             }
         }
-    }
-
-    /// Publishes and, when a snapshot is due (or `force`), snapshots.
-    /// Returns whether the publish succeeded.
-    pub(super) fn publish_and_maybe_snapshot(&mut self, force: bool) -> bool {
-        if self.publish(None).is_none() {
-            return false;
-        }
-        let position = self.live.feedback_position;
-        let due = self.snapshots.as_ref().is_some_and(|p| {
-            force
-                || self.clock.now().saturating_sub(p.last) >= p.interval
-                || (p.every_examples > 0
-                    && position.saturating_sub(p.last_position) >= p.every_examples)
-        });
-        if due {
-            // A failure is logged and counted inside; the next one retries.
-            let _ = self.snapshot_live();
-        }
-        self.snapshot_last_good_if_due(false);
-        true
     }
 }
 
@@ -236,6 +263,10 @@ pub struct SnapshotPolicy {
     /// Saved beside each periodic snapshot, so keys outlive the log
     /// segments retention removes.
     pub(super) keys: Option<Arc<IdempotencyKeys>>,
+    /// A snapshot with the trainer's state is owed at the next quiet
+    /// moment (after a recovery that could not replay exactly, a rollback
+    /// to a retained file, a step the log could not take).
+    pub(super) owed: bool,
 }
 
 impl SnapshotPolicy {
@@ -258,7 +289,14 @@ impl SnapshotPolicy {
             every_examples: 0,
             last_position: 0,
             keys: None,
+            owed: false,
         }
+    }
+
+    /// Whether a snapshot with the trainer's state is owed from the start.
+    pub fn owing(mut self, owed: bool) -> Self {
+        self.owed = owed;
+        self
     }
 
     /// Saves `keys` with every periodic snapshot.

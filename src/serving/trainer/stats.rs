@@ -37,6 +37,8 @@ pub struct TrainingStats {
     /// Feedback items the trainer has taken off the queue and dealt with
     /// (trained, excluded, or held while paused), since start-up.
     pub processed: AtomicU64,
+    /// Trainer steps the feedback log could not take.
+    pub journal_failures: AtomicU64,
     /// Examples learned again from the feedback log at start-up.
     pub replayed: AtomicU64,
     /// True until the feedback log has been replayed (`/readyz` waits).

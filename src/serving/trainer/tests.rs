@@ -9,7 +9,7 @@ use super::*;
 use crate::config::Config;
 use crate::learn::{FeatureHasher, FeatureVec, Params, RawFeatures, Target};
 use crate::serving::clock::ManualClock;
-use crate::serving::queue::{FeedbackQueue, feedback_channel};
+use crate::serving::queue::{FeedbackQueue, memory_channel};
 use crate::serving::store::ModelStore;
 
 fn model(extra: &str) -> ModelConfig {
@@ -44,7 +44,11 @@ fn honest(n: usize) -> Vec<Feedback> {
 }
 
 fn send(queue: &FeedbackQueue, items: Vec<Feedback>) {
-    queue.reserve(items.len()).expect("room").send(items);
+    queue
+        .reserve(items.len())
+        .expect("room")
+        .send(items)
+        .expect("appended");
 }
 
 /// A sink that refuses while `failing` is set, else publishes to a store.
@@ -64,6 +68,15 @@ impl VersionSink for FlakySink {
         }
         self.store.publish(params, meta)
     }
+
+    fn publish_as(
+        &self,
+        params: crate::learn::Params,
+        meta: PublishMeta,
+        version: u64,
+    ) -> std::io::Result<Arc<ModelVersion>> {
+        self.store.publish_as(params, meta, version)
+    }
 }
 
 struct Rig {
@@ -80,7 +93,7 @@ fn rig(
 ) -> Rig {
     let space = Arc::new(m.label_space().expect("space"));
     let learner = Learner::new(Params::new(space, m.hash_bits), m.optimizer);
-    let (queue, stream) = feedback_channel(m.training.queue_capacity.get());
+    let (queue, stream) = memory_channel(m.training.queue_capacity.get());
     let (_tx, commands) = mpsc::channel(8);
     let clock = Arc::new(ManualClock::default());
     let monitor = Monitor::fresh(m, live.version, &learner);
@@ -97,7 +110,8 @@ fn rig(
         monitor,
         events: Arc::default(),
         clock: clock.clone(),
-        replay: None,
+        journal: queue.log().clone(),
+        recovery: None,
     });
     Rig {
         trainer,
@@ -127,7 +141,7 @@ fn a_failed_publish_keeps_the_live_version_and_is_retried() {
     assert_eq!(r.trainer.stats().publishes.load(Ordering::Relaxed), 0);
     *sink.failing.lock().expect("lock") = false;
     r.clock.advance(Duration::from_millis(50));
-    r.trainer.publish_pending(true);
+    r.trainer.publish_live(true);
     assert_eq!(
         r.trainer.live().version,
         2,

@@ -1,0 +1,271 @@
+//! The trainer as a deterministic state machine. Everything that changes a
+//! trainer's state is a `Step`, taken at a clock reading: learn the next
+//! examples as one minibatch, publish, pause, resume, roll back, readmit.
+//! `take` applies a step live and appends its `StepRecord` to the feedback
+//! log, after the examples it learns; `replay` applies logged records
+//! again. Given the same state, the same records and the same examples, a
+//! step does the same thing bit for bit: every input it depends on is in
+//! the record (the clock reading, the versions it published) or in the
+//! log (the examples with the scores they were given on acceptance).
+//!
+//! What is *not* a step stays outside the state: when to take one (queue
+//! timing, the gate's time budget, publish coalescing) is the live
+//! driver's choice, and the log records the choice it made; snapshots and
+//! reports are side effects.
+
+use serde::Deserialize;
+
+use crate::persist::wal::Append;
+
+use super::super::log_record;
+use super::super::monitor::{EntryState, MonitorState};
+use super::*;
+
+/// A decision of the trainer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    /// The next `count` examples (in log order) as one minibatch.
+    Learn {
+        count: u32,
+    },
+    /// Trained work gated and, if the gate passes it, published.
+    Publish,
+    Pause,
+    /// Learning again, starting with the examples held while paused.
+    Resume,
+    /// An operator's rollback to last-good (`None`) or a retained version.
+    Rollback {
+        version: Option<u64>,
+    },
+    Readmit {
+        source: String,
+    },
+}
+
+/// A step as the log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    /// The trainer's clock when the step was taken, in microseconds.
+    pub at_us: u64,
+    /// The versions published during the step, in order (0: a publish
+    /// that failed).
+    pub versions: Vec<u64>,
+}
+
+/// What a snapshot keeps of a trainer besides the live weights, so that a
+/// restart continues exactly (see `replay`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Position after the last example taken: later ones are replayed.
+    pub next_example: u64,
+    /// Position after the last step applied: later ones are replayed.
+    pub applied: u64,
+    pub paused: bool,
+    /// Positions of the examples held while paused.
+    pub held: Vec<u64>,
+    pub monitor: Option<MonitorState>,
+}
+
+/// The snapshot names of the extra learners a state refers to.
+pub const LAST_GOOD: &str = "last_good";
+pub const CANDIDATE: &str = "candidate";
+
+/// What applying a step answers (for the admin request that asked).
+pub(super) enum Applied {
+    Nothing,
+    RolledBack(Result<RolledBack, RollbackError>),
+    Readmitted(bool),
+}
+
+pub(super) fn micros(t: Duration) -> u64 {
+    t.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl Trainer {
+    /// Takes `step` live at the clock's reading: applies it, then appends
+    /// its record to the log. Examples of a `Learn` step come in `batch`.
+    pub(super) fn take(&mut self, step: Step, batch: &mut Vec<Feedback>) -> Applied {
+        let at = self.clock.now();
+        self.step_versions.clear();
+        let applied = self.apply(&step, at, batch);
+        let record = StepRecord {
+            step,
+            at_us: micros(at),
+            versions: std::mem::take(&mut self.step_versions),
+        };
+        let bytes = if self.journal.keeps_records() {
+            log_record::encode_step(&record)
+        } else {
+            Vec::new()
+        };
+        match self.journal.append(Append::new(&[bytes]), &mut |_| {}) {
+            Ok(appended) => self.applied = appended.end,
+            Err(e) => {
+                // The state moved on without its record: a replay from an
+                // earlier snapshot could not follow, so the next quiet
+                // moment takes a snapshot that starts after it.
+                self.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, error = %e, "cannot log a trainer step; a snapshot is owed");
+                if let Some(policy) = &mut self.snapshots {
+                    policy.owed = true;
+                }
+            }
+        }
+        applied
+    }
+
+    /// Applies one step at `at`. The only place a trainer's state changes.
+    pub(super) fn apply(
+        &mut self,
+        step: &Step,
+        at: Duration,
+        batch: &mut Vec<Feedback>,
+    ) -> Applied {
+        match step {
+            Step::Learn { .. } => self.apply_learn(batch, at),
+            Step::Publish => self.apply_publish(at),
+            Step::Pause => {
+                if !self.stats.paused.load(Ordering::Acquire) {
+                    self.set_paused(true, "an operator paused learning");
+                }
+            }
+            Step::Resume => {
+                if self.stats.paused.load(Ordering::Acquire) {
+                    self.set_paused(false, "an operator resumed learning");
+                }
+                let mut held = std::mem::take(&mut self.held);
+                self.apply_learn(&mut held, at);
+            }
+            Step::Rollback { version } => {
+                return Applied::RolledBack(self.rollback(*version, at));
+            }
+            Step::Readmit { source } => return Applied::Readmitted(self.readmit(source)),
+        }
+        Applied::Nothing
+    }
+
+    /// One minibatch: scored by the monitor (which may roll back, promote
+    /// or close a window first), trained without blamed sources, remembered.
+    fn apply_learn(&mut self, batch: &mut Vec<Feedback>, at: Duration) {
+        let Some(last) = batch.last() else {
+            return;
+        };
+        let started = Instant::now();
+        self.next_example = self.next_example.max(last.position + 1);
+        if let Some(monitor) = &mut self.monitor {
+            let window_full = monitor.observe(batch, &self.live);
+            if window_full {
+                self.close_window(at);
+            }
+        }
+        if self.stats.paused.load(Ordering::Acquire) {
+            // `on_degrade = "pause"` just stopped learning: keep this
+            // minibatch for the resume rather than learn it now.
+            if let Some(monitor) = &mut self.monitor {
+                monitor.forget_scored();
+            }
+            self.held.append(batch);
+            return;
+        }
+        if let Some(monitor) = &mut self.monitor {
+            let excluded = monitor.retain_admitted(batch);
+            self.stats
+                .excluded
+                .fetch_add(excluded as u64, Ordering::Relaxed);
+        }
+        let trained = self.train(batch);
+        self.trained_position = self.trained_position.max(self.next_example);
+        if let Some(monitor) = &mut self.monitor {
+            if trained {
+                monitor.remember(batch.drain(..));
+            } else {
+                monitor.forget_scored();
+            }
+        }
+        self.stats
+            .timings
+            .step
+            .observe(started.elapsed().as_secs_f64());
+        if trained {
+            self.cadence.minibatches += 1;
+        }
+    }
+
+    /// Gates trained work and publishes it if the gate passes it.
+    fn apply_publish(&mut self, at: Duration) {
+        if self.cadence.minibatches == 0 {
+            return;
+        }
+        if let Some(monitor) = &mut self.monitor
+            && monitor.gate_budget().is_some()
+        {
+            // The live version passed the gate; it is the other yardstick
+            // (unless it carries last-good's weights anyway).
+            let live = (self.live.version != monitor.last_good().version)
+                .then(|| (self.live.version, self.published.params()));
+            let started = Instant::now();
+            let verdict = monitor.gate(self.learner.params(), live, at);
+            self.stats.gate_checks.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .timings
+                .gate
+                .observe(started.elapsed().as_secs_f64());
+            match verdict {
+                GateVerdict::Pass => {}
+                GateVerdict::Hold => {
+                    self.stats.gate_holds.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                GateVerdict::Refuse(detection) => {
+                    self.recover(detection, at);
+                    return;
+                }
+            }
+        }
+        if self.publish(None).is_some() {
+            self.cadence.published(at);
+            self.snapshot_last_good_if_due(false);
+        }
+    }
+
+    /// The state a snapshot keeps (with last-good's and the candidate's
+    /// learners), or `None` unless the trainer is quiet: everything it
+    /// trained is published, so the live weights are the working copy.
+    pub(super) fn state(&self) -> Option<(TrainerState, Vec<(String, Learner)>)> {
+        if self.cadence.minibatches > 0 {
+            return None;
+        }
+        let mut learners = Vec::new();
+        let monitor = self.monitor.as_ref().map(|m| {
+            let (state, last_good, candidate) = m.state();
+            learners.push((LAST_GOOD.to_owned(), last_good));
+            if let Some(c) = candidate {
+                learners.push((CANDIDATE.to_owned(), c));
+            }
+            state
+        });
+        let state = TrainerState {
+            next_example: self.next_example,
+            applied: self.applied,
+            paused: self.stats.paused.load(Ordering::Acquire),
+            held: self.held.iter().map(|fb| fb.position).collect(),
+            monitor,
+        };
+        Some((state, learners))
+    }
+
+    /// The earliest log position a snapshot of `state` needs to restore.
+    pub fn log_from_state(state: &TrainerState) -> u64 {
+        let buffer = state
+            .monitor
+            .as_ref()
+            .and_then(|m| m.buffer.first().map(|e: &EntryState| e.position));
+        state
+            .held
+            .iter()
+            .copied()
+            .chain(buffer)
+            .fold(state.next_example, u64::min)
+    }
+}
