@@ -69,9 +69,10 @@ struct FeedbackIn {
     scored: Option<Prescored>,
 }
 
-/// Encodes one accepted example; the first of a keyed request carries
-/// its key.
-pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
+/// Appends the encoding of one accepted example to `buf` (requests
+/// encode all their examples into one buffer); the first of a keyed
+/// request carries its key.
+pub fn encode_into(buf: &mut Vec<u8>, fb: &Feedback, key: Option<&KeyRecord>) {
     let out = FeedbackOut {
         features: &fb.features,
         target: fb.target,
@@ -85,7 +86,14 @@ pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
         Some(key) => RecordOut::KeyedFeedback(out, key),
     };
     // Serialising plain data into a Vec cannot fail.
-    postcard::to_stdvec(&record).unwrap_or_default()
+    let _ = postcard::to_io(&record, buf);
+}
+
+/// Encodes one accepted example on its own.
+pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_into(&mut buf, fb, key);
+    buf
 }
 
 /// Encodes a trainer's decision.

@@ -180,15 +180,25 @@ impl Reservation<'_> {
         mut items: Vec<Feedback>,
         key: Option<&KeyRecord>,
     ) -> Result<Appended, LogError> {
-        let records: Vec<Vec<u8>> = if self.log.keeps_records() {
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, fb)| log_record::encode(fb, key.filter(|_| i == 0)))
-                .collect()
+        // One buffer for the whole request, sliced per record.
+        let mut buf = Vec::new();
+        let mut ends = Vec::with_capacity(items.len());
+        if self.log.keeps_records() {
+            for (i, fb) in items.iter().enumerate() {
+                log_record::encode_into(&mut buf, fb, key.filter(|_| i == 0));
+                ends.push(buf.len());
+            }
         } else {
-            vec![Vec::new(); items.len()]
-        };
+            ends.resize(items.len(), 0);
+        }
+        let records: Vec<&[u8]> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                let record = &buf[*start..end];
+                *start = end;
+                Some(record)
+            })
+            .collect();
         let (permits, accepted) = (self.permits, self.accepted);
         let mut pending = Some(permits);
         self.log.append(Append::new(&records), &mut |first| {

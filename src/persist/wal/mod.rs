@@ -140,7 +140,9 @@ pub struct Appended {
 /// One append: records written as consecutive positions, all or none.
 #[derive(Debug, Clone, Copy)]
 pub struct Append<'a> {
-    pub records: &'a [Vec<u8>],
+    /// The payloads, typically slices of one buffer the caller encoded
+    /// them into.
+    pub records: &'a [&'a [u8]],
     /// An idempotency key a shared engine may enforce; the local file
     /// ignores it (the caller stores keys in its records).
     pub key: Option<&'a [u8]>,
@@ -151,7 +153,7 @@ pub struct Append<'a> {
 
 impl<'a> Append<'a> {
     /// An unconditional append without a key.
-    pub fn new(records: &'a [Vec<u8>]) -> Self {
+    pub fn new(records: &'a [&'a [u8]]) -> Self {
         Append {
             records,
             key: None,

@@ -33,7 +33,11 @@ fn payload(i: u64) -> Vec<u8> {
 }
 
 fn append(log: &LocalLog, records: &[Vec<u8>]) -> Result<Appended, LogError> {
-    log.append(Append::new(records), &mut |_| {})
+    log.append(Append::new(&slices(records)), &mut |_| {})
+}
+
+fn slices(records: &[Vec<u8>]) -> Vec<&[u8]> {
+    records.iter().map(Vec::as_slice).collect()
 }
 
 fn read_all(log: &LocalLog, from: Position) -> Vec<(Position, Vec<u8>)> {
@@ -117,7 +121,7 @@ fn then_runs_in_log_order_under_concurrency() {
                     let batch: Vec<Vec<u8>> =
                         (0..=(t + i) % 4).map(|k| payload(t * 1000 + k)).collect();
                     let n = batch.len() as u64;
-                    log.append(Append::new(&batch), &mut |first| {
+                    log.append(Append::new(&slices(&batch)), &mut |first| {
                         order.lock().unwrap().push((first, n));
                     })
                     .unwrap();
@@ -358,6 +362,7 @@ fn fencing_and_limits() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 3).unwrap();
     let records = vec![b"a".to_vec(), b"b".to_vec()];
+    let records = slices(&records);
     let fenced = |expect_next| Append {
         records: &records,
         key: Some(b"key".as_slice()),
@@ -424,7 +429,7 @@ async fn failed_fsync_poisons_the_log_for_good() {
     log.fail_fsyncs();
     let log: Arc<dyn FeedbackLog> = Arc::new(log);
     let end = log
-        .append(Append::new(&[b"lost?".to_vec()]), &mut |_| {})
+        .append(Append::new(&[b"lost?".as_slice()]), &mut |_| {})
         .unwrap()
         .end;
     let err = log.durable(end).await.unwrap_err();
@@ -436,7 +441,7 @@ async fn failed_fsync_poisons_the_log_for_good() {
     // Never retried: writes and syncs refuse, waiters for unsynced records
     // fail, and what was already durable stays so.
     let err = log
-        .append(Append::new(&[b"more".to_vec()]), &mut |_| {})
+        .append(Append::new(&[b"more".as_slice()]), &mut |_| {})
         .unwrap_err();
     assert!(matches!(err, LogError::Poisoned), "{err:?}");
     assert!(matches!(log.sync(), Err(LogError::Poisoned)));

@@ -99,7 +99,7 @@ impl Trainer {
         } else {
             Vec::new()
         };
-        match self.journal.append(Append::new(&[bytes]), &mut |_| {}) {
+        match self.journal.append(Append::new(&[&bytes]), &mut |_| {}) {
             Ok(appended) => self.applied = appended.end,
             Err(e) => {
                 // The state moved on without its record: a replay from an
