@@ -71,7 +71,10 @@ impl Trainer {
             }
             TrainerCommand::Snapshot(reply) => {
                 self.publish_live(true);
-                let _ = reply.send(self.snapshot_live());
+                let written = self
+                    .snapshot_live(true)
+                    .and_then(|file| file.ok_or_else(|| "the snapshot was not written".to_owned()));
+                let _ = reply.send(written);
             }
             TrainerCommand::Rollback { version, reply } => {
                 let last_good = self.monitor.as_ref().map(|m| m.last_good().version);
@@ -85,7 +88,7 @@ impl Trainer {
                     // Weights from a retained file: snapshot now, so that a
                     // replay never needs that file again.
                     if let Some(policy) = &mut self.snapshots {
-                        policy.owed = true;
+                        policy.owed.store(true, Ordering::Release);
                     }
                     self.snapshot_if_due();
                 }

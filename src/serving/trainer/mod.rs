@@ -64,6 +64,7 @@ mod replay;
 mod snapshots;
 mod stats;
 mod steps;
+mod writer;
 
 use cadence::Cadence;
 pub use commands::{RollbackError, RolledBack, TrainerCommand};
@@ -165,6 +166,21 @@ impl Trainer {
         let mut snapshots = parts.snapshots;
         if let Some(policy) = &mut snapshots {
             policy.started(now, position);
+            let writer = writer::SnapshotWriter::spawn(writer::WriterParts {
+                model: parts.model.clone(),
+                store: policy.store.clone(),
+                journal: parts.journal.clone(),
+                keys: policy.keys.clone(),
+                stats: parts.stats.clone(),
+                events: parts.events.clone(),
+                owed: policy.owed.clone(),
+            });
+            match writer {
+                Ok(w) => policy.writer = Some(w),
+                Err(e) => {
+                    tracing::error!(model = %parts.model, error = %e, "cannot start the snapshot writer; snapshots fail")
+                }
+            }
         }
         let (next_example, applied) = parts
             .recovery
@@ -494,7 +510,7 @@ impl Trainer {
         }
         self.snapshot_last_good_if_due(true);
         if self.snapshots.is_some() {
-            let _ = self.snapshot_live();
+            let _ = self.snapshot_live(true);
         }
         if let Err(e) = self.journal.sync() {
             tracing::error!(model = %self.model, error = %e, "cannot sync the feedback log at shutdown");

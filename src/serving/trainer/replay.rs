@@ -104,7 +104,7 @@ impl Trainer {
         if !r.exact
             && let Some(policy) = &mut self.snapshots
         {
-            policy.owed = true;
+            policy.owed.store(true, Ordering::Release);
         }
         self.stats.replayed.store(examples, Ordering::Relaxed);
         if examples > 0 || steps > 0 {

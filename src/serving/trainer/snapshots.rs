@@ -4,7 +4,10 @@
 
 use crate::persist::snapshot::TrainerPart;
 
+use std::sync::atomic::AtomicBool;
+
 use super::super::idempotency::IdempotencyKeys;
+use super::writer::{self, SnapshotWriter};
 use super::*;
 
 impl Trainer {
@@ -17,7 +20,7 @@ impl Trainer {
     /// so a restart continues it exactly. While the gate holds a candidate
     /// the snapshot waits, with a feedback log (which keeps what the
     /// candidate learned); without one the live weights are written alone.
-    pub(super) fn snapshot_live(&mut self) -> Result<SnapshotFile, String> {
+    pub(super) fn snapshot_live(&mut self, wait: bool) -> Result<Option<SnapshotFile>, String> {
         let state = self.state();
         if state.is_none() && self.journal.keeps_records() {
             return Err("not written now: the gate is holding a candidate that is not published; the feedback log keeps what it learned, and the next snapshot is written once it is decided".into());
@@ -38,7 +41,7 @@ impl Trainer {
                 learners,
             });
         }
-        self.write_snapshot(snapshot)
+        self.write_snapshot(snapshot, wait)
     }
 
     /// Writes a snapshot of the live version when one is due (by time, by
@@ -50,14 +53,14 @@ impl Trainer {
         let position = self.live.feedback_position;
         let now = self.clock.now();
         let due = self.snapshots.as_ref().is_some_and(|p| {
-            p.owed
+            p.owed.load(Ordering::Acquire)
                 || now.saturating_sub(p.last) >= p.interval
                 || (p.every_examples > 0
                     && position.saturating_sub(p.last_position) >= p.every_examples)
         });
         if due {
             // A failure is logged and counted inside; the next one retries.
-            let _ = self.snapshot_live();
+            let _ = self.snapshot_live(false);
         }
     }
 
@@ -87,13 +90,14 @@ impl Trainer {
             true,
             quality,
         );
-        if let Some(policy) = &mut self.snapshots {
+        // Failures are counted and recorded by the writer; a busy writer
+        // leaves it owed.
+        if let Ok(snapshot) = snapshot
+            && self.write_snapshot(snapshot, force).is_ok()
+            && let Some(policy) = &mut self.snapshots
+        {
             policy.last_good_at = self.clock.now();
             policy.unsaved_last_good = false;
-        }
-        if let Ok(snapshot) = snapshot {
-            // Failures are counted and recorded inside.
-            let _ = self.write_snapshot(snapshot);
         }
     }
 
@@ -145,97 +149,52 @@ impl Trainer {
         })
     }
 
-    pub(super) fn write_snapshot(&mut self, snapshot: Snapshot) -> Result<SnapshotFile, String> {
+    /// Hands a snapshot to the writer thread: a periodic one without
+    /// waiting (still due if the writer is busy), one someone waits for
+    /// (`wait`: shutdown, an operator) with its outcome.
+    pub(super) fn write_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        wait: bool,
+    ) -> Result<Option<SnapshotFile>, String> {
         let protect: Vec<u64> = self
             .monitor
             .as_ref()
             .map(|m| m.last_good().version)
             .into_iter()
             .collect();
+        let needed = self
+            .monitor
+            .as_ref()
+            .map(|m| m.last_good().position)
+            .unwrap_or(u64::MAX)
+            .min(self.live.feedback_position);
         let Some(policy) = &mut self.snapshots else {
             return Err("snapshots are not kept for this model".into());
         };
-        if !snapshot.meta.last_good {
+        let Some(writer) = &policy.writer else {
+            return Err("the snapshot writer did not start".into());
+        };
+        let periodic = !snapshot.meta.last_good;
+        let position = snapshot.meta.feedback_position;
+        let job = writer::Job {
+            snapshot,
+            protect,
+            needed,
+            reply: None,
+        };
+        let result = if wait {
+            writer.write(job).map(Some)
+        } else if writer.offer(job) {
+            Ok(None)
+        } else {
+            return Err("the snapshot writer is busy; still due".into());
+        };
+        if periodic {
             policy.last = self.clock.now();
-            policy.last_position = snapshot.meta.feedback_position;
+            policy.last_position = position;
         }
-        let version = snapshot.meta.version;
-        let started = Instant::now();
-        let synced = self
-            .journal
-            .sync()
-            .map_err(|e| format!("cannot sync the feedback log: {e}"));
-        let written = synced.and_then(|()| {
-            policy
-                .store
-                .write(&snapshot, &protect)
-                .map_err(|e| e.to_string())
-        });
-        match written {
-            Ok(file) => {
-                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
-                if snapshot.trainer.is_some() {
-                    policy.owed = false;
-                }
-                // The log was synced above, so every key with a position
-                // is durable; saved before the log is trimmed.
-                if let Some(keys) = &policy.keys
-                    && let Err(e) = keys.save(policy.store.dir())
-                {
-                    tracing::warn!(model = %self.model, error = %e, "cannot save idempotency keys; the log is not trimmed");
-                } else {
-                    self.trim_log();
-                }
-                self.stats
-                    .timings
-                    .snapshot
-                    .observe(started.elapsed().as_secs_f64());
-                tracing::info!(model = %self.model, version, last_good = snapshot.meta.last_good, bytes = file.bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
-                Ok(file)
-            }
-            Err(e) => {
-                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(model = %self.model, version, error = %e, "snapshot failed");
-                self.events.push(Event::new(
-                    EventKind::SnapshotFailed,
-                    version,
-                    format!("snapshot of v{version} failed: {e}"),
-                ));
-                Err(e.to_string())
-            }
-        }
-    }
-
-    /// Drops (or archives) the log segments no snapshot on disk, nor
-    /// last-good, still needs: an online learner need not keep data it has
-    /// learned. A snapshot whose position cannot be read (damaged) never
-    /// loads, so it holds nothing back.
-    fn trim_log(&self) {
-        let (log, Some(policy)) = (&self.journal, &self.snapshots) else {
-            return;
-        };
-        if !log.keeps_records() {
-            return;
-        }
-        let Ok(files) = policy.store.list() else {
-            return;
-        };
-        let needed = files
-            .iter()
-            .filter_map(|f| SnapshotStore::position_of(&f.path))
-            .chain(self.monitor.as_ref().map(|m| m.last_good().position))
-            .chain([self.live.feedback_position])
-            .min()
-            .unwrap_or(0);
-        match log.trim_before(needed) {
-            Ok(0) => {}
-            Ok(segments) => {
-                tracing::info!(model = %self.model, segments, before = needed, "feedback log segments no longer needed were removed");
-            }
-            Err(e) => {
-                tracing::warn!(model = %self.model, error = %e, "cannot trim the feedback log")
-            }
-        }
+        result
     }
 }
 
@@ -266,7 +225,10 @@ pub struct SnapshotPolicy {
     /// A snapshot with the trainer's state is owed at the next quiet
     /// moment (after a recovery that could not replay exactly, a rollback
     /// to a retained file, a step the log could not take).
-    pub(super) owed: bool,
+    pub(super) owed: Arc<AtomicBool>,
+    /// Encodes and writes snapshots on its own thread (started with the
+    /// trainer).
+    pub(super) writer: Option<SnapshotWriter>,
 }
 
 impl SnapshotPolicy {
@@ -289,13 +251,14 @@ impl SnapshotPolicy {
             every_examples: 0,
             last_position: 0,
             keys: None,
-            owed: false,
+            owed: Arc::default(),
+            writer: None,
         }
     }
 
     /// Whether a snapshot with the trainer's state is owed from the start.
-    pub fn owing(mut self, owed: bool) -> Self {
-        self.owed = owed;
+    pub fn owing(self, owed: bool) -> Self {
+        self.owed.store(owed, Ordering::Release);
         self
     }
 

@@ -108,7 +108,7 @@ impl Trainer {
                 self.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(model = %self.model, error = %e, "cannot log a trainer step; a snapshot is owed");
                 if let Some(policy) = &mut self.snapshots {
-                    policy.owed = true;
+                    policy.owed.store(true, Ordering::Release);
                 }
             }
         }

@@ -1,0 +1,178 @@
+//! `SnapshotWriter`: one thread per model that encodes and writes the
+//! snapshots the trainer hands it, so the trainer goes on training while a
+//! large model is encoded and fsynced. The trainer hands over copy-on-write
+//! clones (a few pointer copies); the writer syncs the feedback log (a
+//! snapshot never records a position the log could lose), writes the file
+//! atomically, saves the idempotency keys, and trims the log.
+//!
+//! Jobs run in order. A periodic snapshot is offered without waiting and
+//! skipped (still due) while another is being written; a shutdown or an
+//! operator's snapshot waits for its answer.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+
+use super::super::idempotency::IdempotencyKeys;
+use super::*;
+
+/// One snapshot to write.
+pub(super) struct Job {
+    pub(super) snapshot: Snapshot,
+    /// Versions pruning must keep (the current last-good).
+    pub(super) protect: Vec<u64>,
+    /// Log positions the trainer still needs whatever the files say
+    /// (last-good's, the live version's).
+    pub(super) needed: u64,
+    pub(super) reply: Option<std_mpsc::Sender<Result<SnapshotFile, String>>>,
+}
+
+/// What the writer shares with the trainer.
+pub(super) struct WriterParts {
+    pub(super) model: Arc<str>,
+    pub(super) store: SnapshotStore,
+    pub(super) journal: Arc<dyn FeedbackLog>,
+    pub(super) keys: Option<Arc<IdempotencyKeys>>,
+    pub(super) stats: Arc<TrainingStats>,
+    pub(super) events: Arc<EventLog>,
+    /// Cleared when a snapshot with the trainer's state is written.
+    pub(super) owed: Arc<AtomicBool>,
+}
+
+pub(super) struct SnapshotWriter {
+    jobs: Option<std_mpsc::SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    pub(super) fn spawn(parts: WriterParts) -> std::io::Result<Self> {
+        // One job waiting besides the one being written.
+        let (jobs, rx) = std_mpsc::sync_channel::<Job>(1);
+        let thread = std::thread::Builder::new()
+            .name("eddy-snapshots".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = parts.write(job.snapshot, &job.protect, job.needed);
+                    if let Some(reply) = job.reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Offers a job without waiting; false if the writer is busy.
+    pub(super) fn offer(&self, job: Job) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.try_send(job).is_ok())
+    }
+
+    /// Writes `job` and waits for the outcome.
+    pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, String> {
+        let (tx, rx) = std_mpsc::channel();
+        job.reply = Some(tx);
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if !sent {
+            return Err("the snapshot writer has stopped".into());
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err("the snapshot writer has stopped".into()))
+    }
+}
+
+impl Drop for SnapshotWriter {
+    /// Writes what was handed over, then stops.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl WriterParts {
+    fn write(
+        &self,
+        snapshot: Snapshot,
+        protect: &[u64],
+        needed: u64,
+    ) -> Result<SnapshotFile, String> {
+        let version = snapshot.meta.version;
+        let started = Instant::now();
+        let written = self
+            .journal
+            .sync()
+            .map_err(|e| format!("cannot sync the feedback log: {e}"))
+            .and_then(|()| {
+                self.store
+                    .write(&snapshot, protect)
+                    .map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(file) => {
+                self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                if snapshot.trainer.is_some() {
+                    self.owed.store(false, Ordering::Release);
+                }
+                // The log was synced above, so every key with a position
+                // is durable; saved before the log is trimmed.
+                if let Some(keys) = &self.keys
+                    && let Err(e) = keys.save(self.store.dir())
+                {
+                    tracing::warn!(model = %self.model, error = %e, "cannot save idempotency keys; the log is not trimmed");
+                } else {
+                    self.trim_log(needed);
+                }
+                self.stats
+                    .timings
+                    .snapshot
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(model = %self.model, version, last_good = snapshot.meta.last_good, bytes = file.bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
+                Ok(file)
+            }
+            Err(e) => {
+                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.model, version, error = %e, "snapshot failed");
+                self.events.push(Event::new(
+                    EventKind::SnapshotFailed,
+                    version,
+                    format!("snapshot of v{version} failed: {e}"),
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops (or archives) the log segments no snapshot on disk, nor the
+    /// trainer (`needed`), still needs: an online learner need not keep
+    /// data it has learned. A snapshot whose position cannot be read
+    /// (damaged) never loads, so it holds nothing back.
+    fn trim_log(&self, needed: u64) {
+        if !self.journal.keeps_records() {
+            return;
+        }
+        let Ok(files) = self.store.list() else {
+            return;
+        };
+        let needed = files
+            .iter()
+            .filter_map(|f| SnapshotStore::position_of(&f.path))
+            .fold(needed, u64::min);
+        match self.journal.trim_before(needed) {
+            Ok(0) => {}
+            Ok(segments) => {
+                tracing::info!(model = %self.model, segments, before = needed, "feedback log segments no longer needed were removed");
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e, "cannot trim the feedback log")
+            }
+        }
+    }
+}
