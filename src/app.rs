@@ -156,8 +156,13 @@ impl App {
             let log: Arc<dyn FeedbackLog> = if config.storage.wal {
                 // Keys saved with the snapshot; those after it come back
                 // with the log's replay.
-                keys.load(&dir, next_example, std::time::SystemTime::now())
-                    .with_context(|| format!("model {}: idempotency keys", m.name))?;
+                if let Err(e) = keys.load(&dir, next_example, std::time::SystemTime::now()) {
+                    if !config.storage.repair {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("model {}: idempotency keys", m.name)));
+                    }
+                    tracing::warn!(model = %m.name, error = %e, "idempotency keys cannot be read; going on without them (repair)");
+                }
                 open_log(&m.name, &dir, &config, meta.feedback_position)?
             } else {
                 Arc::new(MemoryLog::starting_at(meta.feedback_position))
@@ -170,6 +175,7 @@ impl App {
                     from: s.map_or(meta.feedback_position, Trainer::log_from_state),
                     next_example,
                     applied: s.map_or(0, |s| s.applied),
+                    trained_position: s.map_or(meta.feedback_position, |s| s.trained_position),
                     exact: s.is_some() || !loaded_from_file,
                     held: s.map(|s| s.held.clone()).unwrap_or_default(),
                     buffer: s
@@ -443,7 +449,7 @@ fn open_log(
     let (mut log, mut report) = open(options.clone())?;
     if log.next_position() < position {
         drop(log);
-        let aside = dir.join(format!("wal-before-{position}"));
+        let aside = dir.join(format!("wal-before-{position}-{}", epoch_ms()));
         tracing::warn!(model, log = %wal.display(), moved_to = %aside.display(), position, "the feedback log ends before the snapshot's position; starting a new one");
         std::fs::rename(&wal, &aside)
             .with_context(|| format!("model {model}: cannot move {} aside", wal.display()))?;

@@ -136,12 +136,28 @@ pub fn write_trained(
             quality,
             last_good: true,
             log_from: None,
+            offline: true,
             feature_names: Arc::new(names),
         },
         learner: learner.clone(),
         trainer: None,
     };
-    Ok(store.write(&snapshot, &protect)?)
+    let file = store.write(&snapshot, &protect)?;
+    // The model trained offline replaces what a server learned here: its
+    // feedback log is moved aside (kept for the operator), so a server
+    // started on this directory does not replay it over the new weights.
+    let wal = lock.dir().join("wal");
+    if wal.exists() {
+        let aside = lock.dir().join(format!("wal-before-train-{version}"));
+        std::fs::rename(&wal, &aside)
+            .with_context(|| format!("cannot move the feedback log {} aside", wal.display()))?;
+        eprintln!(
+            "the server's feedback log in {} was moved to {} (the trained model replaces what it learned)",
+            lock.dir().display(),
+            aside.display()
+        );
+    }
+    Ok(file)
 }
 
 /// What `eddy snapshot inspect` shows: the metadata and the shape.

@@ -21,6 +21,7 @@
 //! is configured the admin routes are open, which `app` allows only on a
 //! loopback listener (it refuses to bind elsewhere).
 
+use crate::serving::trainer::SnapshotError;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -152,7 +153,12 @@ async fn snapshot_now(
     let runtime = state.app.model(&model)?;
     let file = ask(runtime, TrainerCommand::Snapshot)
         .await?
-        .map_err(|message| ApiError::Internal(format!("snapshot failed: {message}")))?;
+        .map_err(|e| match e {
+            SnapshotError::Holding => ApiError::SnapshotDeferred(e.to_string()),
+            SnapshotError::Failed(message) => {
+                ApiError::Internal(format!("snapshot failed: {message}"))
+            }
+        })?;
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "snapshot": file })).into_response())
 }
 

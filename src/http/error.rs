@@ -56,12 +56,18 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     Rollback(#[from] RollbackError),
+    #[error("{0}")]
+    SnapshotDeferred(String),
     #[error("source `{0}` is not blamed")]
     SourceNotBlamed(String),
     #[error("{0}")]
     IdempotencyKey(#[from] crate::serving::idempotency::KeyError),
     #[error("feedback cannot be stored: {0}; nothing was accepted")]
     Storage(crate::persist::wal::LogError),
+    #[error(
+        "the examples were queued for training but could not be made durable: {0}; they may not survive a crash (a retry with the same Idempotency-Key is not trained twice)"
+    )]
+    NotDurable(crate::persist::wal::LogError),
     #[error("internal error")]
     Internal(String),
 }
@@ -112,7 +118,10 @@ impl ApiError {
                 (S::INTERNAL_SERVER_ERROR, "rollback_failed")
             }
             ApiError::SourceNotBlamed(_) => (S::NOT_FOUND, "source_not_blamed"),
-            ApiError::Storage(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            ApiError::SnapshotDeferred(_) => (S::CONFLICT, "gate_holding"),
+            ApiError::Storage(_) | ApiError::NotDurable(_) => {
+                (S::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ApiError::IdempotencyKey(KeyError::InFlight) => {
                 (S::CONFLICT, "idempotency_key_in_flight")
             }

@@ -102,7 +102,10 @@ pub async fn feedback(
             return Err(e);
         }
     };
-    let key = match key.map(|k| begin(runtime, k, &body)).transpose() {
+    let key = match key
+        .map(|k| begin(runtime, k, &body, headers.get(SOURCE_HEADER)))
+        .transpose()
+    {
         Ok(Some(Keyed::Acknowledged(n))) => return Ok(acknowledged(n, true)),
         Ok(Some(Keyed::New(record))) => Some(record),
         Ok(None) => None,
@@ -113,24 +116,28 @@ pub async fn feedback(
             return Err(e);
         }
     };
-    let result = match accept(&state, runtime, &headers, &body, key.as_ref()) {
-        // With `fsync = "always"` the 202 waits for an fsync covering the
-        // examples (shared with concurrent requests).
-        Ok((accepted, Some(durable))) => {
-            durable.await.map(|()| accepted).map_err(ApiError::Storage)
-        }
-        Ok((accepted, None)) => Ok(accepted),
-        Err(e) => Err(e),
-    }
-    .map(|accepted| acknowledged(accepted, false));
+    let accepted = accept(&state, runtime, &headers, &body, key.as_ref());
     if let Some(record) = &key {
-        // Only 202 answers are remembered.
-        if result.is_ok() {
+        // Once appended and queued the examples are trained: a retry gets
+        // this answer (also if the client goes before the fsync below).
+        // A request refused before that leaves its key free.
+        if accepted.is_ok() {
             runtime.keys.finish(&record.key);
         } else {
             runtime.keys.abandon(&record.key);
         }
     }
+    let result = match accepted {
+        // With `fsync = "always"` the 202 waits for an fsync covering the
+        // examples (shared with concurrent requests).
+        Ok((accepted, Some(durable))) => durable
+            .await
+            .map(|()| accepted)
+            .map_err(ApiError::NotDurable),
+        Ok((accepted, None)) => Ok(accepted),
+        Err(e) => Err(e),
+    }
+    .map(|accepted| acknowledged(accepted, false));
     if let Err(e) = &result {
         state
             .metrics
@@ -177,11 +184,21 @@ enum Keyed {
 /// the table; a new one is marked in flight. While the model replays its
 /// log, keys of requests acknowledged before the restart are still coming
 /// back, so keyed feedback waits (503 `not_ready`, `Retry-After`).
-fn begin(runtime: &ModelRuntime, key: &[u8], body: &[u8]) -> Result<Keyed, ApiError> {
+fn begin(
+    runtime: &ModelRuntime,
+    key: &[u8],
+    body: &[u8],
+    source: Option<&axum::http::HeaderValue>,
+) -> Result<Keyed, ApiError> {
     if runtime.stats.recovering.load(Ordering::Acquire) {
         return Err(ApiError::NotReady);
     }
-    let hash = *blake3::hash(body).as_bytes();
+    // The request is its body and the sender the header names.
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(source.map_or(&[][..], |s| s.as_bytes()));
+    hasher.update(&[0]);
+    hasher.update(body);
+    let hash = *hasher.finalize().as_bytes();
     let now = SystemTime::now();
     Ok(match runtime.keys.begin(key, hash, now)? {
         Begin::Acknowledged(n) => Keyed::Acknowledged(n),

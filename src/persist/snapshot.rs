@@ -81,10 +81,18 @@ pub struct SnapshotMeta {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_from: Option<u64>,
+    /// Written by `eddy train`: a model trained offline, which replaces
+    /// whatever a server learned in this directory before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offline: bool,
     /// The feature names known for the weight rows (from `eddy train`),
     /// carried from snapshot to snapshot.
     #[serde(default, skip_serializing_if = "no_names")]
     pub feature_names: Arc<FeatureNames>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn no_names(names: &Arc<FeatureNames>) -> bool {
@@ -690,6 +698,15 @@ impl SnapshotStore {
     /// a feedback log, restoring the state and replaying what followed
     /// ends later, and exactly, where a last-good file cannot continue.
     pub fn load_newest_resumable(&self) -> Result<Loaded, Error> {
+        // A model trained offline since replaces what the server learned.
+        let newest = self.load_newest(false)?;
+        if newest
+            .snapshot
+            .as_ref()
+            .is_some_and(|(s, _)| s.meta.offline)
+        {
+            return Ok(newest);
+        }
         let preferred = self.load_newest(true)?;
         if preferred
             .snapshot
@@ -833,6 +850,7 @@ mod tests {
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.75)]),
                 last_good: false,
                 log_from: None,
+                offline: false,
                 feature_names: Arc::new(names),
             },
             learner,
@@ -1033,6 +1051,7 @@ mod tests {
                 model_created_at_ms: 1_700_000_000_000,
                 quality: BTreeMap::from([("accuracy".to_owned(), 0.5)]),
                 log_from: None,
+                offline: false,
                 last_good: true,
                 feature_names: Arc::new(names),
             },

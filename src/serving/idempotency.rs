@@ -216,8 +216,13 @@ impl IdempotencyKeys {
 
     /// Saves the keys whose examples are in the log (called after the log
     /// was synced for a snapshot).
+    ///
+    /// The file is the postcard encoding followed by its blake3 checksum,
+    /// so a damaged file is never read as a smaller table.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let bytes = postcard::to_stdvec(&self.logged()).map_err(std::io::Error::other)?;
+        let mut bytes = postcard::to_stdvec(&self.logged()).map_err(std::io::Error::other)?;
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(sum.as_bytes());
         crate::persist::write_atomic(&dir.join(FILE), &bytes)
     }
 
@@ -229,12 +234,24 @@ impl IdempotencyKeys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
-        let mut saved: Vec<(u64, KeyRecord)> = postcard::from_bytes(&bytes).map_err(|e| {
+        let damaged = |why: String| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", dir.join(FILE).display()),
+                format!(
+                    "{}: {why}; start with --repair to go on without it (keys it held are forgotten)",
+                    dir.join(FILE).display()
+                ),
             )
-        })?;
+        };
+        let body = bytes
+            .len()
+            .checked_sub(32)
+            .map(|at| bytes.split_at(at))
+            .filter(|(body, sum)| blake3::hash(body).as_bytes() == *sum)
+            .map(|(body, _)| body)
+            .ok_or_else(|| damaged("checksum mismatch (damaged)".into()))?;
+        let mut saved: Vec<(u64, KeyRecord)> =
+            postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
         saved.sort_by_key(|(_, r)| r.at);
         let mut n = 0;
         for (p, record) in saved.iter().filter(|(p, _)| *p < position) {
@@ -297,5 +314,14 @@ mod tests {
             "after the position: replay's job"
         );
         assert_eq!(back.begin(b"z", h(3), now), Ok(Begin::New));
+        // A damaged file is refused, never read as a smaller table.
+        let file = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&file).expect("read");
+        bytes[3] ^= 1;
+        std::fs::write(&file, &bytes).expect("write");
+        let err = IdempotencyKeys::new(100, Duration::from_secs(60))
+            .load(dir.path(), 20, now)
+            .unwrap_err();
+        assert!(err.to_string().contains("--repair"), "{err}");
     }
 }

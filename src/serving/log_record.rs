@@ -26,8 +26,9 @@ use super::trainer::StepRecord;
 #[derive(Serialize)]
 enum RecordOut<'a> {
     Feedback(FeedbackOut<'a>),
-    /// The first example of a request sent with an `Idempotency-Key`.
-    KeyedFeedback(FeedbackOut<'a>, &'a KeyRecord),
+    /// The first example of a request of several examples, or of one
+    /// sent with an `Idempotency-Key`.
+    BatchFirst(FeedbackOut<'a>, BatchOut<'a>),
     /// A decision of the trainer (see `trainer::steps`).
     Step(&'a StepRecord),
 }
@@ -46,16 +47,31 @@ struct FeedbackOut<'a> {
 #[derive(Deserialize)]
 enum RecordIn {
     Feedback(FeedbackIn),
-    KeyedFeedback(FeedbackIn, KeyRecord),
+    BatchFirst(FeedbackIn, Batch),
     Step(StepRecord),
+}
+
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    count: u32,
+    key: Option<&'a KeyRecord>,
+}
+
+/// What the first record of a request says about it: how many examples it
+/// has (a crash mid-write can leave fewer, and replay then drops them all:
+/// none was acknowledged), and its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Batch {
+    pub count: u32,
+    pub key: Option<KeyRecord>,
 }
 
 /// A record read back.
 #[derive(Debug)]
 pub enum Record {
-    /// An accepted example, and the request's key if it is the first
-    /// example of a keyed request.
-    Feedback(Box<Feedback>, Option<KeyRecord>),
+    /// An accepted example, and what the first example of a request says
+    /// about it.
+    Feedback(Box<Feedback>, Option<Batch>),
     Step(StepRecord),
 }
 
@@ -72,7 +88,7 @@ struct FeedbackIn {
 /// Appends the encoding of one accepted example to `buf` (requests
 /// encode all their examples into one buffer); the first of a keyed
 /// request carries its key.
-pub fn encode_into(buf: &mut Vec<u8>, fb: &Feedback, key: Option<&KeyRecord>) {
+pub fn encode_into(buf: &mut Vec<u8>, fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) {
     let out = FeedbackOut {
         features: &fb.features,
         target: fb.target,
@@ -81,18 +97,18 @@ pub fn encode_into(buf: &mut Vec<u8>, fb: &Feedback, key: Option<&KeyRecord>) {
         received_at: fb.received_at,
         scored: fb.scored,
     };
-    let record = match key {
+    let record = match batch {
         None => RecordOut::Feedback(out),
-        Some(key) => RecordOut::KeyedFeedback(out, key),
+        Some((count, key)) => RecordOut::BatchFirst(out, BatchOut { count, key }),
     };
     // Serialising plain data into a Vec cannot fail.
     let _ = postcard::to_io(&record, buf);
 }
 
 /// Encodes one accepted example on its own.
-pub fn encode(fb: &Feedback, key: Option<&KeyRecord>) -> Vec<u8> {
+pub fn encode(fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) -> Vec<u8> {
     let mut buf = Vec::new();
-    encode_into(&mut buf, fb, key);
+    encode_into(&mut buf, fb, batch);
     buf
 }
 
@@ -104,9 +120,9 @@ pub fn encode_step(step: &StepRecord) -> Vec<u8> {
 
 /// Decodes the record at `position`.
 pub fn decode(bytes: &[u8], position: u64) -> Result<Record, postcard::Error> {
-    let (r, key) = match postcard::from_bytes(bytes)? {
+    let (r, batch) = match postcard::from_bytes(bytes)? {
         RecordIn::Feedback(r) => (r, None),
-        RecordIn::KeyedFeedback(r, key) => (r, Some(key)),
+        RecordIn::BatchFirst(r, batch) => (r, Some(batch)),
         RecordIn::Step(step) => return Ok(Record::Step(step)),
     };
     let fb = Feedback {
@@ -118,7 +134,7 @@ pub fn decode(bytes: &[u8], position: u64) -> Result<Record, postcard::Error> {
         scored: r.scored,
         position,
     };
-    Ok(Record::Feedback(Box::new(fb), key))
+    Ok(Record::Feedback(Box::new(fb), batch))
 }
 
 #[cfg(test)]
@@ -180,12 +196,18 @@ mod tests {
             at: SystemTime::UNIX_EPOCH,
         };
         let Record::Feedback(back, with) =
-            decode(&encode(&regression, Some(&key)), 0).expect("decodes")
+            decode(&encode(&regression, Some((3, Some(&key)))), 0).expect("decodes")
         else {
             panic!("an example")
         };
         assert_eq!(back.target, Target::Value(-2.25));
-        assert_eq!(with, Some(key));
+        assert_eq!(
+            with,
+            Some(Batch {
+                count: 3,
+                key: Some(key)
+            })
+        );
         assert!(
             decode(&[9, 0, 0], 0).is_err(),
             "an unknown variant is an error"

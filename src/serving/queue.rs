@@ -7,7 +7,7 @@
 //! ever dropped and no request blocks on the trainer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use thiserror::Error;
@@ -89,6 +89,9 @@ pub struct FeedbackQueue {
     /// Where every accepted example is appended before it is queued (a
     /// `MemoryLog` when nothing is kept).
     log: Arc<dyn FeedbackLog>,
+    /// Examples read back from the log at start-up and not learned yet:
+    /// they count against the capacity too.
+    backlog: Arc<AtomicUsize>,
 }
 
 /// Receiving side, owned by the trainer.
@@ -97,6 +100,7 @@ pub struct FeedbackStream {
     rx: mpsc::Receiver<Feedback>,
     /// Items taken so far.
     taken: u64,
+    backlog: Arc<AtomicUsize>,
 }
 
 /// A bounded queue whose examples are appended to `log` first.
@@ -105,13 +109,19 @@ pub fn feedback_channel(
     log: Arc<dyn FeedbackLog>,
 ) -> (FeedbackQueue, FeedbackStream) {
     let (tx, rx) = mpsc::channel(capacity);
+    let backlog = Arc::new(AtomicUsize::new(0));
     (
         FeedbackQueue {
             tx,
             accepted: Arc::new(AtomicU64::new(0)),
             log,
+            backlog: backlog.clone(),
         },
-        FeedbackStream { rx, taken: 0 },
+        FeedbackStream {
+            rx,
+            taken: 0,
+            backlog,
+        },
     )
 }
 
@@ -138,6 +148,9 @@ impl FeedbackQueue {
                 capacity,
             });
         }
+        if self.depth() + self.backlog.load(Ordering::Acquire) + n > capacity {
+            return Err(QueueError::Full(n));
+        }
         match self.tx.try_reserve_many(n) {
             Ok(permits) => Ok(Reservation {
                 permits,
@@ -149,7 +162,8 @@ impl FeedbackQueue {
         }
     }
 
-    /// Examples waiting for the trainer.
+    /// Examples waiting for the trainer in the queue (not counting the
+    /// backlog a restart read back from the log).
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
@@ -184,8 +198,12 @@ impl Reservation<'_> {
         let mut buf = Vec::new();
         let mut ends = Vec::with_capacity(items.len());
         if self.log.keeps_records() {
+            // The first record says how many follow (a torn batch is
+            // dropped whole on replay) and carries the request's key.
+            let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+            let head = Some((count, key));
             for (i, fb) in items.iter().enumerate() {
-                log_record::encode_into(&mut buf, fb, key.filter(|_| i == 0));
+                log_record::encode_into(&mut buf, fb, head.filter(|_| i == 0));
                 ends.push(buf.len());
             }
         } else {
@@ -261,6 +279,11 @@ impl FeedbackStream {
         let item = self.rx.recv().await;
         self.taken += u64::from(item.is_some());
         item
+    }
+
+    /// How many examples read back from the log wait for the trainer.
+    pub fn set_backlog(&self, n: usize) {
+        self.backlog.store(n, Ordering::Release);
     }
 
     /// Items taken so far.

@@ -274,7 +274,7 @@ pub struct Repaired {
 /// Everything the log can fail with.
 #[derive(Debug, Error)]
 pub enum LogError {
-    #[error("log i/o failed on {path}")]
+    #[error("log i/o failed on {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]

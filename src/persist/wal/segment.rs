@@ -291,11 +291,14 @@ impl SegmentReader {
         let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if RECORD_HEADER_LEN + len > remaining {
+            // A crash mid-write, unless a whole record follows: then the
+            // length itself is damaged and what follows must not be lost.
+            let torn = !self.record_follows(offset + RECORD_HEADER_LEN)?;
             let reason = format!("record length {len} runs past the end of the file");
-            return Err(bad(offset, reason, true));
+            return Err(bad(offset, reason, torn));
         }
         if len > MAX_RECORD_BYTES {
-            let torn = self.rest_is_zero(offset)?;
+            let torn = !self.record_follows(offset + RECORD_HEADER_LEN)?;
             let reason = format!("record length {len} is over the limit of {MAX_RECORD_BYTES}");
             return Err(bad(offset, reason, torn));
         }
@@ -304,8 +307,10 @@ impl SegmentReader {
         buf.resize(len as usize, 0);
         self.reader.read_exact(buf)?;
         if crc != record_crc(self.next, buf) {
-            let end = offset + RECORD_HEADER_LEN + len;
-            let torn = end == self.file_len || self.rest_is_zero(offset)?;
+            // Torn (a crash mid-write, or a power loss that left zeros)
+            // unless a whole record follows: then this one was damaged in
+            // place, and what follows must not be cut away.
+            let torn = !self.record_follows(offset + RECORD_HEADER_LEN)?;
             let reason = format!("checksum mismatch for position {}", self.next);
             return Err(bad(offset, reason, torn));
         }
@@ -315,23 +320,28 @@ impl SegmentReader {
         Ok(Some(position))
     }
 
-    /// Whether every byte from `offset` to the end of the file is zero.
-    fn rest_is_zero(&mut self, offset: u64) -> io::Result<bool> {
-        self.reader.seek(SeekFrom::Start(offset))?;
-        let mut left = self.file_len - offset;
-        let mut chunk = vec![0u8; 64 << 10];
-        while left > 0 {
-            let want = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let got = self.reader.read(&mut chunk[..want])?;
-            if got == 0 {
-                break;
+    /// Whether a whole, valid record of the next position but one starts
+    /// anywhere from `from` to the end of the file: proof that the damage
+    /// at hand is not a torn tail (a torn write leaves nothing valid after
+    /// it). Only on the error path, so a plain scan of every offset.
+    fn record_follows(&mut self, from: u64) -> io::Result<bool> {
+        self.reader.seek(SeekFrom::Start(from))?;
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        let after = self.next + 1;
+        let header = RECORD_HEADER_LEN as usize;
+        for at in 0..rest.len().saturating_sub(header - 1) {
+            let h = &rest[at..at + header];
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+            let Some(payload) = rest.get(at + header..at + header + len) else {
+                continue;
+            };
+            if crc == record_crc(after, payload) {
+                return Ok(true);
             }
-            if chunk[..got].iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            left -= got as u64;
         }
-        Ok(true)
+        Ok(false)
     }
 }
 

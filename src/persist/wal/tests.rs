@@ -704,3 +704,48 @@ fn trim_without_archive_deletes_and_reads_stop_at_the_call() {
     assert!(first <= 25);
     assert_eq!(read_all(&log, 25), expected[25..]);
 }
+
+/// A flipped bit that makes a record's length run past the end of the
+/// file is not a torn tail when whole records follow it: start-up refuses
+/// (nothing acknowledged is cut away), and repair keeps what came before.
+#[test]
+fn a_damaged_length_in_the_middle_is_not_taken_for_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = {
+        let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 0).unwrap();
+        fill(&log, 0, 100)
+    };
+    let path = segment_paths(tmp.path()).pop().unwrap();
+    let (offset, _) = record_offset(&path, 10);
+    // The length's highest byte: now far past the end of the file.
+    flip_bit(&path, offset + 3);
+    let err = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 0).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
+    let mut repair = options(Fsync::Never, 1 << 20);
+    repair.repair = true;
+    let (log, report) = LocalLog::open(tmp.path(), repair, 0).unwrap();
+    assert!(report.torn_tail.is_none());
+    assert_eq!(read_all(&log, 0), expected[..10]);
+}
+
+/// A power loss can leave the last pages of a write as zeros after an
+/// intact header: nothing valid follows, so it is a torn tail, cut at the
+/// first damaged record.
+#[test]
+fn zeros_over_the_last_records_are_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = {
+        let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 0).unwrap();
+        fill(&log, 0, 40)
+    };
+    let path = segment_paths(tmp.path()).pop().unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let len = bytes.len();
+    bytes[len - 100..].fill(0);
+    fs::write(&path, &bytes).unwrap();
+    let (log, report) = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 0).unwrap();
+    assert!(report.torn_tail.is_some());
+    let kept = read_all(&log, 0);
+    assert!(!kept.is_empty() && kept.len() < expected.len());
+    assert_eq!(kept, expected[..kept.len()]);
+}

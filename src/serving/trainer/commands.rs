@@ -8,7 +8,7 @@ use super::*;
 #[derive(Debug)]
 pub enum TrainerCommand {
     /// Publish anything trained but unpublished, then write a snapshot.
-    Snapshot(oneshot::Sender<Result<SnapshotFile, String>>),
+    Snapshot(oneshot::Sender<Result<SnapshotFile, SnapshotError>>),
     /// Stop taking feedback from the queue (it keeps accepting until full)
     /// after publishing what is trained; answers once paused.
     Pause(oneshot::Sender<()>),
@@ -38,6 +38,17 @@ pub struct RolledBack {
     pub rolled_back_from: u64,
     /// Examples learned since last-good that the model no longer includes.
     pub dropped: usize,
+}
+
+/// Why an operator's snapshot was not written.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error(
+        "the gate is holding a candidate that is not published; the snapshot is written once it is decided (the feedback log keeps what it learned)"
+    )]
+    Holding,
+    #[error("snapshot failed: {0}")]
+    Failed(String),
 }
 
 #[derive(Debug, Error)]
@@ -71,9 +82,14 @@ impl Trainer {
             }
             TrainerCommand::Snapshot(reply) => {
                 self.publish_live(true);
-                let written = self
-                    .snapshot_live(true)
-                    .and_then(|file| file.ok_or_else(|| "the snapshot was not written".to_owned()));
+                let holding = self.cadence.minibatches > 0 && self.journal.keeps_records();
+                let written = if holding {
+                    Err(SnapshotError::Holding)
+                } else {
+                    self.snapshot_live(true)
+                        .and_then(|file| file.ok_or_else(|| "not written".to_owned()))
+                        .map_err(SnapshotError::Failed)
+                };
                 let _ = reply.send(written);
             }
             TrainerCommand::Rollback { version, reply } => {

@@ -67,7 +67,7 @@ mod steps;
 mod writer;
 
 use cadence::Cadence;
-pub use commands::{RollbackError, RolledBack, TrainerCommand};
+pub use commands::{RollbackError, RolledBack, SnapshotError, TrainerCommand};
 pub use replay::Recovery;
 pub use snapshots::{SnapshotPolicy, epoch_ms};
 pub use stats::{Timings, TrainingStats};
@@ -121,6 +121,11 @@ pub struct Trainer {
     recovery: Option<Recovery>,
     /// A replayed step could not be applied as it was logged.
     replay_failed: Option<String>,
+    /// A step could not be logged: none is until a snapshot is written.
+    steps_suspended: bool,
+    /// A snapshot was due while the writer was busy: retried at the next
+    /// flush.
+    snapshot_waiting: bool,
 }
 
 /// Everything a trainer is built from.
@@ -182,10 +187,12 @@ impl Trainer {
                 }
             }
         }
-        let (next_example, applied) = parts
+        let (next_example, applied, trained_position) = parts
             .recovery
             .as_ref()
-            .map_or((position, 0), |r| (r.next_example, r.applied));
+            .map_or((position, 0, position), |r| {
+                (r.next_example, r.applied, r.trained_position)
+            });
         Self {
             model: parts.model,
             published: parts.learner.clone(),
@@ -195,7 +202,7 @@ impl Trainer {
             stats: parts.stats,
             config: parts.config,
             snapshots,
-            trained_position: position,
+            trained_position,
             live: parts.live,
             commands: parts.commands,
             monitor: parts.monitor,
@@ -211,6 +218,8 @@ impl Trainer {
             step_versions: Vec::new(),
             recovery: parts.recovery,
             replay_failed: None,
+            steps_suspended: false,
+            snapshot_waiting: false,
         }
     }
 
@@ -273,6 +282,14 @@ impl Trainer {
         self.held.len()
     }
 
+    /// Writes a snapshot of the live version now: on the writer thread
+    /// (`wait = false`: the trainer goes on at once; `Ok(None)` once handed
+    /// over), or waiting for it to be encoded and written (as shutdown
+    /// does). For benchmarks and drivers; the server snapshots by itself.
+    pub fn snapshot(&mut self, wait: bool) -> Result<Option<SnapshotFile>, String> {
+        self.snapshot_live(wait)
+    }
+
     /// Feedback items taken from the queue so far.
     pub fn position(&self) -> u64 {
         self.stream.taken()
@@ -316,7 +333,9 @@ impl Trainer {
             }
             let stream = &mut self.stream;
             let commands = &mut self.commands;
-            let unpublished = self.cadence.minibatches > 0;
+            // A flush publishes what is trained, and retries a snapshot
+            // the busy writer could not take.
+            let unpublished = self.cadence.minibatches > 0 || self.snapshot_waiting;
             let wake = rt.block_on(async {
                 tokio::select! {
                     biased;
@@ -329,7 +348,10 @@ impl Trainer {
             match wake {
                 Wake::Stop | Wake::Closed => break,
                 // The flush timer fires only when the queue ran dry.
-                Wake::Flush => self.publish_live(true),
+                Wake::Flush => {
+                    self.publish_live(true);
+                    self.snapshot_if_due();
+                }
                 Wake::Command(command) => self.command(command),
                 Wake::Items => {
                     let stopped =
@@ -356,6 +378,7 @@ impl Trainer {
     /// Ready once what the log held is learned again (or learning is
     /// paused, so it waits for the resume).
     fn recovered(&self) {
+        self.stream.set_backlog(self.backlog.len());
         if self.backlog.is_empty() || self.stats.paused.load(Ordering::Acquire) {
             self.stats.recovering.store(false, Ordering::Release);
         }
@@ -367,9 +390,11 @@ impl Trainer {
         if batch.is_empty() {
             return;
         }
+        let first = batch[0].position;
         self.take(
             Step::Learn {
                 count: batch.len() as u32,
+                first,
             },
             batch,
         );

@@ -29,6 +29,8 @@ pub struct Recovery {
     pub next_example: u64,
     /// Steps from here on were not applied: replayed when `exact`.
     pub applied: u64,
+    /// Position the restored weights include.
+    pub trained_position: u64,
     /// Whether the state is the one the logged steps continue.
     pub exact: bool,
     /// Positions of the examples held while paused.
@@ -41,6 +43,34 @@ pub struct Recovery {
     pub keys: Option<Arc<IdempotencyKeys>>,
 }
 
+/// The request whose examples are being read back.
+#[derive(Default)]
+struct Request {
+    first: u64,
+    /// Examples still to come.
+    left: u32,
+    key: Option<super::super::idempotency::KeyRecord>,
+    examples: Vec<Feedback>,
+}
+
+impl Request {
+    /// Forgets a request that ended before all its examples were written.
+    fn drop_partial(&mut self, model: &str) {
+        if self.left > 0 {
+            tracing::warn!(
+                model,
+                position = self.first,
+                written = self.examples.len(),
+                missing = self.left,
+                "the log holds a request a crash cut short; it was not acknowledged and is not learned"
+            );
+            self.examples.clear();
+            self.key = None;
+            self.left = 0;
+        }
+    }
+}
+
 impl Trainer {
     pub(super) fn recover_from_log(&mut self, r: Recovery) -> anyhow::Result<()> {
         let started = Instant::now();
@@ -49,6 +79,7 @@ impl Trainer {
         let mut refilled = false;
         let mut gone = 0usize;
         let (mut steps, mut examples) = (0u64, 0u64);
+        let mut request = Request::default();
         let first = self.journal.first_position();
         if first > r.next_example {
             anyhow::bail!(
@@ -67,14 +98,34 @@ impl Trainer {
                 anyhow::anyhow!("feedback log record {position} cannot be read by this eddy: {e}")
             })?;
             match record {
-                Record::Feedback(fb, key) if position >= r.next_example => {
-                    if let (Some(key), Some(keys)) = (key, &r.keys) {
+                Record::Feedback(fb, batch) if position >= r.next_example => {
+                    // A request's examples are contiguous in the log, the
+                    // first saying how many: one a crash cut short (a new
+                    // request or a step follows before it is whole) was
+                    // never acknowledged, and none of it is learned.
+                    let starts = batch.is_some() || request.left == 0;
+                    if starts {
+                        request.drop_partial(&self.model);
+                        request.left = batch.as_ref().map_or(1, |b| b.count);
+                        request.key = batch.and_then(|b| b.key);
+                        request.first = position;
+                    }
+                    request.examples.push(*fb);
+                    request.left = request.left.saturating_sub(1);
+                    if request.left == 0 {
+                        if let (Some(key), Some(keys)) = (request.key.take(), &r.keys) {
+                            keys.restore(&key, request.first, std::time::SystemTime::now());
+                        }
+                        examples += request.examples.len() as u64;
+                        self.backlog.extend(request.examples.drain(..));
+                    }
+                }
+                Record::Feedback(fb, batch) => {
+                    // Every key the log holds comes back (the saved table
+                    // may be older than the snapshot).
+                    if let (Some(key), Some(keys)) = (batch.and_then(|b| b.key), &r.keys) {
                         keys.restore(&key, position, std::time::SystemTime::now());
                     }
-                    self.backlog.push_back(*fb);
-                    examples += 1;
-                }
-                Record::Feedback(fb, _) => {
                     // Remembered examples the log lost are passed over.
                     while buffer.next_if(|e| e.position < position).is_some() {
                         gone += 1;
@@ -86,6 +137,7 @@ impl Trainer {
                     }
                 }
                 Record::Step(step) => {
+                    request.drop_partial(&self.model);
                     if !r.exact || position < r.applied {
                         continue;
                     }
@@ -98,8 +150,14 @@ impl Trainer {
                 }
             }
         }
+        request.drop_partial(&self.model);
         if !refilled {
             self.refill(&mut entries, gone + buffer.count());
+        }
+        if !r.exact {
+            // The log's steps belong to a state this process does not
+            // have; its own begin after them.
+            self.applied = r.to;
         }
         if !r.exact
             && let Some(policy) = &mut self.snapshots
@@ -135,8 +193,19 @@ impl Trainer {
     /// Applies a logged step again, as it was taken.
     fn replay_step(&mut self, record: StepRecord, position: u64) -> anyhow::Result<()> {
         let mut batch = match record.step {
-            Step::Learn { count } => {
+            Step::Learn { count, first } => {
                 let count = count as usize;
+                // Examples the logged run never took (a request a crash
+                // cut short) come before the ones this step learned.
+                while self.backlog.front().is_some_and(|fb| fb.position < first) {
+                    self.backlog.pop_front();
+                }
+                if self.backlog.front().is_some_and(|fb| fb.position != first) {
+                    anyhow::bail!(
+                        "the step at log position {position} learned examples from {first}; the log holds {} there",
+                        self.backlog.front().map_or(0, |fb| fb.position)
+                    );
+                }
                 if self.backlog.len() < count {
                     anyhow::bail!(
                         "the step at log position {position} learned {count} examples; the log holds {} before it",

@@ -10,6 +10,9 @@ use super::super::idempotency::IdempotencyKeys;
 use super::writer::{self, SnapshotWriter};
 use super::*;
 
+/// What `write_snapshot` answers when the writer is still busy.
+const BUSY: &str = "the snapshot writer is busy; still due";
+
 impl Trainer {
     /// Writes a snapshot of the live version: the weights as they were
     /// published, never the working copy, which may hold minibatches the
@@ -58,9 +61,13 @@ impl Trainer {
                 || (p.every_examples > 0
                     && position.saturating_sub(p.last_position) >= p.every_examples)
         });
+        self.snapshot_waiting = false;
         if due {
-            // A failure is logged and counted inside; the next one retries.
-            let _ = self.snapshot_live(false);
+            // A failure is logged and counted by the writer; the next one
+            // retries. A busy writer leaves it waiting for the next flush.
+            if let Err(e) = self.snapshot_live(false) {
+                self.snapshot_waiting = e == BUSY;
+            }
         }
     }
 
@@ -142,6 +149,7 @@ impl Trainer {
                 quality,
                 last_good,
                 log_from: None,
+                offline: false,
                 feature_names: policy.feature_names.clone(),
             },
             learner,
@@ -188,7 +196,7 @@ impl Trainer {
         } else if writer.offer(job) {
             Ok(None)
         } else {
-            return Err("the snapshot writer is busy; still due".into());
+            return Err(BUSY.into());
         };
         if periodic {
             policy.last = self.clock.now();

@@ -24,9 +24,11 @@ use super::*;
 /// A decision of the trainer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Step {
-    /// The next `count` examples (in log order) as one minibatch.
+    /// The `count` examples from position `first` (in log order, the
+    /// ones the trainer had taken) as one minibatch.
     Learn {
         count: u32,
+        first: u64,
     },
     /// Trained work gated and, if the gate passes it, published.
     Publish,
@@ -61,6 +63,8 @@ pub struct TrainerState {
     pub next_example: u64,
     /// Position after the last step applied: later ones are replayed.
     pub applied: u64,
+    /// Position the working copy includes.
+    pub trained_position: u64,
     pub paused: bool,
     /// Positions of the examples held while paused.
     pub held: Vec<u64>,
@@ -94,6 +98,17 @@ impl Trainer {
             at_us: micros(at),
             versions: std::mem::take(&mut self.step_versions),
         };
+        let owed = self
+            .snapshots
+            .as_ref()
+            .is_some_and(|p| p.owed.load(Ordering::Acquire));
+        if self.steps_suspended && !owed {
+            // A snapshot with the state after the gap was written.
+            self.steps_suspended = false;
+        }
+        if self.steps_suspended {
+            return applied;
+        }
         let bytes = if self.journal.keeps_records() {
             log_record::encode_step(&record)
         } else {
@@ -102,11 +117,14 @@ impl Trainer {
         match self.journal.append(Append::new(&[&bytes]), &mut |_| {}) {
             Ok(appended) => self.applied = appended.end,
             Err(e) => {
-                // The state moved on without its record: a replay from an
-                // earlier snapshot could not follow, so the next quiet
-                // moment takes a snapshot that starts after it.
+                // The state moved on without its record, so later steps
+                // could not be replayed over an earlier snapshot: none is
+                // logged until a snapshot with the state after the gap is
+                // written (a crash meanwhile learns the examples after the
+                // last logged step afresh).
                 self.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(model = %self.model, error = %e, "cannot log a trainer step; a snapshot is owed");
+                tracing::error!(model = %self.model, error = %e, "cannot log a trainer step; steps are not logged until the next snapshot");
+                self.steps_suspended = true;
                 if let Some(policy) = &mut self.snapshots {
                     policy.owed.store(true, Ordering::Release);
                 }
@@ -248,6 +266,7 @@ impl Trainer {
         let state = TrainerState {
             next_example: self.next_example,
             applied: self.applied,
+            trained_position: self.trained_position,
             paused: self.stats.paused.load(Ordering::Acquire),
             held: self.held.iter().map(|fb| fb.position).collect(),
             monitor,

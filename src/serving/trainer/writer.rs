@@ -106,10 +106,20 @@ impl WriterParts {
     ) -> Result<SnapshotFile, String> {
         let version = snapshot.meta.version;
         let started = Instant::now();
+        // The log first (a snapshot never records a position the log could
+        // lose), then the keys (every key with a position is durable now;
+        // saved before the snapshot, so a crash between the two leaves keys
+        // at least as new as the snapshot), then the snapshot.
         let written = self
             .journal
             .sync()
             .map_err(|e| format!("cannot sync the feedback log: {e}"))
+            .and_then(|()| match &self.keys {
+                Some(keys) => keys
+                    .save(self.store.dir())
+                    .map_err(|e| format!("cannot save the idempotency keys: {e}")),
+                None => Ok(()),
+            })
             .and_then(|()| {
                 self.store
                     .write(&snapshot, protect)
@@ -121,15 +131,7 @@ impl WriterParts {
                 if snapshot.trainer.is_some() {
                     self.owed.store(false, Ordering::Release);
                 }
-                // The log was synced above, so every key with a position
-                // is durable; saved before the log is trimmed.
-                if let Some(keys) = &self.keys
-                    && let Err(e) = keys.save(self.store.dir())
-                {
-                    tracing::warn!(model = %self.model, error = %e, "cannot save idempotency keys; the log is not trimmed");
-                } else {
-                    self.trim_log(needed);
-                }
+                self.trim_log(needed);
                 self.stats
                     .timings
                     .snapshot
