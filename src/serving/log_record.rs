@@ -114,8 +114,15 @@ pub fn encode(fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) -> Vec<u8
 
 /// Encodes a trainer's decision.
 pub fn encode_step(step: &StepRecord) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_step_into(&mut buf, step);
+    buf
+}
+
+/// Appends the encoding of a trainer's decision to `buf`.
+pub fn encode_step_into(buf: &mut Vec<u8>, step: &StepRecord) {
     // Serialising plain data into a Vec cannot fail.
-    postcard::to_stdvec(&RecordOut::Step(step)).unwrap_or_default()
+    let _ = postcard::to_io(&RecordOut::Step(step), buf);
 }
 
 /// Decodes the record at `position`.
@@ -212,5 +219,73 @@ mod tests {
             decode(&[9, 0, 0], 0).is_err(),
             "an unknown variant is an error"
         );
+    }
+
+    /// A feedback log of this format, committed, so every later release
+    /// proves it still reads it (`EDDY_WRITE_FIXTURES=1` rewrites it).
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fixtures/wal-v1");
+
+    fn fixture_records() -> Vec<Vec<u8>> {
+        let raw: RawFeatures =
+            serde_json::from_str(r#"{"x": 2.5, "colour": "red"}"#).expect("json");
+        let mut fb = Feedback::labelled(
+            FeatureHasher::new(6).hash(&raw).expect("hash"),
+            Target::Class(1),
+            Some("crm".into()),
+        );
+        fb.received_at =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_000);
+        let key = KeyRecord {
+            key: b"order-1".to_vec(),
+            body: [3; 32],
+            accepted: 2,
+            at: fb.received_at,
+        };
+        let step = StepRecord {
+            step: crate::serving::trainer::Step::Learn { count: 2, first: 0 },
+            at_us: 5,
+            versions: vec![2],
+        };
+        vec![
+            encode(&fb, Some((2, Some(&key)))),
+            encode(&fb, None),
+            encode_step(&step),
+        ]
+    }
+
+    #[test]
+    fn write_fixture_when_asked() {
+        if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
+            use crate::persist::wal::{Append, FeedbackLog, LocalLog, LogOptions};
+            let _ = std::fs::remove_dir_all(FIXTURE);
+            let (log, _) = LocalLog::open(std::path::Path::new(FIXTURE), LogOptions::default(), 0)
+                .expect("open");
+            let records = fixture_records();
+            let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            log.append(Append::new(&slices[..2]), &mut |_| {})
+                .expect("append");
+            log.append(Append::new(&slices[2..]), &mut |_| {})
+                .expect("append");
+        }
+    }
+
+    #[test]
+    fn the_committed_log_fixture_still_reads() {
+        let read: Vec<(u64, Vec<u8>)> =
+            crate::persist::wal::read_dir(std::path::Path::new(FIXTURE))
+                .expect("fixture")
+                .collect::<Result<_, _>>()
+                .expect("records");
+        assert_eq!(read.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            read.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+            fixture_records(),
+            "this build encodes exactly as the committed log"
+        );
+        let Record::Feedback(fb, Some(batch)) = decode(&read[0].1, 0).expect("decodes") else {
+            panic!("the first example of a request")
+        };
+        assert_eq!((batch.count, fb.source.as_deref()), (2, Some("crm")));
+        assert!(matches!(decode(&read[2].1, 2), Ok(Record::Step(_))));
     }
 }

@@ -126,6 +126,10 @@ pub struct Trainer {
     /// A snapshot was due while the writer was busy: retried at the next
     /// flush.
     snapshot_waiting: bool,
+    /// Steps taken and not yet appended to the log (see `log_steps`):
+    /// their encodings, back to back, and where each ends.
+    unlogged: Vec<u8>,
+    unlogged_ends: Vec<usize>,
 }
 
 /// Everything a trainer is built from.
@@ -220,6 +224,8 @@ impl Trainer {
             replay_failed: None,
             steps_suspended: false,
             snapshot_waiting: false,
+            unlogged: Vec::new(),
+            unlogged_ends: Vec::new(),
         }
     }
 
@@ -330,6 +336,10 @@ impl Trainer {
                 self.learn(&mut batch);
                 self.recovered();
                 continue;
+            }
+            if self.stream.is_empty() {
+                // About to wait: what was decided goes to the log now.
+                self.log_steps();
             }
             let stream = &mut self.stream;
             let commands = &mut self.commands;
@@ -537,6 +547,7 @@ impl Trainer {
         if self.snapshots.is_some() {
             let _ = self.snapshot_live(true);
         }
+        self.log_steps();
         if let Err(e) = self.journal.sync() {
             tracing::error!(model = %self.model, error = %e, "cannot sync the feedback log at shutdown");
         }

@@ -24,6 +24,8 @@ impl Trainer {
     /// the snapshot waits, with a feedback log (which keeps what the
     /// candidate learned); without one the live weights are written alone.
     pub(super) fn snapshot_live(&mut self, wait: bool) -> Result<Option<SnapshotFile>, String> {
+        // The state records the last step applied: it must be in the log.
+        self.log_steps();
         let state = self.state();
         if state.is_none() && self.journal.keeps_records() {
             return Err("not written now: the gate is holding a candidate that is not published; the feedback log keeps what it learned, and the next snapshot is written once it is decided".into());

@@ -82,6 +82,9 @@ pub(super) enum Applied {
     Readmitted(bool),
 }
 
+/// Steps kept before they are logged together.
+const UNLOGGED_STEPS: usize = 64;
+
 pub(super) fn micros(t: Duration) -> u64 {
     t.as_micros().min(u128::from(u64::MAX)) as u64
 }
@@ -109,12 +112,39 @@ impl Trainer {
         if self.steps_suspended {
             return applied;
         }
-        let bytes = if self.journal.keeps_records() {
-            log_record::encode_step(&record)
-        } else {
-            Vec::new()
-        };
-        match self.journal.append(Append::new(&[&bytes]), &mut |_| {}) {
+        if self.journal.keeps_records() {
+            log_record::encode_step_into(&mut self.unlogged, &record);
+        }
+        self.unlogged_ends.push(self.unlogged.len());
+        if self.unlogged_ends.len() >= UNLOGGED_STEPS {
+            self.log_steps();
+        }
+        applied
+    }
+
+    /// Appends the steps taken since the last call, in one write. Steps are
+    /// logged in batches: before the trainer waits, before a snapshot
+    /// records its state, and every `UNLOGGED_STEPS` (a crash loses only
+    /// the newest decisions: their examples are learned again afresh, and
+    /// the versions they published are never reused).
+    pub(super) fn log_steps(&mut self) {
+        if self.unlogged_ends.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        let records: Vec<&[u8]> = self
+            .unlogged_ends
+            .iter()
+            .map(|&end| {
+                let record = &self.unlogged[start..end];
+                start = end;
+                record
+            })
+            .collect();
+        let appended = self.journal.append(Append::new(&records), &mut |_| {});
+        self.unlogged.clear();
+        self.unlogged_ends.clear();
+        match appended {
             Ok(appended) => self.applied = appended.end,
             Err(e) => {
                 // The state moved on without its record, so later steps
@@ -130,7 +160,6 @@ impl Trainer {
                 }
             }
         }
-        applied
     }
 
     /// Applies one step at `at`. The only place a trainer's state changes.
