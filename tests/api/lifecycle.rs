@@ -99,6 +99,20 @@ fn sigterm_stops_the_binary_cleanly() {
     }
 }
 
+/// Polls the binary's `/readyz` until it answers 200 (the log replayed).
+async fn wait_ready(client: &reqwest::Client, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Sends a request and reads its JSON answer.
 async fn answer(request: reqwest::RequestBuilder) -> serde_json::Value {
     request
@@ -474,16 +488,7 @@ async fn replay_after_kill_9_reproduces_the_monitor_and_operator_state_exactly()
     child.wait().expect("reaped");
 
     let (mut child, addr, _) = start_binary_with(dir.path(), &settings);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_ready(&client, &addr).await;
     let after = state(addr.clone()).await;
     assert_eq!(
         after, before,
@@ -552,20 +557,9 @@ async fn kill_9_under_load_from_several_clients_keeps_every_acknowledged_example
 
     let (mut child, addr, _) = start_binary_with(dir.path(), &settings);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let trained = loop {
-        let ready = client
-            .get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
-            break info["examples_trained"].as_u64().expect("count");
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    wait_ready(&client, &addr).await;
+    let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
+    let trained = info["examples_trained"].as_u64().expect("count");
     // In flight at the kill: at most one request of 10 per client.
     assert!(
         acked <= trained && trained <= acked + 4 * 10,
