@@ -269,10 +269,11 @@ impl App {
                 name,
                 config: m.clone(),
                 space,
-                hasher: FeatureHasher::new(m.hash_bits),
+                hasher: FeatureHasher::new(m.hash_bits)
+                    .with_max_per_example(m.features.max_per_example),
                 store,
                 queue,
-                joins: JoinCache::new(m.join.ttl(), m.join.capacity),
+                joins: JoinCache::new(m.join.ttl(), m.join.capacity, m.join.max_bytes),
                 keys,
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),

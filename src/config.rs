@@ -30,6 +30,13 @@ pub const DEFAULT_TOML: &str = include_str!("../config/eddy.toml");
 /// allow at most `usize::MAX >> 3`; far beyond any useful value anyway).
 const MAX_BOUND: usize = 1 << 28;
 
+/// Upper bound of `features.max_per_example` (a 1 MiB body holds fewer).
+const MAX_FEATURES_PER_EXAMPLE: usize = 1 << 20;
+
+/// What a replay buffer entry costs beyond its features, at most: the
+/// entry itself and its source's name (checked in `serving::monitor`).
+pub const REPLAY_ENTRY_SLACK: usize = 1024;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDDY_";
 
@@ -149,6 +156,8 @@ pub struct ModelConfig {
     pub idempotency: IdempotencyConfig,
     #[serde(default)]
     pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub features: FeaturesConfig,
     /// A snapshot file, or a directory of them (`eddy train --out`), that
     /// seeds this model when it has no snapshot of its own yet.
     #[serde(default)]
@@ -180,6 +189,9 @@ pub struct MonitorConfig {
     /// Examples since last-good kept for replay after a rollback.
     #[serde(default = "default_replay_capacity")]
     pub replay_capacity: usize,
+    /// Bytes the replay buffer's examples may hold (oldest evicted first).
+    #[serde(default = "default_replay_max_bytes")]
+    pub replay_max_bytes: usize,
     /// Sources whose labels the comparisons use; empty: every source.
     #[serde(default)]
     pub trusted_sources: Vec<String>,
@@ -260,6 +272,19 @@ pub struct JoinConfig {
     pub ttl_s: u64,
     #[serde(default = "default_join_capacity")]
     pub capacity: usize,
+    /// Bytes the remembered predictions may hold (oldest evicted first).
+    #[serde(default = "default_join_max_bytes")]
+    pub max_bytes: usize,
+}
+
+/// `[models.features]`: limits on one instance's features.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Most features one predict or feedback instance may have; more
+    /// answers 422 `too_many_features`.
+    #[serde(default = "default_max_per_example")]
+    pub max_per_example: usize,
 }
 
 fn default_max_body() -> NonZeroUsize {
@@ -367,6 +392,15 @@ fn default_ttl() -> u64 {
 fn default_join_capacity() -> usize {
     100_000
 }
+fn default_join_max_bytes() -> usize {
+    64 << 20
+}
+fn default_replay_max_bytes() -> usize {
+    64 << 20
+}
+fn default_max_per_example() -> usize {
+    10_000
+}
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -399,6 +433,7 @@ impl Default for MonitorConfig {
             alpha: default_alpha(),
             on_degrade: OnDegrade::default(),
             replay_capacity: default_replay_capacity(),
+            replay_max_bytes: default_replay_max_bytes(),
             trusted_sources: Vec::new(),
             reference_set: String::new(),
             cooldown_examples: default_cooldown(),
@@ -453,7 +488,26 @@ impl Default for JoinConfig {
         Self {
             ttl_s: default_ttl(),
             capacity: default_join_capacity(),
+            max_bytes: default_join_max_bytes(),
         }
+    }
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        Self {
+            max_per_example: default_max_per_example(),
+        }
+    }
+}
+
+impl FeaturesConfig {
+    /// The most one example's features can cost on the heap.
+    pub fn max_example_bytes(&self) -> usize {
+        crate::learn::features::allocation_cost(
+            self.max_per_example
+                .saturating_mul(std::mem::size_of::<crate::learn::Feature>()),
+        )
     }
 }
 
@@ -587,6 +641,47 @@ impl JoinConfig {
 }
 
 impl ModelConfig {
+    /// The byte budgets and the feature cap, together: a budget must hold
+    /// what it is for at the widest allowed example.
+    fn validate_memory(&self, key: &dyn Fn(&str) -> String) -> Result<(), Error> {
+        let invalid = |k: &str, message: String| Error::Invalid {
+            key: key(k),
+            message,
+        };
+        let widest = self.features.max_example_bytes();
+        if !(1..=MAX_FEATURES_PER_EXAMPLE).contains(&self.features.max_per_example) {
+            return Err(invalid(
+                "features.max_per_example",
+                format!("must lie in 1..={MAX_FEATURES_PER_EXAMPLE}"),
+            ));
+        }
+        if self.join.capacity > 0 && self.join.max_bytes < widest {
+            return Err(invalid(
+                "join.max_bytes",
+                format!(
+                    "must be at least {widest} (one prediction of features.max_per_example = {} features), or set join.capacity = 0",
+                    self.features.max_per_example
+                ),
+            ));
+        }
+        // The gate scores the newest `gate_examples`: the buffer must hold
+        // that many of the widest examples, or wide examples would shrink
+        // the gate's sample.
+        let gate = widest
+            .saturating_add(REPLAY_ENTRY_SLACK)
+            .saturating_mul(self.monitor.gate_examples as usize);
+        if self.monitor.enabled && self.monitor.replay_max_bytes < gate {
+            return Err(invalid(
+                "monitor.replay_max_bytes",
+                format!(
+                    "must be at least {gate} (monitor.gate_examples = {} examples of features.max_per_example = {} features)",
+                    self.monitor.gate_examples, self.features.max_per_example
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The label space this model's config describes (validated at load).
     pub fn label_space(&self) -> Result<LabelSpace, Error> {
         LabelSpace::new(self.task, self.classes.clone()).map_err(|e| Error::Invalid {
@@ -764,6 +859,7 @@ impl Config {
             if m.join.ttl_s == 0 {
                 return Err(invalid(key("join.ttl_s"), "must be at least 1"));
             }
+            m.validate_memory(&key)?;
             m.monitor.validate(&key)?;
         }
         Ok(())
@@ -987,5 +1083,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn memory_budgets_must_hold_the_widest_example() {
+        let c = Config::builtin().unwrap();
+        let m = &c.models[0];
+        assert_eq!(m.features.max_per_example, 10_000);
+        assert_eq!(
+            (m.join.max_bytes, m.monitor.replay_max_bytes),
+            (64 << 20, 64 << 20)
+        );
+        // 10,000 features of 16 bytes: 160,000, in whole 64 KiB slices.
+        assert_eq!(m.features.max_example_bytes(), 196_608);
+        let model = |table: &str| format!("[[models]]\nname = \"m\"\ntask = \"binary\"\n{table}");
+        for (table, key, says) in [
+            (
+                "[models.features]\nmax_per_example = 0",
+                "models[m].features.max_per_example",
+                "1..=",
+            ),
+            (
+                "[models.join]\nmax_bytes = 100000",
+                "models[m].join.max_bytes",
+                "at least 196608",
+            ),
+            (
+                "[models.monitor]\nreplay_max_bytes = 30000000",
+                "models[m].monitor.replay_max_bytes",
+                "at least 39526400 (monitor.gate_examples = 200",
+            ),
+            (
+                "[models.features]\nmax_per_example = 100000",
+                "models[m].monitor.replay_max_bytes",
+                "features.max_per_example = 100000",
+            ),
+        ] {
+            let text = model(table);
+            let e = load_text(&text, &[]).expect_err(&text).to_string();
+            assert!(e.contains(key) && e.contains(says), "{text:?}: {e}");
+        }
+        // A cache that keeps nothing, or a monitor that is off, needs no budget.
+        load_text(&model("[models.join]\ncapacity = 0\nmax_bytes = 0"), &[]).unwrap();
+        load_text(
+            &model("[models.monitor]\nenabled = false\nreplay_max_bytes = 0"),
+            &[],
+        )
+        .unwrap();
     }
 }

@@ -666,6 +666,79 @@ impl Collector for ModelCollector {
             MetricType::Gauge,
             |m| ConstGauge::new(m.joins.len() as i64),
         )?;
+        self.encode_memory(&mut e)?;
+        Ok(())
+    }
+}
+
+impl ModelCollector {
+    /// What the join cache and the replay buffer hold against their byte
+    /// budgets, and what they evicted (reason `capacity`: a count bound;
+    /// `bytes`: `join.max_bytes` / `monitor.replay_max_bytes`).
+    fn encode_memory(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let bytes = Some(&Unit::Bytes);
+        self.family(
+            e,
+            "join_cache",
+            "Heap bytes of the features the join cache holds for delayed labels (bounded by join.max_bytes)",
+            bytes,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.joins.usage().bytes.load(Ordering::Relaxed) as i64),
+        )?;
+        self.family(
+            e,
+            "replay_buffer",
+            "Bytes of the examples the monitor's replay buffer holds (bounded by monitor.replay_max_bytes)",
+            bytes,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.stats.monitor.load().replay.bytes as i64),
+        )?;
+        self.family(
+            e,
+            "replay_buffer_examples",
+            "Examples the monitor's replay buffer holds",
+            None,
+            MetricType::Gauge,
+            |m| ConstGauge::new(m.stats.monitor.load().replay.examples as i64),
+        )?;
+        let mut joins = Vec::new();
+        let mut replay = Vec::new();
+        for m in &self.models {
+            let usage = m.joins.usage();
+            let report = m.stats.monitor.load();
+            for (reason, join, kept) in [
+                (
+                    "capacity",
+                    &usage.evicted_capacity,
+                    report.replay.evicted_capacity,
+                ),
+                ("bytes", &usage.evicted_bytes, report.replay.evicted_bytes),
+            ] {
+                let labels = ReasonLabels {
+                    model: m.name.to_string(),
+                    reason: reason.to_owned(),
+                };
+                joins.push((
+                    labels.clone(),
+                    ConstCounter::new(join.load(Ordering::Relaxed)),
+                ));
+                replay.push((labels, ConstCounter::new(kept)));
+            }
+        }
+        labelled(
+            e,
+            "join_cache_evictions",
+            "Unlabelled predictions the join cache let go before their TTL, by reason: capacity (join.capacity), bytes (join.max_bytes)",
+            MetricType::Counter,
+            joins,
+        )?;
+        labelled(
+            e,
+            "replay_buffer_evictions",
+            "Examples the replay buffer let go, by reason: capacity (monitor.replay_capacity), bytes (monitor.replay_max_bytes)",
+            MetricType::Counter,
+            replay,
+        )?;
         Ok(())
     }
 }

@@ -87,6 +87,9 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json"),
             ApiError::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::InvalidFeatures(FeatureError::TooMany { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "too_many_features")
+            }
             ApiError::InvalidFeatures(_) => (S::UNPROCESSABLE_ENTITY, "invalid_features"),
             ApiError::InvalidLabel(LabelError::UnknownClass(..)) => {
                 (S::UNPROCESSABLE_ENTITY, "unknown_class")
@@ -97,6 +100,9 @@ impl ApiError {
             ApiError::InvalidBatch(_) => (S::UNPROCESSABLE_ENTITY, "invalid_batch"),
             ApiError::ModelNotFound(_) => (S::NOT_FOUND, "model_not_found"),
             ApiError::Join(JoinError::Unknown) => (S::NOT_FOUND, "unknown_prediction_id"),
+            // Evicted for join.max_bytes: answered as an unknown id is (the
+            // message says why), as one evicted for join.capacity is.
+            ApiError::Join(JoinError::Evicted) => (S::NOT_FOUND, "unknown_prediction_id"),
             ApiError::Join(JoinError::Expired) => (S::UNPROCESSABLE_ENTITY, "prediction_expired"),
             ApiError::Join(JoinError::AlreadyLabelled) => (S::CONFLICT, "already_labelled"),
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found"),

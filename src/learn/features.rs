@@ -49,8 +49,40 @@ impl FeatureVec {
         self.features.len()
     }
 
+    /// What the features cost on the heap: `len` features as one
+    /// allocation (see `allocation_cost`). Computed from the length, not
+    /// the capacity, so the same features cost the same wherever they
+    /// came from (a request or the feedback log): byte budgets that must
+    /// replay exactly depend on it.
+    pub fn heap_bytes(&self) -> usize {
+        allocation_cost(self.features.len() * std::mem::size_of::<Feature>())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.features.is_empty()
+    }
+}
+
+/// What an allocation of `bytes` costs in memory, allocator included:
+/// the allocator (mimalloc in the server) rounds a small request up to
+/// one of four size classes per power of two (at most 25% more) and
+/// gives a large one (above 128 KiB) whole 64 KiB slices. Measured, not
+/// assumed: `benches/wide_attack.sh` compares resident memory with the
+/// bytes the join cache and the replay buffer account (README, memory).
+pub fn allocation_cost(bytes: usize) -> usize {
+    const LARGE: usize = 128 << 10;
+    const SLICE: usize = 64 << 10;
+    if bytes == 0 {
+        0
+    } else if bytes > LARGE {
+        bytes.div_ceil(SLICE) * SLICE
+    } else if bytes <= 64 {
+        bytes.div_ceil(8) * 8
+    } else {
+        // Four classes per power of two: a step of a quarter of the
+        // power of two below `bytes`.
+        let step = 1usize << (usize::BITS - 1 - (bytes - 1).leading_zeros() - 2);
+        bytes.div_ceil(step) * step
     }
 }
 
@@ -58,6 +90,9 @@ impl FeatureVec {
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureHasher {
     mask: u32,
+    /// Most features one example may have (`features.max_per_example`
+    /// in the server; no limit for batch work).
+    max_per_example: usize,
 }
 
 impl FeatureHasher {
@@ -66,6 +101,16 @@ impl FeatureHasher {
         debug_assert!((MIN_HASH_BITS..=MAX_HASH_BITS).contains(&bits));
         Self {
             mask: (1u32 << bits) - 1,
+            max_per_example: usize::MAX,
+        }
+    }
+
+    /// Refuses feature sets of more than `max` features
+    /// (`FeatureError::TooMany`) before hashing anything.
+    pub fn with_max_per_example(self, max: usize) -> Self {
+        Self {
+            max_per_example: max,
+            ..self
         }
     }
 
@@ -119,6 +164,12 @@ impl FeatureHasher {
         raw: &RawFeatures<'_>,
         mut features: Vec<Feature>,
     ) -> Result<FeatureVec, FeatureError> {
+        if raw.len() > self.max_per_example {
+            return Err(FeatureError::TooMany {
+                count: raw.len(),
+                max: self.max_per_example,
+            });
+        }
         features.clear();
         features.reserve(raw.len());
         match raw {
@@ -201,6 +252,8 @@ pub enum FeatureError {
     NonFinite(String),
     #[error("feature `{name}` is {kind}; values must be numbers, strings or booleans")]
     Unsupported { name: String, kind: &'static str },
+    #[error("{count} features, more than features.max_per_example ({max})")]
+    TooMany { count: usize, max: usize },
 }
 
 /// A feature set as it arrives in JSON: an object of name -> value, or an
@@ -379,6 +432,59 @@ mod tests {
     fn hash(json: &str) -> Result<FeatureVec, FeatureError> {
         let raw: RawFeatures = serde_json::from_str(json).expect("valid json");
         FeatureHasher::new(18).hash(&raw)
+    }
+
+    #[test]
+    fn a_feature_set_wider_than_the_cap_is_refused_before_hashing() {
+        let h = FeatureHasher::new(8).with_max_per_example(3);
+        let ok: RawFeatures = serde_json::from_str(r#"{"a": 1, "b": 2, "c": 3}"#).unwrap();
+        assert_eq!(h.hash(&ok).unwrap().len(), 3);
+        let wide: RawFeatures =
+            serde_json::from_str(r#"{"a": 1, "b": 2, "c": 3, "d": 4}"#).unwrap();
+        assert_eq!(
+            h.hash(&wide),
+            Err(FeatureError::TooMany { count: 4, max: 3 })
+        );
+        let dense: RawFeatures = serde_json::from_str("[1, 2, 3, 4]").unwrap();
+        assert_eq!(
+            h.hash(&dense),
+            Err(FeatureError::TooMany { count: 4, max: 3 })
+        );
+        // Batch work has no cap.
+        assert_eq!(FeatureHasher::new(8).hash(&wide).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn allocation_cost_rounds_up_to_the_allocators_classes() {
+        for (bytes, cost) in [
+            (0, 0),
+            (1, 8),
+            (16, 16),
+            (64, 64),
+            (65, 80),
+            (128, 128),
+            (129, 160),
+            (1000, 1024),
+            (1025, 1280),
+            (128 << 10, 128 << 10),
+            ((128 << 10) + 1, 192 << 10),
+            (160_000, 192 << 10),
+            (1_600_000, 1_638_400),
+        ] {
+            assert_eq!(allocation_cost(bytes), cost, "{bytes} bytes");
+            assert!(allocation_cost(bytes) >= bytes);
+        }
+        let v = FeatureVec {
+            features: vec![
+                Feature {
+                    index: 0,
+                    value: 1.0,
+                    numeric: true
+                };
+                10
+            ],
+        };
+        assert_eq!(v.heap_bytes(), allocation_cost(10 * 16));
     }
 
     #[test]

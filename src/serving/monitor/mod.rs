@@ -58,8 +58,8 @@ mod window;
 
 pub use blame::{BLAME_MIN_EXAMPLES, Blame};
 use gate::Suspicion;
-use replay::Entry;
-pub use replay::Recovery;
+use replay::{Entry, ReplayBuffer};
+pub use replay::{Recovery, ReplayUsage};
 pub use report::{MonitorReport, Quality, SourceReport};
 use report::{Rolling, SourceTable};
 pub use state::{CheckpointMeta, EntryState, MonitorState};
@@ -157,9 +157,9 @@ pub struct Monitor {
     rolling_base: Rolling,
     sources: SourceTable,
     /// Recent examples, oldest first, by position: every one since
-    /// last-good (up to `replay_capacity`) and the newest trusted ones the
-    /// gate scores.
-    buffer: VecDeque<Entry>,
+    /// last-good (up to `replay_capacity` and `replay_max_bytes`) and the
+    /// newest trusted ones the gate scores.
+    buffer: ReplayBuffer,
     /// Examples since last-good evicted from `buffer`.
     lost_since_last_good: u64,
     blamed: BTreeSet<String>,
@@ -204,7 +204,7 @@ impl Monitor {
             rolling_live: Rolling::default(),
             rolling_base: Rolling::default(),
             sources: SourceTable::default(),
-            buffer: VecDeque::new(),
+            buffer: ReplayBuffer::default(),
             lost_since_last_good: 0,
             blamed: BTreeSet::new(),
             cooldown_left: 0,

@@ -100,7 +100,6 @@ impl Monitor {
 
     /// Keeps the (trained) minibatch for replay, blame and the gate.
     pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
-        let capacity = self.config.replay_capacity.max(self.gate_sample()).max(1);
         let base_version = self.last_good.version;
         for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
             self.buffer.push_back(Entry {
@@ -111,12 +110,16 @@ impl Monitor {
                 base,
             });
         }
-        while self.buffer.len() > capacity {
-            if let Some(old) = self.buffer.pop_front()
-                && old.position >= self.last_good.position
-            {
-                self.lost_since_last_good += 1;
-            }
-        }
+        self.evict();
+    }
+
+    /// Evicts the oldest examples beyond `replay_capacity` (at least the
+    /// gate's sample) or `replay_max_bytes`, counting those since
+    /// last-good as lost.
+    pub(super) fn evict(&mut self) {
+        let capacity = self.config.replay_capacity.max(self.gate_sample()).max(1);
+        let gone = self.buffer.evict(capacity, self.config.replay_max_bytes);
+        let since = self.last_good.position;
+        self.lost_since_last_good += gone.iter().filter(|p| **p >= since).count() as u64;
     }
 }

@@ -1,8 +1,56 @@
 //! The replay buffer and recovery: recent examples kept with their
 //! last-good scores (rescored lazily), and the way back to last-good with
 //! the examples since replayed without blamed sources, or dropped.
+//!
+//! The buffer is bounded by `replay_capacity` examples and by
+//! `replay_max_bytes`, oldest evicted first. What an example costs is a
+//! fixed formula of its feature count and source length (`entry_cost`),
+//! never the allocator's answer or a vector's capacity, so the trainer
+//! replaying its log evicts exactly what the live run evicted and the gate
+//! and blame see the same examples.
+
+use std::ops::Deref;
+
+use crate::learn::features::allocation_cost;
 
 use super::*;
+
+/// What an entry costs beyond its features and source: the entry itself
+/// in the buffer (at most this; checked by a test). A constant rather
+/// than `size_of`, so a rebuilt binary replays a log the same way.
+pub(super) const ENTRY_BYTES: usize = 320;
+
+/// What a remembered example costs in the replay buffer.
+pub(super) fn entry_cost(fb: &Feedback) -> usize {
+    // An `Arc<str>` is one allocation of two counters and the text.
+    let source = fb
+        .source
+        .as_ref()
+        .map_or(0, |s| allocation_cost(16 + s.len()));
+    ENTRY_BYTES + fb.features.heap_bytes() + source
+}
+
+/// The remembered examples, oldest first, with what they cost. Reads go
+/// through `Deref`; every change goes through the methods here, which
+/// keep `bytes` the sum of the entries' costs.
+#[derive(Debug, Default)]
+pub(super) struct ReplayBuffer {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    /// Examples evicted for `replay_capacity` and for `replay_max_bytes`
+    /// since start-up (metrics).
+    evicted_capacity: u64,
+    evicted_bytes: u64,
+}
+
+/// What the replay buffer holds and has let go (metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayUsage {
+    pub examples: u64,
+    pub bytes: u64,
+    pub evicted_capacity: u64,
+    pub evicted_bytes: u64,
+}
 
 /// One remembered example.
 #[derive(Debug)]
@@ -14,6 +62,81 @@ pub(super) struct Entry {
     /// lazily, when it is next needed after last-good changed).
     pub(super) base: Scored,
     pub(super) base_version: u64,
+}
+
+impl Deref for ReplayBuffer {
+    type Target = VecDeque<Entry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.entries
+    }
+}
+
+impl ReplayBuffer {
+    pub(super) fn push_back(&mut self, e: Entry) {
+        self.bytes += entry_cost(&e.fb);
+        self.entries.push_back(e);
+    }
+
+    /// Evicts the oldest entries until at most `capacity` examples of at
+    /// most `max_bytes` remain; returns the evicted entries' positions,
+    /// oldest first.
+    pub(super) fn evict(&mut self, capacity: usize, max_bytes: usize) -> Vec<u64> {
+        let mut gone = Vec::new();
+        while self.entries.len() > capacity || (self.bytes > max_bytes && !self.is_empty()) {
+            let over_capacity = self.entries.len() > capacity;
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= entry_cost(&old.fb);
+            if over_capacity {
+                self.evicted_capacity += 1;
+            } else {
+                self.evicted_bytes += 1;
+            }
+            gone.push(old.position);
+        }
+        gone
+    }
+
+    pub(super) fn truncate(&mut self, len: usize) {
+        for e in self.entries.range(len.min(self.entries.len())..) {
+            self.bytes -= entry_cost(&e.fb);
+        }
+        self.entries.truncate(len);
+    }
+
+    /// Drops the oldest `n` entries (no longer needed, not evicted).
+    pub(super) fn drop_oldest(&mut self, n: usize) {
+        for e in self.entries.drain(..n.min(self.entries.len())) {
+            self.bytes -= entry_cost(&e.fb);
+        }
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|e| {
+            let k = keep(e);
+            if !k {
+                *bytes -= entry_cost(&e.fb);
+            }
+            k
+        });
+    }
+
+    /// The entries, newest last, to rescore: only their scores may change.
+    pub(super) fn scores_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut Entry> {
+        self.entries.iter_mut()
+    }
+
+    pub(super) fn usage(&self) -> ReplayUsage {
+        ReplayUsage {
+            examples: self.entries.len() as u64,
+            bytes: self.bytes as u64,
+            evicted_capacity: self.evicted_capacity,
+            evicted_bytes: self.evicted_bytes,
+        }
+    }
 }
 
 /// What a recovery did besides restoring last-good.
@@ -92,7 +215,7 @@ impl Monitor {
     pub(super) fn freshen(&mut self, mut pick: impl FnMut(&Entry) -> Option<bool>) {
         let version = self.last_good.version;
         let base = self.last_good.learner.params();
-        for e in self.buffer.iter_mut().rev() {
+        for e in self.buffer.scores_mut().rev() {
             match pick(e) {
                 None => break,
                 Some(false) => continue,

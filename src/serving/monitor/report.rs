@@ -54,6 +54,9 @@ pub struct MonitorReport {
     /// Windows promotion has waited because last-good scores far below
     /// what earned it (the data changed; see `Monitor::settled`).
     pub unsettled_windows: u64,
+    /// The replay buffer's size and evictions (metrics; not in model info).
+    #[serde(skip)]
+    pub replay: ReplayUsage,
 }
 
 /// Two consecutive blocks of scores: the last complete one and the one
@@ -161,6 +164,7 @@ impl Monitor {
             blamed_sources: self.blamed.iter().cloned().collect(),
             cooldown_left: self.cooldown_left,
             unsettled_windows: self.unsettled,
+            replay: self.buffer.usage(),
         }
     }
 }

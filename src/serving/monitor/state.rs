@@ -174,5 +174,7 @@ impl Monitor {
                 base_version: e.base_version,
             });
         }
+        // A no-op unless the budgets shrank since the state was saved.
+        self.evict();
     }
 }

@@ -230,3 +230,145 @@ fn the_gate_holds_then_refuses_a_damaged_candidate_and_passes_a_sound_one() {
         GateVerdict::Pass
     ));
 }
+
+/// An example of `width` features (the first is `x = v`), labelled as
+/// the trained learner would, from `source`.
+fn wide_fb(v: f64, width: usize, source: &str, spare: usize) -> Feedback {
+    let mut features = Vec::with_capacity(width + spare);
+    features.extend(x(v).features);
+    features.extend((1..width as u32).map(|i| crate::learn::Feature {
+        index: i % 256,
+        value: 0.0,
+        numeric: true,
+    }));
+    let fv = FeatureVec { features };
+    Feedback::labelled(fv, Target::Class(usize::from(v > 0.0)), Some(source.into()))
+}
+
+/// A stream of mixed widths: mostly narrow, every seventh wide.
+fn mixed(n: usize, spare: usize) -> Vec<Feedback> {
+    rows(n, 11)
+        .enumerate()
+        .map(|(i, (v, _))| {
+            let width = if i % 7 == 3 { 2_000 } else { 1 + i % 5 };
+            wide_fb(v, width, if i % 2 == 0 { "a" } else { "bb" }, spare)
+        })
+        .collect()
+}
+
+fn budgeted(max_bytes: usize) -> (Monitor, Learner) {
+    let (m, learner) = monitor(&[]);
+    let config = MonitorConfig {
+        replay_capacity: 10_000,
+        replay_max_bytes: max_bytes,
+        gate_examples: 20,
+        ..m.config.clone()
+    };
+    let m = Monitor::new(
+        config,
+        TaskKind::Binary,
+        Vec::new(),
+        m.last_good.clone(),
+        Default::default(),
+    );
+    (m, learner)
+}
+
+fn positions(m: &Monitor) -> Vec<u64> {
+    m.buffer.iter().map(|e| e.position).collect()
+}
+
+#[test]
+fn entry_bytes_covers_an_entry() {
+    assert!(std::mem::size_of::<Entry>() <= replay::ENTRY_BYTES);
+    // The longest source name the API accepts is 128 bytes.
+    let fb = wide_fb(0.5, 1, &"s".repeat(128), 0);
+    assert!(
+        replay::entry_cost(&fb) - fb.features.heap_bytes() <= crate::config::REPLAY_ENTRY_SLACK,
+        "config validation's slack covers an entry and its longest source"
+    );
+}
+
+#[test]
+fn the_replay_buffer_keeps_its_byte_budget_oldest_evicted_first() {
+    let max = 200_000;
+    let (mut m, learner) = budgeted(max);
+    let live = version(1, &learner);
+    let batch = mixed(300, 0);
+    let costs: Vec<usize> = batch.iter().map(replay::entry_cost).collect();
+    let mut first = 0;
+    for chunk in batch.chunks(32) {
+        feed(&mut m, chunk.to_vec(), first, &live);
+        first += chunk.len() as u64;
+        let usage = m.buffer.usage();
+        assert!(usage.bytes as usize <= max, "{usage:?}");
+        let held: usize = m.buffer.iter().map(|e| replay::entry_cost(&e.fb)).sum();
+        assert_eq!(usage.bytes as usize, held, "bytes are the entries' costs");
+    }
+    // What is left is the newest suffix that fits: evicted oldest first.
+    let kept = positions(&m);
+    let oldest = *kept.first().unwrap();
+    assert_eq!(kept, (oldest..300).collect::<Vec<_>>());
+    let usage = m.buffer.usage();
+    assert_eq!(usage.evicted_bytes, oldest);
+    assert_eq!(usage.evicted_capacity, 0);
+    assert!(
+        usage.bytes as usize + costs[oldest as usize - 1] > max,
+        "evicts no more than it must"
+    );
+    // The evicted examples were since last-good: a recovery says so.
+    let mut learner = learner;
+    assert_eq!(m.recover(&mut learner).lost, oldest);
+}
+
+#[test]
+fn the_replay_buffers_evictions_replay_exactly() {
+    let (mut live_run, learner) = budgeted(150_000);
+    let live = version(1, &learner);
+    // The same examples as the log gives them back: vectors with other
+    // capacities and sources in other allocations.
+    let (mut replayed, _) = budgeted(150_000);
+    for (i, (a, b)) in mixed(200, 0)
+        .chunks(25)
+        .zip(mixed(200, 64).chunks(25))
+        .enumerate()
+    {
+        feed(&mut live_run, a.to_vec(), 25 * i as u64, &live);
+        feed(&mut replayed, b.to_vec(), 25 * i as u64, &live);
+        assert_eq!(positions(&live_run), positions(&replayed));
+        assert_eq!(live_run.buffer.usage(), replayed.buffer.usage());
+    }
+    // A snapshot's state refilled from the log holds the same buffer and
+    // goes on evicting the same way.
+    let (state, last_good, candidate) = live_run.state();
+    let by_position: HashMap<u64, Feedback> = mixed(200, 8)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut fb)| {
+            fb.position = i as u64;
+            (i as u64, fb)
+        })
+        .collect();
+    let entries: Vec<(EntryState, Feedback)> = state
+        .buffer
+        .iter()
+        .map(|e| (*e, by_position[&e.position].clone()))
+        .collect();
+    let mut restored = Monitor::restore(
+        live_run.config.clone(),
+        TaskKind::Binary,
+        Vec::new(),
+        state,
+        last_good,
+        candidate,
+        Default::default(),
+    );
+    restored.refill(entries);
+    assert_eq!(positions(&restored), positions(&live_run));
+    assert_eq!(restored.buffer.usage().bytes, live_run.buffer.usage().bytes);
+    let more = mixed(260, 0).split_off(200);
+    feed(&mut live_run, more.clone(), 200, &live);
+    feed(&mut restored, more, 200, &live);
+    assert_eq!(positions(&restored), positions(&live_run));
+    assert_eq!(restored.buffer.usage().bytes, live_run.buffer.usage().bytes);
+}

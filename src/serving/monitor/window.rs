@@ -128,7 +128,7 @@ impl Monitor {
             }
             oldest_needed = i;
         }
-        self.buffer.drain(..oldest_needed);
+        self.buffer.drop_oldest(oldest_needed);
         self.rescore_reference();
         self.share_baseline();
     }

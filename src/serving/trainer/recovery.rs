@@ -121,7 +121,7 @@ impl Trainer {
         };
         if recovery.lost > 0 {
             what.push_str(&format!(
-                "; {} earlier examples since last-good had left the replay buffer (replay_capacity) and are gone",
+                "; {} earlier examples since last-good had left the replay buffer (replay_capacity, replay_max_bytes) and are gone",
                 recovery.lost
             ));
         }
