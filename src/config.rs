@@ -1094,8 +1094,8 @@ mod tests {
             (m.join.max_bytes, m.monitor.replay_max_bytes),
             (64 << 20, 64 << 20)
         );
-        // 10,000 features of 16 bytes: 160,000, in whole 64 KiB slices.
-        assert_eq!(m.features.max_example_bytes(), 196_608);
+        // 10,000 features of 16 bytes: 160,000, in whole 4 KiB pages.
+        assert_eq!(m.features.max_example_bytes(), 163_840);
         let model = |table: &str| format!("[[models]]\nname = \"m\"\ntask = \"binary\"\n{table}");
         for (table, key, says) in [
             (
@@ -1106,12 +1106,12 @@ mod tests {
             (
                 "[models.join]\nmax_bytes = 100000",
                 "models[m].join.max_bytes",
-                "at least 196608",
+                "at least 163840",
             ),
             (
                 "[models.monitor]\nreplay_max_bytes = 30000000",
                 "models[m].monitor.replay_max_bytes",
-                "at least 39526400 (monitor.gate_examples = 200",
+                "at least 32972800 (monitor.gate_examples = 200",
             ),
             (
                 "[models.features]\nmax_per_example = 100000",

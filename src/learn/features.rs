@@ -63,19 +63,21 @@ impl FeatureVec {
     }
 }
 
-/// What an allocation of `bytes` costs in memory, allocator included:
-/// the allocator (mimalloc in the server) rounds a small request up to
-/// one of four size classes per power of two (at most 25% more) and
-/// gives a large one (above 128 KiB) whole 64 KiB slices. Measured, not
-/// assumed: `benches/wide_attack.sh` compares resident memory with the
-/// bytes the join cache and the replay buffer account (README, memory).
+/// What an allocation of `bytes` costs in resident memory, allocator
+/// included: the allocator (mimalloc in the server) rounds a small
+/// request up to one of four size classes per power of two (at most 25%
+/// more), packed together in pages; a large one (above 128 KiB) gets
+/// its own span, of which only the pages written become resident.
+/// Measured, not assumed: `benches/wide_attack.sh` compares resident
+/// memory with the bytes the join cache and the replay buffer account
+/// (README, memory).
 pub fn allocation_cost(bytes: usize) -> usize {
     const LARGE: usize = 128 << 10;
-    const SLICE: usize = 64 << 10;
+    const PAGE: usize = 4 << 10;
     if bytes == 0 {
         0
     } else if bytes > LARGE {
-        bytes.div_ceil(SLICE) * SLICE
+        bytes.div_ceil(PAGE) * PAGE
     } else if bytes <= 64 {
         bytes.div_ceil(8) * 8
     } else {
@@ -467,9 +469,9 @@ mod tests {
             (1000, 1024),
             (1025, 1280),
             (128 << 10, 128 << 10),
-            ((128 << 10) + 1, 192 << 10),
-            (160_000, 192 << 10),
-            (1_600_000, 1_638_400),
+            ((128 << 10) + 1, 132 << 10),
+            (160_000, 163_840),
+            (1_600_000, 1_601_536),
         ] {
             assert_eq!(allocation_cost(bytes), cost, "{bytes} bytes");
             assert!(allocation_cost(bytes) >= bytes);

@@ -429,12 +429,12 @@ mod tests {
         let a = cache.insert(wide(100));
         assert_eq!(bytes(&cache), 1792, "100 x 16 bytes, rounded up to 1792");
         cache.insert(wide(10_000));
-        assert_eq!(bytes(&cache), 1792 + (192 << 10));
+        assert_eq!(bytes(&cache), 1792 + 163_840);
         let mut b = cache.batch();
         let claim = b.check(&a).unwrap();
         assert_eq!(b.claim(claim).unwrap().features.len(), 100);
         drop(b);
-        assert_eq!(bytes(&cache), 192 << 10, "a labelled entry holds nothing");
+        assert_eq!(bytes(&cache), 163_840, "a labelled entry holds nothing");
     }
 
     #[test]
