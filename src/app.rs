@@ -32,7 +32,7 @@ use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
-use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
+use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, SharedClock,
     SystemClock, Trainer, TrainerParts, TrainingStats, feedback_channel,
@@ -50,9 +50,13 @@ pub struct App {
 }
 
 impl App {
-    /// Validates nothing more (the config already is) and binds the public
-    /// listener; no task runs until `run`.
+    /// Validates the config (as `Config::load` does) and binds the
+    /// listeners; no task runs until `run`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The same checks `Config::load` made (and `eddy config` shows), for
+        // a config built or changed in code; among them, no admin listener
+        // off loopback without a token.
+        config.validate()?;
         let mut registry = Registry::default();
         let mut trainers = Vec::new();
         let mut locks = Vec::new();
@@ -281,13 +285,6 @@ impl App {
                 baseline,
             });
         }
-        // Without a token the admin routes are open: only on loopback.
-        if config.admin.token.is_empty() && !config.admin.listen.ip().is_loopback() {
-            anyhow::bail!(
-                "admin.token must be set to bind admin.listen on the non-loopback address {}",
-                config.admin.listen
-            );
-        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
@@ -333,6 +330,7 @@ impl App {
         let tracker = TaskTracker::new();
         let stop_training = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
+        let unsaved = Arc::new(std::sync::Mutex::new(Vec::new()));
         for trainer in self.trainers {
             let rt = tokio::runtime::Handle::current();
             let stop = stop_training.clone();
@@ -348,12 +346,19 @@ impl App {
             let shutdown = self.shutdown.clone();
             let stop = stop_training.clone();
             let failed = failed.clone();
+            let unsaved = unsaved.clone();
             tracker.spawn(async move {
                 let result = handle.await;
                 if !stop.is_cancelled() || result.is_err() {
-                    tracing::error!(%model, error = ?result.err(), "trainer ended unexpectedly; shutting down");
+                    tracing::error!(%model, error = ?result.as_ref().err(), "trainer ended unexpectedly; shutting down");
                     failed.store(true, Ordering::SeqCst);
                     shutdown.cancel();
+                }
+                if let Ok(Some(lost)) = result {
+                    unsaved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(lost);
                 }
             });
         }
@@ -365,6 +370,7 @@ impl App {
             app: self.state.clone(),
             token: self.config.admin.token.clone(),
             storage: self.config.storage.clone(),
+            trainer_timeout: self.config.admin.request_timeout(),
         });
         let admin_server = axum::serve(self.admin_listener, admin)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
@@ -423,10 +429,44 @@ impl App {
         if failed.load(Ordering::SeqCst) {
             anyhow::bail!("a trainer ended unexpectedly");
         }
+        let unsaved = std::mem::take(
+            &mut *unsaved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !unsaved.is_empty() {
+            // Each trainer logged its own; the process exits with
+            // `NotSaved::EXIT_CODE` and repeats them on stderr.
+            return Err(NotSaved(unsaved).into());
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// The shutdown finished, but the disk refused some model's final
+/// snapshot: trained work is not saved (and, without the feedback log,
+/// lost). `eddy serve` exits with `NotSaved::EXIT_CODE`.
+#[derive(Debug)]
+pub struct NotSaved(pub Vec<Unsaved>);
+
+impl NotSaved {
+    /// `EX_IOERR` of sysexits.h: stopped, but an input/output error lost
+    /// work. Distinct from 1 (any other failure) so a supervisor can tell.
+    pub const EXIT_CODE: u8 = 74;
+}
+
+impl std::fmt::Display for NotSaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped, but not everything was saved")?;
+        for unsaved in &self.0 {
+            write!(f, "\n  {unsaved}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotSaved {}
 
 /// Opens the model's feedback log (`<dir>/wal`), whose positions continue
 /// the snapshot's: the records from `position` on are what the snapshot
