@@ -280,7 +280,7 @@ fn default_grace() -> u64 {
     10_000
 }
 fn default_admin_request_timeout() -> u64 {
-    10_000
+    30_000
 }
 fn default_snapshot_interval() -> u64 {
     300
