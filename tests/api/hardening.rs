@@ -281,6 +281,7 @@ async fn sigterm_with_a_refused_final_snapshot_exits_non_zero_saying_what_was_lo
     );
     assert_eq!(logged[0]["fields"]["version"], version);
     assert_eq!(logged[0]["fields"]["in_log"], true);
+    assert_eq!(logged[0]["fields"]["saved_version"], saved);
 
     // What the message promised: the log holds the examples.
     let app = spawn_at(MODEL, disk.path(), |_| {})

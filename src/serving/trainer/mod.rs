@@ -575,7 +575,15 @@ impl Trainer {
         };
         tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
         let unsaved = self.unsaved(last?, synced)?;
-        tracing::error!(model = %unsaved.model, version = unsaved.version, examples_unsaved = unsaved.examples_unsaved(), in_log = unsaved.in_log, cause = %unsaved.cause, "{unsaved}");
+        tracing::error!(
+            model = %unsaved.model,
+            version = unsaved.version,
+            saved_version = unsaved.saved_version,
+            examples_unsaved = unsaved.examples_unsaved(),
+            in_log = unsaved.in_log,
+            cause = %unsaved.cause,
+            "the final snapshot was not written; the examples trained since the newest snapshot on disk are not saved (in_log: the feedback log holds them for the next start)"
+        );
         Some(unsaved)
     }
 
