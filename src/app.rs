@@ -331,6 +331,7 @@ impl App {
         let stop_training = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
         let unsaved = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stopped = Arc::new(std::sync::Mutex::new(Vec::new()));
         for trainer in self.trainers {
             let rt = tokio::runtime::Handle::current();
             let stop = stop_training.clone();
@@ -347,8 +348,13 @@ impl App {
             let stop = stop_training.clone();
             let failed = failed.clone();
             let unsaved = unsaved.clone();
+            let stopped = stopped.clone();
             tracker.spawn(async move {
                 let result = handle.await;
+                stopped
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(model.clone());
                 if !stop.is_cancelled() || result.is_err() {
                     tracing::error!(%model, error = ?result.as_ref().err(), "trainer ended unexpectedly; shutting down");
                     failed.store(true, Ordering::SeqCst);
@@ -409,11 +415,25 @@ impl App {
         tracker.close();
         // The trainers bound their own draining by `grace`; allow a little
         // more for the final publish before giving up on them.
+        let mut unconfirmed = Vec::new();
         if tokio::time::timeout(grace * 2, tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("trainers did not stop within the grace period");
+            // Their final snapshots may still fail after this: say so
+            // rather than exit 0 on work that may not be saved.
+            let stopped = stopped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            unconfirmed = self
+                .state
+                .registry
+                .iter()
+                .map(|m| m.name.clone())
+                .filter(|name| !stopped.contains(name))
+                .collect();
+            tracing::warn!(models = ?unconfirmed, waited_ms = (grace * 2).as_millis() as u64, "trainers did not stop within the grace period; their final snapshots are not confirmed");
         } else {
             // Every trainer has published its last version: record it so
             // the next start continues right after it.
@@ -434,10 +454,15 @@ impl App {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        if !unsaved.is_empty() {
+        if !unsaved.is_empty() || !unconfirmed.is_empty() {
             // Each trainer logged its own; the process exits with
             // `NotSaved::EXIT_CODE` and repeats them on stderr.
-            return Err(NotSaved(unsaved).into());
+            return Err(NotSaved {
+                unsaved,
+                unconfirmed,
+                waited: grace * 2,
+            }
+            .into());
         }
         tracing::info!("stopped");
         Ok(())
@@ -445,10 +470,16 @@ impl App {
 }
 
 /// The shutdown finished, but the disk refused some model's final
-/// snapshot: trained work is not saved (and, without the feedback log,
-/// lost). `eddy serve` exits with `NotSaved::EXIT_CODE`.
+/// snapshot, so trained work is not saved (and, without the feedback log,
+/// lost), or a trainer did not stop in time, so its final snapshot is not
+/// confirmed. `eddy serve` exits with `NotSaved::EXIT_CODE`.
 #[derive(Debug)]
-pub struct NotSaved(pub Vec<Unsaved>);
+pub struct NotSaved {
+    pub unsaved: Vec<Unsaved>,
+    /// Models whose trainers had not stopped after `waited`.
+    pub unconfirmed: Vec<Arc<str>>,
+    pub waited: Duration,
+}
 
 impl NotSaved {
     /// `EX_IOERR` of sysexits.h: stopped, but an input/output error lost
@@ -459,8 +490,15 @@ impl NotSaved {
 impl std::fmt::Display for NotSaved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "stopped, but not everything was saved")?;
-        for unsaved in &self.0 {
+        for unsaved in &self.unsaved {
             write!(f, "\n  {unsaved}")?;
+        }
+        for model in &self.unconfirmed {
+            write!(
+                f,
+                "\n  model {model}: the trainer had not stopped after {} ms (twice server.shutdown_grace_ms), so its final snapshot is not confirmed; with storage.wal the feedback log keeps what was accepted for the next start",
+                self.waited.as_millis()
+            )?;
         }
         Ok(())
     }
@@ -579,4 +617,34 @@ fn load_reference(
     }
     anyhow::ensure!(!out.is_empty(), "{} holds no examples", path.display());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_saved_names_each_model_and_what_it_lost() {
+        let e = NotSaved {
+            unsaved: vec![Unsaved {
+                model: Arc::from("a"),
+                version: 9,
+                examples_trained: 500,
+                saved_version: 4,
+                saved_examples: 320,
+                in_log: false,
+                cause: "No space left on device (os error 28)".into(),
+            }],
+            unconfirmed: vec![Arc::from("b")],
+            waited: Duration::from_millis(20_000),
+        };
+        let text = e.to_string();
+        for want in [
+            "model a: the final snapshot of v9 was not written (No space left on device (os error 28)); 180 examples trained since the newest snapshot on disk (v4) are not saved",
+            "they are lost",
+            "model b: the trainer had not stopped after 20000 ms",
+        ] {
+            assert!(text.contains(want), "{text}");
+        }
+    }
 }
