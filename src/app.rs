@@ -32,7 +32,7 @@ use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
-use crate::serving::trainer::{SnapshotPolicy, epoch_ms};
+use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
 use crate::serving::{
     JoinCache, ModelRuntime, ModelStore, ModelVersion, PublishMeta, Registry, SharedClock,
     SystemClock, Trainer, TrainerParts, TrainingStats, feedback_channel,
@@ -50,9 +50,13 @@ pub struct App {
 }
 
 impl App {
-    /// Validates nothing more (the config already is) and binds the public
-    /// listener; no task runs until `run`.
+    /// Validates the config (as `Config::load` does) and binds the
+    /// listeners; no task runs until `run`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // The same checks `Config::load` made (and `eddy config` shows), for
+        // a config built or changed in code; among them, no admin listener
+        // off loopback without a token.
+        config.validate()?;
         let mut registry = Registry::default();
         let mut trainers = Vec::new();
         let mut locks = Vec::new();
@@ -282,13 +286,6 @@ impl App {
                 baseline,
             });
         }
-        // Without a token the admin routes are open: only on loopback.
-        if config.admin.token.is_empty() && !config.admin.listen.ip().is_loopback() {
-            anyhow::bail!(
-                "admin.token must be set to bind admin.listen on the non-loopback address {}",
-                config.admin.listen
-            );
-        }
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
@@ -334,6 +331,8 @@ impl App {
         let tracker = TaskTracker::new();
         let stop_training = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
+        let unsaved = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stopped = Arc::new(std::sync::Mutex::new(Vec::new()));
         for trainer in self.trainers {
             let rt = tokio::runtime::Handle::current();
             let stop = stop_training.clone();
@@ -349,12 +348,24 @@ impl App {
             let shutdown = self.shutdown.clone();
             let stop = stop_training.clone();
             let failed = failed.clone();
+            let unsaved = unsaved.clone();
+            let stopped = stopped.clone();
             tracker.spawn(async move {
                 let result = handle.await;
+                stopped
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(model.clone());
                 if !stop.is_cancelled() || result.is_err() {
-                    tracing::error!(%model, error = ?result.err(), "trainer ended unexpectedly; shutting down");
+                    tracing::error!(%model, error = ?result.as_ref().err(), "trainer ended unexpectedly; shutting down");
                     failed.store(true, Ordering::SeqCst);
                     shutdown.cancel();
+                }
+                if let Ok(Some(lost)) = result {
+                    unsaved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(lost);
                 }
             });
         }
@@ -366,6 +377,7 @@ impl App {
             app: self.state.clone(),
             token: self.config.admin.token.clone(),
             storage: self.config.storage.clone(),
+            trainer_timeout: self.config.admin.request_timeout(),
         });
         let admin_server = axum::serve(self.admin_listener, admin)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
@@ -404,11 +416,25 @@ impl App {
         tracker.close();
         // The trainers bound their own draining by `grace`; allow a little
         // more for the final publish before giving up on them.
+        let mut unconfirmed = Vec::new();
         if tokio::time::timeout(grace * 2, tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!("trainers did not stop within the grace period");
+            // Their final snapshots may still fail after this: say so
+            // rather than exit 0 on work that may not be saved.
+            let stopped = stopped
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            unconfirmed = self
+                .state
+                .registry
+                .iter()
+                .map(|m| m.name.clone())
+                .filter(|name| !stopped.contains(name))
+                .collect();
+            tracing::warn!(models = ?unconfirmed, waited_ms = (grace * 2).as_millis() as u64, "trainers did not stop within the grace period; their final snapshots are not confirmed");
         } else {
             // Every trainer has published its last version: record it so
             // the next start continues right after it.
@@ -424,10 +450,62 @@ impl App {
         if failed.load(Ordering::SeqCst) {
             anyhow::bail!("a trainer ended unexpectedly");
         }
+        let unsaved = std::mem::take(
+            &mut *unsaved
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !unsaved.is_empty() || !unconfirmed.is_empty() {
+            // Each trainer logged its own; the process exits with
+            // `NotSaved::EXIT_CODE` and repeats them on stderr.
+            return Err(NotSaved {
+                unsaved,
+                unconfirmed,
+                waited: grace * 2,
+            }
+            .into());
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
+
+/// The shutdown finished, but the disk refused some model's final
+/// snapshot, so trained work is not saved (and, without the feedback log,
+/// lost), or a trainer did not stop in time, so its final snapshot is not
+/// confirmed. `eddy serve` exits with `NotSaved::EXIT_CODE`.
+#[derive(Debug)]
+pub struct NotSaved {
+    pub unsaved: Vec<Unsaved>,
+    /// Models whose trainers had not stopped after `waited`.
+    pub unconfirmed: Vec<Arc<str>>,
+    pub waited: Duration,
+}
+
+impl NotSaved {
+    /// `EX_IOERR` of sysexits.h: stopped, but an input/output error lost
+    /// work. Distinct from 1 (any other failure) so a supervisor can tell.
+    pub const EXIT_CODE: u8 = 74;
+}
+
+impl std::fmt::Display for NotSaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped, but not everything was saved")?;
+        for unsaved in &self.unsaved {
+            write!(f, "\n  {unsaved}")?;
+        }
+        for model in &self.unconfirmed {
+            write!(
+                f,
+                "\n  model {model}: the trainer had not stopped after {} ms (twice server.shutdown_grace_ms), so its final snapshot is not confirmed; with storage.wal the feedback log keeps what was accepted for the next start",
+                self.waited.as_millis()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NotSaved {}
 
 /// Opens the model's feedback log (`<dir>/wal`), whose positions continue
 /// the snapshot's: the records from `position` on are what the snapshot
@@ -540,4 +618,34 @@ fn load_reference(
     }
     anyhow::ensure!(!out.is_empty(), "{} holds no examples", path.display());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_saved_names_each_model_and_what_it_lost() {
+        let e = NotSaved {
+            unsaved: vec![Unsaved {
+                model: Arc::from("a"),
+                version: 9,
+                examples_trained: 500,
+                saved_version: 4,
+                saved_examples: 320,
+                in_log: false,
+                cause: "No space left on device (os error 28)".into(),
+            }],
+            unconfirmed: vec![Arc::from("b")],
+            waited: Duration::from_millis(20_000),
+        };
+        let text = e.to_string();
+        for want in [
+            "model a: the final snapshot of v9 was not written (No space left on device (os error 28)); 180 examples trained since the newest snapshot on disk (v4) are not saved",
+            "they are lost",
+            "model b: the trainer had not stopped after 20000 ms",
+        ] {
+            assert!(text.contains(want), "{text}");
+        }
+    }
 }

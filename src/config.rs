@@ -71,6 +71,11 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub token: String,
+    /// The longest an admin call waits for the model's trainer (a
+    /// snapshot, pause, resume, rollback or readmission) before it answers
+    /// 503 `trainer_busy`.
+    #[serde(default = "default_admin_request_timeout")]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,6 +304,9 @@ fn default_concurrency() -> NonZeroUsize {
 fn default_grace() -> u64 {
     10_000
 }
+fn default_admin_request_timeout() -> u64 {
+    30_000
+}
 fn default_snapshot_interval() -> u64 {
     300
 }
@@ -517,6 +525,12 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+impl AdminConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -862,6 +876,78 @@ impl Config {
             m.validate_memory(&key)?;
             m.monitor.validate(&key)?;
         }
+        self.validate_combinations()?;
+        Ok(())
+    }
+
+    /// The settings each valid alone that together would switch a feature
+    /// off without a word (an open admin API on the network, a gate that
+    /// can never judge, a log filter that falls back to `info`, ...).
+    /// `eddy config` and `eddy serve` both refuse them, through `validate`.
+    fn validate_combinations(&self) -> Result<(), Error> {
+        let invalid = |key: String, message: String| Error::Invalid { key, message };
+        if self.admin.token.is_empty() && !self.admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.token".into(),
+                format!(
+                    "must be set when admin.listen ({}) is not a loopback address; without a token the admin routes are open",
+                    self.admin.listen
+                ),
+            ));
+        }
+        if self.admin.request_timeout_ms == 0 {
+            return Err(invalid(
+                "admin.request_timeout_ms".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.server.shutdown_grace_ms == 0 {
+            return Err(invalid(
+                "server.shutdown_grace_ms".into(),
+                "must be greater than 0 (with 0 the final training and snapshot are never waited for)"
+                    .into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level".into(),
+                format!("is not a tracing filter (such as \"info\" or \"eddy=debug,warn\"): {e}"),
+            ));
+        }
+        if self.storage.fsync == Fsync::Interval && self.storage.fsync_interval_ms == 0 {
+            return Err(invalid(
+                "storage.fsync_interval_ms".into(),
+                "must be at least 1 with fsync = \"interval\" (use fsync = \"always\" to sync before every 202)".into(),
+            ));
+        }
+        for m in &self.models {
+            let key = |k: &str| format!("models[{}].{k}", m.name);
+            if m.idempotency.ttl_s == 0 {
+                return Err(invalid(
+                    key("idempotency.ttl_s"),
+                    "must be at least 1 (with 0 every Idempotency-Key is forgotten at once and retries are trained twice)".into(),
+                ));
+            }
+            let monitor = &m.monitor;
+            if !monitor.enabled {
+                continue;
+            }
+            if monitor.gate && monitor.gate_examples < monitor.min_samples {
+                return Err(invalid(
+                    key("monitor.gate_examples"),
+                    format!(
+                        "must be at least monitor.min_samples ({}): the gate scores candidates on gate_examples examples and judges none on fewer than min_samples, so it would never refuse one",
+                        monitor.min_samples
+                    ),
+                ));
+            }
+            if m.task != TaskKind::Regression && monitor.tolerance >= 1.0 {
+                return Err(invalid(
+                    key("monitor.tolerance"),
+                    "must be below 1 for a classifier (accuracy points, as a fraction): a model cannot lose more than all of its accuracy, so nothing would ever count as degraded".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -1130,5 +1216,85 @@ mod tests {
             &[],
         )
         .unwrap();
+    }
+
+    /// Settings that each parse but together would switch a feature off
+    /// silently: refused, naming the key.
+    #[test]
+    fn combinations_that_switch_a_feature_off_are_refused() {
+        let model = "[[models]]\nname = \"m\"\ntask = \"binary\"\n";
+        let cases: &[(String, &str)] = &[
+            (
+                "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"\"".into(),
+                "admin.token",
+            ),
+            ("[admin]\nlisten = \"[::]:9090\"".into(), "admin.token"),
+            (
+                "[admin]\nrequest_timeout_ms = 0".into(),
+                "admin.request_timeout_ms",
+            ),
+            (
+                "[server]\nshutdown_grace_ms = 0".into(),
+                "server.shutdown_grace_ms",
+            ),
+            ("[log]\nlevel = \"eddy=loud\"".into(), "log.level"),
+            ("[log]\nlevel = \"[{\"".into(), "log.level"),
+            (
+                "[storage]\nfsync = \"interval\"\nfsync_interval_ms = 0".into(),
+                "storage.fsync_interval_ms",
+            ),
+            (
+                format!("{model}[models.idempotency]\nttl_s = 0"),
+                "models[m].idempotency.ttl_s",
+            ),
+            (
+                format!("{model}[models.monitor]\nmin_samples = 300\ngate_examples = 299"),
+                "models[m].monitor.gate_examples",
+            ),
+            (
+                format!("{model}[models.monitor]\ntolerance = 1.0"),
+                "models[m].monitor.tolerance",
+            ),
+            (
+                format!("{model}[models.join]\nttl_s = 0"),
+                "models[m].join.ttl_s",
+            ),
+            (
+                "[storage]\nsnapshot_keep = 0".into(),
+                "storage.snapshot_keep",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = load_text(text, &[]).expect_err(text).to_string();
+            assert!(e.starts_with(key), "{text:?}: {e:?} should name {key}");
+        }
+        // The same through the environment, as `eddy config` and `eddy
+        // serve` read it.
+        let e = Config::load(None, env(&[("EDDY_ADMIN__LISTEN", "10.0.0.1:9090")]))
+            .expect_err("an open admin API off loopback")
+            .to_string();
+        assert!(e.starts_with("admin.token"), "{e}");
+    }
+
+    /// The neighbours of each refused combination stay valid.
+    #[test]
+    fn the_allowed_side_of_each_combination_loads() {
+        let model = "[[models]]\nname = \"m\"\ntask = \"binary\"\n";
+        let regression = "[[models]]\nname = \"r\"\ntask = \"regression\"\n";
+        let cases: &[String] = &[
+            "[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"".into(),
+            "[admin]\nlisten = \"[::1]:9090\"".into(),
+            "[log]\nlevel = \"eddy=debug,tower_http=warn\"".into(),
+            "[storage]\nfsync = \"always\"\nfsync_interval_ms = 0".into(),
+            format!("{model}[models.monitor]\nmin_samples = 300\ngate_examples = 300"),
+            format!("{model}[models.monitor]\ngate = false\nmin_samples = 300\ngate_examples = 10"),
+            format!("{model}[models.monitor]\nenabled = false\ntolerance = 5.0"),
+            format!("{regression}[models.monitor]\ntolerance = 1.5"),
+        ];
+        for text in cases {
+            if let Err(e) = load_text(text, &[]) {
+                panic!("{text:?} should load: {e}");
+            }
+        }
     }
 }

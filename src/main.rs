@@ -4,17 +4,25 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use eddy::app::App;
+use eddy::app::{App, NotSaved};
 use eddy::cli::{Cli, Command};
 use eddy::config::Config;
 
+/// Exit codes: 0 a clean run; `NotSaved::EXIT_CODE` (74) stopped, but a
+/// final snapshot could not be written (what was not saved is on stderr);
+/// 2 a command-line error (clap); 1 anything else (a bad config, a
+/// listener or trainer that failed).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("eddy: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<NotSaved>().is_some() {
+                ExitCode::from(NotSaved::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - `GET /admin/models/{model}/snapshots`: the model's snapshot files on
 //!   disk, oldest first (version, path, bytes).
 //! - `POST /admin/models/{model}/snapshot`: publish what is trained and
-//!   write a snapshot now; answers the new file.
+//!   write a snapshot now; answers the new file, or 507 when the disk
+//!   refuses it (with the cause).
 //! - `POST /admin/models/{model}/training/pause` and `.../resume`: stop and
 //!   restart learning; feedback is still accepted (and queued) meanwhile.
 //! - `POST /admin/models/{model}/rollback` with `{}` (to last-good) or
@@ -16,10 +17,15 @@
 //! - `POST /admin/models/{model}/sources/{source}/readmit`: train a blamed
 //!   source's feedback again.
 //!
-//! Every `/admin` route needs `Authorization: Bearer <admin.token>`,
-//! compared in constant time; without it the answer is 401. When no token
-//! is configured the admin routes are open, which `app` allows only on a
-//! loopback listener (it refuses to bind elsewhere).
+//! Every `/admin` route needs `Authorization: Bearer <admin.token>` (the
+//! scheme in any case, RFC 7235), compared in constant time; without it
+//! the answer is 401. When no token is configured the admin routes are
+//! open, which the config's validation allows only on a loopback listener.
+//!
+//! The routes that ask the model's trainer wait for it at most
+//! `admin.request_timeout_ms`, then answer 503 `trainer_busy`.
+
+use std::time::Duration;
 
 use crate::serving::trainer::SnapshotError;
 use axum::Router;
@@ -48,6 +54,8 @@ pub struct AdminState {
     /// Empty: no token configured.
     pub token: String,
     pub storage: crate::config::StorageConfig,
+    /// How long a call waits for the trainer (`admin.request_timeout_ms`).
+    pub trainer_timeout: Duration,
 }
 
 pub fn admin_router(state: AdminState) -> Router {
@@ -81,10 +89,9 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
+        .and_then(|v| bearer_token(v.as_bytes()))
+        .unwrap_or(b"");
+    if bool::from(presented.ct_eq(state.token.as_bytes())) {
         next.run(request).await
     } else {
         let mut response = ApiError::Unauthorized.into_response();
@@ -93,6 +100,19 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 7235, section 2.1: `bearer`, `BEARER`), and one or
+/// more spaces separate it from the token; anything else is no token.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic
@@ -151,30 +171,45 @@ async fn snapshot_now(
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
-    let file = ask(runtime, TrainerCommand::Snapshot)
+    let file = ask(&state, runtime, TrainerCommand::Snapshot)
         .await?
         .map_err(|e| match e {
             SnapshotError::Holding => ApiError::SnapshotDeferred(e.to_string()),
-            SnapshotError::Failed(message) => {
-                ApiError::Internal(format!("snapshot failed: {message}"))
-            }
+            // The disk refused it (full, read-only, gone): the client can
+            // act on that, as on a 507 from the feedback log.
+            SnapshotError::Storage(_) => ApiError::SnapshotStorage(e.to_string()),
+            // `Busy` is for periodic snapshots; this one waits its turn.
+            SnapshotError::Failed(_) | SnapshotError::Busy => ApiError::Internal(e.to_string()),
         })?;
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "snapshot": file })).into_response())
 }
 
-/// Sends a command to the model's trainer and waits for its answer; a
-/// trainer that is gone means the server is shutting down.
+/// Sends a command to the model's trainer and waits for its answer, for
+/// `admin.request_timeout_ms` at most: a trainer busy with a long step (or
+/// stuck) answers 503 `trainer_busy` rather than holding the call open.
+/// A command given up on this way is dropped unanswered if the trainer
+/// has not started it yet (it checks that its requester is still there).
+/// A trainer that is gone means the server is shutting down.
 async fn ask<T>(
+    state: &AdminState,
     runtime: &ModelRuntime,
     command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TrainerCommand,
 ) -> Result<T, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    runtime
-        .trainer
-        .send(command(reply))
+    let exchange = async {
+        runtime
+            .trainer
+            .send(command(reply))
+            .await
+            .map_err(|_| ApiError::ShuttingDown)?;
+        answer.await.map_err(|_| ApiError::ShuttingDown)
+    };
+    tokio::time::timeout(state.trainer_timeout, exchange)
         .await
-        .map_err(|_| ApiError::ShuttingDown)?;
-    answer.await.map_err(|_| ApiError::ShuttingDown)
+        .unwrap_or_else(|_| {
+            tracing::warn!(model = %runtime.name, waited_ms = state.trainer_timeout.as_millis() as u64, "an admin call timed out waiting for the trainer");
+            Err(ApiError::TrainerBusy(state.trainer_timeout))
+        })
 }
 
 async fn pause(state: State<AdminState>, model: ModelName) -> Result<Response, ApiError> {
@@ -192,9 +227,9 @@ async fn set_training(
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
     if pause {
-        ask(runtime, TrainerCommand::Pause).await?;
+        ask(&state, runtime, TrainerCommand::Pause).await?;
     } else {
-        ask(runtime, TrainerCommand::Resume).await?;
+        ask(&state, runtime, TrainerCommand::Resume).await?;
     }
     let training = if pause { "paused" } else { "running" };
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "training": training })).into_response())
@@ -218,7 +253,7 @@ async fn rollback(
     } else {
         parse(&body)?
     };
-    let done = ask(runtime, |reply| TrainerCommand::Rollback {
+    let done = ask(&state, runtime, |reply| TrainerCommand::Rollback {
         version: request.version,
         reply,
     })
@@ -251,7 +286,7 @@ async fn readmit(
     SourceName(source): SourceName,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
-    let readmitted = ask(runtime, |reply| TrainerCommand::Readmit {
+    let readmitted = ask(&state, runtime, |reply| TrainerCommand::Readmit {
         source: source.clone(),
         reply,
     })
@@ -265,4 +300,33 @@ async fn readmit(
         "readmitted": true,
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Bearer    abc", Some("abc")),
+            ("Bearer abc def", Some("abc def")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+            ("Basic abc", None),
+            ("abc", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(
+                bearer_token(value.as_bytes()),
+                want.map(str::as_bytes),
+                "{value:?}"
+            );
+        }
+    }
 }

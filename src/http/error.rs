@@ -68,6 +68,13 @@ pub enum ApiError {
         "the examples were queued for training but could not be made durable: {0}; they may not survive a crash (a retry with the same Idempotency-Key is not trained twice)"
     )]
     NotDurable(crate::persist::wal::LogError),
+    #[error(
+        "the model's trainer did not answer within admin.request_timeout_ms ({} ms): it is busy (a long training step or snapshot) or stuck; the call was withdrawn unless the trainer had already begun it (check before retrying)",
+        .0.as_millis()
+    )]
+    TrainerBusy(std::time::Duration),
+    #[error("{0}")]
+    SnapshotStorage(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -134,6 +141,8 @@ impl ApiError {
             ApiError::IdempotencyKey(KeyError::Reused) => {
                 (S::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
+            ApiError::TrainerBusy(_) => (S::SERVICE_UNAVAILABLE, "trainer_busy"),
+            ApiError::SnapshotStorage(_) => (S::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -43,8 +43,6 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Header naming the sender when the body does not.
 pub const SOURCE_HEADER: &str = "x-eddy-source";
-/// Longest accepted source name.
-const MAX_SOURCE_LEN: usize = 128;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,13 +266,9 @@ fn accept(
     Ok(accepted)
 }
 
+/// A client-chosen source, checked (`http::source`).
 fn source(s: &str) -> Result<Arc<str>, ApiError> {
-    if s.is_empty() || s.len() > MAX_SOURCE_LEN {
-        return Err(ApiError::InvalidRequest(format!(
-            "source must be 1 to {MAX_SOURCE_LEN} bytes"
-        )));
-    }
-    Ok(Arc::from(s))
+    super::source::source_name(s)
 }
 
 /// Validates one example without touching the join cache or the queue.

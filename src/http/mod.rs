@@ -14,6 +14,7 @@ pub mod health;
 pub mod model_name;
 pub mod models;
 pub mod predict;
+pub mod source;
 
 use std::any::Any;
 use std::convert::Infallible;

@@ -8,6 +8,7 @@ mod concurrency;
 mod delayed_labels;
 mod durability;
 mod faults;
+mod hardening;
 mod helpers;
 mod learning;
 mod lifecycle;

@@ -28,6 +28,19 @@ pub enum TrainerCommand {
     },
 }
 
+impl TrainerCommand {
+    /// Whether the caller waiting for the answer has gone (its wait timed
+    /// out, or the connection closed).
+    fn abandoned(&self) -> bool {
+        match self {
+            TrainerCommand::Snapshot(reply) => reply.is_closed(),
+            TrainerCommand::Pause(reply) | TrainerCommand::Resume(reply) => reply.is_closed(),
+            TrainerCommand::Rollback { reply, .. } => reply.is_closed(),
+            TrainerCommand::Readmit { reply, .. } => reply.is_closed(),
+        }
+    }
+}
+
 /// An operator's rollback, done.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolledBack {
@@ -47,8 +60,24 @@ pub enum SnapshotError {
         "the gate is holding a candidate that is not published; the snapshot is written once it is decided (the feedback log keeps what it learned)"
     )]
     Holding,
+    /// The disk refused it: full, read-only, gone, or an fsync failed.
+    #[error("cannot write the snapshot to disk: {0}")]
+    Storage(String),
     #[error("snapshot failed: {0}")]
     Failed(String),
+    /// A periodic snapshot found the writer still busy with the last one.
+    #[error("the snapshot writer is busy; still due")]
+    Busy,
+}
+
+impl SnapshotError {
+    /// The failure without the leading words, for events and reports.
+    pub fn cause(&self) -> String {
+        match self {
+            SnapshotError::Storage(cause) | SnapshotError::Failed(cause) => cause.clone(),
+            e => e.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -66,6 +95,13 @@ pub enum RollbackError {
 impl Trainer {
     /// Answers an admin request with the steps it asks for.
     pub(super) fn command(&mut self, command: TrainerCommand) {
+        if command.abandoned() {
+            // The admin call timed out (503 `trainer_busy`) before the
+            // trainer got to it: the operator was told it was withdrawn, so
+            // acting on it now would surprise them.
+            tracing::info!(model = %self.model, ?command, "admin command given up by its caller; not carried out");
+            return;
+        }
         // A requester that has gone away needs no answer.
         match command {
             TrainerCommand::Pause(reply) => {
@@ -86,9 +122,9 @@ impl Trainer {
                 let written = if holding {
                     Err(SnapshotError::Holding)
                 } else {
-                    self.snapshot_live(true)
-                        .and_then(|file| file.ok_or_else(|| "not written".to_owned()))
-                        .map_err(SnapshotError::Failed)
+                    self.snapshot_live(true).and_then(|file| {
+                        file.ok_or_else(|| SnapshotError::Failed("not written".to_owned()))
+                    })
                 };
                 let _ = reply.send(written);
             }

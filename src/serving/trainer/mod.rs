@@ -69,7 +69,7 @@ mod writer;
 use cadence::Cadence;
 pub use commands::{RollbackError, RolledBack, SnapshotError, TrainerCommand};
 pub use replay::Recovery;
-pub use snapshots::{SnapshotPolicy, epoch_ms};
+pub use snapshots::{SnapshotPolicy, Unsaved, epoch_ms};
 pub use stats::{Timings, TrainingStats};
 pub use steps::{CANDIDATE, LAST_GOOD, Step, StepRecord, TrainerState};
 
@@ -172,6 +172,15 @@ impl Trainer {
     pub fn new(parts: TrainerParts) -> Self {
         let now = parts.clock.now();
         let position = parts.live.feedback_position;
+        // What is on disk so far: the weights the trainer starts from.
+        parts
+            .stats
+            .saved_version
+            .store(parts.live.version, Ordering::Release);
+        parts
+            .stats
+            .saved_examples
+            .store(parts.live.examples_trained, Ordering::Release);
         let mut snapshots = parts.snapshots;
         if let Some(policy) = &mut snapshots {
             policy.started(now, position);
@@ -293,7 +302,7 @@ impl Trainer {
     /// over), or waiting for it to be encoded and written (as shutdown
     /// does). For benchmarks and drivers; the server snapshots by itself.
     pub fn snapshot(&mut self, wait: bool) -> Result<Option<SnapshotFile>, String> {
-        self.snapshot_live(wait)
+        self.snapshot_live(wait).map_err(|e| e.to_string())
     }
 
     /// Feedback items taken from the queue so far.
@@ -302,8 +311,15 @@ impl Trainer {
     }
 
     /// Runs until `stop` is cancelled or every sender is gone, then trains
-    /// what is still queued (for at most `grace`) and publishes it.
-    pub fn run_blocking(mut self, rt: Handle, stop: CancellationToken, grace: Duration) {
+    /// what is still queued (for at most `grace`), publishes it and writes
+    /// a final snapshot. Returns what that snapshot did not save when the
+    /// disk refused it (`None`: saved, or nothing to save).
+    pub fn run_blocking(
+        mut self,
+        rt: Handle,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> Option<Unsaved> {
         let size = self.config.minibatch_size.get();
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
@@ -315,7 +331,7 @@ impl Trainer {
             // that silently forgot acknowledged feedback: stop instead
             // (the supervisor shuts the server down).
             tracing::error!(model = %self.model, error = %e, "cannot replay the feedback log; stopping");
-            return;
+            return None;
         }
         self.snapshot_if_due();
         self.recovered();
@@ -382,7 +398,7 @@ impl Trainer {
                 held,
             );
         }
-        self.drain(&rt, size, grace);
+        self.drain(&rt, size, grace)
     }
 
     /// Ready once what the log held is learned again (or learning is
@@ -493,8 +509,8 @@ impl Trainer {
     /// refused (503) rather than accepted and left behind; reservations
     /// already made still deliver. With a feedback log, what is left when
     /// the grace runs out (or while paused) is in the log and learned
-    /// after the restart.
-    fn drain(&mut self, rt: &Handle, size: usize, grace: Duration) {
+    /// after the restart. Returns what the final snapshot did not save.
+    fn drain(&mut self, rt: &Handle, size: usize, grace: Duration) -> Option<Unsaved> {
         self.stream.close();
         let deadline = Instant::now() + grace;
         let mut batch = Vec::with_capacity(size);
@@ -544,14 +560,31 @@ impl Trainer {
             tracing::warn!(model = %self.model, holding = self.monitor.as_ref().is_some_and(Monitor::holding), "trained work was not published at shutdown");
         }
         self.snapshot_last_good_if_due(true);
-        if self.snapshots.is_some() {
-            let _ = self.snapshot_live(true);
-        }
+        let last = if self.snapshots.is_some() {
+            self.snapshot_live(true).err()
+        } else {
+            None
+        };
         self.log_steps();
-        if let Err(e) = self.journal.sync() {
-            tracing::error!(model = %self.model, error = %e, "cannot sync the feedback log at shutdown");
-        }
+        let synced = match self.journal.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(model = %self.model, error = %e, "cannot sync the feedback log at shutdown");
+                false
+            }
+        };
         tracing::info!(model = %self.model, examples = self.stats.examples_trained.load(Ordering::Relaxed), "trainer stopped");
+        let unsaved = self.unsaved(last?, synced)?;
+        tracing::error!(
+            model = %unsaved.model,
+            version = unsaved.version,
+            saved_version = unsaved.saved_version,
+            examples_unsaved = unsaved.examples_unsaved(),
+            in_log = unsaved.in_log,
+            cause = %unsaved.cause,
+            "the final snapshot was not written; the examples trained since the newest snapshot on disk are not saved (in_log: the feedback log holds them for the next start)"
+        );
+        Some(unsaved)
     }
 
     /// One minibatch on the working copy; returns whether it was learned.

@@ -10,9 +10,6 @@ use super::super::idempotency::IdempotencyKeys;
 use super::writer::{self, SnapshotWriter};
 use super::*;
 
-/// What `write_snapshot` answers when the writer is still busy.
-const BUSY: &str = "the snapshot writer is busy; still due";
-
 impl Trainer {
     /// Writes a snapshot of the live version: the weights as they were
     /// published, never the working copy, which may hold minibatches the
@@ -23,26 +20,32 @@ impl Trainer {
     /// so a restart continues it exactly. While the gate holds a candidate
     /// the snapshot waits, with a feedback log (which keeps what the
     /// candidate learned); without one the live weights are written alone.
-    pub(super) fn snapshot_live(&mut self, wait: bool) -> Result<Option<SnapshotFile>, String> {
+    pub(super) fn snapshot_live(
+        &mut self,
+        wait: bool,
+    ) -> Result<Option<SnapshotFile>, SnapshotError> {
         // The state records the last step applied: it must be in the log.
         self.log_steps();
         let state = self.state();
         if state.is_none() && self.journal.keeps_records() {
-            return Err("not written now: the gate is holding a candidate that is not published; the feedback log keeps what it learned, and the next snapshot is written once it is decided".into());
+            return Err(SnapshotError::Holding);
         }
         let quality = self.quality();
-        let mut snapshot = self.snapshot_of(
-            self.published.clone(),
-            self.live.version,
-            self.live.examples_trained,
-            self.live.feedback_position,
-            false,
-            quality,
-        )?;
+        let mut snapshot = self
+            .snapshot_of(
+                self.published.clone(),
+                self.live.version,
+                self.live.examples_trained,
+                self.live.feedback_position,
+                false,
+                quality,
+            )
+            .map_err(SnapshotError::Failed)?;
         if let Some((state, learners)) = state {
             snapshot.meta.log_from = Some(Self::log_from_state(&state));
             snapshot.trainer = Some(TrainerPart {
-                state: postcard::to_stdvec(&state).map_err(|e| e.to_string())?,
+                state: postcard::to_stdvec(&state)
+                    .map_err(|e| SnapshotError::Failed(e.to_string()))?,
                 learners,
             });
         }
@@ -68,7 +71,7 @@ impl Trainer {
             // A failure is logged and counted by the writer; the next one
             // retries. A busy writer leaves it waiting for the next flush.
             if let Err(e) = self.snapshot_live(false) {
-                self.snapshot_waiting = e == BUSY;
+                self.snapshot_waiting = matches!(e, SnapshotError::Busy);
             }
         }
     }
@@ -166,7 +169,7 @@ impl Trainer {
         &mut self,
         snapshot: Snapshot,
         wait: bool,
-    ) -> Result<Option<SnapshotFile>, String> {
+    ) -> Result<Option<SnapshotFile>, SnapshotError> {
         let protect: Vec<u64> = self
             .monitor
             .as_ref()
@@ -180,10 +183,14 @@ impl Trainer {
             .unwrap_or(u64::MAX)
             .min(self.live.feedback_position);
         let Some(policy) = &mut self.snapshots else {
-            return Err("snapshots are not kept for this model".into());
+            return Err(SnapshotError::Failed(
+                "snapshots are not kept for this model".into(),
+            ));
         };
         let Some(writer) = &policy.writer else {
-            return Err("the snapshot writer did not start".into());
+            return Err(SnapshotError::Failed(
+                "the snapshot writer did not start".into(),
+            ));
         };
         let periodic = !snapshot.meta.last_good;
         let position = snapshot.meta.feedback_position;
@@ -198,13 +205,85 @@ impl Trainer {
         } else if writer.offer(job) {
             Ok(None)
         } else {
-            return Err(BUSY.into());
+            return Err(SnapshotError::Busy);
         };
         if periodic {
             policy.last = self.clock.now();
             policy.last_position = position;
         }
         result
+    }
+}
+
+/// What a trainer's final snapshot did not save because the disk refused
+/// it: the process exits non-zero and says so (`App::run`).
+#[derive(Debug, Clone)]
+pub struct Unsaved {
+    pub model: Arc<str>,
+    /// The version the final snapshot was of.
+    pub version: u64,
+    /// Examples in that version's weights (counted since the model was
+    /// created).
+    pub examples_trained: u64,
+    /// The newest snapshot on disk: its version and its examples.
+    pub saved_version: u64,
+    pub saved_examples: u64,
+    /// The feedback log holds the examples since the snapshot on disk and
+    /// was synced: the next start learns them again. False: they are lost
+    /// (`storage.wal = false`, or the log failed too).
+    pub in_log: bool,
+    pub cause: String,
+}
+
+impl Unsaved {
+    /// Examples trained since the newest snapshot on disk.
+    pub fn examples_unsaved(&self) -> u64 {
+        self.examples_trained.saturating_sub(self.saved_examples)
+    }
+}
+
+impl std::fmt::Display for Unsaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "model {}: the final snapshot of v{} was not written ({}); {} examples trained since the newest snapshot on disk (v{}) are not saved",
+            self.model,
+            self.version,
+            self.cause,
+            self.examples_unsaved(),
+            self.saved_version
+        )?;
+        if self.in_log {
+            write!(
+                f,
+                "; the feedback log holds them and the next start learns them again"
+            )
+        } else {
+            write!(
+                f,
+                "; the feedback log does not hold them (storage.wal off, or the log failed too): they are lost"
+            )
+        }
+    }
+}
+
+impl Trainer {
+    /// What the final snapshot left unsaved, if it failed on disk. A
+    /// snapshot the gate defers is no loss: the log keeps what the
+    /// candidate learned.
+    pub(super) fn unsaved(&self, failed: SnapshotError, synced: bool) -> Option<Unsaved> {
+        if matches!(failed, SnapshotError::Holding) {
+            return None;
+        }
+        Some(Unsaved {
+            model: self.model.clone(),
+            version: self.live.version,
+            examples_trained: self.examples_trained(),
+            saved_version: self.stats.saved_version.load(Ordering::Acquire),
+            saved_examples: self.stats.saved_examples.load(Ordering::Acquire),
+            in_log: synced && self.journal.keeps_records(),
+            cause: failed.cause(),
+        })
     }
 }
 

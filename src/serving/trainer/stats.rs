@@ -18,6 +18,11 @@ pub struct TrainingStats {
     pub blocks_written_last_publish: AtomicU64,
     pub snapshots_written: AtomicU64,
     pub snapshot_failures: AtomicU64,
+    /// The newest snapshot on disk of this model's weights (written by this
+    /// process, or the one it started from): its version and the examples
+    /// it holds; what a failed final snapshot is measured against.
+    pub saved_version: AtomicU64,
+    pub saved_examples: AtomicU64,
     /// Damaged snapshot files passed over at start-up.
     pub snapshots_skipped: AtomicU64,
     /// Whether learning is paused (by an operator or `on_degrade`).

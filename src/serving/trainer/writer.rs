@@ -24,7 +24,7 @@ pub(super) struct Job {
     /// Log positions the trainer still needs whatever the files say
     /// (last-good's, the live version's).
     pub(super) needed: u64,
-    pub(super) reply: Option<std_mpsc::Sender<Result<SnapshotFile, String>>>,
+    pub(super) reply: Option<std_mpsc::Sender<Result<SnapshotFile, SnapshotError>>>,
 }
 
 /// What the writer shares with the trainer.
@@ -72,7 +72,8 @@ impl SnapshotWriter {
     }
 
     /// Writes `job` and waits for the outcome.
-    pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, String> {
+    pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, SnapshotError> {
+        let stopped = || SnapshotError::Failed("the snapshot writer has stopped".into());
         let (tx, rx) = std_mpsc::channel();
         job.reply = Some(tx);
         let sent = self
@@ -80,10 +81,9 @@ impl SnapshotWriter {
             .as_ref()
             .is_some_and(|jobs| jobs.send(job).is_ok());
         if !sent {
-            return Err("the snapshot writer has stopped".into());
+            return Err(stopped());
         }
-        rx.recv()
-            .unwrap_or_else(|_| Err("the snapshot writer has stopped".into()))
+        rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
 }
 
@@ -103,31 +103,42 @@ impl WriterParts {
         snapshot: Snapshot,
         protect: &[u64],
         needed: u64,
-    ) -> Result<SnapshotFile, String> {
+    ) -> Result<SnapshotFile, SnapshotError> {
+        use crate::persist::snapshot::Error as FileError;
         let version = snapshot.meta.version;
         let started = Instant::now();
         // The log first (a snapshot never records a position the log could
         // lose), then the keys (every key with a position is durable now;
         // saved before the snapshot, so a crash between the two leaves keys
-        // at least as new as the snapshot), then the snapshot.
+        // at least as new as the snapshot), then the snapshot. Failures of
+        // the disk are `Storage` (507 to an operator), the rest `Failed`.
         let written = self
             .journal
             .sync()
-            .map_err(|e| format!("cannot sync the feedback log: {e}"))
+            .map_err(|e| SnapshotError::Storage(format!("cannot sync the feedback log: {e}")))
             .and_then(|()| match &self.keys {
-                Some(keys) => keys
-                    .save(self.store.dir())
-                    .map_err(|e| format!("cannot save the idempotency keys: {e}")),
+                Some(keys) => keys.save(self.store.dir()).map_err(|e| {
+                    SnapshotError::Storage(format!(
+                        "cannot save the idempotency keys in {}: {e}",
+                        self.store.dir().display()
+                    ))
+                }),
                 None => Ok(()),
             })
             .and_then(|()| {
-                self.store
-                    .write(&snapshot, protect)
-                    .map_err(|e| e.to_string())
+                self.store.write(&snapshot, protect).map_err(|e| match e {
+                    FileError::Io { .. } => SnapshotError::Storage(e.to_string()),
+                    e => SnapshotError::Failed(e.to_string()),
+                })
             });
         match written {
             Ok(file) => {
                 self.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+                let examples = snapshot.meta.examples_trained;
+                if examples >= self.stats.saved_examples.load(Ordering::Acquire) {
+                    self.stats.saved_examples.store(examples, Ordering::Release);
+                    self.stats.saved_version.store(version, Ordering::Release);
+                }
                 if snapshot.trainer.is_some() {
                     self.owed.store(false, Ordering::Release);
                 }
@@ -145,7 +156,7 @@ impl WriterParts {
                 self.events.push(Event::new(
                     EventKind::SnapshotFailed,
                     version,
-                    format!("snapshot of v{version} failed: {e}"),
+                    format!("snapshot of v{version} failed: {}", e.cause()),
                 ));
                 Err(e)
             }
