@@ -23,6 +23,13 @@
 #    line "replayed the feedback log" (JSON logs); SIGKILL again. Each
 #    restart replays the same log (checked by its `examples` field).
 #    Target: replay < 2 s.
+# 5. callgrind (not in the default PARTS; needs valgrind): the release
+#    server under `valgrind --tool=callgrind` with `wal = false` and with
+#    `fsync = "interval"`, snapshots off; counters zeroed after a warm-up,
+#    CG_BATCHES batches of 1000 sent one at a time, dumped once all are
+#    trained: instructions per 1000 examples (whole process, user space
+#    only) and their ratio. Immune to other load on the host, unlike the
+#    rates; the kernel's share (writing and syncing the log) is not in it.
 #
 # Each ingest/single line also gives the server's CPU time (user + system,
 # from /proc) per 1000 examples or per request: steadier than rates on a
@@ -32,7 +39,7 @@
 #
 # Usage: benches/durability.sh   (PARTS=ingest,always,single,recovery
 #        ROUNDS=3 DURATION=10s FEEDBACK_CONNS=4 SINGLE_CONNS=16
-#        RECOVERY_EXAMPLES=1000000 PORT=18281 ADMIN_PORT=PORT+1;
+#        RECOVERY_EXAMPLES=1000000 CG_BATCHES=20 PORT=18281 ADMIN_PORT=PORT+1;
 #        TMPDIR picks the disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -305,6 +312,47 @@ if want single; then
     echo "median: $tag $(col "$tag" 1 | median) req/s, p99 $(col "$tag" 3 | median) ms, server CPU $(col "$tag" 4 | median) us per request"
   done
   echo "always / interval: $(ratio "$(col always 1 | median)" "$(col interval 1 | median)") req/s"
+fi
+
+if want callgrind; then
+  CG_BATCHES=${CG_BATCHES:-20}
+  command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+  echo "== callgrind: $CG_BATCHES batches of 1000, one at a time, snapshots off (instruction counts do not depend on the host's load)"
+  declare -A ir
+  for tag in wal-off interval; do
+    dir=$work/cg.$tag out=$work/cg.$tag.out log=$work/log.cg.$tag
+    started_ms=$(now_ms)
+    # shellcheck disable=SC2046
+    env EDDY_SERVER__LISTEN=127.0.0.1:$PORT EDDY_ADMIN__LISTEN=127.0.0.1:$ADMIN_PORT EDDY_STORAGE__DIR="$dir" \
+      EDDY_LOG__LEVEL=warn EDDY_STORAGE__SNAPSHOT_INTERVAL_S=86400 \
+      EDDY_MODELS__DEMO__MONITOR__PROMOTION_SNAPSHOT_INTERVAL_MS=86400000 $(cfg_env "$tag") \
+      valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$EDDY" serve >"$log" 2>&1 &
+    server=$!
+    if ! ready "$READY_TIMEOUT_S"; then echo "eddy under valgrind did not become ready; its log:" >&2; cat "$log" >&2; exit 1; fi
+    post_batch() { curl -s -o /dev/null -w '%{http_code}' --max-time 60 -X POST -H 'Content-Type: application/json' \
+      --data-binary @"$work/batch.json" "$base/v1/models/demo/feedback"; }
+    for _ in 1 2 3; do post_batch >/dev/null; done
+    callgrind_control -z "$server" >/dev/null 2>&1
+    codes=""
+    for _ in $(seq "$CG_BATCHES"); do codes+="$(post_batch) "; done
+    end=$(($(now_ms) + 120000))
+    while :; do
+      read -r a p t < <(stats)
+      [ "$a" = "$p" ] && break
+      [ "$(now_ms)" -ge "$end" ] && { echo "  PROBLEM: not all trained within 120 s"; break; }
+      sleep 0.2
+    done
+    callgrind_control -d "$server" >/dev/null 2>&1
+    stop TERM
+    if [ -n "$(tr ' ' '\n' <<<"$codes" | grep -v '^202$' | grep .)" ]; then echo "  PROBLEM: answers other than 202: $codes"; fi
+    # The dump taken on request (`.1`) holds the counted part; the file
+    # written at exit holds the shutdown.
+    total=$(callgrind_annotate "$out".*.1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    ir[$tag]=$(awk -v t="$total" -v n="$CG_BATCHES" 'BEGIN {printf "%.0f", t / n}')
+    echo "  $tag: $(awk -v v="${ir[$tag]}" 'BEGIN {printf "%.2f", v / 1e6}')M instructions per 1000 examples"
+    rm -rf "$dir" "$out".*
+  done
+  echo "instructions interval / wal-off: $(ratio "${ir[interval]}" "${ir[wal-off]}") (the log's user-space cost per example: $(awk -v a="${ir[interval]}" -v b="${ir[wal-off]}" 'BEGIN {printf "%.0f", (a - b) / 1000}') instructions)"
 fi
 
 if want recovery; then

@@ -6,6 +6,7 @@
 //! whole or refused whole with `QueueError::Full`, so nothing accepted is
 //! ever dropped and no request blocks on the trainer.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
@@ -14,7 +15,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use crate::learn::{FeatureVec, Scored, Target};
-use crate::persist::wal::{Append, Appended, FeedbackLog, LogError, MemoryLog};
+use crate::persist::wal::{Append, Appended, FeedbackLog, LogError, MemoryLog, RecordBatch};
 
 use super::idempotency::KeyRecord;
 use super::log_record;
@@ -194,41 +195,38 @@ impl Reservation<'_> {
         mut items: Vec<Feedback>,
         key: Option<&KeyRecord>,
     ) -> Result<Appended, LogError> {
-        // One buffer for the whole request, sliced per record.
-        let mut buf = Vec::new();
-        let mut ends = Vec::with_capacity(items.len());
-        if self.log.keeps_records() {
-            // The first record says how many follow (a torn batch is
-            // dropped whole on replay) and carries the request's key.
-            let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
-            let head = Some((count, key));
-            for (i, fb) in items.iter().enumerate() {
-                log_record::encode_into(&mut buf, fb, head.filter(|_| i == 0));
-                ends.push(buf.len());
+        let (permits, accepted, log) = (self.permits, self.accepted, self.log);
+        with_batch(|records| {
+            if log.keeps_records() {
+                // The first record says how many follow (a torn batch is
+                // dropped whole on replay) and carries the request's key.
+                let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
+                let head = Some((count, key));
+                for (i, fb) in items.iter().enumerate() {
+                    records.push_with(|buf| {
+                        log_record::encode_into(buf, fb, head.filter(|_| i == 0));
+                    });
+                }
+            } else {
+                // Positions only: empty payloads, never written.
+                for _ in 0..items.len() {
+                    records.push(&[]);
+                }
             }
-        } else {
-            ends.resize(items.len(), 0);
-        }
-        let records: Vec<&[u8]> = ends
-            .iter()
-            .scan(0, |start, &end| {
-                let record = &buf[*start..end];
-                *start = end;
-                Some(record)
-            })
-            .collect();
-        let (permits, accepted) = (self.permits, self.accepted);
-        let mut pending = Some(permits);
-        self.log.append(Append::new(&records), &mut |first| {
-            let Some(permits) = pending.take() else {
-                return;
+            let mut pending = Some(permits);
+            let mut then = |first| {
+                let Some(permits) = pending.take() else {
+                    return;
+                };
+                // Counted before the sends, so `accepted` never trails
+                // `trained`.
+                accepted.fetch_add(items.len() as u64, Ordering::Relaxed);
+                for (i, (permit, mut item)) in permits.zip(items.drain(..)).enumerate() {
+                    item.position = first + i as u64;
+                    permit.send(item);
+                }
             };
-            // Counted before the sends, so `accepted` never trails `trained`.
-            accepted.fetch_add(items.len() as u64, Ordering::Relaxed);
-            for (i, (permit, mut item)) in permits.zip(items.drain(..)).enumerate() {
-                item.position = first + i as u64;
-                permit.send(item);
-            }
+            log.append(Append::new(records), &mut then)
         })
     }
 
@@ -236,6 +234,32 @@ impl Reservation<'_> {
     pub fn send(self, items: Vec<Feedback>) -> Result<Appended, LogError> {
         self.append(items, None)
     }
+}
+
+/// Runs `f` with this thread's empty `RecordBatch`: request threads encode
+/// request after request into the same buffers instead of allocating (and
+/// growing) new ones each time.
+fn with_batch<R>(f: impl FnOnce(&mut RecordBatch) -> R) -> R {
+    /// A batch that grew past this (an unusually large request) is not kept.
+    const KEEP_BYTES: usize = 4 << 20;
+    thread_local! {
+        static BATCH: RefCell<RecordBatch> = RefCell::new(RecordBatch::new());
+    }
+    BATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut batch) => {
+            batch.clear();
+            let out = f(&mut batch);
+            if batch.capacity_bytes() > KEEP_BYTES {
+                *batch = RecordBatch::new();
+            } else {
+                batch.clear();
+            }
+            out
+        }
+        // Only if `f` itself appended through this function: never here,
+        // but a fresh batch is correct too.
+        Err(_) => f(&mut RecordBatch::new()),
+    })
 }
 
 impl FeedbackStream {

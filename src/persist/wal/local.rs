@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use super::durability::{Durability, SegmentFile};
 use super::read::Records as RecordIter;
 use super::recover::{self, Segment};
-use super::segment::{self, HEADER_LEN, MAX_RECORD_BYTES};
+use super::segment::{self, FORMAT_VERSION, HEADER_LEN, MAX_RECORD_BYTES};
 use super::{
     Append, Appended, Durable, FeedbackLog, Fsync, LogError, LogOptions, LogStats, OpenReport,
     Position, Records,
@@ -66,8 +66,6 @@ struct State {
     /// whether the directory has unsynced entries; `sync()` catches up.
     unsynced: Vec<Arc<SegmentFile>>,
     dir_unsynced: bool,
-    /// Reused to encode each batch.
-    scratch: Vec<u8>,
 }
 
 impl LocalLog {
@@ -85,8 +83,33 @@ impl LocalLog {
         let sync = options.fsync != Fsync::Never;
         let mut segments: VecDeque<Segment> = recovered.segments.into();
         let next = recovered.next;
+        let current_format = match segments.back() {
+            Some(current) => Some(
+                segment::SegmentReader::open(&current.path)
+                    .map_err(|e| e.into_log_error(&current.path))?
+                    .format(),
+            ),
+            None => None,
+        };
+        if let (Some(current), Some(format)) = (segments.back(), current_format)
+            && format < FORMAT_VERSION
+        {
+            // Written by an older release: this build's records go to a
+            // segment of its own format. What the old one holds is made
+            // durable first (it may sit only in the page cache); an empty
+            // one is replaced.
+            if sync {
+                fs::File::open(&current.path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| LogError::io(&current.path, e))?;
+            }
+            if current.first == next {
+                segments.pop_back();
+            }
+            tracing::info!(dir = %dir.display(), format, next, "the log's last segment has an older format; starting a new one");
+        }
         let file = match segments.back() {
-            Some(current) => {
+            Some(current) if current_format == Some(FORMAT_VERSION) => {
                 let file = fs::OpenOptions::new()
                     .append(true)
                     .open(&current.path)
@@ -96,7 +119,7 @@ impl LocalLog {
                     file,
                 }
             }
-            None => {
+            _ => {
                 let (path, file) = segment::create_segment(dir, next, sync)?;
                 if sync {
                     segment::sync_dir(dir).map_err(|e| LogError::io(dir, e))?;
@@ -147,7 +170,6 @@ impl LocalLog {
                 next,
                 unsynced: Vec::new(),
                 dir_unsynced: false,
-                scratch: Vec::new(),
             }),
             next: AtomicU64::new(next),
             first: Arc::new(AtomicU64::new(first)),
@@ -274,9 +296,9 @@ impl FeedbackLog for LocalLog {
     ) -> Result<Appended, LogError> {
         let inner = &*self.inner;
         inner.check_poisoned()?;
-        if let Some(big) = batch
-            .records
-            .iter()
+        let records = batch.records;
+        if let Some(big) = records
+            .payloads()
             .find(|r| r.len() as u64 > MAX_RECORD_BYTES)
         {
             return Err(LogError::TooLarge {
@@ -284,6 +306,10 @@ impl FeedbackLog for LocalLog {
                 max: MAX_RECORD_BYTES,
             });
         }
+        // Checksummed before the lock; only the positions are folded in
+        // under it.
+        let crc = crc32fast::Hasher::new();
+        records.for_each_frame(|_, frame, payload| segment::seal_frame(frame, payload, &crc));
         let mut state = inner.lock_state();
         inner.check_poisoned()?;
         let first = state.next;
@@ -295,26 +321,17 @@ impl FeedbackLog for LocalLog {
                 actual: first,
             });
         }
-        if batch.records.is_empty() {
+        if records.is_empty() {
             then(first);
             return Ok(Appended { first, end: first });
         }
-        let bytes: u64 = batch.records.iter().map(|r| segment::record_len(r)).sum();
+        let bytes = records.bytes().len() as u64;
         // A batch is never split; one bigger than a segment gets its own.
         if state.len > HEADER_LEN && state.len + bytes > inner.options.segment_bytes {
             inner.roll(&mut state)?;
         }
-        let mut buf = std::mem::take(&mut state.scratch);
-        buf.clear();
-        for (position, record) in (first..).zip(batch.records) {
-            segment::encode_record(&mut buf, position, record);
-        }
-        let written = (&state.file.file).write_all(&buf);
-        // Keep the buffer for the next batch unless it grew unusually large.
-        if buf.capacity() <= 4 << 20 {
-            state.scratch = buf;
-        }
-        if let Err(e) = written {
+        records.for_each_frame(|i, frame, _| segment::finish_frame(frame, first + i as u64));
+        if let Err(e) = (&state.file.file).write_all(records.bytes()) {
             inner.stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(path = %state.file.path.display(), error = %e, "log write failed; cutting the segment back to its last whole record");
             if let Err(cut) = state.file.file.set_len(state.len) {
@@ -327,14 +344,14 @@ impl FeedbackLog for LocalLog {
             }
             return Err(LogError::io(&state.file.path, e));
         }
-        let end = first + batch.records.len() as u64;
+        let end = first + records.len() as u64;
         state.len += bytes;
         state.next = end;
         inner.next.store(end, Ordering::Release);
         inner
             .stats
             .records_appended
-            .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         inner
             .stats
             .bytes_appended

@@ -16,12 +16,20 @@
 //! a gap is corruption. A segment is
 //!
 //! ```text
-//! header: "EDDYWAL\0" | format u32 LE (= 1) | first position u64 LE | crc32 of the preceding 20 bytes u32 LE
-//! record: payload length u32 LE | crc32 u32 LE of (position u64 LE ++ payload) | payload
+//! header: "EDDYWAL\0" | format u32 LE (= 2) | first position u64 LE | crc32 of the preceding 20 bytes u32 LE
+//! record: payload length u32 LE | checksum u32 LE | payload
+//! checksum, format 2: crc32 of (payload ++ position u64 LE)
+//! checksum, format 1: crc32 of (position u64 LE ++ payload)   (still read)
 //! ```
 //!
 //! Mixing the position into the checksum catches records spliced in from
-//! another place or another log. A payload is at most [`MAX_RECORD_BYTES`].
+//! another place or another log. Format 2 puts it after the payload so an
+//! appender checksums its payloads before it takes the order lock and
+//! only folds the position in under it. Each segment is read by the
+//! format its header states; an open log whose current segment has an
+//! older format goes on in a new segment of this build's format (an empty
+//! one is replaced), so a segment never mixes formats. A payload is at
+//! most [`MAX_RECORD_BYTES`].
 //! New segments are written as a temp file (`*.wal.tmp`), fsynced, renamed
 //! into place and the directory fsynced, so a segment file never has a
 //! partial header; stray temp files are removed at open. A batch is never
@@ -61,6 +69,7 @@
 //! file format, scanning and recovery rules; `read_dir` reads any directory
 //! of segments (an archive, say) without opening it for append.
 
+mod batch;
 mod durability;
 mod local;
 mod memory;
@@ -80,6 +89,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use batch::{FRAME_LEN, RecordBatch};
 pub use local::LocalLog;
 pub use memory::MemoryLog;
 pub use read::read_dir;
@@ -138,11 +148,11 @@ pub struct Appended {
 }
 
 /// One append: records written as consecutive positions, all or none.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Append<'a> {
-    /// The payloads, typically slices of one buffer the caller encoded
-    /// them into.
-    pub records: &'a [&'a [u8]],
+    /// The payloads, encoded by the caller into one buffer; the log fills
+    /// in their frame slots as it writes them.
+    pub records: &'a mut RecordBatch,
     /// An idempotency key a shared engine may enforce; the local file
     /// ignores it (the caller stores keys in its records).
     pub key: Option<&'a [u8]>,
@@ -153,7 +163,7 @@ pub struct Append<'a> {
 
 impl<'a> Append<'a> {
     /// An unconditional append without a key.
-    pub fn new(records: &'a [&'a [u8]]) -> Self {
+    pub fn new(records: &'a mut RecordBatch) -> Self {
         Append {
             records,
             key: None,

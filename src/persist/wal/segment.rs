@@ -8,18 +8,21 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::batch::FRAME_LEN;
 use super::{LogError, Position};
 
-/// The segment format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment format version this build writes; it reads every version
+/// from 1 up to this one (see the module doc of `wal` for how they differ).
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest payload a record may carry; a longer length is a bad record.
 pub const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 const MAGIC: &[u8; 8] = b"EDDYWAL\0";
 /// Magic, format, first position, checksum.
 pub(super) const HEADER_LEN: u64 = 8 + 4 + 8 + 4;
-/// Payload length and checksum.
-pub(super) const RECORD_HEADER_LEN: u64 = 4 + 4;
+/// Payload length and checksum: what fills a `RecordBatch` frame slot.
+pub(super) const RECORD_HEADER_LEN: u64 = FRAME_LEN as u64;
+const _: () = assert!(FRAME_LEN == 4 + 4);
 const SUFFIX: &str = ".wal";
 const TMP_SUFFIX: &str = ".wal.tmp";
 
@@ -129,25 +132,86 @@ pub(super) fn encode_header(first: Position) -> [u8; HEADER_LEN as usize] {
     header
 }
 
-/// Appends the record for `payload` at `position` to `buf`.
-pub(super) fn encode_record(buf: &mut Vec<u8>, position: Position, payload: &[u8]) {
+/// First half of framing a record of this build's format, done before the
+/// position is known (outside the log's order lock): the payload's length
+/// and the checksum of the payload alone go into the frame. `crc` is a
+/// fresh hasher to clone (making one detects CPU features each time).
+pub(super) fn seal_frame(frame: &mut [u8; FRAME_LEN], payload: &[u8], crc: &crc32fast::Hasher) {
     // Callers check the length against MAX_RECORD_BYTES, which fits a u32.
     let len = payload.len() as u32;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&record_crc(position, payload).to_le_bytes());
-    buf.extend_from_slice(payload);
+    let mut crc = crc.clone();
+    crc.update(payload);
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..].copy_from_slice(&crc.finalize().to_le_bytes());
 }
 
-/// The encoded size of a record with this payload.
-pub(super) fn record_len(payload: &[u8]) -> u64 {
-    RECORD_HEADER_LEN + payload.len() as u64
+/// Second half, under the order lock: folds the record's position into
+/// the checksum `seal_frame` left, giving crc32(payload ++ position).
+pub(super) fn finish_frame(frame: &mut [u8; FRAME_LEN], position: Position) {
+    let partial = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let crc = crc32_extend(partial, &position.to_le_bytes());
+    frame[4..].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn record_crc(position: Position, payload: &[u8]) -> u32 {
+/// The CRC-32 (IEEE, as crc32fast computes it) of `a ++ bytes`, given
+/// `crc` = the CRC-32 of `a`: a byte-wise table update, cheaper than a
+/// crc32fast hasher for the eight bytes of a position.
+fn crc32_extend(crc: u32, bytes: &[u8]) -> u32 {
+    let mut c = !crc;
+    for &b in bytes {
+        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// The byte-wise table of the reflected CRC-32 polynomial.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// The checksum of the record at `position` in a segment of `format`.
+pub(super) fn record_crc(format: u32, position: Position, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&position.to_le_bytes());
-    hasher.update(payload);
+    if format == 1 {
+        hasher.update(&position.to_le_bytes());
+        hasher.update(payload);
+    } else {
+        hasher.update(payload);
+        hasher.update(&position.to_le_bytes());
+    }
     hasher.finalize()
+}
+
+/// Writes a whole segment of `format` holding `payloads` from `first`, for
+/// tests of older formats.
+#[cfg(test)]
+pub(super) fn write_segment(path: &Path, format: u32, first: Position, payloads: &[&[u8]]) {
+    let mut bytes = encode_header(first).to_vec();
+    bytes[8..12].copy_from_slice(&format.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..20]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    for (position, payload) in (first..).zip(payloads) {
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&record_crc(format, position, payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+    }
+    fs::write(path, bytes).expect("write a test segment");
 }
 
 /// Why a segment header cannot be used.
@@ -234,6 +298,8 @@ pub(super) struct SegmentReader {
     next: Position,
     /// First position, from the header.
     first: Position,
+    /// Format version, from the header: how checksums are computed.
+    format: u32,
 }
 
 impl SegmentReader {
@@ -247,19 +313,25 @@ impl SegmentReader {
         }
         let mut header = [0u8; HEADER_LEN as usize];
         reader.read_exact(&mut header).map_err(HeaderError::Io)?;
-        let first = decode_header(&header)?;
+        let (first, format) = decode_header(&header)?;
         Ok(SegmentReader {
             reader,
             file_len,
             offset: HEADER_LEN,
             next: first,
             first,
+            format,
         })
     }
 
     /// The first position, as the header states it.
     pub(super) fn first(&self) -> Position {
         self.first
+    }
+
+    /// The format version the header states.
+    pub(super) fn format(&self) -> u32 {
+        self.format
     }
 
     /// The position the next record read will have.
@@ -306,7 +378,7 @@ impl SegmentReader {
         // Bounded by MAX_RECORD_BYTES just above.
         buf.resize(len as usize, 0);
         self.reader.read_exact(buf)?;
-        if crc != record_crc(self.next, buf) {
+        if crc != record_crc(self.format, self.next, buf) {
             // Torn (a crash mid-write, or a power loss that left zeros)
             // unless a whole record follows: then this one was damaged in
             // place, and what follows must not be cut away.
@@ -337,7 +409,7 @@ impl SegmentReader {
             let Some(payload) = rest.get(at + header..at + header + len) else {
                 continue;
             };
-            if crc == record_crc(after, payload) {
+            if crc == record_crc(self.format, after, payload) {
                 return Ok(true);
             }
         }
@@ -353,7 +425,8 @@ fn bad(offset: u64, reason: impl Into<String>, torn: bool) -> RecordError {
     }
 }
 
-fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<Position, HeaderError> {
+/// The first position and the format version of a header.
+fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<(Position, u32), HeaderError> {
     if header.iter().all(|&b| b == 0) {
         return Err(HeaderError::Incomplete);
     }
@@ -375,5 +448,5 @@ fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<Position, HeaderE
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(&header[12..20]);
-    Ok(Position::from_le_bytes(first))
+    Ok((Position::from_le_bytes(first), format))
 }

@@ -33,11 +33,7 @@ fn payload(i: u64) -> Vec<u8> {
 }
 
 fn append(log: &LocalLog, records: &[Vec<u8>]) -> Result<Appended, LogError> {
-    log.append(Append::new(&slices(records)), &mut |_| {})
-}
-
-fn slices(records: &[Vec<u8>]) -> Vec<&[u8]> {
-    records.iter().map(Vec::as_slice).collect()
+    log.append(Append::new(&mut RecordBatch::of(records)), &mut |_| {})
 }
 
 fn read_all(log: &LocalLog, from: Position) -> Vec<(Position, Vec<u8>)> {
@@ -121,7 +117,7 @@ fn then_runs_in_log_order_under_concurrency() {
                     let batch: Vec<Vec<u8>> =
                         (0..=(t + i) % 4).map(|k| payload(t * 1000 + k)).collect();
                     let n = batch.len() as u64;
-                    log.append(Append::new(&slices(&batch)), &mut |first| {
+                    log.append(Append::new(&mut RecordBatch::of(&batch)), &mut |first| {
                         order.lock().unwrap().push((first, n));
                     })
                     .unwrap();
@@ -310,14 +306,16 @@ fn newer_format_is_refused_even_with_repair() {
     segmented(tmp.path());
     let path = segment_paths(tmp.path())[1].clone();
     let mut bytes = fs::read(&path).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let newer = FORMAT_VERSION + 1;
+    bytes[8..12].copy_from_slice(&newer.to_le_bytes());
     fs::write(&path, &bytes).unwrap();
     for repair in [false, true] {
         let mut opts = options(Fsync::Never, 160);
         opts.repair = repair;
         let err = LocalLog::open(tmp.path(), opts, 0).unwrap_err();
         assert!(
-            matches!(&err, LogError::NewerFormat { path: p, found: 2, supported: 1 } if *p == path),
+            matches!(&err, LogError::NewerFormat { path: p, found, supported: FORMAT_VERSION }
+                if *p == path && *found == newer),
             "{err:?}"
         );
         assert!(err.to_string().contains("written by a newer eddy"), "{err}");
@@ -361,15 +359,16 @@ fn stray_temp_files_are_removed() {
 fn fencing_and_limits() {
     let tmp = tempfile::tempdir().unwrap();
     let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 3).unwrap();
-    let records = vec![b"a".to_vec(), b"b".to_vec()];
-    let records = slices(&records);
-    let fenced = |expect_next| Append {
-        records: &records,
-        key: Some(b"key".as_slice()),
-        expect_next: Some(expect_next),
-    };
+    let mut records = RecordBatch::of([b"a", b"b"]);
     let err = log
-        .append(fenced(4), &mut |_| panic!("no write, no callback"))
+        .append(
+            Append {
+                records: &mut records,
+                key: Some(b"key".as_slice()),
+                expect_next: Some(4),
+            },
+            &mut |_| panic!("no write, no callback"),
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -381,8 +380,13 @@ fn fencing_and_limits() {
         ),
         "{err:?}"
     );
+    let fenced = Append {
+        records: &mut records,
+        key: Some(b"key".as_slice()),
+        expect_next: Some(3),
+    };
     assert_eq!(
-        log.append(fenced(3), &mut |_| {}).unwrap(),
+        log.append(fenced, &mut |_| {}).unwrap(),
         Appended { first: 3, end: 5 }
     );
     let big = vec![vec![0u8; MAX_RECORD_BYTES as usize + 1]];
@@ -429,7 +433,7 @@ async fn failed_fsync_poisons_the_log_for_good() {
     log.fail_fsyncs();
     let log: Arc<dyn FeedbackLog> = Arc::new(log);
     let end = log
-        .append(Append::new(&[b"lost?".as_slice()]), &mut |_| {})
+        .append(Append::new(&mut RecordBatch::of([b"lost?"])), &mut |_| {})
         .unwrap()
         .end;
     let err = log.durable(end).await.unwrap_err();
@@ -441,7 +445,7 @@ async fn failed_fsync_poisons_the_log_for_good() {
     // Never retried: writes and syncs refuse, waiters for unsynced records
     // fail, and what was already durable stays so.
     let err = log
-        .append(Append::new(&[b"more".as_slice()]), &mut |_| {})
+        .append(Append::new(&mut RecordBatch::of([b"more"])), &mut |_| {})
         .unwrap_err();
     assert!(matches!(err, LogError::Poisoned), "{err:?}");
     assert!(matches!(log.sync(), Err(LogError::Poisoned)));
@@ -748,4 +752,113 @@ fn zeros_over_the_last_records_are_a_torn_tail() {
     let kept = read_all(&log, 0);
     assert!(!kept.is_empty() && kept.len() < expected.len());
     assert_eq!(kept, expected[..kept.len()]);
+}
+
+/// A log written by the previous release (format 1, position first in the
+/// checksum) still opens and reads; this build goes on in a new segment of
+/// its own format, and both read back, across a reopen too.
+#[test]
+fn a_format_1_log_reads_and_continues_in_a_new_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old: Vec<Vec<u8>> = (5..9).map(payload).collect();
+    let old_slices: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
+    segment::write_segment(
+        &tmp.path().join(segment::segment_name(5)),
+        1,
+        5,
+        &old_slices,
+    );
+    let (log, report) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    assert_eq!((report.first, report.next, report.torn_tail), (5, 9, None));
+    append(&log, &[payload(9), payload(10)]).unwrap();
+    let expected: Vec<_> = (5..11).map(|i| (i, payload(i))).collect();
+    assert_eq!(read_all(&log, 5), expected);
+    drop(log);
+    let paths = segment_paths(tmp.path());
+    assert_eq!(
+        paths.len(),
+        2,
+        "the new records went to a segment of their own"
+    );
+    let formats: Vec<u32> = paths
+        .iter()
+        .map(|p| segment::SegmentReader::open(p).unwrap().format())
+        .collect();
+    assert_eq!(formats, [1, FORMAT_VERSION]);
+    let (log, report) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    assert_eq!(report.next, 11);
+    assert_eq!(read_all(&log, 5), expected);
+    drop(log);
+    let dir: Vec<_> = read_dir(tmp.path()).unwrap().map(Result::unwrap).collect();
+    assert_eq!(dir, expected);
+}
+
+/// An empty format 1 segment (an old release's fresh log) is replaced by
+/// one of this build's format at the same position.
+#[test]
+fn an_empty_format_1_segment_is_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(segment::segment_name(3));
+    segment::write_segment(&path, 1, 3, &[]);
+    let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Always, 1 << 20), 0).unwrap();
+    append(&log, &[payload(3)]).unwrap();
+    drop(log);
+    assert_eq!(segment_paths(tmp.path()), std::slice::from_ref(&path));
+    assert_eq!(
+        segment::SegmentReader::open(&path).unwrap().format(),
+        FORMAT_VERSION
+    );
+    let dir: Vec<_> = read_dir(tmp.path()).unwrap().map(Result::unwrap).collect();
+    assert_eq!(dir, [(3, payload(3))]);
+}
+
+/// Format 1 checksums still catch damage: a flipped payload byte in the
+/// middle of an old log is corruption, never a valid record.
+#[test]
+fn a_format_1_checksum_still_catches_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(segment::segment_name(0));
+    let old: Vec<Vec<u8>> = (0..3).map(payload).collect();
+    let old_slices: Vec<&[u8]> = old.iter().map(Vec::as_slice).collect();
+    segment::write_segment(&path, 1, 0, &old_slices);
+    let mut bytes = fs::read(&path).unwrap();
+    // The first record's first payload byte.
+    let at = segment::HEADER_LEN as usize + segment::RECORD_HEADER_LEN as usize;
+    bytes[at] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let err = LocalLog::open(tmp.path(), options(Fsync::Never, 1 << 20), 0).unwrap_err();
+    assert!(
+        matches!(&err, LogError::Corrupt { offset, .. } if *offset == segment::HEADER_LEN),
+        "{err:?}"
+    );
+}
+
+/// The checksum of a format 2 record is crc32(payload ++ position),
+/// computed in two halves around the order lock; a payload moved to
+/// another position, or changed in any bit, fails it.
+#[test]
+fn format_2_frames_checksum_payload_then_position() {
+    let payload = payload(7);
+    let mut frame = [0u8; FRAME_LEN];
+    segment::seal_frame(&mut frame, &payload, &crc32fast::Hasher::new());
+    segment::finish_frame(&mut frame, 41);
+    let mut whole = payload.clone();
+    whole.extend_from_slice(&41u64.to_le_bytes());
+    assert_eq!(frame[..4], (payload.len() as u32).to_le_bytes());
+    assert_eq!(frame[4..], crc32fast::hash(&whole).to_le_bytes());
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    assert_eq!(segment::record_crc(FORMAT_VERSION, 41, &payload), crc);
+    for position in [0, 1, 255, 1 << 40, u64::MAX] {
+        segment::seal_frame(&mut frame, &payload, &crc32fast::Hasher::new());
+        segment::finish_frame(&mut frame, position);
+        let mut whole = payload.clone();
+        whole.extend_from_slice(&position.to_le_bytes());
+        assert_eq!(frame[4..], crc32fast::hash(&whole).to_le_bytes());
+    }
+    assert_ne!(segment::record_crc(FORMAT_VERSION, 42, &payload), crc);
+    for bit in 0..payload.len() * 8 {
+        let mut flipped = payload.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        assert_ne!(segment::record_crc(FORMAT_VERSION, 41, &flipped), crc);
+    }
 }

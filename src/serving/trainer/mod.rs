@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ModelConfig, OnDegrade, TrainingConfig};
 use crate::learn::{FeatureNames, Learner};
-use crate::persist::wal::FeedbackLog;
+use crate::persist::wal::{FeedbackLog, RecordBatch};
 use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::clock::SharedClock;
@@ -126,10 +126,8 @@ pub struct Trainer {
     /// A snapshot was due while the writer was busy: retried at the next
     /// flush.
     snapshot_waiting: bool,
-    /// Steps taken and not yet appended to the log (see `log_steps`):
-    /// their encodings, back to back, and where each ends.
-    unlogged: Vec<u8>,
-    unlogged_ends: Vec<usize>,
+    /// Steps taken and not yet appended to the log (see `log_steps`).
+    unlogged: RecordBatch,
 }
 
 /// Everything a trainer is built from.
@@ -233,8 +231,7 @@ impl Trainer {
             replay_failed: None,
             steps_suspended: false,
             snapshot_waiting: false,
-            unlogged: Vec::new(),
-            unlogged_ends: Vec::new(),
+            unlogged: RecordBatch::new(),
         }
     }
 

@@ -113,10 +113,13 @@ impl Trainer {
             return applied;
         }
         if self.journal.keeps_records() {
-            log_record::encode_step_into(&mut self.unlogged, &record);
+            self.unlogged
+                .push_with(|buf| log_record::encode_step_into(buf, &record));
+        } else {
+            // Positions only: nothing is written.
+            self.unlogged.push(&[]);
         }
-        self.unlogged_ends.push(self.unlogged.len());
-        if self.unlogged_ends.len() >= UNLOGGED_STEPS {
+        if self.unlogged.len() >= UNLOGGED_STEPS {
             self.log_steps();
         }
         applied
@@ -128,22 +131,13 @@ impl Trainer {
     /// the newest decisions: their examples are learned again afresh, and
     /// the versions they published are never reused).
     pub(super) fn log_steps(&mut self) {
-        if self.unlogged_ends.is_empty() {
+        if self.unlogged.is_empty() {
             return;
         }
-        let mut start = 0;
-        let records: Vec<&[u8]> = self
-            .unlogged_ends
-            .iter()
-            .map(|&end| {
-                let record = &self.unlogged[start..end];
-                start = end;
-                record
-            })
-            .collect();
-        let appended = self.journal.append(Append::new(&records), &mut |_| {});
+        let appended = self
+            .journal
+            .append(Append::new(&mut self.unlogged), &mut |_| {});
         self.unlogged.clear();
-        self.unlogged_ends.clear();
         match appended {
             Ok(appended) => self.applied = appended.end,
             Err(e) => {
