@@ -12,6 +12,7 @@ mod helpers;
 mod learning;
 mod lifecycle;
 mod limits;
+mod overload;
 mod progressive;
 mod restart;
 mod safety;
