@@ -30,6 +30,7 @@ use crate::persist::wal::{FeedbackLog, LocalLog};
 use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
+use crate::serving::ingest::IngestPool;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
 use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
@@ -293,11 +294,13 @@ impl App {
             .await
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let max_body = config.server.max_body_bytes.get();
+        let ingest = IngestPool::start(config.server.ingest_options())
+            .context("cannot start the feedback threads")?;
         Ok(Self {
             config: Arc::new(config),
             listener,
             admin_listener,
-            state: AppState::new(registry, max_body),
+            state: AppState::new(registry, max_body, ingest),
             trainers,
             shutdown: CancellationToken::new(),
             _locks: locks,
@@ -411,6 +414,12 @@ impl App {
             }
         }
         self.state.ready.store(false, Ordering::Release);
+        // A request that timed out or lost its client may still have its
+        // feedback job running: let it log and queue before the trainers
+        // close their queues.
+        if !self.state.ingest.idle(grace).await {
+            tracing::warn!("feedback jobs did not finish within the grace period");
+        }
         tracing::info!("training what is queued");
         stop_training.cancel();
         tracker.close();

@@ -37,6 +37,10 @@ const MAX_FEATURES_PER_EXAMPLE: usize = 1 << 20;
 /// entry itself and its source's name (checked in `serving::monitor`).
 pub const REPLAY_ENTRY_SLACK: usize = 1024;
 
+/// Most feedback threads (`server.feedback_threads`); far beyond any core
+/// count that helps.
+const MAX_FEEDBACK_THREADS: usize = 1024;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDDY_";
 
@@ -63,6 +67,23 @@ pub struct ServerConfig {
     pub max_concurrency: NonZeroUsize,
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// Threads that parse, check, score and log feedback, apart from the
+    /// request runtime (`serving::ingest`); 0: one per CPU core.
+    #[serde(default)]
+    pub feedback_threads: usize,
+    /// Feedback requests admitted at once (running or waiting for a
+    /// feedback thread); beyond it 429 `feedback_overloaded` before the
+    /// body is parsed.
+    #[serde(default = "default_feedback_concurrency")]
+    pub feedback_concurrency: NonZeroUsize,
+    /// Niceness of the feedback threads on Linux (0 to 19), so predict's
+    /// threads win the CPU; 0 leaves it unchanged.
+    #[serde(default = "default_feedback_nice")]
+    pub feedback_nice: i32,
+    /// How long a feedback request over `feedback_concurrency` waits for a
+    /// place (its body unread) before the 429; 0: refused at once.
+    #[serde(default = "default_feedback_wait")]
+    pub feedback_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +328,15 @@ fn default_grace() -> u64 {
 fn default_admin_request_timeout() -> u64 {
     30_000
 }
+fn default_feedback_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(4).expect("non-zero")
+}
+fn default_feedback_nice() -> i32 {
+    10
+}
+fn default_feedback_wait() -> u64 {
+    100
+}
 fn default_snapshot_interval() -> u64 {
     300
 }
@@ -525,6 +555,21 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// How the feedback threads are sized (`feedback_threads = 0`: one
+    /// per core).
+    pub fn ingest_options(&self) -> crate::serving::ingest::IngestOptions {
+        let threads = match self.feedback_threads {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            n => n,
+        };
+        crate::serving::ingest::IngestOptions {
+            threads,
+            concurrency: self.feedback_concurrency.get(),
+            nice: self.feedback_nice,
+            wait: Duration::from_millis(self.feedback_wait_ms),
+        }
     }
 }
 
@@ -792,6 +837,30 @@ impl Config {
             return Err(invalid(
                 "server.request_timeout_ms".into(),
                 "must be greater than 0",
+            ));
+        }
+        if self.server.feedback_threads > MAX_FEEDBACK_THREADS {
+            return Err(invalid(
+                "server.feedback_threads".into(),
+                &format!("must be at most {MAX_FEEDBACK_THREADS}"),
+            ));
+        }
+        if self.server.feedback_concurrency.get() > MAX_BOUND {
+            return Err(invalid(
+                "server.feedback_concurrency".into(),
+                &format!("must be at most {MAX_BOUND}"),
+            ));
+        }
+        if self.server.feedback_wait_ms >= self.server.request_timeout_ms {
+            return Err(invalid(
+                "server.feedback_wait_ms".into(),
+                "must be less than server.request_timeout_ms",
+            ));
+        }
+        if !(0..=19).contains(&self.server.feedback_nice) {
+            return Err(invalid(
+                "server.feedback_nice".into(),
+                "must be 0 to 19 (a thread may lower its priority, not raise it)",
             ));
         }
         for (i, m) in self.models.iter().enumerate() {
@@ -1148,6 +1217,22 @@ mod tests {
                 "",
                 &[("EDDY_SERVER__MAX_BODY_BYTES", "0")],
                 "server.max_body_bytes",
+            ),
+            ("[server]\nfeedback_nice = 20", &[], "server.feedback_nice"),
+            (
+                "",
+                &[("EDDY_SERVER__FEEDBACK_CONCURRENCY", "0")],
+                "server.feedback_concurrency",
+            ),
+            (
+                "[server]\nfeedback_wait_ms = 10000",
+                &[],
+                "server.feedback_wait_ms",
+            ),
+            (
+                "[server]\nfeedback_threads = 100000",
+                &[],
+                "server.feedback_threads",
             ),
             (
                 "",

@@ -48,6 +48,10 @@ pub enum ApiError {
     Timeout,
     #[error("server is at its concurrency limit; retry later")]
     Overloaded,
+    #[error(
+        "feedback intake is at its limit (server.feedback_concurrency); nothing was accepted, retry later"
+    )]
+    FeedbackOverloaded,
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("not ready")]
@@ -119,6 +123,7 @@ impl ApiError {
             ApiError::BatchTooLarge(_) => (S::UNPROCESSABLE_ENTITY, "batch_too_large"),
             ApiError::Timeout => (S::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::FeedbackOverloaded => (S::TOO_MANY_REQUESTS, "feedback_overloaded"),
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),

@@ -12,22 +12,31 @@
 //! fails answers its own status (404 unknown id, 409 already labelled, 422
 //! otherwise); a batch with any failure answers 422 `invalid_batch` with a
 //! reason per failing example.
+//!
+//! All of that runs on a feedback thread (`serving::ingest`), not on the
+//! runtime that answers predict. A request is admitted there before its
+//! body is read; beyond `server.feedback_concurrency` admitted requests it
+//! answers 429 `feedback_overloaded` (`Retry-After`) with its body
+//! discarded unparsed, so nothing of it is applied.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::body::HttpBody;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
 use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
+use crate::serving::ingest::Admission;
 use crate::serving::queue::Prescored;
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
@@ -88,36 +97,121 @@ pub async fn feedback(
     State(state): State<AppState>,
     ModelName(model): ModelName,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    body: FeedbackBody,
 ) -> Result<Response, ApiError> {
-    let runtime = state.model(&model)?;
-    let key = match idempotency_key(&headers) {
-        Ok(key) => key,
-        Err(e) => {
+    let runtime = Arc::clone(state.model(&model)?);
+    let ingested = match body {
+        FeedbackBody::Refused => Err(ApiError::FeedbackOverloaded),
+        // Parsing, hashing, scoring and the log append run on a feedback
+        // thread, so they never hold up the runtime's threads (predict).
+        FeedbackBody::Admitted(admission, JsonBody(body)) => {
+            let (job_state, job_runtime) = (state.clone(), Arc::clone(&runtime));
             state
-                .metrics
-                .feedback_refused(&runtime.name, e.status_and_code().1);
-            return Err(e);
+                .ingest
+                .run(admission, move || {
+                    ingest(&job_state, &job_runtime, &headers, &body)
+                })
+                .await
+                .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string())))
         }
     };
-    let key = match key
-        .map(|k| begin(runtime, k, &body, headers.get(SOURCE_HEADER)))
-        .transpose()
+    let result = match ingested {
+        Ok(Ingested::Replayed(n)) => Ok(acknowledged(n, true)),
+        // With `fsync = "always"` the 202 waits for an fsync covering the
+        // examples (shared with concurrent requests).
+        Ok(Ingested::Accepted(n, Some(durable))) => durable
+            .await
+            .map(|()| acknowledged(n, false))
+            .map_err(ApiError::NotDurable),
+        Ok(Ingested::Accepted(n, None)) => Ok(acknowledged(n, false)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        state
+            .metrics
+            .feedback_refused(&runtime.name, e.status_and_code().1);
+    }
+    result
+}
+
+/// The body of a feedback request, read only once the request is admitted
+/// to the feedback threads (`server.feedback_concurrency`).
+pub enum FeedbackBody {
+    Admitted(Admission, JsonBody),
+    /// Over the limit: the body was discarded unparsed.
+    Refused,
+}
+
+impl FromRequest<AppState> for FeedbackBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match state.ingest.admit().await {
+            Some(admission) => Ok(FeedbackBody::Admitted(
+                admission,
+                JsonBody::from_request(req, state).await?,
+            )),
+            None => {
+                discard(req, state.max_body_bytes).await;
+                Ok(FeedbackBody::Refused)
+            }
+        }
+    }
+}
+
+/// Reads a refused request's body and drops it, up to `limit` bytes:
+/// answering with unread bytes on the socket would close the connection
+/// with a reset, which can destroy the 429 before the client reads it.
+/// Reading is cheap next to parsing. A client that waits for `100
+/// Continue` has sent nothing yet and is answered at once.
+async fn discard(req: Request, limit: usize) {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return;
+    }
+    let mut body = req.into_body();
+    let mut read = 0;
+    while let Some(Ok(frame)) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
     {
-        Ok(Some(Keyed::Acknowledged(n))) => return Ok(acknowledged(n, true)),
-        Ok(Some(Keyed::New(record))) => Some(record),
-        Ok(None) => None,
-        Err(e) => {
-            state
-                .metrics
-                .feedback_refused(&runtime.name, e.status_and_code().1);
-            return Err(e);
+        read += frame.data_ref().map_or(0, |d| d.len());
+        if read > limit {
+            return;
         }
+    }
+}
+
+/// What a feedback job did with a request.
+enum Ingested {
+    /// A retry of an acknowledged request: its first answer.
+    Replayed(usize),
+    /// Logged and queued, with the fsync to wait for when there is one.
+    Accepted(usize, Option<Durable>),
+}
+
+/// Everything a feedback request does before its answer, on a feedback
+/// thread: the idempotency key, parsing, checks, the join, scoring, the
+/// log append and the queue.
+fn ingest(
+    state: &AppState,
+    runtime: &ModelRuntime,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Ingested, ApiError> {
+    let key = match idempotency_key(headers)?
+        .map(|k| begin(runtime, k, body, headers.get(SOURCE_HEADER)))
+        .transpose()?
+    {
+        Some(Keyed::Acknowledged(n)) => return Ok(Ingested::Replayed(n)),
+        Some(Keyed::New(record)) => Some(record),
+        None => None,
     };
-    let accepted = accept(&state, runtime, &headers, &body, key.as_ref());
+    let accepted = accept(state, runtime, headers, body, key.as_ref());
     if let Some(record) = &key {
         // Once appended and queued the examples are trained: a retry gets
-        // this answer (also if the client goes before the fsync below).
+        // this answer (also if the client goes before the fsync).
         // A request refused before that leaves its key free.
         if accepted.is_ok() {
             runtime.keys.finish(&record.key);
@@ -125,23 +219,7 @@ pub async fn feedback(
             runtime.keys.abandon(&record.key);
         }
     }
-    let result = match accepted {
-        // With `fsync = "always"` the 202 waits for an fsync covering the
-        // examples (shared with concurrent requests).
-        Ok((accepted, Some(durable))) => durable
-            .await
-            .map(|()| accepted)
-            .map_err(ApiError::NotDurable),
-        Ok((accepted, None)) => Ok(accepted),
-        Err(e) => Err(e),
-    }
-    .map(|accepted| acknowledged(accepted, false));
-    if let Err(e) = &result {
-        state
-            .metrics
-            .feedback_refused(&runtime.name, e.status_and_code().1);
-    }
-    result
+    accepted.map(|(n, durable)| Ingested::Accepted(n, durable))
 }
 
 /// The 202 body; `replayed` marks the answer to a retried request.

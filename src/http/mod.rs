@@ -35,6 +35,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::ServerConfig;
 use crate::metrics::{HttpLabels, Metrics, RouteLabel};
+use crate::serving::ingest::IngestPool;
 use crate::serving::{ModelRuntime, Registry};
 
 use error::ApiError;
@@ -52,16 +53,20 @@ pub struct Shared {
     /// `server.max_body_bytes`, for the 413 message.
     pub max_body_bytes: usize,
     pub metrics: Metrics,
+    /// The feedback threads and their admission limit: feedback work runs
+    /// there, not on the runtime threads that answer predict.
+    pub ingest: IngestPool,
 }
 
 impl AppState {
-    pub fn new(registry: Registry, max_body_bytes: usize) -> Self {
+    pub fn new(registry: Registry, max_body_bytes: usize, ingest: IngestPool) -> Self {
         let metrics = Metrics::new(registry.iter().cloned().collect());
         Self(Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
             max_body_bytes,
             metrics,
+            ingest,
         }))
     }
 

@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod events;
 pub mod idempotency;
+pub mod ingest;
 pub mod join;
 pub mod log_record;
 pub mod monitor;

@@ -14,6 +14,7 @@ mod learning;
 mod lifecycle;
 mod limits;
 mod memory;
+mod overload;
 mod progressive;
 mod restart;
 mod safety;

@@ -1,0 +1,282 @@
+//! `IngestPool`: where feedback requests are parsed, hashed, checked,
+//! scored and appended to the log, away from the threads that answer
+//! predict, and the admission limit in front of it.
+//!
+//! A feedback batch of 1,000 examples costs about a millisecond of CPU in
+//! one piece; on the request runtime's few worker threads that piece delays
+//! every predict queued behind it. Here such work runs on a small set of
+//! dedicated threads (`server.feedback_threads`), at a lower OS priority on
+//! Linux (`server.feedback_nice`), so the scheduler gives the runtime's
+//! threads the CPU as soon as a predict arrives. At most
+//! `server.feedback_concurrency` requests are admitted at once (running or
+//! waiting for a thread); a request beyond that is refused before its body
+//! is parsed, so an overload of feedback costs the runtime little more than
+//! reading and discarding bytes.
+//!
+//! The pool knows nothing of HTTP: it runs closures and counts admissions.
+//! `http::feedback` decides what a job is and how a refusal is answered.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+/// Why a job gave no answer.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum IngestError {
+    #[error("the feedback threads have stopped")]
+    Stopped,
+    #[error("a feedback job panicked")]
+    Panicked,
+}
+
+/// How the pool is sized (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Requests admitted at once, running or waiting for a thread.
+    pub concurrency: usize,
+    /// Niceness of the worker threads (Linux; 0 leaves it unchanged).
+    pub nice: i32,
+    /// How long a request may wait for a place before it is refused.
+    pub wait: Duration,
+}
+
+/// The feedback threads and their admission limit. Cheap to share behind
+/// the app state's `Arc`; the threads end once the pool is dropped and
+/// their queue is empty.
+#[derive(Debug)]
+pub struct IngestPool {
+    /// One permit per admitted request; a job holds its permit until it
+    /// has run, so the count covers work the client no longer waits for.
+    admission: Arc<Semaphore>,
+    concurrency: u32,
+    wait: Duration,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// A request's place in the pool, taken before its body is read.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl IngestPool {
+    /// Starts `options.threads` named worker threads.
+    pub fn start(options: IngestOptions) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..options.threads.max(1) {
+            let rx = Arc::clone(&rx);
+            let nice = options.nice;
+            std::thread::Builder::new()
+                .name(format!("eddy-feedback-{i}"))
+                .spawn(move || {
+                    lower_priority(nice);
+                    work(&rx);
+                })?;
+        }
+        let concurrency = u32::try_from(options.concurrency.max(1)).unwrap_or(u32::MAX);
+        Ok(Self {
+            admission: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency,
+            wait: options.wait,
+            jobs: tx,
+        })
+    }
+
+    /// A place for one request, or `None` when `concurrency` requests are
+    /// already admitted. Never waits.
+    pub fn try_admit(&self) -> Option<Admission> {
+        Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| Admission { _permit: permit })
+    }
+
+    /// A place for one request, waiting up to the configured wait for one
+    /// to free; `None` after that. Waiters are admitted in arrival order (tokio's
+    /// semaphore is fair). A waiting request costs no CPU: its body stays
+    /// unread in the socket, and a client that ignores `Retry-After` is
+    /// slowed to one refusal per `wait` per connection.
+    pub async fn admit(&self) -> Option<Admission> {
+        let wait = self.wait;
+        if let Some(admission) = self.try_admit() {
+            return Some(admission);
+        }
+        if wait.is_zero() {
+            return None;
+        }
+        let acquire = Arc::clone(&self.admission).acquire_owned();
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Some(Admission { _permit: permit }),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Runs `job` on a feedback thread and returns its result. The
+    /// admission is released when the job has run, whether or not the
+    /// caller still waits for it (a request that timed out or whose client
+    /// left still has its job finished: it may already be in the log).
+    pub async fn run<T, F>(&self, admission: Admission, job: F) -> Result<T, IngestError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(job));
+            drop(admission);
+            match result {
+                Ok(value) => {
+                    let _ = tx.send(Ok(value));
+                }
+                Err(_) => {
+                    tracing::error!("feedback job panicked");
+                    let _ = tx.send(Err(IngestError::Panicked));
+                }
+            }
+        });
+        if self.jobs.send(job).is_err() {
+            return Err(IngestError::Stopped);
+        }
+        rx.await.unwrap_or(Err(IngestError::Stopped))
+    }
+
+    /// Waits until no request is admitted (every job has run), for at most
+    /// `timeout`; false if work was still running then. Shutdown calls it
+    /// between the listener and the trainers, so nothing is queued after
+    /// the trainers' last drain.
+    pub async fn idle(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.admission.acquire_many(self.concurrency))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
+    }
+
+    /// Requests admitted now (running or waiting for a thread).
+    pub fn in_flight(&self) -> usize {
+        self.concurrency as usize - self.admission.available_permits()
+    }
+}
+
+fn work(rx: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting for the next job, never while
+        // one runs, so the other threads take the jobs that follow.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(),
+            Err(mpsc::RecvError) => return,
+        }
+    }
+}
+
+/// Raises the calling thread's niceness so the scheduler prefers the
+/// request runtime's threads. On Linux niceness is a per-thread attribute
+/// (setpriority(2), NOTES) and raising it needs no privilege.
+#[cfg(target_os = "linux")]
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+        tracing::warn!(nice, error = %e, "cannot lower the feedback threads' priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(nice: i32) {
+    if nice != 0 {
+        tracing::debug!(nice, "server.feedback_nice is applied on Linux only");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize, concurrency: usize) -> IngestPool {
+        waiting(threads, concurrency, Duration::ZERO)
+    }
+
+    fn waiting(threads: usize, concurrency: usize, wait: Duration) -> IngestPool {
+        IngestPool::start(IngestOptions {
+            threads,
+            concurrency,
+            nice: 0,
+            wait,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn admission_is_bounded_and_released_after_the_job() {
+        let pool = pool(1, 2);
+        let a = pool.try_admit().unwrap();
+        let b = pool.try_admit().unwrap();
+        assert!(pool.try_admit().is_none(), "a third request is refused");
+        assert_eq!(pool.in_flight(), 2);
+        drop(b);
+        assert_eq!(pool.run(a, || 41 + 1).await, Ok(42));
+        assert_eq!(pool.in_flight(), 0, "the job released its admission");
+        assert!(pool.idle(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn admit_waits_for_a_place_to_free() {
+        let pool = pool(1, 1);
+        let _held = pool.try_admit().unwrap();
+        assert!(pool.admit().await.is_none(), "no wait: refused at once");
+
+        let pool = waiting(1, 1, Duration::from_millis(1));
+        let _held = pool.try_admit().unwrap();
+        assert!(pool.admit().await.is_none(), "refused after the wait");
+
+        let pool = waiting(1, 1, Duration::from_secs(30));
+        let held = pool.try_admit().unwrap();
+        let (admitted, ()) = tokio::join!(pool.admit(), async {
+            tokio::task::yield_now().await;
+            drop(held);
+        });
+        assert!(admitted.is_some(), "admitted once the holder left");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_reported_and_the_thread_lives_on() {
+        let pool = pool(1, 1);
+        let a = pool.try_admit().unwrap();
+        let r: Result<(), _> = pool.run(a, || panic!("boom")).await;
+        assert_eq!(r, Err(IngestError::Panicked));
+        let a = pool.try_admit().expect("released after the panic");
+        assert_eq!(pool.run(a, || "still here").await, Ok("still here"));
+    }
+
+    #[tokio::test]
+    async fn jobs_run_on_the_feedback_threads() {
+        let pool = pool(2, 4);
+        let a = pool.try_admit().unwrap();
+        let name = pool
+            .run(a, || std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("eddy-feedback-"));
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_admitted_work() {
+        let pool = pool(1, 2);
+        let held = pool.try_admit().unwrap();
+        assert!(!pool.idle(Duration::from_millis(1)).await);
+        drop(held);
+        assert!(pool.idle(Duration::from_secs(5)).await);
+    }
+}
