@@ -13,6 +13,10 @@ pub(super) struct Cadence {
     last_publish: Duration,
     gate_ready_at: Duration,
     report_at: Duration,
+    /// Examples were learned since the report was last refreshed; the
+    /// trainer refreshes it once the queue runs dry, so what an idle model
+    /// shows is never stale.
+    pub(super) report_owed: bool,
 }
 
 impl Cadence {
@@ -22,6 +26,7 @@ impl Cadence {
             last_publish: now,
             gate_ready_at: now,
             report_at: now,
+            report_owed: false,
         }
     }
 
@@ -37,14 +42,15 @@ impl Cadence {
             && (idle || now.saturating_sub(self.last_publish) >= config.min_publish_interval())
     }
 
-    /// True (and the next refresh scheduled) when the report is due.
+    /// True (and the next refresh scheduled) when the report is due;
+    /// otherwise the report is owed.
     pub(super) fn report_due(&mut self, now: Duration) -> bool {
-        if now.saturating_sub(self.report_at) >= REPORT_EVERY {
+        let due = now.saturating_sub(self.report_at) >= REPORT_EVERY;
+        if due {
             self.report_at = now;
-            true
-        } else {
-            false
         }
+        self.report_owed = !due;
+        due
     }
 }
 

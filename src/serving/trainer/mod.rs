@@ -356,9 +356,11 @@ impl Trainer {
             }
             let stream = &mut self.stream;
             let commands = &mut self.commands;
-            // A flush publishes what is trained, and retries a snapshot
+            // A flush publishes what is trained, refreshes an owed report
+            // and retries a snapshot
             // the busy writer could not take.
-            let unpublished = self.cadence.minibatches > 0 || self.snapshot_waiting;
+            let unpublished =
+                self.cadence.minibatches > 0 || self.snapshot_waiting || self.cadence.report_owed;
             let wake = rt.block_on(async {
                 tokio::select! {
                     biased;
@@ -374,6 +376,9 @@ impl Trainer {
                 Wake::Flush => {
                     self.publish_live(true);
                     self.snapshot_if_due();
+                    if std::mem::take(&mut self.cadence.report_owed) {
+                        self.refresh_report();
+                    }
                 }
                 Wake::Command(command) => self.command(command),
                 Wake::Items => {
