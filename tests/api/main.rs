@@ -10,6 +10,7 @@ mod durability;
 mod faults;
 mod hardening;
 mod helpers;
+mod hostile;
 mod learning;
 mod lifecycle;
 mod limits;
