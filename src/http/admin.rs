@@ -50,6 +50,10 @@ pub struct AdminState {
     pub storage: crate::config::StorageConfig,
 }
 
+/// The admin listener's probes: `/metrics` answers without a concurrency
+/// slot, so a scrape is not starved by slow admin calls.
+pub const ADMIN_PROBES: &[&str] = &["/metrics"];
+
 pub fn admin_router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/models/{model}/snapshots", get(snapshots))
