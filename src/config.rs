@@ -85,7 +85,9 @@ pub struct AdminConfig {
     pub token: String,
     #[serde(default = "default_admin_max_body")]
     pub max_body_bytes: NonZeroUsize,
-    #[serde(default = "default_request_timeout")]
+    /// Longer than the public one: a snapshot of a large model is written
+    /// while the call waits.
+    #[serde(default = "default_admin_request_timeout")]
     pub request_timeout_ms: u64,
     #[serde(default = "default_admin_concurrency")]
     pub max_concurrency: NonZeroUsize,
@@ -349,6 +351,9 @@ fn default_max_connections() -> NonZeroUsize {
 }
 fn default_admin_max_body() -> NonZeroUsize {
     NonZeroUsize::new(64 << 10).expect("non-zero")
+}
+fn default_admin_request_timeout() -> u64 {
+    60_000
 }
 fn default_admin_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(64).expect("non-zero")

@@ -56,28 +56,29 @@ impl Refusals {
     /// Counts a refusal and logs it, rate-limited.
     pub fn refuse(&self, refusal: Refusal) {
         self.0.instruments.refused(refusal);
-        self.log(refusal.as_str(), "refused");
+        if self.may_log() {
+            let others = self.0.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                listener = self.listener(),
+                reason = refusal.as_str(),
+                others,
+                "refused (at most one line per 10 s; others counted in eddy_http_refusals_total)"
+            );
+        }
     }
 
     /// Counts a connection hyper ended for a protocol error, rate-limited
     /// in the log like refusals.
     pub fn protocol_error(&self, kind: ProtocolError, error: &dyn std::fmt::Display) {
         self.0.instruments.protocol_error(kind);
+        // A client gone mid-message (or a TCP health check) is ordinary.
+        if kind == ProtocolError::Incomplete {
+            tracing::debug!(listener = self.listener(), %error, "connection closed mid-message");
+            return;
+        }
         if self.may_log() {
             let others = self.0.unlogged.swap(0, Ordering::Relaxed);
             tracing::warn!(listener = self.listener(), kind = kind.as_str(), %error, others, "http protocol error; connection closed (at most one line per 10 s; others counted in eddy_http_protocol_errors_total)");
-        }
-    }
-
-    fn log(&self, reason: &'static str, what: &'static str) {
-        if self.may_log() {
-            let others = self.0.unlogged.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                listener = self.listener(),
-                reason,
-                others,
-                "{what} (at most one line per 10 s; others counted in eddy_http_refusals_total)"
-            );
         }
     }
 

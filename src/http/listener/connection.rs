@@ -88,7 +88,13 @@ impl Connection {
                     done = handshake => match done {
                         Ok(Ok(stream)) => Some(stream),
                         Ok(Err(e)) => {
-                            self.refusals.protocol_error(ProtocolError::Malformed, &format_args!("tls handshake: {e}"));
+                            // A client gone before the handshake (a TCP
+                            // health check) is not malformed.
+                            let kind = match e.kind() {
+                                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => ProtocolError::Malformed,
+                                _ => ProtocolError::Incomplete,
+                            };
+                            self.refusals.protocol_error(kind, &format_args!("tls handshake: {e}"));
                             None
                         }
                         Err(_) => {
