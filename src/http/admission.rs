@@ -149,7 +149,13 @@ where
             .await;
             let (bytes, _permit) = match read {
                 Ok(Ok(read)) => read,
-                Ok(Err((refusal, error))) => return Ok(refuse(&settings, refusal, error)),
+                Ok(Err(Unread::Refused(refusal, error))) => {
+                    return Ok(refuse(&settings, refusal, error));
+                }
+                Ok(Err(Unread::ClientGone)) => {
+                    // Nobody reads this answer; nothing was refused.
+                    return Ok(closing(ApiError::MalformedBody("it was cut short".into())));
+                }
                 Err(_) => {
                     let ms = settings.body_read_timeout.as_millis() as u64;
                     return Ok(refuse(
@@ -174,14 +180,14 @@ async fn read_body<B>(
     mut body: B,
     declared: usize,
     settings: &Settings,
-) -> Result<(Bytes, OwnedSemaphorePermit), (Refusal, ApiError)>
+) -> Result<(Bytes, OwnedSemaphorePermit), Unread>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let max = settings.max_body_bytes;
-    let too_large = || (Refusal::PayloadTooLarge, ApiError::PayloadTooLarge(max));
-    let over_budget = || (Refusal::Overloaded, ApiError::Overloaded);
+    let too_large = || Unread::Refused(Refusal::PayloadTooLarge, ApiError::PayloadTooLarge(max));
+    let over_budget = || Unread::Refused(Refusal::Overloaded, ApiError::Overloaded);
     // Reserve what the client declared (at least one permit), and more as
     // a body of unknown length grows.
     let mut held = declared.div_ceil(PERMIT_BYTES).max(1);
@@ -197,11 +203,12 @@ where
         let frame = frame.map_err(|e| {
             let e: BoxError = e.into();
             tracing::debug!(error = %e, "request body unreadable");
-            (
+            if client_gone(e.as_ref()) {
+                return Unread::ClientGone;
+            }
+            Unread::Refused(
                 Refusal::MalformedBody,
-                ApiError::MalformedBody(
-                    "it is malformed (for example an invalid chunk) or was cut short".into(),
-                ),
+                ApiError::MalformedBody("it is malformed (for example an invalid chunk)".into()),
             )
         })?;
         let Ok(data) = frame.into_data() else {
@@ -238,10 +245,43 @@ where
     Ok((bytes, permit))
 }
 
+/// Why a body was not read whole.
+enum Unread {
+    Refused(Refusal, ApiError),
+    /// The client closed or reset the connection mid-body.
+    ClientGone,
+}
+
+/// Whether a body error means the client went away (not a malformed
+/// body): hyper's incomplete message, or the connection reset or ended.
+fn client_gone(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// The JSON answer to a refused request, counted; the connection closes
 /// after it, since the rest of the body is left unread.
 fn refuse(settings: &Settings, refusal: Refusal, error: ApiError) -> Response {
     settings.refusals.refuse(refusal);
+    closing(error)
+}
+
+fn closing(error: ApiError) -> Response {
     let mut response = error.into_response();
     response
         .headers_mut()

@@ -162,7 +162,18 @@ async fn slow_bodies_hold_no_slot_so_probes_and_predicts_answer() {
     // The slow ones are still waiting, not refused.
     assert_eq!(refusals(&app, "public", "overloaded").await, 0.0);
     assert_eq!(refusals(&app, "public", "body_timeout").await, 0.0);
+    // Clients that hang up mid-body are not refusals (nor malformed).
     drop(slow);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = scrape(&app).await;
+        if sample(&text, "eddy_http_connections{listener=\"public\"}") <= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slow connections not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refusals(&app, "public", "malformed_body").await, 0.0);
     app.stop().await.expect("clean stop");
 }
 

@@ -259,34 +259,37 @@ impl Activity {
     /// The answer is ready: the connection rests until the next request.
     fn idle(&self) {
         let idle = self.now_ms() << 2 | Phase::Idle as u64;
+        // No wake-up either: the watchdog, waiting out a busy phase, wakes
+        // no later than this idle phase's deadline and reads it then.
         self.state.store(idle, Ordering::Release);
-        self.changed.notify_one();
     }
 
-    /// Resolves with the phase whose deadline passed.
+    /// Resolves with the phase whose deadline passed. Only the start of a
+    /// head wakes it early (its deadline may come before the idle one);
+    /// otherwise it reads the phase when its timer fires, and a busy
+    /// connection is looked at again after `idle` (never later than the
+    /// idle phase that follows could end). One timer, reset in place.
     async fn expiry(&self, header: Duration, idle: Duration) -> Phase {
+        let mut timer = pin!(tokio::time::sleep(idle));
         loop {
             let changed = self.changed.notified();
             let mut changed = pin!(changed);
             // Registered before the state is read, so no change is missed.
             changed.as_mut().enable();
             let (phase, since) = self.load();
-            let limit = match phase {
-                Phase::Busy => {
-                    changed.await;
-                    continue;
-                }
-                Phase::Idle => idle,
-                Phase::Head => header,
+            let deadline = match phase {
+                Phase::Busy => Instant::now() + idle,
+                Phase::Idle => self.opened + Duration::from_millis(since) + idle,
+                Phase::Head => self.opened + Duration::from_millis(since) + header,
             };
-            let deadline = self.opened + Duration::from_millis(since) + limit;
+            timer.as_mut().reset(deadline.into());
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    if self.load() == (phase, since) {
+                () = timer.as_mut() => {
+                    if phase != Phase::Busy && self.load() == (phase, since) {
                         return phase;
                     }
                 }
-                _ = changed => {}
+                () = changed => {}
             }
         }
     }
