@@ -20,9 +20,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ModelConfig};
-use crate::http::admin::{AdminState, admin_router};
-use crate::http::{AppState, protect, public_router};
+use crate::config::{Config, ListenerLimits, ModelConfig};
+use crate::http::admin::{ADMIN_PROBES, AdminState, admin_router};
+use crate::http::listener::{CertFiles, Listener, connection_room};
+use crate::http::refusals::Refusals;
+use crate::http::{AppState, PUBLIC_PROBES, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::atomic::remove_stale_temps;
 use crate::persist::wal::MemoryLog;
@@ -43,6 +45,9 @@ pub struct App {
     config: Arc<Config>,
     listener: TcpListener,
     admin_listener: TcpListener,
+    /// `[server.tls]` and `[admin.tls]`, read at build.
+    public_tls: Option<Arc<CertFiles>>,
+    admin_tls: Option<Arc<CertFiles>>,
     state: AppState,
     trainers: Vec<Trainer>,
     shutdown: CancellationToken,
@@ -287,6 +292,15 @@ impl App {
                 baseline,
             });
         }
+        // Certificates are read before any socket is bound, so a bad file
+        // stops start-up with its name.
+        let load_tls = |tls: Option<&crate::config::TlsConfig>, key: &str| {
+            tls.map(CertFiles::load)
+                .transpose()
+                .with_context(|| format!("{key}.tls"))
+        };
+        let public_tls = load_tls(config.server.tls.as_ref(), "server")?;
+        let admin_tls = load_tls(config.admin.tls.as_ref(), "admin")?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
@@ -300,6 +314,8 @@ impl App {
             config: Arc::new(config),
             listener,
             admin_listener,
+            public_tls,
+            admin_tls,
             state: AppState::new(registry, max_body, ingest),
             trainers,
             shutdown: CancellationToken::new(),
@@ -372,39 +388,48 @@ impl App {
                 }
             });
         }
+        let (public_limits, admin_limits) = listener_limits(&self.config);
+        let metrics = &self.state.metrics.listeners;
+        let public_refusals = Refusals::new(metrics.instruments("public"));
+        let admin_refusals = Refusals::new(metrics.instruments("admin"));
         let service = protect(
             public_router(self.state.clone(), &self.config.server),
-            &self.config.server,
+            &public_limits,
+            public_refusals.clone(),
+            PUBLIC_PROBES,
         );
-        let admin = admin_router(AdminState {
-            app: self.state.clone(),
-            token: self.config.admin.token.clone(),
-            storage: self.config.storage.clone(),
-            trainer_timeout: self.config.admin.request_timeout(),
-        });
-        let admin_server = axum::serve(self.admin_listener, admin)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
-            .into_future();
-        tracker.spawn(async move {
-            if let Err(e) = admin_server.await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        });
+        let admin = protect(
+            admin_router(AdminState {
+                app: self.state.clone(),
+                token: self.config.admin.token.clone(),
+                storage: self.config.storage.clone(),
+                trainer_timeout: self.config.admin.trainer_wait(),
+            }),
+            &admin_limits,
+            admin_refusals.clone(),
+            ADMIN_PROBES,
+        );
+        let admin_server = Listener::new(
+            self.admin_listener,
+            admin_limits,
+            admin_refusals,
+            self.admin_tls,
+        );
+        tracker.spawn(admin_server.serve(admin, self.shutdown.clone()));
         self.state.ready.store(true, Ordering::Release);
         let shutdown = self.shutdown.clone();
-        let server = axum::serve(self.listener, tower::make::Shared::new(service))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        let server = Listener::new(
+            self.listener,
+            public_limits,
+            public_refusals,
+            self.public_tls,
+        )
+        .serve(service, shutdown.clone());
         tokio::pin!(server);
-        let mut listener_error = None;
         tokio::select! {
-            result = &mut server => {
-                // Still train what was accepted before failing.
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "public listener failed; shutting down");
-                    listener_error = Some(e);
-                }
-            }
+            // The listener returns only after shutdown began and every
+            // connection ended.
+            () = &mut server => {}
             _ = shutdown.cancelled() => {
                 self.state.ready.store(false, Ordering::Release);
                 tracing::info!("shutting down: finishing in-flight requests");
@@ -452,9 +477,6 @@ impl App {
                     tracing::error!(model = %model.name, error = %e, "cannot record the last version");
                 }
             }
-        }
-        if let Some(e) = listener_error {
-            return Err(anyhow::Error::new(e).context("public listener failed"));
         }
         if failed.load(Ordering::SeqCst) {
             anyhow::bail!("a trainer ended unexpectedly");
@@ -515,6 +537,31 @@ impl std::fmt::Display for NotSaved {
 }
 
 impl std::error::Error for NotSaved {}
+
+/// File descriptors kept out of the connection limits: snapshots, logs,
+/// feedback-log segments, the runtime.
+const FD_RESERVE: usize = 256;
+
+/// Both listeners' limits, with the public `max_connections` lowered
+/// (and a warning) if the file-descriptor limit cannot hold both
+/// listeners' connections: refusing a connection beats failing to
+/// accept it.
+fn listener_limits(config: &Config) -> (ListenerLimits, ListenerLimits) {
+    let mut public = config.server.limits();
+    let admin = config.admin.limits();
+    let room = connection_room(FD_RESERVE);
+    if public.max_connections.saturating_add(admin.max_connections) > room {
+        let lowered = room.saturating_sub(admin.max_connections).max(1);
+        tracing::warn!(
+            configured = public.max_connections,
+            lowered,
+            admin = admin.max_connections,
+            "server.max_connections lowered to fit the file-descriptor limit (raise it with ulimit -n or LimitNOFILE)"
+        );
+        public.max_connections = lowered;
+    }
+    (public, admin)
+}
 
 /// Opens the model's feedback log (`<dir>/wal`), whose positions continue
 /// the snapshot's: the records from `position` on are what the snapshot

@@ -81,9 +81,28 @@ pub struct ServerConfig {
     #[serde(default = "default_feedback_nice")]
     pub feedback_nice: i32,
     /// How long a feedback request over `feedback_concurrency` waits for a
-    /// place (its body unread) before the 429; 0: refused at once.
+    /// place (its body not parsed) before the 429; 0: refused at once.
     #[serde(default = "default_feedback_wait")]
     pub feedback_wait_ms: u64,
+    /// A request's head must arrive within this long of its first byte.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this long of its head
+    /// (408 `body_timeout` otherwise); read before the request takes a
+    /// concurrency slot.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request under way is closed after
+    /// this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Open connections on the listener; beyond it new ones are closed at
+    /// once (counted).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// HTTPS on this listener when present.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,11 +111,51 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     #[serde(default)]
     pub token: String,
-    /// The longest an admin call waits for the model's trainer (a
-    /// snapshot, pause, resume, rollback or readmission) before it answers
-    /// 503 `trainer_busy`.
+    #[serde(default = "default_admin_max_body")]
+    pub max_body_bytes: NonZeroUsize,
+    /// Longer than the public one: a snapshot of a large model is written
+    /// while the call waits. An admin call waiting on a busy trainer
+    /// answers 503 `trainer_busy` a little before it (`trainer_wait`).
     #[serde(default = "default_admin_request_timeout")]
     pub request_timeout_ms: u64,
+    #[serde(default = "default_admin_concurrency")]
+    pub max_concurrency: NonZeroUsize,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: NonZeroUsize,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]` / `[admin.tls]`: PEM files, re-read when they change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files' modification times are checked.
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval_ms: u64,
+}
+
+/// One listener's connection and request limits, as durations: what
+/// `http::listener` and `http::protect` enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrency: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,9 +384,6 @@ fn default_concurrency() -> NonZeroUsize {
 fn default_grace() -> u64 {
     10_000
 }
-fn default_admin_request_timeout() -> u64 {
-    30_000
-}
 fn default_feedback_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(4).expect("non-zero")
 }
@@ -336,6 +392,33 @@ fn default_feedback_nice() -> i32 {
 }
 fn default_feedback_wait() -> u64 {
     100
+}
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_body_read_timeout() -> u64 {
+    30_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(4096).expect("non-zero")
+}
+fn default_admin_max_body() -> NonZeroUsize {
+    NonZeroUsize::new(64 << 10).expect("non-zero")
+}
+fn default_admin_request_timeout() -> u64 {
+    60_000
+}
+fn default_admin_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(64).expect("non-zero")
+}
+fn default_admin_connections() -> NonZeroUsize {
+    NonZeroUsize::new(256).expect("non-zero")
+}
+fn default_tls_reload() -> u64 {
+    5_000
 }
 fn default_snapshot_interval() -> u64 {
     300
@@ -571,12 +654,91 @@ impl ServerConfig {
             wait: Duration::from_millis(self.feedback_wait_ms),
         }
     }
+
+    pub fn limits(&self) -> ListenerLimits {
+        let ms = Duration::from_millis;
+        ListenerLimits {
+            max_body_bytes: self.max_body_bytes.get(),
+            request_timeout: ms(self.request_timeout_ms),
+            max_concurrency: self.max_concurrency.get(),
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            body_read_timeout: ms(self.body_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            max_connections: self.max_connections.get(),
+        }
+    }
 }
 
 impl AdminConfig {
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+    /// How long an admin call waits for the model's trainer before its
+    /// 503 `trainer_busy`: nine tenths of `request_timeout_ms`, so that
+    /// answer comes before the listener's own 503 `timeout`.
+    pub fn trainer_wait(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms - self.request_timeout_ms / 10)
     }
+    pub fn limits(&self) -> ListenerLimits {
+        let ms = Duration::from_millis;
+        ListenerLimits {
+            max_body_bytes: self.max_body_bytes.get(),
+            request_timeout: ms(self.request_timeout_ms),
+            max_concurrency: self.max_concurrency.get(),
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            body_read_timeout: ms(self.body_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
+            max_connections: self.max_connections.get(),
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(self.reload_interval_ms)
+    }
+}
+
+/// Checks one listener's limits; `prefix` is `server` or `admin`.
+fn validate_listener(
+    prefix: &str,
+    limits: &ListenerLimits,
+    tls: Option<&TlsConfig>,
+) -> Result<(), Error> {
+    let invalid = |k: &str, message: String| Error::Invalid {
+        key: format!("{prefix}.{k}"),
+        message,
+    };
+    for (k, bound) in [
+        ("max_concurrency", limits.max_concurrency),
+        ("max_connections", limits.max_connections),
+    ] {
+        if bound > MAX_BOUND {
+            return Err(invalid(k, format!("must be at most {MAX_BOUND}")));
+        }
+    }
+    for (k, d) in [
+        ("request_timeout_ms", limits.request_timeout),
+        ("header_read_timeout_ms", limits.header_read_timeout),
+        ("body_read_timeout_ms", limits.body_read_timeout),
+        ("idle_timeout_ms", limits.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(k, "must be greater than 0".into()));
+        }
+    }
+    if let Some(tls) = tls {
+        if tls.cert.as_os_str().is_empty() {
+            return Err(invalid("tls.cert", "must name a PEM file".into()));
+        }
+        if tls.key.as_os_str().is_empty() {
+            return Err(invalid("tls.key", "must name a PEM file".into()));
+        }
+        if tls.reload_interval_ms < 100 {
+            return Err(invalid(
+                "tls.reload_interval_ms",
+                "must be at least 100".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl StorageConfig {
@@ -827,6 +989,8 @@ impl Config {
                 "at least one [[models]] entry is required",
             ));
         }
+        validate_listener("server", &self.server.limits(), self.server.tls.as_ref())?;
+        validate_listener("admin", &self.admin.limits(), self.admin.tls.as_ref())?;
         if self.server.max_concurrency.get() > MAX_BOUND {
             return Err(invalid(
                 "server.max_concurrency".into(),
@@ -1381,5 +1545,39 @@ mod tests {
                 panic!("{text:?} should load: {e}");
             }
         }
+    }
+
+    #[test]
+    fn listener_limits_are_validated_by_key() {
+        let cases = [
+            (
+                "[server]\nheader_read_timeout_ms = 0",
+                "server.header_read_timeout_ms",
+            ),
+            ("[admin]\nidle_timeout_ms = 0", "admin.idle_timeout_ms"),
+            (
+                "[admin]\nbody_read_timeout_ms = 0",
+                "admin.body_read_timeout_ms",
+            ),
+            ("[admin]\nmax_connections = 0", "admin.max_connections"),
+            (
+                "[server.tls]\ncert = \"\"\nkey = \"k.pem\"",
+                "server.tls.cert",
+            ),
+            ("[admin.tls]\ncert = \"c.pem\"\nkey = \"\"", "admin.tls.key"),
+            (
+                "[server.tls]\ncert = \"c\"\nkey = \"k\"\nreload_interval_ms = 1",
+                "server.tls.reload_interval_ms",
+            ),
+            ("[server.tls]\ncert = \"c\"", "server.tls"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml_over_default(text).expect_err(text);
+            assert!(err.to_string().starts_with(key), "{text}: {err}");
+        }
+        let ok = Config::from_toml_over_default("[admin.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"")
+            .expect("valid");
+        assert!(ok.server.tls.is_none());
+        assert_eq!(ok.admin.tls.expect("tls").reload_interval_ms, 5000);
     }
 }

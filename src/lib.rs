@@ -5,7 +5,8 @@
 //! Codemap (see `ARCHITECTURE.md` at the repository root for more):
 //! - `learn`: pure maths: feature hashing, linear models, optimizers, metrics;
 //! - `serving`: per-model runtime: store, feedback queue, trainer, join cache;
-//! - `http`: the REST API and its error table;
+//! - `http`: the REST API, its error table, and the connection layer of
+//!   both listeners (accept loop, timeouts, limits, TLS);
 //! - `data`: CSV and JSON Lines files to examples (batch training);
 //! - `batch`: `eddy train` and `eddy eval`;
 //! - `config`, `app`, `cli`, `telemetry`: wiring.

@@ -17,7 +17,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -75,6 +75,8 @@ pub struct Metrics {
     pub feedback_rejected: Family<ReasonLabels, Counter>,
     pub join_misses: Family<ReasonLabels, Counter>,
     pub feedback_delay: HistogramFamily<ModelLabel>,
+    /// Connection-level families of both listeners.
+    pub listeners: ListenerFamilies,
 }
 
 fn latency_histogram() -> Histogram {
@@ -173,6 +175,7 @@ impl Metrics {
                 (m.name.clone(), instruments)
             })
             .collect();
+        let listeners = ListenerFamilies::register(&mut registry);
         registry.register_collector(Box::new(ModelCollector { models }));
         Self {
             registry,
@@ -185,6 +188,7 @@ impl Metrics {
             feedback_rejected,
             join_misses,
             feedback_delay,
+            listeners,
         }
     }
 
@@ -218,6 +222,202 @@ impl Metrics {
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+/// Why a listener refused a connection or a request before a handler
+/// answered it. A fixed set, so the label stays bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` open: the new connection was closed at once.
+    ConnectionLimit,
+    /// The request head did not arrive within `header_read_timeout_ms`.
+    HeaderTimeout,
+    /// The body did not arrive within `body_read_timeout_ms` (408).
+    BodyTimeout,
+    /// The body (declared or read) was over `max_body_bytes` (413).
+    PayloadTooLarge,
+    /// The body could not be decoded, e.g. a malformed chunk (400).
+    MalformedBody,
+    /// `max_concurrency` requests in flight (503 `overloaded`).
+    Overloaded,
+    /// The handler ran past `request_timeout_ms` (503 `timeout`).
+    Timeout,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 7] = [
+        Refusal::ConnectionLimit,
+        Refusal::HeaderTimeout,
+        Refusal::BodyTimeout,
+        Refusal::PayloadTooLarge,
+        Refusal::MalformedBody,
+        Refusal::Overloaded,
+        Refusal::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::MalformedBody => "malformed_body",
+            Refusal::Overloaded => "overloaded",
+            Refusal::Timeout => "timeout",
+        }
+    }
+}
+
+/// A connection hyper ended because of what the client sent, before any
+/// handler saw a request: hyper answered (400, 414, 431) or closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A request head hyper could not parse (400): bad `Content-Length`,
+    /// a NUL or other invalid byte in a header, a bad request line.
+    Malformed,
+    /// A head over hyper's limits: too many or too large headers (431), a
+    /// URI too long (414).
+    TooLarge,
+    /// The client closed or reset the connection in the middle of a
+    /// message.
+    Incomplete,
+    /// Anything else hyper reported on the connection.
+    Other,
+}
+
+impl ProtocolError {
+    pub const ALL: [ProtocolError; 4] = [
+        ProtocolError::Malformed,
+        ProtocolError::TooLarge,
+        ProtocolError::Incomplete,
+        ProtocolError::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolError::Malformed => "malformed",
+            ProtocolError::TooLarge => "too_large",
+            ProtocolError::Incomplete => "incomplete",
+            ProtocolError::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `public` or `admin`.
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolErrorLabels {
+    pub listener: &'static str,
+    pub kind: &'static str,
+}
+
+/// The connection-level families, labelled by listener.
+#[derive(Debug, Clone)]
+pub struct ListenerFamilies {
+    refusals: Family<RefusalLabels, Counter>,
+    protocol_errors: Family<ProtocolErrorLabels, Counter>,
+    connections: Family<ListenerLabel, Gauge>,
+    idle_closed: Family<ListenerLabel, Counter>,
+}
+
+/// One listener's instruments, resolved once so that counting allocates
+/// and hashes nothing.
+#[derive(Debug, Clone)]
+pub struct ListenerInstruments {
+    pub listener: &'static str,
+    refusals: [Counter; Refusal::ALL.len()],
+    protocol_errors: [Counter; ProtocolError::ALL.len()],
+    /// Connections open now (TLS handshakes included).
+    pub connections: Gauge,
+    /// Keep-alive connections closed after `idle_timeout_ms`.
+    pub idle_closed: Counter,
+}
+
+impl ListenerFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let refusals = counters(
+            registry,
+            "http_refusals",
+            "Connections and requests a listener refused before a handler answered, by listener and reason",
+        );
+        let protocol_errors = counters(
+            registry,
+            "http_protocol_errors",
+            "Connections ended by an HTTP protocol error (hyper answered 400, 414 or 431, or closed), by listener and kind",
+        );
+        let connections = Family::default();
+        registry.register(
+            "http_connections",
+            "Open connections, by listener",
+            connections.clone(),
+        );
+        let idle_closed = counters(
+            registry,
+            "http_idle_closed",
+            "Keep-alive connections closed after idle_timeout_ms, by listener",
+        );
+        Self {
+            refusals,
+            protocol_errors,
+            connections,
+            idle_closed,
+        }
+    }
+
+    /// The instruments of one listener (`public` or `admin`).
+    pub fn instruments(&self, listener: &'static str) -> ListenerInstruments {
+        ListenerInstruments {
+            listener,
+            refusals: Refusal::ALL.map(|r| {
+                self.refusals
+                    .get_or_create(&RefusalLabels {
+                        listener,
+                        reason: r.as_str(),
+                    })
+                    .clone()
+            }),
+            protocol_errors: ProtocolError::ALL.map(|k| {
+                self.protocol_errors
+                    .get_or_create(&ProtocolErrorLabels {
+                        listener,
+                        kind: k.as_str(),
+                    })
+                    .clone()
+            }),
+            connections: self
+                .connections
+                .get_or_create(&ListenerLabel { listener })
+                .clone(),
+            idle_closed: self
+                .idle_closed
+                .get_or_create(&ListenerLabel { listener })
+                .clone(),
+        }
+    }
+}
+
+impl ListenerInstruments {
+    pub fn refused(&self, refusal: Refusal) {
+        self.refusals[refusal as usize].inc();
+    }
+
+    pub fn refusals(&self, refusal: Refusal) -> u64 {
+        self.refusals[refusal as usize].get()
+    }
+
+    pub fn protocol_error(&self, kind: ProtocolError) {
+        self.protocol_errors[kind as usize].inc();
     }
 }
 

@@ -58,6 +58,10 @@ pub struct AdminState {
     pub trainer_timeout: Duration,
 }
 
+/// The admin listener's probes: `/metrics` answers without a concurrency
+/// slot, so a scrape is not starved by slow admin calls.
+pub const ADMIN_PROBES: &[&str] = &["/metrics"];
+
 pub fn admin_router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/models/{model}/snapshots", get(snapshots))

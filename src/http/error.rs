@@ -46,6 +46,10 @@ pub enum ApiError {
     BatchTooLarge(QueueError),
     #[error("request timed out")]
     Timeout,
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    #[error("the request body could not be read: {0}")]
+    MalformedBody(String),
     #[error("server is at its concurrency limit; retry later")]
     Overloaded,
     #[error(
@@ -122,6 +126,8 @@ impl ApiError {
             ApiError::QueueFull(_) => (S::TOO_MANY_REQUESTS, "queue_full"),
             ApiError::BatchTooLarge(_) => (S::UNPROCESSABLE_ENTITY, "batch_too_large"),
             ApiError::Timeout => (S::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::MalformedBody(_) => (S::BAD_REQUEST, "malformed_body"),
             ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::FeedbackOverloaded => (S::TOO_MANY_REQUESTS, "feedback_overloaded"),
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),

@@ -1,19 +1,24 @@
 //! The public HTTP API: router assembly, shared state and the middleware
-//! stack (panic catching, tracing, load shedding, a concurrency limit and a
-//! request timeout, each failure turned into the JSON error shape).
+//! stack (panic catching, tracing; around the router, `protect`: body
+//! reading under limits, load shedding, a concurrency limit and a request
+//! timeout, each failure turned into the JSON error shape). Connections
+//! (accepting, TLS, connection timeouts and limits) are `listener`'s.
 //!
 //! Wire types (request and response structs) live in the handler modules
 //! and are converted explicitly to domain types; nothing below `http`
 //! knows about JSON envelopes.
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod error;
 pub mod feedback;
 pub mod health;
+pub mod listener;
 pub mod model_name;
 pub mod models;
 pub mod predict;
+pub mod refusals;
 pub mod source;
 
 use std::any::Any;
@@ -33,12 +38,14 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::ServerConfig;
+use crate::config::{ListenerLimits, ServerConfig};
 use crate::metrics::{HttpLabels, Metrics, RouteLabel};
 use crate::serving::ingest::IngestPool;
 use crate::serving::{ModelRuntime, Registry};
 
+use admission::Admission;
 use error::ApiError;
+use refusals::Refusals;
 
 /// What every request shares. Handlers get it through one `Arc`, so
 /// extracting the state costs a single reference-count increment.
@@ -128,24 +135,46 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     }
 }
 
-/// Wraps the router in the listener-wide protections: a request timeout, a
-/// concurrency limit and load shedding beyond it, their errors turned into
-/// JSON. They must sit outside the router: axum's router does not pass
-/// `poll_ready` backpressure on to per-route layers, so a concurrency limit
-/// applied with `Router::layer` limits nothing.
+/// The public listener's probes: answered without a concurrency slot.
+pub const PUBLIC_PROBES: &[&str] = &[ROUTES[4], ROUTES[5]];
+
+/// Wraps a listener's router in its protections (`Admission`): probes
+/// pass straight through; other requests have their body read under a
+/// deadline, a size limit and a memory budget, then take a concurrency
+/// slot (load shedding beyond it) and run under a request timeout, every
+/// refusal answered in JSON and counted. The limit must sit outside the
+/// router: axum's router does not pass `poll_ready` backpressure on to
+/// per-route layers, so a concurrency limit applied with `Router::layer`
+/// limits nothing.
 pub fn protect(
     router: Router,
-    server: &ServerConfig,
-) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
-+ Clone
-+ Send
-+ 'static {
-    ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(middleware_error))
+    limits: &ListenerLimits,
+    refusals: Refusals,
+    probes: &'static [&'static str],
+) -> Admission<
+    impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static,
+> {
+    let counted = refusals.clone();
+    let limited = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |err: tower::BoxError| {
+            let refusals = counted.clone();
+            async move { admission::limit_error(&refusals, err) }
+        }))
         .load_shed()
-        .concurrency_limit(server.max_concurrency.get())
-        .timeout(server.request_timeout())
-        .service(router)
+        .concurrency_limit(limits.max_concurrency)
+        .timeout(limits.request_timeout)
+        .service(router.clone());
+    let settings = admission::Settings::new(
+        limits.max_body_bytes,
+        limits.max_concurrency,
+        limits.body_read_timeout,
+        probes,
+        refusals,
+    );
+    Admission::new(router, limited, settings)
 }
 
 /// Counts every routed request and its latency, labelled by the matched
@@ -185,16 +214,6 @@ async fn track(
         })
         .inc();
     response
-}
-
-async fn middleware_error(err: tower::BoxError) -> ApiError {
-    if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::Timeout
-    } else if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::Overloaded
-    } else {
-        ApiError::Internal(err.to_string())
-    }
 }
 
 fn panic_response(cause: Box<dyn Any + Send + 'static>) -> Response {

@@ -101,8 +101,8 @@ impl IngestPool {
 
     /// A place for one request, waiting up to the configured wait for one
     /// to free; `None` after that. Waiters are admitted in arrival order (tokio's
-    /// semaphore is fair). A waiting request costs no CPU: its body stays
-    /// unread in the socket, and a client that ignores `Retry-After` is
+    /// semaphore is fair). A waiting request costs no CPU (its body,
+    /// read by the listener within its budget, is not parsed), and a client that ignores `Retry-After` is
     /// slowed to one refusal per `wait` per connection.
     pub async fn admit(&self) -> Option<Admission> {
         let wait = self.wait;

@@ -5,6 +5,7 @@ mod admin;
 mod bad_input;
 mod batch;
 mod concurrency;
+mod connections;
 mod delayed_labels;
 mod durability;
 mod faults;
