@@ -140,7 +140,7 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// How often the files' modification times are checked.
+    /// How often the files are re-read and compared with what is served.
     #[serde(default = "default_tls_reload")]
     pub reload_interval_ms: u64,
 }
@@ -674,7 +674,10 @@ impl AdminConfig {
     /// 503 `trainer_busy`: nine tenths of `request_timeout_ms`, so that
     /// answer comes before the listener's own 503 `timeout`.
     pub fn trainer_wait(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms - self.request_timeout_ms / 10)
+        // At least 1 ms short of the listener's timeout, so the two 503s
+        // never race.
+        let ms = self.request_timeout_ms;
+        Duration::from_millis((ms - ms / 10).min(ms.saturating_sub(1)).max(1))
     }
     pub fn limits(&self) -> ListenerLimits {
         let ms = Duration::from_millis;

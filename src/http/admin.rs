@@ -23,7 +23,7 @@
 //! open, which the config's validation allows only on a loopback listener.
 //!
 //! The routes that ask the model's trainer wait for it at most
-//! `admin.request_timeout_ms`, then answer 503 `trainer_busy`.
+//! nine tenths of `admin.request_timeout_ms`, then answer 503 `trainer_busy`.
 
 use std::time::Duration;
 
@@ -54,7 +54,8 @@ pub struct AdminState {
     /// Empty: no token configured.
     pub token: String,
     pub storage: crate::config::StorageConfig,
-    /// How long a call waits for the trainer (`admin.request_timeout_ms`).
+    /// How long a call waits for the trainer (nine tenths of
+    /// `admin.request_timeout_ms`: `AdminConfig::trainer_wait`).
     pub trainer_timeout: Duration,
 }
 
@@ -189,7 +190,7 @@ async fn snapshot_now(
 }
 
 /// Sends a command to the model's trainer and waits for its answer, for
-/// `admin.request_timeout_ms` at most: a trainer busy with a long step (or
+/// `AdminConfig::trainer_wait` at most: a trainer busy with a long step (or
 /// stuck) answers 503 `trainer_busy` rather than holding the call open.
 /// A command given up on this way is dropped unanswered if the trainer
 /// has not started it yet (it checks that its requester is still there).

@@ -142,11 +142,8 @@ where
                     .oneshot(Request::from_parts(parts, Body::empty()))
                     .await;
             }
-            let read = tokio::time::timeout(
-                settings.body_read_timeout,
-                read_body(body, declared as usize, &settings),
-            )
-            .await;
+            let read =
+                tokio::time::timeout(settings.body_read_timeout, read_body(body, &settings)).await;
             let (bytes, _permit) = match read {
                 Ok(Ok(read)) => read,
                 Ok(Err(Unread::Refused(refusal, error))) => {
@@ -178,7 +175,6 @@ where
 /// that arrives in one frame is passed on without a copy.
 async fn read_body<B>(
     mut body: B,
-    declared: usize,
     settings: &Settings,
 ) -> Result<(Bytes, OwnedSemaphorePermit), Unread>
 where
@@ -188,13 +184,14 @@ where
     let max = settings.max_body_bytes;
     let too_large = || Unread::Refused(Refusal::PayloadTooLarge, ApiError::PayloadTooLarge(max));
     let over_budget = || Unread::Refused(Refusal::Overloaded, ApiError::Overloaded);
-    // Reserve what the client declared (at least one permit), and more as
-    // a body of unknown length grows.
-    let mut held = declared.div_ceil(PERMIT_BYTES).max(1);
+    // Charged for bytes received, not declared: a client that declares
+    // `max_body_bytes` and sends nothing holds one permit, so idle
+    // connections cannot drain the budget from the others.
+    let mut held = 1;
     let mut permit = settings
         .budget
         .clone()
-        .try_acquire_many_owned(u32::try_from(held).map_err(|_| too_large())?)
+        .try_acquire_many_owned(1)
         .map_err(|_| over_budget())?;
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
@@ -232,7 +229,7 @@ where
             None if rest.is_empty() => first = Some(data),
             None => rest.extend_from_slice(&data),
             Some(head) => {
-                rest.reserve(declared.max(head.len() + data.len()).min(max));
+                rest.reserve(head.len() + data.len());
                 rest.extend_from_slice(&head);
                 rest.extend_from_slice(&data);
             }

@@ -77,7 +77,7 @@ pub enum ApiError {
     )]
     NotDurable(crate::persist::wal::LogError),
     #[error(
-        "the model's trainer did not answer within admin.request_timeout_ms ({} ms): it is busy (a long training step or snapshot) or stuck; the call was withdrawn unless the trainer had already begun it (check before retrying)",
+        "the model's trainer did not answer within {} ms (nine tenths of admin.request_timeout_ms): it is busy (a long training step or snapshot) or stuck; the call was withdrawn unless the trainer had already begun it (check before retrying)",
         .0.as_millis()
     )]
     TrainerBusy(std::time::Duration),

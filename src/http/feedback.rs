@@ -163,7 +163,9 @@ impl FromRequest<AppState> for FeedbackBody {
 /// answering with unread bytes on the socket would close the connection
 /// with a reset, which can destroy the 429 before the client reads it.
 /// Reading is cheap next to parsing. A client that waits for `100
-/// Continue` has sent nothing yet and is answered at once.
+/// Continue` has sent nothing yet and is answered at once. Behind the
+/// listener's `Admission` the body is already in memory and this costs
+/// nothing; it matters for the router served on its own (`public_router`).
 async fn discard(req: Request, limit: usize) {
     let expects_continue = req
         .headers()

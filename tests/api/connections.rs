@@ -94,9 +94,11 @@ async fn closed_by_server(s: &mut TcpStream, deadline: Duration) -> bool {
     .is_ok()
 }
 
-/// Headers announcing a 100-byte predict body, and its first byte.
+/// Headers announcing a predict body of the default `max_body_bytes`,
+/// and its first byte. The body budget is charged for bytes received, so
+/// declaring the most a listener allows holds no more than sending one.
 const SLOW_BODY: &[u8] = b"POST /v1/models/demo/predict HTTP/1.1\r\nHost: x\r\n\
-    Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{";
 
 /// Polls the public listener's open-connection gauge until it reaches `n`.
 async fn wait_connections(app: &TestApp, listener: &str, n: f64) {
@@ -203,7 +205,12 @@ async fn oversized_and_slow_bodies_get_json_errors() {
     assert_eq!(read_big.status, 413, "{read_big:?}");
     assert_eq!(read_big.json()["error"]["code"], "payload_too_large");
     // A body that stops coming.
-    let slow = exchange(app.addr, SLOW_BODY).await;
+    let slow = exchange(
+        app.addr,
+        b"POST /v1/models/demo/predict HTTP/1.1\r\nHost: x\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await;
     assert_eq!(slow.status, 408, "{slow:?}");
     assert_eq!(slow.json()["error"]["code"], "body_timeout", "{slow:?}");
     assert_eq!(refusals(&app, "public", "payload_too_large").await, 2.0);
@@ -247,6 +254,11 @@ async fn dripped_headers_and_idle_connections_are_closed() {
     let text = scrape(&app).await;
     assert!(sample(&text, "eddy_http_idle_closed_total{listener=\"public\"}") >= 1.0);
     assert_eq!(refusals(&app, "public", "header_timeout").await, 1.0);
+    // A new connection that sends nothing is on the head deadline from
+    // the start (nginx's client_header_timeout), not the idle one.
+    let mut s = TcpStream::connect(app.addr).await.expect("connect");
+    assert!(closed_by_server(&mut s, PATIENCE).await, "silent kept open");
+    assert_eq!(refusals(&app, "public", "header_timeout").await, 2.0);
     app.stop().await.expect("clean stop");
 }
 

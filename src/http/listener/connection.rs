@@ -8,12 +8,12 @@
 //! watchdog does: `Activity` records three phases, moved by the byte
 //! stream and by the service:
 //!
-//! - idle: no request under way and no byte of the next one (since the
-//!   connection opened or the last answer was ready); past
-//!   `idle_timeout` the connection is closed.
-//! - head: the first byte of a request arrived, its head is not parsed
-//!   yet; past `header_read_timeout` the connection is closed (counted as
-//!   a `header_timeout` refusal). A TLS handshake is bounded the same way.
+//! - idle: no request under way and no byte of the next one since the
+//!   last answer was ready; past `idle_timeout` the connection is closed.
+//! - head: a new connection (its TLS handshake included), or the first
+//!   byte of a request arrived and its head is not parsed yet; past
+//!   `header_read_timeout` the connection is closed (counted as a
+//!   `header_timeout` refusal).
 //! - busy: hyper handed a request to the service; the body and handler
 //!   deadlines are `Admission`'s.
 //!
@@ -213,10 +213,14 @@ struct Activity {
 }
 
 impl Activity {
+    /// A new connection is on the head deadline from the start, as nginx's
+    /// `client_header_timeout`: one that sends nothing (or stops after its
+    /// TLS handshake) is closed after `header_read_timeout_ms`, not the
+    /// longer idle timeout.
     fn new() -> Self {
         Self {
             opened: Instant::now(),
-            state: AtomicU64::new(Phase::Idle as u64),
+            state: AtomicU64::new(Phase::Head as u64),
             changed: Notify::new(),
         }
     }

@@ -3,7 +3,8 @@
 //! the examples since replayed without blamed sources, or dropped.
 //!
 //! The buffer is bounded by `replay_capacity` examples and by
-//! `replay_max_bytes`, oldest evicted first. What an example costs is a
+//! `replay_max_bytes`, oldest evicted first (over the byte budget, the
+//! oldest untrusted example first). What an example costs is a
 //! fixed formula of its feature count and source length (`entry_cost`),
 //! never the allocator's answer or a vector's capacity, so the trainer
 //! replaying its log evicts exactly what the live run evicted and the gate
@@ -37,6 +38,10 @@ pub(super) fn entry_cost(fb: &Feedback) -> usize {
 pub(super) struct ReplayBuffer {
     entries: VecDeque<Entry>,
     bytes: usize,
+    /// Entries from sources outside `trusted_sources`: evicted first when
+    /// the byte budget is short, so wide untrusted traffic cannot push
+    /// out the trusted examples the gate judges on.
+    untrusted: usize,
     /// Examples evicted for `replay_capacity` and for `replay_max_bytes`
     /// since start-up (metrics).
     evicted_capacity: u64,
@@ -74,21 +79,38 @@ impl Deref for ReplayBuffer {
 
 impl ReplayBuffer {
     pub(super) fn push_back(&mut self, e: Entry) {
-        self.bytes += entry_cost(&e.fb);
+        self.charge(&e);
         self.entries.push_back(e);
     }
 
-    /// Evicts the oldest entries until at most `capacity` examples of at
-    /// most `max_bytes` remain; returns the evicted entries' positions,
-    /// oldest first.
+    fn charge(&mut self, e: &Entry) {
+        self.bytes += entry_cost(&e.fb);
+        self.untrusted += usize::from(!e.trusted);
+    }
+
+    fn release(bytes: &mut usize, untrusted: &mut usize, e: &Entry) {
+        *bytes -= entry_cost(&e.fb);
+        *untrusted -= usize::from(!e.trusted);
+    }
+
+    /// Evicts entries until at most `capacity` examples of at most
+    /// `max_bytes` remain; returns the evicted entries' positions. Over
+    /// `capacity` the oldest go; over `max_bytes` the oldest untrusted
+    /// entry goes first, then the oldest of all. Either rule depends only
+    /// on the entries, so a replay evicts exactly what the live run did.
     pub(super) fn evict(&mut self, capacity: usize, max_bytes: usize) -> Vec<u64> {
         let mut gone = Vec::new();
         while self.entries.len() > capacity || (self.bytes > max_bytes && !self.is_empty()) {
             let over_capacity = self.entries.len() > capacity;
-            let Some(old) = self.entries.pop_front() else {
+            let at = if over_capacity || self.untrusted == 0 {
+                0
+            } else {
+                self.entries.iter().position(|e| !e.trusted).unwrap_or(0)
+            };
+            let Some(old) = self.entries.remove(at) else {
                 break;
             };
-            self.bytes -= entry_cost(&old.fb);
+            Self::release(&mut self.bytes, &mut self.untrusted, &old);
             if over_capacity {
                 self.evicted_capacity += 1;
             } else {
@@ -101,7 +123,7 @@ impl ReplayBuffer {
 
     pub(super) fn truncate(&mut self, len: usize) {
         for e in self.entries.range(len.min(self.entries.len())..) {
-            self.bytes -= entry_cost(&e.fb);
+            Self::release(&mut self.bytes, &mut self.untrusted, e);
         }
         self.entries.truncate(len);
     }
@@ -109,16 +131,16 @@ impl ReplayBuffer {
     /// Drops the oldest `n` entries (no longer needed, not evicted).
     pub(super) fn drop_oldest(&mut self, n: usize) {
         for e in self.entries.drain(..n.min(self.entries.len())) {
-            self.bytes -= entry_cost(&e.fb);
+            Self::release(&mut self.bytes, &mut self.untrusted, &e);
         }
     }
 
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
-        let bytes = &mut self.bytes;
+        let (bytes, untrusted) = (&mut self.bytes, &mut self.untrusted);
         self.entries.retain(|e| {
             let k = keep(e);
             if !k {
-                *bytes -= entry_cost(&e.fb);
+                Self::release(bytes, untrusted, e);
             }
             k
         });

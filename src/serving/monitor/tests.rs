@@ -257,7 +257,11 @@ fn mixed(n: usize, spare: usize) -> Vec<Feedback> {
 }
 
 fn budgeted(max_bytes: usize) -> (Monitor, Learner) {
-    let (m, learner) = monitor(&[]);
+    budgeted_trusting(max_bytes, &[])
+}
+
+fn budgeted_trusting(max_bytes: usize, trusted: &[&str]) -> (Monitor, Learner) {
+    let (m, learner) = monitor(trusted);
     let config = MonitorConfig {
         replay_capacity: 10_000,
         replay_max_bytes: max_bytes,
@@ -371,4 +375,44 @@ fn the_replay_buffers_evictions_replay_exactly() {
     feed(&mut restored, more, 200, &live);
     assert_eq!(positions(&restored), positions(&live_run));
     assert_eq!(restored.buffer.usage().bytes, live_run.buffer.usage().bytes);
+}
+
+/// Over the byte budget, untrusted examples go first: wide traffic from a
+/// source outside `trusted_sources` cannot push out the trusted examples
+/// the gate judges on.
+#[test]
+fn over_the_byte_budget_untrusted_examples_are_evicted_first() {
+    let max = 200_000;
+    let (mut m, learner) = budgeted_trusting(max, &["a"]);
+    let live = version(1, &learner);
+    // Trusted narrow examples from "a", untrusted wide ones from "bb".
+    let batch: Vec<Feedback> = rows(300, 5)
+        .enumerate()
+        .map(|(i, (v, _))| {
+            if i % 2 == 0 {
+                wide_fb(v, 2, "a", 0)
+            } else {
+                wide_fb(v, 2_000, "bb", 0)
+            }
+        })
+        .collect();
+    feed(&mut m, batch, 0, &live);
+    let usage = m.buffer.usage();
+    assert!(usage.bytes as usize <= max, "{usage:?}");
+    assert!(usage.evicted_bytes > 0, "the budget was short: {usage:?}");
+    let trusted = m.buffer.iter().filter(|e| e.trusted).count();
+    assert_eq!(trusted, 150, "every trusted example is kept");
+    // The untrusted ones kept are the newest.
+    let untrusted: Vec<u64> = m
+        .buffer
+        .iter()
+        .filter(|e| !e.trusted)
+        .map(|e| e.position)
+        .collect();
+    assert!(!untrusted.is_empty());
+    assert_eq!(untrusted.last(), Some(&299));
+    assert!(
+        positions(&m).windows(2).all(|w| w[0] < w[1]),
+        "still in log order"
+    );
 }
