@@ -24,7 +24,7 @@ use crate::config::{Config, ListenerLimits, ModelConfig};
 use crate::http::admin::{ADMIN_PROBES, AdminState, admin_router};
 use crate::http::listener::{CertFiles, Listener, connection_room};
 use crate::http::refusals::Refusals;
-use crate::http::{AppState, PUBLIC_PROBES, protect, public_router};
+use crate::http::{AppState, PUBLIC_PROBES, is_feedback, protect, public_router};
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
 use crate::persist::atomic::remove_stale_temps;
 use crate::persist::wal::MemoryLog;
@@ -308,6 +308,7 @@ impl App {
             .await
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
         let max_body = config.server.max_body_bytes.get();
+        let max_batch_instances = config.server.max_batch_instances.get();
         let ingest = IngestPool::start(config.server.ingest_options())
             .context("cannot start the feedback threads")?;
         Ok(Self {
@@ -316,7 +317,7 @@ impl App {
             admin_listener,
             public_tls,
             admin_tls,
-            state: AppState::new(registry, max_body, ingest),
+            state: AppState::new(registry, max_body, max_batch_instances, ingest),
             trainers,
             shutdown: CancellationToken::new(),
             _locks: locks,
@@ -397,6 +398,7 @@ impl App {
             &public_limits,
             public_refusals.clone(),
             PUBLIC_PROBES,
+            is_feedback,
         );
         let admin = protect(
             admin_router(AdminState {
@@ -408,6 +410,7 @@ impl App {
             &admin_limits,
             admin_refusals.clone(),
             ADMIN_PROBES,
+            |_| false,
         );
         let admin_server = Listener::new(
             self.admin_listener,

@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     #[serde(default = "default_concurrency")]
     pub max_concurrency: NonZeroUsize,
+    /// Instances one predict may hold; more answer 422 `batch_too_large`.
+    #[serde(default = "default_batch_instances")]
+    pub max_batch_instances: NonZeroUsize,
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
     /// Threads that parse, check, score and log feedback, apart from the
@@ -377,6 +380,9 @@ fn default_max_body() -> NonZeroUsize {
 }
 fn default_request_timeout() -> u64 {
     10_000
+}
+fn default_batch_instances() -> NonZeroUsize {
+    NonZeroUsize::new(1000).expect("non-zero")
 }
 fn default_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(1024).expect("non-zero")

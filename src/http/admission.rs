@@ -65,6 +65,12 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// Paths that skip the body read and the concurrency limit.
     pub probes: &'static [&'static str],
+    /// Paths whose handlers keep their own admission limit (feedback, with
+    /// `server.feedback_concurrency`): they take no `max_concurrency` slot,
+    /// so requests waiting for that limit cannot crowd out predicts; they
+    /// still run under `request_timeout`.
+    pub own_limit: fn(&str) -> bool,
+    pub request_timeout: Duration,
     pub refusals: Refusals,
     /// Bodies read and not yet answered, in KiB.
     budget: Arc<Semaphore>,
@@ -72,19 +78,21 @@ pub struct Settings {
 
 impl Settings {
     pub fn new(
-        max_body_bytes: usize,
-        max_concurrency: usize,
-        body_read_timeout: Duration,
+        limits: &crate::config::ListenerLimits,
         probes: &'static [&'static str],
+        own_limit: fn(&str) -> bool,
         refusals: Refusals,
     ) -> Self {
+        let (max_body_bytes, max_concurrency) = (limits.max_body_bytes, limits.max_concurrency);
         let permits = max_concurrency
             .saturating_mul(max_body_bytes.div_ceil(PERMIT_BYTES))
             .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             max_body_bytes,
-            body_read_timeout,
+            body_read_timeout: limits.body_read_timeout,
             probes,
+            own_limit,
+            request_timeout: limits.request_timeout,
             refusals,
             budget: Arc::new(Semaphore::new(permits)),
         }
@@ -135,6 +143,7 @@ where
             return Box::pin(std::future::ready(Ok(response)));
         }
         let limited = self.limited.clone();
+        let own = (settings.own_limit)(request.uri().path()).then(|| self.router.clone());
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             if body.is_end_stream() {
@@ -164,9 +173,21 @@ where
             };
             // The permit stays held until the answer is ready: the body's
             // bytes live that long.
-            limited
-                .oneshot(Request::from_parts(parts, Body::from(bytes)))
-                .await
+            let request = Request::from_parts(parts, Body::from(bytes));
+            match own {
+                Some(router) => {
+                    match tokio::time::timeout(settings.request_timeout, router.oneshot(request))
+                        .await
+                    {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            settings.refusals.refuse(Refusal::Timeout);
+                            Ok(ApiError::Timeout.into_response())
+                        }
+                    }
+                }
+                None => limited.oneshot(request).await,
+            }
         })
     }
 }
@@ -369,6 +390,7 @@ mod tests {
             &limits(),
             refusals.clone(),
             &["/healthz"],
+            |_| false,
         );
         // The first request takes the only slot and waits.
         let holder = tokio::spawn(service.clone().oneshot(get_request("/slow")));
@@ -406,6 +428,7 @@ mod tests {
             &limits(),
             refusals.clone(),
             &["/healthz"],
+            |_| false,
         );
         let post = |body: Body| Request::post("/echo").body(body).expect("request");
         // Whole, in several frames: passed on complete.

@@ -44,6 +44,8 @@ pub enum ApiError {
     QueueFull(QueueError),
     #[error("{0}")]
     BatchTooLarge(QueueError),
+    #[error("a predict batch holds at most {0} instances (server.max_batch_instances); split it")]
+    TooManyInstances(usize),
     #[error("request timed out")]
     Timeout,
     #[error("the request body did not arrive within {0} ms")]
@@ -124,7 +126,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::QueueFull(_) => (S::TOO_MANY_REQUESTS, "queue_full"),
-            ApiError::BatchTooLarge(_) => (S::UNPROCESSABLE_ENTITY, "batch_too_large"),
+            ApiError::BatchTooLarge(_) | ApiError::TooManyInstances(_) => {
+                (S::UNPROCESSABLE_ENTITY, "batch_too_large")
+            }
             ApiError::Timeout => (S::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::MalformedBody(_) => (S::BAD_REQUEST, "malformed_body"),

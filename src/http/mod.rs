@@ -59,6 +59,10 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// `server.max_body_bytes`, for the 413 message.
     pub max_body_bytes: usize,
+    /// `server.max_batch_instances`: bounds one predict's work, its answer
+    /// (held until the client reads it) and the ids it adds to the join
+    /// cache.
+    pub max_batch_instances: usize,
     pub metrics: Metrics,
     /// The feedback threads and their admission limit: feedback work runs
     /// there, not on the runtime threads that answer predict.
@@ -66,12 +70,18 @@ pub struct Shared {
 }
 
 impl AppState {
-    pub fn new(registry: Registry, max_body_bytes: usize, ingest: IngestPool) -> Self {
+    pub fn new(
+        registry: Registry,
+        max_body_bytes: usize,
+        max_batch_instances: usize,
+        ingest: IngestPool,
+    ) -> Self {
         let metrics = Metrics::new(registry.iter().cloned().collect());
         Self(Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
             max_body_bytes,
+            max_batch_instances,
             metrics,
             ingest,
         }))
@@ -138,6 +148,15 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
 /// The public listener's probes: answered without a concurrency slot.
 pub const PUBLIC_PROBES: &[&str] = &[ROUTES[4], ROUTES[5]];
 
+/// Whether `path` is a model's feedback route, whose requests keep their
+/// own admission limit (`server.feedback_concurrency`, the feedback
+/// threads) instead of a `max_concurrency` slot.
+pub fn is_feedback(path: &str) -> bool {
+    path.strip_prefix("/v1/models/")
+        .and_then(|rest| rest.strip_suffix("/feedback"))
+        .is_some_and(|model| !model.is_empty() && !model.contains('/'))
+}
+
 /// Wraps a listener's router in its protections (`Admission`): probes
 /// pass straight through; other requests have their body read under a
 /// deadline, a size limit and a memory budget, then take a concurrency
@@ -151,6 +170,7 @@ pub fn protect(
     limits: &ListenerLimits,
     refusals: Refusals,
     probes: &'static [&'static str],
+    own_limit: fn(&str) -> bool,
 ) -> Admission<
     impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
     + Clone
@@ -167,13 +187,7 @@ pub fn protect(
         .concurrency_limit(limits.max_concurrency)
         .timeout(limits.request_timeout)
         .service(router.clone());
-    let settings = admission::Settings::new(
-        limits.max_body_bytes,
-        limits.max_concurrency,
-        limits.body_read_timeout,
-        probes,
-        refusals,
-    );
+    let settings = admission::Settings::new(limits, probes, own_limit, refusals);
     Admission::new(router, limited, settings)
 }
 

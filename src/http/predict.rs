@@ -102,6 +102,9 @@ pub async fn predict(
             if instances.is_empty() {
                 return Err(ApiError::InvalidRequest("instances is empty".into()));
             }
+            if instances.len() > state.max_batch_instances {
+                return Err(ApiError::TooManyInstances(state.max_batch_instances));
+            }
             let mut xs = Vec::with_capacity(instances.len());
             let mut errors = Vec::new();
             for (i, inst) in instances.iter().enumerate() {

@@ -55,6 +55,8 @@ pub struct IngestPool {
     admission: Arc<Semaphore>,
     concurrency: u32,
     wait: Duration,
+    /// Requests waiting for a place now.
+    waiting: std::sync::atomic::AtomicUsize,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -86,6 +88,7 @@ impl IngestPool {
             admission: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             wait: options.wait,
+            waiting: Default::default(),
             jobs: tx,
         })
     }
@@ -113,6 +116,7 @@ impl IngestPool {
             return None;
         }
         let acquire = Arc::clone(&self.admission).acquire_owned();
+        let _waiting = Waiting::new(&self.waiting);
         match tokio::time::timeout(wait, acquire).await {
             Ok(Ok(permit)) => Some(Admission { _permit: permit }),
             Ok(Err(_)) | Err(_) => None,
@@ -158,6 +162,11 @@ impl IngestPool {
             .is_ok_and(|permits| permits.is_ok())
     }
 
+    /// Requests waiting for a place now (over `feedback_concurrency`).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Requests admitted now (running or waiting for a thread).
     pub fn in_flight(&self) -> usize {
         self.concurrency as usize - self.admission.available_permits()
@@ -197,6 +206,22 @@ fn lower_priority(nice: i32) {
 fn lower_priority(nice: i32) {
     if nice != 0 {
         tracing::debug!(nice, "server.feedback_nice is applied on Linux only");
+    }
+}
+
+/// Counts a request as waiting for a place while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

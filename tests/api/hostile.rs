@@ -393,6 +393,14 @@ fn corpus() -> Vec<Case> {
         FEEDBACK,
         format!(r#"{{"features": {{{wide}}}, "label": 1}}"#),
     ));
+    // More instances than server.max_batch_instances (1,000): each would
+    // cost an answer held until the client reads it.
+    let many = vec![r#"{"features": [1]}"#; 1_001].join(",");
+    cases.push(Case::post(
+        "1,001 instances",
+        PREDICT,
+        format!(r#"{{"instances": [{many}]}}"#),
+    ));
     let dense = vec!["1"; 100_000].join(",");
     cases.push(Case::post(
         "100,000 dense features",

@@ -159,3 +159,32 @@ async fn the_join_cache_keeps_to_max_bytes_and_says_why_an_id_is_gone() {
     }
     app.stop().await.expect("clean stop");
 }
+
+/// One predict holds at most `server.max_batch_instances` instances: its
+/// answer, kept until the client reads it, and the ids it adds to the join
+/// cache are bounded per request.
+#[tokio::test]
+async fn a_predict_batch_over_max_batch_instances_is_refused() {
+    let app = crate::helpers::spawn_with("", |c| {
+        c.server.max_batch_instances = 3.try_into().expect("non-zero")
+    })
+    .await;
+    let batch = |n: usize| json!({ "instances": vec![json!({ "features": [1.0] }); n] });
+    let (status, body) = app.post("/v1/models/demo/predict", &batch(4)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "batch_too_large");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server.max_batch_instances")),
+        "{body}"
+    );
+    let (status, body) = app.post("/v1/models/demo/predict", &batch(3)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["predictions"].as_array().map(Vec::len),
+        Some(3),
+        "{body}"
+    );
+    app.stop().await.expect("clean stop");
+}

@@ -79,3 +79,40 @@ async fn feedback_over_the_admission_limit_is_refused_whole_while_predict_answer
     assert_eq!(runtime.queue.accepted(), 3);
     app.stop().await.expect("clean stop");
 }
+
+/// Feedback waiting for its own admission takes no `max_concurrency`
+/// slot: more waiting feedback requests than slots leave predicts
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_waiting_for_admission_holds_no_request_slot() {
+    let app = crate::helpers::spawn_with(
+        "[server]\nfeedback_threads = 1\nfeedback_concurrency = 1\nfeedback_wait_ms = 5000",
+        |c| c.server.max_concurrency = 2.try_into().expect("non-zero"),
+    )
+    .await;
+    let held = app.state.ingest.try_admit().expect("nothing admitted yet");
+    let url = app.url("/v1/models/demo/feedback");
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let request = app
+                .client
+                .post(&url)
+                .json(&json!({ "features": { "x": 1.0 }, "label": 1 }));
+            tokio::spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    // All four wait for the one feedback place (a deadline, not a sleep).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.state.ingest.waiting() < 4 {
+        assert!(std::time::Instant::now() < deadline, "never waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        app.predict("demo", json!({ "x": 0.5 })).await;
+    }
+    drop(held);
+    for w in waiting {
+        assert_eq!(w.await.expect("task").expect("sent"), 202);
+    }
+    app.stop().await.expect("clean stop");
+}
