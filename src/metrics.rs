@@ -152,7 +152,7 @@ impl Metrics {
         let join_misses = counters(
             &mut registry,
             "feedback_join_misses",
-            "prediction_ids that could not be joined: unknown, expired or already_labelled",
+            "prediction_ids that could not be joined: unknown, expired, already_labelled or label_in_flight",
         );
         let feedback_delay = histograms(
             &mut registry,

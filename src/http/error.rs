@@ -122,6 +122,7 @@ impl ApiError {
             ApiError::Join(JoinError::Evicted) => (S::NOT_FOUND, "unknown_prediction_id"),
             ApiError::Join(JoinError::Expired) => (S::UNPROCESSABLE_ENTITY, "prediction_expired"),
             ApiError::Join(JoinError::AlreadyLabelled) => (S::CONFLICT, "already_labelled"),
+            ApiError::Join(JoinError::InFlight) => (S::CONFLICT, "label_in_flight"),
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -7,10 +7,11 @@
 //!
 //! A request is handled in three steps so that it is applied whole or not
 //! at all: validate every example (features, label, shape); under the join
-//! cache's lock check every `prediction_id` and reserve queue room for all
-//! examples; only then claim the ids and enqueue. A single example that
-//! fails answers its own status (404 unknown id, 409 already labelled, 422
-//! otherwise); a batch with any failure answers 422 `invalid_batch` with a
+//! cache's lock check and claim every `prediction_id`; reserve queue room
+//! for all examples and append them without that lock; only then commit
+//! the claims (or, on failure, put them back). A single example that
+//! fails answers its own status (404 unknown id, 409 already labelled or
+//! being labelled by a concurrent request, 422 otherwise); a batch with any failure answers 422 `invalid_batch` with a
 //! reason per failing example.
 //!
 //! All of that runs on a feedback thread (`serving::ingest`), not on the
@@ -387,12 +388,14 @@ fn check<'a>(
     })
 }
 
-/// Checks ids and queue room for all examples, then applies all of them:
-/// appended to the feedback log (when kept) and queued for the trainer in
-/// log order, and only then are the prediction ids claimed, so a failed
-/// append leaves nothing changed. `errors` are the batch's refusals so
-/// far: ids are still checked so the answer lists every failing example,
-/// and nothing is applied.
+/// Claims ids and checks queue room for all examples, then applies all of
+/// them: appended to the feedback log (when kept) and queued for the
+/// trainer in log order, and only then are the claims committed, so a
+/// failed append leaves nothing changed. The join lock is held only to
+/// claim and to commit: while the examples are scored and logged, a
+/// concurrent label for a claimed id answers 409 `label_in_flight`.
+/// `errors` are the batch's refusals so far: ids are still checked so the
+/// answer lists every failing example, and nothing is applied.
 fn enqueue(
     state: &AppState,
     runtime: &ModelRuntime,
@@ -406,12 +409,12 @@ fn enqueue(
         .any(|(_, c)| matches!(c.input, Input::Joined(_)));
     let mut joins = any_joined.then(|| runtime.joins.batch());
     let mut claims = vec![None; checked.len()];
-    if let Some(joins) = &joins {
+    if let Some(joins) = joins.as_mut() {
         let mut seen = HashSet::new();
         for (pos, (i, c)) in checked.iter().enumerate() {
             if let Input::Joined(id) = c.input {
                 let result = if seen.insert(id) {
-                    joins.check(id)
+                    joins.claim(id)
                 } else {
                     Err(JoinError::AlreadyLabelled)
                 };
@@ -431,25 +434,27 @@ fn enqueue(
             }
         }
     }
+    // On a refusal the batch is dropped still locked: its claims go back
+    // unseen.
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.index);
         return Err(ApiError::InvalidBatch(errors));
     }
+    // From here on the lock is free; `claimed` dropped uncommitted (a full
+    // queue, a failed append) puts the predictions back.
+    let claimed = joins.map(|joins| joins.unlock());
     let n = checked.len();
     let reservation = runtime.queue.reserve(n)?;
     let now = SystemTime::now();
     let instruments = state.metrics.model(&runtime.name);
     let mut items = Vec::with_capacity(n);
     for ((_, c), claim) in checked.into_iter().zip(&claims) {
-        let (features, prediction) = match (c.input, claim, joins.as_ref()) {
+        let (features, prediction) = match (c.input, claim, claimed.as_ref()) {
             (Input::Inline(x), _, _) => (x, None),
-            (Input::Joined(_), Some(claim), Some(joins)) => {
-                // The join lock has been held since the check, so the
-                // prediction is still there; it is claimed once the
-                // examples are logged.
-                let p = joins
-                    .peek(claim)
-                    .ok_or_else(|| ApiError::Internal("checked prediction vanished".into()))?;
+            (Input::Joined(_), Some(claim), Some(claimed)) => {
+                let p = claimed
+                    .get(*claim)
+                    .ok_or_else(|| ApiError::Internal("claimed prediction vanished".into()))?;
                 if let Some(i) = instruments {
                     i.feedback_joined.inc();
                     let delay = now.duration_since(p.predicted_at).unwrap_or_default();
@@ -491,12 +496,9 @@ fn enqueue(
         runtime.keys.appended(&key.key, position, n);
     }
     let durable = log.keeps_records().then(|| log.durable(appended.end));
-    if let Some(joins) = joins.as_mut() {
-        for claim in claims.into_iter().flatten() {
-            joins.claim(claim);
-        }
+    if let Some(claimed) = claimed {
+        claimed.commit();
     }
-    drop(joins);
     if let Some(i) = instruments {
         i.feedback_accepted.inc_by(n as u64);
     }

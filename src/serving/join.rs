@@ -8,6 +8,20 @@
 //! A labelled entry keeps a tombstone until overwritten, so a second label
 //! is told 409, not 404.
 //!
+//! Labelling is two short critical sections, never one held across IO:
+//! under the lock a request claims its ids (each slot reads as in flight,
+//! its prediction moves to the request), then logs the labels without the
+//! lock, then relocks to commit (labelled) or, dropped uncommitted, to put
+//! the predictions back (pending again). An id is thus labelled at most
+//! once, and `insert` (predict) never waits behind a disk write.
+//!
+//! While claimed, an entry's features are out of the byte count (the
+//! request holds them) and eviction treats it as it treats a labelled one:
+//! overwriting or passing it frees and counts nothing. Whatever it missed
+//! is settled once, when the claim is released: an entry overwritten
+//! meanwhile is counted a capacity eviction, one the byte eviction passed
+//! is evicted and counted then; a committed claim counts no eviction.
+//!
 //! Memory is bounded twice: by `capacity` entries and by `max_bytes` of
 //! features (their heap cost, allocator rounding included, see
 //! `FeatureVec::heap_bytes`). An insert that takes the held bytes over
@@ -54,6 +68,10 @@ pub enum JoinError {
     Expired,
     #[error("prediction_id has already been labelled")]
     AlreadyLabelled,
+    #[error(
+        "prediction_id is being labelled by another request; retry to learn whether that label was accepted"
+    )]
+    InFlight,
 }
 
 /// What the cache holds and has let go, for metrics; written under the
@@ -106,6 +124,9 @@ struct Slot {
 enum Held {
     /// Waiting for its label, with what its features cost.
     Pending(PendingPrediction, usize),
+    /// Claimed by a request logging its label; the request holds the
+    /// prediction (`Claimed`).
+    Claiming,
     Labelled,
     /// Features dropped to stay within `max_bytes`.
     Evicted,
@@ -119,19 +140,35 @@ struct Key {
     seq: u32,
 }
 
-/// A locked view used to check and then claim several ids at once, so a
-/// batch is all-or-nothing. Every check uses the same `now`, so an entry
-/// cannot expire between its check and its claim.
+/// A locked view used to check and claim several ids at once, so a batch
+/// is all-or-nothing. Every check uses the same `now`, so an entry cannot
+/// expire between its check and its claim. Claims still here when it is
+/// dropped go back to pending under the same lock, unseen.
 pub struct JoinBatch<'a> {
     cache: &'a JoinCache,
     ring: MutexGuard<'a, Ring>,
     now: Instant,
     now_ms: u64,
+    taken: Vec<Taken>,
 }
 
-/// A checked, claimable id: its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim(usize);
+/// Predictions claimed by one request, held without the lock while the
+/// request logs their labels. `commit` labels their ids; dropped
+/// uncommitted (a failed append, a full queue, an early return, a panic)
+/// they go back to pending and can be labelled again.
+#[derive(Debug)]
+pub struct Claimed<'a> {
+    cache: &'a JoinCache,
+    taken: Vec<Taken>,
+}
+
+/// A prediction moved out of its slot by a claim.
+#[derive(Debug)]
+struct Taken {
+    key: Key,
+    prediction: PendingPrediction,
+    cost: usize,
+}
 
 impl JoinCache {
     /// A cache of at most `capacity` predictions holding at most
@@ -238,13 +275,16 @@ impl JoinCache {
         self.len() == 0
     }
 
-    /// Locks the cache for a check-then-claim over several ids.
+    /// Locks the cache for a check-then-claim over several ids. Not to be
+    /// called while holding a `Claimed` of this cache that may be dropped
+    /// before the batch is.
     pub fn batch(&self) -> JoinBatch<'_> {
         JoinBatch {
             cache: self,
             ring: self.lock(),
             now: Instant::now(),
             now_ms: epoch_ms(SystemTime::now()),
+            taken: Vec::new(),
         }
     }
 
@@ -265,6 +305,34 @@ impl JoinCache {
         }
     }
 
+    /// Puts a released claim back: pending again if its slot still waits
+    /// for it, or settles the eviction it missed while claimed.
+    fn put_back(&self, ring: &mut Ring, t: Taken, freed: &mut Vec<PendingPrediction>) {
+        let i = t.key.seq as usize % self.capacity;
+        match ring.slots.get_mut(i) {
+            Some(slot) if slot.key == t.key && matches!(slot.held, Held::Claiming) => {
+                // Its age in inserts: the newest `held` entries are those
+                // the byte eviction has not passed.
+                let age = (ring.next + self.wrap - 1 - u64::from(t.key.seq)) % self.wrap;
+                if (age as usize) < ring.held {
+                    slot.held = Held::Pending(t.prediction, t.cost);
+                    ring.bytes += t.cost;
+                    self.evict_for_bytes(ring, freed);
+                } else {
+                    slot.held = Held::Evicted;
+                    self.usage.evicted_bytes.fetch_add(1, Ordering::Relaxed);
+                    freed.push(t.prediction);
+                }
+            }
+            // Overwritten while claimed (it was unexpired when claimed).
+            _ => {
+                self.usage.evicted_capacity.fetch_add(1, Ordering::Relaxed);
+                freed.push(t.prediction);
+            }
+        }
+        self.usage.bytes.store(ring.bytes as u64, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ring> {
         // Every mutation is a single slot write or a push, so a poisoned
         // lock still guards a consistent ring.
@@ -272,9 +340,50 @@ impl JoinCache {
     }
 }
 
-impl JoinBatch<'_> {
+impl<'a> JoinBatch<'a> {
     /// Whether `id` can be claimed; claims nothing.
-    pub fn check(&self, id: &str) -> Result<Claim, JoinError> {
+    pub fn check(&self, id: &str) -> Result<(), JoinError> {
+        self.find(id).map(|_| ())
+    }
+
+    /// Checks `id` and claims it: its prediction moves to the claims and
+    /// its slot answers `InFlight` until they are committed or dropped.
+    /// Returns the prediction's index among the claims.
+    pub fn claim(&mut self, id: &str) -> Result<usize, JoinError> {
+        let i = self.find(id)?;
+        let slot = &mut self.ring.slots[i];
+        let key = slot.key;
+        let (prediction, cost) = match std::mem::replace(&mut slot.held, Held::Claiming) {
+            Held::Pending(p, cost) => (p, cost),
+            // `find` answers only pending slots.
+            other => {
+                slot.held = other;
+                return Err(JoinError::InFlight);
+            }
+        };
+        self.ring.bytes -= cost;
+        self.cache
+            .usage
+            .bytes
+            .store(self.ring.bytes as u64, Ordering::Relaxed);
+        self.taken.push(Taken {
+            key,
+            prediction,
+            cost,
+        });
+        Ok(self.taken.len() - 1)
+    }
+
+    /// Lets go of the lock; the claims stay in flight.
+    pub fn unlock(mut self) -> Claimed<'a> {
+        Claimed {
+            cache: self.cache,
+            taken: std::mem::take(&mut self.taken),
+        }
+    }
+
+    /// The slot of a claimable `id`, or why it cannot be claimed.
+    fn find(&self, id: &str) -> Result<usize, JoinError> {
         let key = parse_id(id).ok_or(JoinError::Unknown)?;
         let cache = self.cache;
         // Another model's or another process's id is unknown here,
@@ -289,7 +398,8 @@ impl JoinBatch<'_> {
                     Err(JoinError::Expired)
                 } else {
                     match slot.held {
-                        Held::Pending(..) => Ok(Claim(i)),
+                        Held::Pending(..) => Ok(i),
+                        Held::Claiming => Err(JoinError::InFlight),
                         Held::Labelled => Err(JoinError::AlreadyLabelled),
                         Held::Evicted => Err(JoinError::Evicted),
                     }
@@ -302,31 +412,56 @@ impl JoinBatch<'_> {
             _ => Err(JoinError::Unknown),
         }
     }
+}
 
-    /// The prediction a checked claim names, left in place.
-    pub fn peek(&self, claim: &Claim) -> Option<&PendingPrediction> {
-        match &self.ring.slots.get(claim.0)?.held {
-            Held::Pending(p, _) => Some(p),
-            Held::Labelled | Held::Evicted => None,
+impl Drop for JoinBatch<'_> {
+    fn drop(&mut self) {
+        // Nothing has seen these claims: each goes back as it was.
+        let mut freed = Vec::new();
+        for t in std::mem::take(&mut self.taken) {
+            self.cache.put_back(&mut self.ring, t, &mut freed);
         }
     }
+}
 
-    /// Takes a checked prediction, leaving a tombstone. Cannot fail: the
-    /// lock has been held since the check.
-    pub fn claim(&mut self, claim: Claim) -> Option<PendingPrediction> {
-        let slot = self.ring.slots.get_mut(claim.0)?;
-        if !matches!(slot.held, Held::Pending(..)) {
-            return None;
+impl Claimed<'_> {
+    /// The `i`th claimed prediction.
+    pub fn get(&self, i: usize) -> Option<&PendingPrediction> {
+        self.taken.get(i).map(|t| &t.prediction)
+    }
+
+    /// Labels the claimed ids: each answers `AlreadyLabelled` from now on
+    /// (or, overwritten meanwhile, `Unknown`).
+    pub fn commit(mut self) {
+        let taken = std::mem::take(&mut self.taken);
+        let mut ring = self.cache.lock();
+        for t in &taken {
+            let i = t.key.seq as usize % self.cache.capacity;
+            if let Some(slot) = ring.slots.get_mut(i)
+                && slot.key == t.key
+                && matches!(slot.held, Held::Claiming)
+            {
+                slot.held = Held::Labelled;
+            }
         }
-        let Held::Pending(p, cost) = std::mem::replace(&mut slot.held, Held::Labelled) else {
-            return None;
-        };
-        self.ring.bytes -= cost;
-        self.cache
-            .usage
-            .bytes
-            .store(self.ring.bytes as u64, Ordering::Relaxed);
-        Some(p)
+        drop(ring);
+        // The features are freed outside the lock.
+        drop(taken);
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let mut freed = Vec::new();
+        let mut ring = self.cache.lock();
+        for t in std::mem::take(&mut self.taken) {
+            self.cache.put_back(&mut ring, t, &mut freed);
+        }
+        drop(ring);
+        drop(freed);
     }
 }
 
@@ -363,8 +498,11 @@ mod tests {
         let id = cache.insert(pending());
         assert_eq!(id.len(), 28);
         let mut b = cache.batch();
-        let claim = b.check(&id).unwrap();
-        assert_eq!(b.claim(claim).unwrap().version, 3);
+        let claim = b.claim(&id).unwrap();
+        let claimed = b.unlock();
+        assert_eq!(claimed.get(claim).unwrap().version, 3);
+        claimed.commit();
+        let b = cache.batch();
         assert_eq!(b.check(&id), Err(JoinError::AlreadyLabelled));
         assert_eq!(b.check("zz"), Err(JoinError::Unknown));
         let old = format!("{:012x}{:08x}{:08x}", 1u64, cache.nonce, 999u32);
@@ -431,9 +569,11 @@ mod tests {
         cache.insert(wide(10_000));
         assert_eq!(bytes(&cache), 1792 + 163_840);
         let mut b = cache.batch();
-        let claim = b.check(&a).unwrap();
-        assert_eq!(b.claim(claim).unwrap().features.len(), 100);
-        drop(b);
+        let claim = b.claim(&a).unwrap();
+        let claimed = b.unlock();
+        assert_eq!(claimed.get(claim).unwrap().features.len(), 100);
+        assert_eq!(bytes(&cache), 163_840, "a claimed entry holds nothing");
+        claimed.commit();
         assert_eq!(bytes(&cache), 163_840, "a labelled entry holds nothing");
     }
 
@@ -450,9 +590,8 @@ mod tests {
         assert_eq!(b.check(&ids[1]), Err(JoinError::Evicted));
         // Labelling the oldest survivor frees its bytes: the next insert
         // then evicts nothing.
-        let claim = b.check(&ids[2]).unwrap();
-        b.claim(claim);
-        drop(b);
+        b.claim(&ids[2]).unwrap();
+        b.unlock().commit();
         let newest = cache.insert(wide(1000));
         assert_eq!(cache.usage().evicted_bytes.load(Ordering::Relaxed), 2);
         let b = cache.batch();
@@ -502,9 +641,8 @@ mod tests {
         let cache = JoinCache::new(Duration::from_secs(60), 2, usize::MAX);
         let first = cache.insert(wide(10));
         let mut b = cache.batch();
-        let claim = b.check(&first).unwrap();
-        b.claim(claim);
-        drop(b);
+        b.claim(&first).unwrap();
+        b.unlock().commit();
         for _ in 0..3 {
             cache.insert(wide(10));
         }
@@ -519,6 +657,159 @@ mod tests {
         let id = cache.insert(pending());
         assert_eq!(cache.len(), 0);
         assert_eq!(cache.batch().check(&id), Err(JoinError::Unknown));
+    }
+
+    #[test]
+    fn a_claim_is_in_flight_until_committed() {
+        let cache = JoinCache::new(Duration::from_secs(60), 10, usize::MAX);
+        let id = cache.insert(wide(10));
+        let mut b = cache.batch();
+        let claim = b.claim(&id).unwrap();
+        let claimed = b.unlock();
+        // The lock is free while claimed: predict inserts, a second label
+        // of the id is refused as in flight.
+        cache.insert(pending());
+        let mut b = cache.batch();
+        assert_eq!(b.check(&id), Err(JoinError::InFlight));
+        assert_eq!(b.claim(&id), Err(JoinError::InFlight));
+        drop(b);
+        assert_eq!(claimed.get(claim).unwrap().features.len(), 10);
+        claimed.commit();
+        assert_eq!(cache.batch().claim(&id), Err(JoinError::AlreadyLabelled));
+        assert_eq!(bytes(&cache), 0);
+    }
+
+    #[test]
+    fn a_released_claim_is_pending_again() {
+        let cache = JoinCache::new(Duration::from_secs(60), 10, usize::MAX);
+        let id = cache.insert(wide(10));
+        let mut b = cache.batch();
+        b.claim(&id).unwrap();
+        let claimed = b.unlock();
+        assert_eq!(bytes(&cache), 0);
+        // A failed append: dropped uncommitted.
+        drop(claimed);
+        assert_eq!(bytes(&cache), 160);
+        let mut b = cache.batch();
+        let claim = b.claim(&id).unwrap();
+        let claimed = b.unlock();
+        assert_eq!(claimed.get(claim).unwrap().features.len(), 10);
+        claimed.commit();
+        assert_eq!(cache.batch().check(&id), Err(JoinError::AlreadyLabelled));
+        let usage = cache.usage();
+        assert_eq!(usage.evicted_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(usage.evicted_capacity.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refused_batch_puts_its_claims_back() {
+        let cache = JoinCache::new(Duration::from_secs(60), 10, usize::MAX);
+        let id = cache.insert(wide(10));
+        let mut b = cache.batch();
+        b.claim(&id).unwrap();
+        assert_eq!(b.claim("zz"), Err(JoinError::Unknown));
+        drop(b);
+        assert_eq!(bytes(&cache), 160);
+        assert!(cache.batch().check(&id).is_ok());
+    }
+
+    #[test]
+    fn eviction_missed_while_claimed_is_settled_once_on_release() {
+        let one = crate::learn::features::allocation_cost(1000 * 16);
+        // Claims `a` and `b`, then inserts three more: `a` is overwritten
+        // (capacity 4) and the byte eviction passes `b` (claimed, nothing
+        // to free) to evict `c`.
+        let run = |commit: bool| {
+            let cache = JoinCache::new(Duration::from_secs(60), 4, 2 * one);
+            let (a, b_id) = (cache.insert(wide(1000)), cache.insert(wide(1000)));
+            let mut b = cache.batch();
+            b.claim(&a).unwrap();
+            b.claim(&b_id).unwrap();
+            let claimed = b.unlock();
+            let c = cache.insert(wide(1000));
+            cache.insert(wide(1000));
+            cache.insert(wide(1000));
+            let usage = cache.usage();
+            assert_eq!(usage.evicted_capacity.load(Ordering::Relaxed), 0);
+            assert_eq!(usage.evicted_bytes.load(Ordering::Relaxed), 1);
+            if commit {
+                claimed.commit();
+            } else {
+                drop(claimed);
+            }
+            assert_eq!(bytes(&cache), 2 * one as u64);
+            let b = cache.batch();
+            assert_eq!(b.check(&a), Err(JoinError::Unknown), "overwritten");
+            assert_eq!(b.check(&c), Err(JoinError::Evicted));
+            let b_now = b.check(&b_id);
+            drop(b);
+            let evicted = |e: &AtomicU64| e.load(Ordering::Relaxed);
+            (
+                b_now,
+                evicted(&usage.evicted_capacity),
+                evicted(&usage.evicted_bytes),
+            )
+        };
+        // Released: each missed eviction is counted once, now.
+        assert_eq!(run(false), (Err(JoinError::Evicted), 1, 2));
+        // Committed: labelled, no eviction counted for either.
+        assert_eq!(run(true), (Err(JoinError::AlreadyLabelled), 0, 1));
+    }
+
+    #[test]
+    fn a_release_within_the_budget_window_may_evict_older_entries() {
+        let one = crate::learn::features::allocation_cost(1000 * 16);
+        let cache = JoinCache::new(Duration::from_secs(60), 10, 2 * one);
+        let old = cache.insert(wide(1000));
+        let id = cache.insert(wide(1000));
+        let mut b = cache.batch();
+        b.claim(&id).unwrap();
+        let claimed = b.unlock();
+        // Fits while `id` is claimed.
+        let newest = cache.insert(wide(1000));
+        drop(claimed);
+        // Back over the budget: the oldest goes.
+        assert_eq!(bytes(&cache), 2 * one as u64);
+        let b = cache.batch();
+        assert_eq!(b.check(&old), Err(JoinError::Evicted));
+        assert!(b.check(&id).is_ok());
+        assert!(b.check(&newest).is_ok());
+    }
+
+    #[test]
+    fn concurrent_claims_label_an_id_once() {
+        let cache = JoinCache::new(Duration::from_secs(60), 100, usize::MAX);
+        let ids: Vec<String> = (0..50).map(|_| cache.insert(wide(4))).collect();
+        let committed = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (cache, ids, committed) = (&cache, &ids, &committed);
+                s.spawn(move || {
+                    for (n, id) in ids.iter().enumerate() {
+                        let mut b = cache.batch();
+                        let Ok(_) = b.claim(id) else { continue };
+                        let claimed = b.unlock();
+                        std::thread::yield_now();
+                        // Some fail and put the id back for another.
+                        if (n + t) % 3 == 0 {
+                            drop(claimed);
+                        } else {
+                            claimed.commit();
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let b = cache.batch();
+        let labelled = ids
+            .iter()
+            .filter(|id| b.check(id) == Err(JoinError::AlreadyLabelled))
+            .count();
+        assert_eq!(committed.load(Ordering::Relaxed), labelled as u64);
+        drop(b);
+        let pending = 50 - labelled as u64;
+        assert_eq!(bytes(&cache), pending * 64);
     }
 
     #[test]

@@ -477,6 +477,55 @@ async fn a_full_queue_answers_429_and_takes_nothing() {
     );
     assert_eq!(model.queue.depth(), 10);
 
+    // A label by prediction id refused for the full queue leaves the id
+    // unlabelled: its claim went back, features and all.
+    let r = router
+        .clone()
+        .oneshot(
+            Request::post("/v1/models/demo/predict")
+                .header("content-type", "application/json")
+                .body(Body::from(json!({ "features": { "a": 1 } }).to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 200);
+    let p: Value = serde_json::from_slice(
+        &axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    let id = p["prediction_id"].as_str().expect("id").to_owned();
+    let held = model
+        .joins
+        .usage()
+        .bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(held > 0);
+    let r = router
+        .clone()
+        .oneshot(
+            Request::post("/v1/models/demo/feedback")
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({ "prediction_id": id, "label": 1 }).to_string(),
+                ))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 429);
+    assert_eq!(model.joins.batch().check(&id), Ok(()), "still pending");
+    assert_eq!(
+        model
+            .joins
+            .usage()
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        held
+    );
+
     // Not running yet, so not ready.
     let r = router
         .oneshot(
