@@ -445,6 +445,7 @@ impl App {
         // A request that timed out or lost its client may still have its
         // feedback job running: let it log and queue before the trainers
         // close their queues.
+        self.state.ingest.close();
         if !self.state.ingest.idle(grace).await {
             tracing::warn!("feedback jobs did not finish within the grace period");
         }

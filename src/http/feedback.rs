@@ -152,6 +152,7 @@ impl FromRequest<AppState> for FeedbackBody {
                 admission,
                 JsonBody::from_request(req, state).await?,
             )),
+            None if state.ingest.is_closed() => Err(ApiError::ShuttingDown),
             None => {
                 discard(req, state.max_body_bytes).await;
                 Ok(FeedbackBody::Refused)

@@ -57,6 +57,8 @@ pub struct IngestPool {
     wait: Duration,
     /// Requests waiting for a place now.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Set by `close`: nothing more is admitted.
+    closed: std::sync::atomic::AtomicBool,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -89,6 +91,7 @@ impl IngestPool {
             concurrency,
             wait: options.wait,
             waiting: Default::default(),
+            closed: Default::default(),
             jobs: tx,
         })
     }
@@ -96,6 +99,9 @@ impl IngestPool {
     /// A place for one request, or `None` when `concurrency` requests are
     /// already admitted. Never waits.
     pub fn try_admit(&self) -> Option<Admission> {
+        if self.is_closed() {
+            return None;
+        }
         Arc::clone(&self.admission)
             .try_acquire_owned()
             .ok()
@@ -113,6 +119,9 @@ impl IngestPool {
             return Some(admission);
         }
         if wait.is_zero() {
+            return None;
+        }
+        if self.is_closed() {
             return None;
         }
         let acquire = Arc::clone(&self.admission).acquire_owned();
@@ -160,6 +169,19 @@ impl IngestPool {
         tokio::time::timeout(timeout, self.admission.acquire_many(self.concurrency))
             .await
             .is_ok_and(|permits| permits.is_ok())
+    }
+
+    /// Admits nothing from now on (shutdown, before `idle`): a request a
+    /// connection still brings in after the listeners' grace would
+    /// otherwise be acknowledged after the trainers' final drain.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the pool admits no more work (shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Requests waiting for a place now (over `feedback_concurrency`).
@@ -294,6 +316,19 @@ mod tests {
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("eddy-feedback-"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_admits_nothing_and_still_waits_for_its_work() {
+        let pool = pool(1, 2);
+        let held = pool.try_admit().unwrap();
+        pool.close();
+        assert!(pool.is_closed());
+        assert!(pool.try_admit().is_none());
+        assert!(pool.admit().await.is_none());
+        assert!(!pool.idle(Duration::from_millis(1)).await);
+        drop(held);
+        assert!(pool.idle(Duration::from_secs(5)).await);
     }
 
     #[tokio::test]
