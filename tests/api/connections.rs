@@ -169,10 +169,17 @@ async fn slow_bodies_hold_no_slot_so_probes_and_predicts_answer() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let text = scrape(&app).await;
-        if sample(&text, "eddy_http_connections{listener=\"public\"}") <= 1.0 {
+        // What is left is the test client's own pool (one connection,
+        // sometimes two or three when a request starts before the last
+        // one's connection is back in the pool).
+        let open = sample(&text, "eddy_http_connections{listener=\"public\"}");
+        if open <= 4.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "slow connections not closed");
+        assert!(
+            Instant::now() < deadline,
+            "slow connections not closed: {open} open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(refusals(&app, "public", "malformed_body").await, 0.0);
