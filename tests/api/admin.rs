@@ -79,36 +79,7 @@ async fn metrics_count_what_happened_and_pass_promtool() {
     );
     assert!(text.contains("# HELP eddy_queue_depth "), "{text}");
 
-    // promtool (Debian package `prometheus`) is installed by .ci/run; in CI
-    // its absence is a failure, elsewhere the check is skipped.
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            let out = child.wait_with_output().expect("promtool runs");
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) => assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required in CI: {e}"
-        ),
-    }
+    crate::helpers::promtool(&text);
     app.stop().await.expect("clean stop");
 }
 

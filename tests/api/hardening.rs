@@ -6,16 +6,14 @@
 //! exposition stays parseable; an admin call on a trainer that does not
 //! answer gets 503 `trainer_busy` instead of hanging.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::helpers::{item_codes, sample, scrape, spawn_at, spawn_with};
+use crate::helpers::{item_codes, promtool, sample, scrape, spawn_at, spawn_with, start_binary};
 
 const MODEL: &str = "[[models]]\nname = \"demo\"\ntask = \"binary\"\nhash_bits = 10\n";
 
@@ -100,60 +98,6 @@ impl Drop for Disk {
     }
 }
 
-/// The binary with JSON logs on `dir`; every stderr line is kept.
-struct Binary {
-    child: Child,
-    addr: String,
-    admin: String,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-#[allow(
-    clippy::zombie_processes,
-    reason = "the caller waits for the child; a panic here fails the test"
-)]
-fn start_binary(dir: &Path) -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("serve")
-        .env_clear()
-        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("EDDY_STORAGE__DIR", dir)
-        .env("EDDY_LOG__FORMAT", "json")
-        .env("EDDY_MODELS__DEMO__HASH_BITS", "10")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pipe = child.stderr.take().expect("stderr");
-    let kept = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            kept.lock().expect("lines").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the server says where it listens in time");
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if let (Some(addr), Some(admin)) =
-            (v["fields"]["addr"].as_str(), v["fields"]["admin"].as_str())
-        {
-            return Binary {
-                child,
-                addr: addr.to_owned(),
-                admin: admin.to_owned(),
-                stderr: lines,
-            };
-        }
-    }
-}
-
 /// Polls until the binary's live version holds `n` examples.
 async fn wait_trained(client: &reqwest::Client, addr: &str, n: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -188,7 +132,7 @@ fn examples(n: usize) -> Vec<Value> {
 async fn sigterm_with_a_refused_final_snapshot_exits_non_zero_saying_what_was_lost() {
     let disk = Disk::new("demo");
     let client = reqwest::Client::new();
-    let mut binary = start_binary(disk.path());
+    let mut binary = start_binary(disk.path(), &[("EDDY_MODELS__DEMO__HASH_BITS", "10")]);
     let r = client
         .post(format!("http://{}/v1/models/demo/feedback", binary.addr))
         .json(&json!({ "examples": examples(100) }))
@@ -467,38 +411,6 @@ fn parse_sample(line: &str) -> Result<Vec<String>, String> {
             .unwrap_or(&after[end + 1..]);
     }
     Ok(values)
-}
-
-/// Runs `promtool check metrics` when it is installed (CI installs it).
-fn promtool(text: &str) {
-    use std::io::Write;
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-            let out = child.wait_with_output().expect("promtool runs");
-            assert!(
-                out.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) => assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required in CI: {e}"
-        ),
-    }
 }
 
 /// A source reaches the metrics as a label value. Control characters (in

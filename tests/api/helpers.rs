@@ -236,3 +236,96 @@ pub fn sample(text: &str, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
 }
+
+/// Runs `promtool check metrics` on an exposition. promtool (Debian
+/// package `prometheus`) is installed by .ci/run; in CI its absence is a
+/// failure, elsewhere the check is skipped.
+pub fn promtool(text: &str) {
+    use std::io::Write;
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write");
+            let out = child.wait_with_output().expect("promtool runs");
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI: {e}"
+        ),
+    }
+}
+
+/// The `eddy serve` binary on `dir`, with JSON logs and more `EDDY_*`
+/// settings; every stderr line is kept (and the pipe always drained).
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub admin: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts the binary and waits for the log line that says where it listens.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller owns the child and reaps it; a panic here fails the test"
+)]
+pub fn start_binary(dir: &Path, settings: &[(&str, &str)]) -> Binary {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("serve")
+        .env_clear()
+        .envs(settings.iter().copied())
+        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
+        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("EDDY_STORAGE__DIR", dir)
+        .env("EDDY_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().expect("stderr");
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            kept.lock().expect("lines").push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the server says where it listens in time");
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if let (Some(addr), Some(admin)) =
+            (v["fields"]["addr"].as_str(), v["fields"]["admin"].as_str())
+        {
+            return Binary {
+                child,
+                addr: addr.to_owned(),
+                admin: admin.to_owned(),
+                stderr: lines,
+            };
+        }
+    }
+}

@@ -1,8 +1,7 @@
 //! Start-up and shutdown: readiness, graceful stop that trains what is
 //! queued, and the binary refusing a bad config before binding.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -124,60 +123,18 @@ async fn answer(request: reqwest::RequestBuilder) -> serde_json::Value {
         .expect("json")
 }
 
-/// Starts the real binary on `dir`; returns it with its public and admin
-/// addresses (read from its JSON log, with a deadline).
-#[allow(
-    clippy::zombie_processes,
-    reason = "the caller owns the child and reaps it; a panic here fails the test"
-)]
+/// The binary on `dir`: its child process and where it listens.
 fn start_binary(dir: &std::path::Path) -> (std::process::Child, String, String) {
     start_binary_with(dir, &[])
 }
 
 /// As `start_binary`, with more `EDDY_*` settings.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the caller owns the child and reaps it; a panic here fails the test"
-)]
 fn start_binary_with(
     dir: &std::path::Path,
     settings: &[(&str, &str)],
 ) -> (std::process::Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eddy"))
-        .arg("serve")
-        .env_clear()
-        .envs(settings.iter().copied())
-        .env("EDDY_SERVER__LISTEN", "127.0.0.1:0")
-        .env("EDDY_ADMIN__LISTEN", "127.0.0.1:0")
-        .env("EDDY_STORAGE__DIR", dir)
-        .env("EDDY_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the server says where it listens in time");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
-        if let (Some(addr), Some(admin)) =
-            (v["fields"]["addr"].as_str(), v["fields"]["admin"].as_str())
-        {
-            // Keep draining the log so the child never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, addr.to_owned(), admin.to_owned());
-        }
-    }
+    let b = crate::helpers::start_binary(dir, settings);
+    (b.child, b.addr, b.admin)
 }
 
 /// SIGKILL, then restart: the model comes back from its last snapshot with

@@ -20,7 +20,6 @@
 //! A closed connection gets no answer (nginx does the same for its
 //! client_header_timeout): hyper has no request to answer yet.
 
-use std::convert::Infallible;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -38,6 +36,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::HttpService;
 use crate::config::ListenerLimits;
 use crate::http::refusals::Refusals;
 use crate::metrics::{ProtocolError, Refusal};
@@ -65,14 +64,7 @@ impl Connection {
         shutdown: CancellationToken,
         _permit: OwnedSemaphorePermit,
     ) where
-        S: tower::Service<
-                axum::http::Request<Incoming>,
-                Response = Response,
-                Error = Infallible,
-                Future: Send + Unpin + 'static,
-            > + Clone
-            + Send
-            + 'static,
+        S: HttpService,
     {
         let gauge = self.refusals.instruments().connections.clone();
         gauge.inc();
@@ -114,14 +106,7 @@ impl Connection {
     async fn http<IO, S>(&self, io: IO, service: S, shutdown: &CancellationToken)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower::Service<
-                axum::http::Request<Incoming>,
-                Response = Response,
-                Error = Infallible,
-                Future: Send + Unpin + 'static,
-            > + Clone
-            + Send
-            + 'static,
+        S: HttpService,
     {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched {

@@ -36,6 +36,31 @@ use crate::metrics::Refusal;
 use connection::Connection;
 pub use tls::CertFiles;
 
+/// What a listener serves: the protected router, cloned per connection.
+pub trait HttpService:
+    tower::Service<
+        axum::http::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + Unpin + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: tower::Service<
+            axum::http::Request<Incoming>,
+            Response = Response,
+            Error = Infallible,
+            Future: Send + Unpin + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Pause after an accept error that is not about one connection (out of
 /// file descriptors): accepting again at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -71,14 +96,7 @@ impl Listener {
     /// waits for the connections to finish what they have in flight.
     pub async fn serve<S>(self, service: S, shutdown: CancellationToken)
     where
-        S: tower::Service<
-                axum::http::Request<Incoming>,
-                Response = Response,
-                Error = Infallible,
-                Future: Send + Unpin + 'static,
-            > + Clone
-            + Send
-            + 'static,
+        S: HttpService,
     {
         let Listener {
             tcp,
