@@ -1000,18 +1000,6 @@ impl Config {
         }
         validate_listener("server", &self.server.limits(), self.server.tls.as_ref())?;
         validate_listener("admin", &self.admin.limits(), self.admin.tls.as_ref())?;
-        if self.server.max_concurrency.get() > MAX_BOUND {
-            return Err(invalid(
-                "server.max_concurrency".into(),
-                &format!("must be at most {MAX_BOUND}"),
-            ));
-        }
-        if self.server.request_timeout_ms == 0 {
-            return Err(invalid(
-                "server.request_timeout_ms".into(),
-                "must be greater than 0",
-            ));
-        }
         if self.server.feedback_threads > MAX_FEEDBACK_THREADS {
             return Err(invalid(
                 "server.feedback_threads".into(),
@@ -1135,12 +1123,6 @@ impl Config {
                     "must be set when admin.listen ({}) is not a loopback address; without a token the admin routes are open",
                     self.admin.listen
                 ),
-            ));
-        }
-        if self.admin.request_timeout_ms == 0 {
-            return Err(invalid(
-                "admin.request_timeout_ms".into(),
-                "must be greater than 0".into(),
             ));
         }
         if self.server.shutdown_grace_ms == 0 {
