@@ -19,16 +19,23 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use toml::{Table, Value};
 
+mod guard;
+
+pub use guard::{
+    DeclaredFeature, DeclaredKind, GuardConfig, InfluenceConfig, LabelConfig, OutlierConfig,
+    QuarantineConfig, SourceConfig, UnknownFeatures,
+};
+
 use crate::learn::features::{MAX_HASH_BITS, MIN_HASH_BITS};
 use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
 pub use crate::persist::wal::Fsync;
 
 /// The built-in default configuration.
-pub const DEFAULT_TOML: &str = include_str!("../config/eddy.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/eddy.toml");
 
 /// Upper bound of queue, concurrency and cache sizes (tokio's semaphores
 /// allow at most `usize::MAX >> 3`; far beyond any useful value anyway).
-const MAX_BOUND: usize = 1 << 28;
+pub(crate) const MAX_BOUND: usize = 1 << 28;
 
 /// Upper bound of `features.max_per_example` (a 1 MiB body holds fewer).
 const MAX_FEATURES_PER_EXAMPLE: usize = 1 << 20;
@@ -52,6 +59,9 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Feedback credentials; empty: sources are self-declared.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
     pub models: Vec<ModelConfig>,
 }
 
@@ -246,6 +256,8 @@ pub struct ModelConfig {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub features: FeaturesConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
     /// A snapshot file, or a directory of them (`eddy train --out`), that
     /// seeds this model when it has no snapshot of its own yet.
     #[serde(default)]
@@ -453,7 +465,7 @@ fn default_publish_every() -> NonZeroU32 {
 fn default_min_publish() -> u64 {
     5
 }
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 fn default_window() -> u64 {
@@ -1105,6 +1117,7 @@ impl Config {
             }
             m.validate_memory(&key)?;
             m.monitor.validate(&key)?;
+            m.guard.validate(&key)?;
         }
         self.validate_combinations()?;
         Ok(())
