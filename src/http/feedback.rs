@@ -116,15 +116,12 @@ pub async fn feedback(
                 .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string())))
         }
     };
+    // With `fsync = "always"` the 202 waits for an fsync covering the
+    // examples (shared with concurrent requests); a retry waits for the
+    // same fsync, and is refused as the first attempt was if it failed.
     let result = match ingested {
-        Ok(Ingested::Replayed(n)) => Ok(acknowledged(n, true)),
-        // With `fsync = "always"` the 202 waits for an fsync covering the
-        // examples (shared with concurrent requests).
-        Ok(Ingested::Accepted(n, Some(durable))) => durable
-            .await
-            .map(|()| acknowledged(n, false))
-            .map_err(ApiError::NotDurable),
-        Ok(Ingested::Accepted(n, None)) => Ok(acknowledged(n, false)),
+        Ok(Ingested::Replayed(n, durable)) => answer(n, true, durable).await,
+        Ok(Ingested::Accepted(n, durable)) => answer(n, false, durable).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
@@ -187,12 +184,22 @@ async fn discard(req: Request, limit: usize) {
     }
 }
 
-/// What a feedback job did with a request.
+/// What a feedback job did with a request, with the fsync to wait for
+/// before answering 202 when there is one.
 enum Ingested {
-    /// A retry of an acknowledged request: its first answer.
-    Replayed(usize),
-    /// Logged and queued, with the fsync to wait for when there is one.
+    /// A retry of an accepted request: its first answer.
+    Replayed(usize, Option<Durable>),
+    /// Logged and queued.
     Accepted(usize, Option<Durable>),
+}
+
+/// The 202 for `n` examples once `durable` resolves; 507 `insufficient_storage`
+/// (`NotDurable`) if their fsync failed.
+async fn answer(n: usize, replayed: bool, durable: Option<Durable>) -> Result<Response, ApiError> {
+    if let Some(durable) = durable {
+        durable.await.map_err(ApiError::NotDurable)?;
+    }
+    Ok(acknowledged(n, replayed))
 }
 
 /// Everything a feedback request does before its answer, on a feedback
@@ -208,15 +215,19 @@ fn ingest(
         .map(|k| begin(runtime, k, body, headers.get(SOURCE_HEADER)))
         .transpose()?
     {
-        Some(Keyed::Acknowledged(n)) => return Ok(Ingested::Replayed(n)),
+        Some(Keyed::Acknowledged(n, end)) => {
+            let durable = end.map(|end| runtime.queue.log().durable(end));
+            return Ok(Ingested::Replayed(n, durable));
+        }
         Some(Keyed::New(record)) => Some(record),
         None => None,
     };
     let accepted = accept(state, runtime, headers, body, key.as_ref());
     if let Some(record) = &key {
         // Once appended and queued the examples are trained: a retry gets
-        // this answer (also if the client goes before the fsync).
-        // A request refused before that leaves its key free.
+        // this answer (also if the client goes before the fsync), once the
+        // log says they are durable (`IdempotencyKeys`). A request refused
+        // before that leaves its key free.
         if accepted.is_ok() {
             runtime.keys.finish(&record.key);
         } else {
@@ -257,7 +268,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
 
 enum Keyed {
     New(KeyRecord),
-    Acknowledged(usize),
+    /// Accepted before: its count, and where its records end in the log.
+    Acknowledged(usize, Option<u64>),
 }
 
 /// Looks the key up: a retry of an acknowledged request is answered from
@@ -281,7 +293,7 @@ fn begin(
     let hash = *hasher.finalize().as_bytes();
     let now = SystemTime::now();
     Ok(match runtime.keys.begin(key, hash, now)? {
-        Begin::Acknowledged(n) => Keyed::Acknowledged(n),
+        Begin::Acknowledged { accepted, end } => Keyed::Acknowledged(accepted, end),
         Begin::New => Keyed::New(KeyRecord {
             key: key.to_vec(),
             body: hash,
@@ -539,3 +551,6 @@ fn prescore(runtime: &ModelRuntime, items: &mut [Feedback]) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,10 +4,20 @@
 //!
 //! A key is scoped to the model (each model has its own table). Only 202
 //! answers are remembered: a request is `InFlight` from the moment it is
-//! checked until its examples are durable, and forgotten if it fails. A
-//! duplicate arriving meanwhile is told so (409); the same key with a
-//! different body is refused (422). The table is bounded by count
-//! (`capacity`, oldest forgotten first) and by age (`ttl`).
+//! checked until its examples are appended and queued, and forgotten if it
+//! fails before that. A duplicate arriving meanwhile is told so (409); the
+//! same key with a different body is refused (422). The table is bounded
+//! by count (`capacity`, oldest forgotten first) and by age (`ttl`).
+//!
+//! A key is finished once its examples are queued, before their fsync, so
+//! that a client gone before the fsync still gets its answer on retry. A
+//! 202 still means durable: `begin` hands back where the request's records
+//! end, and the retry is answered 202 only once the log says they are
+//! durable. If their fsync failed (the log is poisoned), the retry gets the
+//! same refusal the first attempt got, never a 202 for examples that may
+//! not survive a crash; the key is not forgotten either, because those
+//! examples are queued for training and, if they did reach the disk, come
+//! back on replay: applying the retry anew could train them twice.
 //!
 //! Durability: the first log record of a keyed request carries the key
 //! (`log_record`), so replay after a crash restores what the snapshot does
@@ -68,8 +78,10 @@ pub struct KeyRecord {
 pub enum Begin {
     /// A new request: go on, then `appended` and `finish` (or `abandon`).
     New,
-    /// Already acknowledged: answer 202 with this count, train nothing.
-    Acknowledged(usize),
+    /// Already accepted: answer 202 with this count once the log says
+    /// the records before `end` are durable (`None`: no log keeps them),
+    /// train nothing.
+    Acknowledged { accepted: usize, end: Option<u64> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,7 +113,10 @@ impl IdempotencyKeys {
         self.expire(&mut t, now);
         match t.entries.get(key) {
             Some(e) if e.body != body => Err(KeyError::Reused),
-            Some(e) if e.done => Ok(Begin::Acknowledged(e.accepted)),
+            Some(e) if e.done => Ok(Begin::Acknowledged {
+                accepted: e.accepted,
+                end: e.position.map(|p| p + e.accepted as u64),
+            }),
             Some(_) => Err(KeyError::InFlight),
             None => {
                 self.insert(
@@ -129,7 +144,8 @@ impl IdempotencyKeys {
         }
     }
 
-    /// The request was acknowledged (202): duplicates get its answer.
+    /// The request's examples are queued: duplicates get its answer (once
+    /// they are durable).
     pub fn finish(&self, key: &[u8]) {
         if let Some(e) = self.lock().entries.get_mut(key) {
             e.done = true;
@@ -279,7 +295,13 @@ mod tests {
         assert_eq!(keys.begin(b"a", h(2), t0), Err(KeyError::Reused));
         keys.appended(b"a", Some(10), 5);
         keys.finish(b"a");
-        assert_eq!(keys.begin(b"a", h(1), t0), Ok(Begin::Acknowledged(5)));
+        assert_eq!(
+            keys.begin(b"a", h(1), t0),
+            Ok(Begin::Acknowledged {
+                accepted: 5,
+                end: Some(15)
+            })
+        );
         // A failed request leaves its key free.
         assert_eq!(keys.begin(b"b", h(1), t0), Ok(Begin::New));
         keys.abandon(b"b");
@@ -307,7 +329,13 @@ mod tests {
         keys.save(dir.path()).expect("save");
         let back = IdempotencyKeys::new(100, Duration::from_secs(60));
         assert_eq!(back.load(dir.path(), 20, now).expect("load"), 1);
-        assert_eq!(back.begin(b"x", h(3), now), Ok(Begin::Acknowledged(2)));
+        assert_eq!(
+            back.begin(b"x", h(3), now),
+            Ok(Begin::Acknowledged {
+                accepted: 2,
+                end: Some(7)
+            })
+        );
         assert_eq!(
             back.begin(b"y", h(3), now),
             Ok(Begin::New),

@@ -15,6 +15,21 @@ use tokio::sync::watch;
 
 use super::{Durable, Fsync, LogError, LogStats, Position};
 
+/// Logs under these directories fail every fsync from now on: the seam
+/// for tests that reach a log only through the app that opened it.
+#[cfg(test)]
+static FAILING_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Makes every later fsync of a log under `dir` fail, as a dying disk
+/// would (tests only; each test passes its own temp directory).
+#[cfg(test)]
+pub(crate) fn fail_fsyncs_under(dir: &std::path::Path) {
+    FAILING_DIRS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(dir.to_owned());
+}
+
 /// A segment file with its path, shared between the appender, the sync
 /// thread and `sync()` so fsync runs without holding the append lock.
 #[derive(Debug)]
@@ -105,9 +120,12 @@ impl Durability {
     /// The future behind `FeedbackLog::durable`.
     pub(super) fn wait(&self, end: Position, stats: &LogStats) -> Durable {
         if self.mode != Fsync::Always {
-            let poisoned = stats.poisoned.load(Ordering::Acquire);
+            // Nothing to wait for, but records whose fsync failed are not
+            // durable, while records an earlier fsync covered stay so (a
+            // retried request may ask long after its first answer).
+            let lost = stats.poisoned.load(Ordering::Acquire) && self.mark.borrow().synced < end;
             return Box::pin(async move {
-                if poisoned {
+                if lost {
                     Err(LogError::Poisoned)
                 } else {
                     Ok(())
@@ -178,7 +196,12 @@ impl Durability {
     /// disk) cannot be produced in a temp directory.
     #[cfg(test)]
     fn sync_data(&self, file: &SegmentFile) -> io::Result<()> {
-        if self.fail_fsyncs.load(Ordering::Acquire) {
+        let failing = FAILING_DIRS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|dir| file.path.starts_with(dir));
+        if failing || self.fail_fsyncs.load(Ordering::Acquire) {
             return Err(io::Error::other("injected fsync failure"));
         }
         file.file.sync_data()

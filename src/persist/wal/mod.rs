@@ -90,6 +90,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use batch::{FRAME_LEN, RecordBatch};
+#[cfg(test)]
+pub(crate) use durability::fail_fsyncs_under;
 pub use local::LocalLog;
 pub use memory::MemoryLog;
 pub use read::read_dir;

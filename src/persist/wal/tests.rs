@@ -862,3 +862,23 @@ fn format_2_frames_checksum_payload_then_position() {
         assert_ne!(segment::record_crc(FORMAT_VERSION, 41, &flipped), crc);
     }
 }
+
+/// With `interval`, `durable` resolves at once, but after a failed fsync
+/// it tells records an earlier fsync covered (still durable) from those it
+/// did not (a retried request asks again long after its first answer).
+#[tokio::test]
+async fn interval_durable_after_a_failed_fsync_knows_what_was_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = LocalLog::open(tmp.path(), options(Fsync::Interval, 1 << 20), 0).unwrap();
+    let synced = append(&log, &[b"synced".to_vec()]).unwrap().end;
+    log.sync().unwrap();
+    log.fail_fsyncs();
+    let end = append(&log, &[b"lost?".to_vec()]).unwrap().end;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.stats().poisoned.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "the interval fsync never ran");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(matches!(log.durable(end).await, Err(LogError::Poisoned)));
+    log.durable(synced).await.unwrap();
+}
