@@ -115,92 +115,144 @@ pub enum DecodeError {
 /// cost of writing and syncing the log grows with its bytes).
 pub fn encode_into(buf: &mut Vec<u8>, fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) {
     let start = buf.len();
-    // Sized once, filled in place (no capacity check or call per field),
-    // then cut to what was written.
     buf.resize(start + max_len(fb, batch), 0);
-    let mut out = Out {
-        buf: &mut buf[start..],
-        at: 0,
-    };
-    let mut flags = 0;
-    let key = batch.and_then(|(_, key)| key);
-    let mut set = |flag: u8, on: bool| {
-        if on {
-            flags |= flag;
-        }
-    };
-    set(HAS_BATCH, batch.is_some());
-    set(HAS_KEY, key.is_some());
-    set(HAS_SOURCE, fb.source.is_some());
-    set(HAS_PREDICTION, fb.prediction.is_some());
-    set(HAS_SCORED, fb.scored.is_some());
-    set(
-        HAS_CANDIDATE,
-        fb.scored.is_some_and(|s| s.candidate.is_some()),
-    );
-    set(TARGET_VALUE, matches!(fb.target, Target::Value(_)));
-    out.put([EXAMPLE, flags]);
-    out.time(fb.received_at);
-    match fb.target {
-        Target::Class(c) => out.varint(c as u64),
-        Target::Value(v) => out.put(v.to_le_bytes()),
-    }
-    let features = &fb.features.features;
-    out.varint(features.len() as u64);
-    let pairs = features.len() * 12;
-    for (pair, f) in out.buf[out.at..out.at + pairs]
-        .chunks_exact_mut(12)
-        .zip(features)
-    {
-        pair[..4].copy_from_slice(&f.index.to_le_bytes());
-        pair[4..].copy_from_slice(&f.value.to_le_bytes());
-    }
-    out.at += pairs;
-    for chunk in features.chunks(8) {
-        let bits = chunk
-            .iter()
-            .enumerate()
-            .fold(0u8, |bits, (i, f)| bits | (u8::from(f.numeric) << i));
-        out.put([bits]);
-    }
-    if let Some((count, _)) = batch {
-        out.varint(u64::from(count));
-    }
-    if let Some(key) = key {
-        out.varint(key.key.len() as u64);
-        out.slice(&key.key);
-        out.put(key.body);
-        out.put(key.accepted.to_le_bytes());
-        out.time(key.at);
-    }
-    if let Some(source) = &fb.source {
-        out.varint(source.len() as u64);
-        out.slice(source.as_bytes());
-    }
-    if let Some(p) = &fb.prediction {
-        out.varint(p.version);
-        out.time(p.predicted_at);
-    }
-    if let Some(s) = &fb.scored {
-        out.varint(s.live_version);
-        out.scored(s.live);
-        out.varint(s.base_version);
-        out.scored(s.base);
-        if let Some((version, scored)) = s.candidate {
-            out.varint(version);
-            out.scored(scored);
-        }
-    }
-    let written = out.at;
+    let written = ExampleEncoder::default().encode(&mut buf[start..], fb, batch);
     buf.truncate(start + written);
+}
+
+/// Encodes the examples of a request one after another, byte for byte as
+/// `encode_into` does, remembering the encoding of the last arrival time:
+/// every example of a request arrives at once, and copying the time's
+/// bytes costs a fraction of encoding it again (a `SystemTime` conversion
+/// and a zigzag varint) for each example.
+#[derive(Debug, Default)]
+pub struct ExampleEncoder {
+    /// The last `received_at` encoded, its bytes and how many are used.
+    time: Option<(SystemTime, [u8; TIME_LEN], usize)>,
+}
+
+/// The most bytes a time takes (a varint of up to ten, four of nanoseconds).
+const TIME_LEN: usize = VARINT_LEN + 4;
+/// The most bytes a varint takes.
+const VARINT_LEN: usize = 10;
+
+impl ExampleEncoder {
+    /// At least the bytes `encode` writes for this example: cheap to work
+    /// out, so a buffer is sized once and cut back after.
+    pub fn max_len(fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) -> usize {
+        max_len(fb, batch)
+    }
+
+    /// Writes the example to the front of `out`, which holds at least
+    /// `max_len` bytes (any values: every byte up to the returned length is
+    /// written), and returns how many bytes it wrote.
+    ///
+    /// # Panics
+    ///
+    /// If `out` is shorter than `max_len`.
+    pub fn encode(
+        &mut self,
+        out: &mut [u8],
+        fb: &Feedback,
+        batch: Option<(u32, Option<&KeyRecord>)>,
+    ) -> usize {
+        let time = match self.time {
+            Some((at, bytes, len)) if at == fb.received_at => (bytes, len),
+            _ => {
+                let mut bytes = [0u8; TIME_LEN];
+                let mut out = Out {
+                    buf: &mut bytes,
+                    at: 0,
+                };
+                out.time(fb.received_at);
+                let len = out.at;
+                self.time = Some((fb.received_at, bytes, len));
+                (bytes, len)
+            }
+        };
+        let mut out = Out { buf: out, at: 0 };
+        let mut flags = 0;
+        let key = batch.and_then(|(_, key)| key);
+        let mut set = |flag: u8, on: bool| {
+            if on {
+                flags |= flag;
+            }
+        };
+        set(HAS_BATCH, batch.is_some());
+        set(HAS_KEY, key.is_some());
+        set(HAS_SOURCE, fb.source.is_some());
+        set(HAS_PREDICTION, fb.prediction.is_some());
+        set(HAS_SCORED, fb.scored.is_some());
+        set(
+            HAS_CANDIDATE,
+            fb.scored.is_some_and(|s| s.candidate.is_some()),
+        );
+        set(TARGET_VALUE, matches!(fb.target, Target::Value(_)));
+        out.put([EXAMPLE, flags]);
+        // The whole array is copied (a fixed-size copy; `max_len` counts
+        // a time at its longest), then only its used bytes are kept.
+        out.put(time.0);
+        out.at -= TIME_LEN - time.1;
+        match fb.target {
+            Target::Class(c) => out.varint(c as u64),
+            Target::Value(v) => out.put(v.to_le_bytes()),
+        }
+        let features = &fb.features.features;
+        out.varint(features.len() as u64);
+        let pairs = features.len() * 12;
+        for (pair, f) in out.buf[out.at..out.at + pairs]
+            .chunks_exact_mut(12)
+            .zip(features)
+        {
+            pair[..4].copy_from_slice(&f.index.to_le_bytes());
+            pair[4..].copy_from_slice(&f.value.to_le_bytes());
+        }
+        out.at += pairs;
+        for chunk in features.chunks(8) {
+            let bits = chunk
+                .iter()
+                .enumerate()
+                .fold(0u8, |bits, (i, f)| bits | (u8::from(f.numeric) << i));
+            out.put([bits]);
+        }
+        if let Some((count, _)) = batch {
+            out.varint(u64::from(count));
+        }
+        if let Some(key) = key {
+            out.varint(key.key.len() as u64);
+            out.slice(&key.key);
+            out.put(key.body);
+            out.put(key.accepted.to_le_bytes());
+            out.time(key.at);
+        }
+        if let Some(source) = &fb.source {
+            out.varint(source.len() as u64);
+            out.slice(source.as_bytes());
+        }
+        if let Some(p) = &fb.prediction {
+            out.varint(p.version);
+            out.time(p.predicted_at);
+        }
+        if let Some(s) = &fb.scored {
+            out.varint(s.live_version);
+            out.scored(s.live);
+            out.varint(s.base_version);
+            out.scored(s.base);
+            if let Some((version, scored)) = s.candidate {
+                out.varint(version);
+                out.scored(scored);
+            }
+        }
+        out.at
+    }
 }
 
 /// At least the bytes `encode_into` writes for this example: cheap to
 /// work out (every varint counted at its longest), so a buffer is sized
 /// once and cut back after.
 fn max_len(fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) -> usize {
-    const VARINT: usize = 10;
-    const TIME: usize = VARINT + 4;
+    const VARINT: usize = VARINT_LEN;
+    const TIME: usize = TIME_LEN;
     let n = fb.features.features.len();
     let mut len = 2 + TIME + VARINT + VARINT + n * 12 + n.div_ceil(8);
     if let Some((_, key)) = batch {
@@ -711,6 +763,32 @@ mod tests {
         };
         assert_eq!((back.target, back.features.len()), (Target::Class(2), 0));
         assert!(back.source.is_none() && back.prediction.is_none() && back.scored.is_none());
+    }
+
+    /// A request's encoder writes exactly what `encode` writes, into room
+    /// holding anything, whether the arrival time is the one it remembers
+    /// or a new one.
+    #[test]
+    fn a_request_encoder_writes_what_encode_writes() {
+        let (fb, key, _) = fixture_parts();
+        let mut later = fb.clone();
+        later.received_at += Duration::from_nanos(1);
+        let mut before = fb.clone();
+        before.received_at = UNIX_EPOCH - Duration::new(3, 5);
+        let mut encoder = ExampleEncoder::default();
+        let mut out = vec![0xee; 512];
+        for (fb, batch) in [
+            (&fb, Some((2, Some(&key)))),
+            (&fb, None),
+            (&later, None),
+            (&before, Some((1, None))),
+            (&fb, None),
+        ] {
+            let n = encoder.encode(&mut out, fb, batch);
+            assert!(n <= ExampleEncoder::max_len(fb, batch));
+            assert_eq!(&out[..n], encode(fb, batch).as_slice());
+            out.fill(0xee);
+        }
     }
 
     #[test]

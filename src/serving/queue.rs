@@ -202,10 +202,11 @@ impl Reservation<'_> {
                 // dropped whole on replay) and carries the request's key.
                 let count = u32::try_from(items.len()).unwrap_or(u32::MAX);
                 let head = Some((count, key));
+                let mut encoder = log_record::ExampleEncoder::default();
                 for (i, fb) in items.iter().enumerate() {
-                    records.push_with(|buf| {
-                        log_record::encode_into(buf, fb, head.filter(|_| i == 0));
-                    });
+                    let batch = head.filter(|_| i == 0);
+                    let max = log_record::ExampleEncoder::max_len(fb, batch);
+                    records.push_sized(max, |out| encoder.encode(out, fb, batch));
                 }
             } else {
                 // Positions only: empty payloads, never written.

@@ -297,19 +297,19 @@ impl FeedbackLog for LocalLog {
         let inner = &*self.inner;
         inner.check_poisoned()?;
         let records = batch.records;
-        if let Some(big) = records
-            .payloads()
-            .find(|r| r.len() as u64 > MAX_RECORD_BYTES)
-        {
-            return Err(LogError::TooLarge {
-                len: big.len() as u64,
-                max: MAX_RECORD_BYTES,
-            });
-        }
-        // Checksummed before the lock; only the positions are folded in
-        // under it.
+        // Checked and checksummed before the lock, in one pass; only the
+        // positions are folded in under it.
         let crc = crc32fast::Hasher::new();
-        records.for_each_frame(|_, frame, payload| segment::seal_frame(frame, payload, &crc));
+        records.try_for_each_frame(|_, frame, payload| {
+            if payload.len() as u64 > MAX_RECORD_BYTES {
+                return Err(LogError::TooLarge {
+                    len: payload.len() as u64,
+                    max: MAX_RECORD_BYTES,
+                });
+            }
+            segment::seal_frame(frame, payload, &crc);
+            Ok(())
+        })?;
         let mut state = inner.lock_state();
         inner.check_poisoned()?;
         let first = state.next;

@@ -154,19 +154,30 @@ pub(super) fn finish_frame(frame: &mut [u8; FRAME_LEN], position: Position) {
 }
 
 /// The CRC-32 (IEEE, as crc32fast computes it) of `a ++ bytes`, given
-/// `crc` = the CRC-32 of `a`: a byte-wise table update, cheaper than a
-/// crc32fast hasher for the eight bytes of a position.
-fn crc32_extend(crc: u32, bytes: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+/// `crc` = the CRC-32 of `a`, for the eight bytes of a position: all eight
+/// in one step (slicing-by-8: eight independent table lookups), cheaper
+/// than a crc32fast hasher or a byte-at-a-time loop, and it runs once per
+/// record under the log's order lock.
+fn crc32_extend(crc: u32, bytes: &[u8; 8]) -> u32 {
+    let t = &CRC_TABLES;
+    let lo = !crc ^ u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let hi = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let byte = |v: u32, i: u32| ((v >> (8 * i)) & 0xff) as usize;
+    !(t[7][byte(lo, 0)]
+        ^ t[6][byte(lo, 1)]
+        ^ t[5][byte(lo, 2)]
+        ^ t[4][byte(lo, 3)]
+        ^ t[3][byte(hi, 0)]
+        ^ t[2][byte(hi, 1)]
+        ^ t[1][byte(hi, 2)]
+        ^ t[0][byte(hi, 3)])
 }
 
-/// The byte-wise table of the reflected CRC-32 polynomial.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// Slicing-by-8 tables of the reflected CRC-32 polynomial: `[0]` is the
+/// byte-wise table; `[k][b]` is the CRC state of byte `b` followed by `k`
+/// zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -179,10 +190,20 @@ const CRC_TABLE: [u32; 256] = {
             };
             k += 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
         i += 1;
     }
-    table
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = tables[k - 1][i];
+            tables[k][i] = (prev >> 8) ^ tables[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    tables
 };
 
 /// The checksum of the record at `position` in a segment of `format`.
