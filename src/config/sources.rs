@@ -273,7 +273,9 @@ mod tests {
 
     #[test]
     fn bad_sources_are_refused_naming_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+        // (file text, variables, key named, what the message says)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 "[[sources]]\nname = \"crm\"\ntoken_file = \"/nonexistent/eddy/crm.token\"",
                 &[],
