@@ -264,3 +264,24 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::retry_after_s;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        for (wait, want) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(10), 10),
+            (Duration::from_nanos(10_000_000_001), 11),
+        ] {
+            assert_eq!(retry_after_s(&wait), want, "{wait:?}");
+        }
+    }
+}
