@@ -34,6 +34,7 @@ use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::ingest::IngestPool;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
+use crate::serving::sources::FeedbackSources;
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
 use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
 use crate::serving::{
@@ -311,13 +312,14 @@ impl App {
         let max_batch_instances = config.server.max_batch_instances.get();
         let ingest = IngestPool::start(config.server.ingest_options())
             .context("cannot start the feedback threads")?;
+        let sources = FeedbackSources::new(&config);
         Ok(Self {
             config: Arc::new(config),
             listener,
             admin_listener,
             public_tls,
             admin_tls,
-            state: AppState::new(registry, max_body, max_batch_instances, ingest),
+            state: AppState::new(registry, max_body, max_batch_instances, ingest, sources),
             trainers,
             shutdown: CancellationToken::new(),
             _locks: locks,

@@ -31,7 +31,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            print!("{}", toml::to_string(&config)?);
+            // Tokens are never printed (`Config::redacted`).
+            print!("{}", toml::to_string(&config.redacted())?);
             Ok(())
         }
         Command::Train(args) => eddy::batch::commands::train_command(args),

@@ -23,6 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::persist::wal::LogStats;
 use crate::serving::ModelRuntime;
+use crate::serving::sources::FeedbackSources;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
@@ -190,6 +191,13 @@ impl Metrics {
             feedback_delay,
             listeners,
         }
+    }
+
+    /// Exports `sources`' counters (rate-limited examples, unauthorized
+    /// requests), read at scrape time.
+    pub fn register_sources(&mut self, sources: Arc<FeedbackSources>) {
+        self.registry
+            .register_collector(Box::new(SourcesCollector { sources }));
     }
 
     /// The instruments of a configured model.
@@ -467,6 +475,47 @@ mod tests {
              eddy_predictions_total{model=\"m\"} 3\n# HELP eddy_model_age Age.\n# TYPE eddy_model_age gauge\n\
              eddy_model_age{model=\"m\"} 1.5\n"
         );
+    }
+}
+
+/// Feedback credentials and rate limits, read at scrape time: the source
+/// label values are those `FeedbackSources` tracks now (configured names,
+/// or a self-declared model's table plus `other`), so they stay bounded
+/// whatever names clients send.
+#[derive(Debug)]
+struct SourcesCollector {
+    sources: Arc<FeedbackSources>,
+}
+
+impl Collector for SourcesCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let limited = self.sources.rate_limited().into_iter().map(|row| {
+            let labels = SourceLabels {
+                model: row.model.to_string(),
+                source: row.source.to_string(),
+            };
+            (labels, ConstCounter::new(row.examples))
+        });
+        labelled(
+            &mut e,
+            "feedback_rate_limited",
+            "Feedback examples refused by a source's rate limit (429 rate_limited, 422 exceeds_burst), by model and source: a [[sources]] name, or a self-declared source the model's table tracks (guard.max_sources; the rest, and names evicted from the table, under `other`)",
+            MetricType::Counter,
+            limited,
+        )?;
+        let unauthorized = self.sources.unauthorized().into_iter().map(|(model, n)| {
+            let labels = ModelLabel {
+                model: model.to_string(),
+            };
+            (labels, ConstCounter::new(n))
+        });
+        labelled(
+            &mut e,
+            "feedback_unauthorized",
+            "Feedback requests refused with 401 for a missing or unknown bearer token ([[sources]] configured), by model",
+            MetricType::Counter,
+            unauthorized,
+        )
     }
 }
 

@@ -1,31 +1,9 @@
-//! `[[sources]]` (who may send feedback) and `[models.guard]` (the checks
-//! feedback passes before the trainer learns it; see `serving::guard`).
+//! `[models.guard]` (the checks feedback passes before the trainer learns
+//! it; see `serving::guard`). `[[sources]]` is `sources.rs`'s.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Error, MAX_BOUND, yes};
-
-/// `[[sources]]`: a feedback credential. When any are configured, `POST
-/// /feedback` needs `Authorization: Bearer <token>`, and the examples'
-/// source is the entry's `name`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    pub name: String,
-    /// The bearer token (or `token_file`, or `EDDY_SOURCES__<NAME>__TOKEN`).
-    #[serde(default)]
-    pub token: String,
-    /// A file holding the token (surrounding whitespace ignored).
-    #[serde(default)]
-    pub token_file: String,
-    /// Examples per second this source may send, over all models; 0:
-    /// unlimited.
-    #[serde(default)]
-    pub rate: f64,
-    /// Examples it may send at once above `rate`; 0: one second's worth.
-    #[serde(default)]
-    pub burst: u32,
-}
 
 /// `[models.guard]`: the ingestion guard of one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,10 +5,11 @@
 //! file given with `--config` (tables merge key by key; arrays such as
 //! `[[models]]` replace), then `EDDY_*` environment variables. A variable
 //! names a key path with `__` between levels (`EDDY_SERVER__LISTEN`); inside
-//! `models` the next level is a model's name (case-insensitive, `-` written
-//! as `_`) or its position, e.g. `EDDY_MODELS__DEMO__OPTIMIZER__LEARNING_RATE`
-//! or `EDDY_MODELS__0__HASH_BITS`. Unknown keys at any layer are errors that
-//! name the key.
+//! `models` (and `sources`) the next level is an entry's name
+//! (case-insensitive, any character other than a letter or digit written
+//! as `_`) or its position, e.g. `EDDY_MODELS__DEMO__OPTIMIZER__LEARNING_RATE`,
+//! `EDDY_MODELS__0__HASH_BITS` or `EDDY_SOURCES__CRM__TOKEN`. Unknown keys
+//! at any layer are errors that name the key.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -20,11 +21,13 @@ use thiserror::Error;
 use toml::{Table, Value};
 
 mod guard;
+mod sources;
 
 pub use guard::{
     DeclaredFeature, DeclaredKind, GuardConfig, InfluenceConfig, LabelConfig, OutlierConfig,
-    QuarantineConfig, SourceConfig, UnknownFeatures,
+    QuarantineConfig, UnknownFeatures,
 };
+pub use sources::{RateLimit, SourceConfig};
 
 use crate::learn::features::{MAX_HASH_BITS, MIN_HASH_BITS};
 use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
@@ -987,13 +990,15 @@ impl Config {
     }
 
     fn from_table(tree: Table) -> Result<Self, Error> {
-        let config: Config = serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
-            let path = e.path().to_string();
-            Error::Invalid {
-                key: if path == "." { "config".into() } else { path },
-                message: e.into_inner().to_string(),
-            }
-        })?;
+        let mut config: Config =
+            serde_path_to_error::deserialize(Value::Table(tree)).map_err(|e| {
+                let path = e.path().to_string();
+                Error::Invalid {
+                    key: if path == "." { "config".into() } else { path },
+                    message: e.into_inner().to_string(),
+                }
+            })?;
+        sources::resolve_tokens(&mut config.sources)?;
         config.validate()?;
         Ok(config)
     }
@@ -1118,7 +1123,9 @@ impl Config {
             m.validate_memory(&key)?;
             m.monitor.validate(&key)?;
             m.guard.validate(&key)?;
+            sources::validate_limit(m.guard.rate, m.guard.burst, &|k| key(&format!("guard.{k}")))?;
         }
+        sources::validate(&self.sources)?;
         self.validate_combinations()?;
         Ok(())
     }
@@ -1222,32 +1229,36 @@ fn apply_env(tree: &mut Table, var: &str, rest: &str, value: &str) -> Result<(),
     let mut i = 0;
     while i + 1 < parts.len() {
         let part = &parts[i];
-        if part == "models" {
-            let Some(Value::Array(models)) = table.get_mut("models") else {
-                return Err(err("no [[models]] entries to override".into()));
+        if let Some(kind) = match part.as_str() {
+            "models" => Some("model"),
+            "sources" => Some("source"),
+            _ => None,
+        } {
+            let Some(Value::Array(entries)) = table.get_mut(part.as_str()) else {
+                return Err(err(format!("no [[{part}]] entries to override")));
             };
             let which = &parts[i + 1];
             let pos = which
                 .parse::<usize>()
                 .ok()
-                .filter(|p| *p < models.len())
+                .filter(|p| *p < entries.len())
                 .or_else(|| {
-                    models.iter().position(|m| {
+                    entries.iter().position(|m| {
                         m.get("name")
                             .and_then(Value::as_str)
-                            .is_some_and(|n| n.to_ascii_lowercase().replace('-', "_") == *which)
+                            .is_some_and(|n| env_name(n) == *which)
                     })
                 });
             let Some(pos) = pos else {
-                return Err(err(format!("no model named or numbered `{which}`")));
+                return Err(err(format!("no {kind} named or numbered `{which}`")));
             };
-            let Some(Value::Table(t)) = models.get_mut(pos) else {
-                return Err(err("models entries must be tables".into()));
+            let Some(Value::Table(t)) = entries.get_mut(pos) else {
+                return Err(err(format!("{part} entries must be tables")));
             };
             table = t;
             i += 2;
             if i == parts.len() {
-                return Err(err("name a key inside the model".into()));
+                return Err(err(format!("name a key inside the {kind}")));
             }
             continue;
         }
@@ -1262,12 +1273,31 @@ fn apply_env(tree: &mut Table, var: &str, rest: &str, value: &str) -> Result<(),
     }
     let key = &parts[parts.len() - 1];
     let parsed = match table.get(key) {
-        // A string key stays a string: a token of digits is still a token.
+        // A string key stays a string: a token of digits is still a token
+        // (also one set where the file has none yet).
         Some(Value::String(_)) => Value::String(value.to_owned()),
+        _ if STRING_KEYS.contains(&key.as_str()) => Value::String(value.to_owned()),
         _ => parse_scalar(value),
     };
     table.insert(key.clone(), parsed);
     Ok(())
+}
+
+/// Keys whose value is text whatever it looks like.
+const STRING_KEYS: [&str; 3] = ["name", "token", "token_file"];
+
+/// How an entry's name is spelled in a variable: lowercase (variables are
+/// matched lowercased), anything but a letter or digit as `_`.
+fn env_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A TOML value (number, boolean, array) when the text is one, else a string.

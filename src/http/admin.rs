@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::serving::trainer::SnapshotError;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,6 +46,7 @@ use super::AppState;
 use super::body::parse;
 use super::error::ApiError;
 use super::model_name::{ModelName, SourceName};
+use super::sender::bearer_token;
 
 /// What the admin routes need besides the shared state.
 #[derive(Clone)]
@@ -99,25 +100,8 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if bool::from(presented.ct_eq(state.token.as_bytes())) {
         next.run(request).await
     } else {
-        let mut response = ApiError::Unauthorized.into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
+        ApiError::Unauthorized.into_response()
     }
-}
-
-/// The token of an `Authorization: Bearer <token>` value. The scheme is
-/// case-insensitive (RFC 7235, section 2.1: `bearer`, `BEARER`), and one or
-/// more spaces separate it from the token; anything else is no token.
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic
@@ -305,33 +289,4 @@ async fn readmit(
         "readmitted": true,
     }))
     .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer_token;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("Bearer abc", Some("abc")),
-            ("bearer abc", Some("abc")),
-            ("BEARER abc", Some("abc")),
-            ("Bearer    abc", Some("abc")),
-            ("Bearer abc def", Some("abc def")),
-            ("Bearer", None),
-            ("Bearer ", None),
-            ("Bearerabc", None),
-            ("Basic abc", None),
-            ("abc", None),
-            ("", None),
-        ];
-        for (value, want) in cases {
-            assert_eq!(
-                bearer_token(value.as_bytes()),
-                want.map(str::as_bytes),
-                "{value:?}"
-            );
-        }
-    }
 }

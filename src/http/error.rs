@@ -15,8 +15,16 @@ use crate::serving::idempotency::KeyError;
 use crate::serving::trainer::RollbackError;
 use crate::serving::{JoinError, QueueError};
 
-/// Seconds a client is told to wait after a 429 or 503.
+/// Seconds a client is told to wait after a 429 or 503 (a rate limit
+/// says how long its own wait is).
 const RETRY_AFTER_S: &str = "1";
+
+/// A wait in whole seconds for `Retry-After`: rounded up, at least 1.
+pub fn retry_after_s(wait: &std::time::Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -64,6 +72,28 @@ pub enum ApiError {
     NotReady,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error(
+        "the request names source `{claimed}`, but its token is `{sender}`'s: a token's examples are its own; nothing was accepted"
+    )]
+    SourceMismatch { claimed: String, sender: String },
+    #[error(
+        "source `{source_name}` is over its rate limit ({rate} examples/s, burst {burst}); nothing was accepted, retry after {} s",
+        retry_after_s(.retry_after)
+    )]
+    RateLimited {
+        source_name: String,
+        rate: f64,
+        burst: u32,
+        retry_after: std::time::Duration,
+    },
+    #[error(
+        "the request holds more examples from source `{source_name}` than its burst of {burst}: it can never pass its rate limit ({rate} examples/s); send at most {burst} at once"
+    )]
+    ExceedsBurst {
+        source_name: String,
+        rate: f64,
+        burst: u32,
+    },
     #[error("{0}")]
     Rollback(#[from] RollbackError),
     #[error("{0}")]
@@ -138,6 +168,9 @@ impl ApiError {
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            ApiError::SourceMismatch { .. } => (S::FORBIDDEN, "source_mismatch"),
+            ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::ExceedsBurst { .. } => (S::UNPROCESSABLE_ENTITY, "exceeds_burst"),
             ApiError::Rollback(RollbackError::NoLastGood) => (S::CONFLICT, "no_last_good"),
             ApiError::Rollback(RollbackError::NotRetained { .. }) => {
                 (S::NOT_FOUND, "version_not_retained")
@@ -215,14 +248,40 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(
+        let headers = response.headers_mut();
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, retry_after_s(retry_after).into());
+        } else if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 7235: a 401 names the scheme it wants.
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::retry_after_s;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        for (wait, want) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(10), 10),
+            (Duration::from_nanos(10_000_000_001), 11),
+        ] {
+            assert_eq!(retry_after_s(&wait), want, "{wait:?}");
+        }
     }
 }

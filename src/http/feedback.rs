@@ -19,6 +19,19 @@
 //! body is read; beyond `server.feedback_concurrency` admitted requests it
 //! answers 429 `feedback_overloaded` (`Retry-After`) with its body
 //! discarded unparsed, so nothing of it is applied.
+//!
+//! Who sent it is settled before that, from the headers (`http::sender`):
+//! with `[[sources]]` configured a request needs a bearer token, and its
+//! examples' source is the token's name; a `source` in the body (batch or
+//! example) or an `X-Eddy-Source` header naming anyone else is refused
+//! whole with 403 `source_mismatch` (naming the same source is fine).
+//! Without `[[sources]]`, sources are self-declared. Each source's rate
+//! limit (`serving::sources`, in examples) is charged last, once the
+//! request has passed every check, the join and the queue reservation, so
+//! a request refused for any of those costs no quota; a charge whose log
+//! append then fails is given back. Over the limit: 429 `rate_limited`
+//! with `Retry-After`; more examples from one source than its burst: 422
+//! `exceeds_burst`. Nothing of either is applied.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -39,12 +52,14 @@ use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
 use crate::serving::ingest::Admission;
 use crate::serving::queue::Prescored;
+use crate::serving::sources::{Credential, RateRefusal, Shortfall};
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
 
 use super::AppState;
 use super::body::{JsonBody, parse};
 use super::error::{ApiError, ItemError};
 use super::model_name::ModelName;
+use super::sender::Sender;
 
 /// Header of a request the client may retry: a retry answers the first
 /// 202 without training the examples again.
@@ -97,6 +112,7 @@ enum Input<'a> {
 pub async fn feedback(
     State(state): State<AppState>,
     ModelName(model): ModelName,
+    Sender(sender): Sender,
     headers: HeaderMap,
     body: FeedbackBody,
 ) -> Result<Response, ApiError> {
@@ -110,7 +126,7 @@ pub async fn feedback(
             state
                 .ingest
                 .run(admission, move || {
-                    ingest(&job_state, &job_runtime, &headers, &body)
+                    ingest(&job_state, &job_runtime, sender.as_deref(), &headers, &body)
                 })
                 .await
                 .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string())))
@@ -208,11 +224,18 @@ async fn answer(n: usize, replayed: bool, durable: Option<Durable>) -> Result<Re
 fn ingest(
     state: &AppState,
     runtime: &ModelRuntime,
+    sender: Option<&Credential>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Ingested, ApiError> {
+    // The sender is part of what a retry must repeat: its credential when
+    // it has one, else the source its header names.
+    let who = match sender {
+        Some(c) => Some(c.name.as_bytes()),
+        None => headers.get(SOURCE_HEADER).map(HeaderValue::as_bytes),
+    };
     let key = match idempotency_key(headers)?
-        .map(|k| begin(runtime, k, body, headers.get(SOURCE_HEADER)))
+        .map(|k| begin(runtime, k, body, who))
         .transpose()?
     {
         Some(Keyed::Acknowledged(n, end)) => {
@@ -222,7 +245,7 @@ fn ingest(
         Some(Keyed::New(record)) => Some(record),
         None => None,
     };
-    let accepted = accept(state, runtime, headers, body, key.as_ref());
+    let accepted = accept(state, runtime, sender, headers, body, key.as_ref());
     if let Some(record) = &key {
         // Once appended and queued the examples are trained: a retry gets
         // this answer (also if the client goes before the fsync), once the
@@ -280,14 +303,14 @@ fn begin(
     runtime: &ModelRuntime,
     key: &[u8],
     body: &[u8],
-    source: Option<&axum::http::HeaderValue>,
+    source: Option<&[u8]>,
 ) -> Result<Keyed, ApiError> {
     if runtime.stats.recovering.load(Ordering::Acquire) {
         return Err(ApiError::NotReady);
     }
     // The request is its body and the sender the header names.
     let mut hasher = blake3::Hasher::new();
-    hasher.update(source.map_or(&[][..], |s| s.as_bytes()));
+    hasher.update(source.unwrap_or_default());
     hasher.update(&[0]);
     hasher.update(body);
     let hash = *hasher.finalize().as_bytes();
@@ -308,20 +331,36 @@ fn begin(
 fn accept(
     state: &AppState,
     runtime: &ModelRuntime,
+    sender: Option<&Credential>,
     headers: &HeaderMap,
     body: &[u8],
     key: Option<&KeyRecord>,
 ) -> Result<(usize, Option<Durable>), ApiError> {
-    let header_source = match headers.get(SOURCE_HEADER) {
+    let header = headers.get(SOURCE_HEADER);
+    if let (Some(sender), Some(v)) = (sender, header) {
+        sender_only(sender, &String::from_utf8_lossy(v.as_bytes()))?;
+    }
+    let header_source = match header {
         Some(v) => Some(source(v.to_str().map_err(|_| {
             ApiError::InvalidRequest("X-Eddy-Source is not valid text".into())
         })?)?),
         None => None,
     };
     let request: FeedbackRequest = parse(body)?;
-    let batch_source = match &request.source {
-        Some(s) => Some(source(s)?),
-        None => header_source,
+    if let Some(sender) = sender {
+        let named = request
+            .examples
+            .iter()
+            .flatten()
+            .filter_map(|e| e.source.as_deref());
+        for claimed in request.source.as_deref().into_iter().chain(named) {
+            sender_only(sender, claimed)?;
+        }
+    }
+    let batch_source = match (sender, &request.source) {
+        (Some(sender), _) => Some(Arc::clone(&sender.name)),
+        (None, Some(s)) => Some(source(s)?),
+        (None, None) => header_source,
     };
     let accepted = match request.examples {
         Some(examples) => {
@@ -344,7 +383,7 @@ fn accept(
                     Err(e) => errors.push(e.item(i)),
                 }
             }
-            enqueue(state, runtime, checked, errors, true, key)?
+            enqueue(state, runtime, sender, checked, errors, true, key)?
         }
         None => {
             let one = ExampleIn {
@@ -354,10 +393,30 @@ fn accept(
                 source: None,
             };
             let checked = check(runtime, &one, &batch_source)?;
-            enqueue(state, runtime, vec![(0, checked)], Vec::new(), false, key)?
+            enqueue(
+                state,
+                runtime,
+                sender,
+                vec![(0, checked)],
+                Vec::new(),
+                false,
+                key,
+            )?
         }
     };
     Ok(accepted)
+}
+
+/// Refuses a source a credentialed request names that is not its own
+/// (403 `source_mismatch`).
+fn sender_only(sender: &Credential, claimed: &str) -> Result<(), ApiError> {
+    if claimed == sender.name.as_ref() {
+        return Ok(());
+    }
+    Err(ApiError::SourceMismatch {
+        claimed: claimed.to_owned(),
+        sender: sender.name.to_string(),
+    })
 }
 
 /// A client-chosen source, checked (`http::source`).
@@ -412,6 +471,7 @@ fn check<'a>(
 fn enqueue(
     state: &AppState,
     runtime: &ModelRuntime,
+    sender: Option<&Credential>,
     checked: Vec<(usize, Checked<'_>)>,
     mut errors: Vec<ItemError>,
     is_batch: bool,
@@ -458,6 +518,13 @@ fn enqueue(
     let claimed = joins.map(|joins| joins.unlock());
     let n = checked.len();
     let reservation = runtime.queue.reserve(n)?;
+    // Charged last, so a request refused by any check above costs no
+    // quota; `charge` dropped before its commit (a failed append) gives
+    // the examples back.
+    let charge = state
+        .sources
+        .charge(&runtime.name, sender, &by_source(&checked))
+        .map_err(rate_refused)?;
     let now = SystemTime::now();
     let instruments = state.metrics.model(&runtime.name);
     let mut items = Vec::with_capacity(n);
@@ -509,6 +576,7 @@ fn enqueue(
         runtime.keys.appended(&key.key, position, n);
     }
     let durable = log.keeps_records().then(|| log.durable(appended.end));
+    charge.commit();
     if let Some(claimed) = claimed {
         claimed.commit();
     }
@@ -516,6 +584,40 @@ fn enqueue(
         i.feedback_accepted.inc_by(n as u64);
     }
     Ok((n, durable))
+}
+
+/// The request's sources with their example counts, in order of first
+/// appearance (`None`: examples without a source).
+fn by_source<'c>(checked: &'c [(usize, Checked<'_>)]) -> Vec<(Option<&'c str>, u32)> {
+    let mut groups: Vec<(Option<&str>, u32)> = Vec::new();
+    let mut index: rustc_hash::FxHashMap<Option<&str>, usize> = Default::default();
+    for (_, c) in checked {
+        let source = c.source.as_deref();
+        let i = *index.entry(source).or_insert_with(|| {
+            groups.push((source, 0));
+            groups.len() - 1
+        });
+        groups[i].1 = groups[i].1.saturating_add(1);
+    }
+    groups
+}
+
+/// A rate limit's refusal as the client sees it.
+fn rate_refused(r: RateRefusal) -> ApiError {
+    let source_name = r.source.to_string();
+    match r.shortfall {
+        Shortfall::Wait(retry_after) => ApiError::RateLimited {
+            source_name,
+            rate: r.limit.rate,
+            burst: r.limit.burst,
+            retry_after,
+        },
+        Shortfall::ExceedsBurst { burst } => ApiError::ExceedsBurst {
+            source_name,
+            rate: r.limit.rate,
+            burst,
+        },
+    }
 }
 
 /// Scores accepted examples against the live and last-good versions here,

@@ -19,6 +19,7 @@ pub mod model_name;
 pub mod models;
 pub mod predict;
 pub mod refusals;
+pub mod sender;
 pub mod source;
 
 use std::any::Any;
@@ -41,6 +42,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::{ListenerLimits, ServerConfig};
 use crate::metrics::{HttpLabels, Metrics, RouteLabel};
 use crate::serving::ingest::IngestPool;
+use crate::serving::sources::FeedbackSources;
 use crate::serving::{ModelRuntime, Registry};
 
 use admission::Admission;
@@ -67,6 +69,9 @@ pub struct Shared {
     /// The feedback threads and their admission limit: feedback work runs
     /// there, not on the runtime threads that answer predict.
     pub ingest: IngestPool,
+    /// Feedback credentials and per-source rate limits (their state is
+    /// behind their own locks and atomics).
+    pub sources: Arc<FeedbackSources>,
 }
 
 impl AppState {
@@ -75,8 +80,11 @@ impl AppState {
         max_body_bytes: usize,
         max_batch_instances: usize,
         ingest: IngestPool,
+        sources: FeedbackSources,
     ) -> Self {
-        let metrics = Metrics::new(registry.iter().cloned().collect());
+        let sources = Arc::new(sources);
+        let mut metrics = Metrics::new(registry.iter().cloned().collect());
+        metrics.register_sources(Arc::clone(&sources));
         Self(Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
@@ -84,6 +92,7 @@ impl AppState {
             max_batch_instances,
             metrics,
             ingest,
+            sources,
         }))
     }
 

@@ -23,18 +23,24 @@ pub const MAX_SOURCE_LEN: usize = 128;
 
 /// The source as the trainer and the metrics will carry it, or why not.
 pub fn source_name(s: &str) -> Result<Arc<str>, ApiError> {
-    if s.is_empty() || s.len() > MAX_SOURCE_LEN {
-        return Err(ApiError::InvalidRequest(format!(
-            "source must be 1 to {MAX_SOURCE_LEN} bytes"
-        )));
+    match name_problem(s) {
+        Some(problem) => Err(ApiError::InvalidRequest(problem)),
+        None => Ok(Arc::from(s)),
     }
-    if let Some(c) = s.chars().find(|&c| unsafe_in_source(c)) {
-        return Err(ApiError::InvalidRequest(format!(
+}
+
+/// Why `s` cannot be a source name, if it cannot: the one rule for names
+/// clients send and names `[[sources]]` configures.
+pub fn name_problem(s: &str) -> Option<String> {
+    if s.is_empty() || s.len() > MAX_SOURCE_LEN {
+        return Some(format!("source must be 1 to {MAX_SOURCE_LEN} bytes"));
+    }
+    s.chars().find(|&c| unsafe_in_source(c)).map(|c| {
+        format!(
             "source must not contain control, line-separator or bidirectional-override characters (found U+{:04X})",
             u32::from(c)
-        )));
-    }
-    Ok(Arc::from(s))
+        )
+    })
 }
 
 /// Characters that could break a metrics or log line, or hide or reorder

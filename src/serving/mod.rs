@@ -11,6 +11,7 @@ pub mod log_record;
 pub mod monitor;
 pub mod queue;
 pub mod registry;
+pub mod sources;
 pub mod store;
 pub mod trainer;
 

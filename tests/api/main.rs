@@ -20,5 +20,6 @@ mod overload;
 mod progressive;
 mod restart;
 mod safety;
+mod sources;
 mod streams;
 mod tidy;
