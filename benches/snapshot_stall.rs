@@ -65,6 +65,7 @@ fn main() {
             )),
             live: store.live(),
             commands,
+            guard: None,
             events: Arc::default(),
             clock: clock.clone(),
             journal: queue.log().clone(),

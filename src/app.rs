@@ -34,6 +34,8 @@ use crate::serving::events::EventLog;
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::ingest::IngestPool;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
+use crate::learn::guard::Schema;
+use crate::serving::guard::{Guard, GuardState};
 use crate::serving::sources::FeedbackSources;
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
 use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
@@ -129,8 +131,17 @@ impl App {
                 }
             };
             let has_state = part.is_some();
+            let mut guard_state: Option<GuardState> = None;
             let state: Option<(TrainerState, Vec<(String, Learner)>)> = part
                 .map(|part| {
+                    if let Some(bytes) = &part.guard {
+                        guard_state = Some(GuardState::decode(bytes).map_err(|e| {
+                            anyhow::anyhow!(
+                                "model {}: the snapshot's guard state cannot be read: {e}",
+                                m.name
+                            )
+                        })?);
+                    }
                     postcard::from_bytes::<TrainerState>(&part.state)
                         .map(|s| (s, part.learners))
                         .with_context(|| {
@@ -182,8 +193,16 @@ impl App {
                 let (s, _) = state
                     .as_ref()
                     .map_or((None, None), |(s, _)| (Some(s), s.monitor.as_ref()));
+                let mut waiting = guard_state
+                    .as_ref()
+                    .map(|g| g.waiting.clone())
+                    .unwrap_or_default();
+                waiting.sort_unstable();
                 Recovery {
-                    from: s.map_or(meta.feedback_position, Trainer::log_from_state),
+                    from: s.map_or(meta.feedback_position, |s| {
+                        Trainer::log_from_state(s, guard_state.as_ref())
+                    }),
+                    waiting,
                     next_example,
                     applied: s.map_or(0, |s| s.applied),
                     trained_position: s.map_or(meta.feedback_position, |s| s.trained_position),
@@ -246,6 +265,13 @@ impl App {
                 // Readable before the trainer thread starts.
                 stats.monitor.store(Arc::new(monitor.report()));
             }
+            let guard = m.guard.enabled.then(|| match guard_state {
+                Some(state) => Guard::restore(&m.guard, m.task, state),
+                None => Guard::new(&m.guard, m.task),
+            });
+            if let Some(guard) = &guard {
+                stats.guard.store(Arc::new(guard.report()));
+            }
             let events = Arc::new(EventLog::default());
             trainers.push(Trainer::new(TrainerParts {
                 model: name.clone(),
@@ -271,6 +297,7 @@ impl App {
                 live,
                 commands,
                 monitor,
+                guard,
                 events: events.clone(),
                 clock: clock.clone(),
                 journal: log,
@@ -286,6 +313,8 @@ impl App {
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity, m.join.max_bytes),
                 keys,
+                schema: (m.guard.enabled && !m.guard.features.is_empty())
+                    .then(|| Schema::new(&m.guard.features, m.guard.unknown_features)),
                 stats,
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 trainer: commands_tx,

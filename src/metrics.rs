@@ -36,6 +36,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    pub model: String,
+    pub reason: String,
+    pub source: String,
+}
+
 /// Labels are static strings so that counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -744,9 +751,111 @@ impl ModelCollector {
     }
 }
 
+impl ModelCollector {
+    /// The ingestion guard's families: quarantine by reason and source
+    /// (sources bounded by `guard.max_sources`), releases, drops, waiting
+    /// examples and flagged sources.
+    fn encode_guard(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let reports: Vec<_> = self
+            .models
+            .iter()
+            .map(|m| (m.name.to_string(), m.stats.guard.load_full()))
+            .filter(|(_, r)| r.enabled)
+            .collect();
+        let mut quarantined = Vec::new();
+        let mut flagged = Vec::new();
+        let mut dropped = Vec::new();
+        let mut gauges: [Vec<(ModelLabel, ConstGauge<i64>)>; 3] = Default::default();
+        let mut released = Vec::new();
+        for (model, r) in &reports {
+            for q in &r.quarantined_total {
+                let labels = QuarantineLabels {
+                    model: model.clone(),
+                    reason: q.reason.as_str().to_owned(),
+                    source: q.source.clone(),
+                };
+                quarantined.push((labels, ConstCounter::new(q.examples)));
+            }
+            for source in &r.flagged_sources {
+                let labels = SourceLabels {
+                    model: model.clone(),
+                    source: source.clone(),
+                };
+                flagged.push((labels, ConstGauge::new(1i64)));
+            }
+            for (cause, n) in [("operator", r.dropped_total), ("evicted", r.quarantine_evicted)] {
+                let labels = ReasonLabels {
+                    model: model.clone(),
+                    reason: cause.to_owned(),
+                };
+                dropped.push((labels, ConstCounter::new(n)));
+            }
+            let labels = ModelLabel {
+                model: model.clone(),
+            };
+            released.push((labels.clone(), ConstCounter::new(r.released_total)));
+            gauges[0].push((labels.clone(), ConstGauge::new(r.quarantined as i64)));
+            gauges[1].push((labels.clone(), ConstGauge::new(r.quarantine_bytes as i64)));
+            gauges[2].push((labels, ConstGauge::new(r.waiting as i64)));
+        }
+        labelled(
+            e,
+            "quarantine_examples",
+            "Feedback examples the ingestion guard quarantined instead of training, by reason (schema, outlier, label, influence, blamed) and source (sources beyond guard.max_sources fold into `other`)",
+            MetricType::Counter,
+            quarantined,
+        )?;
+        labelled(
+            e,
+            "quarantine_released",
+            "Quarantined examples an operator released into training",
+            MetricType::Counter,
+            released,
+        )?;
+        labelled(
+            e,
+            "quarantine_dropped",
+            "Quarantined examples dropped, by cause: operator, or evicted (the quarantine's bounds)",
+            MetricType::Counter,
+            dropped,
+        )?;
+        let [held, bytes, waiting] = gauges;
+        labelled(
+            e,
+            "quarantine_held",
+            "Examples in quarantine now",
+            MetricType::Gauge,
+            held,
+        )?;
+        labelled(
+            e,
+            "quarantine_held_bytes",
+            "Bytes the quarantined examples are charged (guard.quarantine.max_bytes bounds it)",
+            MetricType::Gauge,
+            bytes,
+        )?;
+        labelled(
+            e,
+            "guard_waiting",
+            "Examples waiting for their source's share of training (guard.influence)",
+            MetricType::Gauge,
+            waiting,
+        )?;
+        labelled(
+            e,
+            "source_flagged",
+            "1 for each source label sanity flags now (its examples are quarantined)",
+            MetricType::Gauge,
+            flagged,
+        )?;
+        Ok(())
+    }
+}
+
 impl Collector for ModelCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_safety(&mut e)?;
+        self.encode_guard(&mut e)?;
         let count = |f: fn(&ModelRuntime) -> u64| move |m: &ModelRuntime| ConstCounter::new(f(m));
         self.family(
             &mut e,

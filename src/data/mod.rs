@@ -12,6 +12,7 @@
 pub mod csv;
 pub mod input;
 pub mod jsonl;
+pub mod kept_out;
 pub mod stream;
 
 pub use input::{Format, Input};

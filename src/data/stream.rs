@@ -300,6 +300,8 @@ impl Pass {
             message: e.to_string(),
         };
         let rows = self.hasher.rows() as u64;
+        // What the server quarantined and never released is not learned.
+        let kept_out = super::kept_out::kept_out(dir).map_err(io)?;
         for record in crate::persist::wal::read_dir(dir).map_err(io)? {
             if self.gone {
                 break;
@@ -314,6 +316,7 @@ impl Pass {
             let fb = match crate::serving::log_record::decode(&bytes, position) {
                 // The trainer's own decisions are not examples.
                 Ok(Record::Step(_)) => continue,
+                Ok(Record::Feedback(_, _)) if kept_out.contains(&position) => continue,
                 Ok(Record::Feedback(fb, _)) => Ok(fb),
                 Err(e) => Err(format!("log record {position}: {e}")),
             };

@@ -16,6 +16,8 @@
 //!   last.
 //! - `POST /admin/models/{model}/sources/{source}/readmit`: train a blamed
 //!   source's feedback again.
+//! - `/admin/models/{model}/quarantine` (list), `.../quarantine/release`,
+//!   `.../quarantine/drop`: see `quarantine`.
 //!
 //! Every `/admin` route needs `Authorization: Bearer <admin.token>` (the
 //! scheme in any case, RFC 7235), compared in constant time; without it
@@ -75,6 +77,18 @@ pub fn admin_router(state: AdminState) -> Router {
         .route(
             "/admin/models/{model}/sources/{source}/readmit",
             post(readmit),
+        )
+        .route(
+            "/admin/models/{model}/quarantine",
+            get(super::quarantine::list),
+        )
+        .route(
+            "/admin/models/{model}/quarantine/release",
+            post(super::quarantine::release),
+        )
+        .route(
+            "/admin/models/{model}/quarantine/drop",
+            post(super::quarantine::drop),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -179,7 +193,7 @@ async fn snapshot_now(
 /// A command given up on this way is dropped unanswered if the trainer
 /// has not started it yet (it checks that its requester is still there).
 /// A trainer that is gone means the server is shutting down.
-async fn ask<T>(
+pub(super) async fn ask<T>(
     state: &AdminState,
     runtime: &ModelRuntime,
     command: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> TrainerCommand,

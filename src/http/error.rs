@@ -100,6 +100,8 @@ pub enum ApiError {
     SnapshotDeferred(String),
     #[error("source `{0}` is not blamed")]
     SourceNotBlamed(String),
+    #[error("model `{0}` has no ingestion guard ([models.guard] enabled = false), so nothing is quarantined")]
+    GuardDisabled(String),
     #[error("{0}")]
     IdempotencyKey(#[from] crate::serving::idempotency::KeyError),
     #[error("feedback cannot be stored: {0}; nothing was accepted")]
@@ -180,6 +182,7 @@ impl ApiError {
                 (S::INTERNAL_SERVER_ERROR, "rollback_failed")
             }
             ApiError::SourceNotBlamed(_) => (S::NOT_FOUND, "source_not_blamed"),
+            ApiError::GuardDisabled(_) => (S::CONFLICT, "guard_disabled"),
             ApiError::SnapshotDeferred(_) => (S::CONFLICT, "gate_holding"),
             ApiError::Storage(_) | ApiError::NotDurable(_) => {
                 (S::INSUFFICIENT_STORAGE, "insufficient_storage")

@@ -102,6 +102,8 @@ struct Checked<'a> {
     input: Input<'a>,
     target: Target,
     source: Option<Arc<str>>,
+    /// How inline features broke the declared schema (quarantined).
+    schema: Option<Arc<str>>,
 }
 
 enum Input<'a> {
@@ -435,8 +437,13 @@ fn check<'a>(
         .as_ref()
         .ok_or_else(|| ApiError::InvalidRequest("missing `label`".into()))?;
     let target = runtime.space.target(label)?;
+    let mut schema = None;
     let input = match (&ex.features, &ex.prediction_id) {
-        (Some(f), None) => Input::Inline(runtime.hasher.hash(f)?),
+        (Some(f), None) => {
+            let x = runtime.hasher.hash(f)?;
+            schema = runtime.schema_violation(f);
+            Input::Inline(x)
+        }
         (None, Some(id)) => Input::Joined(id.as_ref()),
         (Some(_), Some(_)) => {
             return Err(ApiError::InvalidRequest(
@@ -457,6 +464,7 @@ fn check<'a>(
         input,
         target,
         source,
+        schema,
     })
 }
 
@@ -529,8 +537,8 @@ fn enqueue(
     let instruments = state.metrics.model(&runtime.name);
     let mut items = Vec::with_capacity(n);
     for ((_, c), claim) in checked.into_iter().zip(&claims) {
-        let (features, prediction) = match (c.input, claim, claimed.as_ref()) {
-            (Input::Inline(x), _, _) => (x, None),
+        let (features, prediction, schema) = match (c.input, claim, claimed.as_ref()) {
+            (Input::Inline(x), _, _) => (x, None, c.schema),
             (Input::Joined(_), Some(claim), Some(claimed)) => {
                 let p = claimed
                     .get(*claim)
@@ -544,7 +552,7 @@ fn enqueue(
                     version: p.version,
                     predicted_at: p.predicted_at,
                 };
-                (p.features.clone(), Some(at))
+                (p.features.clone(), Some(at), p.schema.clone())
             }
             (Input::Joined(_), _, _) => {
                 return Err(ApiError::Internal("unchecked prediction id".into()));
@@ -558,6 +566,7 @@ fn enqueue(
             received_at: now,
             scored: None,
             position: 0,
+            schema,
         });
     }
     prescore(runtime, &mut items);

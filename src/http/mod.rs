@@ -18,6 +18,7 @@ pub mod listener;
 pub mod model_name;
 pub mod models;
 pub mod predict;
+pub mod quarantine;
 pub mod refusals;
 pub mod sender;
 pub mod source;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::learn::{OptimizerConfig, TaskKind};
 use crate::serving::ModelRuntime;
+use crate::serving::guard::GuardReport;
 use crate::serving::monitor::MonitorReport;
 
 use super::AppState;
@@ -52,6 +53,8 @@ pub struct ModelInfo<'a> {
     /// examples.
     quality: Quality,
     monitor: Monitor,
+    /// The ingestion guard's decisions (`enabled: false` without one).
+    guard: GuardReport,
 }
 
 #[derive(Serialize)]
@@ -140,6 +143,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
             gate_holds: count(&m.stats.gate_holds),
             excluded_examples: count(&m.stats.excluded),
         },
+        guard: GuardReport::clone(&m.stats.guard.load()),
     }
 }
 

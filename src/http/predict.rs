@@ -89,7 +89,8 @@ pub async fn predict(
                 (live.version, live.params.predict(&x))
             };
             let space = &*runtime.space;
-            let id = remember(&runtime.joins, x, version);
+            let schema = runtime.schema_violation(&features);
+            let id = remember(&runtime.joins, x, version, schema);
             let mut one = render(space, out, id);
             one.model = Some(&runtime.name);
             one.model_version = Some(version);
@@ -109,7 +110,7 @@ pub async fn predict(
             let mut errors = Vec::new();
             for (i, inst) in instances.iter().enumerate() {
                 match hasher.hash(&inst.features) {
-                    Ok(x) => xs.push(x),
+                    Ok(x) => xs.push((x, runtime.schema_violation(&inst.features))),
                     Err(e) => errors.push(ApiError::from(e).item(i)),
                 }
             }
@@ -118,14 +119,16 @@ pub async fn predict(
             }
             // One version for the whole batch: load once.
             let live = runtime.store.live();
-            let outs: Vec<Output> = xs.iter().map(|x| live.params.predict(x)).collect();
+            let outs: Vec<Output> = xs.iter().map(|(x, _)| live.params.predict(x)).collect();
             let version = live.version;
             drop(live);
             let space = &*runtime.space;
             let predictions = xs
                 .into_iter()
                 .zip(outs)
-                .map(|(x, out)| render(space, out, remember(&runtime.joins, x, version)))
+                .map(|((x, schema), out)| {
+                    render(space, out, remember(&runtime.joins, x, version, schema))
+                })
                 .collect();
             let out = BatchOut {
                 model: &runtime.name,
@@ -146,11 +149,17 @@ pub async fn predict(
     }
 }
 
-fn remember(joins: &crate::serving::JoinCache, features: FeatureVec, version: u64) -> String {
+fn remember(
+    joins: &crate::serving::JoinCache,
+    features: FeatureVec,
+    version: u64,
+    schema: Option<std::sync::Arc<str>>,
+) -> String {
     joins.insert(PendingPrediction {
         features,
         version,
         predicted_at: SystemTime::now(),
+        schema,
     })
 }
 

@@ -49,6 +49,7 @@ const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
 const TRAINER_STATE: &str = "trainer.state";
+const GUARD_STATE: &str = "guard.state";
 
 /// What a snapshot says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +117,10 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct TrainerPart {
     pub state: Vec<u8>,
+    /// The ingestion guard's state (bytes `serving` encodes and reads),
+    /// stored as the tensor `guard.state` (u8); absent in snapshots from
+    /// before the guard, or of a model without one.
+    pub guard: Option<Vec<u8>>,
     pub learners: Vec<(String, Learner)>,
 }
 
@@ -245,6 +250,14 @@ impl Snapshot {
                 vec![trainer.state.len()],
                 trainer.state.clone(),
             ));
+            if let Some(guard) = &trainer.guard {
+                owned.push((
+                    GUARD_STATE.to_owned(),
+                    Dtype::U8,
+                    vec![guard.len()],
+                    guard.clone(),
+                ));
+            }
             for (name, learner) in &trainer.learners {
                 learner_tensors(&format!("{name}."), learner, &mut owned)?;
             }
@@ -342,6 +355,7 @@ impl Snapshot {
                 learners.sort_by(|a, b| a.0.cmp(&b.0));
                 Some(TrainerPart {
                     state: state.data().to_vec(),
+                    guard: st.tensor(GUARD_STATE).ok().map(|t| t.data().to_vec()),
                     learners,
                 })
             }

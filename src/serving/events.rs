@@ -22,6 +22,13 @@ pub enum EventKind {
     SourceBlamed,
     SourceReadmitted,
     SnapshotFailed,
+    /// Label sanity flagged a source: its examples are quarantined.
+    SourceFlagged,
+    SourceCleared,
+    QuarantineReleased,
+    QuarantineDropped,
+    /// The quarantine was over its bounds and dropped its oldest.
+    QuarantineFull,
 }
 
 #[derive(Debug, Clone, Serialize)]

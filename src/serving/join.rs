@@ -51,6 +51,9 @@ pub struct PendingPrediction {
     /// The version that made the prediction.
     pub version: u64,
     pub predicted_at: SystemTime,
+    /// How the features broke the model's declared schema, if they did
+    /// (the feedback that labels it is quarantined).
+    pub schema: Option<std::sync::Arc<str>>,
 }
 
 /// Why a `prediction_id` cannot be labelled.
@@ -489,6 +492,7 @@ mod tests {
             features: FeatureVec::default(),
             version: 3,
             predicted_at: SystemTime::now(),
+            schema: None,
         }
     }
 

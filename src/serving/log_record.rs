@@ -42,7 +42,10 @@ const HAS_PREDICTION: u8 = 1 << 3;
 const HAS_SCORED: u8 = 1 << 4;
 const HAS_CANDIDATE: u8 = 1 << 5;
 const TARGET_VALUE: u8 = 1 << 6;
-const KNOWN_FLAGS: u8 = (1 << 7) - 1;
+/// The example broke the model's declared schema (the guard's verdict
+/// taken on acceptance); the violation follows, as text.
+/// All eight flags are taken: a later optional part needs a new kind.
+const HAS_SCHEMA: u8 = 1 << 7;
 
 /// A record as read back: format 1's postcard examples, and steps.
 #[derive(Deserialize)]
@@ -104,6 +107,7 @@ pub enum DecodeError {
 /// | [source: len varint, UTF-8]  (HAS_SOURCE)
 /// | [prediction: version varint, predicted_at time]  (HAS_PREDICTION)
 /// | [live version varint, scored, base version varint, scored, [candidate version varint, scored]]  (HAS_SCORED, HAS_CANDIDATE)
+/// | [schema violation: len varint, UTF-8]  (HAS_SCHEMA)
 /// time: seconds from the Unix epoch (zigzag varint, negative before it), then nanoseconds forward u32
 /// scored: 0 (wrong) or 1 (correct) u8, log_loss f64 | 2 u8, abs_err f64, sq_err f64
 /// varint: LEB128, 7 bits a byte, least significant first
@@ -188,6 +192,7 @@ impl ExampleEncoder {
             fb.scored.is_some_and(|s| s.candidate.is_some()),
         );
         set(TARGET_VALUE, matches!(fb.target, Target::Value(_)));
+        set(HAS_SCHEMA, fb.schema.is_some());
         out.put([EXAMPLE, flags]);
         // The whole array is copied (a fixed-size copy; `max_len` counts
         // a time at its longest), then only its used bytes are kept.
@@ -243,6 +248,10 @@ impl ExampleEncoder {
                 out.scored(scored);
             }
         }
+        if let Some(violation) = &fb.schema {
+            out.varint(violation.len() as u64);
+            out.slice(violation.as_bytes());
+        }
         out.at
     }
 }
@@ -264,6 +273,7 @@ fn max_len(fb: &Feedback, batch: Option<(u32, Option<&KeyRecord>)>) -> usize {
     len += fb.source.as_ref().map_or(0, |s| VARINT + s.len());
     len += fb.prediction.map_or(0, |_| VARINT + TIME);
     len += fb.scored.map_or(0, |_| 3 * (VARINT + 17));
+    len += fb.schema.as_ref().map_or(0, |s| VARINT + s.len());
     len
 }
 
@@ -444,9 +454,6 @@ impl<'a> Reader<'a> {
 fn decode_example(bytes: &[u8], position: u64) -> Result<Record, DecodeError> {
     let mut r = Reader { rest: bytes };
     let flags = r.u8()?;
-    if flags & !KNOWN_FLAGS != 0 {
-        return Err(DecodeError::Invalid("unknown flags in an example record"));
-    }
     let has = |flag: u8| flags & flag != 0;
     let received_at = r.time()?;
     let target = if has(TARGET_VALUE) {
@@ -540,6 +547,13 @@ fn decode_example(bytes: &[u8], position: u64) -> Result<Record, DecodeError> {
     } else {
         None
     };
+    let schema = if has(HAS_SCHEMA) {
+        let s = std::str::from_utf8(r.prefixed()?)
+            .map_err(|_| DecodeError::Invalid("the schema violation is not UTF-8"))?;
+        Some(Arc::from(s))
+    } else {
+        None
+    };
     if !r.rest.is_empty() {
         return Err(DecodeError::Trailing(r.rest.len()));
     }
@@ -551,6 +565,7 @@ fn decode_example(bytes: &[u8], position: u64) -> Result<Record, DecodeError> {
         received_at,
         scored,
         position,
+        schema,
     };
     Ok(Record::Feedback(Box::new(fb), batch))
 }
@@ -587,6 +602,7 @@ pub fn decode(bytes: &[u8], position: u64) -> Result<Record, DecodeError> {
         received_at: r.received_at,
         scored: r.scored,
         position,
+        schema: None,
     };
     Ok(Record::Feedback(Box::new(fb), batch))
 }
@@ -628,6 +644,7 @@ mod tests {
             version: 7,
             predicted_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(123),
         });
+        fb.schema = Some("feature `x` is 1e-300, below its min 1 ✓".into());
         let Record::Feedback(back, key) = decode(&encode(&fb, None), 9).expect("decodes") else {
             panic!("an example")
         };
@@ -637,6 +654,7 @@ mod tests {
         assert_eq!(back.target, fb.target);
         assert_eq!(back.source, fb.source);
         assert_eq!(back.received_at, fb.received_at);
+        assert_eq!(back.schema, fb.schema);
         assert_eq!(format!("{:?}", back.scored), format!("{:?}", fb.scored));
         assert_eq!(
             format!("{:?}", back.prediction),
@@ -714,6 +732,7 @@ mod tests {
             accepted: 11,
             at: UNIX_EPOCH - Duration::from_secs(1),
         };
+        fb.schema = Some("required feature `a` is missing".into());
         let bytes = encode(&fb, Some((11, Some(&key))));
         assert!(bytes.len() <= max_len(&fb, Some((11, Some(&key)))));
         let Record::Feedback(back, batch) = decode(&bytes, 77).expect("decodes") else {
@@ -751,9 +770,12 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(matches!(decode(&longer, 0), Err(DecodeError::Trailing(1))));
-        let mut unknown = bytes.clone();
-        unknown[1] |= 0x80;
-        assert!(decode(&unknown, 0).is_err(), "unknown flags");
+        let mut mismatched = bytes.clone();
+        mismatched[1] ^= HAS_SCHEMA;
+        assert!(
+            decode(&mismatched, 0).is_err(),
+            "flags that do not match what follows"
+        );
         // A bare example: no batch, source, prediction or scores.
         let bare = Feedback::labelled(FeatureVec::default(), Target::Class(2), None);
         let bytes = encode(&bare, None);

@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod events;
+pub mod guard;
 pub mod idempotency;
 pub mod ingest;
 pub mod join;

@@ -21,7 +21,7 @@ use super::idempotency::KeyRecord;
 use super::log_record;
 
 /// One labelled example accepted for training.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Feedback {
     pub features: FeatureVec,
     pub target: Target,
@@ -34,6 +34,9 @@ pub struct Feedback {
     pub scored: Option<Prescored>,
     /// Its position in the model's feedback log (set when it is appended).
     pub position: u64,
+    /// How its features broke the model's declared schema, checked when it
+    /// was accepted (`[[models.guard.features]]`): it is quarantined.
+    pub schema: Option<Arc<str>>,
 }
 
 /// An example's outcome under the live and last-good versions, taken on
@@ -61,6 +64,7 @@ impl Feedback {
             received_at: SystemTime::now(),
             scored: None,
             position: 0,
+            schema: None,
         }
     }
 }

@@ -39,6 +39,18 @@ pub struct ModelRuntime {
     pub baseline: BaselineHandle,
     /// `Idempotency-Key`s of acknowledged feedback requests.
     pub keys: Arc<super::idempotency::IdempotencyKeys>,
+    /// The declared features (`[[models.guard.features]]`), checked on
+    /// the raw features of predict and feedback; `None` without any, or
+    /// with the guard disabled.
+    pub schema: Option<crate::learn::guard::Schema>,
+}
+
+impl ModelRuntime {
+    /// How `raw` breaks the declared schema, if there is one and it does.
+    pub fn schema_violation(&self, raw: &crate::learn::RawFeatures<'_>) -> Option<Arc<str>> {
+        let schema = self.schema.as_ref()?;
+        schema.check(raw).err().map(|v| Arc::from(v.to_string()))
+    }
 }
 
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@ mod connections;
 mod delayed_labels;
 mod durability;
 mod faults;
+mod guard;
 mod hardening;
 mod helpers;
 mod hostile;

@@ -72,12 +72,11 @@ impl Monitor {
     }
 
     /// Removes examples from blamed sources from `batch` (they are scored,
-    /// never trained); returns how many.
-    pub fn retain_admitted(&mut self, batch: &mut Vec<Feedback>) -> usize {
+    /// never trained) and returns them.
+    pub fn retain_admitted(&mut self, batch: &mut Vec<Feedback>) -> Vec<Feedback> {
         if self.blamed.is_empty() {
-            return 0;
+            return Vec::new();
         }
-        let before = batch.len();
         let admitted: Vec<bool> = batch
             .iter()
             .map(|fb| {
@@ -86,11 +85,14 @@ impl Monitor {
                     .is_none_or(|s| !self.blamed.contains(s))
             })
             .collect();
-        let mut keep = admitted.iter();
-        batch.retain(|_| keep.next().copied().unwrap_or(true));
+        let (kept, excluded): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .zip(admitted.iter())
+            .partition(|(_, admitted)| **admitted);
+        batch.extend(kept.into_iter().map(|(fb, _)| fb));
         let mut keep = admitted.iter();
         self.scored.retain(|_| keep.next().copied().unwrap_or(true));
-        before - batch.len()
+        excluded.into_iter().map(|(fb, _)| fb).collect()
     }
 
     /// Forgets the scores of a minibatch that was not trained.
@@ -99,9 +101,17 @@ impl Monitor {
     }
 
     /// Keeps the (trained) minibatch for replay, blame and the gate.
+    /// An example learned out of log order (one that waited for its
+    /// source's share, or an operator released from quarantine) is not
+    /// kept: the buffer is in log order, which replay and recovery rely
+    /// on. A rollback cannot learn it again, and counts it as lost.
     pub fn remember(&mut self, batch: impl Iterator<Item = Feedback>) {
         let base_version = self.last_good.version;
         for (fb, (base, trusted, position)) in batch.zip(self.scored.drain(..)) {
+            if self.buffer.back().is_some_and(|e| e.position >= position) {
+                self.lost_since_last_good += 1;
+                continue;
+            }
             self.buffer.push_back(Entry {
                 fb,
                 base_version,

@@ -165,6 +165,9 @@ impl ReplayBuffer {
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
     pub blamed: Vec<Blame>,
+    /// The blamed sources' examples since last-good, taken out of the
+    /// model (for the guard's quarantine).
+    pub blamed_examples: Vec<Feedback>,
     /// Examples since last-good learned again.
     pub replayed: usize,
     /// Examples since last-good not learned again.
@@ -193,6 +196,7 @@ impl Monitor {
         if replay {
             let blamed_set = &self.blamed;
             let mut i = 0usize;
+            let taken = &mut recovery.blamed_examples;
             self.buffer.retain(|e| {
                 // Entries before `start` are already in last-good.
                 let keep = i < start
@@ -200,6 +204,9 @@ impl Monitor {
                         .source
                         .as_deref()
                         .is_none_or(|s| !blamed_set.contains(s));
+                if !keep {
+                    taken.push(e.fb.clone());
+                }
                 i += 1;
                 keep
             });

@@ -1,6 +1,8 @@
 //! Admin requests the trainer answers on its own thread: snapshot, pause,
-//! resume, rollback (to last-good or a retained snapshot), readmit.
+//! resume, rollback (to last-good or a retained snapshot), readmit, and
+//! the quarantine's listing, release and drop.
 
+use super::super::guard::{Held, Selector};
 use super::steps::{Applied, Step};
 use super::*;
 
@@ -26,6 +28,33 @@ pub enum TrainerCommand {
         source: String,
         reply: oneshot::Sender<bool>,
     },
+    /// A page of the quarantine: up to `limit` examples `selector` matches
+    /// after position `after`; `None` without a guard.
+    ListQuarantine {
+        selector: Selector,
+        after: Option<u64>,
+        limit: usize,
+        reply: oneshot::Sender<Option<QuarantinePage>>,
+    },
+    /// Releases the examples `selector` matches into training; answers how
+    /// many (`None` without a guard).
+    Release {
+        selector: Selector,
+        reply: oneshot::Sender<Option<usize>>,
+    },
+    /// Drops them; answers how many.
+    Drop {
+        selector: Selector,
+        reply: oneshot::Sender<Option<usize>>,
+    },
+}
+
+/// One page of the quarantine, for the admin API.
+#[derive(Debug)]
+pub struct QuarantinePage {
+    pub examples: Vec<Held>,
+    pub total: usize,
+    pub next: Option<u64>,
 }
 
 impl TrainerCommand {
@@ -37,6 +66,10 @@ impl TrainerCommand {
             TrainerCommand::Pause(reply) | TrainerCommand::Resume(reply) => reply.is_closed(),
             TrainerCommand::Rollback { reply, .. } => reply.is_closed(),
             TrainerCommand::Readmit { reply, .. } => reply.is_closed(),
+            TrainerCommand::ListQuarantine { reply, .. } => reply.is_closed(),
+            TrainerCommand::Release { reply, .. } | TrainerCommand::Drop { reply, .. } => {
+                reply.is_closed()
+            }
         }
     }
 }
@@ -153,6 +186,45 @@ impl Trainer {
                     return;
                 };
                 let _ = reply.send(readmitted);
+            }
+            TrainerCommand::ListQuarantine {
+                selector,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self.guard.as_ref().map(|g| {
+                    let page = g.quarantine().page(&selector, after, limit);
+                    QuarantinePage {
+                        examples: page.examples.into_iter().map(|(_, h)| h.clone()).collect(),
+                        total: page.total,
+                        next: page.next,
+                    }
+                });
+                let _ = reply.send(page);
+            }
+            TrainerCommand::Release { selector, reply } => {
+                if self.guard.is_none() {
+                    let _ = reply.send(None);
+                    return;
+                }
+                let Applied::Released(n) = self.take(Step::Release { selector }, &mut Vec::new())
+                else {
+                    return;
+                };
+                self.refresh_report();
+                let _ = reply.send(Some(n));
+            }
+            TrainerCommand::Drop { selector, reply } => {
+                if self.guard.is_none() {
+                    let _ = reply.send(None);
+                    return;
+                }
+                let Applied::Dropped(n) = self.take(Step::Drop { selector }, &mut Vec::new()) else {
+                    return;
+                };
+                self.refresh_report();
+                let _ = reply.send(Some(n));
             }
         }
     }

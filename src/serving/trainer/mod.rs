@@ -51,6 +51,7 @@ use crate::persist::{Snapshot, SnapshotFile, SnapshotMeta, SnapshotStore};
 
 use super::clock::SharedClock;
 use super::events::{Event, EventKind, EventLog};
+use super::guard::Guard;
 use super::monitor::{
     Checkpoint, Detection, GateVerdict, Monitor, MonitorReport, Trigger, WindowOutcome,
 };
@@ -67,7 +68,7 @@ mod steps;
 mod writer;
 
 use cadence::Cadence;
-pub use commands::{RollbackError, RolledBack, SnapshotError, TrainerCommand};
+pub use commands::{QuarantinePage, RollbackError, RolledBack, SnapshotError, TrainerCommand};
 pub use replay::Recovery;
 pub use snapshots::{SnapshotPolicy, Unsaved, epoch_ms};
 pub use stats::{Timings, TrainingStats};
@@ -91,6 +92,8 @@ pub struct Trainer {
     commands: mpsc::Receiver<TrainerCommand>,
     /// `None` when `[models.monitor] enabled = false`.
     monitor: Option<Monitor>,
+    /// `None` when `[models.guard] enabled = false`.
+    guard: Option<Guard>,
     events: Arc<EventLog>,
     /// Log position the working copy includes (after its last example).
     trained_position: u64,
@@ -143,6 +146,7 @@ pub struct TrainerParts {
     pub live: Arc<ModelVersion>,
     pub commands: mpsc::Receiver<TrainerCommand>,
     pub monitor: Option<Monitor>,
+    pub guard: Option<Guard>,
     pub events: Arc<EventLog>,
     pub clock: SharedClock,
     /// The model's feedback log (the queue's).
@@ -217,6 +221,7 @@ impl Trainer {
             live: parts.live,
             commands: parts.commands,
             monitor: parts.monitor,
+            guard: parts.guard,
             events: parts.events,
             held: Vec::new(),
             cadence: Cadence::new(now),
@@ -264,6 +269,7 @@ impl Trainer {
             live,
             commands,
             monitor,
+            guard: m.guard.enabled.then(|| Guard::new(&m.guard, m.task)),
             events: Arc::default(),
             clock,
             journal: queue.log().clone(),
@@ -287,6 +293,11 @@ impl Trainer {
 
     pub fn events(&self) -> &Arc<EventLog> {
         &self.events
+    }
+
+    /// The ingestion guard, when the model has one.
+    pub fn guard(&self) -> Option<&Guard> {
+        self.guard.as_ref()
     }
 
     /// Examples taken while learning was paused, kept for the resume.
@@ -455,6 +466,9 @@ impl Trainer {
     fn refresh_report(&self) {
         if let Some(m) = &self.monitor {
             self.stats.monitor.store(Arc::new(m.report()));
+        }
+        if let Some(g) = &self.guard {
+            self.stats.guard.store(Arc::new(g.report()));
         }
     }
 

@@ -65,9 +65,19 @@ impl Trainer {
             return;
         };
         let from = self.live.version;
-        let recovery = monitor.recover(&mut self.learner);
+        let mut recovery = monitor.recover(&mut self.learner);
         let last_good = monitor.last_good().version;
         let mode = monitor.on_degrade();
+        if let Some(guard) = &mut self.guard {
+            let at_us = super::steps::micros(at);
+            for fb in recovery.blamed_examples.drain(..) {
+                let detail = format!(
+                    "learned before its source {:?} was blamed for a rollback; taken out of the model (readmit the source, then release these)",
+                    fb.source.as_deref().unwrap_or_default()
+                );
+                guard.hold(fb, super::super::guard::Reason::Blamed, detail, at_us);
+            }
+        }
         for b in &recovery.blamed {
             self.events.push(
                 Event::new(

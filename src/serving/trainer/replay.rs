@@ -35,6 +35,9 @@ pub struct Recovery {
     pub exact: bool,
     /// Positions of the examples held while paused.
     pub held: Vec<u64>,
+    /// Positions of the examples waiting for their source's share (the
+    /// guard's), sorted.
+    pub waiting: Vec<u64>,
     /// The monitor's remembered examples, by position, oldest first.
     pub buffer: Vec<EntryState>,
     /// The log's end when it was opened.
@@ -134,6 +137,10 @@ impl Trainer {
                         entries.push((e, *fb));
                     } else if r.held.binary_search(&position).is_ok() {
                         self.held.push(*fb);
+                    } else if r.waiting.binary_search(&position).is_ok()
+                        && let Some(guard) = &mut self.guard
+                    {
+                        guard.restore_waiting(*fb);
                     }
                 }
                 Record::Step(step) => {

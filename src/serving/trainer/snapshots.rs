@@ -41,11 +41,15 @@ impl Trainer {
                 quality,
             )
             .map_err(SnapshotError::Failed)?;
-        if let Some((state, learners)) = state {
-            snapshot.meta.log_from = Some(Self::log_from_state(&state));
+        if let Some((state, guard, learners)) = state {
+            snapshot.meta.log_from = Some(Self::log_from_state(&state, guard.as_ref()));
             snapshot.trainer = Some(TrainerPart {
                 state: postcard::to_stdvec(&state)
                     .map_err(|e| SnapshotError::Failed(e.to_string()))?,
+                guard: guard
+                    .map(|g| g.encode())
+                    .transpose()
+                    .map_err(SnapshotError::Failed)?,
                 learners,
             });
         }

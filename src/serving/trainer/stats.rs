@@ -50,6 +50,8 @@ pub struct TrainingStats {
     pub recovering: AtomicBool,
     /// The monitor's latest report (default: monitor disabled).
     pub monitor: ArcSwap<MonitorReport>,
+    /// The guard's latest report (default: guard disabled).
+    pub guard: ArcSwap<crate::serving::guard::GuardReport>,
     pub timings: Timings,
 }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::persist::wal::Append;
 
+use super::super::guard::{GuardState, Notice, Reason, Selector};
 use super::super::log_record;
 use super::super::monitor::{EntryState, MonitorState};
 use super::*;
@@ -41,6 +42,20 @@ pub enum Step {
     },
     Readmit {
         source: String,
+    },
+    /// An operator's release of quarantined examples into training.
+    Release {
+        selector: Selector,
+    },
+    /// An operator's drop of quarantined examples.
+    Drop {
+        selector: Selector,
+    },
+    /// The guard's decisions during the step before (log position and
+    /// reason of each example it quarantined): a record for readers of the
+    /// log, checked against the guard's own decisions on replay.
+    Quarantine {
+        entries: Vec<(u64, Reason)>,
     },
 }
 
@@ -80,6 +95,9 @@ pub(super) enum Applied {
     Nothing,
     RolledBack(Result<RolledBack, RollbackError>),
     Readmitted(bool),
+    /// Examples released into training, or dropped.
+    Released(usize),
+    Dropped(usize),
 }
 
 /// Steps kept before they are logged together.
@@ -101,6 +119,29 @@ impl Trainer {
             at_us: micros(at),
             versions: std::mem::take(&mut self.step_versions),
         };
+        self.record(record);
+        // What the guard decided during the step follows it in the log.
+        let decided = self
+            .guard
+            .as_mut()
+            .map(|g| g.take_decided())
+            .unwrap_or_default();
+        if !decided.is_empty() {
+            self.record(StepRecord {
+                step: Step::Quarantine { entries: decided },
+                at_us: micros(at),
+                versions: Vec::new(),
+            });
+        }
+        self.guard_notices();
+        if self.unlogged.len() >= UNLOGGED_STEPS {
+            self.log_steps();
+        }
+        applied
+    }
+
+    /// Queues `record` for the log (see `log_steps`).
+    fn record(&mut self, record: StepRecord) {
         let owed = self
             .snapshots
             .as_ref()
@@ -110,7 +151,7 @@ impl Trainer {
             self.steps_suspended = false;
         }
         if self.steps_suspended {
-            return applied;
+            return;
         }
         if self.journal.keeps_records() {
             self.unlogged
@@ -119,10 +160,52 @@ impl Trainer {
             // Positions only: nothing is written.
             self.unlogged.push(&[]);
         }
-        if self.unlogged.len() >= UNLOGGED_STEPS {
-            self.log_steps();
+    }
+
+    /// Turns what the guard noticed into events.
+    pub(super) fn guard_notices(&mut self) {
+        let Some(guard) = &mut self.guard else {
+            return;
+        };
+        for notice in guard.take_notices() {
+            let event = match notice {
+                Notice::Flagged {
+                    source,
+                    recent_rate,
+                    normal_rate,
+                    others_rate,
+                    quarantined_waiting,
+                } => Event::new(
+                    EventKind::SourceFlagged,
+                    self.live.version,
+                    format!(
+                        "label sanity flagged source {source:?}: the live model contradicts its labels with high confidence far more often than its own normal rate and the other sources'; its examples are quarantined"
+                    ),
+                )
+                .figure("source", source)
+                .figure("recent_rate", recent_rate)
+                .figure("normal_rate", normal_rate)
+                .figure("others_rate", others_rate)
+                .figure("quarantined_waiting", quarantined_waiting),
+                Notice::Cleared { source } => Event::new(
+                    EventKind::SourceCleared,
+                    self.live.version,
+                    format!(
+                        "label sanity cleared source {source:?}: its contradiction rate is back near the others'; its examples are learned again"
+                    ),
+                )
+                .figure("source", source),
+                Notice::Evicted { count } => Event::new(
+                    EventKind::QuarantineFull,
+                    self.live.version,
+                    format!(
+                        "the quarantine was full (guard.quarantine.capacity or max_bytes): its {count} oldest example(s) were dropped"
+                    ),
+                )
+                .figure("evicted", count),
+            };
+            self.events.push(event);
         }
-        applied
     }
 
     /// Appends the steps taken since the last call, in one write. Steps are
@@ -164,7 +247,7 @@ impl Trainer {
         batch: &mut Vec<Feedback>,
     ) -> Applied {
         match step {
-            Step::Learn { .. } => self.apply_learn(batch, at),
+            Step::Learn { .. } => self.apply_learn(batch, at, true),
             Step::Publish => self.apply_publish(at),
             Step::Pause => {
                 if !self.stats.paused.load(Ordering::Acquire) {
@@ -176,24 +259,95 @@ impl Trainer {
                     self.set_paused(false, "an operator resumed learning");
                 }
                 let mut held = std::mem::take(&mut self.held);
-                self.apply_learn(&mut held, at);
+                self.apply_learn(&mut held, at, false);
             }
             Step::Rollback { version } => {
                 return Applied::RolledBack(self.rollback(*version, at));
             }
             Step::Readmit { source } => return Applied::Readmitted(self.readmit(source)),
+            Step::Release { selector } => {
+                let Some(guard) = &mut self.guard else {
+                    return Applied::Released(0);
+                };
+                let mut released = guard.release(selector);
+                let n = released.len();
+                if n > 0 {
+                    self.events.push(
+                        Event::new(
+                            EventKind::QuarantineReleased,
+                            self.live.version,
+                            format!("an operator released {n} quarantined example(s) into training"),
+                        )
+                        .figure("released", n)
+                        .figure("selector", serde_json::to_value(selector).unwrap_or_default()),
+                    );
+                }
+                // Learned now, past the checks (the operator vouched for
+                // them), scored by the monitor like any other.
+                if self.stats.paused.load(Ordering::Acquire) {
+                    self.held.append(&mut released);
+                } else {
+                    self.apply_learn(&mut released, at, false);
+                }
+                return Applied::Released(n);
+            }
+            Step::Drop { selector } => {
+                let Some(guard) = &mut self.guard else {
+                    return Applied::Dropped(0);
+                };
+                let n = guard.drop_held(selector);
+                if n > 0 {
+                    self.events.push(
+                        Event::new(
+                            EventKind::QuarantineDropped,
+                            self.live.version,
+                            format!("an operator dropped {n} quarantined example(s)"),
+                        )
+                        .figure("dropped", n)
+                        .figure("selector", serde_json::to_value(selector).unwrap_or_default()),
+                    );
+                }
+                return Applied::Dropped(n);
+            }
+            Step::Quarantine { entries } => {
+                // Live, this is the record of what the step before
+                // decided; on replay the guard decided again, and must
+                // have decided the same.
+                if self.replaying.is_some() {
+                    let decided = self
+                        .guard
+                        .as_mut()
+                        .map(|g| g.take_decided())
+                        .unwrap_or_default();
+                    if &decided != entries {
+                        self.replay_failed = Some(format!(
+                            "the guard quarantined {} example(s) where the log recorded {}",
+                            decided.len(),
+                            entries.len()
+                        ));
+                    }
+                }
+            }
         }
         Applied::Nothing
     }
 
     /// One minibatch: scored by the monitor (which may roll back, promote
     /// or close a window first), trained without blamed sources, remembered.
-    fn apply_learn(&mut self, batch: &mut Vec<Feedback>, at: Duration) {
+    fn apply_learn(&mut self, batch: &mut Vec<Feedback>, at: Duration, screen: bool) {
         let Some(last) = batch.last() else {
             return;
         };
         let started = Instant::now();
         self.next_example = self.next_example.max(last.position + 1);
+        if screen && let Some(guard) = &mut self.guard {
+            guard.screen(batch, &self.live, micros(at));
+            if batch.is_empty() {
+                // Everything was quarantined or waits for its share.
+                self.trained_position = self.trained_position.max(self.next_example);
+                return;
+            }
+        }
         if let Some(monitor) = &mut self.monitor {
             let window_full = monitor.observe(batch, &self.live);
             if window_full {
@@ -213,7 +367,16 @@ impl Trainer {
             let excluded = monitor.retain_admitted(batch);
             self.stats
                 .excluded
-                .fetch_add(excluded as u64, Ordering::Relaxed);
+                .fetch_add(excluded.len() as u64, Ordering::Relaxed);
+            if let Some(guard) = &mut self.guard {
+                for fb in excluded {
+                    let detail = format!(
+                        "its source {:?} is blamed for a rollback (readmit it, then release these)",
+                        fb.source.as_deref().unwrap_or_default()
+                    );
+                    guard.hold(fb, Reason::Blamed, detail, micros(at));
+                }
+            }
         }
         let trained = self.train(batch);
         self.trained_position = self.trained_position.max(self.next_example);
@@ -273,7 +436,9 @@ impl Trainer {
     /// The state a snapshot keeps (with last-good's and the candidate's
     /// learners), or `None` unless the trainer is quiet: everything it
     /// trained is published, so the live weights are the working copy.
-    pub(super) fn state(&self) -> Option<(TrainerState, Vec<(String, Learner)>)> {
+    pub(super) fn state(
+        &self,
+    ) -> Option<(TrainerState, Option<GuardState>, Vec<(String, Learner)>)> {
         if self.cadence.minibatches > 0 {
             return None;
         }
@@ -294,20 +459,22 @@ impl Trainer {
             held: self.held.iter().map(|fb| fb.position).collect(),
             monitor,
         };
-        Some((state, learners))
+        Some((state, self.guard.as_ref().map(|g| g.state()), learners))
     }
 
     /// The earliest log position a snapshot of `state` needs to restore.
-    pub fn log_from_state(state: &TrainerState) -> u64 {
+    pub fn log_from_state(state: &TrainerState, guard: Option<&GuardState>) -> u64 {
         let buffer = state
             .monitor
             .as_ref()
             .and_then(|m| m.buffer.first().map(|e: &EntryState| e.position));
+        let waiting = guard.and_then(|g| g.waiting.iter().copied().min());
         state
             .held
             .iter()
             .copied()
             .chain(buffer)
+            .chain(waiting)
             .fold(state.next_example, u64::min)
     }
 }

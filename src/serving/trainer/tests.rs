@@ -108,6 +108,10 @@ fn rig(
         live,
         commands,
         monitor,
+        guard: m
+            .guard
+            .enabled
+            .then(|| crate::serving::guard::Guard::new(&m.guard, m.task)),
         events: Arc::default(),
         clock: clock.clone(),
         journal: queue.log().clone(),

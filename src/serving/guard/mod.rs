@@ -1,0 +1,390 @@
+//! The ingestion guard's trainer side: every example the trainer takes is
+//! screened before the monitor scores it and the learner learns it, and
+//! what fails a check goes to quarantine with the check's reason instead.
+//!
+//! In order, for each new example of a minibatch (log order):
+//! 1. `schema`: the declared features were checked when the example was
+//!    accepted (the names exist only there); a violation travels with it.
+//! 2. `outlier`: its numeric features against what the model has learned
+//!    (`learn::guard::OutlierDetector`, per-feature calibrated); only
+//!    examples that are learned teach the detector.
+//! 3. `label`: whether the live model contradicts its label with very high
+//!    confidence, counted per source (`learn::guard::LabelSanity`); the
+//!    examples of a flagged source are quarantined, its waiting ones too.
+//! 4. `influence`: its source's share of what is learned (`influence`);
+//!    the excess waits and, beyond the waiting line, is quarantined.
+//!
+//! Examples from sources the monitor blamed after a rollback are
+//! quarantined too (reason `blamed`), so everything not learned is in one
+//! place, and an operator's release after a readmission is one call.
+//!
+//! The guard is part of the trainer's deterministic state: it reads the
+//! examples in log order, the scores they were given on acceptance and the
+//! versions the trainer published, never a clock of its own or a random
+//! number. Its decisions are logged after each step as a `Quarantine`
+//! record (checked again on replay; read by `eddy train` over an archived
+//! log to skip what was kept out), and release and drop are steps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::GuardConfig;
+use crate::learn::guard::{LabelSanity, OutlierDetector};
+use crate::learn::{Scored, TaskKind};
+
+use super::queue::Feedback;
+use super::store::ModelVersion;
+
+mod influence;
+mod quarantine;
+mod report;
+
+pub use influence::{Influence, SourceKey};
+pub use quarantine::{Held, Page, Quarantine, Selector};
+pub use report::{GuardReport, QuarantineCount};
+
+/// Why an example is in quarantine.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    Schema,
+    Outlier,
+    Label,
+    Influence,
+    Blamed,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Schema,
+        Reason::Outlier,
+        Reason::Label,
+        Reason::Influence,
+        Reason::Blamed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Schema => "schema",
+            Reason::Outlier => "outlier",
+            Reason::Label => "label",
+            Reason::Influence => "influence",
+            Reason::Blamed => "blamed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A change in the guard's judgement of a source, for the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Label sanity flagged a source: its examples are quarantined.
+    Flagged {
+        source: String,
+        recent_rate: f64,
+        normal_rate: f64,
+        others_rate: f64,
+        quarantined_waiting: usize,
+    },
+    /// Its rate came back: its examples are learned again.
+    Cleared { source: String },
+    /// The quarantine was full: this many of its oldest examples went.
+    Evicted { count: u64 },
+}
+
+/// The guard of one model.
+pub struct Guard {
+    config: GuardConfig,
+    task: TaskKind,
+    outliers: OutlierDetector,
+    labels: LabelSanity,
+    influence: Influence,
+    quarantine: Quarantine,
+    /// Decisions of the step being taken, in order: its `Quarantine`
+    /// record.
+    decided: Vec<(u64, Reason)>,
+    notices: Vec<Notice>,
+    totals: Totals,
+}
+
+/// Counts since the model began (kept in snapshots).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Quarantined, by reason and (bounded) source.
+    pub quarantined: BTreeMap<(Reason, String), u64>,
+    pub released: u64,
+    pub dropped: u64,
+    /// Examples that waited for their source's share.
+    pub waited: u64,
+    /// The source names counted by name (at most `max_sources`).
+    pub named: std::collections::BTreeSet<SourceKey>,
+}
+
+/// What a snapshot keeps of a guard (`Guard::state`, `Guard::restore`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuardState {
+    outliers: OutlierDetector,
+    labels: LabelSanity,
+    influence: Influence,
+    /// Positions of the waiting examples (read back from the log).
+    pub waiting: Vec<u64>,
+    quarantine: Quarantine,
+    totals: Totals,
+}
+
+/// The first byte of an encoded `GuardState`: a later release that changes
+/// the state bumps it and still reads this one (or starts fresh).
+const STATE_FORMAT: u8 = 1;
+
+impl GuardState {
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = vec![STATE_FORMAT];
+        out.extend(postcard::to_stdvec(self).map_err(|e| e.to_string())?);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&STATE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((other, _)) => Err(format!("guard state of format {other}, unknown here")),
+            None => Err("empty guard state".into()),
+        }
+    }
+}
+
+/// The name a source is counted under in totals and metrics: its own
+/// among the first `max_sources`, else `other`.
+const UNATTRIBUTED: &str = "unattributed";
+const OTHER: &str = "other";
+
+impl Guard {
+    pub fn new(config: &GuardConfig, task: TaskKind) -> Self {
+        Self {
+            outliers: OutlierDetector::new(&config.outliers),
+            labels: LabelSanity::new(&config.labels, config.max_sources),
+            influence: Influence::new(&config.influence),
+            quarantine: Quarantine::new(&config.quarantine),
+            config: config.clone(),
+            task,
+            decided: Vec::new(),
+            notices: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// A guard continuing `state` (its waiting examples come back through
+    /// `restore_waiting`).
+    pub fn restore(config: &GuardConfig, task: TaskKind, state: GuardState) -> Self {
+        let mut quarantine = state.quarantine;
+        quarantine.reconfigure(&config.quarantine);
+        Self {
+            outliers: state.outliers,
+            labels: state.labels,
+            influence: state.influence,
+            quarantine,
+            config: config.clone(),
+            task,
+            decided: Vec::new(),
+            notices: Vec::new(),
+            totals: state.totals,
+        }
+    }
+
+    pub fn restore_waiting(&mut self, fb: Feedback) {
+        let key = self.source_key(&fb.source);
+        self.influence.restore_waiting(key, fb);
+    }
+
+    pub fn state(&self) -> GuardState {
+        GuardState {
+            outliers: self.outliers.clone(),
+            labels: self.labels.clone(),
+            influence: self.influence.clone(),
+            waiting: self.influence.waiting_positions(),
+            quarantine: self.quarantine.clone(),
+            totals: self.totals.clone(),
+        }
+    }
+
+    /// Screens a minibatch: on return `batch` holds what to learn now
+    /// (waiting examples whose share allows them first, then the new ones
+    /// that passed), and the rest is quarantined or waiting. `at_us` is the
+    /// trainer's clock.
+    pub fn screen(&mut self, batch: &mut Vec<Feedback>, live: &ModelVersion, at_us: u64) {
+        let mut learn = Vec::with_capacity(batch.len());
+        let labels = &self.labels;
+        let (released, flagged) = self
+            .influence
+            .release(|source| labels.is_flagged(Some(source.as_ref())));
+        for fb in flagged {
+            self.hold(fb, Reason::Label, "its source is flagged by label sanity".into(), at_us);
+        }
+        learn.extend(released);
+        for fb in batch.drain(..) {
+            let key = self.source_key(&fb.source);
+            self.influence.arrive(&key);
+            if let Some(violation) = &fb.schema {
+                let detail = violation.to_string();
+                self.hold(fb, Reason::Schema, detail, at_us);
+                continue;
+            }
+            if self.config.outliers.enabled
+                && let Some(outlier) = self.outliers.judge(&fb.features)
+            {
+                self.hold(fb, Reason::Outlier, outlier.to_string(), at_us);
+                continue;
+            }
+            if self.config.labels.enabled {
+                let scored = live_score(&fb, live);
+                let verdict = self.labels.observe(fb.source.as_deref(), &scored, self.task);
+                if let Some(change) = verdict.change {
+                    self.note_label_change(change, &key, at_us);
+                }
+                if verdict.flagged {
+                    self.hold(fb, Reason::Label, "its source is flagged by label sanity".into(), at_us);
+                    continue;
+                }
+            }
+            if self.influence.allows(&key) {
+                self.influence.learned(&key);
+                learn.push(fb);
+            } else {
+                self.totals.waited += 1;
+                for old in self.influence.wait(key, fb) {
+                    let detail = format!(
+                        "waited for its source's share (influence.max_share {}) beyond influence.wait_capacity ({})",
+                        self.config.influence.max_share, self.config.influence.wait_capacity
+                    );
+                    self.hold(old, Reason::Influence, detail, at_us);
+                }
+            }
+        }
+        for fb in &learn {
+            self.outliers.learn(&fb.features);
+        }
+        *batch = learn;
+    }
+
+    fn note_label_change(&mut self, change: crate::learn::guard::LabelChange, source: &SourceKey, at_us: u64) {
+        use crate::learn::guard::LabelChange;
+        match change {
+            LabelChange::Flagged {
+                recent_rate,
+                normal_rate,
+                others_rate,
+            } => {
+                let waiting = self.influence.take_waiting(source);
+                let quarantined_waiting = waiting.len();
+                for fb in waiting {
+                    self.hold(fb, Reason::Label, "its source was flagged by label sanity while it waited".into(), at_us);
+                }
+                self.notices.push(Notice::Flagged {
+                    source: source.to_string(),
+                    recent_rate,
+                    normal_rate,
+                    others_rate,
+                    quarantined_waiting,
+                });
+            }
+            LabelChange::Cleared => self.notices.push(Notice::Cleared {
+                source: source.to_string(),
+            }),
+        }
+    }
+
+    /// Quarantines `fb` (a blamed source's example, or one a check failed).
+    pub fn hold(&mut self, fb: Feedback, reason: Reason, detail: String, at_us: u64) {
+        let source = self.source_key(&fb.source).to_string();
+        *self.totals.quarantined.entry((reason, source)).or_default() += 1;
+        self.decided.push((fb.position, reason));
+        let evicted = self.quarantine.hold(Held {
+            fb,
+            reason,
+            detail,
+            at_us,
+        });
+        if evicted > 0 {
+            self.notices.push(Notice::Evicted { count: evicted });
+        }
+    }
+
+    /// Takes the examples `selector` matches out of quarantine, for
+    /// training; they teach the outlier detector (an operator vouched for
+    /// them).
+    pub fn release(&mut self, selector: &Selector) -> Vec<Feedback> {
+        let out: Vec<Feedback> = self.quarantine.take(selector).into_iter().map(|h| h.fb).collect();
+        for fb in &out {
+            self.outliers.learn(&fb.features);
+            let key = self.source_key(&fb.source);
+            self.influence.learned(&key);
+        }
+        self.totals.released += out.len() as u64;
+        out
+    }
+
+    /// Drops the examples `selector` matches; returns how many.
+    pub fn drop_held(&mut self, selector: &Selector) -> usize {
+        let n = self.quarantine.take(selector).len();
+        self.totals.dropped += n as u64;
+        n
+    }
+
+    /// The decisions since the last call, in order.
+    pub fn take_decided(&mut self) -> Vec<(u64, Reason)> {
+        std::mem::take(&mut self.decided)
+    }
+
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    pub fn quarantine(&self) -> &Quarantine {
+        &self.quarantine
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.influence.waiting()
+    }
+
+    /// The smallest log position the guard's waiting examples need.
+    pub fn oldest_waiting(&self) -> Option<u64> {
+        self.influence.waiting_positions().into_iter().min()
+    }
+
+    /// A source's name for the limits, totals and metrics: its own among
+    /// the first `max_sources` names met (unattributed feedback is one
+    /// source), the rest `other`, so invented names cost nothing.
+    fn source_key(&mut self, source: &Option<Arc<str>>) -> SourceKey {
+        let name = source.as_deref().unwrap_or(UNATTRIBUTED);
+        if let Some(known) = self.totals.named.get(name) {
+            return known.clone();
+        }
+        if self.totals.named.len() < self.config.max_sources {
+            let key: SourceKey = Arc::from(name);
+            self.totals.named.insert(key.clone());
+            key
+        } else {
+            Arc::from(OTHER)
+        }
+    }
+
+    pub fn report(&self) -> GuardReport {
+        GuardReport::of(self)
+    }
+}
+
+/// The live model's score of `fb`: the one taken on acceptance, else now.
+fn live_score(fb: &Feedback, live: &ModelVersion) -> Scored {
+    match fb.scored {
+        Some(s) => s.live,
+        None => live.params.score(&fb.features, fb.target),
+    }
+}
+
