@@ -185,13 +185,13 @@ fn default_outlier_features() -> usize {
     1024
 }
 fn default_label_confidence() -> f64 {
-    0.9
+    0.75
 }
 fn default_label_factor() -> f64 {
     3.0
 }
 fn default_label_window() -> u64 {
-    200
+    2000
 }
 fn default_label_alpha() -> f64 {
     1e-4

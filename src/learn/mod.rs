@@ -7,6 +7,7 @@ pub mod compare;
 pub mod eval;
 pub mod example;
 pub mod features;
+pub mod guard;
 pub mod label;
 pub mod linear;
 pub mod names;
