@@ -511,3 +511,290 @@ fn binomial_tail(k: u64, n: u64, p: f64) -> f64 {
         Err(_) => 1.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn config() -> LabelConfig {
+        LabelConfig::default()
+    }
+
+    /// A classification score whose label the model contradicts (or not).
+    fn scored(contradicted: bool) -> Scored {
+        if contradicted {
+            Scored::class(false, 0.05)
+        } else {
+            Scored::class(true, 0.8)
+        }
+    }
+
+    /// Feeds `n` examples; `pick(i, rng)` gives each one's source and
+    /// whether it is contradicted. Returns every change with its index.
+    fn feed(
+        l: &mut LabelSanity,
+        n: usize,
+        seed: u64,
+        mut pick: impl FnMut(usize, &mut rand::rngs::StdRng) -> (Option<String>, bool),
+    ) -> Vec<(usize, FlagChange)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut changes = Vec::new();
+        for i in 0..n {
+            let (source, contradicted) = pick(i, &mut rng);
+            let v = l.observe(source.as_deref(), &scored(contradicted));
+            assert_eq!(v.contradicted, contradicted);
+            if let Some(c) = v.change {
+                changes.push((i, c));
+            }
+        }
+        changes
+    }
+
+    fn honest(i: usize, rng: &mut rand::rngs::StdRng) -> (Option<String>, bool) {
+        (Some(format!("h{}", i % 4)), rng.random_bool(0.06))
+    }
+
+    #[test]
+    fn the_threshold_is_the_configured_confidence() {
+        let l = LabelSanity::new(&config(), 10);
+        assert!(l.contradicts(&Scored::class(false, 0.25)));
+        assert!(!l.contradicts(&Scored::class(false, 0.26)));
+        assert!(!l.contradicts(&Scored::class(true, 0.9)));
+    }
+
+    #[test]
+    fn a_source_whose_labels_turn_contradicted_is_flagged_and_the_others_never() {
+        let mut l = LabelSanity::new(&config(), 100);
+        let mut changes = feed(&mut l, 20_000, 1, honest);
+        assert!(changes.is_empty(), "{changes:?}");
+        // A newcomer sends two examples for each honest one, 45% contradicted.
+        let mut attacker_sent = 0;
+        changes = feed(&mut l, 6000, 2, |i, rng| {
+            if i % 3 == 0 {
+                honest(i / 3, rng)
+            } else {
+                attacker_sent += 1;
+                (Some("attacker".into()), rng.random_bool(0.45))
+            }
+        });
+        let (at, FlagChange::Flagged(e)) = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(e.source, "attacker");
+        assert!(*at < 300, "flagged after {at} examples");
+        assert_eq!(e.normal_rate, None, "a newcomer has no normal rate");
+        assert!(e.p_value.is_some_and(|p| p <= 1e-4), "{e:?}");
+        assert_eq!(
+            changes.len(),
+            1,
+            "the honest are never flagged: {changes:?}"
+        );
+        assert!(l.is_flagged(Some("attacker")));
+        assert!(!l.is_flagged(Some("h0")) && !l.is_flagged(None));
+        assert_eq!(attacker_sent, 4000);
+        let report = l.report();
+        let row = report
+            .iter()
+            .find(|r| r.source == "attacker")
+            .expect("tracked");
+        assert!(row.flagged && row.examples == 4000);
+        assert!(row.recent_rate.is_some_and(|r| r > 0.35), "{row:?}");
+    }
+
+    #[test]
+    fn with_no_other_source_a_rise_is_never_flagged() {
+        let mut l = LabelSanity::new(&config(), 10);
+        let changes = feed(&mut l, 20_000, 3, |i, rng| {
+            (None, rng.random_bool(if i < 10_000 { 0.05 } else { 0.6 }))
+        });
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn a_drift_that_hits_every_source_flags_none_whatever_their_volumes() {
+        let mut l = LabelSanity::new(&config(), 10);
+        // 70% of the traffic from one source, the rest from three; every
+        // rate jumps from 5% to 40% at once, and back.
+        let changes = feed(&mut l, 60_000, 4, |i, rng| {
+            let source = if i % 10 < 7 {
+                "busy".to_owned()
+            } else {
+                format!("q{}", i % 3)
+            };
+            let rate = if (20_000..40_000).contains(&i) {
+                0.4
+            } else {
+                0.05
+            };
+            (Some(source), rng.random_bool(rate))
+        });
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn honest_sources_are_not_flagged_against_a_flood_that_agrees_with_a_poisoned_model() {
+        // The live model now agrees with a flood (never contradicted) and
+        // contradicts the honest sources four times as often as before.
+        let poisoned = |i: usize, rng: &mut rand::rngs::StdRng, honest_sources: usize| {
+            if i % 6 == 0 {
+                let h = (i / 6) % honest_sources;
+                (Some(format!("h{h}")), rng.random_bool(0.25))
+            } else {
+                (Some("flood".into()), false)
+            }
+        };
+        // Several honest sources: the flood cannot set their reference.
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 20_000, 5, honest);
+        let changes = feed(&mut l, 20_000, 6, |i, rng| poisoned(i, rng, 4));
+        assert!(changes.is_empty(), "{changes:?}");
+        // One established source: a newcomer is no reference for it until
+        // it has a normal rate of its own (past that, one source against
+        // one is undecidable, and influence limits are the defence).
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 20_000, 5, |_, rng| {
+            (Some("h0".into()), rng.random_bool(0.06))
+        });
+        let changes = feed(&mut l, 2000, 6, |i, rng| poisoned(i, rng, 1));
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn a_flagged_source_still_flooding_is_not_cleared_on_thin_evidence() {
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 20_000, 15, honest);
+        // A flood 20 times the honest traffic, flagged at once...
+        let changes = feed(&mut l, 2000, 16, |i, rng| {
+            if i % 21 == 0 {
+                honest(i / 21, rng)
+            } else {
+                (Some("flood".into()), rng.random_bool(0.5))
+            }
+        });
+        assert!(
+            matches!(&changes[..], [(_, FlagChange::Flagged(_))]),
+            "{changes:?}"
+        );
+        // ...then a stretch where the model contradicts everyone alike:
+        // the honest examples in the recent period are too few to vouch.
+        let changes = feed(&mut l, 20_000, 17, |i, rng| {
+            if i % 21 == 0 {
+                (Some(format!("h{}", (i / 21) % 4)), rng.random_bool(0.3))
+            } else {
+                (Some("flood".into()), rng.random_bool(0.3))
+            }
+        });
+        assert!(changes.is_empty(), "{changes:?}");
+        assert!(l.is_flagged(Some("flood")));
+    }
+
+    #[test]
+    fn a_flagged_source_clears_once_its_rate_is_back_and_never_teaches_its_normal_rate() {
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 20_000, 7, |i, rng| {
+            (Some(format!("s{}", i % 5)), rng.random_bool(0.05))
+        });
+        let before = l.report()[4].normal_rate.expect("established");
+        // s4 turns bad for a while.
+        let changes = feed(&mut l, 10_000, 8, |i, rng| {
+            let s = i % 5;
+            (
+                Some(format!("s{s}")),
+                rng.random_bool(if s == 4 { 0.5 } else { 0.05 }),
+            )
+        });
+        assert!(
+            matches!(&changes[..], [(_, FlagChange::Flagged(e))] if e.source == "s4" && e.normal_rate.is_some()),
+            "{changes:?}"
+        );
+        // Its contradicted examples while flagged did not become normal.
+        let during = l.report()[4].normal_rate.expect("established");
+        assert!(during < before + 0.05, "normal rate {before} -> {during}");
+        // It behaves again: cleared once its recent examples show it.
+        let changes = feed(&mut l, 10_000, 9, |i, rng| {
+            (Some(format!("s{}", i % 5)), rng.random_bool(0.05))
+        });
+        assert!(
+            matches!(&changes[..], [(i, FlagChange::Cleared(e))] if e.source == "s4" && *i > 1000),
+            "{changes:?}"
+        );
+        assert!(!l.is_flagged(Some("s4")));
+    }
+
+    #[test]
+    fn an_operator_can_clear_a_source() {
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 8000, 10, |i, rng| {
+            if i % 2 == 0 {
+                honest(i / 2, rng)
+            } else {
+                (Some("bad".into()), rng.random_bool(0.5))
+            }
+        });
+        assert!(l.is_flagged(Some("bad")));
+        assert!(l.clear(Some("bad")));
+        assert!(!l.is_flagged(Some("bad")));
+        assert!(!l.clear(Some("bad")), "already clear");
+        assert!(!l.clear(Some("never seen")));
+    }
+
+    #[test]
+    fn sources_beyond_the_table_share_other_and_memory_stays_bounded() {
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 100_000, 11, |i, _| (Some(format!("s{i}")), false));
+        let report = l.report();
+        assert_eq!(report.len(), 11, "ten names and `other`");
+        assert_eq!(report[10].source, OTHER_SOURCE);
+        assert_eq!(report[10].examples, 100_000 - 10);
+        assert!(l.recent.len() <= 2000);
+        assert!(l.heap_bytes() < 64 << 10, "{}", l.heap_bytes());
+        l.observe(None, &scored(false));
+        assert_eq!(l.report().len(), 11, "unattributed folds too once full");
+        let mut fresh = LabelSanity::new(&config(), 10);
+        fresh.observe(None, &scored(false));
+        assert_eq!(fresh.report()[0].source, UNKNOWN_SOURCE);
+    }
+
+    #[test]
+    fn regression_errors_far_beyond_the_usual_contradict() {
+        let mut l = LabelSanity::new(&config(), 10);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let mut contradicted = 0;
+        for _ in 0..5000 {
+            let err: f64 = rng.random_range(-1.0..1.0);
+            contradicted += usize::from(l.observe(None, &Scored::value(err)).contradicted);
+        }
+        assert!(
+            contradicted < 50,
+            "{contradicted} usual errors contradicted"
+        );
+        assert!(l.observe(None, &Scored::value(10.0)).contradicted);
+        assert!(!l.observe(None, &Scored::value(0.9)).contradicted);
+    }
+
+    #[test]
+    fn a_restored_state_continues_bit_for_bit() {
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 5000, 13, honest);
+        let bytes = postcard::to_stdvec(&l).expect("encode");
+        let mut back: LabelSanity = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, l);
+        let a = feed(&mut l, 3000, 14, |i, rng| {
+            if i % 2 == 0 {
+                honest(i, rng)
+            } else {
+                (Some("x".into()), rng.random_bool(0.5))
+            }
+        });
+        let b = feed(&mut back, 3000, 14, |i, rng| {
+            if i % 2 == 0 {
+                honest(i, rng)
+            } else {
+                (Some("x".into()), rng.random_bool(0.5))
+            }
+        });
+        assert_eq!(a, b);
+        assert_eq!(back, l);
+    }
+}

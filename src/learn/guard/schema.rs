@@ -227,3 +227,179 @@ fn expected_text(kind: DeclaredKind) -> &'static str {
         DeclaredKind::Boolean => "true or false",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(name: &str, kind: DeclaredKind) -> DeclaredFeature {
+        DeclaredFeature {
+            name: name.to_owned(),
+            kind,
+            min: None,
+            max: None,
+            categories: Vec::new(),
+            required: false,
+        }
+    }
+
+    fn schema(unknown: UnknownFeatures) -> Schema {
+        Schema::new(
+            &[
+                DeclaredFeature {
+                    min: Some(0.0),
+                    max: Some(1000.0),
+                    required: true,
+                    ..declared("price", DeclaredKind::Numeric)
+                },
+                DeclaredFeature {
+                    categories: vec!["red".into(), "blue".into()],
+                    ..declared("colour", DeclaredKind::Categorical)
+                },
+                declared("city", DeclaredKind::Categorical),
+                declared("member", DeclaredKind::Boolean),
+                declared("1", DeclaredKind::Numeric),
+            ],
+            unknown,
+        )
+    }
+
+    /// Checks `json` against the test schema: `Ok(())` or the violation's
+    /// message.
+    fn check(unknown: UnknownFeatures, json: &str) -> Result<(), String> {
+        let raw: RawFeatures = serde_json::from_str(json).expect("valid json");
+        schema(unknown).check(&raw).map_err(|v| v.to_string())
+    }
+
+    #[test]
+    fn feature_sets_are_checked_against_the_declarations() {
+        use UnknownFeatures::{Allow, Refuse};
+        let ok = Ok(());
+        for (unknown, json, want) in [
+            (Allow, r#"{"price": 10}"#, ok.clone()),
+            (
+                Allow,
+                r#"{"price": 0, "colour": "red", "city": "Oslo", "member": true}"#,
+                ok.clone(),
+            ),
+            (Allow, r#"{"price": 1000, "other": "anything"}"#, ok.clone()),
+            (Refuse, r#"{"price": 5, "member": false}"#, ok.clone()),
+            (
+                Allow,
+                r#"{"colour": "red"}"#,
+                Err("feature `price` is required but missing"),
+            ),
+            (
+                Allow,
+                r#"{"price": "10"}"#,
+                Err("feature `price` must be a number, got a string"),
+            ),
+            (
+                Allow,
+                r#"{"price": null}"#,
+                Err("feature `price` must be a number, got null"),
+            ),
+            (
+                Allow,
+                r#"{"price": -0.5}"#,
+                Err("feature `price` is -0.5, below its minimum 0"),
+            ),
+            (
+                Allow,
+                r#"{"price": 1e6}"#,
+                Err("feature `price` is 1000000, above its maximum 1000"),
+            ),
+            (
+                Allow,
+                r#"{"price": 1, "colour": "green"}"#,
+                Err("feature `colour` is \"green\", not one of its 2 declared categories"),
+            ),
+            (
+                Allow,
+                r#"{"price": 1, "city": 3}"#,
+                Err("feature `city` must be a string (categorical), got a number"),
+            ),
+            (
+                Allow,
+                r#"{"price": 1, "member": 1}"#,
+                Err("feature `member` must be true or false, got a number"),
+            ),
+            (
+                Allow,
+                r#"{"price": 1, "member": [true]}"#,
+                Err("feature `member` must be true or false, got an array or object"),
+            ),
+            (
+                Refuse,
+                r#"{"price": 1, "extra": 2}"#,
+                Err("feature `extra` is not declared, and unknown features are refused"),
+            ),
+        ] {
+            assert_eq!(check(unknown, json), want.map_err(str::to_owned), "{json}");
+        }
+    }
+
+    #[test]
+    fn dense_arrays_name_their_features_by_position() {
+        let s = Schema::new(
+            &[DeclaredFeature {
+                max: Some(5.0),
+                required: true,
+                ..declared("1", DeclaredKind::Numeric)
+            }],
+            UnknownFeatures::Allow,
+        );
+        fn raw(json: &str) -> RawFeatures<'_> {
+            serde_json::from_str(json).expect("json")
+        }
+        assert_eq!(s.check(&raw("[100, 2]")), Ok(()));
+        assert_eq!(
+            s.check(&raw("[0, 9]")),
+            Err(Violation::AboveMax {
+                feature: "1".into(),
+                value: 9.0,
+                max: 5.0
+            })
+        );
+        assert_eq!(
+            s.check(&raw("[0]")),
+            Err(Violation::Missing {
+                feature: "1".into()
+            })
+        );
+        let refuse = Schema::new(
+            &[declared("0", DeclaredKind::Numeric)],
+            UnknownFeatures::Refuse,
+        );
+        assert_eq!(
+            refuse.check(&raw("[1, 2]")),
+            Err(Violation::Undeclared {
+                feature: "1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn no_declared_features_accepts_anything_even_when_unknown_ones_are_refused() {
+        let s = Schema::new(&[], UnknownFeatures::Refuse);
+        assert!(s.is_empty());
+        let raw: RawFeatures = serde_json::from_str(r#"{"x": null, "y": [1]}"#).expect("json");
+        assert_eq!(s.check(&raw), Ok(()));
+    }
+
+    #[test]
+    fn violations_serialise_with_a_problem_tag_for_quarantine_records() {
+        let v = Violation::WrongType {
+            feature: "price".into(),
+            expected: DeclaredKind::Numeric,
+            got: JsonKind::String,
+        };
+        let json = serde_json::to_value(&v).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"problem": "wrong_type", "feature": "price", "expected": "numeric", "got": "string"})
+        );
+        let back: Violation = serde_json::from_value(json).expect("back");
+        assert_eq!(back, v);
+    }
+}
