@@ -14,6 +14,7 @@ use harness::{Guard, flood, heavy_tailed, percent, row_of, rows, run, unit_error
 
 fn main() {
     let elec2 = streams::dataset("elec2");
+    cost(&elec2);
     println!("## clean streams (4 honest sources taking turns)");
     println!(
         "| stream | examples | outliers | held for labels | sources flagged | accuracy on | accuracy off |"
@@ -109,4 +110,33 @@ fn main() {
             println!("  example {i}: {change:?}");
         }
     }
+}
+
+/// The detectors' cost: the harness over Elec2 (score, learn, publish
+/// every 32) with the guard off (A) and on (B), in interleaved rounds;
+/// medians and their ratio.
+fn cost(elec2: &[serde_json::Value]) {
+    let rows = rows(elec2, &["h0", "h1", "h2", "h3"]);
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..9 {
+        for (guard, times) in [(Guard::off(), &mut off), (Guard::on(), &mut on)] {
+            let start = std::time::Instant::now();
+            std::hint::black_box(run(&rows, &guard));
+            times.push(start.elapsed().as_secs_f64() * 1e9 / rows.len() as f64);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut off), median(&mut on));
+    println!(
+        "\n## cost (Elec2, {} examples, 9 interleaved rounds, medians)",
+        rows.len()
+    );
+    println!(
+        "guard off {a:.0} ns/example, guard on {b:.0} ns/example: detectors add {:.0} ns/example (ratio {:.3})",
+        b - a,
+        b / a
+    );
 }

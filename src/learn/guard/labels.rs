@@ -18,23 +18,39 @@
 //! one's still held the old concept, and the busy one would be flagged.)
 //!
 //! A source is **flagged** when, over the recent period, all of:
-//! - other sources (in good standing) sent at least `MIN_OTHERS` examples:
-//!   with nobody to compare with, a rise is the world changing, never
-//!   grounds to quarantine;
-//! - its rate is at least `factor` times the others' rate and, once it
-//!   has one (`normal_min` examples older than the recent period), its own
-//!   normal rate; both are taken at the upper end of their confidence
-//!   interval (Wilson, one-sided 99%), so few examples never look clean;
-//! - a one-sided exact binomial test says its contradictions are too many
-//!   for that reference rate, at level `alpha`.
+//! - some other source qualifies as a reference: in good standing, with
+//!   `MIN_RECENT` examples in the period (and, when the judged source has
+//!   a normal rate, a normal rate of its own). With nobody to compare
+//!   with, a rise is the world changing, never grounds to quarantine;
+//! - its rate is at least `factor` times the reference rate: the larger
+//!   of the upper median of the reference sources' rates (robust: a busy
+//!   source, say a flood the live model has started to agree with, cannot
+//!   set it) and the one-sided 99% Wilson upper bound of their pooled rate
+//!   (few examples never look clean);
+//! - once it has a normal rate (`window / 4` of its counted examples have
+//!   left the recent period; decayed over `4 * window` of them), its rate
+//!   is also `factor` times that rate's upper bound;
+//! - a one-sided exact binomial test of its contradictions against the
+//!   larger of those reference rates rejects at level `alpha`.
 //!
-//! It is **cleared** when its recent rate, over at least `MIN_RECENT`
-//! examples, falls to within `sqrt(factor)` of the others' (half way, on a
-//! log scale, to flagging again). While flagged its examples still count
-//! toward its recent rate (so it can clear) but neither toward its normal
-//! rate nor toward the "others" another source is compared with, so an
-//! attacker can teach the detector neither that contradiction is normal
-//! for itself nor for everyone.
+//! It is **cleared** when the reference sources hold an eighth of the
+//! recent period (while it still sends nearly all the traffic, the others
+//! are too few to vouch for it), its rate is within `sqrt(factor)` of
+//! what the others' surely is (the lower of their median and the lower
+//! Wilson bound of their pooled rate), and its excess over that is not
+//! significant even at `CLEAR_ALPHA`. While flagged its examples still
+//! count toward its recent rate (so it can clear) but not toward its
+//! normal rate, nor does it serve as anyone's reference, so an attacker
+//! can teach the detector neither that contradiction is normal for itself
+//! nor for everyone.
+//!
+//! Limits: the comparison is between sources, so a majority of sources
+//! lying together, or one source against one other once both have a
+//! normal rate, is undecidable here; and a flood so heavy that the live
+//! model agrees with it before `MIN_RECENT` of its examples are scored
+//! (about 20 times the honest traffic, unthrottled, on Elec2) is never
+//! contradicted. The influence limits of the serving layer are the
+//! defence there.
 //!
 //! Sources are tracked by name in a table of at most `max_sources`; the
 //! rest share `OTHER_SOURCE`, and examples without a source are one source,
