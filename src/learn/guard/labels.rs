@@ -653,7 +653,7 @@ mod tests {
         // The live model now agrees with a flood (never contradicted) and
         // contradicts the honest sources four times as often as before.
         let poisoned = |i: usize, rng: &mut rand::rngs::StdRng, honest_sources: usize| {
-            if i % 6 == 0 {
+            if i.is_multiple_of(6) {
                 let h = (i / 6) % honest_sources;
                 (Some(format!("h{h}")), rng.random_bool(0.25))
             } else {

@@ -276,14 +276,14 @@ mod tests {
         use UnknownFeatures::{Allow, Refuse};
         let ok = Ok(());
         for (unknown, json, want) in [
-            (Allow, r#"{"price": 10}"#, ok.clone()),
+            (Allow, r#"{"price": 10}"#, ok),
             (
                 Allow,
                 r#"{"price": 0, "colour": "red", "city": "Oslo", "member": true}"#,
-                ok.clone(),
+                ok,
             ),
-            (Allow, r#"{"price": 1000, "other": "anything"}"#, ok.clone()),
-            (Refuse, r#"{"price": 5, "member": false}"#, ok.clone()),
+            (Allow, r#"{"price": 1000, "other": "anything"}"#, ok),
+            (Refuse, r#"{"price": 5, "member": false}"#, ok),
             (
                 Allow,
                 r#"{"colour": "red"}"#,
