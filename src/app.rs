@@ -266,8 +266,8 @@ impl App {
                 stats.monitor.store(Arc::new(monitor.report()));
             }
             let guard = m.guard.enabled.then(|| match guard_state {
-                Some(state) => Guard::restore(&m.guard, m.task, state),
-                None => Guard::new(&m.guard, m.task),
+                Some(state) => Guard::restore(&m.guard, state),
+                None => Guard::new(&m.guard),
             });
             if let Some(guard) = &guard {
                 stats.guard.store(Arc::new(guard.report()));

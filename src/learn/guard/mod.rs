@@ -1,32 +1,30 @@
-//! SCRATCH (not committed): API stand-ins until the detectors land.
-use serde::{Deserialize, Serialize};
-use crate::config::{DeclaredFeature, LabelConfig, OutlierConfig, UnknownFeatures};
-use crate::learn::{FeatureVec, RawFeatures, Scored, TaskKind};
+//! The ingestion guard's detectors, as pure deterministic logic: the
+//! checks feedback passes before the trainer learns it.
+//!
+//! - `schema.rs`: `Schema`, declared features (type, range, categories,
+//!   required, unknown ones refused) checked on the raw feature set.
+//! - `outliers.rs`: `OutlierDetector`, numeric values far beyond what each
+//!   feature's own history reaches.
+//! - `labels.rs`: `LabelSanity`, per source, labels the live model
+//!   confidently contradicts far more often than it used to and than the
+//!   other sources' at the same time.
+//! - `histogram.rs`: `LogHistogram`, the decayed log-scale histogram both
+//!   detectors calibrate on.
+//!
+//! No clocks, IO, threads or randomness: every decision depends only on
+//! the examples observed and their order, and every state is `Clone +
+//! Serialize + Deserialize`, so a snapshot restored and fed the same
+//! examples continues bit for bit. Quarantine, log records, events and
+//! metrics are the serving layer's (`serving::guard`); so is the choice of
+//! what to feed: outliers learn only admitted examples, label sanity
+//! observes what passed the feature checks.
 
-#[derive(Debug, Clone)]
-pub struct Schema;
-impl Schema {
-    pub fn new(_f: &[DeclaredFeature], _u: UnknownFeatures) -> Self { Schema }
-    pub fn check(&self, _raw: &RawFeatures<'_>) -> Result<(), String> { Ok(()) }
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OutlierDetector;
-pub struct Outlier;
-impl std::fmt::Display for Outlier { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "o") } }
-impl OutlierDetector {
-    pub fn new(_c: &OutlierConfig) -> Self { OutlierDetector }
-    pub fn judge(&self, _x: &FeatureVec) -> Option<Outlier> { None }
-    pub fn learn(&mut self, _x: &FeatureVec) {}
-    pub fn tracked(&self) -> usize { 0 }
-}
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabelSanity;
-pub enum LabelChange { Flagged { recent_rate: f64, normal_rate: f64, others_rate: f64 }, Cleared }
-pub struct LabelVerdict { pub flagged: bool, pub change: Option<LabelChange> }
-pub struct SourceLabels { pub source: String, pub flagged: bool, pub recent_rate: Option<f64>, pub normal_rate: Option<f64> }
-impl LabelSanity {
-    pub fn new(_c: &LabelConfig, _m: usize) -> Self { LabelSanity }
-    pub fn observe(&mut self, _s: Option<&str>, _sc: &Scored, _t: TaskKind) -> LabelVerdict { LabelVerdict { flagged: false, change: None } }
-    pub fn is_flagged(&self, _s: Option<&str>) -> bool { false }
-    pub fn report(&self) -> Vec<SourceLabels> { Vec::new() }
-}
+pub mod histogram;
+pub mod labels;
+pub mod outliers;
+pub mod schema;
+
+pub use histogram::LogHistogram;
+pub use labels::{Evidence, FlagChange, LabelSanity, LabelVerdict, SourceLabels};
+pub use outliers::{Outlier, OutlierDetector};
+pub use schema::{JsonKind, Schema, Violation};

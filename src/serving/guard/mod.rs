@@ -31,8 +31,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::GuardConfig;
-use crate::learn::guard::{LabelSanity, OutlierDetector};
-use crate::learn::{Scored, TaskKind};
+use crate::learn::guard::labels::{OTHER_SOURCE, UNKNOWN_SOURCE};
+use crate::learn::guard::{Evidence, FlagChange, LabelSanity, Outlier, OutlierDetector};
+use crate::learn::Scored;
 
 use super::queue::Feedback;
 use super::store::ModelVersion;
@@ -87,14 +88,11 @@ impl Reason {
 pub enum Notice {
     /// Label sanity flagged a source: its examples are quarantined.
     Flagged {
-        source: String,
-        recent_rate: f64,
-        normal_rate: f64,
-        others_rate: f64,
+        evidence: Evidence,
         quarantined_waiting: usize,
     },
     /// Its rate came back: its examples are learned again.
-    Cleared { source: String },
+    Cleared { evidence: Evidence },
     /// The quarantine was full: this many of its oldest examples went.
     Evicted { count: u64 },
 }
@@ -102,7 +100,6 @@ pub enum Notice {
 /// The guard of one model.
 pub struct Guard {
     config: GuardConfig,
-    task: TaskKind,
     outliers: OutlierDetector,
     labels: LabelSanity,
     influence: Influence,
@@ -159,20 +156,15 @@ impl GuardState {
     }
 }
 
-/// The name a source is counted under in totals and metrics: its own
-/// among the first `max_sources`, else `other`.
-const UNATTRIBUTED: &str = "unattributed";
-const OTHER: &str = "other";
 
 impl Guard {
-    pub fn new(config: &GuardConfig, task: TaskKind) -> Self {
+    pub fn new(config: &GuardConfig) -> Self {
         Self {
             outliers: OutlierDetector::new(&config.outliers),
             labels: LabelSanity::new(&config.labels, config.max_sources),
             influence: Influence::new(&config.influence),
             quarantine: Quarantine::new(&config.quarantine),
             config: config.clone(),
-            task,
             decided: Vec::new(),
             notices: Vec::new(),
             totals: Totals::default(),
@@ -181,7 +173,7 @@ impl Guard {
 
     /// A guard continuing `state` (its waiting examples come back through
     /// `restore_waiting`).
-    pub fn restore(config: &GuardConfig, task: TaskKind, state: GuardState) -> Self {
+    pub fn restore(config: &GuardConfig, state: GuardState) -> Self {
         let mut quarantine = state.quarantine;
         quarantine.reconfigure(&config.quarantine);
         Self {
@@ -190,7 +182,6 @@ impl Guard {
             influence: state.influence,
             quarantine,
             config: config.clone(),
-            task,
             decided: Vec::new(),
             notices: Vec::new(),
             totals: state.totals,
@@ -238,12 +229,13 @@ impl Guard {
             if self.config.outliers.enabled
                 && let Some(outlier) = self.outliers.judge(&fb.features)
             {
-                self.hold(fb, Reason::Outlier, outlier.to_string(), at_us);
+                let detail = outlier_detail(&outlier, self.config.outliers.threshold);
+                self.hold(fb, Reason::Outlier, detail, at_us);
                 continue;
             }
             if self.config.labels.enabled {
                 let scored = live_score(&fb, live);
-                let verdict = self.labels.observe(fb.source.as_deref(), &scored, self.task);
+                let verdict = self.labels.observe(Some(key.as_ref()), &scored);
                 if let Some(change) = verdict.change {
                     self.note_label_change(change, &key, at_us);
                 }
@@ -272,31 +264,33 @@ impl Guard {
         *batch = learn;
     }
 
-    fn note_label_change(&mut self, change: crate::learn::guard::LabelChange, source: &SourceKey, at_us: u64) {
-        use crate::learn::guard::LabelChange;
+    fn note_label_change(&mut self, change: FlagChange, source: &SourceKey, at_us: u64) {
         match change {
-            LabelChange::Flagged {
-                recent_rate,
-                normal_rate,
-                others_rate,
-            } => {
+            FlagChange::Flagged(evidence) => {
                 let waiting = self.influence.take_waiting(source);
                 let quarantined_waiting = waiting.len();
                 for fb in waiting {
-                    self.hold(fb, Reason::Label, "its source was flagged by label sanity while it waited".into(), at_us);
+                    self.hold(
+                        fb,
+                        Reason::Label,
+                        "its source was flagged by label sanity while it waited for its share".into(),
+                        at_us,
+                    );
                 }
                 self.notices.push(Notice::Flagged {
-                    source: source.to_string(),
-                    recent_rate,
-                    normal_rate,
-                    others_rate,
+                    evidence,
                     quarantined_waiting,
                 });
             }
-            LabelChange::Cleared => self.notices.push(Notice::Cleared {
-                source: source.to_string(),
-            }),
+            FlagChange::Cleared(evidence) => self.notices.push(Notice::Cleared { evidence }),
         }
+    }
+
+    /// An operator's word that `source`'s labels are sound: label sanity
+    /// stops flagging it (until its rate rises again). Whether it was
+    /// flagged.
+    pub fn clear_source(&mut self, source: &str) -> bool {
+        self.labels.clear(Some(source))
     }
 
     /// Quarantines `fb` (a blamed source's example, or one a check failed).
@@ -362,7 +356,7 @@ impl Guard {
     /// the first `max_sources` names met (unattributed feedback is one
     /// source), the rest `other`, so invented names cost nothing.
     fn source_key(&mut self, source: &Option<Arc<str>>) -> SourceKey {
-        let name = source.as_deref().unwrap_or(UNATTRIBUTED);
+        let name = source.as_deref().unwrap_or(UNKNOWN_SOURCE);
         if let Some(known) = self.totals.named.get(name) {
             return known.clone();
         }
@@ -371,13 +365,21 @@ impl Guard {
             self.totals.named.insert(key.clone());
             key
         } else {
-            Arc::from(OTHER)
+            Arc::from(OTHER_SOURCE)
         }
     }
 
     pub fn report(&self) -> GuardReport {
         GuardReport::of(self)
     }
+}
+
+/// What an operator reads about an outlier.
+fn outlier_detail(o: &Outlier, threshold: f64) -> String {
+    format!(
+        "numeric feature at row {}: value {} lies {:.1} times its calibrated extreme ({}) from its centre ({}); guard.outliers.threshold is {threshold}",
+        o.row, o.value, o.score, o.extreme, o.centre
+    )
 }
 
 /// The live model's score of `fb`: the one taken on acceptance, else now.

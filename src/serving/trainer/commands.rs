@@ -231,7 +231,9 @@ impl Trainer {
 
     /// Takes a blamed source back into training; false if it was not blamed.
     pub(super) fn readmit(&mut self, source: &str) -> bool {
-        let readmitted = self.monitor.as_mut().is_some_and(|m| m.readmit(source));
+        let blamed = self.monitor.as_mut().is_some_and(|m| m.readmit(source));
+        let flagged = self.guard.as_mut().is_some_and(|g| g.clear_source(source));
+        let readmitted = blamed || flagged;
         if readmitted {
             self.events.push(Event::new(
                 EventKind::SourceReadmitted,

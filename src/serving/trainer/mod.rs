@@ -269,7 +269,7 @@ impl Trainer {
             live,
             commands,
             monitor,
-            guard: m.guard.enabled.then(|| Guard::new(&m.guard, m.task)),
+            guard: m.guard.enabled.then(|| Guard::new(&m.guard)),
             events: Arc::default(),
             clock,
             journal: queue.log().clone(),

@@ -103,6 +103,18 @@ pub(super) enum Applied {
 /// Steps kept before they are logged together.
 const UNLOGGED_STEPS: usize = 64;
 
+/// Adds label sanity's evidence to an event's figures.
+fn with_evidence(mut event: Event, evidence: &crate::learn::guard::Evidence) -> Event {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(evidence) {
+        for (k, v) in map {
+            if k != "source" {
+                event = event.figure(&k, v);
+            }
+        }
+    }
+    event
+}
+
 pub(super) fn micros(t: Duration) -> u64 {
     t.as_micros().min(u128::from(u64::MAX)) as u64
 }
@@ -170,31 +182,37 @@ impl Trainer {
         for notice in guard.take_notices() {
             let event = match notice {
                 Notice::Flagged {
-                    source,
-                    recent_rate,
-                    normal_rate,
-                    others_rate,
+                    evidence,
                     quarantined_waiting,
-                } => Event::new(
-                    EventKind::SourceFlagged,
-                    self.live.version,
-                    format!(
-                        "label sanity flagged source {source:?}: the live model contradicts its labels with high confidence far more often than its own normal rate and the other sources'; its examples are quarantined"
-                    ),
-                )
-                .figure("source", source)
-                .figure("recent_rate", recent_rate)
-                .figure("normal_rate", normal_rate)
-                .figure("others_rate", others_rate)
-                .figure("quarantined_waiting", quarantined_waiting),
-                Notice::Cleared { source } => Event::new(
-                    EventKind::SourceCleared,
-                    self.live.version,
-                    format!(
-                        "label sanity cleared source {source:?}: its contradiction rate is back near the others'; its examples are learned again"
-                    ),
-                )
-                .figure("source", source),
+                } => {
+                    let source = evidence.source.clone();
+                    let mut event = Event::new(
+                        EventKind::SourceFlagged,
+                        self.live.version,
+                        format!(
+                            "label sanity flagged source {source:?}: the live model confidently contradicts {:.1}% of its recent labels against {:.1}% for the other sources; its examples are quarantined until its rate comes back",
+                            100.0 * evidence.recent_rate,
+                            100.0 * evidence.reference_rate
+                        ),
+                    )
+                    .figure("source", source)
+                    .figure("quarantined_waiting", quarantined_waiting);
+                    event = with_evidence(event, &evidence);
+                    event
+                }
+                Notice::Cleared { evidence } => {
+                    let source = evidence.source.clone();
+                    let event = Event::new(
+                        EventKind::SourceCleared,
+                        self.live.version,
+                        format!(
+                            "label sanity cleared source {source:?}: its contradiction rate ({:.1}%) is back near the other sources'; its examples are learned again",
+                            100.0 * evidence.recent_rate
+                        ),
+                    )
+                    .figure("source", source);
+                    with_evidence(event, &evidence)
+                }
                 Notice::Evicted { count } => Event::new(
                     EventKind::QuarantineFull,
                     self.live.version,

@@ -111,7 +111,7 @@ fn rig(
         guard: m
             .guard
             .enabled
-            .then(|| crate::serving::guard::Guard::new(&m.guard, m.task)),
+            .then(|| crate::serving::guard::Guard::new(&m.guard)),
         events: Arc::default(),
         clock: clock.clone(),
         journal: queue.log().clone(),
