@@ -23,7 +23,11 @@
 #    line "replayed the feedback log" (JSON logs); SIGKILL again. Each
 #    restart replays the same log (checked by its `examples` field).
 #    Target: replay < 2 s.
-# 5. callgrind (not in the default PARTS; needs valgrind): the release
+# 5. guard (not in the default PARTS): the ingest load of 1. with the
+#    ingestion guard on (the default) and off, batches whose examples come
+#    from four sources in turn; the ratio on / off of examples accepted and
+#    trained per second (target >= 0.75, issue 12).
+# 6. callgrind (not in the default PARTS; needs valgrind): the release
 #    server under `valgrind --tool=callgrind` with `wal = false` and with
 #    `fsync = "interval"`, snapshots off; counters zeroed after a warm-up,
 #    CG_BATCHES batches of 1000 sent one at a time, dumped once all are
@@ -84,6 +88,8 @@ import gzip, json, sys
 rows = [json.loads(l) for l in gzip.open("tests/data/elec2.jsonl.gz", "rt")]
 out = sys.argv[1]
 json.dump({"examples": rows[:1000]}, open(f"{out}/batch.json", "w"))
+four = [dict(r, source=f"honest-{i % 4}") for i, r in enumerate(rows[:1000])]
+json.dump({"examples": four}, open(f"{out}/batch4.json", "w"))
 json.dump({"features": rows[100]["features"], "label": rows[100]["label"]}, open(f"{out}/single.json", "w"))
 # Distinct batches for the recovery log, cycled.
 with open(f"{out}/batches.jsonl", "w") as f:
@@ -182,6 +188,8 @@ cfg_env() {
     interval) echo EDDY_STORAGE__FSYNC=interval ;;
     always) echo EDDY_STORAGE__FSYNC=always ;;
     never) echo EDDY_STORAGE__FSYNC=never ;;
+    guard-on) echo EDDY_MODELS__DEMO__GUARD__ENABLED=true ;;
+    guard-off) echo EDDY_MODELS__DEMO__GUARD__ENABLED=false ;;
   esac
 }
 
@@ -195,6 +203,7 @@ measure() {
   # shellcheck disable=SC2046
   start "$dir" "$log" $(cfg_env "$tag")
   if [ "$kind" = batch ]; then body=$work/batch.json conns=$FEEDBACK_CONNS per=1000
+  elif [ "$kind" = batch4 ]; then body=$work/batch4.json conns=$FEEDBACK_CONNS per=1000
   else body=$work/single.json conns=$SINGLE_CONNS per=1; fi
   read -r a0 p0 t0 < <(stats); read -r u0 k0 < <(cpu_ticks); s0=$(now_ms)
   BODY=$body wrk -t2 -c"$conns" -d"$DURATION" --latency -s benches/wrk/post.lua \
@@ -216,7 +225,7 @@ measure() {
       'BEGIN {printf "%.2f", (n > 0 ? (k == 1 ? d / hz * 1e6 / n : d / hz * 1e3 / (n / 1000)) : 0)}'
   }
   cpu=$(per_unit $((u1 - u0 + k1 - k0))); sys=$(per_unit $((k1 - k0)))
-  if [ "$kind" = batch ]; then
+  if [ "$kind" != single ]; then
     echo "  round $r, $tag: $acc examples/s accepted ($rps req/s; answers $codes), $trained/s trained, server's accepted count $srv/s, p99 $p99 ms, server CPU $cpu ms per 1000 accepted ($sys system)"
   else
     echo "  round $r, $tag: $rps req/s (answers $codes), p99 $p99 ms, $trained/s trained, server CPU $cpu us per request ($sys system)"
@@ -232,7 +241,7 @@ measure() {
     echo "  PROBLEM: wrk saw $non2xx non-2xx answers, the server counts otherwise: $codes"
   fi
   if grep -q "Socket errors" "$out"; then echo "  PROBLEM: wrk $(wrk_sockerr "$out")"; fi
-  if [ "$kind" = batch ]; then res[$tag]+="$acc $trained $p99 $cpu"$'\n'; else res[$tag]+="$rps $trained $p99 $cpu"$'\n'; fi
+  if [ "$kind" != single ]; then res[$tag]+="$acc $trained $p99 $cpu"$'\n'; else res[$tag]+="$rps $trained $p99 $cpu"$'\n'; fi
 }
 
 # rounds KIND TAG...: ROUNDS rounds over the TAGs, the order rotated each
@@ -303,6 +312,17 @@ if want ingest || want always || want never; then
     echo "always / interval: $(ratio "$am" "$im") accepted, $(ratio "$atm" "$itm") trained"
     echo "target 0.8 x min(interval $im, 4000 / fdatasync p50 = $(awk -v p="$fs50" 'BEGIN {printf "%.0f", 4000 / (p / 1000)}')) = $target: $(awk -v a="$am" -v t="$target" 'BEGIN {print (a >= t ? "met" : "NOT met")}')"
   fi
+fi
+
+if want guard; then
+  echo "== guard: batches of 1000 from 4 sources in turn, wrk -t2 -c$FEEDBACK_CONNS -d$DURATION, $ROUNDS rounds over: guard-off guard-on (order rotated) $(loadavg)"
+  rounds batch4 guard-off guard-on
+  for tag in guard-off guard-on; do
+    echo "median: $tag $(col "$tag" 1 | median) examples/s accepted ($(col "$tag" 2 | median) trained/s), p99 $(col "$tag" 3 | median) ms, server CPU $(col "$tag" 4 | median) ms per 1000"
+  done
+  ga=$(ratio "$(col guard-on 1 | median)" "$(col guard-off 1 | median)")
+  gt=$(ratio "$(col guard-on 2 | median)" "$(col guard-off 2 | median)")
+  echo "ratio guard on / off: $ga accepted, $gt trained (medians); target >= 0.75: $(awk -v a="$ga" -v t="$gt" 'BEGIN {print (a >= 0.75 && t >= 0.75 ? "met" : "NOT met")}')"
 fi
 
 if want single; then

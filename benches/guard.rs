@@ -15,8 +15,11 @@
 //!    stationary stream: share quarantined (target < 0.5%) and accuracy
 //!    against the guard off (target within 0.2 points); after each SEA
 //!    drift the new concept is learned.
-//! 4. Cost: trainer throughput (examples per second through `step`) with
-//!    the guard on and off, alternating rounds (target: on >= 0.75 of off).
+//! 4. Cost: the trainer's own time per example (through `step`, on
+//!    examples scored as the server scores them on acceptance) with the
+//!    guard on and off, alternating rounds. The target (ingest with
+//!    the guard >= 0.75 of without) is end to end, over HTTP:
+//!    `PARTS=guard benches/durability.sh`.
 //!
 //! Run: `cargo bench --bench guard` (about a minute); `GUARD_CURVE=path.csv`
 //! also writes the flood's accuracy curve by block of 1,000 rows.
@@ -27,7 +30,7 @@ use std::time::Instant;
 use eddy::batch::eval::ROW_INTERVAL;
 use eddy::config::{Config, ModelConfig};
 use eddy::learn::{Example, FeatureHasher, FeatureVec, Target};
-use eddy::serving::queue::Feedback;
+use eddy::serving::queue::{Feedback, Prescored};
 use eddy::serving::{ManualClock, SystemClock, Trainer};
 use serde_json::Value;
 
@@ -54,7 +57,11 @@ fn guard_off() -> ModelConfig {
     model("[models.guard]\nenabled = false")
 }
 
-fn examples(rows: &[Value], m: &ModelConfig, edit: impl Fn(usize, &mut Value)) -> Vec<(FeatureVec, Target)> {
+fn examples(
+    rows: &[Value],
+    m: &ModelConfig,
+    edit: impl Fn(usize, &mut Value),
+) -> Vec<(FeatureVec, Target)> {
     let hasher = FeatureHasher::new(m.hash_bits);
     let space = m.label_space().expect("space");
     rows.iter()
@@ -107,7 +114,8 @@ fn run(r: Run<'_>) -> Outcome {
     let (mut trainer, queue, _commands) = Trainer::in_memory(r.m, clock.clone()).expect("trainer");
     let mut out = Outcome::default();
     let mut sent = 0u64;
-    let mut marked_positions = std::collections::HashSet::new();
+    let step = r.m.training.minibatch_size.get();
+    let mut marked = std::collections::HashSet::new();
     for (i, (x, y)) in r.xs.iter().enumerate().take(r.until) {
         if r.probe.contains(&i) {
             continue;
@@ -126,21 +134,32 @@ fn run(r: Run<'_>) -> Outcome {
         out.blocks[block].0 += u64::from(correct);
         out.blocks[block].1 += 1;
         let source = format!("honest-{}", i % HONEST);
-        let mut items = vec![Feedback::labelled(x.clone(), *y, Some(source.as_str().into()))];
+        let mut items = vec![Feedback::labelled(
+            x.clone(),
+            *y,
+            Some(source.as_str().into()),
+        )];
         if r.attack_from.is_some_and(|from| i >= from) {
             let inverted = Target::Class(1 - y.class().unwrap_or(0));
-            items.extend((0..r.copies).map(|_| Feedback::labelled(x.clone(), inverted, Some("attacker".into()))));
+            items.extend(
+                (0..r.copies)
+                    .map(|_| Feedback::labelled(x.clone(), inverted, Some("attacker".into()))),
+            );
         }
         if r.marked.contains(&i) {
-            marked_positions.insert(sent);
+            marked.insert(features_key(x));
         }
         sent += items.len() as u64;
-        queue.reserve(items.len()).expect("room").send(items).expect("appended");
-        while trainer.position() + MINIBATCH as u64 <= sent {
-            trainer.step(MINIBATCH);
+        queue
+            .reserve(items.len())
+            .expect("room")
+            .send(items)
+            .expect("appended");
+        while trainer.position() + step as u64 <= sent {
+            trainer.step(step);
         }
     }
-    while trainer.step(MINIBATCH) > 0 {}
+    while trainer.step(step) > 0 {}
     out.sent = sent;
     let report = trainer.stats().guard.load_full();
     out.quarantined = report.quarantined_total.iter().map(|q| q.examples).sum();
@@ -150,14 +169,22 @@ fn run(r: Run<'_>) -> Outcome {
         .map(|q| (q.reason.as_str().to_owned(), q.source.clone(), q.examples))
         .collect();
     out.flagged = report.flagged_sources.clone();
-    out.rollbacks = trainer.stats().rollbacks_degraded.load(std::sync::atomic::Ordering::Relaxed)
-        + trainer.stats().rollbacks_gate.load(std::sync::atomic::Ordering::Relaxed);
+    out.rollbacks = trainer
+        .stats()
+        .rollbacks_degraded
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + trainer
+            .stats()
+            .rollbacks_gate
+            .load(std::sync::atomic::Ordering::Relaxed);
     if let Some(g) = trainer.guard() {
+        // Log positions also number the trainer's steps, so the marked
+        // examples are recognised by their features.
         let page = g.quarantine().page(&Default::default(), None, usize::MAX);
         out.marked_quarantined = page
             .examples
             .iter()
-            .filter(|(p, _)| marked_positions.contains(p))
+            .filter(|(_, h)| marked.contains(&features_key(&h.fb.features)))
             .count() as u64;
     }
     if !r.probe.is_empty() {
@@ -170,6 +197,14 @@ fn run(r: Run<'_>) -> Outcome {
         out.probe = Some(pct(c, n));
     }
     out
+}
+
+/// An example's features, bit for bit, to recognise it in quarantine.
+fn features_key(x: &FeatureVec) -> Vec<(u32, u64)> {
+    x.features
+        .iter()
+        .map(|f| (f.index, f.value.to_bits()))
+        .collect()
 }
 
 fn pct(c: u64, n: u64) -> f64 {
@@ -196,13 +231,25 @@ fn flood(elec2: &[Value]) {
         probe: 0..0,
         until: xs.len(),
     };
-    println!("== 1. Flood: Elec2 ({} rows), {HONEST} honest sources in turn; from row {from} an attacker resends each example 5x with the label inverted", xs.len());
+    println!(
+        "== 1. Flood: Elec2 ({} rows), {HONEST} honest sources in turn; from row {from} an attacker resends each example 5x with the label inverted",
+        xs.len()
+    );
     let clean_on = run(base(&on, None));
     let attacked_on = run(base(&on, Some(from)));
     let clean_off = run(base(&off, None));
     let attacked_off = run(base(&off, Some(from)));
+    // Under the attack a minibatch of 32 holds about 5 honest rows, so the
+    // live model is published after every 5 or so honest rows instead of
+    // 32: fresher, which Elec2 rewards. The same cadence without the attack:
+    let small = model("[models.training]\nminibatch_size = 5");
+    let cadence = run(Run {
+        m: &small,
+        ..base(&small, None)
+    });
     for (name, o) in [
         ("no attack, guard on", &clean_on),
+        ("no attack, minibatch 5", &cadence),
         ("attack, guard on", &attacked_on),
         ("no attack, guard off", &clean_off),
         ("attack, guard off", &attacked_off),
@@ -216,9 +263,11 @@ fn flood(elec2: &[Value]) {
             o.rollbacks
         );
     }
-    let diff = pct(attacked_on.correct, attacked_on.scored) - pct(clean_on.correct, clean_on.scored);
+    let diff =
+        pct(attacked_on.correct, attacked_on.scored) - pct(clean_on.correct, clean_on.scored);
     println!(
-        "  guard on: attack vs no attack {diff:+.2} points (target within 1); guard off: {:+.2} points",
+        "  guard on: attack vs no attack at the attacked run's publish cadence (minibatch 5) {:+.2} points (target within 1); vs no attack at minibatch 32 {diff:+.2} points (fresher publishes under the attack); guard off: {:+.2} points",
+        pct(attacked_on.correct, attacked_on.scored) - pct(cadence.correct, cadence.scored),
         pct(attacked_off.correct, attacked_off.scored) - pct(clean_off.correct, clean_off.scored)
     );
     let attacker: u64 = attacked_on
@@ -239,7 +288,8 @@ fn flood(elec2: &[Value]) {
         attacked_on.by_reason
     );
     if let Ok(path) = std::env::var("GUARD_CURVE") {
-        let mut csv = String::from("block_start,no_attack_guard_on,attack_guard_on,attack_guard_off\n");
+        let mut csv =
+            String::from("block_start,no_attack_guard_on,attack_guard_on,attack_guard_off\n");
         for b in 0..clean_on.blocks.len() {
             let acc = |o: &Outcome| o.blocks.get(b).map_or(f64::NAN, |(c, n)| pct(*c, *n));
             csv.push_str(&format!(
@@ -270,11 +320,17 @@ fn unit_error(elec2: &[Value]) {
     };
     let changed = broken
         .clone()
-        .filter(|i| elec2[*i]["features"]["nswprice"].as_f64().is_some_and(|p| p != 0.0))
+        .filter(|i| {
+            elec2[*i]["features"]["nswprice"]
+                .as_f64()
+                .is_some_and(|p| p != 0.0)
+        })
         .count();
     let xs_broken = examples(elec2, &on, scale);
     let xs_clean = examples(elec2, &on, |_, _| {});
-    println!("\n== 2. Unit error: nswprice x1000 on rows {broken:?} ({changed} of them nonzero); probe = rows {probe:?}, never learned");
+    println!(
+        "\n== 2. Unit error: nswprice x1000 on rows {broken:?} ({changed} of them nonzero); probe = rows {probe:?}, never learned"
+    );
     for m in [on.clone(), guard_off()] {
         let guard = if m.guard.enabled { "on" } else { "off" };
         let case = |xs| {
@@ -341,7 +397,9 @@ fn no_false_alarms(elec2: &[Value]) {
         );
         if name.starts_with("SEA") {
             let q = |o: &Outcome, r: std::ops::Range<usize>| {
-                let (c, n) = o.blocks[r].iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                let (c, n) = o.blocks[r]
+                    .iter()
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
                 pct(c, n)
             };
             println!(
@@ -357,32 +415,59 @@ fn no_false_alarms(elec2: &[Value]) {
     }
 }
 
-/// Examples per second through the trainer alone, guard on or off.
+/// Examples per second of the trainer's own time, guard on or off, on
+/// examples scored as the server scores them when it accepts them.
 fn throughput(xs: &[(FeatureVec, Target)], m: &ModelConfig) -> f64 {
     let (mut trainer, queue, _commands) =
         Trainer::in_memory(m, Arc::new(SystemClock::default())).expect("trainer");
-    let started = Instant::now();
     let mut n = 0usize;
+    let sources: Vec<Arc<str>> = (0..HONEST).map(|i| Arc::from(format!("s{i}"))).collect();
+    let mut busy = std::time::Duration::ZERO;
     for _ in 0..3 {
         for (c, chunk) in xs.chunks(1024).enumerate() {
+            // Scored as the server's feedback threads score on acceptance
+            // (not the trainer's time, so not timed).
+            let live = trainer.live().clone();
             let items: Vec<Feedback> = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, (x, y))| {
-                    Feedback::labelled(x.clone(), *y, Some(format!("s{}", (c + i) % HONEST).into()))
+                    let mut fb =
+                        Feedback::labelled(x.clone(), *y, Some(sources[(c + i) % HONEST].clone()));
+                    let scored = live.params.score(x, *y);
+                    fb.scored = Some(Prescored {
+                        live_version: live.version,
+                        live: scored,
+                        base_version: live.version,
+                        base: scored,
+                        candidate: None,
+                    });
+                    fb
                 })
                 .collect();
             n += items.len();
-            queue.reserve(items.len()).expect("room").send(items).expect("appended");
+            queue
+                .reserve(items.len())
+                .expect("room")
+                .send(items)
+                .expect("appended");
+            let started = Instant::now();
             while trainer.step(MINIBATCH) > 0 {}
+            busy += started.elapsed();
         }
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    n as f64 / busy.as_secs_f64()
 }
 
 fn cost(elec2: &[Value]) {
-    println!("\n== 4. Cost: trainer throughput, Elec2 x3, {HONEST} sources, guard on vs off (alternating)");
-    let on = model("");
+    println!(
+        "\n== 4. Cost: the trainer's own throughput, Elec2 x3, {HONEST} sources, guard on vs off (alternating)"
+    );
+    let on = model(
+        &std::env::var("GUARD_COST_CONFIG")
+            .unwrap_or_default()
+            .replace(';', "\n"),
+    );
     let off = guard_off();
     let xs = examples(elec2, &on, |_, _| {});
     let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -396,7 +481,7 @@ fn cost(elec2: &[Value]) {
     };
     let (on_m, off_m) = (median(&mut a), median(&mut b));
     println!(
-        "  guard on {on_m:.0} ex/s, off {off_m:.0} ex/s (medians of 5): ratio {:.2} (target >= 0.75)",
+        "  guard on {on_m:.0} ex/s, off {off_m:.0} ex/s of trainer time (medians of 5): ratio {:.2} (the trainer alone; the ingest target is end to end)",
         on_m / off_m
     );
 }

@@ -783,7 +783,10 @@ impl ModelCollector {
                 };
                 flagged.push((labels, ConstGauge::new(1i64)));
             }
-            for (cause, n) in [("operator", r.dropped_total), ("evicted", r.quarantine_evicted)] {
+            for (cause, n) in [
+                ("operator", r.dropped_total),
+                ("evicted", r.quarantine_evicted),
+            ] {
                 let labels = ReasonLabels {
                     model: model.clone(),
                     reason: cause.to_owned(),

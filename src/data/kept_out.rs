@@ -87,3 +87,79 @@ pub fn kept_out(dir: &Path) -> Result<HashSet<u64>, LogError> {
     }
     Ok(held.into_keys().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::{Feature, FeatureVec, Target};
+    use crate::persist::wal::{Append, FeedbackLog, Fsync, LocalLog, LogOptions, RecordBatch};
+    use crate::serving::queue::Feedback;
+    use crate::serving::trainer::StepRecord;
+
+    fn example(source: &str) -> Vec<u8> {
+        let x = FeatureVec {
+            features: vec![Feature {
+                index: 1,
+                value: 2.0,
+                numeric: true,
+            }],
+        };
+        log_record::encode(
+            &Feedback::labelled(x, Target::Class(0), Some(source.into())),
+            None,
+        )
+    }
+
+    fn step(step: Step) -> Vec<u8> {
+        log_record::encode_step(&StepRecord {
+            step,
+            at_us: 0,
+            versions: Vec::new(),
+        })
+    }
+
+    /// Positions 0-5 are examples (sources a, b, a, b, a, b); the guard
+    /// quarantines 1, 2, 3 and 4; an operator releases b's, then drops 2.
+    #[test]
+    fn quarantined_examples_not_released_are_kept_out() {
+        let dir = tempfile::tempdir().expect("dir");
+        let options = LogOptions {
+            fsync: Fsync::Never,
+            fsync_interval: std::time::Duration::from_millis(100),
+            segment_bytes: 1 << 20,
+            repair: false,
+            archive_dir: None,
+        };
+        let (log, _) = LocalLog::open(dir.path(), options, 0).expect("opens");
+        let mut records: Vec<Vec<u8>> = (0..6).map(|i| example(["a", "b"][i % 2])).collect();
+        records.push(step(Step::Quarantine {
+            entries: vec![(1, Reason::Outlier), (2, Reason::Label), (3, Reason::Label)],
+        }));
+        records.push(step(Step::Quarantine {
+            entries: vec![(4, Reason::Influence)],
+        }));
+        records.push(step(Step::Release {
+            selector: Selector {
+                source: Some("b".into()),
+                ..Selector::default()
+            },
+        }));
+        records.push(step(Step::Drop {
+            selector: Selector {
+                ids: Some(vec![2]),
+                ..Selector::default()
+            },
+        }));
+        let mut batch = RecordBatch::of(&records);
+        log.append(Append::new(&mut batch), &mut |_| {})
+            .expect("appends");
+        drop(log);
+        let mut out: Vec<u64> = kept_out(dir.path()).expect("reads").into_iter().collect();
+        out.sort_unstable();
+        assert_eq!(
+            out,
+            [2, 4],
+            "1 and 3 are b's, released; 2 dropped, 4 never released"
+        );
+    }
+}

@@ -100,7 +100,9 @@ pub enum ApiError {
     SnapshotDeferred(String),
     #[error("source `{0}` is not blamed")]
     SourceNotBlamed(String),
-    #[error("model `{0}` has no ingestion guard ([models.guard] enabled = false), so nothing is quarantined")]
+    #[error(
+        "model `{0}` has no ingestion guard ([models.guard] enabled = false), so nothing is quarantined"
+    )]
     GuardDisabled(String),
     #[error("{0}")]
     IdempotencyKey(#[from] crate::serving::idempotency::KeyError),

@@ -14,8 +14,8 @@
 //! `guard_disabled`.
 
 use axum::Json;
-use axum::extract::{Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -145,9 +145,17 @@ async fn act(
         ));
     }
     let n = if release {
-        ask(&state, runtime, |reply| TrainerCommand::Release { selector, reply }).await?
+        ask(&state, runtime, |reply| TrainerCommand::Release {
+            selector,
+            reply,
+        })
+        .await?
     } else {
-        ask(&state, runtime, |reply| TrainerCommand::Drop { selector, reply }).await?
+        ask(&state, runtime, |reply| TrainerCommand::Drop {
+            selector,
+            reply,
+        })
+        .await?
     }
     .ok_or_else(|| ApiError::GuardDisabled(model.clone()))?;
     let key = if release { "released" } else { "dropped" };
@@ -162,13 +170,12 @@ fn example_json(h: &Held, space: &LabelSpace) -> Value {
         Target::Class(k) => json!(k),
         Target::Value(v) => json!(v),
     };
-    let features: Vec<Value> = h
-        .fb
-        .features
-        .features
-        .iter()
-        .map(|f| json!({ "row": f.index, "value": f.value, "numeric": f.numeric }))
-        .collect();
+    let features: Vec<Value> =
+        h.fb.features
+            .features
+            .iter()
+            .map(|f| json!({ "row": f.index, "value": f.value, "numeric": f.numeric }))
+            .collect();
     json!({
         "id": h.fb.position,
         "reason": h.reason,

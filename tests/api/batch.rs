@@ -504,10 +504,20 @@ fn eval_through_the_monitor_marks_its_decisions() {
     let data = dir.path().join("broken.csv");
     std::fs::write(&data, csv).expect("write");
     let svg = dir.path().join("chart.svg");
+    // The monitor's decisions: with the guard on, the broken rows would be
+    // quarantined as outliers before the monitor saw them.
+    let config = dir.path().join("eddy.toml");
+    std::fs::write(
+        &config,
+        "[[models]]\nname = \"demo\"\ntask = \"binary\"\n[models.guard]\nenabled = false\n",
+    )
+    .expect("config");
     let out = eddy(
         dir.path(),
         &[
             "eval",
+            "--config",
+            config.to_str().expect("path"),
             "--model",
             "demo",
             "--prequential",

@@ -18,6 +18,8 @@ hash_bits = 14
 [models.monitor]
 trusted_sources = ["trusted"]
 gate_hold_ms = 3600000
+[models.guard]
+enabled = false
 "#;
 
 async fn send(app: &TestApp, rows: &[Value], source: &str, invert: bool) {

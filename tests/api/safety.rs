@@ -2,6 +2,9 @@
 //! source blamed, a broken upstream's damage is rolled back, a concept
 //! drift is learned without rollbacks; and in process, through the real
 //! trainer, clean Elec2 and a SEA drift stream see no rollback at all.
+//! The monitor is the second line of defence: where these tests attack a
+//! model, its ingestion guard (the first, `tests/api/guard.rs`) is off, so
+//! that what they show is the monitor's doing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -104,12 +107,16 @@ name = "attacked"
 task = "binary"
 [models.monitor]
 trusted_sources = ["trusted"]
+[models.guard]
+enabled = false
 
 [[models]]
 name = "clean"
 task = "binary"
 [models.monitor]
 trusted_sources = ["trusted"]
+[models.guard]
+enabled = false
 "#;
 
 /// Elec2 rows 0-12,000 from a trusted source to two identical models; from
@@ -253,11 +260,15 @@ async fn a_broken_upstreams_damage_is_rolled_back() {
 [[models]]
 name = "guarded"
 task = "binary"
+[models.guard]
+enabled = false
 
 [[models]]
 name = "unguarded"
 task = "binary"
 [models.monitor]
+enabled = false
+[models.guard]
 enabled = false
 "#,
     )
@@ -400,7 +411,7 @@ fn clean_streams_see_no_rollback_in_process() {
 fn on_degrade_replays_pauses_or_continues() {
     for mode in ["replay", "pause", "continue"] {
         let m = Config::from_toml_over_default(&format!(
-            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\ntrusted_sources = [\"trusted\"]\non_degrade = \"{mode}\""
+            "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.guard]\nenabled = false\n[models.monitor]\ntrusted_sources = [\"trusted\"]\non_degrade = \"{mode}\""
         ))
         .expect("config")
         .models

@@ -12,10 +12,11 @@
 //! active source (a deployment with one client) nothing is limited.
 //!
 //! The limit is on sliding windows rather than on each minibatch so that
-//! sources that send in turns (a batch each) are not held up.
+//! sources that send in turns (a batch each) are not held up. Sources are
+//! the guard's interned ids (`SourceId`), so counting costs no string
+//! comparison.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +24,45 @@ use crate::config::InfluenceConfig;
 
 use super::super::queue::Feedback;
 
-/// A source as the limits count it: its bounded name (see
-/// `Guard::source_key`).
-pub type SourceKey = Arc<str>;
+/// A source as the guard counts it: an index into its bounded table of
+/// names (see `Guard::source_id`).
+pub type SourceId = u32;
+
+/// Counts per source over a sliding window of examples.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Window {
+    ring: VecDeque<SourceId>,
+    counts: Vec<u32>,
+    /// Sources with a count above zero.
+    present: usize,
+}
+
+impl Window {
+    fn push(&mut self, source: SourceId, size: usize) {
+        let i = source as usize;
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        if self.counts[i] == 0 {
+            self.present += 1;
+        }
+        self.counts[i] += 1;
+        self.ring.push_back(source);
+        while self.ring.len() > size {
+            if let Some(old) = self.ring.pop_front() {
+                let c = &mut self.counts[old as usize];
+                *c -= 1;
+                if *c == 0 {
+                    self.present -= 1;
+                }
+            }
+        }
+    }
+
+    fn count(&self, source: SourceId) -> u32 {
+        self.counts.get(source as usize).copied().unwrap_or(0)
+    }
+}
 
 /// The state of the limits (kept in snapshots).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,17 +70,15 @@ pub struct Influence {
     max_share: f64,
     window: usize,
     wait_capacity: usize,
-    /// Sources of the last `window` examples screened, oldest first.
-    arrivals: VecDeque<SourceKey>,
-    arrived: BTreeMap<SourceKey, usize>,
-    /// Sources of the last `window` examples learned, oldest first.
-    learned: VecDeque<SourceKey>,
-    shares: BTreeMap<SourceKey, usize>,
+    /// Sources of the last `window` examples screened.
+    arrivals: Window,
+    /// Sources of the last `window` examples learned.
+    learned: Window,
     /// Examples waiting for their source's share, oldest first. Snapshots
     /// keep their positions (`waiting_positions`); a restart reads them
     /// back from the log.
     #[serde(skip)]
-    waiting: VecDeque<(SourceKey, Feedback)>,
+    waiting: VecDeque<(SourceId, Feedback)>,
 }
 
 impl Influence {
@@ -52,48 +87,48 @@ impl Influence {
             max_share: config.max_share,
             window: config.active_examples.min(usize::MAX as u64) as usize,
             wait_capacity: config.wait_capacity,
-            arrivals: VecDeque::new(),
-            arrived: BTreeMap::new(),
-            learned: VecDeque::new(),
-            shares: BTreeMap::new(),
+            arrivals: Window::default(),
+            learned: Window::default(),
             waiting: VecDeque::new(),
         }
     }
 
     /// Notes that an example of `source` arrived (whatever becomes of it).
-    pub fn arrive(&mut self, source: &SourceKey) {
-        push_counted(&mut self.arrivals, &mut self.arrived, source, self.window);
+    pub fn arrive(&mut self, source: SourceId) {
+        self.arrivals.push(source, self.window);
     }
 
     /// Sources that sent any of the last `window` examples.
     pub fn active(&self) -> usize {
-        self.arrived.len()
+        self.arrivals.present
     }
 
     /// Whether one more example of `source` may be learned now. A source
     /// that sent at most `max_share` of the recent examples always may (so
     /// honest sources never wait for a flooding one); one that sent more
-    /// may fill at most `max_share` of what is learned.
-    pub fn allows(&self, source: &SourceKey) -> bool {
+    /// may have at most `max_share` of any `window` consecutive examples
+    /// learned (so a burst of that size passes whole, and a flood is held
+    /// to its share of every monitor window of that length).
+    pub fn allows(&self, source: SourceId) -> bool {
         if self.max_share >= 1.0 || self.active() < 2 {
             return true;
         }
-        let arrived = self.arrived.get(source).copied().unwrap_or(0);
-        if arrived as f64 <= self.max_share * self.arrivals.len() as f64 {
+        let arrived = self.arrivals.count(source);
+        if f64::from(arrived) <= self.max_share * self.arrivals.ring.len() as f64 {
             return true;
         }
-        let mine = self.shares.get(source).copied().unwrap_or(0);
-        (mine + 1) as f64 <= self.max_share * (self.learned.len() + 1) as f64
+        let mine = self.learned.count(source);
+        f64::from(mine + 1) <= self.max_share * self.window as f64
     }
 
     /// Notes that an example of `source` is learned.
-    pub fn learned(&mut self, source: &SourceKey) {
-        push_counted(&mut self.learned, &mut self.shares, source, self.window);
+    pub fn learned(&mut self, source: SourceId) {
+        self.learned.push(source, self.window);
     }
 
     /// Puts `fb` in the waiting line; returns the oldest waiting examples
     /// pushed out of it (to quarantine).
-    pub fn wait(&mut self, source: SourceKey, fb: Feedback) -> Vec<Feedback> {
+    pub fn wait(&mut self, source: SourceId, fb: Feedback) -> Vec<Feedback> {
         self.waiting.push_back((source, fb));
         let over = self.waiting.len().saturating_sub(self.wait_capacity);
         self.waiting.drain(..over).map(|(_, fb)| fb).collect()
@@ -104,15 +139,18 @@ impl Influence {
     /// must not be learned; the others keep waiting in order.
     pub fn release(
         &mut self,
-        blocked: impl Fn(&SourceKey) -> bool,
+        blocked: impl Fn(SourceId) -> bool,
     ) -> (Vec<Feedback>, Vec<Feedback>) {
         let (mut out, mut refused) = (Vec::new(), Vec::new());
+        if self.waiting.is_empty() {
+            return (out, refused);
+        }
         let mut still = VecDeque::with_capacity(self.waiting.len());
         while let Some((source, fb)) = self.waiting.pop_front() {
-            if blocked(&source) {
+            if blocked(source) {
                 refused.push(fb);
-            } else if self.allows(&source) {
-                self.learned(&source);
+            } else if self.allows(source) {
+                self.learned(source);
                 out.push(fb);
             } else {
                 still.push_back((source, fb));
@@ -123,10 +161,10 @@ impl Influence {
     }
 
     /// Removes and returns the waiting examples of `source`.
-    pub fn take_waiting(&mut self, source: &SourceKey) -> Vec<Feedback> {
+    pub fn take_waiting(&mut self, source: SourceId) -> Vec<Feedback> {
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(s, _)| s == source);
+            .partition(|(s, _)| *s == source);
         self.waiting = kept.into();
         taken.into_iter().map(|(_, fb)| fb).collect()
     }
@@ -140,34 +178,19 @@ impl Influence {
     }
 
     /// Puts back an example that was waiting when the state was saved.
-    pub fn restore_waiting(&mut self, source: SourceKey, fb: Feedback) {
+    pub fn restore_waiting(&mut self, source: SourceId, fb: Feedback) {
         self.waiting.push_back((source, fb));
     }
 
     /// Each source's share of the learned window.
-    pub fn shares(&self) -> impl Iterator<Item = (&SourceKey, f64)> {
-        let n = self.learned.len().max(1) as f64;
-        self.shares.iter().map(move |(s, c)| (s, *c as f64 / n))
-    }
-}
-
-fn push_counted(
-    ring: &mut VecDeque<SourceKey>,
-    counts: &mut BTreeMap<SourceKey, usize>,
-    source: &SourceKey,
-    window: usize,
-) {
-    ring.push_back(source.clone());
-    *counts.entry(source.clone()).or_default() += 1;
-    while ring.len() > window {
-        if let Some(old) = ring.pop_front()
-            && let Some(c) = counts.get_mut(&old)
-        {
-            *c -= 1;
-            if *c == 0 {
-                counts.remove(&old);
-            }
-        }
+    pub fn shares(&self) -> impl Iterator<Item = (SourceId, f64)> + '_ {
+        let n = self.learned.ring.len().max(1) as f64;
+        self.learned
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(move |(s, c)| (s as SourceId, f64::from(*c) / n))
     }
 }
 
@@ -198,11 +221,18 @@ mod tests {
     }
 
     /// Screens `fb` as the guard does: learned if allowed, else waits.
+    fn id(fb: &Feedback) -> SourceId {
+        match fb.source.as_deref() {
+            Some("flood") | Some("a") => 1,
+            _ => 0,
+        }
+    }
+
     fn offer(l: &mut Influence, fb: Feedback) -> (bool, Vec<Feedback>) {
-        let key: SourceKey = fb.source.clone().unwrap_or_else(|| "unattributed".into());
-        l.arrive(&key);
-        if l.allows(&key) {
-            l.learned(&key);
+        let key = id(&fb);
+        l.arrive(key);
+        if l.allows(key) {
+            l.learned(key);
             (true, Vec::new())
         } else {
             (false, l.wait(key, fb))
@@ -221,7 +251,7 @@ mod tests {
     #[test]
     fn a_flooding_source_is_held_to_its_share_and_the_excess_waits_then_overflows() {
         let mut l = limits(0.5, 100, 20);
-        let mut learned = BTreeMap::<&str, usize>::new();
+        let mut learned = std::collections::BTreeMap::<&str, usize>::new();
         let mut overflowed = 0;
         for p in 0..900u64 {
             // Five from the flooder for every one from the honest source.
@@ -236,7 +266,7 @@ mod tests {
                 *learned.entry("flood").or_default() += 1;
             }
         }
-        let share = l.shares().find(|(s, _)| s.as_ref() == "flood").map(|(_, v)| v);
+        let share = l.shares().find(|(s, _)| *s == 1).map(|(_, v)| v);
         assert!(share.is_some_and(|v| v <= 0.5 + 1e-9), "{share:?}");
         assert_eq!(learned["honest"], 150, "honest examples never wait");
         assert!(overflowed > 0);

@@ -31,25 +31,24 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::GuardConfig;
-use crate::learn::guard::labels::{OTHER_SOURCE, UNKNOWN_SOURCE};
-use crate::learn::guard::{Evidence, FlagChange, LabelSanity, Outlier, OutlierDetector};
 use crate::learn::Scored;
+use crate::learn::guard::{Evidence, FlagChange, LabelSanity, Outlier, OutlierDetector};
 
 use super::queue::Feedback;
 use super::store::ModelVersion;
 
 mod influence;
+mod names;
 mod quarantine;
 mod report;
 
-pub use influence::{Influence, SourceKey};
+pub use influence::{Influence, SourceId};
+pub use names::SourceNames;
 pub use quarantine::{Held, Page, Quarantine, Selector};
 pub use report::{GuardReport, QuarantineCount};
 
 /// Why an example is in quarantine.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reason {
     Schema,
@@ -120,8 +119,9 @@ pub struct Totals {
     pub dropped: u64,
     /// Examples that waited for their source's share.
     pub waited: u64,
-    /// The source names counted by name (at most `max_sources`).
-    pub named: std::collections::BTreeSet<SourceKey>,
+    /// The names sources are counted under (at most `max_sources` of
+    /// their own).
+    pub sources: SourceNames,
 }
 
 /// What a snapshot keeps of a guard (`Guard::state`, `Guard::restore`).
@@ -156,7 +156,6 @@ impl GuardState {
     }
 }
 
-
 impl Guard {
     pub fn new(config: &GuardConfig) -> Self {
         Self {
@@ -189,8 +188,8 @@ impl Guard {
     }
 
     pub fn restore_waiting(&mut self, fb: Feedback) {
-        let key = self.source_key(&fb.source);
-        self.influence.restore_waiting(key, fb);
+        let id = self.source_id(&fb.source);
+        self.influence.restore_waiting(id, fb);
     }
 
     pub fn state(&self) -> GuardState {
@@ -210,17 +209,22 @@ impl Guard {
     /// trainer's clock.
     pub fn screen(&mut self, batch: &mut Vec<Feedback>, live: &ModelVersion, at_us: u64) {
         let mut learn = Vec::with_capacity(batch.len());
-        let labels = &self.labels;
+        let (labels, sources) = (&self.labels, &self.totals.sources);
         let (released, flagged) = self
             .influence
-            .release(|source| labels.is_flagged(Some(source.as_ref())));
+            .release(|id| labels.is_flagged(Some(sources.name(id))));
         for fb in flagged {
-            self.hold(fb, Reason::Label, "its source is flagged by label sanity".into(), at_us);
+            self.hold(
+                fb,
+                Reason::Label,
+                "its source is flagged by label sanity".into(),
+                at_us,
+            );
         }
         learn.extend(released);
         for fb in batch.drain(..) {
-            let key = self.source_key(&fb.source);
-            self.influence.arrive(&key);
+            let id = self.source_id(&fb.source);
+            self.influence.arrive(id);
             if let Some(violation) = &fb.schema {
                 let detail = violation.to_string();
                 self.hold(fb, Reason::Schema, detail, at_us);
@@ -235,21 +239,28 @@ impl Guard {
             }
             if self.config.labels.enabled {
                 let scored = live_score(&fb, live);
-                let verdict = self.labels.observe(Some(key.as_ref()), &scored);
+                let verdict = self
+                    .labels
+                    .observe(Some(self.totals.sources.name(id)), &scored);
                 if let Some(change) = verdict.change {
-                    self.note_label_change(change, &key, at_us);
+                    self.note_label_change(change, id, at_us);
                 }
                 if verdict.flagged {
-                    self.hold(fb, Reason::Label, "its source is flagged by label sanity".into(), at_us);
+                    self.hold(
+                        fb,
+                        Reason::Label,
+                        "its source is flagged by label sanity".into(),
+                        at_us,
+                    );
                     continue;
                 }
             }
-            if self.influence.allows(&key) {
-                self.influence.learned(&key);
+            if self.influence.allows(id) {
+                self.influence.learned(id);
                 learn.push(fb);
             } else {
                 self.totals.waited += 1;
-                for old in self.influence.wait(key, fb) {
+                for old in self.influence.wait(id, fb) {
                     let detail = format!(
                         "waited for its source's share (influence.max_share {}) beyond influence.wait_capacity ({})",
                         self.config.influence.max_share, self.config.influence.wait_capacity
@@ -258,13 +269,15 @@ impl Guard {
                 }
             }
         }
-        for fb in &learn {
-            self.outliers.learn(&fb.features);
+        if self.config.outliers.enabled {
+            for fb in &learn {
+                self.outliers.learn(&fb.features);
+            }
         }
         *batch = learn;
     }
 
-    fn note_label_change(&mut self, change: FlagChange, source: &SourceKey, at_us: u64) {
+    fn note_label_change(&mut self, change: FlagChange, source: SourceId, at_us: u64) {
         match change {
             FlagChange::Flagged(evidence) => {
                 let waiting = self.influence.take_waiting(source);
@@ -273,7 +286,8 @@ impl Guard {
                     self.hold(
                         fb,
                         Reason::Label,
-                        "its source was flagged by label sanity while it waited for its share".into(),
+                        "its source was flagged by label sanity while it waited for its share"
+                            .into(),
                         at_us,
                     );
                 }
@@ -295,7 +309,8 @@ impl Guard {
 
     /// Quarantines `fb` (a blamed source's example, or one a check failed).
     pub fn hold(&mut self, fb: Feedback, reason: Reason, detail: String, at_us: u64) {
-        let source = self.source_key(&fb.source).to_string();
+        let id = self.source_id(&fb.source);
+        let source = self.totals.sources.name(id).to_owned();
         *self.totals.quarantined.entry((reason, source)).or_default() += 1;
         self.decided.push((fb.position, reason));
         let evicted = self.quarantine.hold(Held {
@@ -313,11 +328,16 @@ impl Guard {
     /// training; they teach the outlier detector (an operator vouched for
     /// them).
     pub fn release(&mut self, selector: &Selector) -> Vec<Feedback> {
-        let out: Vec<Feedback> = self.quarantine.take(selector).into_iter().map(|h| h.fb).collect();
+        let out: Vec<Feedback> = self
+            .quarantine
+            .take(selector)
+            .into_iter()
+            .map(|h| h.fb)
+            .collect();
         for fb in &out {
             self.outliers.learn(&fb.features);
-            let key = self.source_key(&fb.source);
-            self.influence.learned(&key);
+            let id = self.source_id(&fb.source);
+            self.influence.learned(id);
         }
         self.totals.released += out.len() as u64;
         out
@@ -352,21 +372,9 @@ impl Guard {
         self.influence.waiting_positions().into_iter().min()
     }
 
-    /// A source's name for the limits, totals and metrics: its own among
-    /// the first `max_sources` names met (unattributed feedback is one
-    /// source), the rest `other`, so invented names cost nothing.
-    fn source_key(&mut self, source: &Option<Arc<str>>) -> SourceKey {
-        let name = source.as_deref().unwrap_or(UNKNOWN_SOURCE);
-        if let Some(known) = self.totals.named.get(name) {
-            return known.clone();
-        }
-        if self.totals.named.len() < self.config.max_sources {
-            let key: SourceKey = Arc::from(name);
-            self.totals.named.insert(key.clone());
-            key
-        } else {
-            Arc::from(OTHER_SOURCE)
-        }
+    /// The id a source is counted under (see `SourceNames`).
+    fn source_id(&mut self, source: &Option<Arc<str>>) -> SourceId {
+        self.totals.sources.id(source, self.config.max_sources)
     }
 
     pub fn report(&self) -> GuardReport {
@@ -389,4 +397,3 @@ fn live_score(fb: &Feedback, live: &ModelVersion) -> Scored {
         None => live.params.score(&fb.features, fb.target),
     }
 }
-

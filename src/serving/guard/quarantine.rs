@@ -41,7 +41,11 @@ impl Held {
         ENTRY
             + self.fb.features.heap_bytes()
             + allocation_cost(self.detail.len())
-            + self.fb.source.as_ref().map_or(0, |s| allocation_cost(s.len()))
+            + self
+                .fb
+                .source
+                .as_ref()
+                .map_or(0, |s| allocation_cost(s.len()))
     }
 }
 
@@ -177,7 +181,11 @@ impl Quarantine {
             .entries
             .range((from, std::ops::Bound::Unbounded))
             .filter(|(p, h)| selector.matches(**p, h));
-        let examples: Vec<(u64, &Held)> = matching.by_ref().take(limit).map(|(p, h)| (*p, h)).collect();
+        let examples: Vec<(u64, &Held)> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(p, h)| (*p, h))
+            .collect();
         let more = matching.next().is_some();
         let total = self
             .entries
@@ -255,7 +263,12 @@ mod tests {
         for p in [5, 1, 9, 3] {
             q.hold(held(p, Reason::Outlier, "a", 2));
         }
-        let kept: Vec<u64> = q.page(&Selector::default(), None, 10).examples.iter().map(|(p, _)| *p).collect();
+        let kept: Vec<u64> = q
+            .page(&Selector::default(), None, 10)
+            .examples
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
         assert_eq!(kept, [3, 5, 9]);
         assert_eq!(q.evicted(), 1);
 
@@ -286,10 +299,16 @@ mod tests {
         };
         let page = q.page(&by_reason, None, 2);
         assert_eq!(page.total, 5);
-        assert_eq!(page.examples.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            page.examples.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [1, 3]
+        );
         assert_eq!(page.next, Some(3));
         let page = q.page(&by_reason, page.next, 10);
-        assert_eq!(page.examples.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [5, 7, 9]);
+        assert_eq!(
+            page.examples.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [5, 7, 9]
+        );
         assert_eq!(page.next, None);
 
         let ids = Selector {

@@ -62,7 +62,7 @@ impl GuardReport {
             })
             .collect();
         for (source, share) in guard.influence.shares() {
-            let name = source.to_string();
+            let name = guard.totals.sources.name(source).to_owned();
             match sources.iter_mut().find(|s| s.source == name) {
                 Some(s) => s.share = Some(share),
                 None => sources.push(SourceGuard {

@@ -220,7 +220,8 @@ impl Trainer {
                     let _ = reply.send(None);
                     return;
                 }
-                let Applied::Dropped(n) = self.take(Step::Drop { selector }, &mut Vec::new()) else {
+                let Applied::Dropped(n) = self.take(Step::Drop { selector }, &mut Vec::new())
+                else {
                     return;
                 };
                 self.refresh_report();

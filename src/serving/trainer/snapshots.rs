@@ -41,7 +41,12 @@ impl Trainer {
                 quality,
             )
             .map_err(SnapshotError::Failed)?;
-        if let Some((state, guard, learners)) = state {
+        if let Some(super::steps::Saved {
+            state,
+            guard,
+            learners,
+        }) = state
+        {
             snapshot.meta.log_from = Some(Self::log_from_state(&state, guard.as_ref()));
             snapshot.trainer = Some(TrainerPart {
                 state: postcard::to_stdvec(&state)

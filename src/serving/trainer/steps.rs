@@ -86,6 +86,14 @@ pub struct TrainerState {
     pub monitor: Option<MonitorState>,
 }
 
+/// What a snapshot of a quiet trainer keeps besides the live weights.
+pub(super) struct Saved {
+    pub state: TrainerState,
+    pub guard: Option<GuardState>,
+    /// Last-good's and the candidate's learners, by snapshot name.
+    pub learners: Vec<(String, Learner)>,
+}
+
 /// The snapshot names of the extra learners a state refers to.
 pub const LAST_GOOD: &str = "last_good";
 pub const CANDIDATE: &str = "candidate";
@@ -294,10 +302,15 @@ impl Trainer {
                         Event::new(
                             EventKind::QuarantineReleased,
                             self.live.version,
-                            format!("an operator released {n} quarantined example(s) into training"),
+                            format!(
+                                "an operator released {n} quarantined example(s) into training"
+                            ),
                         )
                         .figure("released", n)
-                        .figure("selector", serde_json::to_value(selector).unwrap_or_default()),
+                        .figure(
+                            "selector",
+                            serde_json::to_value(selector).unwrap_or_default(),
+                        ),
                     );
                 }
                 // Learned now, past the checks (the operator vouched for
@@ -322,7 +335,10 @@ impl Trainer {
                             format!("an operator dropped {n} quarantined example(s)"),
                         )
                         .figure("dropped", n)
-                        .figure("selector", serde_json::to_value(selector).unwrap_or_default()),
+                        .figure(
+                            "selector",
+                            serde_json::to_value(selector).unwrap_or_default(),
+                        ),
                     );
                 }
                 return Applied::Dropped(n);
@@ -454,9 +470,7 @@ impl Trainer {
     /// The state a snapshot keeps (with last-good's and the candidate's
     /// learners), or `None` unless the trainer is quiet: everything it
     /// trained is published, so the live weights are the working copy.
-    pub(super) fn state(
-        &self,
-    ) -> Option<(TrainerState, Option<GuardState>, Vec<(String, Learner)>)> {
+    pub(super) fn state(&self) -> Option<Saved> {
         if self.cadence.minibatches > 0 {
             return None;
         }
@@ -477,7 +491,11 @@ impl Trainer {
             held: self.held.iter().map(|fb| fb.position).collect(),
             monitor,
         };
-        Some((state, self.guard.as_ref().map(|g| g.state()), learners))
+        Some(Saved {
+            state,
+            guard: self.guard.as_ref().map(|g| g.state()),
+            learners,
+        })
     }
 
     /// The earliest log position a snapshot of `state` needs to restore.

@@ -188,7 +188,10 @@ fn pause_holds_what_it_takes_and_resume_learns_it() {
 
 #[test]
 fn a_candidate_held_at_shutdown_is_neither_published_nor_snapshotted() {
-    let m = model("[models.monitor]\ntrusted_sources = [\"trusted\"]\ngate_hold_ms = 3600000");
+    // The monitor's gate alone: the guard would keep the attacker out.
+    let m = model(
+        "[models.monitor]\ntrusted_sources = [\"trusted\"]\ngate_hold_ms = 3600000\n[models.guard]\nenabled = false",
+    );
     let dir = tempfile::tempdir().expect("dir");
     let space = Arc::new(m.label_space().expect("space"));
     let store = Arc::new(ModelStore::new(Params::new(space, m.hash_bits)));
