@@ -322,7 +322,8 @@ async fn acknowledged_feedback_survives_kill_9_and_is_trained_exactly_once() {
 /// With the monitor on and an attacker among the sources, kill -9 after
 /// the trainer dealt with everything, restart: the restored snapshot plus
 /// the replayed log give the same weights, versions and monitor state
-/// (windows, last-good, candidate, blamed sources, rolling quality) as the
+/// (windows, last-good, candidate, blamed sources, rolling quality) and
+/// ingestion guard state (quarantine, flags, waiting examples) as the
 /// process that was killed, and an operator's pause and readmission stay.
 #[tokio::test]
 async fn replay_after_kill_9_reproduces_the_monitor_and_operator_state_exactly() {
@@ -435,12 +436,19 @@ async fn replay_after_kill_9_reproduces_the_monitor_and_operator_state_exactly()
                     "cooldown_left": m["cooldown_left"],
                     "unsettled_windows": m["unsettled_windows"],
                 },
+                // The ingestion guard's decisions: quarantine by reason and
+                // source, waiting examples, flags, shares, rates.
+                "guard": info["guard"],
                 "predictions": predictions,
             })
         }
     };
     let before = state(addr.clone()).await;
     assert_eq!(before["training"], "paused", "{before}");
+    assert!(
+        before["guard"]["quarantined"].as_u64() > Some(0),
+        "the guard kept some of the attacker's examples out: {before}"
+    );
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 

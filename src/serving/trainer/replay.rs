@@ -223,6 +223,13 @@ impl Trainer {
             }
             _ => Vec::new(),
         };
+        if !matches!(record.step, Step::Quarantine { .. })
+            && let Some(guard) = &mut self.guard
+        {
+            // Decisions of a step whose `Quarantine` record a torn tail
+            // took away: the live run goes on without that record.
+            guard.take_decided();
+        }
         self.replaying = Some(record.versions.into());
         let at = Duration::from_micros(record.at_us);
         let _: Applied = self.apply(&record.step, at, &mut batch);
