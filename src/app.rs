@@ -337,6 +337,7 @@ impl App {
         let admin_listener = TcpListener::bind(config.admin.listen)
             .await
             .with_context(|| format!("cannot bind admin.listen {}", config.admin.listen))?;
+        let request_timeout = config.server.limits().request_timeout;
         let max_body = config.server.max_body_bytes.get();
         let max_batch_instances = config.server.max_batch_instances.get();
         let ingest = IngestPool::start(config.server.ingest_options())
@@ -348,7 +349,14 @@ impl App {
             admin_listener,
             public_tls,
             admin_tls,
-            state: AppState::new(registry, max_body, max_batch_instances, ingest, sources),
+            state: AppState::new(
+                registry,
+                max_body,
+                max_batch_instances,
+                ingest,
+                sources,
+                request_timeout,
+            ),
             trainers,
             shutdown: CancellationToken::new(),
             _locks: locks,

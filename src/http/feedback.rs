@@ -14,6 +14,10 @@
 //! being labelled by a concurrent request, 422 otherwise); a batch with any failure answers 422 `invalid_batch` with a
 //! reason per failing example.
 //!
+//! With `?wait=published` the 202 waits (at most `timeout_ms`) until the
+//! trainer's `Settled` mark passes the request's last log position: its
+//! examples are in a published version or were kept out of it.
+//!
 //! All of that runs on a feedback thread (`serving::ingest`), not on the
 //! runtime that answers predict. A request is admitted there before its
 //! body is read; beyond `server.feedback_concurrency` admitted requests it
@@ -38,11 +42,12 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::HttpBody;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -111,14 +116,56 @@ enum Input<'a> {
     Joined(&'a str),
 }
 
+/// The feedback route's query: `?wait=published` (optional
+/// `timeout_ms`) answers once the examples are in a published version.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackQuery {
+    wait: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// How long to wait for the examples' version, if at all.
+fn publish_wait(query: &FeedbackQuery, state: &AppState) -> Result<Option<Duration>, ApiError> {
+    match query.wait.as_deref() {
+        None if query.timeout_ms.is_some() => Err(ApiError::InvalidRequest(
+            "timeout_ms goes with wait=published".into(),
+        )),
+        None => Ok(None),
+        Some("published") => {
+            let asked = Duration::from_millis(query.timeout_ms.unwrap_or(DEFAULT_PUBLISH_WAIT_MS));
+            Ok(Some(asked.min(state.max_publish_wait)))
+        }
+        Some(other) => Err(ApiError::InvalidRequest(format!(
+            "wait must be `published` (got `{other}`)"
+        ))),
+    }
+}
+
+/// `timeout_ms` of `wait=published` when none is given.
+pub const DEFAULT_PUBLISH_WAIT_MS: u64 = 1000;
+
 pub async fn feedback(
     State(state): State<AppState>,
     ModelName(model): ModelName,
     Sender(sender): Sender,
+    query: Result<Query<FeedbackQuery>, QueryRejection>,
     headers: HeaderMap,
     body: FeedbackBody,
 ) -> Result<Response, ApiError> {
     let runtime = Arc::clone(state.model(&model)?);
+    let wait = query
+        .map_err(|e| ApiError::InvalidRequest(e.body_text()))
+        .and_then(|Query(q)| publish_wait(&q, &state));
+    let wait = match wait {
+        Ok(w) => w,
+        Err(e) => {
+            state
+                .metrics
+                .feedback_refused(&runtime.name, e.status_and_code().1);
+            return Err(e);
+        }
+    };
     let ingested = match body {
         FeedbackBody::Refused => Err(ApiError::FeedbackOverloaded),
         // Parsing, hashing, scoring and the log append run on a feedback
@@ -138,8 +185,12 @@ pub async fn feedback(
     // examples (shared with concurrent requests); a retry waits for the
     // same fsync, and is refused as the first attempt was if it failed.
     let result = match ingested {
-        Ok(Ingested::Replayed(n, durable)) => answer(n, true, durable).await,
-        Ok(Ingested::Accepted(n, durable)) => answer(n, false, durable).await,
+        Ok(Ingested::Replayed(n, durable, end)) => {
+            answer(&runtime, n, true, durable, wait.map(|w| (w, end))).await
+        }
+        Ok(Ingested::Accepted(n, durable, end)) => {
+            answer(&runtime, n, false, durable, wait.map(|w| (w, Some(end)))).await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = &result {
@@ -205,19 +256,43 @@ async fn discard(req: Request, limit: usize) {
 /// What a feedback job did with a request, with the fsync to wait for
 /// before answering 202 when there is one.
 enum Ingested {
-    /// A retry of an accepted request: its first answer.
-    Replayed(usize, Option<Durable>),
-    /// Logged and queued.
-    Accepted(usize, Option<Durable>),
+    /// A retry of an accepted request: its first answer, and the log
+    /// position after its examples when known.
+    Replayed(usize, Option<Durable>, Option<u64>),
+    /// Logged and queued, up to this log position (exclusive).
+    Accepted(usize, Option<Durable>, u64),
 }
 
 /// The 202 for `n` examples once `durable` resolves; 507 `insufficient_storage`
-/// (`NotDurable`) if their fsync failed.
-async fn answer(n: usize, replayed: bool, durable: Option<Durable>) -> Result<Response, ApiError> {
+/// (`NotDurable`) if their fsync failed. With `wait` (how long, and the log
+/// position after the examples) it also waits for a published version
+/// that holds them (or kept them out: quarantined, excluded): 202 with
+/// `model_version`, or `pending` when that takes longer.
+async fn answer(
+    runtime: &ModelRuntime,
+    n: usize,
+    replayed: bool,
+    durable: Option<Durable>,
+    wait: Option<(Duration, Option<u64>)>,
+) -> Result<Response, ApiError> {
     if let Some(durable) = durable {
         durable.await.map_err(ApiError::NotDurable)?;
     }
-    Ok(acknowledged(n, replayed))
+    let Some((timeout, end)) = wait else {
+        return Ok(acknowledged(n, replayed, None));
+    };
+    let mut settled = runtime.stats.settled.subscribe();
+    let version = match end {
+        Some(end) => tokio::time::timeout(timeout, settled.wait_for(|s| s.position >= end))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|s| s.version),
+        // A retry whose position was not kept (no feedback log): its
+        // version cannot be told.
+        None => None,
+    };
+    Ok(acknowledged(n, replayed, Some(version)))
 }
 
 /// Everything a feedback request does before its answer, on a feedback
@@ -242,7 +317,7 @@ fn ingest(
     {
         Some(Keyed::Acknowledged(n, end)) => {
             let durable = end.map(|end| runtime.queue.log().durable(end));
-            return Ok(Ingested::Replayed(n, durable));
+            return Ok(Ingested::Replayed(n, durable, end));
         }
         Some(Keyed::New(record)) => Some(record),
         None => None,
@@ -259,16 +334,23 @@ fn ingest(
             runtime.keys.abandon(&record.key);
         }
     }
-    accepted.map(|(n, durable)| Ingested::Accepted(n, durable))
+    accepted.map(|(n, durable, end)| Ingested::Accepted(n, durable, end))
 }
 
 /// The 202 body; `replayed` marks the answer to a retried request.
-fn acknowledged(accepted: usize, replayed: bool) -> Response {
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "accepted": accepted })),
-    )
-        .into_response();
+/// With `published` (a `wait=published` request): `Some(version)` holding
+/// the examples, or `None` when it did not come in time (`pending`).
+fn acknowledged(accepted: usize, replayed: bool, published: Option<Option<u64>>) -> Response {
+    let body = match published {
+        None => serde_json::json!({ "accepted": accepted }),
+        Some(Some(version)) => {
+            serde_json::json!({ "accepted": accepted, "model_version": version })
+        }
+        Some(None) => {
+            serde_json::json!({ "accepted": accepted, "model_version": null, "pending": true })
+        }
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
         response
             .headers_mut()
@@ -337,7 +419,7 @@ fn accept(
     headers: &HeaderMap,
     body: &[u8],
     key: Option<&KeyRecord>,
-) -> Result<(usize, Option<Durable>), ApiError> {
+) -> Result<(usize, Option<Durable>, u64), ApiError> {
     let header = headers.get(SOURCE_HEADER);
     if let (Some(sender), Some(v)) = (sender, header) {
         sender_only(sender, &String::from_utf8_lossy(v.as_bytes()))?;
@@ -484,7 +566,7 @@ fn enqueue(
     mut errors: Vec<ItemError>,
     is_batch: bool,
     key: Option<&KeyRecord>,
-) -> Result<(usize, Option<Durable>), ApiError> {
+) -> Result<(usize, Option<Durable>, u64), ApiError> {
     let any_joined = checked
         .iter()
         .any(|(_, c)| matches!(c.input, Input::Joined(_)));
@@ -592,7 +674,7 @@ fn enqueue(
     if let Some(i) = instruments {
         i.feedback_accepted.inc_by(n as u64);
     }
-    Ok((n, durable))
+    Ok((n, durable, appended.end))
 }
 
 /// The request's sources with their example counts, in order of first

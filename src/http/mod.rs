@@ -73,6 +73,9 @@ pub struct Shared {
     /// Feedback credentials and per-source rate limits (their state is
     /// behind their own locks and atomics).
     pub sources: Arc<FeedbackSources>,
+    /// The longest `feedback?wait=published` waits: nine tenths of
+    /// `server.request_timeout_ms`, so the answer beats the timeout.
+    pub max_publish_wait: std::time::Duration,
 }
 
 impl AppState {
@@ -82,6 +85,7 @@ impl AppState {
         max_batch_instances: usize,
         ingest: IngestPool,
         sources: FeedbackSources,
+        request_timeout: std::time::Duration,
     ) -> Self {
         let sources = Arc::new(sources);
         let mut metrics = Metrics::new(registry.iter().cloned().collect());
@@ -94,6 +98,7 @@ impl AppState {
             metrics,
             ingest,
             sources,
+            max_publish_wait: request_timeout.mul_f64(0.9),
         }))
     }
 

@@ -19,6 +19,7 @@ mod limits;
 mod memory;
 mod overload;
 mod progressive;
+mod published;
 mod restart;
 mod safety;
 mod sources;

@@ -71,7 +71,7 @@ use cadence::Cadence;
 pub use commands::{QuarantinePage, RollbackError, RolledBack, SnapshotError, TrainerCommand};
 pub use replay::Recovery;
 pub use snapshots::{SnapshotPolicy, Unsaved, epoch_ms};
-pub use stats::{Timings, TrainingStats};
+pub use stats::{Settled, Timings, TrainingStats};
 pub use steps::{CANDIDATE, LAST_GOOD, Step, StepRecord, TrainerState};
 
 /// A model's trainer. Built once with `Trainer::new`; its fields are its
@@ -451,6 +451,18 @@ impl Trainer {
         if self.cadence.report_due(self.clock.now()) {
             self.refresh_report();
         }
+        self.settle();
+    }
+
+    /// With nothing trained and unpublished, everything taken so far is in
+    /// the live version or kept out of it: says so to waiting requests.
+    fn settle(&self) {
+        if self.cadence.minibatches == 0 {
+            self.stats.settled.advance(stats::Settled {
+                version: self.live.version,
+                position: self.trained_position,
+            });
+        }
     }
 
     /// Takes up to `size` queued examples without waiting and learns them;
@@ -677,6 +689,10 @@ impl Trainer {
                 self.live = version;
                 // Cheap: blocks are shared until the working copy writes.
                 self.published = self.learner.clone();
+                self.stats.settled.advance(stats::Settled {
+                    version: v,
+                    position: self.trained_position,
+                });
                 if self.replaying.is_none() {
                     self.step_versions.push(v);
                 }

@@ -52,7 +52,47 @@ pub struct TrainingStats {
     pub monitor: ArcSwap<MonitorReport>,
     /// The guard's latest report (default: guard disabled).
     pub guard: ArcSwap<crate::serving::guard::GuardReport>,
+    /// How far the trainer has dealt with feedback (`Settled`), for
+    /// `POST .../feedback?wait=published`.
+    pub settled: SettledWatch,
     pub timings: Timings,
+}
+
+/// Every example before `position` in the feedback log is in `version`
+/// (the live version) or was kept out of it (quarantined, excluded from a
+/// blamed source, waiting for its source's share).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub version: u64,
+    pub position: u64,
+}
+
+/// The watch the trainer updates and waiting requests subscribe to.
+#[derive(Debug)]
+pub struct SettledWatch(tokio::sync::watch::Sender<Settled>);
+
+impl Default for SettledWatch {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(Settled::default()))
+    }
+}
+
+impl SettledWatch {
+    /// Moves the mark forward (never back).
+    pub fn advance(&self, settled: Settled) {
+        self.0.send_if_modified(|now| {
+            let moved = settled.position > now.position || settled.version > now.version;
+            if moved {
+                now.position = now.position.max(settled.position);
+                now.version = now.version.max(settled.version);
+            }
+            moved
+        });
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Settled> {
+        self.0.subscribe()
+    }
 }
 
 /// Latency histograms of the trainer's work, in seconds.
