@@ -198,6 +198,19 @@ impl App {
                     .map(|g| g.waiting.clone())
                     .unwrap_or_default();
                 waiting.sort_unstable();
+                // The logged steps are replayed exactly only under the
+                // guard that took them: the one the snapshot's state was
+                // saved with (none in a snapshot from before the guard).
+                // Without a snapshot the log's guard is not known, so only
+                // a model without one replays it exactly. Otherwise the
+                // examples are learned afresh, as after a stateless
+                // snapshot.
+                let guard_now = m
+                    .guard
+                    .enabled
+                    .then(|| crate::serving::guard::fingerprint(&m.guard));
+                let guard_then = guard_state.as_ref().map(|g| g.config);
+                let same_guard = guard_now == guard_then;
                 Recovery {
                     from: s.map_or(meta.feedback_position, |s| {
                         Trainer::log_from_state(s, guard_state.as_ref())
@@ -206,7 +219,7 @@ impl App {
                     next_example,
                     applied: s.map_or(0, |s| s.applied),
                     trained_position: s.map_or(meta.feedback_position, |s| s.trained_position),
-                    exact: s.is_some() || !loaded_from_file,
+                    exact: (s.is_some() || !loaded_from_file) && same_guard,
                     held: s.map(|s| s.held.clone()).unwrap_or_default(),
                     buffer: s
                         .and_then(|s| s.monitor.as_ref())

@@ -311,7 +311,14 @@ fn ingest(
         Some(c) => Some(c.name.as_bytes()),
         None => headers.get(SOURCE_HEADER).map(HeaderValue::as_bytes),
     };
-    let key = match idempotency_key(headers)?
+    // With credentials a key is the credential's own: another client
+    // using the same key neither collides with it nor learns of it.
+    let scoped = idempotency_key(headers)?.map(|k| match sender {
+        Some(c) => [c.name.as_bytes(), b"\0", k].concat(),
+        None => k.to_vec(),
+    });
+    let key = match scoped
+        .as_deref()
         .map(|k| begin(runtime, k, body, who))
         .transpose()?
     {

@@ -20,6 +20,12 @@ const NAME_SEED: u64 = 0x6564_6479_6e61_6d65; // "eddyname"
 /// Seed of the hash of a categorical feature's value.
 const VALUE_SEED: u64 = 0x6564_6479_7661_6c75; // "eddyvalu"
 
+/// Largest magnitude of a numeric feature value: beyond it a value is
+/// refused like a non-finite one. Far above any real measurement (and
+/// epoch nanoseconds), far below where a feature's running statistics
+/// (sums of squares, in f64) would overflow and poison the model.
+pub const MAX_MAGNITUDE: f64 = 1e30;
+
 /// Smallest and largest `hash_bits` a model may use.
 pub const MIN_HASH_BITS: u8 = 4;
 pub const MAX_HASH_BITS: u8 = 26;
@@ -200,6 +206,9 @@ impl FeatureHasher {
                 if !x.is_finite() {
                     return Err(FeatureError::NonFinite(name.to_owned()));
                 }
+                if x.abs() > MAX_MAGNITUDE {
+                    return Err(FeatureError::TooLarge(name.to_owned()));
+                }
                 Ok(Feature {
                     index: self.numeric(name),
                     value: *x,
@@ -252,6 +261,10 @@ pub enum FeatureError {
     Empty,
     #[error("feature `{0}` is not a finite number")]
     NonFinite(String),
+    #[error(
+        "feature `{0}` is beyond ±1e30 (no measurement is that large; the running statistics would overflow)"
+    )]
+    TooLarge(String),
     #[error("feature `{name}` is {kind}; values must be numbers, strings or booleans")]
     Unsupported { name: String, kind: &'static str },
     #[error("{count} features, more than features.max_per_example ({max})")]
@@ -567,7 +580,16 @@ mod tests {
         assert!(
             matches!(hash(r#"{"x": {"y": 1}}"#), Err(FeatureError::Unsupported { name, .. }) if name == "x")
         );
-        assert!(hash(r#"{"x": 1e300}"#).is_ok(), "finite in f64: accepted");
+        assert!(
+            hash(r#"{"x": 1e30, "y": -1e30}"#).is_ok(),
+            "at the bound: accepted"
+        );
+        assert_eq!(
+            hash(r#"{"x": 1.7e308}"#),
+            Err(FeatureError::TooLarge("x".into())),
+            "beyond it a value would overflow the running statistics"
+        );
+        assert_eq!(hash("[1, -1e31]"), Err(FeatureError::TooLarge("1".into())));
         let raw = RawFeatures::Named(vec![("x".into(), RawValue::Number(f64::INFINITY))]);
         assert_eq!(
             FeatureHasher::new(18).hash(&raw),

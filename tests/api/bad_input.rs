@@ -368,10 +368,20 @@ async fn a_refused_batch_lists_every_failing_example() {
         .feedback("bin", json!({ "prediction_id": good_id, "label": 1 }))
         .await;
     assert_eq!(status, 202);
-    // Huge but finite features are accepted and answered with a distribution.
-    let p = app
-        .predict("multi", json!({ "a": 1e300, "b": -3e38 }))
+    // Large features up to the bound are answered with a distribution;
+    // beyond it (where a model's running statistics would overflow) 422.
+    let p = app.predict("multi", json!({ "a": 1e30, "b": -3e29 })).await;
+    let (status, body) = app
+        .post(
+            "/v1/models/multi/predict",
+            &json!({ "features": { "a": 1e300 } }),
+        )
         .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("invalid_features")),
+        "{body}"
+    );
     let sum: f64 = p["probabilities"]
         .as_object()
         .expect("map")

@@ -454,3 +454,49 @@ fn eddy_config_prints_no_token() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("sources[crm].token_file"), "{stderr}");
 }
+
+/// An `Idempotency-Key` belongs to its credential: another client using
+/// the same key is a new request, neither refused as a reuse nor answered
+/// with the first client's 202.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_credential() {
+    let app = spawn_app(CREDENTIALS).await;
+    let post = |token: &'static str, body: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .post(app.url("/v1/models/demo/feedback"))
+                .header("content-type", "application/json")
+                .header("authorization", token)
+                .header("idempotency-key", "retry-1")
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            (
+                r.status().as_u16(),
+                r.headers().get("idempotent-replayed").is_some(),
+            )
+        }
+    };
+    let one = json!({"features": {"x": 1.0}, "label": 1}).to_string();
+    let two = json!({"examples": examples(2, None)}).to_string();
+    assert_eq!(post("Bearer t-crm", one.clone()).await, (202, false));
+    assert_eq!(
+        post("Bearer t-shop", two.clone()).await,
+        (202, false),
+        "another credential's key"
+    );
+    assert_eq!(
+        post("Bearer t-crm", one).await,
+        (202, true),
+        "crm's retry is replayed"
+    );
+    assert_eq!(
+        post("Bearer t-shop", two).await,
+        (202, true),
+        "and web-shop's"
+    );
+    app.stop().await.expect("stops");
+}

@@ -461,6 +461,17 @@ impl LabelSanity {
         (self.window as f64 / 4.0).max(MIN_RECENT as f64)
     }
 
+    /// The first tracked source (never `other` or `unknown`) with no
+    /// example in the recent period and no flag: free to reuse.
+    fn idle_slot(&self) -> Option<u32> {
+        self.sources
+            .iter()
+            .position(|s| {
+                s.recent == 0 && !s.flagged && s.name != OTHER_SOURCE && s.name != UNKNOWN_SOURCE
+            })
+            .map(|i| i as u32)
+    }
+
     fn find(&self, source: Option<&str>) -> Option<u32> {
         let name = source.unwrap_or(UNKNOWN_SOURCE);
         self.index
@@ -476,6 +487,29 @@ impl LabelSanity {
     /// The index of `source`, made if there is room (else `other`).
     fn slot(&mut self, source: Option<&str>) -> u32 {
         if let Some(&i) = self.index.get(source.unwrap_or(UNKNOWN_SOURCE)) {
+            return i;
+        }
+        if self.sources.len() >= self.max_sources
+            && let Some(i) = self.idle_slot()
+        {
+            // A full table gives the slot of a source with nothing in the
+            // recent period (and not flagged) to the newcomer, so names
+            // invented once cannot keep later sources out of the table.
+            let name = source.unwrap_or(UNKNOWN_SOURCE).to_owned();
+            let old = std::mem::replace(
+                &mut self.sources[i as usize],
+                Source {
+                    name: name.clone(),
+                    examples: 0,
+                    recent: 0,
+                    recent_contradicted: 0,
+                    normal: 0.0,
+                    normal_contradicted: 0.0,
+                    flagged: false,
+                },
+            );
+            self.index.remove(&old.name);
+            self.index.insert(name, i);
             return i;
         }
         let name = if self.sources.len() < self.max_sources {
@@ -762,7 +796,15 @@ mod tests {
         let report = l.report();
         assert_eq!(report.len(), 11, "ten names and `other`");
         assert_eq!(report[10].source, OTHER_SOURCE);
-        assert_eq!(report[10].examples, 100_000 - 10);
+        assert!(report[10].examples > 0);
+        // Names invented once leave the table when they leave the recent
+        // period: a source that comes later gets a slot of its own.
+        feed(&mut l, 2500, 12, |_, _| (Some("late".into()), false));
+        assert!(
+            l.report().iter().any(|r| r.source == "late"),
+            "{:?}",
+            l.report()
+        );
         assert!(l.recent.len() <= 2000);
         assert!(l.heap_bytes() < 64 << 10, "{}", l.heap_bytes());
         l.observe(None, &scored(false));

@@ -47,6 +47,9 @@ pub use names::SourceNames;
 pub use quarantine::{Held, Page, Quarantine, Selector};
 pub use report::{GuardReport, QuarantineCount};
 
+/// Longest detail kept with a quarantined example, in bytes.
+const MAX_DETAIL_BYTES: usize = 256;
+
 /// Why an example is in quarantine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +137,18 @@ pub struct GuardState {
     pub waiting: Vec<u64>,
     quarantine: Quarantine,
     totals: Totals,
+    /// `fingerprint` of the configuration that made this state.
+    pub config: u64,
+}
+
+/// Identifies a guard configuration: a state is only continued, and a log
+/// only replayed exactly, under the configuration that made them.
+pub fn fingerprint(config: &GuardConfig) -> u64 {
+    let text = serde_json::to_vec(config).unwrap_or_default();
+    let hash = blake3::hash(&text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// The first byte of an encoded `GuardState`: a later release that changes
@@ -172,19 +187,24 @@ impl Guard {
 
     /// A guard continuing `state` (its waiting examples come back through
     /// `restore_waiting`).
+    ///
+    /// Under the configuration that saved it the whole state comes back.
+    /// Under another (`fingerprint` differs) the detectors and limits start
+    /// afresh with the new settings, which they hold inside; the quarantine,
+    /// the totals and the source names are kept. Replay is then not exact
+    /// (see `app`), and the waiting examples are learned afresh.
     pub fn restore(config: &GuardConfig, state: GuardState) -> Self {
         let mut quarantine = state.quarantine;
         quarantine.reconfigure(&config.quarantine);
-        Self {
-            outliers: state.outliers,
-            labels: state.labels,
-            influence: state.influence,
-            quarantine,
-            config: config.clone(),
-            decided: Vec::new(),
-            notices: Vec::new(),
-            totals: state.totals,
+        let mut guard = Self::new(config);
+        if state.config == fingerprint(config) {
+            guard.outliers = state.outliers;
+            guard.labels = state.labels;
+            guard.influence = state.influence;
         }
+        guard.quarantine = quarantine;
+        guard.totals = state.totals;
+        guard
     }
 
     pub fn restore_waiting(&mut self, fb: Feedback) {
@@ -200,6 +220,7 @@ impl Guard {
             waiting: self.influence.waiting_positions(),
             quarantine: self.quarantine.clone(),
             totals: self.totals.clone(),
+            config: fingerprint(&self.config),
         }
     }
 
@@ -207,7 +228,13 @@ impl Guard {
     /// (waiting examples whose share allows them first, then the new ones
     /// that passed), and the rest is quarantined or waiting. `at_us` is the
     /// trainer's clock.
-    pub fn screen(&mut self, batch: &mut Vec<Feedback>, live: &ModelVersion, at_us: u64) {
+    pub fn screen(
+        &mut self,
+        batch: &mut Vec<Feedback>,
+        live: &ModelVersion,
+        at_us: u64,
+        blamed: &dyn Fn(&str) -> bool,
+    ) {
         let mut learn = Vec::with_capacity(batch.len());
         let (labels, sources) = (&self.labels, &self.totals.sources);
         let (released, flagged) = self
@@ -225,6 +252,14 @@ impl Guard {
         for fb in batch.drain(..) {
             let id = self.source_id(&fb.source);
             self.influence.arrive(id);
+            if let Some(source) = fb.source.as_deref().filter(|s| blamed(s)) {
+                // Kept out before any detector learns from it.
+                let detail = format!(
+                    "its source {source:?} is blamed for a rollback (readmit it, then release these)"
+                );
+                self.hold(fb, Reason::Blamed, detail, at_us);
+                continue;
+            }
             if let Some(violation) = &fb.schema {
                 let detail = violation.to_string();
                 self.hold(fb, Reason::Schema, detail, at_us);
@@ -308,19 +343,35 @@ impl Guard {
     }
 
     /// Quarantines `fb` (a blamed source's example, or one a check failed).
-    pub fn hold(&mut self, fb: Feedback, reason: Reason, detail: String, at_us: u64) {
+    pub fn hold(&mut self, fb: Feedback, reason: Reason, mut detail: String, at_us: u64) {
+        // Details quote client values (a schema violation names the
+        // value): bounded, so one request cannot fill the quarantine.
+        if detail.len() > MAX_DETAIL_BYTES {
+            let mut end = MAX_DETAIL_BYTES;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push('…');
+        }
         let id = self.source_id(&fb.source);
         let source = self.totals.sources.name(id).to_owned();
         *self.totals.quarantined.entry((reason, source)).or_default() += 1;
         self.decided.push((fb.position, reason));
-        let evicted = self.quarantine.hold(Held {
+        let before = self.quarantine.evicted();
+        self.quarantine.hold(Held {
             fb,
             reason,
             detail,
             at_us,
         });
-        if evicted > 0 {
-            self.notices.push(Notice::Evicted { count: evicted });
+        // One event when the quarantine first overflows, then one per
+        // decade and per 100,000 evicted: a flood must not push the
+        // events that name it out of the event log.
+        let after = self.quarantine.evicted();
+        let mark = |n: u64| (n.checked_ilog10().unwrap_or(0).min(5), n / 100_000);
+        if after > before && (before == 0 || mark(before) != mark(after)) {
+            self.notices.push(Notice::Evicted { count: after });
         }
     }
 
@@ -374,7 +425,12 @@ impl Guard {
 
     /// The id a source is counted under (see `SourceNames`).
     fn source_id(&mut self, source: &Option<Arc<str>>) -> SourceId {
-        self.totals.sources.id(source, self.config.max_sources)
+        let (influence, labels) = (&self.influence, &self.labels);
+        self.totals
+            .sources
+            .id(source, self.config.max_sources, |id, name| {
+                influence.idle(id) && !labels.is_flagged(Some(name))
+            })
     }
 
     pub fn report(&self) -> GuardReport {
@@ -395,5 +451,62 @@ fn live_score(fb: &Feedback, live: &ModelVersion) -> Scored {
     match fb.scored {
         Some(s) => s.live,
         None => live.params.score(&fb.features, fb.target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::{Feature, FeatureVec, LabelSpace, Params, Target, TaskKind};
+    use crate::serving::store::ModelStore;
+
+    fn example(v: f64, position: u64) -> Feedback {
+        let x = FeatureVec {
+            features: vec![Feature {
+                index: 3,
+                value: v,
+                numeric: true,
+            }],
+        };
+        let mut fb = Feedback::labelled(x, Target::Class(usize::from(v > 0.5)), Some("s".into()));
+        fb.position = position;
+        fb
+    }
+
+    /// A state comes back whole under the configuration that saved it;
+    /// under another the detectors start afresh with the new settings and
+    /// the quarantine is kept.
+    #[test]
+    fn a_changed_configuration_restarts_the_detectors_and_keeps_the_quarantine() {
+        let config = GuardConfig::default();
+        let mut guard = Guard::new(&config);
+        let space = std::sync::Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).expect("space"));
+        let store = ModelStore::new(Params::new(space, 8));
+        let live = store.live();
+        let mut batch: Vec<Feedback> = (0..2000)
+            .map(|i| example((i % 100) as f64 / 100.0, i))
+            .collect();
+        guard.screen(&mut batch, &live, 0, &|_| false);
+        let mut odd = vec![example(1e6, 2000)];
+        guard.screen(&mut odd, &live, 0, &|_| false);
+        assert!(odd.is_empty(), "1e6 is an outlier");
+        assert_eq!(guard.quarantine().len(), 1);
+        let state = guard.state();
+        let bytes = state.encode().expect("encodes");
+
+        let same = Guard::restore(&config, GuardState::decode(&bytes).expect("decodes"));
+        assert_eq!(same.report().outlier_features, 1);
+        assert_eq!(same.quarantine().len(), 1);
+
+        let mut other = config.clone();
+        other.outliers.threshold = 50.0;
+        let fresh = Guard::restore(&other, GuardState::decode(&bytes).expect("decodes"));
+        assert_eq!(
+            fresh.report().outlier_features,
+            0,
+            "the detector starts afresh"
+        );
+        assert_eq!(fresh.quarantine().len(), 1, "the quarantine is kept");
+        assert_ne!(fingerprint(&config), fingerprint(&other));
     }
 }

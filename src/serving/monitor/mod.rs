@@ -292,6 +292,10 @@ impl Monitor {
         self.blamed.remove(source)
     }
 
+    pub fn is_blamed(&self, source: &str) -> bool {
+        self.blamed.contains(source)
+    }
+
     pub fn blamed(&self) -> impl Iterator<Item = &str> {
         self.blamed.iter().map(String::as_str)
     }

@@ -124,6 +124,19 @@ impl<C: Clock> SourceTable<C> {
                     examples: n,
                 }),
                 Err(shortfall) => {
+                    // Groups folded into one slot (`other`) are one charge:
+                    // beyond its burst together they can never pass.
+                    let same: u32 = taken
+                        .iter()
+                        .filter(|t| t.slot == slot)
+                        .map(|t| t.examples)
+                        .fold(n, u32::saturating_add);
+                    let burst = self.limit().burst;
+                    let shortfall = if same > burst {
+                        Shortfall::ExceedsBurst { burst }
+                    } else {
+                        shortfall
+                    };
                     for t in &taken {
                         self.buckets.refund(t.slot, t.examples);
                     }
@@ -343,12 +356,13 @@ mod tests {
         let e = t.take(&[(Some("a"), 4)]).expect_err("never fits");
         assert_eq!(e.shortfall, Shortfall::ExceedsBurst { burst: 3 });
         t.take(&[(Some("a"), 1)]).expect("a holds the only entry");
-        // Names sharing `other` that together exceed its burst wait.
+        // Names sharing `other` are one charge: together beyond its burst
+        // they can never pass (422), not "retry later" (429).
         let e = t
             .take(&[(Some("x"), 2), (Some("y"), 2)])
             .expect_err("other holds 3");
         assert_eq!(e.source.as_ref(), "other");
-        assert!(matches!(e.shortfall, Shortfall::Wait(_)), "{e:?}");
+        assert_eq!(e.shortfall, Shortfall::ExceedsBurst { burst: 3 });
         // A source calling itself `other` shares it.
         t.take(&[(Some("other"), 3)]).expect("other's burst");
         assert_eq!(refused_source(t.take(&[(Some("z"), 1)])), "other");

@@ -137,10 +137,12 @@ impl Trainer {
                         entries.push((e, *fb));
                     } else if r.held.binary_search(&position).is_ok() {
                         self.held.push(*fb);
-                    } else if r.waiting.binary_search(&position).is_ok()
-                        && let Some(guard) = &mut self.guard
-                    {
-                        guard.restore_waiting(*fb);
+                    } else if r.waiting.binary_search(&position).is_ok() {
+                        match &mut self.guard {
+                            Some(guard) if r.exact => guard.restore_waiting(*fb),
+                            // Another guard, or none: learned afresh.
+                            _ => self.backlog.push_back(*fb),
+                        }
                     }
                 }
                 Record::Step(step) => {

@@ -139,14 +139,19 @@ impl Trainer {
             at_us: micros(at),
             versions: std::mem::take(&mut self.step_versions),
         };
-        self.record(record);
+        // Whether steps are logged is decided once for the step and the
+        // record of the guard's decisions that follows it: both or neither.
+        let logged = self.steps_logged();
+        if logged {
+            self.record(record);
+        }
         // What the guard decided during the step follows it in the log.
         let decided = self
             .guard
             .as_mut()
             .map(|g| g.take_decided())
             .unwrap_or_default();
-        if !decided.is_empty() {
+        if logged && !decided.is_empty() {
             self.record(StepRecord {
                 step: Step::Quarantine { entries: decided },
                 at_us: micros(at),
@@ -160,8 +165,9 @@ impl Trainer {
         applied
     }
 
-    /// Queues `record` for the log (see `log_steps`).
-    fn record(&mut self, record: StepRecord) {
+    /// Whether steps are logged now: not while suspended after a failed
+    /// append, until a snapshot with the state after the gap is written.
+    fn steps_logged(&mut self) -> bool {
         let owed = self
             .snapshots
             .as_ref()
@@ -170,9 +176,11 @@ impl Trainer {
             // A snapshot with the state after the gap was written.
             self.steps_suspended = false;
         }
-        if self.steps_suspended {
-            return;
-        }
+        !self.steps_suspended
+    }
+
+    /// Queues `record` for the log (see `log_steps`).
+    fn record(&mut self, record: StepRecord) {
         if self.journal.keeps_records() {
             self.unlogged
                 .push_with(|buf| log_record::encode_step_into(buf, &record));
@@ -225,7 +233,7 @@ impl Trainer {
                     EventKind::QuarantineFull,
                     self.live.version,
                     format!(
-                        "the quarantine was full (guard.quarantine.capacity or max_bytes): its {count} oldest example(s) were dropped"
+                        "the quarantine is full (guard.quarantine.capacity or max_bytes): {count} of its oldest examples dropped so far (eddy_quarantine_dropped_total counts each)"
                     ),
                 )
                 .figure("evicted", count),
@@ -375,7 +383,9 @@ impl Trainer {
         let started = Instant::now();
         self.next_example = self.next_example.max(last.position + 1);
         if screen && let Some(guard) = &mut self.guard {
-            guard.screen(batch, &self.live, micros(at));
+            let monitor = &self.monitor;
+            let blamed = |s: &str| monitor.as_ref().is_some_and(|m| m.is_blamed(s));
+            guard.screen(batch, &self.live, micros(at), &blamed);
             if batch.is_empty() {
                 // Everything was quarantined or waits for its share.
                 self.trained_position = self.trained_position.max(self.next_example);
