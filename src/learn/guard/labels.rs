@@ -496,18 +496,7 @@ impl LabelSanity {
             // recent period (and not flagged) to the newcomer, so names
             // invented once cannot keep later sources out of the table.
             let name = source.unwrap_or(UNKNOWN_SOURCE).to_owned();
-            let old = std::mem::replace(
-                &mut self.sources[i as usize],
-                Source {
-                    name: name.clone(),
-                    examples: 0,
-                    recent: 0,
-                    recent_contradicted: 0,
-                    normal: 0.0,
-                    normal_contradicted: 0.0,
-                    flagged: false,
-                },
-            );
+            let old = std::mem::replace(&mut self.sources[i as usize], Source::named(&name));
             self.index.remove(&old.name);
             self.index.insert(name, i);
             return i;
@@ -524,7 +513,15 @@ impl LabelSanity {
         // config::MAX_BOUND (2^28): the index fits below the flag bits.
         let i = self.sources.len() as u32;
         self.index.insert(name.to_owned(), i);
-        self.sources.push(Source {
+        self.sources.push(Source::named(name));
+        i
+    }
+}
+
+impl Source {
+    /// A source met for the first time.
+    fn named(name: &str) -> Self {
+        Source {
             name: name.to_owned(),
             examples: 0,
             recent: 0,
@@ -532,8 +529,7 @@ impl LabelSanity {
             normal: 0.0,
             normal_contradicted: 0.0,
             flagged: false,
-        });
-        i
+        }
     }
 }
 
