@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::learn::guard::labels::UNKNOWN_SOURCE;
 use crate::persist::wal::{LogError, read_dir};
 use crate::serving::guard::{Reason, Selector};
 use crate::serving::log_record::{self, Record};
@@ -78,7 +79,10 @@ pub fn kept_out(dir: &Path) -> Result<HashSet<u64>, LogError> {
                         .is_none_or(|ids| ids.binary_search(position).is_ok())
                         && selector.reason.is_none_or(|r| r == *reason)
                         && selector.source.as_deref().is_none_or(|s| {
-                            sources.get(position).and_then(|s| s.as_deref()) == Some(s)
+                            sources
+                                .get(position)
+                                .map(|s| s.as_deref().unwrap_or(UNKNOWN_SOURCE))
+                                == Some(s)
                         });
                     !matches
                 });

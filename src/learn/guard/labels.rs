@@ -262,7 +262,17 @@ impl LabelSanity {
     pub fn clear(&mut self, source: Option<&str>) -> bool {
         match self.find(source) {
             Some(i) if self.sources[i as usize].flagged => {
-                self.sources[i as usize].flagged = false;
+                // The operator vouches for its recent labels: their
+                // contradictions no longer count, so its next example is
+                // judged on what comes after, not flagged again at once.
+                for e in self.recent.iter_mut() {
+                    if e.0 & !(CONTRADICTED | COUNTED) == i && e.0 & CONTRADICTED != 0 {
+                        e.0 &= !CONTRADICTED;
+                    }
+                }
+                let s = &mut self.sources[i as usize];
+                s.recent_contradicted = 0;
+                s.flagged = false;
                 true
             }
             _ => false,
@@ -781,6 +791,9 @@ mod tests {
         assert!(l.is_flagged(Some("bad")));
         assert!(l.clear(Some("bad")));
         assert!(!l.is_flagged(Some("bad")));
+        // Its next clean example does not bring the flag straight back.
+        let v = l.observe(Some("bad"), &scored(false));
+        assert!(!v.flagged && v.change.is_none(), "{v:?}");
         assert!(!l.clear(Some("bad")), "already clear");
         assert!(!l.clear(Some("never seen")));
     }

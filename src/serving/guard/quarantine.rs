@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::QuarantineConfig;
 use crate::learn::features::allocation_cost;
+use crate::learn::guard::labels::UNKNOWN_SOURCE;
 
 use super::super::queue::Feedback;
 use super::Reason;
@@ -70,10 +71,10 @@ impl Selector {
             .as_ref()
             .is_none_or(|ids| ids.binary_search(&position).is_ok())
             && self.reason.is_none_or(|r| r == held.reason)
-            && self
-                .source
-                .as_deref()
-                .is_none_or(|s| held.fb.source.as_deref() == Some(s))
+            && self.source.as_deref().is_none_or(|s| {
+                // Unattributed examples are the source `unknown`.
+                held.fb.source.as_deref().unwrap_or(UNKNOWN_SOURCE) == s
+            })
     }
 
     /// Sorted, deduplicated ids (what `matches` searches).
