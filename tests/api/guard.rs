@@ -422,3 +422,64 @@ async fn a_model_without_a_guard_answers_409() {
     assert_eq!(app.info("m").await["guard"]["enabled"], false);
     app.stop().await.expect("stops");
 }
+
+/// One client, and another source sending one example per 1,000: the
+/// client keeps learning (a trickle does not make a second active source;
+/// the attack found 10,000 of its examples waiting and 9,000 quarantined).
+#[tokio::test]
+async fn a_trickle_from_a_second_source_does_not_stall_the_only_client() {
+    let app = spawn_app("[[models]]\nname = \"m\"\ntask = \"binary\"").await;
+    let rows = dataset("elec2");
+    for (i, chunk) in rows[..20_000].chunks(500).enumerate() {
+        let examples: Vec<Value> = chunk
+            .iter()
+            .map(|r| json!({ "features": r["features"], "label": r["label"] }))
+            .collect();
+        let (status, body) = app
+            .feedback("m", json!({ "examples": examples, "source": "crm" }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        if i % 2 == 0 {
+            let one = json!({ "features": chunk[0]["features"], "label": chunk[0]["label"], "source": "x" });
+            assert_eq!(app.feedback("m", one).await.0, 202);
+        }
+    }
+    wait_processed(&app, "m").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = app.info("m").await;
+        let trained = info["examples_trained"].as_u64().unwrap_or(0);
+        if trained >= 19_900 {
+            assert!(info["guard"]["waiting"].as_u64() < Some(100), "{info}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the only client is held back: {trained} of 20,020 trained: {}",
+            info["guard"]
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await.expect("stops");
+}
+
+/// Self-declared names beyond the table share `other`: together beyond its
+/// burst they can never pass, and are told so (422), not to retry (429).
+#[tokio::test]
+async fn names_folded_into_other_beyond_its_burst_answer_exceeds_burst() {
+    let app = spawn_app(
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.guard]\nrate = 10.0\nburst = 20\nmax_sources = 10",
+    )
+    .await;
+    let e = |s: String| json!({ "features": {"a": 1.0}, "label": 1, "source": s });
+    let fill: Vec<Value> = (0..10).map(|i| e(format!("n{i}"))).collect();
+    assert_eq!(app.feedback("m", json!({ "examples": fill })).await.0, 202);
+    let many: Vec<Value> = (0..50).map(|i| e(format!("z{i}"))).collect();
+    let (status, body) = app.feedback("m", json!({ "examples": many })).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("exceeds_burst")),
+        "{body}"
+    );
+    app.stop().await.expect("stops");
+}
