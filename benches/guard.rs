@@ -22,7 +22,10 @@
 //!    `PARTS=guard benches/durability.sh`.
 //!
 //! Run: `cargo bench --bench guard` (about a minute); `GUARD_CURVE=path.csv`
-//! also writes the flood's accuracy curve by block of 1,000 rows.
+//! also writes the flood's accuracy curve by block of 1,000 rows;
+//! `GUARD_BATCH=n` makes every source post batches of `n` rows in turn
+//! (the attacker following each honest batch with its copies of it)
+//! instead of taking turns row by row.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -109,7 +112,18 @@ struct Run<'a> {
     until: usize,
 }
 
+/// Rows each source posts at a time (`GUARD_BATCH`, default 1).
+fn sender_batch() -> usize {
+    std::env::var("GUARD_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
+
 fn run(r: Run<'_>) -> Outcome {
+    let batch = sender_batch();
+    let mut pending: Vec<Feedback> = Vec::new();
     let clock = Arc::new(ManualClock::default());
     let (mut trainer, queue, _commands) = Trainer::in_memory(r.m, clock.clone()).expect("trainer");
     let mut out = Outcome::default();
@@ -133,7 +147,7 @@ fn run(r: Run<'_>) -> Outcome {
         }
         out.blocks[block].0 += u64::from(correct);
         out.blocks[block].1 += 1;
-        let source = format!("honest-{}", i % HONEST);
+        let source = format!("honest-{}", (i / batch) % HONEST);
         let mut items = vec![Feedback::labelled(
             x.clone(),
             *y,
@@ -141,24 +155,25 @@ fn run(r: Run<'_>) -> Outcome {
         )];
         if r.attack_from.is_some_and(|from| i >= from) {
             let inverted = Target::Class(1 - y.class().unwrap_or(0));
-            items.extend(
+            pending.extend(
                 (0..r.copies)
                     .map(|_| Feedback::labelled(x.clone(), inverted, Some("attacker".into()))),
             );
+        }
+        if (i + 1) % batch == 0 {
+            items.append(&mut pending);
         }
         if r.marked.contains(&i) {
             marked.insert(features_key(x));
         }
         sent += items.len() as u64;
-        queue
-            .reserve(items.len())
-            .expect("room")
-            .send(items)
-            .expect("appended");
+        post(&queue, items);
         while trainer.position() + step as u64 <= sent {
             trainer.step(step);
         }
     }
+    sent += pending.len() as u64;
+    post(&queue, pending);
     while trainer.step(step) > 0 {}
     out.sent = sent;
     let report = trainer.stats().guard.load_full();
@@ -197,6 +212,18 @@ fn run(r: Run<'_>) -> Outcome {
         out.probe = Some(pct(c, n));
     }
     out
+}
+
+/// Sends one request's examples to the trainer's queue.
+fn post(queue: &eddy::serving::queue::FeedbackQueue, items: Vec<Feedback>) {
+    if items.is_empty() {
+        return;
+    }
+    queue
+        .reserve(items.len())
+        .expect("room")
+        .send(items)
+        .expect("appended");
 }
 
 /// An example's features, bit for bit, to recognise it in quarantine.
@@ -262,6 +289,9 @@ fn flood(elec2: &[Value]) {
             o.flagged,
             o.rollbacks
         );
+        if !name.starts_with("attack") && o.quarantined > 0 {
+            println!("    quarantined by reason and source {:?}", o.by_reason);
+        }
     }
     let diff =
         pct(attacked_on.correct, attacked_on.scored) - pct(clean_on.correct, clean_on.scored);

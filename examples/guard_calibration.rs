@@ -10,7 +10,10 @@ mod harness;
 #[path = "../tests/api/streams.rs"]
 mod streams;
 
-use harness::{Guard, flood, heavy_tailed, percent, row_of, rows, run, unit_error};
+use harness::{
+    Guard, flood, flood_in_batches, heavy_tailed, percent, row_of, rows, rows_in_batches, run,
+    unit_error,
+};
 
 fn main() {
     let elec2 = streams::dataset("elec2");
@@ -41,6 +44,31 @@ fn main() {
             on.accuracy(|_| true),
             off.accuracy(|_| true),
         );
+    }
+
+    println!("\n## clean streams, the 4 sources sending in batches in turn");
+    println!("| stream | batch | held for labels | sources flagged |");
+    println!("| --- | ---: | ---: | --- |");
+    for (name, values) in [
+        ("elec2", elec2.clone()),
+        ("sea (drifts at each quarter)", streams::sea(100_000, 7)),
+        ("stationary", streams::stationary(50_000, 3, 0..0)),
+    ] {
+        for batch in [20, 100, 300, 1000] {
+            let rows = rows_in_batches(&values, &honest, batch);
+            let on = run(&rows, &Guard::on());
+            if std::env::var_os("SHOW_CHANGES").is_some() {
+                for (i, c) in &on.changes {
+                    println!("  example {i}: {c:?}");
+                }
+            }
+            println!(
+                "| {name} | {batch} | {} ({:.3}%) | {:?} |",
+                on.held_for_labels(),
+                percent(on.held_for_labels(), rows.len()),
+                on.flagged_sources(),
+            );
+        }
     }
 
     println!("\n## unit error: one Elec2 feature x1000 on rows 22656..24656");
@@ -76,6 +104,8 @@ fn main() {
         );
     }
 
+    batched_flood(&elec2);
+
     println!("\n## flood: from row 22656, an attacker resends each example 5x, label inverted");
     let (rows, is_honest) = flood(&elec2, 22_656, 5);
     let first_attack = is_honest.iter().position(|h| !h).unwrap_or(0);
@@ -109,6 +139,43 @@ fn main() {
         for (i, change) in &r.changes {
             println!("  example {i}: {change:?}");
         }
+    }
+}
+
+/// The flood again with everyone posting batches of `batch` rows in turn:
+/// honest accuracy over the attack against the same batching unattacked.
+fn batched_flood(elec2: &[serde_json::Value]) {
+    println!(
+        "\n## flood, everyone posting batches in turn (attacker: 5 inverted copies of each honest batch)"
+    );
+    println!(
+        "| batch | honest accuracy, no attack | attack, guard on | attack, guard off | attacker examples learned (on) | flagged (on) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | --- |");
+    for batch in [20, 100, 300, 1000] {
+        let (rows, is_honest) = flood_in_batches(elec2, 22_656, 5, batch);
+        let clean = harness::rows_in_batches(elec2, &["h0", "h1", "h2", "h3"], batch);
+        let base = run(&clean, &Guard::on()).accuracy(|i| i >= 22_656);
+        let first_attack = is_honest.iter().position(|h| !h).unwrap_or(0);
+        let honest_after = |i: usize| i >= first_attack && is_honest[i];
+        let on = run(&rows, &Guard::on());
+        if std::env::var_os("SHOW_CHANGES").is_some() {
+            for (i, c) in on.changes.iter().take(6) {
+                println!("  example {i}: {c:?}");
+            }
+        }
+        let off = run(&rows, &Guard::off());
+        let learned = (first_attack..rows.len())
+            .filter(|&i| {
+                !is_honest[i] && !on.outcomes[i].held_for_labels && !on.outcomes[i].outlier
+            })
+            .count();
+        println!(
+            "| {batch} | {base:.4} | {:.4} | {:.4} | {learned} | {:?} |",
+            on.accuracy(honest_after),
+            off.accuracy(honest_after),
+            on.flagged_sources(),
+        );
     }
 }
 

@@ -11,7 +11,7 @@ mod harness;
 mod streams;
 
 use eddy::learn::guard::FlagChange;
-use harness::{Guard, Run, flood, heavy_tailed, percent, rows, run, unit_error};
+use harness::{Guard, Run, flood, heavy_tailed, percent, rows, rows_in_batches, run, unit_error};
 
 const HONEST: [&str; 4] = ["h0", "h1", "h2", "h3"];
 /// Where "the middle of Elec2" starts.
@@ -40,6 +40,19 @@ fn assert_quiet(name: &str, r: &Run) {
 fn elec2_as_it_is_raises_no_alarm() {
     let r = run(&rows(&streams::dataset("elec2"), &HONEST), &Guard::on());
     assert_quiet("elec2", &r);
+}
+
+#[test]
+fn elec2_from_sources_posting_large_batches_in_turn_raises_no_alarm() {
+    // Each batch holds its own stretch of the stream, where the live model
+    // may be confidently wrong in a run: true labels, no alarm.
+    for batch in [100, 1000] {
+        let r = run(
+            &rows_in_batches(&streams::dataset("elec2"), &HONEST, batch),
+            &Guard::on(),
+        );
+        assert_quiet(&format!("elec2 in batches of {batch}"), &r);
+    }
 }
 
 #[test]

@@ -180,6 +180,55 @@ pub fn rows(values: &[Value], sources: &[&str]) -> Vec<Row> {
         .collect()
 }
 
+/// Like `rows`, but each source sends `batch` consecutive rows before the
+/// next takes its turn (senders that post large batches).
+pub fn rows_in_batches(values: &[Value], sources: &[&str], batch: usize) -> Vec<Row> {
+    let mut out = rows(values, &[]);
+    for (i, row) in out.iter_mut().enumerate() {
+        row.source = Some(sources[(i / batch.max(1)) % sources.len()].to_owned());
+    }
+    out
+}
+
+/// Like `flood`, but everyone posts batches: the four honest sources take
+/// turns sending `batch` rows each, and from row `from` on the attacker
+/// follows each honest batch with one of its own, `copies` inverted
+/// copies of every row in it.
+pub fn flood_in_batches(
+    values: &[Value],
+    from: usize,
+    copies: usize,
+    batch: usize,
+) -> (Vec<Row>, Vec<bool>) {
+    let honest = rows_in_batches(values, &["h0", "h1", "h2", "h3"], batch);
+    let mut out = Vec::with_capacity(values.len() + (values.len() - from) * copies);
+    let mut is_honest = Vec::with_capacity(out.capacity());
+    for (c, chunk) in honest.chunks(batch.max(1)).enumerate() {
+        out.extend(chunk.iter().cloned());
+        is_honest.extend(std::iter::repeat_n(true, chunk.len()));
+        for (j, row) in chunk.iter().enumerate() {
+            if c * batch + j < from {
+                continue;
+            }
+            let inverted = match row.example.target {
+                Target::Class(k) => Target::Class(1 - k),
+                t => t,
+            };
+            for _ in 0..copies {
+                out.push(Row {
+                    example: Example {
+                        features: row.example.features.clone(),
+                        target: inverted,
+                    },
+                    source: Some("attacker".to_owned()),
+                });
+                is_honest.push(false);
+            }
+        }
+    }
+    (out, is_honest)
+}
+
 /// The numeric row `name` hashes to in the harness's models.
 pub fn row_of(name: &str) -> u32 {
     FeatureHasher::new(HASH_BITS).numeric(name)

@@ -31,7 +31,20 @@
 //!   left the recent period; decayed over `4 * window` of them), its rate
 //!   is also `factor` times that rate's upper bound;
 //! - a one-sided exact binomial test of its contradictions against the
-//!   larger of those reference rates rejects at level `alpha`.
+//!   larger of those reference rates rejects at level `alpha`;
+//! - **the same holds at the same moments** (`blocks.rs`): each of its
+//!   blocks of the period (`window / 20` consecutive examples) is compared
+//!   with the reference sources' examples in the same block, or in the
+//!   nearest blocks they sent to; its rate there is `factor` times the
+//!   upper bound of theirs, and the binomial test against that bound
+//!   rejects at `alpha`. It needs `MIN_RECENT` examples side by side with
+//!   them, or `NEIGHBOUR_BLOCKS` blocks' worth compared with neighbours.
+//!   Over the whole period, a source that posts large batches in turn
+//!   holds other stretches of the stream than the others do, and the live
+//!   model is confidently wrong in runs, more in some stretches than in
+//!   others: true labels would look like lies. Side by side, or over a
+//!   long enough batch next to the others' batches, a liar still stands
+//!   out.
 //!
 //! It is **cleared** when the reference sources hold an eighth of the
 //! recent period (while it still sends nearly all the traffic, the others
@@ -66,6 +79,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, DiscreteCDF};
 
+use super::blocks::TimeBlocks;
 use super::histogram::LogHistogram;
 use crate::config::LabelConfig;
 use crate::learn::Scored;
@@ -89,6 +103,17 @@ const ERROR_FACTOR: f64 = 2.0;
 const ERROR_MEMORY: f64 = 8192.0;
 const ERROR_WARMUP: f64 = 200.0;
 
+/// Blocks (of consecutive examples) per recent period, for comparing
+/// sources at the same moments.
+const BLOCKS_PER_WINDOW: u64 = 20;
+
+/// A source compared only with the references' nearest blocks, not side
+/// by side (it posts large batches in turn), needs this many blocks' worth
+/// of examples there: the live model's confident errors come in runs (a
+/// stretch of Elec2 it has not caught up with), and a batch that starts in
+/// such a run is not a liar.
+const NEIGHBOUR_BLOCKS: u64 = 2;
+
 /// Approximate memory of one tracked source besides its name.
 pub const SOURCE_BYTES: usize =
     std::mem::size_of::<Source>() + std::mem::size_of::<(String, u32)>() + 32;
@@ -110,6 +135,13 @@ pub struct LabelSanity {
     recent: VecDeque<Entry>,
     /// Regression only: the live model's absolute errors.
     errors: LogHistogram,
+    /// Examples observed, all sources: the next one's arrival index.
+    #[serde(default)]
+    seen: u64,
+    /// The recent period by blocks of arrival (rebuilt from `recent` when
+    /// a state saved without them is restored).
+    #[serde(default = "TimeBlocks::unbuilt")]
+    blocks: TimeBlocks,
 }
 
 /// One example of the recent period: the source's index, whether it was
@@ -185,6 +217,15 @@ pub struct Evidence {
     pub normal_rate: Option<f64>,
     /// One-sided binomial p-value against the reference rate (flagging).
     pub p_value: Option<f64>,
+    /// Flagging: its examples and contradictions in blocks of the period
+    /// the reference sources also sent to, and the upper bound of their
+    /// rate there (see `LabelSanity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aligned_examples: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aligned_contradicted: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aligned_reference_rate: Option<f64>,
 }
 
 /// One row of `LabelSanity::report`.
@@ -212,12 +253,15 @@ impl LabelSanity {
             sources: Vec::new(),
             recent: VecDeque::new(),
             errors: LogHistogram::default(),
+            seen: 0,
+            blocks: TimeBlocks::new(block_width(config.window)),
         }
     }
 
     /// Counts one scored example of `source` (`None`: unattributed) and
     /// says whether the source is flagged now.
     pub fn observe(&mut self, source: Option<&str>, scored: &Scored) -> LabelVerdict {
+        self.build_blocks();
         let slot = self.slot(source);
         let contradicted = self.contradicts(scored);
         let s = &mut self.sources[slot as usize];
@@ -237,6 +281,8 @@ impl LabelSanity {
             bits |= COUNTED;
         }
         self.recent.push_back(Entry(bits));
+        self.blocks.push(self.seen, slot, contradicted);
+        self.seen += 1;
         if self.recent.len() > self.window
             && let Some(old) = self.recent.pop_front()
         {
@@ -270,6 +316,7 @@ impl LabelSanity {
                         e.0 &= !CONTRADICTED;
                     }
                 }
+                self.blocks.forget_contradictions(i);
                 let s = &mut self.sources[i as usize];
                 s.recent_contradicted = 0;
                 s.flagged = false;
@@ -304,6 +351,7 @@ impl LabelSanity {
                 .map(|s| 2 * s.name.capacity() + 32 + std::mem::size_of::<(String, u32)>())
                 .sum::<usize>()
             + self.errors.heap_bytes()
+            + self.blocks.heap_bytes()
     }
 
     fn contradicts(&self, scored: &Scored) -> bool {
@@ -325,7 +373,12 @@ impl LabelSanity {
         let contradicted = old.0 & CONTRADICTED != 0;
         let counted = old.0 & COUNTED != 0;
         let keep = 1.0 - 1.0 / self.normal_memory();
-        let s = &mut self.sources[(old.0 & !(CONTRADICTED | COUNTED)) as usize];
+        let slot = old.0 & !(CONTRADICTED | COUNTED);
+        // `seen` counts the example just added; the period now holds the
+        // last `window` of them.
+        let index = self.seen - 1 - self.window as u64;
+        self.blocks.evict(index, slot, contradicted);
+        let s = &mut self.sources[slot as usize];
         s.recent -= 1;
         s.recent_contradicted -= u64::from(contradicted);
         if counted {
@@ -386,9 +439,58 @@ impl LabelSanity {
         if p_value > self.alpha {
             return None;
         }
-        let evidence = self.evidence(slot, others, Some(p_value));
+        // The same at the same moments: only where the references sent
+        // too, each block at their rate in that block.
+        let established = self.normal_rate(s).is_some();
+        let aligned = self.blocks.aligned(slot, others.rate, |o| {
+            self.is_reference(o, slot, established)
+        });
+        let aligned_reference = (aligned.rate + REFERENCE_Z * aligned.std_error).min(1.0);
+        if (aligned.side_by_side < MIN_RECENT
+            && aligned.examples < NEIGHBOUR_BLOCKS * self.blocks.width())
+            || (aligned.contradicted as f64)
+                < self.factor * aligned_reference * aligned.examples as f64
+            || binomial_tail(aligned.contradicted, aligned.examples, aligned_reference) > self.alpha
+        {
+            return None;
+        }
+        let mut evidence = self.evidence(slot, others, Some(p_value));
+        evidence.aligned_examples = Some(aligned.examples);
+        evidence.aligned_contradicted = Some(aligned.contradicted);
+        evidence.aligned_reference_rate = Some(aligned_reference);
         self.sources[slot as usize].flagged = true;
         Some(FlagChange::Flagged(evidence))
+    }
+
+    /// Whether source `i` can serve as a reference for source `slot`
+    /// (which has a normal rate or not): see `others`.
+    fn is_reference(&self, i: u32, slot: u32, established: bool) -> bool {
+        let o = &self.sources[i as usize];
+        i != slot
+            && !o.flagged
+            && o.recent >= MIN_RECENT
+            && !(established && self.normal_rate(o).is_none())
+    }
+
+    /// Rebuilds the blocks from the recent period when a state saved
+    /// without them was restored.
+    fn build_blocks(&mut self) {
+        let width = block_width(self.window as u64);
+        if self.blocks.width() == width && (self.recent.is_empty() || !self.blocks.is_empty()) {
+            return;
+        }
+        self.seen = self.seen.max(self.recent.len() as u64);
+        if self.recent.is_empty() {
+            self.blocks = TimeBlocks::new(width);
+        } else {
+            self.blocks = TimeBlocks::rebuild(
+                width,
+                self.seen - 1,
+                self.recent
+                    .iter()
+                    .map(|e| (e.0 & !(CONTRADICTED | COUNTED), e.0 & CONTRADICTED != 0)),
+            );
+        }
     }
 
     /// What source `slot` is compared with, or `None` when no other
@@ -405,11 +507,7 @@ impl LabelSanity {
         let mut rates = Vec::new();
         let (mut n, mut k) = (0u64, 0u64);
         for (i, o) in self.sources.iter().enumerate() {
-            if i == slot as usize
-                || o.flagged
-                || o.recent < MIN_RECENT
-                || (established && self.normal_rate(o).is_none())
-            {
+            if !self.is_reference(i as u32, slot, established) {
                 continue;
             }
             rates.push(o.recent_contradicted as f64 / o.recent as f64);
@@ -446,6 +544,9 @@ impl LabelSanity {
             reference_rate: others.reference,
             normal_rate: self.normal_rate(s),
             p_value,
+            aligned_examples: None,
+            aligned_contradicted: None,
+            aligned_reference_rate: None,
         }
     }
 
@@ -541,6 +642,11 @@ impl Source {
             flagged: false,
         }
     }
+}
+
+/// Examples per block of the recent period (`blocks.rs`).
+fn block_width(window: u64) -> u64 {
+    (window / BLOCKS_PER_WINDOW).max(MIN_RECENT)
 }
 
 /// One-sided confidence bound on a rate of `k` in `n` (Wilson score
@@ -686,6 +792,74 @@ mod tests {
             (Some(source), rng.random_bool(rate))
         });
         assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    /// Whether the live model is confidently wrong at example `i` of a
+    /// stream with runs of errors: 6% of the time, and in a run of 40
+    /// examples every 1,500 (a stretch it has not caught up with), 90%.
+    fn in_a_run(i: usize, rng: &mut rand::rngs::StdRng) -> bool {
+        rng.random_bool(if i % 1500 < 40 { 0.9 } else { 0.06 })
+    }
+
+    #[test]
+    fn honest_sources_posting_large_batches_in_turn_are_not_flagged_for_a_hard_stretch() {
+        for batch in [100, 500, 1000] {
+            let mut l = LabelSanity::new(&config(), 10);
+            let changes = feed(&mut l, 40_000, 11, |i, rng| {
+                (Some(format!("h{}", (i / batch) % 4)), in_a_run(i, rng))
+            });
+            assert!(changes.is_empty(), "batches of {batch}: {changes:?}");
+        }
+        // Row by row, a run hits every source at once: nobody stands out.
+        let mut l = LabelSanity::new(&config(), 10);
+        let changes = feed(&mut l, 40_000, 11, |i, rng| {
+            (Some(format!("h{}", i % 4)), in_a_run(i, rng))
+        });
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn a_liar_posting_large_batches_in_turn_is_flagged_and_the_honest_never() {
+        let mut l = LabelSanity::new(&config(), 10);
+        // Four honest sources post batches of 500 in turn; after 20,000
+        // examples a liar follows each honest batch with one of its own,
+        // 45% contradicted.
+        let mut changes = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let mut liar_sent = 0;
+        let mut flagged_after = None;
+        for b in 0..80 {
+            for j in 0..500 {
+                let i = b * 500 + j;
+                let v = l.observe(Some(&format!("h{}", b % 4)), &scored(in_a_run(i, &mut rng)));
+                changes.extend(v.change);
+            }
+            if b >= 40 {
+                for _ in 0..500 {
+                    liar_sent += 1;
+                    let v = l.observe(Some("liar"), &scored(rng.random_bool(0.45)));
+                    if v.change.is_some() && flagged_after.is_none() {
+                        flagged_after = Some(liar_sent);
+                    }
+                    changes.extend(v.change);
+                }
+            }
+        }
+        let Some(FlagChange::Flagged(e)) = changes.first() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(e.source, "liar", "{changes:?}");
+        assert!(
+            flagged_after.is_some_and(|n| n <= 2 * block_width(config().window)),
+            "flagged after {flagged_after:?} of its examples"
+        );
+        assert!(
+            changes.iter().all(|c| match c {
+                FlagChange::Flagged(e) | FlagChange::Cleared(e) => e.source == "liar",
+            }),
+            "{changes:?}"
+        );
+        assert!(l.is_flagged(Some("liar")));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `labels.rs`: `LabelSanity`, per source, labels the live model
 //!   confidently contradicts far more often than it used to and than the
 //!   other sources' at the same time.
+//! - `blocks.rs`: `TimeBlocks`, label sanity's recent period by blocks of
+//!   arrival, to compare sources at the same moments.
 //! - `histogram.rs`: `LogHistogram`, the decayed log-scale histogram both
 //!   detectors calibrate on.
 //!
@@ -19,6 +21,7 @@
 //! what to feed: outliers learn only admitted examples, label sanity
 //! observes what passed the feature checks.
 
+pub mod blocks;
 pub mod histogram;
 pub mod labels;
 pub mod outliers;
