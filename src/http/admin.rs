@@ -48,7 +48,7 @@ use super::AppState;
 use super::body::parse;
 use super::error::ApiError;
 use super::model_name::{ModelName, SourceName};
-use super::sender::bearer_token;
+use super::sender::presented_token;
 
 /// What the admin routes need besides the shared state.
 #[derive(Clone)]
@@ -106,11 +106,7 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if state.token.is_empty() {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| bearer_token(v.as_bytes()))
-        .unwrap_or(b"");
+    let presented = presented_token(request.headers()).unwrap_or(b"");
     if bool::from(presented.ct_eq(state.token.as_bytes())) {
         next.run(request).await
     } else {

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 
 use crate::serving::sources::Credential;
 
@@ -32,11 +32,8 @@ impl FromRequestParts<AppState> for Sender {
         if !state.sources.requires_token() {
             return Ok(Sender(None));
         }
-        let found = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| bearer_token(v.as_bytes()))
-            .and_then(|token| state.sources.authenticate(token));
+        let found =
+            presented_token(&parts.headers).and_then(|token| state.sources.authenticate(token));
         match found {
             Some(credential) => Ok(Sender(Some(credential))),
             None => {
@@ -58,6 +55,18 @@ impl FromRequestParts<AppState> for Sender {
     }
 }
 
+/// The bearer token of a request's one `Authorization` header. A request
+/// with several presents no token: which one would count is ambiguous, and
+/// proxies and servers differ on it (RFC 9110 allows the field once).
+pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    bearer_token(value.as_bytes())
+}
+
 /// The token of an `Authorization: Bearer <token>` value. The scheme is
 /// case-insensitive (RFC 7235, section 2.1: `bearer`, `BEARER`), and one or
 /// more spaces separate it from the token; anything else is no token.
@@ -73,7 +82,18 @@ pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, presented_token};
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    #[test]
+    fn a_request_with_two_authorization_headers_presents_no_token() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert_eq!(presented_token(&headers), Some(&b"a"[..]));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(presented_token(&headers), None);
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

@@ -123,6 +123,20 @@ async fn with_credentials_a_token_is_required_and_names_the_source() {
         );
     }
 
+    // Two Authorization headers, even one of them valid: which one would
+    // count is ambiguous, so neither does.
+    let r = app
+        .client
+        .post(app.url("/v1/models/demo/feedback"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer t-crm")
+        .header("authorization", "Bearer t-shop")
+        .body(one.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 401);
+
     // The token's name is the source; naming it too is fine.
     let crm = Some("Bearer t-crm");
     let (status, _, body) = send(&app, crm, None, one.clone()).await;
@@ -187,7 +201,7 @@ async fn with_credentials_a_token_is_required_and_names_the_source() {
     promtool(&text);
     assert_eq!(
         sample(&text, "eddy_feedback_unauthorized_total{model=\"demo\"}"),
-        5.0
+        6.0
     );
     // 5 beyond the burst, 2 and 1 over the rate.
     assert_eq!(
