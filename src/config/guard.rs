@@ -120,7 +120,8 @@ pub struct LabelConfig {
     /// together. Each source's recent rate is over its own examples in it,
     /// so every source is measured over the same stretch of time (a concept
     /// drift raises them all at once, whatever their volumes). Memory: 4
-    /// bytes per example.
+    /// bytes per example, up to 16 when the examples of a stretch come
+    /// from many distinct sources.
     #[serde(default = "default_label_window")]
     pub window: u64,
     /// Significance level of the comparison.

@@ -201,7 +201,7 @@ pub fn flood_in_batches(
     batch: usize,
 ) -> (Vec<Row>, Vec<bool>) {
     let honest = rows_in_batches(values, &["h0", "h1", "h2", "h3"], batch);
-    let mut out = Vec::with_capacity(values.len() + (values.len() - from) * copies);
+    let mut out = Vec::with_capacity(values.len() + values.len().saturating_sub(from) * copies);
     let mut is_honest = Vec::with_capacity(out.capacity());
     for (c, chunk) in honest.chunks(batch.max(1)).enumerate() {
         out.extend(chunk.iter().cloned());

@@ -13,8 +13,8 @@
 //! few examples in blocks the others also sent to has little aligned
 //! evidence, and is not flagged on it.
 //!
-//! Memory: one `Tally` per source per block, at most one per example of
-//! the recent period.
+//! Memory: one `Tally` (12 bytes) per source per block, at most one per
+//! example of the recent period, and a few bytes per block.
 
 use std::collections::VecDeque;
 
@@ -26,6 +26,10 @@ struct Tally {
     slot: u32,
     examples: u32,
     contradicted: u32,
+    /// Offsets in the block of the source's first and last example there
+    /// (as pushed: eviction from the oldest block leaves them be).
+    first: u32,
+    last: u32,
 }
 
 /// One block: the tallies of the sources that sent to it, by slot (at
@@ -36,23 +40,47 @@ struct Block {
     examples: u32,
 }
 
-/// The evidence on one source aligned in time with the reference sources:
-/// its examples and contradictions in blocks where at least one reference
-/// source also sent, and the contradictions expected there at the
-/// references' rate of each block.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Aligned {
+/// Evidence on one source from some of its blocks: its examples and
+/// contradictions there, the contradictions expected at the reference
+/// sources' rate of each block, and the variance of that expectation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Part {
+    /// The source's blocks these come from.
+    pub blocks: u64,
     pub examples: u64,
     pub contradicted: u64,
-    /// Of `examples`, those in blocks the references sent to as well
-    /// (the rest are compared with the nearest blocks they sent to).
-    pub side_by_side: u64,
-    /// The references' rate, block by block, weighted by the source's
-    /// examples in each block.
-    pub rate: f64,
-    /// The standard error of `rate` (the references' per-block counts
-    /// are finite samples too).
-    pub std_error: f64,
+    pub expected: f64,
+    pub variance: f64,
+}
+
+impl Part {
+    /// The two parts' evidence together.
+    pub fn with(self, other: Part) -> Part {
+        Part {
+            blocks: self.blocks + other.blocks,
+            examples: self.examples + other.examples,
+            contradicted: self.contradicted + other.contradicted,
+            expected: self.expected + other.expected,
+            variance: self.variance + other.variance,
+        }
+    }
+
+    /// The references' rate over these blocks (weighted by the source's
+    /// examples in each), and its standard error.
+    pub fn rate(&self) -> (f64, f64) {
+        let n = self.examples.max(1) as f64;
+        (self.expected / n, self.variance.sqrt() / n)
+    }
+}
+
+/// The evidence on one source aligned in time with the reference sources:
+/// from its blocks the references also sent to (`side_by_side`), and from
+/// its blocks they did not, compared with the nearest blocks they sent to
+/// on both sides, at most `MAX_DISTANCE` blocks away (`neighbours`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Aligned {
+    pub side_by_side: Part,
+    pub neighbours: Part,
 }
 
 /// See the module doc.
@@ -66,9 +94,14 @@ pub struct TimeBlocks {
 }
 
 /// Pseudo-examples at the period's pooled reference rate added to each
-/// block's references, so that a block where they sent one or two
-/// examples does not claim a rate of 0 or 1.
-const PRIOR_WEIGHT: f64 = 2.0;
+/// block's references, so that a block where they sent a few examples
+/// does not claim a rate near 0 or 1.
+const PRIOR_WEIGHT: f64 = 10.0;
+
+/// A block the references did not send to is compared with theirs at most
+/// this many blocks before and after it (both needed); farther is not the
+/// same moment.
+pub const MAX_DISTANCE: usize = 3;
 
 impl TimeBlocks {
     pub fn new(width: u64) -> Self {
@@ -93,11 +126,14 @@ impl TimeBlocks {
             return;
         };
         block.examples += 1;
+        // Below `width`, which fits a u32 (the window does).
+        let offset = (index % self.width) as u32;
         match block.tallies.binary_search_by_key(&slot, |t| t.slot) {
             Ok(i) => {
                 let t = &mut block.tallies[i];
                 t.examples += 1;
                 t.contradicted += u32::from(contradicted);
+                t.last = offset;
             }
             Err(i) => block.tallies.insert(
                 i,
@@ -105,6 +141,8 @@ impl TimeBlocks {
                     slot,
                     examples: 1,
                     contradicted: u32::from(contradicted),
+                    first: offset,
+                    last: offset,
                 },
             ),
         }
@@ -113,13 +151,16 @@ impl TimeBlocks {
     /// Takes out the oldest example counted, which had arrival index
     /// `index`, source `slot`, and was `contradicted` or not.
     pub fn evict(&mut self, index: u64, slot: u32, contradicted: bool) {
+        debug_assert_eq!(index / self.width, self.first, "evicting out of order");
         if index / self.width != self.first {
             return;
         }
         let Some(block) = self.blocks.front_mut() else {
             return;
         };
-        if let Ok(i) = block.tallies.binary_search_by_key(&slot, |t| t.slot) {
+        let found = block.tallies.binary_search_by_key(&slot, |t| t.slot);
+        debug_assert!(found.is_ok(), "evicting a source the block does not hold");
+        if let Ok(i) = found {
             let t = &mut block.tallies[i];
             t.examples -= 1;
             t.contradicted -= u32::from(contradicted);
@@ -136,53 +177,89 @@ impl TimeBlocks {
 
     /// Source `slot`'s evidence aligned with the sources `is_reference`
     /// accepts; `pooled` is their rate over the whole period (the prior of
-    /// each block's rate). Each of the source's blocks is compared with
-    /// the references in the same block or, where none sent to it, in the
-    /// nearest blocks that have some (both sides when equally near): for a
-    /// source posting large batches in turn, the batches just before and
-    /// after its own.
+    /// each block's rate). Blocks compared with the same reference blocks
+    /// share their error, so the variance is summed by reference blocks.
     pub fn aligned(&self, slot: u32, pooled: f64, is_reference: impl Fn(u32) -> bool) -> Aligned {
-        let refs: Vec<(u64, u64)> = self
+        // Per block: the references' examples, contradictions, and the
+        // span of offsets they sent in.
+        let refs: Vec<(u64, u64, u32, u32)> = self
             .blocks
             .iter()
             .map(|b| {
-                b.tallies
-                    .iter()
-                    .filter(|t| is_reference(t.slot))
-                    .fold((0, 0), |(n, k), t| {
-                        (n + u64::from(t.examples), k + u64::from(t.contradicted))
-                    })
+                b.tallies.iter().filter(|t| is_reference(t.slot)).fold(
+                    (0, 0, u32::MAX, 0),
+                    |(n, k, first, last), t| {
+                        (
+                            n + u64::from(t.examples),
+                            k + u64::from(t.contradicted),
+                            first.min(t.first),
+                            last.max(t.last),
+                        )
+                    },
+                )
             })
             .collect();
-        let (mut n, mut k, mut side_by_side) = (0u64, 0u64, 0u64);
-        let (mut expected, mut variance) = (0.0f64, 0.0f64);
+        // Own blocks compared with the same reference blocks, in a row:
+        // their counts, and that reference's rate and weight.
+        struct Group {
+            key: (usize, usize, bool),
+            own: Part,
+            rate: f64,
+            weight: f64,
+        }
+        let mut groups: Vec<Group> = Vec::new();
         for (j, block) in self.blocks.iter().enumerate() {
             let Ok(own) = block.tallies.binary_search_by_key(&slot, |t| t.slot) else {
                 continue;
             };
             let own = block.tallies[own];
-            let Some((ref_n, ref_k)) = nearest(&refs, j) else {
+            let Some((first, last)) = reference_blocks(&refs, j) else {
                 continue;
             };
-            let weight = ref_n as f64 + PRIOR_WEIGHT;
-            let rate = (ref_k as f64 + PRIOR_WEIGHT * pooled) / weight;
-            let m = f64::from(own.examples);
-            n += u64::from(own.examples);
-            k += u64::from(own.contradicted);
-            if refs[j].0 > 0 {
-                side_by_side += u64::from(own.examples);
+            let (n, k) = if first == last {
+                (refs[first].0, refs[first].1)
+            } else {
+                (refs[first].0 + refs[last].0, refs[first].1 + refs[last].1)
+            };
+            // Side by side: in the same block, and interleaved with the
+            // references there (a block where one batch ends and the next
+            // begins holds two stretches one after the other).
+            let interleaved =
+                first == j && last == j && refs[j].2 < own.last && own.first < refs[j].3;
+            let counts = Part {
+                blocks: 1,
+                examples: u64::from(own.examples),
+                contradicted: u64::from(own.contradicted),
+                ..Part::default()
+            };
+            match groups.last_mut() {
+                Some(g) if g.key == (first, last, interleaved) => g.own = g.own.with(counts),
+                _ => {
+                    let weight = n as f64 + PRIOR_WEIGHT;
+                    groups.push(Group {
+                        key: (first, last, interleaved),
+                        own: counts,
+                        rate: (k as f64 + PRIOR_WEIGHT * pooled) / weight,
+                        weight,
+                    });
+                }
             }
-            expected += m * rate;
-            variance += m * m * rate * (1.0 - rate) / weight;
         }
-        let nf = n.max(1) as f64;
-        Aligned {
-            examples: n,
-            contradicted: k,
-            side_by_side,
-            rate: expected / nf,
-            std_error: variance.sqrt() / nf,
+        let mut aligned = Aligned::default();
+        for g in groups {
+            let part = if g.key.2 {
+                &mut aligned.side_by_side
+            } else {
+                &mut aligned.neighbours
+            };
+            let m = g.own.examples as f64;
+            *part = part.with(Part {
+                expected: m * g.rate,
+                variance: m * m * g.rate * (1.0 - g.rate) / g.weight,
+                ..g.own
+            });
         }
+        aligned
     }
 
     /// Rebuilds the blocks of a period whose entries are `(slot,
@@ -199,12 +276,6 @@ impl TimeBlocks {
             blocks.push(start + i as u64, slot, contradicted);
         }
         blocks
-    }
-
-    /// A placeholder for a restored state saved without blocks: empty,
-    /// so the owner rebuilds it from its recent period.
-    pub fn unbuilt() -> Self {
-        Self::new(0)
     }
 
     /// Forgets every contradiction of source `slot` (an operator vouched
@@ -238,25 +309,24 @@ impl TimeBlocks {
     }
 }
 
-/// The reference counts of block `j`, or of the nearest blocks with any
-/// (both sides pooled when equally near); `None` when no block has any.
-fn nearest(refs: &[(u64, u64)], j: usize) -> Option<(u64, u64)> {
-    for d in 0..refs.len() {
-        let before = j.checked_sub(d).and_then(|i| refs.get(i)).copied();
-        let after = if d == 0 {
-            None
-        } else {
-            refs.get(j + d).copied()
-        };
-        let (n, k) = [before, after]
-            .into_iter()
-            .flatten()
-            .fold((0, 0), |(n, k), (a, b)| (n + a, k + b));
-        if n > 0 {
-            return Some((n, k));
-        }
+/// The blocks block `j` is compared with: itself when the references
+/// sent to it, else the nearest ones before and after it that they sent
+/// to, within `MAX_DISTANCE`; at the head of the period, where no block
+/// after it has references yet, the nearest one before it alone. `None`
+/// when there is none near enough.
+fn reference_blocks(refs: &[(u64, u64, u32, u32)], j: usize) -> Option<(usize, usize)> {
+    if refs[j].0 > 0 {
+        return Some((j, j));
     }
-    None
+    let before = (1..=MAX_DISTANCE)
+        .filter_map(|d| j.checked_sub(d))
+        .find(|&i| refs[i].0 > 0)?;
+    let after = (j + 1..refs.len()).find(|&i| refs[i].0 > 0);
+    match after {
+        Some(i) if i - j <= MAX_DISTANCE => Some((before, i)),
+        Some(_) => None,
+        None => Some((before, before)),
+    }
 }
 
 #[cfg(test)]
@@ -264,25 +334,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_block_is_compared_with_the_nearest_references() {
+    fn each_block_is_compared_with_the_references_beside_it_or_on_both_sides() {
         let mut b = TimeBlocks::new(10);
-        // Block 0: source 0 alone, all contradicted.
+        // Block 0: source 0 alone, all contradicted: no reference before
+        // it, so it does not count.
         for i in 0..10 {
             b.push(i, 0, true);
         }
-        // Block 1: sources 0 and 1 interleaved; 0 contradicted half the
-        // time, 1 never.
+        // Block 1: sources 0 and 1 interleaved; 0 contradicted 2 of 5.
         for i in 10..20 {
             b.push(i, (i % 2) as u32, i % 4 == 0);
         }
-        // Block 0 has no reference: it is compared with block 1's.
+        // Block 2: source 0 alone, 5 of 10: compared with blocks 1 and 3.
+        for i in 20..30 {
+            b.push(i, 0, i % 2 == 0);
+        }
+        // Block 3: source 1 alone, never contradicted.
+        for i in 30..40 {
+            b.push(i, 1, false);
+        }
+        // Blocks 4 and 5: source 0 alone at the head, all contradicted:
+        // no reference after them yet, so compared with block 3 alone.
+        for i in 40..60 {
+            b.push(i, 0, true);
+        }
         let a = b.aligned(0, 0.0, |s| s == 1);
-        assert_eq!((a.examples, a.contradicted), (15, 12));
-        // The reference's rate: 0 of 5, pulled towards the pooled prior
-        // 0.0, stays 0.
-        assert_eq!(a.rate, 0.0);
+        assert_eq!(
+            (a.side_by_side.examples, a.side_by_side.contradicted),
+            (5, 2)
+        );
+        assert_eq!((a.neighbours.examples, a.neighbours.contradicted), (30, 25));
+        // The references' rate, 0 contradicted, pulled towards the pooled
+        // prior 0.0, stays 0.
+        assert_eq!(a.side_by_side.rate().0, 0.0);
+        assert_eq!(a.neighbours.rate().0, 0.0);
         let none = b.aligned(0, 0.1, |_| false);
-        assert_eq!(none.examples, 0);
+        assert_eq!(none, Aligned::default());
+        // Farther than MAX_DISTANCE blocks is not the same moment.
+        let mut far = TimeBlocks::new(10);
+        for i in 0..10 {
+            far.push(i, 1, false);
+        }
+        for i in 10..(10 + 10 * (MAX_DISTANCE as u64 + 1)) {
+            far.push(i, 0, true);
+        }
+        for i in 0..10 {
+            far.push(10 + 10 * (MAX_DISTANCE as u64 + 1) + i, 1, false);
+        }
+        let a = far.aligned(0, 0.0, |s| s == 1);
+        assert_eq!(a.neighbours.examples, 10 * MAX_DISTANCE as u64 - 10);
+    }
+
+    #[test]
+    fn a_block_where_one_batch_ends_and_the_next_begins_is_not_side_by_side() {
+        let mut b = TimeBlocks::new(10);
+        // Block 0: source 1 then source 0, one after the other.
+        for i in 0..6 {
+            b.push(i, 1, false);
+        }
+        for i in 6..10 {
+            b.push(i, 0, true);
+        }
+        let a = b.aligned(0, 0.0, |s| s == 1);
+        assert_eq!(a.side_by_side.examples, 0);
+        assert_eq!(a.neighbours.examples, 4);
+        // Block 1: interleaved.
+        for i in 10..20 {
+            b.push(i, (i % 2) as u32, i % 2 == 0);
+        }
+        let a = b.aligned(0, 0.0, |s| s == 1);
+        assert_eq!(a.side_by_side.examples, 5);
     }
 
     #[test]
@@ -298,7 +419,21 @@ mod tests {
             }
         }
         let rebuilt = TimeBlocks::rebuild(4, 29, entries[30 - window..].iter().copied());
-        assert_eq!(b, rebuilt);
+        // The same counts (the oldest block's spans may be wider in the
+        // live one: eviction leaves them be).
+        let counts = |b: &TimeBlocks| -> Vec<Vec<(u32, u32, u32)>> {
+            b.blocks
+                .iter()
+                .map(|x| {
+                    x.tallies
+                        .iter()
+                        .map(|t| (t.slot, t.examples, t.contradicted))
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(counts(&b), counts(&rebuilt));
+        assert_eq!((b.first, b.width), (rebuilt.first, rebuilt.width));
         assert_eq!(
             b.blocks.iter().map(|x| x.examples).sum::<u32>(),
             window as u32

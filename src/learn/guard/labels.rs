@@ -34,17 +34,18 @@
 //!   larger of those reference rates rejects at level `alpha`;
 //! - **the same holds at the same moments** (`blocks.rs`): each of its
 //!   blocks of the period (`window / 20` consecutive examples) is compared
-//!   with the reference sources' examples in the same block, or in the
-//!   nearest blocks they sent to; its rate there is `factor` times the
-//!   upper bound of theirs, and the binomial test against that bound
-//!   rejects at `alpha`. It needs `MIN_RECENT` examples side by side with
-//!   them, or `NEIGHBOUR_BLOCKS` blocks' worth compared with neighbours.
-//!   Over the whole period, a source that posts large batches in turn
-//!   holds other stretches of the stream than the others do, and the live
-//!   model is confidently wrong in runs, more in some stretches than in
-//!   others: true labels would look like lies. Side by side, or over a
-//!   long enough batch next to the others' batches, a liar still stands
-//!   out.
+//!   with the reference sources' examples in the same block or, where
+//!   they sent none, in their nearest blocks before and after it (within
+//!   three blocks; before it alone at the head of the period, until the
+//!   others send again); its rate there is `factor` times the upper
+//!   bound of theirs, and the binomial test against that bound rejects at
+//!   `alpha`. Examples side by side with theirs count at once, the others
+//!   once they span three blocks. A source that would itself
+//!   be flagged against the others is no reference here (two names of one
+//!   liar, alternating in a burst). Over the whole period, a source that
+//!   posts large batches in turn holds other stretches of the stream than
+//!   the others do, and the live model is confidently wrong in runs, more
+//!   in some stretches than in others: true labels would look like lies.
 //!
 //! It is **cleared** when the reference sources hold an eighth of the
 //! recent period (while it still sends nearly all the traffic, the others
@@ -68,7 +69,8 @@
 //! Sources are tracked by name in a table of at most `max_sources`; the
 //! rest share `OTHER_SOURCE`, and examples without a source are one source,
 //! `UNKNOWN_SOURCE` (the monitor's names). Memory: 4 bytes per example of
-//! the recent period plus about `SOURCE_BYTES` and the name per source.
+//! the recent period (and at most 12 more in `TimeBlocks`, when every
+//! example of a block has its own source) plus about `SOURCE_BYTES` and the name per source.
 //!
 //! The caller should observe the examples that passed the feature checks
 //! (schema, outliers), flagged sources' included, and decides from the
@@ -107,12 +109,11 @@ const ERROR_WARMUP: f64 = 200.0;
 /// sources at the same moments.
 const BLOCKS_PER_WINDOW: u64 = 20;
 
-/// A source compared only with the references' nearest blocks, not side
-/// by side (it posts large batches in turn), needs this many blocks' worth
-/// of examples there: the live model's confident errors come in runs (a
+/// Examples a source sent to blocks the references did not (it posts
+/// large batches in turn) count only once they span this many blocks: the live model's confident errors come in runs (a
 /// stretch of Elec2 it has not caught up with), and a batch that starts in
 /// such a run is not a liar.
-const NEIGHBOUR_BLOCKS: u64 = 2;
+const NEIGHBOUR_BLOCKS: u64 = 3;
 
 /// Approximate memory of one tracked source besides its name.
 pub const SOURCE_BYTES: usize =
@@ -136,12 +137,70 @@ pub struct LabelSanity {
     /// Regression only: the live model's absolute errors.
     errors: LogHistogram,
     /// Examples observed, all sources: the next one's arrival index.
-    #[serde(default)]
     seen: u64,
-    /// The recent period by blocks of arrival (rebuilt from `recent` when
-    /// a state saved without them is restored).
-    #[serde(default = "TimeBlocks::unbuilt")]
+    /// The recent period by blocks of arrival.
     blocks: TimeBlocks,
+}
+
+/// `LabelSanity` as the guard's state format 1 saved it (before `seen`
+/// and `blocks`), read to carry an older snapshot's guard state over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabelSanityV1 {
+    factor: f64,
+    alpha: f64,
+    window: usize,
+    max_sources: usize,
+    contradiction_loss: f64,
+    confidence: f64,
+    index: BTreeMap<String, u32>,
+    sources: Vec<Source>,
+    recent: VecDeque<Entry>,
+    errors: LogHistogram,
+}
+
+impl From<LabelSanityV1> for LabelSanity {
+    fn from(v: LabelSanityV1) -> Self {
+        let seen = v.recent.len() as u64;
+        let blocks = TimeBlocks::rebuild(
+            block_width(v.window as u64),
+            seen.saturating_sub(1),
+            v.recent
+                .iter()
+                .map(|e| (e.0 & !(CONTRADICTED | COUNTED), e.0 & CONTRADICTED != 0)),
+        );
+        Self {
+            factor: v.factor,
+            alpha: v.alpha,
+            window: v.window,
+            max_sources: v.max_sources,
+            contradiction_loss: v.contradiction_loss,
+            confidence: v.confidence,
+            index: v.index,
+            sources: v.sources,
+            recent: v.recent,
+            errors: v.errors,
+            seen,
+            blocks,
+        }
+    }
+}
+
+impl LabelSanity {
+    /// This state as format 1 saved it (for tests of reading it back).
+    pub fn to_v1(&self) -> LabelSanityV1 {
+        LabelSanityV1 {
+            factor: self.factor,
+            alpha: self.alpha,
+            window: self.window,
+            max_sources: self.max_sources,
+            contradiction_loss: self.contradiction_loss,
+            confidence: self.confidence,
+            index: self.index.clone(),
+            sources: self.sources.clone(),
+            recent: self.recent.clone(),
+            errors: self.errors.clone(),
+        }
+    }
 }
 
 /// One example of the recent period: the source's index, whether it was
@@ -261,7 +320,6 @@ impl LabelSanity {
     /// Counts one scored example of `source` (`None`: unattributed) and
     /// says whether the source is flagged now.
     pub fn observe(&mut self, source: Option<&str>, scored: &Scored) -> LabelVerdict {
-        self.build_blocks();
         let slot = self.slot(source);
         let contradicted = self.contradicts(scored);
         let s = &mut self.sources[slot as usize];
@@ -439,24 +497,37 @@ impl LabelSanity {
         if p_value > self.alpha {
             return None;
         }
-        // The same at the same moments: only where the references sent
-        // too, each block at their rate in that block.
+        // The same at the same moments: each block against the references'
+        // examples in it, or in the nearest blocks they sent to. A source
+        // that would itself be flagged against the others is nobody's
+        // reference here: within a burst, a second name of the same liar
+        // would otherwise set the bar.
         let established = self.normal_rate(s).is_some();
+        let suspect = self.factor * others.reference;
         let aligned = self.blocks.aligned(slot, others.rate, |o| {
+            let r = &self.sources[o as usize];
             self.is_reference(o, slot, established)
+                && (r.recent_contradicted as f64) < suspect * r.recent as f64
         });
-        let aligned_reference = (aligned.rate + REFERENCE_Z * aligned.std_error).min(1.0);
-        if (aligned.side_by_side < MIN_RECENT
-            && aligned.examples < NEIGHBOUR_BLOCKS * self.blocks.width())
-            || (aligned.contradicted as f64)
-                < self.factor * aligned_reference * aligned.examples as f64
-            || binomial_tail(aligned.contradicted, aligned.examples, aligned_reference) > self.alpha
+        // Neighbours count only over three of its blocks: the model's
+        // confident errors come in runs, and a batch that starts in one is
+        // not a liar.
+        let mut part = aligned.side_by_side;
+        if aligned.neighbours.blocks >= NEIGHBOUR_BLOCKS {
+            part = part.with(aligned.neighbours);
+        }
+        let (rate_there, std_error) = part.rate();
+        let aligned_reference = (rate_there + REFERENCE_Z * std_error).min(1.0);
+        let (n, k) = (part.examples, part.contradicted);
+        if n < MIN_RECENT
+            || (k as f64) < self.factor * rate_there * n as f64
+            || binomial_tail(k, n, aligned_reference) > self.alpha
         {
             return None;
         }
         let mut evidence = self.evidence(slot, others, Some(p_value));
-        evidence.aligned_examples = Some(aligned.examples);
-        evidence.aligned_contradicted = Some(aligned.contradicted);
+        evidence.aligned_examples = Some(n);
+        evidence.aligned_contradicted = Some(k);
         evidence.aligned_reference_rate = Some(aligned_reference);
         self.sources[slot as usize].flagged = true;
         Some(FlagChange::Flagged(evidence))
@@ -470,27 +541,6 @@ impl LabelSanity {
             && !o.flagged
             && o.recent >= MIN_RECENT
             && !(established && self.normal_rate(o).is_none())
-    }
-
-    /// Rebuilds the blocks from the recent period when a state saved
-    /// without them was restored.
-    fn build_blocks(&mut self) {
-        let width = block_width(self.window as u64);
-        if self.blocks.width() == width && (self.recent.is_empty() || !self.blocks.is_empty()) {
-            return;
-        }
-        self.seen = self.seen.max(self.recent.len() as u64);
-        if self.recent.is_empty() {
-            self.blocks = TimeBlocks::new(width);
-        } else {
-            self.blocks = TimeBlocks::rebuild(
-                width,
-                self.seen - 1,
-                self.recent
-                    .iter()
-                    .map(|e| (e.0 & !(CONTRADICTED | COUNTED), e.0 & CONTRADICTED != 0)),
-            );
-        }
     }
 
     /// What source `slot` is compared with, or `None` when no other
@@ -795,25 +845,30 @@ mod tests {
     }
 
     /// Whether the live model is confidently wrong at example `i` of a
-    /// stream with runs of errors: 6% of the time, and in a run of 40
+    /// stream with runs of errors: 6% of the time, and in a run of `run`
     /// examples every 1,500 (a stretch it has not caught up with), 90%.
-    fn in_a_run(i: usize, rng: &mut rand::rngs::StdRng) -> bool {
-        rng.random_bool(if i % 1500 < 40 { 0.9 } else { 0.06 })
+    fn in_a_run(i: usize, run: usize, rng: &mut rand::rngs::StdRng) -> bool {
+        rng.random_bool(if i % 1500 < run { 0.9 } else { 0.06 })
     }
 
     #[test]
     fn honest_sources_posting_large_batches_in_turn_are_not_flagged_for_a_hard_stretch() {
-        for batch in [100, 500, 1000] {
-            let mut l = LabelSanity::new(&config(), 10);
-            let changes = feed(&mut l, 40_000, 11, |i, rng| {
-                (Some(format!("h{}", (i / batch) % 4)), in_a_run(i, rng))
-            });
-            assert!(changes.is_empty(), "batches of {batch}: {changes:?}");
+        for run in [40] {
+            for batch in [100, 120, 150, 180, 350, 500, 1000] {
+                let mut l = LabelSanity::new(&config(), 10);
+                let changes = feed(&mut l, 40_000, 11, |i, rng| {
+                    (Some(format!("h{}", (i / batch) % 4)), in_a_run(i, run, rng))
+                });
+                assert!(
+                    changes.is_empty(),
+                    "runs of {run}, batches of {batch}: {changes:?}"
+                );
+            }
         }
         // Row by row, a run hits every source at once: nobody stands out.
         let mut l = LabelSanity::new(&config(), 10);
         let changes = feed(&mut l, 40_000, 11, |i, rng| {
-            (Some(format!("h{}", i % 4)), in_a_run(i, rng))
+            (Some(format!("h{}", i % 4)), in_a_run(i, 40, rng))
         });
         assert!(changes.is_empty(), "{changes:?}");
     }
@@ -831,7 +886,10 @@ mod tests {
         for b in 0..80 {
             for j in 0..500 {
                 let i = b * 500 + j;
-                let v = l.observe(Some(&format!("h{}", b % 4)), &scored(in_a_run(i, &mut rng)));
+                let v = l.observe(
+                    Some(&format!("h{}", b % 4)),
+                    &scored(in_a_run(i, 40, &mut rng)),
+                );
                 changes.extend(v.change);
             }
             if b >= 40 {
@@ -850,7 +908,7 @@ mod tests {
         };
         assert_eq!(e.source, "liar", "{changes:?}");
         assert!(
-            flagged_after.is_some_and(|n| n <= 2 * block_width(config().window)),
+            flagged_after.is_some_and(|n| n <= 3 * block_width(config().window)),
             "flagged after {flagged_after:?} of its examples"
         );
         assert!(
@@ -860,6 +918,40 @@ mod tests {
             "{changes:?}"
         );
         assert!(l.is_flagged(Some("liar")));
+    }
+
+    #[test]
+    fn two_names_of_one_liar_alternating_in_a_burst_are_flagged() {
+        // Four honest sources; every 2,000 examples a burst of 400 (on a
+        // block boundary) alternates names a and b, 45% contradicted:
+        // inside the burst each name is the other's only company, and is
+        // no reference for it.
+        let mut l = LabelSanity::new(&config(), 10);
+        feed(&mut l, 20_000, 13, honest);
+        let changes = feed(&mut l, 20_000, 14, |i, rng| {
+            if i % 2000 < 400 {
+                (Some(["a", "b"][i % 2].into()), rng.random_bool(0.45))
+            } else {
+                honest(i, rng)
+            }
+        });
+        let flagged: Vec<&str> = changes
+            .iter()
+            .filter_map(|(_, c)| match c {
+                FlagChange::Flagged(e) => Some(e.source.as_str()),
+                FlagChange::Cleared(_) => None,
+            })
+            .collect();
+        assert!(
+            flagged.contains(&"a") && flagged.contains(&"b"),
+            "{changes:?}"
+        );
+        assert!(
+            flagged.iter().all(|s| *s == "a" || *s == "b"),
+            "{changes:?}"
+        );
+        // Both within their first burst.
+        assert!(changes.iter().take(2).all(|(i, _)| *i < 400), "{changes:?}");
     }
 
     #[test]

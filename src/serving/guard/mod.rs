@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::GuardConfig;
 use crate::learn::Scored;
+use crate::learn::guard::labels::LabelSanityV1;
 use crate::learn::guard::{Evidence, FlagChange, LabelSanity, Outlier, OutlierDetector};
 
 use super::queue::Feedback;
@@ -144,16 +145,55 @@ pub struct GuardState {
 /// Identifies a guard configuration: a state is only continued, and a log
 /// only replayed exactly, under the configuration that made them.
 pub fn fingerprint(config: &GuardConfig) -> u64 {
-    let text = serde_json::to_vec(config).unwrap_or_default();
+    let mut text = serde_json::to_vec(config).unwrap_or_default();
+    // The detectors' rules are part of what made a state: a release that
+    // changes them gets another fingerprint, so a log its predecessor
+    // wrote is learned afresh rather than replayed against decisions the
+    // new rules would not take.
+    text.extend_from_slice(DETECTORS.as_bytes());
     let hash = blake3::hash(&text);
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash.as_bytes()[..8]);
     u64::from_le_bytes(first)
 }
 
+/// The detectors' rules, for `fingerprint`: changed whenever a decision
+/// the same examples would get changes.
+const DETECTORS: &str = "detectors 2: label sanity by time blocks";
+
 /// The first byte of an encoded `GuardState`: a later release that changes
 /// the state bumps it and still reads this one (or starts fresh).
-const STATE_FORMAT: u8 = 1;
+/// 2: label sanity keeps its period by blocks of arrival.
+const STATE_FORMAT: u8 = 2;
+
+/// `GuardState` as format 1 saved it: label sanity without its blocks.
+#[derive(Serialize, Deserialize)]
+struct GuardStateV1 {
+    outliers: OutlierDetector,
+    labels: LabelSanityV1,
+    influence: Influence,
+    waiting: Vec<u64>,
+    quarantine: Quarantine,
+    totals: Totals,
+    config: u64,
+}
+
+impl From<GuardStateV1> for GuardState {
+    fn from(v: GuardStateV1) -> Self {
+        // Its fingerprint was taken without `DETECTORS`, so it never
+        // matches now: the detectors start afresh, the quarantine, totals
+        // and names are kept, and the log after it is learned afresh.
+        GuardState {
+            outliers: v.outliers,
+            labels: v.labels.into(),
+            influence: v.influence,
+            waiting: v.waiting,
+            quarantine: v.quarantine,
+            totals: v.totals,
+            config: v.config,
+        }
+    }
+}
 
 impl GuardState {
     pub fn encode(&self) -> Result<Vec<u8>, String> {
@@ -165,6 +205,9 @@ impl GuardState {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         match bytes.split_first() {
             Some((&STATE_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+            Some((1, rest)) => postcard::from_bytes::<GuardStateV1>(rest)
+                .map(GuardState::from)
+                .map_err(|e| e.to_string()),
             Some((other, _)) => Err(format!("guard state of format {other}, unknown here")),
             None => Err("empty guard state".into()),
         }
@@ -508,5 +551,29 @@ mod tests {
         );
         assert_eq!(fresh.quarantine().len(), 1, "the quarantine is kept");
         assert_ne!(fingerprint(&config), fingerprint(&other));
+
+        // A state saved by the previous release (format 1: label sanity
+        // without its blocks) still reads, and counts as made under other
+        // rules: the detectors start afresh, the quarantine is kept.
+        let v1 = GuardStateV1 {
+            outliers: state.outliers.clone(),
+            labels: state.labels.to_v1(),
+            influence: state.influence.clone(),
+            waiting: state.waiting.clone(),
+            quarantine: state.quarantine.clone(),
+            totals: state.totals.clone(),
+            config: 7,
+        };
+        let mut old = vec![1u8];
+        old.extend(postcard::to_stdvec(&v1).expect("encodes"));
+        let read = GuardState::decode(&old).expect("format 1 reads");
+        assert_ne!(read.config, fingerprint(&config));
+        let restored = Guard::restore(&config, read);
+        assert_eq!(restored.report().outlier_features, 0);
+        assert_eq!(restored.quarantine().len(), 1, "the quarantine is kept");
+        assert!(
+            GuardState::decode(&[9, 0]).is_err(),
+            "a newer format is refused"
+        );
     }
 }
