@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::cli::{DataArgs, EvalArgs, ExportFormat, SnapshotCommand, TrainArgs};
 use crate::config::{Config, ModelConfig};
 use crate::data::{Input, ReadOptions};
-use crate::learn::{FeatureNames, Learner, Params};
+use crate::learn::{FeatureNames, Learner};
 use crate::persist::DirLock;
 
 use super::progress::Progress;
@@ -49,10 +49,7 @@ fn model_and_inputs(
 
 fn fresh(model: &ModelConfig) -> anyhow::Result<Learner> {
     let space = Arc::new(model.label_space()?);
-    Ok(Learner::new(
-        Params::new(space, model.hash_bits),
-        model.optimizer,
-    ))
+    Ok(Learner::new(model.fresh_params(space), model.optimizer))
 }
 
 pub fn train_command(args: TrainArgs) -> anyhow::Result<()> {
