@@ -95,7 +95,7 @@ impl Default for MlpConfig {
             hidden: 64,
             embedding_bits: 16,
             bins: 16,
-            learning_rate: 0.01,
+            learning_rate: 0.003,
             clip: 3.0,
             seed: 0x6564_6479_6d6c_7030, // "eddymlp0"
         }
