@@ -217,7 +217,7 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
         f32s("mlp.state.output", vec![outputs, hidden], &ns.output);
         f32s("mlp.state.bias", vec![outputs], &ns.bias);
         out.push((
-            name("mlp.state.steps"),
+            name("mlp.state.examples"),
             Dtype::I64,
             vec![1],
             (ns.steps as i64).to_le_bytes().to_vec(),
@@ -619,7 +619,7 @@ fn read_learner(
         outputs,
     )
     .ok_or_else(|| invalid("mlp shape".into()))?;
-    let net_steps = tensor("mlp.state.steps", Dtype::I64, &[1])?;
+    let net_steps = tensor("mlp.state.examples", Dtype::I64, &[1])?;
     let net_state = NetState {
         embedding: Blocked::from_vec(er, 1, f32s("mlp.state.embedding", &[er])?)
             .ok_or_else(|| invalid("mlp state shape".into()))?,
@@ -1207,8 +1207,152 @@ mod tests {
     #[test]
     fn write_fixtures_when_asked() {
         if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
-            let bytes = fixture_v1().encode().unwrap();
-            super::super::write_atomic(Path::new(FIXTURE_V1), &bytes).unwrap();
+            // Only missing ones: a committed fixture is evidence of its
+            // format, and today's encoder writes the newest format.
+            for (path, snapshot) in [
+                (FIXTURE_V1, fixture_v1()),
+                (FIXTURE_V3_MLP, fixture_v3_mlp()),
+            ] {
+                if !Path::new(path).exists() {
+                    let bytes = snapshot.encode().unwrap();
+                    super::super::write_atomic(Path::new(path), &bytes).unwrap();
+                }
+            }
+        }
+    }
+
+    /// A format 3 snapshot of an `mlp` model, committed like `FIXTURE_V1`.
+    const FIXTURE_V3_MLP: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/snapshot-v3-mlp.eddy"
+    );
+    /// What it predicts for the probe, recorded when it was made.
+    const MLP_PROBE_P1: f32 = 0.584_625_24;
+
+    fn fixture_mlp_config() -> MlpConfig {
+        MlpConfig {
+            hidden: 8,
+            embedding_bits: 6,
+            bins: 4,
+            ..MlpConfig::default()
+        }
+    }
+
+    /// The mlp fixture's model: `fixture_v1`'s examples through a small
+    /// network (hidden 8, hash_bits 6).
+    fn fixture_v3_mlp() -> Snapshot {
+        let mut s = fixture_v1();
+        let space = s.learner.params().space.clone();
+        let params = crate::learn::mlp::fresh_params(space, 6, Family::Mlp, &fixture_mlp_config());
+        let mut learner = Learner::new(params, s.meta.optimizer);
+        for i in 0..50u32 {
+            let x = (i * 7) % 11;
+            let json = format!(r#"{{"x": {x}, "colour": "c{}"}}"#, i % 4);
+            learner.learn_one(&fixture_features(&json), Target::Class(usize::from(x > 5)));
+        }
+        (s.meta.family, s.meta.mlp) = family_of(&learner);
+        s.meta.model = "fixture_mlp".into();
+        s.learner = learner;
+        s
+    }
+
+    #[test]
+    fn the_committed_format_3_mlp_fixture_still_loads() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V3_MLP)).unwrap();
+        assert_eq!((s.meta.format_version, s.meta.family), (3, Family::Mlp));
+        assert_eq!(s.meta.mlp, Some(fixture_mlp_config()));
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let crate::learn::Output::Probabilities(p) = s.learner.params().predict(&probe) else {
+            panic!("binary")
+        };
+        assert_eq!(p[1], MLP_PROBE_P1, "{:?}", p);
+        // And it goes on learning as the model that wrote it would have.
+        let (mut a, mut b) = (s.learner.clone(), fixture_v3_mlp().learner);
+        a.learn_one(&probe, Target::Class(0));
+        b.learn_one(&probe, Target::Class(0));
+        assert_eq!(a.params().predict(&probe), b.params().predict(&probe));
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|w| w.to_bits()).collect()
+    }
+
+    /// Every float of an mlp learner (weights and update state), as bits.
+    fn mlp_bits(l: &Learner) -> Vec<Vec<u32>> {
+        let p = l.params();
+        let net = p.net.as_ref().unwrap();
+        let st = l.net_state().unwrap();
+        vec![
+            bits(&p.weights.to_vec()),
+            bits(&p.bias),
+            bits(&net.embedding.to_vec()),
+            bits(&net.hidden_bias),
+            bits(&net.output),
+            bits(&st.embedding.to_vec()),
+            bits(&st.wide.to_vec()),
+            bits(&st.hidden_bias),
+            bits(&st.output),
+            bits(&st.bias),
+            vec![st.steps as u32],
+        ]
+    }
+
+    #[test]
+    fn an_mlp_round_trip_is_bit_identical_and_refuses_another_family() {
+        for (task, classes) in [
+            (
+                TaskKind::Multiclass,
+                vec!["x".to_owned(), "y".into(), "z".into()],
+            ),
+            (TaskKind::Regression, vec![]),
+        ] {
+            let space = Arc::new(LabelSpace::new(task, classes).unwrap());
+            let mut s = fixture_v1();
+            let config = fixture_mlp_config();
+            let params = crate::learn::mlp::fresh_params(space.clone(), 6, Family::Mlp, &config);
+            let mut learner = Learner::new(params, s.meta.optimizer);
+            for i in 0..300 {
+                let json = format!(r#"{{"x": {}, "colour": "c{}"}}"#, i % 13, i % 3);
+                let y = match task {
+                    TaskKind::Regression => Target::Value(f64::from(i % 13) * 2.5),
+                    _ => Target::Class(i as usize % 3),
+                };
+                learner.learn_one(&fixture_features(&json), y);
+            }
+            (s.meta.family, s.meta.mlp) = family_of(&learner);
+            (s.meta.task, s.meta.classes) = (task, space.classes().to_vec());
+            s.learner = learner;
+            // A trainer's part too: last-good as a second named learner.
+            s.trainer = Some(TrainerPart {
+                state: vec![1, 2, 3],
+                guard: None,
+                learners: vec![("last_good".into(), s.learner.clone())],
+            });
+            let back = Snapshot::decode(&s.encode().unwrap(), Path::new("x")).unwrap();
+            assert_eq!(back.meta, s.meta);
+            assert_eq!(mlp_bits(&back.learner), mlp_bits(&s.learner));
+            let part = back.trainer.as_ref().unwrap();
+            assert_eq!(mlp_bits(&part.learners[0].1), mlp_bits(&s.learner));
+            // Through `adopt`, as start-up does, the update state survives.
+            let adopted = back.clone().adopt(s.meta.optimizer);
+            assert_eq!(mlp_bits(&adopted), mlp_bits(&s.learner));
+            let mut config_m = crate::config::Config::from_toml_over_default(
+                "[[models]]\nname = \"m\"\ntask = \"binary\"\nhash_bits = 6",
+            )
+            .unwrap()
+            .models
+            .remove(0);
+            (config_m.task, config_m.classes) = (task, s.meta.classes.clone());
+            let err = back
+                .check_compatible(&config_m, Path::new("x"))
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("family is mlp in the snapshot, linear in config"),
+                "{err}"
+            );
+            (config_m.family, config_m.mlp) = (Family::Mlp, config);
+            back.check_compatible(&config_m, Path::new("x")).unwrap();
         }
     }
 
