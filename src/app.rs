@@ -26,7 +26,7 @@ use crate::http::listener::{CertFiles, Listener, connection_room};
 use crate::http::refusals::Refusals;
 use crate::http::{AppState, PUBLIC_PROBES, is_feedback, protect, public_router};
 use crate::learn::guard::Schema;
-use crate::learn::{Example, FeatureHasher, LabelSpace, Learner, Params};
+use crate::learn::{Example, FeatureHasher, LabelSpace, Learner};
 use crate::persist::atomic::remove_stale_temps;
 use crate::persist::wal::MemoryLog;
 use crate::persist::wal::{FeedbackLog, LocalLog};
@@ -121,7 +121,7 @@ impl App {
                     (learner, version, meta, created, names, part)
                 }
                 None => {
-                    let fresh = Learner::new(Params::new(space.clone(), m.hash_bits), m.optimizer);
+                    let fresh = Learner::new(m.fresh_params(space.clone()), m.optimizer);
                     let meta = PublishMeta {
                         examples_trained: 0,
                         feedback_position: 0,

@@ -126,6 +126,8 @@ pub fn write_trained(
             task: model.task,
             classes: model.classes.clone(),
             hash_bits: model.hash_bits,
+            family: crate::persist::snapshot::family_of(learner).0,
+            mlp: crate::persist::snapshot::family_of(learner).1,
             optimizer: *learner.optimizer(),
             version,
             examples_trained,
@@ -179,6 +181,17 @@ pub fn inspect(path: &Path) -> anyhow::Result<Value> {
         "outputs": p.outputs(),
         "rows_with_weights": nonzero_rows,
         "bias": p.bias,
+        "network": p.net.as_ref().map(|net| {
+            let learned = s
+                .learner
+                .net_state()
+                .map(|st| st.embedding.to_vec().iter().filter(|v| **v != 0.0).count());
+            json!({
+                "hidden": net.hidden(),
+                "embedding_rows": net.embedding.rows(),
+                "embedding_rows_learned": learned,
+            })
+        }),
     }))
 }
 

@@ -77,6 +77,10 @@ pub struct Trained {
     pub rows: u64,
     pub seconds: f64,
     pub rows_per_second: f64,
+    /// Time spent learning alone (the shuffle buffer and `learn_one`, not
+    /// waiting for the reader), and examples learned per second of it.
+    pub learning_seconds: f64,
+    pub learning_rows_per_second: f64,
     /// Figures on the held-out rows, when there were some.
     pub holdout: Option<Report>,
     /// The shuffle buffer used (0: file order) and its seed.
@@ -103,6 +107,7 @@ pub fn train(
     let mut summary = ReadSummary::default();
     let mut shuffle = ShuffleBuffer::new(options.shuffle_buffer, options.shuffle_bytes);
     let mut names = FeatureNames::default();
+    let mut learning = std::time::Duration::ZERO;
     for epoch in 0..options.epochs.max(1) {
         // Feature names are noted on the first pass (later ones repeat
         // it), for the rows that are trained on.
@@ -117,6 +122,7 @@ pub fn train(
             // Learned (and held-out) examples go back to the reader, whose
             // next rows reuse their feature buffers.
             let mut spent = Vec::with_capacity(chunk.len());
+            let learning_from = Instant::now();
             for e in chunk {
                 if held_out(n, options.holdout) {
                     spent.push(e);
@@ -129,6 +135,7 @@ pub fn train(
                 }
                 n += 1;
             }
+            learning += learning_from.elapsed();
             stream.recycle(spent);
             progress(epoch, n, stream.bytes_read());
         }
@@ -139,10 +146,13 @@ pub fn train(
         rows = n;
     }
     // What the shuffle buffer still holds, in random order.
+    let learning_from = Instant::now();
     shuffle.drain(&mut rng, |e| {
         learner.learn_one(&e.features, e.target);
         examples += 1;
     });
+    learning += learning_from.elapsed();
+    let learning_seconds = learning.as_secs_f64();
     let holdout = if options.holdout > 0.0 {
         let mut tally = Tally::new(&space);
         let mut stream =
@@ -169,6 +179,8 @@ pub fn train(
         rows,
         seconds,
         rows_per_second: (rows as f64 * f64::from(options.epochs.max(1))) / seconds.max(1e-9),
+        learning_seconds,
+        learning_rows_per_second: examples as f64 / learning_seconds.max(1e-9),
         holdout,
         shuffle_buffer: options.shuffle_buffer,
         seed: options.seed,

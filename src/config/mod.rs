@@ -30,7 +30,7 @@ pub use guard::{
 pub use sources::{RateLimit, SourceConfig};
 
 use crate::learn::features::{MAX_HASH_BITS, MIN_HASH_BITS};
-use crate::learn::{LabelSpace, OptimizerConfig, TaskKind};
+use crate::learn::{Family, LabelSpace, MlpConfig, OptimizerConfig, Params, TaskKind};
 pub use crate::persist::wal::Fsync;
 
 /// The built-in default configuration.
@@ -247,6 +247,12 @@ pub struct ModelConfig {
     pub classes: Vec<String>,
     #[serde(default = "default_hash_bits")]
     pub hash_bits: u8,
+    /// `linear` (the default) or `mlp` (`[models.mlp]`).
+    #[serde(default)]
+    pub family: Family,
+    /// The network's settings, read when `family = "mlp"`.
+    #[serde(default)]
+    pub mlp: MlpConfig,
     #[serde(default)]
     pub optimizer: OptimizerConfig,
     #[serde(default)]
@@ -934,6 +940,12 @@ impl ModelConfig {
             message: e.to_string(),
         })
     }
+
+    /// A new model of this configuration's family and shape, before any
+    /// learning (the network's weights from `mlp.seed`).
+    pub fn fresh_params(&self, space: std::sync::Arc<LabelSpace>) -> Params {
+        crate::learn::mlp::fresh_params(space, self.hash_bits, self.family, &self.mlp)
+    }
 }
 
 /// Why a configuration was refused. Every variant names the key or file.
@@ -1073,6 +1085,9 @@ impl Config {
                     key("hash_bits"),
                     &format!("must lie in {MIN_HASH_BITS}..={MAX_HASH_BITS}"),
                 ));
+            }
+            if let Some((k, message)) = m.mlp.problem() {
+                return Err(invalid(key(&format!("mlp.{k}")), &message));
             }
             let o = &m.optimizer;
             if !(o.learning_rate.is_finite() && o.learning_rate > 0.0) {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::learn::{OptimizerConfig, TaskKind};
+use crate::learn::{Family, MlpConfig, OptimizerConfig, TaskKind};
 use crate::serving::ModelRuntime;
 use crate::serving::guard::GuardReport;
 use crate::serving::monitor::MonitorReport;
@@ -24,6 +24,10 @@ pub struct ModelInfo<'a> {
     task: TaskKind,
     classes: &'a [String],
     hash_bits: u8,
+    /// `linear` or `mlp`; the network's settings with `mlp`.
+    family: Family,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mlp: Option<&'a MlpConfig>,
     /// The live version.
     version: u64,
     /// Examples the trainer has applied since the model was created.
@@ -107,6 +111,8 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         task: m.config.task,
         classes: &m.config.classes,
         hash_bits: m.config.hash_bits,
+        family: m.config.family,
+        mlp: (m.config.family == Family::Mlp).then_some(&m.config.mlp),
         version: live.version,
         examples_trained: m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed),
         minibatches_trained: m.stats.minibatches_trained.load(Ordering::Relaxed),

@@ -20,6 +20,8 @@ pub const BLOCK_ROWS: usize = 1024;
 pub struct Blocked<T> {
     rows: usize,
     cols: usize,
+    /// log2 of the rows per block (`BLOCK_ROWS` unless built `*_in`).
+    shift: u32,
     blocks: Vec<Arc<Array2<T>>>,
     /// Blocks written since the last `take_touched`. Not shared with clones'
     /// meaning: a clone starts with the same flags.
@@ -32,16 +34,26 @@ impl<T: Clone + Default> Blocked<T> {
     }
 
     pub fn filled(rows: usize, cols: usize, value: T) -> Self {
-        let n = rows.div_ceil(BLOCK_ROWS);
+        Self::filled_in(rows, cols, BLOCK_ROWS, value)
+    }
+
+    /// `filled` with `block_rows` rows per block (a power of two): wide
+    /// rows (a network's embeddings) want smaller blocks, so that a
+    /// publish copies about as many bytes per touched row as the linear
+    /// weights do.
+    pub fn filled_in(rows: usize, cols: usize, block_rows: usize, value: T) -> Self {
+        debug_assert!(block_rows.is_power_of_two());
+        let n = rows.div_ceil(block_rows);
         let blocks = (0..n)
             .map(|b| {
-                let len = BLOCK_ROWS.min(rows - b * BLOCK_ROWS);
+                let len = block_rows.min(rows - b * block_rows);
                 Arc::new(Array2::from_elem((len, cols), value.clone()))
             })
             .collect();
         Self {
             rows,
             cols,
+            shift: block_rows.trailing_zeros(),
             blocks,
             touched: vec![false; n],
         }
@@ -49,15 +61,26 @@ impl<T: Clone + Default> Blocked<T> {
 
     /// Builds from a row-major vector of `rows * cols` values.
     pub fn from_vec(rows: usize, cols: usize, values: Vec<T>) -> Option<Self> {
+        Self::from_vec_in(rows, cols, BLOCK_ROWS, values)
+    }
+
+    /// `from_vec` with `block_rows` rows per block (see `filled_in`).
+    pub fn from_vec_in(
+        rows: usize,
+        cols: usize,
+        block_rows: usize,
+        values: Vec<T>,
+    ) -> Option<Self> {
         if values.len() != rows * cols {
             return None;
         }
-        let mut out = Self::new(rows, cols);
+        let mut out = Self::filled_in(rows, cols, block_rows, T::default());
         if cols == 0 {
             return Some(out);
         }
+        let shift = out.shift;
         for (b, block) in out.blocks.iter_mut().enumerate() {
-            let start = b * BLOCK_ROWS * cols;
+            let start = (b << shift) * cols;
             let len = block.nrows() * cols;
             let slice = values[start..start + len].to_vec();
             *block = Arc::new(Array2::from_shape_vec((len / cols, cols), slice).ok()?);
@@ -73,23 +96,59 @@ impl<T: Clone + Default> Blocked<T> {
         self.cols
     }
 
+    /// Rows per block.
+    pub fn block_rows(&self) -> usize {
+        1 << self.shift
+    }
+
+    #[inline]
+    fn split(&self, r: usize) -> (usize, usize) {
+        (r >> self.shift, r & ((1 << self.shift) - 1))
+    }
+
     #[inline]
     pub fn row(&self, r: usize) -> ArrayView1<'_, T> {
-        self.blocks[r / BLOCK_ROWS].row(r % BLOCK_ROWS)
+        let (b, i) = self.split(r);
+        self.blocks[b].row(i)
     }
 
     /// One element (the predict path: no view built).
     #[inline]
     pub fn at(&self, r: usize, c: usize) -> &T {
-        &self.blocks[r / BLOCK_ROWS][(r % BLOCK_ROWS, c)]
+        let (b, i) = self.split(r);
+        &self.blocks[b][(i, c)]
     }
 
     /// The row for writing; copies its block first if a clone shares it.
     #[inline]
     pub fn row_mut(&mut self, r: usize) -> ArrayViewMut1<'_, T> {
-        let b = r / BLOCK_ROWS;
+        let (b, i) = self.split(r);
         self.touched[b] = true;
-        Arc::make_mut(&mut self.blocks[b]).row_mut(r % BLOCK_ROWS)
+        Arc::make_mut(&mut self.blocks[b]).row_mut(i)
+    }
+
+    /// One row as a slice (blocks are standard-layout arrays, so each row
+    /// is contiguous).
+    #[inline]
+    pub fn row_slice(&self, r: usize) -> &[T] {
+        let (b, i) = self.split(r);
+        let cols = self.cols;
+        let all = self.blocks[b]
+            .as_slice()
+            .expect("blocks are built in standard layout");
+        &all[i * cols..(i + 1) * cols]
+    }
+
+    /// `row_mut` as a slice.
+    #[inline]
+    pub fn row_slice_mut(&mut self, r: usize) -> &mut [T] {
+        let (b, i) = self.split(r);
+        self.touched[b] = true;
+        let cols = self.cols;
+        let all = Arc::make_mut(&mut self.blocks[b])
+            .as_slice_mut()
+            .expect("blocks are built in standard layout");
+        &mut all[i * cols..(i + 1) * cols]
     }
 
     /// Indices of the blocks written since the last call, and clears them.
@@ -137,6 +196,18 @@ mod tests {
         assert_eq!(published.row(BLOCK_ROWS + 1)[1], 0.0);
         assert_eq!(a.take_touched(), vec![1]);
         assert!(a.take_touched().is_empty());
+    }
+
+    #[test]
+    fn small_blocks_copy_only_the_rows_written() {
+        let mut a: Blocked<f32> = Blocked::filled_in(100, 4, 16, 1.0);
+        let published = a.clone();
+        a.row_slice_mut(33)[2] = 5.0;
+        assert_eq!((a.unshared_blocks(), a.take_touched()), (1, vec![2]));
+        assert_eq!((a.row_slice(33)[2], published.row_slice(33)[2]), (5.0, 1.0));
+        assert_eq!(*a.at(33, 2), 5.0);
+        let back = Blocked::from_vec_in(100, 4, 16, a.to_vec()).unwrap();
+        assert_eq!((back.to_vec(), back.block_rows()), (a.to_vec(), 16));
     }
 
     #[test]

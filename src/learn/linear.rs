@@ -21,6 +21,7 @@ use super::blocked::Blocked;
 use super::eval::Scored;
 use super::features::{FeatureHasher, FeatureVec};
 use super::label::{LabelSpace, Target, TaskKind};
+use super::mlp::{Net, NetLearner, NetState};
 use super::optim::OptimizerConfig;
 
 /// Largest standardised input magnitude the model sees (a million standard
@@ -116,6 +117,9 @@ pub struct Params {
     pub scaler: Blocked<Moments>,
     /// Regression only: statistics of the target.
     pub target: Moments,
+    /// The `mlp` family's network (`learn::mlp`), whose output adds to the
+    /// weights above; `None` for the linear family.
+    pub net: Option<Net>,
 }
 
 /// A model output.
@@ -155,6 +159,7 @@ impl Params {
             bias: vec![0.0; outputs],
             scaler: Blocked::new(rows, 1),
             target: Moments::default(),
+            net: None,
         }
     }
 
@@ -197,6 +202,9 @@ impl Params {
     }
 
     pub fn predict(&self, x: &FeatureVec) -> Output {
+        if let Some(net) = &self.net {
+            return net.predict(self, x);
+        }
         let mut z = [0.0f32; 1];
         match self.space.kind() {
             TaskKind::Binary => {
@@ -221,6 +229,9 @@ impl Params {
     /// `predict`'s output, without allocating for binary and regression
     /// models (the monitor scores every example this way).
     pub fn score(&self, x: &FeatureVec, y: Target) -> Scored {
+        if let Some(net) = &self.net {
+            return net.score(self, x, y);
+        }
         let mut z = [0.0f32; 1];
         match (self.space.kind(), y) {
             (TaskKind::Binary, Target::Class(c)) => {
@@ -242,11 +253,11 @@ impl Params {
         }
     }
 
-    fn target_scale(&self) -> (f64, f64) {
+    pub(crate) fn target_scale(&self) -> (f64, f64) {
         (self.target.mean, self.target.std().unwrap_or(1.0))
     }
 
-    fn target_value(&self, z: f32) -> f64 {
+    pub(crate) fn target_value(&self, z: f32) -> f64 {
         let (mean, sd) = self.target_scale();
         mean + sd * z as f64
     }
@@ -302,6 +313,9 @@ pub struct Learner {
     /// Scratch for the standardised inputs of one example.
     inputs: Vec<(usize, f32)>,
     scores: Vec<f32>,
+    /// The network's update state when `params.net` is set (the `mlp`
+    /// family learns through it, not through `optimizer`).
+    net: Option<NetLearner>,
 }
 
 impl Learner {
@@ -319,12 +333,35 @@ impl Learner {
     /// Resumes from saved state; the caller checks the shapes match.
     pub fn with_state(params: Params, optimizer: OptimizerConfig, state: OptimState) -> Self {
         let outputs = params.outputs();
+        let net = params
+            .net
+            .as_ref()
+            .map(|n| NetLearner::new(NetState::new(n, params.weights.rows(), outputs)));
         Self {
             params,
             optimizer,
             state,
             inputs: Vec::new(),
             scores: vec![0.0; outputs],
+            net,
+        }
+    }
+
+    /// The network's update state (`mlp` family only).
+    pub fn net_state(&self) -> Option<&NetState> {
+        self.net.as_ref().map(|n| n.state())
+    }
+
+    /// Resumes the network's update state; false (and nothing changed)
+    /// unless this learner has a network that `state` fits.
+    pub fn set_net_state(&mut self, state: NetState) -> bool {
+        let p = &self.params;
+        match &p.net {
+            Some(n) if state.fits(n, p.weights.rows(), p.outputs()) => {
+                self.net = Some(NetLearner::new(state));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -346,6 +383,9 @@ impl Learner {
 
     /// One test-free update on one example.
     pub fn learn_one(&mut self, x: &FeatureVec, y: Target) {
+        if let Some(net) = &mut self.net {
+            return net.learn_one(&mut self.params, x, y);
+        }
         let p = &mut self.params;
         // Statistics first, so the step sees the same scale the next
         // prediction will.

@@ -10,6 +10,7 @@ pub mod features;
 pub mod guard;
 pub mod label;
 pub mod linear;
+pub mod mlp;
 pub mod names;
 pub mod optim;
 
@@ -19,5 +20,6 @@ pub use example::Example;
 pub use features::{Feature, FeatureError, FeatureHasher, FeatureVec, RawFeatures, RawValue};
 pub use label::{LabelError, LabelOut, LabelSpace, RawLabel, Target, TaskKind};
 pub use linear::{Learner, Output, Params};
+pub use mlp::{Family, MlpConfig};
 pub use names::FeatureNames;
 pub use optim::{OptimizerConfig, OptimizerKind};

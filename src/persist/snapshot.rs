@@ -12,8 +12,11 @@
 //! where the payload is a safetensors file (readable by other ML tools):
 //! tensors `weights` (f32, rows x outputs), `bias` (f32), `scaler` (f64,
 //! rows x 3: count, mean, M2), `target` (f64, 3), `optim.weights` and
-//! `optim.bias` (f32, when the optimizer keeps state), and the metadata
-//! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
+//! `optim.bias` (f32, when the optimizer keeps state), for the `mlp`
+//! family the network's `mlp.embedding` (f32, 2^embedding_bits x hidden),
+//! `mlp.hidden_bias`, `mlp.output` (outputs x hidden) and its update state
+//! `mlp.state.{embedding,wide,hidden_bias,output,bias}` (f32), and the
+//! metadata entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
 //! The envelope (magic, format, length, checksum) stays the same in every
@@ -21,7 +24,10 @@
 //! intact file written by a newer eddy is told from a damaged one: it is
 //! refused with `Error::NewerFormat`, which stops start-up rather than
 //! being skipped as corruption. `tests/data/fixtures/snapshot-v1.eddy` is a
-//! format 1 file that every later build must still load.
+//! format 1 file that every later build must still load. Format 3 adds
+//! `family` and `mlp` to the metadata and the `mlp.*` tensors; a format 1
+//! file reads as a linear model. (Format 2 is reserved for the self-tuning
+//! optimizer's state, issue 13 part 1.) `snapshot-v3-mlp.eddy` pins it.
 //!
 //! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
 //! fsync, rename, fsync of the directory), so a crash part-way leaves
@@ -40,11 +46,14 @@ use thiserror::Error;
 use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
-use crate::learn::{FeatureNames, LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
+use crate::learn::mlp::{Net, NetState};
+use crate::learn::{
+    Family, FeatureNames, LabelSpace, Learner, MlpConfig, OptimizerConfig, Params, TaskKind,
+};
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
@@ -59,6 +68,13 @@ pub struct SnapshotMeta {
     pub task: TaskKind,
     pub classes: Vec<String>,
     pub hash_bits: u8,
+    /// The model family (format 3; absent: linear).
+    #[serde(default, skip_serializing_if = "is_linear")]
+    pub family: Family,
+    /// The network's settings when `family` is `mlp` (the embedding
+    /// table's rows as built, capped at `hash_bits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<MlpConfig>,
     pub optimizer: OptimizerConfig,
     /// The model version these weights were published as.
     pub version: u64,
@@ -90,6 +106,18 @@ pub struct SnapshotMeta {
     /// carried from snapshot to snapshot.
     #[serde(default, skip_serializing_if = "no_names")]
     pub feature_names: Arc<FeatureNames>,
+}
+
+/// `SnapshotMeta::family` and `mlp` for a learner: what its parameters are.
+pub fn family_of(learner: &Learner) -> (Family, Option<MlpConfig>) {
+    match &learner.params().net {
+        Some(net) => (Family::Mlp, Some(net.config)),
+        None => (Family::Linear, None),
+    }
+}
+
+fn is_linear(f: &Family) -> bool {
+    *f == Family::Linear
 }
 
 fn is_false(b: &bool) -> bool {
@@ -173,6 +201,26 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
             Dtype::F32,
             vec![outputs, slots],
             f32_bytes(optim_b),
+        ));
+    }
+    if let (Some(net), Some(ns)) = (&p.net, learner.net_state()) {
+        let (hidden, er) = (net.hidden(), net.embedding.rows());
+        let mut f32s = |n: &str, dims: Vec<usize>, v: &[f32]| {
+            out.push((name(n), Dtype::F32, dims, f32_bytes(v)));
+        };
+        f32s("mlp.embedding", vec![er, hidden], &net.embedding.to_vec());
+        f32s("mlp.hidden_bias", vec![hidden], &net.hidden_bias);
+        f32s("mlp.output", vec![outputs, hidden], &net.output);
+        f32s("mlp.state.embedding", vec![er], &ns.embedding.to_vec());
+        f32s("mlp.state.wide", vec![rows], &ns.wide.to_vec());
+        f32s("mlp.state.hidden_bias", vec![hidden], &ns.hidden_bias);
+        f32s("mlp.state.output", vec![outputs, hidden], &ns.output);
+        f32s("mlp.state.bias", vec![outputs], &ns.bias);
+        out.push((
+            name("mlp.state.examples"),
+            Dtype::I64,
+            vec![1],
+            (ns.steps as i64).to_le_bytes().to_vec(),
         ));
     }
     if !prefix.is_empty() {
@@ -292,7 +340,8 @@ impl Snapshot {
         let path = path.to_owned();
         let (format, payload) = open_envelope(bytes, &path)?;
         match format {
-            1 => Self::decode_v1(payload, path),
+            // Format 3 is format 1's payload with the family's fields.
+            1 | 3 => Self::decode_v1(payload, path),
             found if found > FORMAT_VERSION => Err(Error::NewerFormat {
                 path,
                 found,
@@ -319,6 +368,17 @@ impl Snapshot {
             .ok_or_else(|| invalid("no eddy metadata".into()))?;
         let meta: SnapshotMeta =
             serde_json::from_str(meta_json).map_err(|e| invalid(format!("metadata: {e}")))?;
+        let mlp = match (meta.family, meta.mlp) {
+            (Family::Linear, _) => None,
+            (Family::Mlp, Some(c))
+                if c.problem().is_none() && c.embedding_bits <= meta.hash_bits =>
+            {
+                Some(c)
+            }
+            (Family::Mlp, _) => {
+                return Err(invalid("mlp family without valid mlp settings".into()));
+            }
+        };
         let space =
             LabelSpace::new(meta.task, meta.classes.clone()).map_err(|e| invalid(e.to_string()))?;
         let outputs = space.outputs();
@@ -333,6 +393,7 @@ impl Snapshot {
             rows,
             outputs,
             optimizer: meta.optimizer,
+            mlp,
         };
         let read = |prefix: &str, steps: u64| read_learner(&st, prefix, &shape, steps, &invalid);
         let learner = read("", meta.optimizer_steps)?;
@@ -395,6 +456,24 @@ impl Snapshot {
                 m.hash_bits, config.hash_bits
             )));
         }
+        if m.family != config.family {
+            return Err(mismatch(format!(
+                "family is {} in the snapshot, {} in config",
+                m.family.name(),
+                config.family.name()
+            )));
+        }
+        if let Some(saved) = &m.mlp {
+            // The shape must match; the step, clip and bins are read from
+            // the config (a changed learning rate applies from here on).
+            let built = Net::new(&config.mlp, config.hash_bits, 0).config;
+            if (saved.hidden, saved.embedding_bits) != (built.hidden, built.embedding_bits) {
+                return Err(mismatch(format!(
+                    "mlp hidden {} embedding_bits {} in the snapshot, {} and {} in config",
+                    saved.hidden, saved.embedding_bits, built.hidden, built.embedding_bits
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -402,12 +481,16 @@ impl Snapshot {
     /// if the optimizer kind changed, the saved parameters with fresh
     /// optimizer state (the old state means nothing to another rule).
     pub fn adopt(self, optimizer: OptimizerConfig) -> Learner {
-        if self.meta.optimizer.kind == optimizer.kind {
+        let mut learner = if self.meta.optimizer.kind == optimizer.kind {
             let state = self.learner.state().clone();
             Learner::with_state(self.learner.params().clone(), optimizer, state)
         } else {
             Learner::new(self.learner.params().clone(), optimizer)
+        };
+        if let Some(state) = self.learner.net_state() {
+            learner.set_net_state(state.clone());
         }
+        learner
     }
 }
 
@@ -459,6 +542,8 @@ struct Shape<'a> {
     rows: usize,
     outputs: usize,
     optimizer: OptimizerConfig,
+    /// The network's settings (`mlp` family), else `None`.
+    mlp: Option<MlpConfig>,
 }
 
 /// Reads the learner whose tensors are named with `prefix`.
@@ -512,6 +597,7 @@ fn read_learner(
         bias,
         scaler: Blocked::from_vec(rows, 1, scaler).ok_or_else(|| invalid("scaler shape".into()))?,
         target: Moments::from_parts(t[0], t[1], t[2]),
+        net: None,
     };
     let state = OptimState {
         weights: Blocked::from_vec(rows, outputs * slots, optim_w)
@@ -520,7 +606,44 @@ fn read_learner(
             .map_err(|e| invalid(e.to_string()))?,
         steps,
     };
-    Ok(Learner::with_state(params, shape.optimizer, state))
+    let Some(config) = shape.mlp else {
+        return Ok(Learner::with_state(params, shape.optimizer, state));
+    };
+    let (hidden, er) = (config.hidden, 1usize << config.embedding_bits);
+    let f32s = |name: &str, dims: &[usize]| tensor(name, Dtype::F32, dims).map(read_f32);
+    let net = Net::from_parts(
+        config,
+        f32s("mlp.embedding", &[er, hidden])?,
+        f32s("mlp.hidden_bias", &[hidden])?,
+        f32s("mlp.output", &[outputs, hidden])?,
+        outputs,
+    )
+    .ok_or_else(|| invalid("mlp shape".into()))?;
+    let net_steps = tensor("mlp.state.examples", Dtype::I64, &[1])?;
+    let net_state = NetState {
+        embedding: Blocked::from_vec(er, 1, f32s("mlp.state.embedding", &[er])?)
+            .ok_or_else(|| invalid("mlp state shape".into()))?,
+        wide: Blocked::from_vec(rows, 1, f32s("mlp.state.wide", &[rows])?)
+            .ok_or_else(|| invalid("mlp state shape".into()))?,
+        hidden_bias: f32s("mlp.state.hidden_bias", &[hidden])?,
+        output: f32s("mlp.state.output", &[outputs, hidden])?,
+        bias: f32s("mlp.state.bias", &[outputs])?,
+        steps: i64::from_le_bytes(
+            net_steps
+                .try_into()
+                .map_err(|_| invalid("mlp steps".into()))?,
+        )
+        .max(0) as u64,
+    };
+    let params = Params {
+        net: Some(net),
+        ..params
+    };
+    let mut learner = Learner::with_state(params, shape.optimizer, state);
+    if !learner.set_net_state(net_state) {
+        return Err(invalid("mlp state shape".into()));
+    }
+    Ok(learner)
 }
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
@@ -854,6 +977,8 @@ mod tests {
                 task,
                 classes,
                 hash_bits: 10,
+                family: Family::Linear,
+                mlp: None,
                 optimizer,
                 version: 7,
                 examples_trained: 200,
@@ -1056,6 +1181,8 @@ mod tests {
                 task: TaskKind::Binary,
                 classes: Vec::new(),
                 hash_bits: 6,
+                family: Family::Linear,
+                mlp: None,
                 optimizer,
                 version: 3,
                 examples_trained: 50,
@@ -1080,8 +1207,152 @@ mod tests {
     #[test]
     fn write_fixtures_when_asked() {
         if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
-            let bytes = fixture_v1().encode().unwrap();
-            super::super::write_atomic(Path::new(FIXTURE_V1), &bytes).unwrap();
+            // Only missing ones: a committed fixture is evidence of its
+            // format, and today's encoder writes the newest format.
+            for (path, snapshot) in [
+                (FIXTURE_V1, fixture_v1()),
+                (FIXTURE_V3_MLP, fixture_v3_mlp()),
+            ] {
+                if !Path::new(path).exists() {
+                    let bytes = snapshot.encode().unwrap();
+                    super::super::write_atomic(Path::new(path), &bytes).unwrap();
+                }
+            }
+        }
+    }
+
+    /// A format 3 snapshot of an `mlp` model, committed like `FIXTURE_V1`.
+    const FIXTURE_V3_MLP: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/snapshot-v3-mlp.eddy"
+    );
+    /// What it predicts for the probe, recorded when it was made.
+    const MLP_PROBE_P1: f32 = 0.584_625_24;
+
+    fn fixture_mlp_config() -> MlpConfig {
+        MlpConfig {
+            hidden: 8,
+            embedding_bits: 6,
+            bins: 4,
+            ..MlpConfig::default()
+        }
+    }
+
+    /// The mlp fixture's model: `fixture_v1`'s examples through a small
+    /// network (hidden 8, hash_bits 6).
+    fn fixture_v3_mlp() -> Snapshot {
+        let mut s = fixture_v1();
+        let space = s.learner.params().space.clone();
+        let params = crate::learn::mlp::fresh_params(space, 6, Family::Mlp, &fixture_mlp_config());
+        let mut learner = Learner::new(params, s.meta.optimizer);
+        for i in 0..50u32 {
+            let x = (i * 7) % 11;
+            let json = format!(r#"{{"x": {x}, "colour": "c{}"}}"#, i % 4);
+            learner.learn_one(&fixture_features(&json), Target::Class(usize::from(x > 5)));
+        }
+        (s.meta.family, s.meta.mlp) = family_of(&learner);
+        s.meta.model = "fixture_mlp".into();
+        s.learner = learner;
+        s
+    }
+
+    #[test]
+    fn the_committed_format_3_mlp_fixture_still_loads() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V3_MLP)).unwrap();
+        assert_eq!((s.meta.format_version, s.meta.family), (3, Family::Mlp));
+        assert_eq!(s.meta.mlp, Some(fixture_mlp_config()));
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let crate::learn::Output::Probabilities(p) = s.learner.params().predict(&probe) else {
+            panic!("binary")
+        };
+        assert_eq!(p[1], MLP_PROBE_P1, "{:?}", p);
+        // And it goes on learning as the model that wrote it would have.
+        let (mut a, mut b) = (s.learner.clone(), fixture_v3_mlp().learner);
+        a.learn_one(&probe, Target::Class(0));
+        b.learn_one(&probe, Target::Class(0));
+        assert_eq!(a.params().predict(&probe), b.params().predict(&probe));
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|w| w.to_bits()).collect()
+    }
+
+    /// Every float of an mlp learner (weights and update state), as bits.
+    fn mlp_bits(l: &Learner) -> Vec<Vec<u32>> {
+        let p = l.params();
+        let net = p.net.as_ref().unwrap();
+        let st = l.net_state().unwrap();
+        vec![
+            bits(&p.weights.to_vec()),
+            bits(&p.bias),
+            bits(&net.embedding.to_vec()),
+            bits(&net.hidden_bias),
+            bits(&net.output),
+            bits(&st.embedding.to_vec()),
+            bits(&st.wide.to_vec()),
+            bits(&st.hidden_bias),
+            bits(&st.output),
+            bits(&st.bias),
+            vec![st.steps as u32],
+        ]
+    }
+
+    #[test]
+    fn an_mlp_round_trip_is_bit_identical_and_refuses_another_family() {
+        for (task, classes) in [
+            (
+                TaskKind::Multiclass,
+                vec!["x".to_owned(), "y".into(), "z".into()],
+            ),
+            (TaskKind::Regression, vec![]),
+        ] {
+            let space = Arc::new(LabelSpace::new(task, classes).unwrap());
+            let mut s = fixture_v1();
+            let config = fixture_mlp_config();
+            let params = crate::learn::mlp::fresh_params(space.clone(), 6, Family::Mlp, &config);
+            let mut learner = Learner::new(params, s.meta.optimizer);
+            for i in 0..300 {
+                let json = format!(r#"{{"x": {}, "colour": "c{}"}}"#, i % 13, i % 3);
+                let y = match task {
+                    TaskKind::Regression => Target::Value(f64::from(i % 13) * 2.5),
+                    _ => Target::Class(i as usize % 3),
+                };
+                learner.learn_one(&fixture_features(&json), y);
+            }
+            (s.meta.family, s.meta.mlp) = family_of(&learner);
+            (s.meta.task, s.meta.classes) = (task, space.classes().to_vec());
+            s.learner = learner;
+            // A trainer's part too: last-good as a second named learner.
+            s.trainer = Some(TrainerPart {
+                state: vec![1, 2, 3],
+                guard: None,
+                learners: vec![("last_good".into(), s.learner.clone())],
+            });
+            let back = Snapshot::decode(&s.encode().unwrap(), Path::new("x")).unwrap();
+            assert_eq!(back.meta, s.meta);
+            assert_eq!(mlp_bits(&back.learner), mlp_bits(&s.learner));
+            let part = back.trainer.as_ref().unwrap();
+            assert_eq!(mlp_bits(&part.learners[0].1), mlp_bits(&s.learner));
+            // Through `adopt`, as start-up does, the update state survives.
+            let adopted = back.clone().adopt(s.meta.optimizer);
+            assert_eq!(mlp_bits(&adopted), mlp_bits(&s.learner));
+            let mut config_m = crate::config::Config::from_toml_over_default(
+                "[[models]]\nname = \"m\"\ntask = \"binary\"\nhash_bits = 6",
+            )
+            .unwrap()
+            .models
+            .remove(0);
+            (config_m.task, config_m.classes) = (task, s.meta.classes.clone());
+            let err = back
+                .check_compatible(&config_m, Path::new("x"))
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("family is mlp in the snapshot, linear in config"),
+                "{err}"
+            );
+            (config_m.family, config_m.mlp) = (Family::Mlp, config);
+            back.check_compatible(&config_m, Path::new("x")).unwrap();
         }
     }
 

@@ -17,6 +17,7 @@ mod learning;
 mod lifecycle;
 mod limits;
 mod memory;
+mod mlp;
 mod overload;
 mod progressive;
 mod published;

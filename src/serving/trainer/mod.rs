@@ -247,7 +247,7 @@ impl Trainer {
         clock: SharedClock,
     ) -> Result<InMemory, crate::config::Error> {
         let space = Arc::new(m.label_space()?);
-        let learner = Learner::new(crate::learn::Params::new(space, m.hash_bits), m.optimizer);
+        let learner = Learner::new(m.fresh_params(space), m.optimizer);
         Ok(Self::in_memory_from(m, learner, clock))
     }
 

@@ -153,6 +153,8 @@ impl Trainer {
                 task: policy.model.task,
                 classes: policy.model.classes.clone(),
                 hash_bits: policy.model.hash_bits,
+                family: crate::persist::snapshot::family_of(&learner).0,
+                mlp: crate::persist::snapshot::family_of(&learner).1,
                 optimizer: *learner.optimizer(),
                 version,
                 examples_trained,
