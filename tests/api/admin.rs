@@ -105,6 +105,16 @@ async fn admin_routes_need_the_token() {
         .await
         .expect("request");
     assert_eq!(r.status(), 401);
+    // The right token beside a wrong one: ambiguous, refused.
+    let r = app
+        .client
+        .get(&url)
+        .header("authorization", "Bearer wrong")
+        .header("authorization", "Bearer s3cret")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 401);
     let r = app
         .client
         .get(&url)
