@@ -12,6 +12,9 @@
 //!
 //! `Params` is what predict reads (immutable once published); `Learner`
 //! owns a working copy plus optimizer state and is what trainers mutate.
+//! With the `auto` optimizer the working copy's weights are the
+//! combination of its candidates' (`optim::AutoState`), kept exact row by
+//! row as they learn.
 
 use std::sync::Arc;
 
@@ -21,7 +24,7 @@ use super::blocked::Blocked;
 use super::eval::Scored;
 use super::features::{FeatureHasher, FeatureVec};
 use super::label::{LabelSpace, Target, TaskKind};
-use super::optim::OptimizerConfig;
+use super::optim::{AutoState, MixtureWeight, OptimizerConfig, Rule};
 
 /// Largest standardised input magnitude the model sees (a million standard
 /// deviations: no real feature gets there, and it keeps sums finite).
@@ -116,6 +119,10 @@ pub struct Params {
     pub scaler: Blocked<Moments>,
     /// Regression only: statistics of the target.
     pub target: Moments,
+    /// With the `auto` optimizer: the candidates and their weights in the
+    /// combination these weights are (for reports; predict does not read
+    /// it).
+    pub mixture: Option<Arc<[MixtureWeight]>>,
 }
 
 /// A model output.
@@ -155,6 +162,7 @@ impl Params {
             bias: vec![0.0; outputs],
             scaler: Blocked::new(rows, 1),
             target: Moments::default(),
+            mixture: None,
         }
     }
 
@@ -291,6 +299,17 @@ pub struct OptimState {
     pub bias: Array2<f32>,
     /// Examples learned so far (Adam's bias correction counts them).
     pub steps: u64,
+    /// The `auto` optimizer's candidates and mixture (then `weights` and
+    /// `bias` above have no columns).
+    pub auto: Option<AutoState>,
+}
+
+/// What the gradient is taken against: a class, or the standardised
+/// regression target.
+#[derive(Debug, Clone, Copy)]
+enum Truth {
+    Class(usize),
+    Value(f32),
 }
 
 /// A trainer's private model: parameters plus optimizer state.
@@ -298,6 +317,8 @@ pub struct OptimState {
 pub struct Learner {
     params: Params,
     optimizer: OptimizerConfig,
+    /// The update rule of an explicit kind (`None` with `auto`).
+    rule: Option<Rule>,
     state: OptimState,
     /// Scratch for the standardised inputs of one example.
     inputs: Vec<(usize, f32)>,
@@ -305,6 +326,8 @@ pub struct Learner {
 }
 
 impl Learner {
+    /// A learner starting from `params` with fresh optimizer state (with
+    /// `auto`, every candidate starts from `params`' weights).
     pub fn new(params: Params, optimizer: OptimizerConfig) -> Self {
         let slots = optimizer.slots();
         let outputs = params.outputs();
@@ -312,16 +335,39 @@ impl Learner {
             weights: Blocked::new(params.weights.rows(), outputs * slots),
             bias: Array2::zeros((outputs, slots)),
             steps: 0,
+            auto: None,
         };
         Self::with_state(params, optimizer, state)
     }
 
     /// Resumes from saved state; the caller checks the shapes match.
-    pub fn with_state(params: Params, optimizer: OptimizerConfig, state: OptimState) -> Self {
+    /// With `auto`, saved candidates are kept when they are the ones this
+    /// build runs (their L1 and L2 taken from `optimizer`), and started
+    /// afresh from `params` otherwise; without `auto`, candidates are
+    /// dropped.
+    pub fn with_state(mut params: Params, optimizer: OptimizerConfig, mut state: OptimState) -> Self {
         let outputs = params.outputs();
+        let rule = optimizer.rule();
+        if rule.is_some() {
+            state.auto = None;
+            params.mixture = None;
+        } else {
+            let rules = optimizer.candidates();
+            let same = |r: &Rule, s: &Rule| r.kind == s.kind && r.learning_rate == s.learning_rate;
+            let mut auto = match state.auto.take() {
+                Some(a) if a.rules().iter().zip(&rules).all(|(a, b)| same(a, b)) && a.rules().len() == rules.len() => a,
+                _ => AutoState::starting_from(&rules, &params.weights, &params.bias),
+            };
+            for (c, r) in auto.candidates.iter_mut().zip(rules) {
+                c.rule = r;
+            }
+            params.mixture = Some(auto.weights().into());
+            state.auto = Some(auto);
+        }
         Self {
             params,
             optimizer,
+            rule,
             state,
             inputs: Vec::new(),
             scores: vec![0.0; outputs],
@@ -361,6 +407,26 @@ impl Learner {
                 self.inputs.push((f.index as usize, v));
             }
         }
+        let truth = match (p.space.kind(), y) {
+            (TaskKind::Binary | TaskKind::Multiclass, Target::Class(c)) => Truth::Class(c),
+            (TaskKind::Regression, Target::Value(v)) => {
+                p.target.push(v);
+                let (mean, sd) = p.target_scale();
+                Truth::Value(((v - mean) / sd) as f32)
+            }
+            // The label space validated the target; a mismatch is a bug in
+            // the caller, and learning nothing is the safe answer.
+            _ => return,
+        };
+        match self.rule {
+            Some(rule) => self.learn_with(rule, truth),
+            None => self.learn_auto(truth),
+        }
+    }
+
+    /// An explicit kind's step: one rule on the published weights.
+    fn learn_with(&mut self, rule: Rule, truth: Truth) {
+        let p = &mut self.params;
         let z = &mut self.scores;
         z.copy_from_slice(&p.bias);
         for (r, v) in &self.inputs {
@@ -368,36 +434,21 @@ impl Learner {
                 *o += wk * v;
             }
         }
-        // z becomes the loss gradient with respect to each output.
-        match (p.space.kind(), y) {
-            (TaskKind::Binary, Target::Class(c)) => z[0] = sigmoid(z[0]) - c as f32,
-            (TaskKind::Multiclass, Target::Class(c)) => {
-                softmax(z);
-                z[c] -= 1.0;
-            }
-            (TaskKind::Regression, Target::Value(v)) => {
-                p.target.push(v);
-                let (mean, sd) = p.target_scale();
-                z[0] -= ((v - mean) / sd) as f32;
-            }
-            // The label space validated the target; a mismatch is a bug in
-            // the caller, and learning nothing is the safe answer.
-            _ => return,
-        }
-        // A diverged or overflowing step would poison every later version;
+        // z becomes the loss gradient with respect to each output. A
+        // diverged or overflowing step would poison every later version;
         // skip the example instead.
-        if !z.iter().all(|g| g.is_finite()) {
+        if !gradient(p.space.kind(), truth, z) {
             return;
         }
         self.state.steps += 1;
         let step = self.state.steps;
-        let slots = self.optimizer.slots();
+        let slots = rule.slots();
         for (r, v) in &self.inputs {
             let mut w = p.weights.row_mut(*r);
             let mut s = self.state.weights.row_mut(*r);
             let s = s.as_slice_mut().expect("state rows are contiguous");
             for (k, g) in z.iter().enumerate() {
-                self.optimizer.update(
+                rule.update(
                     &mut w[k],
                     &mut s[k * slots..(k + 1) * slots],
                     g * v,
@@ -409,8 +460,82 @@ impl Learner {
         for (k, g) in z.iter().enumerate() {
             let mut s = self.state.bias.row_mut(k);
             let s = s.as_slice_mut().expect("state rows are contiguous");
-            self.optimizer.update(&mut p.bias[k], s, *g, step, false);
+            rule.update(&mut p.bias[k], s, *g, step, false);
         }
+    }
+
+    /// `auto`'s step: every candidate scores the example (its loss goes
+    /// to the mixture) and learns it; then the rows it touched are
+    /// combined again, or every active row when the mixture weights move.
+    fn learn_auto(&mut self, truth: Truth) {
+        let Some(auto) = self.state.auto.as_mut() else {
+            return;
+        };
+        let p = &mut self.params;
+        let kind = p.space.kind();
+        let z = &mut self.scores;
+        self.state.steps += 1;
+        let step = self.state.steps;
+        let mut losses = [0.0f64; MAX_CANDIDATES];
+        let losses = &mut losses[..auto.candidates.len()];
+        for (c, loss) in auto.candidates.iter_mut().zip(losses.iter_mut()) {
+            c.scores(&self.inputs, z);
+            if gradient(kind, truth, z) {
+                *loss = loss_of(truth, z);
+                c.learn(&self.inputs, z, step);
+            } else {
+                *loss = f64::INFINITY;
+            }
+        }
+        auto.mixture.observe(losses, self.inputs.len());
+        for (r, _) in &self.inputs {
+            auto.active.mark(*r);
+        }
+        if auto.mixture.advance(auto.active.count()) {
+            for r in auto.active.iter() {
+                auto.combine_row(r, p.weights.row_mut(r).as_slice_mut().expect("weight rows are contiguous"));
+            }
+            p.mixture = Some(auto.weights().into());
+        } else {
+            for (r, _) in &self.inputs {
+                auto.combine_row(*r, p.weights.row_mut(*r).as_slice_mut().expect("weight rows are contiguous"));
+            }
+        }
+        auto.combine_bias(&mut p.bias);
+    }
+}
+
+/// Most candidates `auto` can run (a bound for a stack buffer).
+const MAX_CANDIDATES: usize = 8;
+const _: () = assert!(super::optim::AUTO_CANDIDATES.len() <= MAX_CANDIDATES);
+
+/// Turns raw scores `z` into the loss gradient with respect to each
+/// output, in place; false when it is not finite.
+#[inline]
+fn gradient(kind: TaskKind, truth: Truth, z: &mut [f32]) -> bool {
+    match (kind, truth) {
+        (TaskKind::Binary, Truth::Class(c)) => z[0] = sigmoid(z[0]) - c as f32,
+        (TaskKind::Multiclass, Truth::Class(c)) => {
+            softmax(z);
+            z[c] -= 1.0;
+        }
+        (TaskKind::Regression, Truth::Value(t)) => z[0] -= t,
+        _ => return false,
+    }
+    z.iter().all(|g| g.is_finite())
+}
+
+/// The example's loss from its gradient: log loss for classes (the true
+/// class's probability is one minus the size of its gradient), half the
+/// squared standardised error for regression.
+#[inline]
+fn loss_of(truth: Truth, g: &[f32]) -> f64 {
+    match truth {
+        Truth::Class(c) => {
+            let g = if g.len() == 1 { g[0] } else { g[c] };
+            -(1.0 - f64::from(g.abs())).max(1e-12).ln()
+        }
+        Truth::Value(_) => 0.5 * f64::from(g[0]) * f64::from(g[0]),
     }
 }
 

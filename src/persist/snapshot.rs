@@ -12,7 +12,11 @@
 //! where the payload is a safetensors file (readable by other ML tools):
 //! tensors `weights` (f32, rows x outputs), `bias` (f32), `scaler` (f64,
 //! rows x 3: count, mean, M2), `target` (f64, 3), `optim.weights` and
-//! `optim.bias` (f32, when the optimizer keeps state), and the metadata
+//! `optim.bias` (f32, when the optimizer keeps state), the `auto`
+//! optimizer's state (format 2: `auto.rules` f32 (K x 2: rule code,
+//! rate), `auto.losses` f64, `auto.applied` f32, `auto.counters` i64,
+//! `auto.active` u32 (the rows learned), and per candidate `auto.<k>.weights`,
+//! `.bias`, `.state`, `.bias_state`), and the metadata
 //! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
@@ -21,7 +25,9 @@
 //! intact file written by a newer eddy is told from a damaged one: it is
 //! refused with `Error::NewerFormat`, which stops start-up rather than
 //! being skipped as corruption. `tests/data/fixtures/snapshot-v1.eddy` is a
-//! format 1 file that every later build must still load.
+//! format 1 file (before `auto`) and `snapshot-v2.eddy` a format 2 file
+//! with `auto` state, which every later build must still load. Format 2
+//! only adds tensors, so one reader reads both.
 //!
 //! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
 //! fsync, rename, fsync of the directory), so a crash part-way leaves
@@ -40,11 +46,12 @@ use thiserror::Error;
 use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
+use crate::learn::optim::{ActiveRows, AutoState, Candidate, Mixture, Rule, RuleKind};
 use crate::learn::{FeatureNames, LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
@@ -175,6 +182,9 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
             f32_bytes(optim_b),
         ));
     }
+    if let Some(auto) = &st.auto {
+        auto_tensors(&name, auto, rows, outputs, out);
+    }
     if !prefix.is_empty() {
         out.push((
             name("steps"),
@@ -184,6 +194,79 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
         ));
     }
     Ok(())
+}
+
+/// The `auto` optimizer's tensors (see the module doc).
+fn auto_tensors(
+    name: &dyn Fn(&str) -> String,
+    auto: &AutoState,
+    rows: usize,
+    outputs: usize,
+    out: &mut Vec<Owned>,
+) {
+    let k = auto.candidates.len();
+    let rules: Vec<f32> = auto
+        .candidates
+        .iter()
+        .flat_map(|c| [f32::from(c.rule.kind.code()), c.rule.learning_rate])
+        .collect();
+    out.push((name("auto.rules"), Dtype::F32, vec![k, 2], f32_bytes(&rules)));
+    out.push((
+        name("auto.losses"),
+        Dtype::F64,
+        vec![k],
+        f64_bytes(auto.mixture.losses()),
+    ));
+    out.push((
+        name("auto.applied"),
+        Dtype::F32,
+        vec![k],
+        f32_bytes(auto.mixture.applied()),
+    ));
+    let (examples, touched) = auto.mixture.counters();
+    out.push((
+        name("auto.counters"),
+        Dtype::I64,
+        vec![2],
+        [examples, touched]
+            .iter()
+            .flat_map(|c| (*c as i64).to_le_bytes())
+            .collect(),
+    ));
+    let active: Vec<u8> = auto
+        .active
+        .iter()
+        .flat_map(|r| (r as u32).to_le_bytes())
+        .collect();
+    out.push((
+        name("auto.active"),
+        Dtype::U32,
+        vec![auto.active.count()],
+        active,
+    ));
+    for (i, c) in auto.candidates.iter().enumerate() {
+        let slots = c.rule.slots();
+        let n = |t: &str| name(&format!("auto.{i}.{t}"));
+        out.push((
+            n("weights"),
+            Dtype::F32,
+            vec![rows, outputs],
+            f32_bytes(&c.weights.to_vec()),
+        ));
+        out.push((n("bias"), Dtype::F32, vec![outputs], f32_bytes(&c.bias)));
+        out.push((
+            n("state"),
+            Dtype::F32,
+            vec![rows, outputs * slots],
+            f32_bytes(&c.state.to_vec()),
+        ));
+        out.push((
+            n("bias_state"),
+            Dtype::F32,
+            vec![outputs * slots],
+            f32_bytes(&c.bias_state),
+        ));
+    }
 }
 
 #[derive(Debug, Error)]
@@ -292,7 +375,7 @@ impl Snapshot {
         let path = path.to_owned();
         let (format, payload) = open_envelope(bytes, &path)?;
         match format {
-            1 => Self::decode_v1(payload, path),
+            1 | 2 => Self::decode_v1(payload, path),
             found if found > FORMAT_VERSION => Err(Error::NewerFormat {
                 path,
                 found,
@@ -302,7 +385,8 @@ impl Snapshot {
         }
     }
 
-    /// Format 1: the payload is a safetensors file (see the module doc).
+    /// Formats 1 and 2: the payload is a safetensors file (see the module
+    /// doc; format 2 adds the `auto` tensors).
     fn decode_v1(payload: &[u8], path: PathBuf) -> Result<Self, Error> {
         let invalid = |message: String| Error::Invalid {
             path: path.clone(),
@@ -512,6 +596,19 @@ fn read_learner(
         bias,
         scaler: Blocked::from_vec(rows, 1, scaler).ok_or_else(|| invalid("scaler shape".into()))?,
         target: Moments::from_parts(t[0], t[1], t[2]),
+        mixture: None,
+    };
+    let auto = match st.tensor(&format!("{prefix}auto.rules")) {
+        Err(_) => None,
+        Ok(_) => {
+            let len = |name: &str| {
+                st.tensor(&format!("{prefix}{name}"))
+                    .ok()
+                    .and_then(|t| t.shape().first().copied())
+                    .unwrap_or(0)
+            };
+            Some(read_auto(&tensor, &len, rows, outputs, invalid)?)
+        }
     };
     let state = OptimState {
         weights: Blocked::from_vec(rows, outputs * slots, optim_w)
@@ -519,8 +616,75 @@ fn read_learner(
         bias: Array2::from_shape_vec((outputs, slots), optim_b)
             .map_err(|e| invalid(e.to_string()))?,
         steps,
+        auto,
     };
     Ok(Learner::with_state(params, shape.optimizer, state))
+}
+
+/// Reads the `auto` tensors of one learner; `tensor` reads one by name
+/// (under the learner's prefix), checking its type and shape, and `len`
+/// says a tensor's first dimension.
+fn read_auto<'a>(
+    tensor: &dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error>,
+    len: &dyn Fn(&str) -> usize,
+    rows: usize,
+    outputs: usize,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<AutoState, Error> {
+    let rules_bytes = tensor("auto.rules", Dtype::F32, &[len("auto.rules"), 2])?;
+    let rules: Vec<Rule> = read_f32(rules_bytes)
+        .chunks_exact(2)
+        .map(|c| {
+            let kind = RuleKind::from_code(c[0] as u8)
+                .filter(|_| c[0].fract() == 0.0)
+                .ok_or_else(|| invalid(format!("auto.rules: unknown rule {}", c[0])))?;
+            Ok(Rule {
+                kind,
+                learning_rate: c[1],
+                l1: 0.0,
+                l2: 0.0,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    let k = rules.len();
+    if k == 0 {
+        return Err(invalid("auto.rules: no candidates".into()));
+    }
+    let losses = read_f64(tensor("auto.losses", Dtype::F64, &[k])?);
+    let applied = read_f32(tensor("auto.applied", Dtype::F32, &[k])?);
+    let counters: Vec<u64> = tensor("auto.counters", Dtype::I64, &[2])?
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")).max(0) as u64)
+        .collect();
+    let mixture = Mixture::from_parts(losses, applied, counters[0], counters[1])
+        .ok_or_else(|| invalid("auto: mixture losses or weights invalid".into()))?;
+    let active_list: Vec<u32> = tensor("auto.active", Dtype::U32, &[len("auto.active")])?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let active = ActiveRows::from_list(rows, &active_list)
+        .ok_or_else(|| invalid("auto.active: row out of range".into()))?;
+    let mut candidates = Vec::with_capacity(k);
+    for (i, rule) in rules.into_iter().enumerate() {
+        let slots = rule.slots();
+        let n = |t: &str| format!("auto.{i}.{t}");
+        let weights = read_f32(tensor(&n("weights"), Dtype::F32, &[rows, outputs])?);
+        let state = read_f32(tensor(&n("state"), Dtype::F32, &[rows, outputs * slots])?);
+        candidates.push(Candidate {
+            rule,
+            weights: Blocked::from_vec(rows, outputs, weights)
+                .ok_or_else(|| invalid("auto weights shape".into()))?,
+            bias: read_f32(tensor(&n("bias"), Dtype::F32, &[outputs])?),
+            state: Blocked::from_vec(rows, outputs * slots, state)
+                .ok_or_else(|| invalid("auto state shape".into()))?,
+            bias_state: read_f32(tensor(&n("bias_state"), Dtype::F32, &[outputs * slots])?),
+        });
+    }
+    Ok(AutoState {
+        candidates,
+        mixture,
+        active,
+    })
 }
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
