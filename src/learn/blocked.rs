@@ -84,6 +84,29 @@ impl<T: Clone + Default> Blocked<T> {
         &self.blocks[r / BLOCK_ROWS][(r % BLOCK_ROWS, c)]
     }
 
+    /// The row as a slice (blocks are contiguous, row-major).
+    #[inline]
+    pub fn row_slice(&self, r: usize) -> &[T] {
+        let block = &self.blocks[r / BLOCK_ROWS];
+        let start = (r % BLOCK_ROWS) * self.cols;
+        // Blocks are built row-major by `filled` and `from_vec` and never
+        // reshaped, so their memory is one contiguous run.
+        &block.as_slice_memory_order().expect("blocks are contiguous")[start..start + self.cols]
+    }
+
+    /// The row for writing as a slice; copies its block first if a clone
+    /// shares it.
+    #[inline]
+    pub fn row_slice_mut(&mut self, r: usize) -> &mut [T] {
+        let b = r / BLOCK_ROWS;
+        self.touched[b] = true;
+        let start = (r % BLOCK_ROWS) * self.cols;
+        let cols = self.cols;
+        &mut Arc::make_mut(&mut self.blocks[b])
+            .as_slice_memory_order_mut()
+            .expect("blocks are contiguous")[start..start + cols]
+    }
+
     /// The row for writing; copies its block first if a clone shares it.
     #[inline]
     pub fn row_mut(&mut self, r: usize) -> ArrayViewMut1<'_, T> {

@@ -322,6 +322,7 @@ pub struct Learner {
     state: OptimState,
     /// Scratch for the standardised inputs of one example.
     inputs: Vec<(usize, f32)>,
+
     scores: Vec<f32>,
 }
 
@@ -353,14 +354,17 @@ impl Learner {
             params.mixture = None;
         } else {
             let rules = optimizer.candidates();
-            let same = |r: &Rule, s: &Rule| r.kind == s.kind && r.learning_rate == s.learning_rate;
+            let same = |a: &Rule, b: &Rule| a.kind == b.kind && a.learning_rate == b.learning_rate;
             let mut auto = match state.auto.take() {
-                Some(a) if a.rules().iter().zip(&rules).all(|(a, b)| same(a, b)) && a.rules().len() == rules.len() => a,
+                Some(a)
+                    if a.rules().len() == rules.len()
+                        && a.rules().iter().zip(&rules).all(|(a, b)| same(a, b)) =>
+                {
+                    a
+                }
                 _ => AutoState::starting_from(&rules, &params.weights, &params.bias),
             };
-            for (c, r) in auto.candidates.iter_mut().zip(rules) {
-                c.rule = r;
-            }
+            auto.set_regularization(optimizer.l1 as f32, optimizer.l2 as f32);
             params.mixture = Some(auto.weights().into());
             state.auto = Some(auto);
         }
@@ -370,6 +374,7 @@ impl Learner {
             rule,
             state,
             inputs: Vec::new(),
+
             scores: vec![0.0; outputs],
         }
     }
@@ -471,43 +476,21 @@ impl Learner {
         let Some(auto) = self.state.auto.as_mut() else {
             return;
         };
+        self.state.steps += 1;
         let p = &mut self.params;
         let kind = p.space.kind();
-        let z = &mut self.scores;
-        self.state.steps += 1;
-        let step = self.state.steps;
-        let mut losses = [0.0f64; MAX_CANDIDATES];
-        let losses = &mut losses[..auto.candidates.len()];
-        for (c, loss) in auto.candidates.iter_mut().zip(losses.iter_mut()) {
-            c.scores(&self.inputs, z);
-            if gradient(kind, truth, z) {
-                *loss = loss_of(truth, z);
-                c.learn(&self.inputs, z, step);
-            } else {
-                *loss = f64::INFINITY;
-            }
-        }
-        auto.mixture.observe(losses, self.inputs.len());
-        for (r, _) in &self.inputs {
-            auto.active.mark(*r);
-        }
-        if auto.mixture.advance(auto.active.count()) {
-            for r in auto.active.iter() {
-                auto.combine_row(r, p.weights.row_mut(r).as_slice_mut().expect("weight rows are contiguous"));
-            }
+        let moved = auto.learn(
+            &self.inputs,
+            self.state.steps,
+            |z| gradient(kind, truth, z).then(|| loss_of(truth, z)),
+            &mut p.weights,
+            &mut p.bias,
+        );
+        if moved {
             p.mixture = Some(auto.weights().into());
-        } else {
-            for (r, _) in &self.inputs {
-                auto.combine_row(*r, p.weights.row_mut(*r).as_slice_mut().expect("weight rows are contiguous"));
-            }
         }
-        auto.combine_bias(&mut p.bias);
     }
 }
-
-/// Most candidates `auto` can run (a bound for a stack buffer).
-const MAX_CANDIDATES: usize = 8;
-const _: () = assert!(super::optim::AUTO_CANDIDATES.len() <= MAX_CANDIDATES);
 
 /// Turns raw scores `z` into the loss gradient with respect to each
 /// output, in place; false when it is not finite.

@@ -14,9 +14,10 @@
 //! rows x 3: count, mean, M2), `target` (f64, 3), `optim.weights` and
 //! `optim.bias` (f32, when the optimizer keeps state), the `auto`
 //! optimizer's state (format 2: `auto.rules` f32 (K x 2: rule code,
-//! rate), `auto.losses` f64, `auto.applied` f32, `auto.counters` i64,
-//! `auto.active` u32 (the rows learned), and per candidate `auto.<k>.weights`,
-//! `.bias`, `.state`, `.bias_state`), and the metadata
+//! rate), `auto.table` f32 (rows x width: each candidate's weights and
+//! rule state), `auto.bias` f32 (width), `auto.losses` f64 (K),
+//! `auto.applied` f32 (K), `auto.counters` i64 (2), `auto.active` u32
+//! (the rows learned)), and the metadata
 //! entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
@@ -46,7 +47,7 @@ use thiserror::Error;
 use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
-use crate::learn::optim::{ActiveRows, AutoState, Candidate, Mixture, Rule, RuleKind};
+use crate::learn::optim::{ActiveRows, AutoParts, AutoState, Mixture, Rule, RuleKind};
 use crate::learn::{FeatureNames, LabelSpace, Learner, OptimizerConfig, Params, TaskKind};
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
@@ -183,7 +184,7 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
         ));
     }
     if let Some(auto) = &st.auto {
-        auto_tensors(&name, auto, rows, outputs, out);
+        auto_tensors(&name, auto, out);
     }
     if !prefix.is_empty() {
         out.push((
@@ -197,33 +198,40 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
 }
 
 /// The `auto` optimizer's tensors (see the module doc).
-fn auto_tensors(
-    name: &dyn Fn(&str) -> String,
-    auto: &AutoState,
-    rows: usize,
-    outputs: usize,
-    out: &mut Vec<Owned>,
-) {
-    let k = auto.candidates.len();
-    let rules: Vec<f32> = auto
-        .candidates
+fn auto_tensors(name: &dyn Fn(&str) -> String, auto: &AutoState, out: &mut Vec<Owned>) {
+    let parts = auto.to_parts();
+    let k = parts.rules.len();
+    let rules: Vec<f32> = parts
+        .rules
         .iter()
-        .flat_map(|c| [f32::from(c.rule.kind.code()), c.rule.learning_rate])
+        .flat_map(|r| [f32::from(r.kind.code()), r.learning_rate])
         .collect();
     out.push((name("auto.rules"), Dtype::F32, vec![k, 2], f32_bytes(&rules)));
+    out.push((
+        name("auto.table"),
+        Dtype::F32,
+        vec![parts.table.rows(), parts.table.cols()],
+        f32_bytes(&parts.table.to_vec()),
+    ));
+    out.push((
+        name("auto.bias"),
+        Dtype::F32,
+        vec![parts.bias.len()],
+        f32_bytes(&parts.bias),
+    ));
     out.push((
         name("auto.losses"),
         Dtype::F64,
         vec![k],
-        f64_bytes(auto.mixture.losses()),
+        f64_bytes(parts.mixture.losses()),
     ));
     out.push((
         name("auto.applied"),
         Dtype::F32,
         vec![k],
-        f32_bytes(auto.mixture.applied()),
+        f32_bytes(parts.mixture.applied()),
     ));
-    let (examples, touched) = auto.mixture.counters();
+    let (examples, touched) = parts.mixture.counters();
     out.push((
         name("auto.counters"),
         Dtype::I64,
@@ -233,7 +241,7 @@ fn auto_tensors(
             .flat_map(|c| (*c as i64).to_le_bytes())
             .collect(),
     ));
-    let active: Vec<u8> = auto
+    let active: Vec<u8> = parts
         .active
         .iter()
         .flat_map(|r| (r as u32).to_le_bytes())
@@ -241,32 +249,9 @@ fn auto_tensors(
     out.push((
         name("auto.active"),
         Dtype::U32,
-        vec![auto.active.count()],
+        vec![parts.active.count()],
         active,
     ));
-    for (i, c) in auto.candidates.iter().enumerate() {
-        let slots = c.rule.slots();
-        let n = |t: &str| name(&format!("auto.{i}.{t}"));
-        out.push((
-            n("weights"),
-            Dtype::F32,
-            vec![rows, outputs],
-            f32_bytes(&c.weights.to_vec()),
-        ));
-        out.push((n("bias"), Dtype::F32, vec![outputs], f32_bytes(&c.bias)));
-        out.push((
-            n("state"),
-            Dtype::F32,
-            vec![rows, outputs * slots],
-            f32_bytes(&c.state.to_vec()),
-        ));
-        out.push((
-            n("bias_state"),
-            Dtype::F32,
-            vec![outputs * slots],
-            f32_bytes(&c.bias_state),
-        ));
-    }
 }
 
 #[derive(Debug, Error)]
@@ -601,13 +586,13 @@ fn read_learner(
     let auto = match st.tensor(&format!("{prefix}auto.rules")) {
         Err(_) => None,
         Ok(_) => {
-            let len = |name: &str| {
+            let len_at = |name: &str, dim: usize| {
                 st.tensor(&format!("{prefix}{name}"))
                     .ok()
-                    .and_then(|t| t.shape().first().copied())
+                    .and_then(|t| t.shape().get(dim).copied())
                     .unwrap_or(0)
             };
-            Some(read_auto(&tensor, &len, rows, outputs, invalid)?)
+            Some(read_auto(&tensor, &len_at, rows, outputs, invalid)?)
         }
     };
     let state = OptimState {
@@ -623,15 +608,15 @@ fn read_learner(
 
 /// Reads the `auto` tensors of one learner; `tensor` reads one by name
 /// (under the learner's prefix), checking its type and shape, and `len`
-/// says a tensor's first dimension.
+/// says a tensor's dimension (by index).
 fn read_auto<'a>(
     tensor: &dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error>,
-    len: &dyn Fn(&str) -> usize,
+    len_at: &dyn Fn(&str, usize) -> usize,
     rows: usize,
     outputs: usize,
     invalid: &dyn Fn(String) -> Error,
 ) -> Result<AutoState, Error> {
-    let rules_bytes = tensor("auto.rules", Dtype::F32, &[len("auto.rules"), 2])?;
+    let rules_bytes = tensor("auto.rules", Dtype::F32, &[len_at("auto.rules", 0), 2])?;
     let rules: Vec<Rule> = read_f32(rules_bytes)
         .chunks_exact(2)
         .map(|c| {
@@ -658,33 +643,24 @@ fn read_auto<'a>(
         .collect();
     let mixture = Mixture::from_parts(losses, applied, counters[0], counters[1])
         .ok_or_else(|| invalid("auto: mixture losses or weights invalid".into()))?;
-    let active_list: Vec<u32> = tensor("auto.active", Dtype::U32, &[len("auto.active")])?
+    let active_list: Vec<u32> = tensor("auto.active", Dtype::U32, &[len_at("auto.active", 0)])?
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect();
     let active = ActiveRows::from_list(rows, &active_list)
         .ok_or_else(|| invalid("auto.active: row out of range".into()))?;
-    let mut candidates = Vec::with_capacity(k);
-    for (i, rule) in rules.into_iter().enumerate() {
-        let slots = rule.slots();
-        let n = |t: &str| format!("auto.{i}.{t}");
-        let weights = read_f32(tensor(&n("weights"), Dtype::F32, &[rows, outputs])?);
-        let state = read_f32(tensor(&n("state"), Dtype::F32, &[rows, outputs * slots])?);
-        candidates.push(Candidate {
-            rule,
-            weights: Blocked::from_vec(rows, outputs, weights)
-                .ok_or_else(|| invalid("auto weights shape".into()))?,
-            bias: read_f32(tensor(&n("bias"), Dtype::F32, &[outputs])?),
-            state: Blocked::from_vec(rows, outputs * slots, state)
-                .ok_or_else(|| invalid("auto state shape".into()))?,
-            bias_state: read_f32(tensor(&n("bias_state"), Dtype::F32, &[outputs * slots])?),
-        });
-    }
-    Ok(AutoState {
-        candidates,
+    let width = len_at("auto.table", 1);
+    let table = read_f32(tensor("auto.table", Dtype::F32, &[rows, width])?);
+    AutoState::from_parts(AutoParts {
+        rules,
+        table: Blocked::from_vec(rows, width, table)
+            .ok_or_else(|| invalid("auto.table shape".into()))?,
+        bias: read_f32(tensor("auto.bias", Dtype::F32, &[width])?),
         mixture,
         active,
     })
+    .filter(|a| a.candidate_bias(0).len() == outputs)
+    .ok_or_else(|| invalid("auto: tensors do not fit the rules and outputs".into()))
 }
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {

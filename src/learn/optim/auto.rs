@@ -2,28 +2,34 @@
 //! learn the same examples on the same standardised inputs, and the rows
 //! any of them has learned.
 //!
-//! Each candidate owns its weights, intercepts and rule state as
-//! copy-on-write blocks, like the published weights, so a checkpoint of
-//! the learner (the monitor keeps some) stays cheap. The combination of
-//! their weights into the published matrix is `linear::Learner`'s job;
-//! the weights of the combination are `Mixture`'s.
+//! All candidates live in one table, a row per hashed feature holding
+//! each candidate's weights followed by its rule state, so that one step
+//! reads and writes each touched row once (one copy-on-write check, one
+//! cache line or two) however many candidates there are. The table is
+//! copy-on-write blocks like the published weights, so a checkpoint of the
+//! learner (the monitor keeps some) stays cheap. The published matrix is
+//! the mixture of the candidates' weights; `Mixture` decides its weights.
 
 use crate::learn::blocked::Blocked;
 
-use super::{Mixture, MixtureWeight, Rule};
+use super::{Mixture, MixtureWeight, Rule, RuleKind};
 
-/// One candidate learner.
+/// Everything `auto` keeps beside the published weights.
 #[derive(Debug, Clone)]
-pub struct Candidate {
-    pub rule: Rule,
-    /// `rows x outputs`.
-    pub weights: Blocked<f32>,
-    /// One intercept per output.
-    pub bias: Vec<f32>,
-    /// `rows x (outputs * slots)`.
-    pub state: Blocked<f32>,
-    /// `outputs * slots`.
-    pub bias_state: Vec<f32>,
+pub struct AutoState {
+    rules: Vec<Rule>,
+    outputs: usize,
+    /// Where each candidate's columns start in a row of `table`.
+    offsets: Vec<usize>,
+    /// `rows x width`: per row, for each candidate in turn, its `outputs`
+    /// weights then its `outputs * slots` rule state.
+    table: Blocked<f32>,
+    /// The intercepts and their rule state, in a row's layout.
+    bias: Vec<f32>,
+    pub mixture: Mixture,
+    pub active: ActiveRows,
+    /// Scratch: every candidate's scores, then gradients, one example.
+    scores: Vec<f32>,
 }
 
 /// Which rows any candidate has learned: the rows a change of mixture
@@ -35,58 +41,252 @@ pub struct ActiveRows {
     count: usize,
 }
 
-/// Everything `auto` keeps beside the published weights.
+/// The saved form of `AutoState`: what a snapshot stores.
 #[derive(Debug, Clone)]
-pub struct AutoState {
-    pub candidates: Vec<Candidate>,
+pub struct AutoParts {
+    pub rules: Vec<Rule>,
+    pub table: Blocked<f32>,
+    pub bias: Vec<f32>,
     pub mixture: Mixture,
     pub active: ActiveRows,
 }
 
-impl Candidate {
-    /// A candidate that starts from given weights (all of them start from
-    /// the same ones, so the combination equals those weights).
-    pub fn starting_from(rule: Rule, weights: &Blocked<f32>, bias: &[f32]) -> Self {
+impl AutoState {
+    /// Candidates for `rules`, all starting from `weights` and `bias`
+    /// (zeros for a new model; a saved model's when a snapshot of another
+    /// optimizer is adopted), so the combination equals those weights,
+    /// with equal mixture weights.
+    pub fn starting_from(rules: &[Rule], weights: &Blocked<f32>, bias: &[f32]) -> Self {
         let outputs = bias.len();
-        let slots = rule.slots();
-        Self {
-            rule,
-            weights: weights.clone(),
-            bias: bias.to_vec(),
-            state: Blocked::new(weights.rows(), outputs * slots),
-            bias_state: vec![0.0; outputs * slots],
+        let (offsets, width) = layout(rules, outputs);
+        let mut table = Blocked::new(weights.rows(), width);
+        let active = ActiveRows::nonzero(weights);
+        for r in active.iter() {
+            let row = table.row_slice_mut(r);
+            for off in &offsets {
+                row[*off..*off + outputs].copy_from_slice(weights.row_slice(r));
+            }
+        }
+        table.take_touched();
+        let mut b = vec![0.0; width];
+        for off in &offsets {
+            b[*off..*off + outputs].copy_from_slice(bias);
+        }
+        Self::from_parts(AutoParts {
+            rules: rules.to_vec(),
+            table,
+            bias: b,
+            mixture: Mixture::new(rules.len()),
+            active,
+        })
+        .expect("the layout was built for these rules")
+    }
+
+    /// Rebuilds saved state; `None` if the parts do not fit together.
+    pub fn from_parts(parts: AutoParts) -> Option<Self> {
+        let k = parts.rules.len();
+        let width: usize = parts.rules.iter().map(|r| 1 + r.slots()).sum();
+        if k == 0 || width == 0 || parts.mixture.applied().len() != k {
+            return None;
+        }
+        let outputs = parts.table.cols() / width;
+        let (offsets, width) = layout(&parts.rules, outputs);
+        if outputs == 0 || parts.table.cols() != width || parts.bias.len() != width {
+            return None;
+        }
+        Some(Self {
+            rules: parts.rules,
+            outputs,
+            offsets,
+            table: parts.table,
+            bias: parts.bias,
+            mixture: parts.mixture,
+            active: parts.active,
+            scores: vec![0.0; k * outputs],
+        })
+    }
+
+    pub fn to_parts(&self) -> AutoParts {
+        AutoParts {
+            rules: self.rules.clone(),
+            table: self.table.clone(),
+            bias: self.bias.clone(),
+            mixture: self.mixture.clone(),
+            active: self.active.clone(),
         }
     }
 
-    /// Adds this candidate's raw scores for standardised `inputs` to
-    /// `out`, which holds its intercepts.
-    #[inline]
-    pub fn scores(&self, inputs: &[(usize, f32)], out: &mut [f32]) {
-        out.copy_from_slice(&self.bias);
-        for (r, v) in inputs {
-            for (o, wk) in out.iter_mut().zip(self.weights.row(*r).iter()) {
-                *o += wk * v;
-            }
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Takes this table's L1 and L2 (the rules and rates stay).
+    pub fn set_regularization(&mut self, l1: f32, l2: f32) {
+        for r in &mut self.rules {
+            r.l1 = l1;
+            r.l2 = l2;
         }
     }
 
-    /// One step along the loss gradient `g` (one value per output).
-    #[inline]
-    pub fn learn(&mut self, inputs: &[(usize, f32)], g: &[f32], step: u64) {
-        let slots = self.rule.slots();
+    /// Each candidate's rule with its weight in the combination.
+    pub fn weights(&self) -> Vec<MixtureWeight> {
+        self.rules
+            .iter()
+            .zip(self.mixture.applied())
+            .map(|(rule, w)| MixtureWeight {
+                rule: *rule,
+                weight: *w,
+            })
+            .collect()
+    }
+
+    /// Candidate `k`'s weights of row `r`.
+    pub fn candidate_row(&self, k: usize, r: usize) -> &[f32] {
+        &self.table.row_slice(r)[self.offsets[k]..self.offsets[k] + self.outputs]
+    }
+
+    /// Candidate `k`'s intercepts.
+    pub fn candidate_bias(&self, k: usize) -> &[f32] {
+        &self.bias[self.offsets[k]..self.offsets[k] + self.outputs]
+    }
+
+    /// One example for every candidate. `gradient` turns one candidate's
+    /// raw scores into its loss gradient in place and returns its loss
+    /// (`None` when not finite: that candidate then learns nothing from
+    /// the example and counts the largest loss). `weights` and `bias` are
+    /// the published combination: the rows the example touched are
+    /// combined again, or every active row when the mixture weights move
+    /// (then it returns true).
+    pub fn learn(
+        &mut self,
+        inputs: &[(usize, f32)],
+        step: u64,
+        gradient: impl Fn(&mut [f32]) -> Option<f64>,
+        weights: &mut Blocked<f32>,
+        bias: &mut [f32],
+    ) -> bool {
+        let o = self.outputs;
+        let k = self.rules.len();
+        for (z, off) in self.scores.chunks_exact_mut(o).zip(&self.offsets) {
+            z.copy_from_slice(&self.bias[*off..*off + o]);
+        }
         for (r, v) in inputs {
-            let mut w = self.weights.row_mut(*r);
-            let mut s = self.state.row_mut(*r);
-            let s = s.as_slice_mut().expect("state rows are contiguous");
-            for (k, gk) in g.iter().enumerate() {
-                self.rule
-                    .update(&mut w[k], &mut s[k * slots..(k + 1) * slots], gk * v, step, true);
+            let row = self.table.row_slice(*r);
+            for (z, off) in self.scores.chunks_exact_mut(o).zip(&self.offsets) {
+                for (zj, w) in z.iter_mut().zip(&row[*off..*off + o]) {
+                    *zj += w * v;
+                }
             }
         }
-        for (k, gk) in g.iter().enumerate() {
-            let s = &mut self.bias_state[k * slots..(k + 1) * slots];
-            self.rule.update(&mut self.bias[k], s, *gk, step, false);
+        let mut losses = [0.0f64; MAX_CANDIDATES];
+        let losses = &mut losses[..k];
+        for (z, loss) in self.scores.chunks_exact_mut(o).zip(losses.iter_mut()) {
+            match gradient(z) {
+                Some(l) => *loss = l,
+                None => {
+                    *loss = f64::INFINITY;
+                    z.fill(0.0);
+                }
+            }
         }
+        let shares = self.mixture.applied();
+        for (r, v) in inputs {
+            let row = self.table.row_slice_mut(*r);
+            let out = weights.row_slice_mut(*r);
+            out.fill(0.0);
+            for (((rule, off), g), share) in self
+                .rules
+                .iter()
+                .zip(&self.offsets)
+                .zip(self.scores.chunks_exact(o))
+                .zip(shares)
+            {
+                let slots = rule.slots();
+                let (w, s) = row[*off..*off + o * (1 + slots)].split_at_mut(o);
+                for (j, gj) in g.iter().enumerate() {
+                    step_candidate(rule, &mut w[j], &mut s[j * slots..(j + 1) * slots], gj * v, step, true);
+                    out[j] += share * w[j];
+                }
+            }
+            self.active.mark(*r);
+        }
+        bias.fill(0.0);
+        for (((rule, off), g), share) in self
+            .rules
+            .iter()
+            .zip(&self.offsets)
+            .zip(self.scores.chunks_exact(o))
+            .zip(shares)
+        {
+            let slots = rule.slots();
+            let (w, s) = self.bias[*off..*off + o * (1 + slots)].split_at_mut(o);
+            for (j, gj) in g.iter().enumerate() {
+                step_candidate(rule, &mut w[j], &mut s[j * slots..(j + 1) * slots], *gj, step, false);
+                bias[j] += share * w[j];
+            }
+        }
+        self.mixture.observe(losses, inputs.len());
+        let moved = self.mixture.advance(self.active.count());
+        if moved {
+            self.combine_all(weights, bias);
+        }
+        moved
+    }
+
+    /// Rewrites every active row and the intercepts of the published
+    /// combination with the applied mixture weights.
+    pub fn combine_all(&self, weights: &mut Blocked<f32>, bias: &mut [f32]) {
+        let o = self.outputs;
+        let shares = self.mixture.applied();
+        for r in self.active.iter() {
+            let row = self.table.row_slice(r);
+            let out = weights.row_slice_mut(r);
+            out.fill(0.0);
+            for (off, share) in self.offsets.iter().zip(shares) {
+                for (x, w) in out.iter_mut().zip(&row[*off..*off + o]) {
+                    *x += share * w;
+                }
+            }
+        }
+        bias.fill(0.0);
+        for (off, share) in self.offsets.iter().zip(shares) {
+            for (x, w) in bias.iter_mut().zip(&self.bias[*off..*off + o]) {
+                *x += share * w;
+            }
+        }
+    }
+}
+
+/// Most candidates `auto` runs (a bound for a stack buffer).
+pub const MAX_CANDIDATES: usize = 8;
+
+/// Column offsets of each candidate and the row width.
+fn layout(rules: &[Rule], outputs: usize) -> (Vec<usize>, usize) {
+    let mut offsets = Vec::with_capacity(rules.len());
+    let mut width = 0;
+    for r in rules {
+        offsets.push(width);
+        width += outputs * (1 + r.slots());
+    }
+    (offsets, width)
+}
+
+/// A candidate's update, with the rules `auto` runs compiled inline (their
+/// kind a constant in each arm) and any other through the general path.
+#[inline(always)]
+fn step_candidate(rule: &Rule, w: &mut f32, s: &mut [f32], g: f32, step: u64, regularize: bool) {
+    match rule.kind {
+        RuleKind::Rms => Rule {
+            kind: RuleKind::Rms,
+            ..*rule
+        }
+        .update_inline(w, s, g, step, regularize),
+        RuleKind::Adagrad => Rule {
+            kind: RuleKind::Adagrad,
+            ..*rule
+        }
+        .update_inline(w, s, g, step, regularize),
+        _ => rule.update(w, s, g, step, regularize),
     }
 }
 
@@ -102,14 +302,14 @@ impl ActiveRows {
     pub fn nonzero(weights: &Blocked<f32>) -> Self {
         let mut out = Self::new(weights.rows());
         for r in 0..weights.rows() {
-            if weights.row(r).iter().any(|w| *w != 0.0) {
+            if weights.row_slice(r).iter().any(|w| *w != 0.0) {
                 out.mark(r);
             }
         }
         out
     }
 
-    /// Rebuilds from a sorted list of rows; `None` if one is out of range.
+    /// Rebuilds from a list of rows; `None` if one is out of range.
     pub fn from_list(rows: usize, list: &[u32]) -> Option<Self> {
         let mut out = Self::new(rows);
         for r in list {
@@ -147,59 +347,6 @@ impl ActiveRows {
                 })
             })
         })
-    }
-}
-
-impl AutoState {
-    /// Candidates for `rules`, all starting from `weights` and `bias`
-    /// (zeros for a new model; a saved model's when a snapshot of another
-    /// optimizer is adopted), with equal mixture weights.
-    pub fn starting_from(rules: &[Rule], weights: &Blocked<f32>, bias: &[f32]) -> Self {
-        Self {
-            candidates: rules
-                .iter()
-                .map(|r| Candidate::starting_from(*r, weights, bias))
-                .collect(),
-            mixture: Mixture::new(rules.len()),
-            active: ActiveRows::nonzero(weights),
-        }
-    }
-
-    pub fn rules(&self) -> Vec<Rule> {
-        self.candidates.iter().map(|c| c.rule).collect()
-    }
-
-    /// Each candidate's rule with its weight in the combination.
-    pub fn weights(&self) -> Vec<MixtureWeight> {
-        self.candidates
-            .iter()
-            .zip(self.mixture.applied())
-            .map(|(c, w)| MixtureWeight {
-                rule: c.rule,
-                weight: *w,
-            })
-            .collect()
-    }
-
-    /// The combined value of row `r` into `out` (one per output).
-    #[inline]
-    pub fn combine_row(&self, r: usize, out: &mut [f32]) {
-        out.fill(0.0);
-        for (c, pi) in self.candidates.iter().zip(self.mixture.applied()) {
-            for (o, w) in out.iter_mut().zip(c.weights.row(r).iter()) {
-                *o += pi * w;
-            }
-        }
-    }
-
-    /// The combined intercepts into `out`.
-    pub fn combine_bias(&self, out: &mut [f32]) {
-        out.fill(0.0);
-        for (c, pi) in self.candidates.iter().zip(self.mixture.applied()) {
-            for (o, b) in out.iter_mut().zip(&c.bias) {
-                *o += pi * b;
-            }
-        }
     }
 }
 

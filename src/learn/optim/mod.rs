@@ -14,7 +14,7 @@ mod rule;
 
 use serde::{Deserialize, Serialize};
 
-pub use auto::{ActiveRows, AutoState, Candidate};
+pub use auto::{ActiveRows, AutoParts, AutoState, MAX_CANDIDATES};
 pub use mixture::{Mixture, MixtureWeight};
 pub use rule::{Rule, RuleKind};
 
@@ -79,6 +79,8 @@ pub const AUTO_CANDIDATES: [(RuleKind, f32); 4] = [
     (RuleKind::Adagrad, 0.3),
 ];
 
+const _: () = assert!(AUTO_CANDIDATES.len() <= MAX_CANDIDATES);
+
 impl OptimizerConfig {
     /// The single rule of an explicit kind; `None` for `auto`.
     pub fn rule(&self) -> Option<Rule> {
@@ -94,6 +96,9 @@ impl OptimizerConfig {
 
     /// `auto`'s candidate rules (with this table's L1 and L2).
     pub fn candidates(&self) -> Vec<Rule> {
+        if let Ok(v) = std::env::var("TUNE_SET") { // TUNE
+            return v.split(',').map(|p| { let (k, r) = p.split_once(':').unwrap(); self.with(if k == "rms" { RuleKind::Rms } else { RuleKind::Adagrad }, r.parse().unwrap()) }).collect();
+        }
         AUTO_CANDIDATES
             .iter()
             .map(|&(kind, rate)| self.with(kind, rate))

@@ -94,6 +94,20 @@ impl Rule {
     /// correction; `regularize` is false for intercepts.
     #[inline]
     pub fn update(&self, w: &mut f32, state: &mut [f32], g: f32, step: u64, regularize: bool) {
+        self.update_inline(w, state, g, step, regularize)
+    }
+
+    /// `update`, always inlined: a caller that makes the kind a constant
+    /// gets the one rule's code without the others (`auto`'s candidates).
+    #[inline(always)]
+    pub(super) fn update_inline(
+        &self,
+        w: &mut f32,
+        state: &mut [f32],
+        g: f32,
+        step: u64,
+        regularize: bool,
+    ) {
         let lr = self.learning_rate;
         let (l1, l2) = if regularize {
             (self.l1, self.l2)
