@@ -103,8 +103,11 @@ impl Mixture {
     /// The weights the losses call for now.
     pub fn target(&self) -> Vec<f32> {
         let best = self.losses.iter().copied().fold(f64::INFINITY, f64::min);
-        let eta: f64 = std::env::var("TUNE_ETA").ok().and_then(|v| v.parse().ok()).unwrap_or(ETA); // TUNE
-        let raw: Vec<f64> = self.losses.iter().map(|l| (-eta * (l - best)).exp()).collect();
+        let raw: Vec<f64> = self
+            .losses
+            .iter()
+            .map(|l| (-ETA * (l - best)).exp())
+            .collect();
         let sum: f64 = raw.iter().sum();
         raw.iter().map(|r| (r / sum) as f32).collect()
     }
@@ -133,9 +136,8 @@ impl Mixture {
 
 /// Per-example factor on the loss sums.
 fn discount() -> f64 {
-    static D: std::sync::OnceLock<f64> = std::sync::OnceLock::new(); // TUNE
-    *D.get_or_init(|| { let h: f64 = std::env::var("TUNE_H").ok().and_then(|v| v.parse().ok()).unwrap_or(HALF_LIFE);
-    0.5f64.powf(1.0 / h) })
+    static DISCOUNT: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *DISCOUNT.get_or_init(|| 0.5f64.powf(1.0 / HALF_LIFE))
 }
 
 #[cfg(test)]
