@@ -696,6 +696,162 @@ mod tests {
         assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
     }
 
+    fn auto_learner(kind: TaskKind, classes: &[&str], bits: u8) -> Learner {
+        let space = LabelSpace::new(kind, classes.iter().map(|s| s.to_string()).collect()).unwrap();
+        let optimizer = OptimizerConfig {
+            kind: OptimizerKind::Auto,
+            ..OptimizerConfig::default()
+        };
+        Learner::new(Params::new(Arc::new(space), bits), optimizer)
+    }
+
+    fn mixture(l: &Learner) -> Vec<(f32, f32)> {
+        l.params()
+            .mixture
+            .as_deref()
+            .expect("auto reports its mixture")
+            .iter()
+            .map(|w| (w.rule.learning_rate, w.weight))
+            .collect()
+    }
+
+    /// A deterministic pseudo-random number in [0, 1) for example `i`.
+    fn noise(i: u64) -> f64 {
+        (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn auto_weighs_the_candidate_that_fits_the_stream() {
+        // A concept that flips every 300 examples: only a high constant
+        // rate keeps up, and the mixture must find it.
+        let mut drifting = auto_learner(TaskKind::Binary, &[], 12);
+        for i in 0..6000u64 {
+            let v = noise(i) * 2.0 - 1.0;
+            let y = usize::from((v > 0.0) == ((i / 300) % 2 == 0));
+            drifting.learn_one(&x(&format!(r#"{{"v": {v}}}"#)), Target::Class(y));
+        }
+        let w = mixture(&drifting);
+        let best = w.iter().copied().fold((0.0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        assert_eq!(best.0, 0.1, "the fast RMS candidate leads on drift: {w:?}");
+        assert!(best.1 > 0.5, "{w:?}");
+        // A stationary concept under 20% label noise: the fast rate
+        // chases the noise and loses its weight.
+        let mut noisy = auto_learner(TaskKind::Binary, &[], 12);
+        for i in 0..20_000u64 {
+            let v = noise(i) * 2.0 - 1.0;
+            let flip = noise(i + 1_000_000) < 0.2;
+            let y = usize::from((v > 0.0) != flip);
+            noisy.learn_one(&x(&format!(r#"{{"v": {v}, "w": {}}}"#, noise(i + 7))), Target::Class(y));
+        }
+        let w = mixture(&noisy);
+        let fast = w.iter().find(|(rate, _)| *rate == 0.1).unwrap().1;
+        assert!(fast < 0.2, "the fast candidate gives way on a noisy stationary stream: {w:?}");
+        assert!((w.iter().map(|c| c.1).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn auto_publishes_exactly_the_mixture_of_its_candidates() {
+        let classes = ["a", "b", "c"];
+        let mut l = auto_learner(TaskKind::Multiclass, &classes, 12);
+        let example = |i: u64| {
+            x(&format!(
+                r#"{{"p": {}, "q": {}, "k": "{}"}}"#,
+                noise(i) * 10.0,
+                noise(i + 99) * 1000.0,
+                i % 5
+            ))
+        };
+        let label = |i: u64| Target::Class(((i / 500 + i % 3) % 3) as usize);
+        let check = |l: &Learner| {
+            let auto = l.state().auto.as_ref().unwrap();
+            let shares = auto.mixture.applied();
+            let p = l.params();
+            let moved = shares.iter().any(|s| (s - 1.0 / 3.0).abs() > 1e-3);
+            for r in 0..p.weights.rows() {
+                for o in 0..3 {
+                    let mut want = 0.0f32;
+                    for (k, share) in shares.iter().enumerate() {
+                        want += share * auto.candidate_row(k, r)[o];
+                    }
+                    assert_eq!(p.weights.row_slice(r)[o], want, "row {r} output {o}");
+                }
+            }
+            for o in 0..3 {
+                let mut want = 0.0f32;
+                for (k, share) in shares.iter().enumerate() {
+                    want += share * auto.candidate_bias(k)[o];
+                }
+                assert_eq!(p.bias[o], want);
+            }
+            // Predict's one dot product is the mixture of the candidates'
+            // logits.
+            for i in 0..20 {
+                let e = example(10_000 + i);
+                let mut logits = vec![0.0f32; 3];
+                p.scores(&e, &mut logits);
+                let inputs: Vec<(usize, f32)> = e
+                    .features
+                    .iter()
+                    .map(|f| (f.index as usize, p.input(f.index, f.value, f.numeric)))
+                    .collect();
+                for o in 0..3 {
+                    let mut mixed = 0.0f32;
+                    for (k, share) in shares.iter().enumerate() {
+                        let mut z = auto.candidate_bias(k)[o];
+                        for (r, v) in &inputs {
+                            z += auto.candidate_row(k, *r)[o] * v;
+                        }
+                        mixed += share * z;
+                    }
+                    assert!((logits[o] - mixed).abs() < 1e-4, "{} vs {mixed}", logits[o]);
+                }
+            }
+            moved
+        };
+        let mut ever_moved = false;
+        for i in 0..3000 {
+            l.learn_one(&example(i), label(i));
+            if i % 500 == 499 {
+                ever_moved |= check(&l);
+            }
+        }
+        assert!(ever_moved, "the mixture weights moved at some point");
+    }
+
+    #[test]
+    fn auto_candidates_start_from_adopted_weights() {
+        let mut adagrad = learner(TaskKind::Binary, &[]);
+        adagrad = Learner::new(
+            adagrad.params.clone(),
+            OptimizerConfig {
+                kind: OptimizerKind::Adagrad,
+                ..OptimizerConfig::default()
+            },
+        );
+        for i in 0..300u64 {
+            let v = noise(i);
+            adagrad.learn_one(&x(&format!(r#"{{"v": {v}}}"#)), Target::Class(usize::from(v > 0.5)));
+        }
+        let probe = x(r#"{"v": 0.9}"#);
+        let auto = Learner::with_state(
+            adagrad.params().clone(),
+            OptimizerConfig::default(),
+            adagrad.state().clone(),
+        );
+        assert_eq!(auto.params().predict(&probe), adagrad.params().predict(&probe));
+        assert_eq!(auto.state().auto.as_ref().unwrap().active.count(), 1);
+        // And back: an explicit kind drops the candidates.
+        let back = Learner::with_state(
+            auto.params().clone(),
+            OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                ..OptimizerConfig::default()
+            },
+            auto.state().clone(),
+        );
+        assert!(back.state().auto.is_none() && back.params().mixture.is_none());
+    }
+
     #[test]
     fn published_copy_does_not_move_while_learning() {
         let mut l = learner(TaskKind::Binary, &[]);

@@ -1028,11 +1028,15 @@ mod tests {
             ),
             (OptimizerKind::Adam, TaskKind::Regression, &[][..]),
             (OptimizerKind::Ftrl, TaskKind::Binary, &["no", "yes"][..]),
+            (OptimizerKind::Auto, TaskKind::Binary, &[][..]),
+            (OptimizerKind::Auto, TaskKind::Multiclass, &["x", "y", "z"][..]),
+            (OptimizerKind::Auto, TaskKind::Regression, &[][..]),
         ] {
             let s = trained(kind, task, classes);
             let bytes = s.encode().unwrap();
             let back = Snapshot::decode(&bytes, Path::new("x")).unwrap();
             assert_eq!(back.meta, s.meta);
+            assert_eq!(back.encode().unwrap(), bytes, "{kind:?}: bit-identical");
             assert_eq!(back.meta.feature_names.len(), 4, "a, c=k0, c=k1, c=k2");
             let probe = features(r#"{"a": 5, "c": "k1"}"#);
             assert_eq!(
@@ -1046,13 +1050,21 @@ mod tests {
             } else {
                 Target::Class(1)
             };
-            a.learn_one(&probe, y);
-            b.learn_one(&probe, y);
+            for _ in 0..100 {
+                a.learn_one(&probe, y);
+                b.learn_one(&probe, y);
+            }
             assert_eq!(
                 a.params().predict(&probe),
                 b.params().predict(&probe),
                 "{kind:?}"
             );
+            assert_eq!(
+                a.params().weights.to_vec(),
+                b.params().weights.to_vec(),
+                "{kind:?}"
+            );
+            assert_eq!(a.params().mixture, b.params().mixture, "{kind:?}");
         }
     }
 
@@ -1214,15 +1226,119 @@ mod tests {
         }
     }
 
-    /// Regenerates the committed fixture, only when asked: the file is
-    /// evidence of what an earlier build wrote, so it must not follow the
-    /// current encoder.
+    /// The committed format 2 snapshot: an `auto` model.
+    const FIXTURE_V2: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/snapshot-v2.eddy"
+    );
+
+    /// The format 2 fixture's model: 400 deterministic examples whose
+    /// concept flips halfway, binary, `auto`, hash_bits 6 (enough for the
+    /// mixture weights to move away from equal).
+    fn fixture_v2() -> Snapshot {
+        let mut s = fixture_v1();
+        let space = s.learner.params().space.clone();
+        let optimizer = OptimizerConfig::default();
+        let mut learner = Learner::new(Params::new(space, 6), optimizer);
+        for i in 0..400u32 {
+            let x = (i * 7) % 11;
+            let json = format!(r#"{{"x": {x}, "colour": "c{}"}}"#, i % 4);
+            let y = usize::from((x > 5) == (i < 200));
+            learner.learn_one(&fixture_features(&json), Target::Class(y));
+        }
+        s.meta.optimizer = optimizer;
+        s.meta.optimizer_steps = learner.state().steps;
+        s.meta.examples_trained = 400;
+        s.meta.feedback_position = 400;
+        s.learner = learner;
+        s
+    }
+
+    /// Regenerates the committed fixture of the format this build writes,
+    /// only when asked: the file is evidence of what an earlier build
+    /// wrote, so it must not follow the current encoder. (Format 1's file
+    /// is no longer written: this build writes format 2.)
     #[test]
     fn write_fixtures_when_asked() {
         if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
-            let bytes = fixture_v1().encode().unwrap();
-            super::super::write_atomic(Path::new(FIXTURE_V1), &bytes).unwrap();
+            let bytes = fixture_v2().encode().unwrap();
+            super::super::write_atomic(Path::new(FIXTURE_V2), &bytes).unwrap();
         }
+    }
+
+    /// What the format 2 fixture predicts for the probe, and its mixture
+    /// weights, recorded when it was made.
+    const PROBE_V2_P1: f32 = 0.054526318;
+    const MIXTURE_V2: [f32; 3] = [0.0054383287, 0.9892033, 0.005358384];
+
+    #[test]
+    fn the_committed_format_2_fixture_still_loads() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V2)).unwrap();
+        let m = &s.meta;
+        assert_eq!(
+            (m.format_version, m.examples_trained, m.hash_bits),
+            (2, 400, 6)
+        );
+        assert_eq!(m.optimizer.kind, OptimizerKind::Auto);
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let crate::learn::Output::Probabilities(p) = s.learner.params().predict(&probe) else {
+            panic!("binary")
+        };
+        let weights: Vec<f32> = s
+            .learner
+            .params()
+            .mixture
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|w| w.weight)
+            .collect();
+        assert_eq!(p[1], PROBE_V2_P1);
+        assert_eq!(weights, MIXTURE_V2);
+        // The candidates came back too: learning on gives what the model
+        // that was saved gives.
+        let mut saved = fixture_v2().learner;
+        let mut loaded = s.learner.clone();
+        for i in 0..100 {
+            let x = fixture_features(&format!(r#"{{"x": {}, "colour": "c2"}}"#, i % 11));
+            saved.learn_one(&x, Target::Class(i % 2));
+            loaded.learn_one(&x, Target::Class(i % 2));
+        }
+        assert_eq!(saved.params().weights.to_vec(), loaded.params().weights.to_vec());
+    }
+
+    /// An explicit kind learns exactly as before `auto` existed: the
+    /// format 1 fixture's model, trained again by this build, has the
+    /// committed file's weights to the bit.
+    #[test]
+    fn explicit_adagrad_learns_as_the_format_1_build_did() {
+        let committed = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        let again = fixture_v1();
+        assert_eq!(
+            again.learner.params().weights.to_vec(),
+            committed.learner.params().weights.to_vec()
+        );
+        assert_eq!(again.learner.params().bias, committed.learner.params().bias);
+        assert_eq!(
+            again.learner.state().weights.to_vec(),
+            committed.learner.state().weights.to_vec()
+        );
+    }
+
+    /// A snapshot written before `auto` (AdaGrad) adopted by an `auto`
+    /// model predicts as it did, then learns with the candidates.
+    #[test]
+    fn a_format_1_snapshot_adopted_by_auto_predicts_as_before() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let before = s.learner.params().predict(&probe);
+        let mut adopted = s.adopt(OptimizerConfig::default());
+        assert_eq!(adopted.params().predict(&probe), before);
+        assert_eq!(adopted.params().mixture.as_deref().map(<[_]>::len), Some(3));
+        for i in 0..50 {
+            adopted.learn_one(&probe, Target::Class(i % 2));
+        }
+        assert_ne!(adopted.params().predict(&probe), before);
     }
 
     #[test]
