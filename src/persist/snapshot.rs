@@ -1295,16 +1295,20 @@ mod tests {
             .collect();
         assert_eq!(p[1], PROBE_V2_P1);
         assert_eq!(weights, MIXTURE_V2);
-        // The candidates came back too: learning on gives what the model
-        // that was saved gives.
-        let mut saved = fixture_v2().learner;
+        // The candidates came back too: learning on from the loaded state
+        // keeps the published weights the mixture of the candidates.
         let mut loaded = s.learner.clone();
         for i in 0..100 {
             let x = fixture_features(&format!(r#"{{"x": {}, "colour": "c2"}}"#, i % 11));
-            saved.learn_one(&x, Target::Class(i % 2));
             loaded.learn_one(&x, Target::Class(i % 2));
         }
-        assert_eq!(saved.params().weights.to_vec(), loaded.params().weights.to_vec());
+        let auto = loaded.state().auto.as_ref().unwrap();
+        let shares = auto.mixture.applied();
+        for r in auto.active.iter() {
+            let want: f32 = (0..3).map(|k| shares[k] * auto.candidate_row(k, r)[0]).sum();
+            assert_eq!(loaded.params().weights.row_slice(r)[0], want);
+        }
+        assert_ne!(loaded.params().predict(&probe), s.learner.params().predict(&probe));
     }
 
     /// An explicit kind learns exactly as before `auto` existed: the

@@ -19,8 +19,11 @@
 
 /// How many examples back a loss counts half.
 pub const HALF_LIFE: f64 = 2000.0;
-/// Inverse temperature of the exponential weights, per unit of log loss.
-pub const ETA: f64 = 0.05;
+/// Inverse temperature of the exponential weights, per unit of log loss:
+/// 1, Vovk's aggregating rate for log loss (the Bayesian mixture); in
+/// trials 0.05 to 1 gave the same accuracy within 0.3 point everywhere
+/// but SEA, where 1 was best.
+pub const ETA: f64 = 1.0;
 /// Fewest examples between two changes of the applied weights.
 pub const MIN_INTERVAL: u64 = 64;
 /// A change of every weight below this leaves the combination alone.
@@ -147,11 +150,11 @@ mod tests {
     #[test]
     fn weight_goes_to_the_candidate_with_less_loss() {
         let mut m = Mixture::new(3);
-        for _ in 0..5000 {
-            m.observe(&[0.7, 0.5, 0.6], 1);
+        for _ in 0..MIN_INTERVAL {
+            m.observe(&[0.57, 0.5, 0.53], 1);
         }
         let t = m.target();
-        assert!(t[1] > t[2] && t[2] > t[0], "{t:?}");
+        assert!(t[1] > t[2] && t[2] > t[0] && t[0] > 0.0, "{t:?}");
         assert!((t.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(m.advance(0));
         assert_eq!(m.applied(), &t[..]);
