@@ -125,16 +125,19 @@ fn benches(c: &mut Criterion) {
         })
     });
     for (name, l) in [("adagrad", &mut learner), ("auto", &mut auto)] {
-        c.bench_function(&format!("{name}_publish_as_trainer_then_minibatch_32"), |b| {
-            b.iter(|| {
-                let published = (l.params().clone(), l.clone());
-                l.params_mut().weights.take_touched();
-                for (i, x) in batch.iter().enumerate() {
-                    l.learn_one(x, Target::Class(i % 2));
-                }
-                black_box(published)
-            })
-        });
+        c.bench_function(
+            &format!("{name}_publish_as_trainer_then_minibatch_32"),
+            |b| {
+                b.iter(|| {
+                    let published = (l.params().clone(), l.clone());
+                    l.params_mut().weights.take_touched();
+                    for (i, x) in batch.iter().enumerate() {
+                        l.learn_one(x, Target::Class(i % 2));
+                    }
+                    black_box(published)
+                })
+            },
+        );
     }
 }
 

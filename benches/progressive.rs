@@ -51,12 +51,36 @@ const MULTICLASS_IMAGE: &str = "task = \"multiclass\"\nclasses = [\"path\", \"fo
 const MULTICLASS_SPARSE: &str = "task = \"multiclass\"\nclasses = [\"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\"]";
 
 const STREAMS: &[Stream] = &[
-    Stream { name: "elec2", model: "task = \"binary\"", regression: false },
-    Stream { name: "phishing", model: "task = \"binary\"", regression: false },
-    Stream { name: "image_segments", model: MULTICLASS_IMAGE, regression: false },
-    Stream { name: "trump_approval", model: "task = \"regression\"", regression: true },
-    Stream { name: "sea", model: "task = \"binary\"", regression: false },
-    Stream { name: "sparse_multiclass", model: MULTICLASS_SPARSE, regression: false },
+    Stream {
+        name: "elec2",
+        model: "task = \"binary\"",
+        regression: false,
+    },
+    Stream {
+        name: "phishing",
+        model: "task = \"binary\"",
+        regression: false,
+    },
+    Stream {
+        name: "image_segments",
+        model: MULTICLASS_IMAGE,
+        regression: false,
+    },
+    Stream {
+        name: "trump_approval",
+        model: "task = \"regression\"",
+        regression: true,
+    },
+    Stream {
+        name: "sea",
+        model: "task = \"binary\"",
+        regression: false,
+    },
+    Stream {
+        name: "sparse_multiclass",
+        model: MULTICLASS_SPARSE,
+        regression: false,
+    },
 ];
 
 /// The reference grid of issue 13: AdaGrad at these rates.
@@ -182,7 +206,10 @@ fn quality_table(data: &[(ModelConfig, Vec<Example>)], peers: &Option<Value>) {
     for rate in GRID {
         print!("{:>9}", format!("ada {rate}"));
     }
-    println!("{:>9}{:>12}{:>9}{:>12}", "best", "gap best", "River", "gap River");
+    println!(
+        "{:>9}{:>12}{:>9}{:>12}",
+        "best", "gap best", "River", "gap River"
+    );
     for (s, (m, examples)) in STREAMS.iter().zip(data) {
         for minibatch in [1, 32] {
             let ours = in_process(s, m, examples, auto(), minibatch);
@@ -274,7 +301,11 @@ fn publish_cost(m: &ModelConfig, examples: &[Example]) -> ([f64; 2], u64, usize)
     let mut total_blocks = 0;
     for (i, optimizer) in [adagrad(0.8), auto()].into_iter().enumerate() {
         let mut l = learner(m, optimizer);
-        total_blocks = l.params().weights.rows().div_ceil(eddy::learn::blocked::BLOCK_ROWS);
+        total_blocks = l
+            .params()
+            .weights
+            .rows()
+            .div_ceil(eddy::learn::blocked::BLOCK_ROWS);
         let mut written = 0usize;
         let mut publishes = 0usize;
         let mut last = l.params().mixture.clone();
@@ -287,8 +318,13 @@ fn publish_cost(m: &ModelConfig, examples: &[Example]) -> ([f64; 2], u64, usize)
             publishes += 1;
             drop(published);
             let now = l.params().mixture.clone();
-            if i == 1 && now.as_deref().map(|w| w.iter().map(|c| c.weight).collect::<Vec<_>>())
-                != last.as_deref().map(|w| w.iter().map(|c| c.weight).collect::<Vec<_>>())
+            if i == 1
+                && now
+                    .as_deref()
+                    .map(|w| w.iter().map(|c| c.weight).collect::<Vec<_>>())
+                    != last
+                        .as_deref()
+                        .map(|w| w.iter().map(|c| c.weight).collect::<Vec<_>>())
             {
                 moves += 1;
             }
@@ -303,7 +339,18 @@ fn cost_table(data: &[(ModelConfig, Vec<Example>)]) {
     println!("\ncost of auto against adagrad 0.8, in process (best of 9 interleaved passes)");
     println!(
         "{:<18}{:>13}{:>7}{:>7}{:>16}{:>7}{:>7}{:>14}{:>7}{:>7}{:>24}{:>8}",
-        "stream", "learn ns/ex", "auto", "ratio", "+publish ns/ex", "auto", "ratio", "predict ns/ex", "auto", "ratio", "weight blocks/publish", "auto",
+        "stream",
+        "learn ns/ex",
+        "auto",
+        "ratio",
+        "+publish ns/ex",
+        "auto",
+        "ratio",
+        "predict ns/ex",
+        "auto",
+        "ratio",
+        "weight blocks/publish",
+        "auto",
     );
     for (s, (m, examples)) in STREAMS.iter().zip(data) {
         let [[la, lb], [ta, tb]] = training_cost(m, examples);

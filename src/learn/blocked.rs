@@ -91,7 +91,9 @@ impl<T: Clone + Default> Blocked<T> {
         let start = (r % BLOCK_ROWS) * self.cols;
         // Blocks are built row-major by `filled` and `from_vec` and never
         // reshaped, so their memory is one contiguous run.
-        &block.as_slice_memory_order().expect("blocks are contiguous")[start..start + self.cols]
+        &block
+            .as_slice_memory_order()
+            .expect("blocks are contiguous")[start..start + self.cols]
     }
 
     /// The row for writing as a slice; copies its block first if a clone

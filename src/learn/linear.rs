@@ -346,7 +346,11 @@ impl Learner {
     /// build runs (their L1 and L2 taken from `optimizer`), and started
     /// afresh from `params` otherwise; without `auto`, candidates are
     /// dropped.
-    pub fn with_state(mut params: Params, optimizer: OptimizerConfig, mut state: OptimState) -> Self {
+    pub fn with_state(
+        mut params: Params,
+        optimizer: OptimizerConfig,
+        mut state: OptimState,
+    ) -> Self {
         let outputs = params.outputs();
         let rule = optimizer.rule();
         if rule.is_some() {
@@ -731,7 +735,10 @@ mod tests {
             drifting.learn_one(&x(&format!(r#"{{"v": {v}}}"#)), Target::Class(y));
         }
         let w = mixture(&drifting);
-        let best = w.iter().copied().fold((0.0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        let best = w
+            .iter()
+            .copied()
+            .fold((0.0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
         assert_eq!(best.0, 0.1, "the fast RMS candidate leads on drift: {w:?}");
         assert!(best.1 > 0.5, "{w:?}");
         // A stationary concept under 20% label noise: the fast rate
@@ -741,11 +748,17 @@ mod tests {
             let v = noise(i) * 2.0 - 1.0;
             let flip = noise(i + 1_000_000) < 0.2;
             let y = usize::from((v > 0.0) != flip);
-            noisy.learn_one(&x(&format!(r#"{{"v": {v}, "w": {}}}"#, noise(i + 7))), Target::Class(y));
+            noisy.learn_one(
+                &x(&format!(r#"{{"v": {v}, "w": {}}}"#, noise(i + 7))),
+                Target::Class(y),
+            );
         }
         let w = mixture(&noisy);
         let fast = w.iter().find(|(rate, _)| *rate == 0.1).unwrap().1;
-        assert!(fast < 0.2, "the fast candidate gives way on a noisy stationary stream: {w:?}");
+        assert!(
+            fast < 0.2,
+            "the fast candidate gives way on a noisy stationary stream: {w:?}"
+        );
         assert!((w.iter().map(|c| c.1).sum::<f32>() - 1.0).abs() < 1e-5);
     }
 
@@ -830,7 +843,10 @@ mod tests {
         );
         for i in 0..300u64 {
             let v = noise(i);
-            adagrad.learn_one(&x(&format!(r#"{{"v": {v}}}"#)), Target::Class(usize::from(v > 0.5)));
+            adagrad.learn_one(
+                &x(&format!(r#"{{"v": {v}}}"#)),
+                Target::Class(usize::from(v > 0.5)),
+            );
         }
         let probe = x(r#"{"v": 0.9}"#);
         let auto = Learner::with_state(
@@ -838,7 +854,10 @@ mod tests {
             OptimizerConfig::default(),
             adagrad.state().clone(),
         );
-        assert_eq!(auto.params().predict(&probe), adagrad.params().predict(&probe));
+        assert_eq!(
+            auto.params().predict(&probe),
+            adagrad.params().predict(&probe)
+        );
         assert_eq!(auto.state().auto.as_ref().unwrap().active.count(), 1);
         // And back: an explicit kind drops the candidates.
         let back = Learner::with_state(

@@ -206,7 +206,12 @@ fn auto_tensors(name: &dyn Fn(&str) -> String, auto: &AutoState, out: &mut Vec<O
         .iter()
         .flat_map(|r| [f32::from(r.kind.code()), r.learning_rate])
         .collect();
-    out.push((name("auto.rules"), Dtype::F32, vec![k, 2], f32_bytes(&rules)));
+    out.push((
+        name("auto.rules"),
+        Dtype::F32,
+        vec![k, 2],
+        f32_bytes(&rules),
+    ));
     out.push((
         name("auto.table"),
         Dtype::F32,
@@ -1029,7 +1034,11 @@ mod tests {
             (OptimizerKind::Adam, TaskKind::Regression, &[][..]),
             (OptimizerKind::Ftrl, TaskKind::Binary, &["no", "yes"][..]),
             (OptimizerKind::Auto, TaskKind::Binary, &[][..]),
-            (OptimizerKind::Auto, TaskKind::Multiclass, &["x", "y", "z"][..]),
+            (
+                OptimizerKind::Auto,
+                TaskKind::Multiclass,
+                &["x", "y", "z"][..],
+            ),
             (OptimizerKind::Auto, TaskKind::Regression, &[][..]),
         ] {
             let s = trained(kind, task, classes);
@@ -1305,10 +1314,15 @@ mod tests {
         let auto = loaded.state().auto.as_ref().unwrap();
         let shares = auto.mixture.applied();
         for r in auto.active.iter() {
-            let want: f32 = (0..3).map(|k| shares[k] * auto.candidate_row(k, r)[0]).sum();
+            let want: f32 = (0..3)
+                .map(|k| shares[k] * auto.candidate_row(k, r)[0])
+                .sum();
             assert_eq!(loaded.params().weights.row_slice(r)[0], want);
         }
-        assert_ne!(loaded.params().predict(&probe), s.learner.params().predict(&probe));
+        assert_ne!(
+            loaded.params().predict(&probe),
+            s.learner.params().predict(&probe)
+        );
     }
 
     /// An explicit kind learns exactly as before `auto` existed: the

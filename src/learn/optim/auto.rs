@@ -204,7 +204,14 @@ impl AutoState {
                 let slots = rule.slots();
                 let (w, s) = row[*off..*off + o * (1 + slots)].split_at_mut(o);
                 for (j, gj) in g.iter().enumerate() {
-                    step_candidate(rule, &mut w[j], &mut s[j * slots..(j + 1) * slots], gj * v, step, true);
+                    step_candidate(
+                        rule,
+                        &mut w[j],
+                        &mut s[j * slots..(j + 1) * slots],
+                        gj * v,
+                        step,
+                        true,
+                    );
                     out[j] += share * w[j];
                 }
             }
@@ -221,7 +228,14 @@ impl AutoState {
             let slots = rule.slots();
             let (w, s) = self.bias[*off..*off + o * (1 + slots)].split_at_mut(o);
             for (j, gj) in g.iter().enumerate() {
-                step_candidate(rule, &mut w[j], &mut s[j * slots..(j + 1) * slots], *gj, step, false);
+                step_candidate(
+                    rule,
+                    &mut w[j],
+                    &mut s[j * slots..(j + 1) * slots],
+                    *gj,
+                    step,
+                    false,
+                );
                 bias[j] += share * w[j];
             }
         }

@@ -65,7 +65,12 @@ impl Mixture {
     }
 
     /// Rebuilds saved state; `None` if the parts do not fit together.
-    pub fn from_parts(losses: Vec<f64>, applied: Vec<f32>, examples_since: u64, rows_since: u64) -> Option<Self> {
+    pub fn from_parts(
+        losses: Vec<f64>,
+        applied: Vec<f32>,
+        examples_since: u64,
+        rows_since: u64,
+    ) -> Option<Self> {
         let valid = !losses.is_empty()
             && losses.len() == applied.len()
             && losses.iter().all(|l| l.is_finite() && *l >= 0.0)
@@ -96,7 +101,11 @@ impl Mixture {
     pub fn observe(&mut self, losses: &[f64], rows: usize) {
         let keep = discount();
         for (sum, loss) in self.losses.iter_mut().zip(losses) {
-            let loss = if loss.is_finite() { loss.clamp(0.0, MAX_LOSS) } else { MAX_LOSS };
+            let loss = if loss.is_finite() {
+                loss.clamp(0.0, MAX_LOSS)
+            } else {
+                MAX_LOSS
+            };
             *sum = *sum * keep + loss;
         }
         self.examples_since += 1;

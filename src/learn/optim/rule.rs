@@ -255,27 +255,15 @@ mod tests {
             }
             // FTRL's L1 weighs against the accumulated loss, so its pull
             // shows early in a run; the others shrink at every step.
-            let steps = if kind == RuleKind::Ftrl {
-                50
-            } else {
-                3000
-            };
+            let steps = if kind == RuleKind::Ftrl { 50 } else { 3000 };
             let plain = converges(c, steps);
-            c.l1 = if kind == RuleKind::Ftrl {
-                30.0
-            } else {
-                0.5
-            };
+            c.l1 = if kind == RuleKind::Ftrl { 30.0 } else { 0.5 };
             let shrunk = converges(c, steps);
             assert!(
                 shrunk > 0.0 && shrunk < plain - 0.01,
                 "{kind:?}: {shrunk} vs {plain}"
             );
-            c.l1 = if kind == RuleKind::Ftrl {
-                1e6
-            } else {
-                10.0
-            };
+            c.l1 = if kind == RuleKind::Ftrl { 1e6 } else { 10.0 };
             assert_eq!(
                 converges(c, 3000),
                 0.0,
