@@ -807,7 +807,7 @@ mod tests {
                     .iter()
                     .map(|f| (f.index as usize, p.input(f.index, f.value, f.numeric)))
                     .collect();
-                for o in 0..3 {
+                for (o, logit) in logits.iter().enumerate() {
                     let mut mixed = 0.0f32;
                     for (k, share) in shares.iter().enumerate() {
                         let mut z = auto.candidate_bias(k)[o];
@@ -816,7 +816,7 @@ mod tests {
                         }
                         mixed += share * z;
                     }
-                    assert!((logits[o] - mixed).abs() < 1e-4, "{} vs {mixed}", logits[o]);
+                    assert!((logit - mixed).abs() < 1e-4, "{logit} vs {mixed}");
                 }
             }
             moved

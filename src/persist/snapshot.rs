@@ -611,11 +611,14 @@ fn read_learner(
     Ok(Learner::with_state(params, shape.optimizer, state))
 }
 
+/// Reads one tensor of a learner by name, checking its type and shape.
+type TensorReader<'a> = dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error> + 'a;
+
 /// Reads the `auto` tensors of one learner; `tensor` reads one by name
 /// (under the learner's prefix), checking its type and shape, and `len`
 /// says a tensor's dimension (by index).
 fn read_auto<'a>(
-    tensor: &dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error>,
+    tensor: &TensorReader<'a>,
     len_at: &dyn Fn(&str, usize) -> usize,
     rows: usize,
     outputs: usize,
