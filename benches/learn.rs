@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot paths on an Elec2-sized example (6 numeric
 //! features) and 2^18 weights: parsing and hashing a feature object,
 //! predicting, one training step, and publishing a version (copy-on-write
-//! blocks versus copying every weight).
+//! blocks versus copying every weight); predict, a step and a publish for
+//! AdaGrad at 0.8 and for `auto` (the default) side by side.
 //!
 //! Run: `cargo bench --bench learn`.
 
@@ -12,8 +13,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use eddy::batch::shuffle::ShuffleBuffer;
 use eddy::learn::blocked::Blocked;
 use eddy::learn::{
-    Example, Feature, FeatureHasher, FeatureVec, LabelSpace, Learner, OptimizerConfig, Params,
-    RawFeatures, Target, TaskKind,
+    Example, Feature, FeatureHasher, FeatureVec, LabelSpace, Learner, OptimizerConfig,
+    OptimizerKind, Params, RawFeatures, Target, TaskKind,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -38,8 +39,15 @@ fn example(i: usize) -> FeatureVec {
 }
 
 fn trained_learner() -> Learner {
+    trained_with(OptimizerConfig {
+        kind: OptimizerKind::Adagrad,
+        ..OptimizerConfig::default()
+    })
+}
+
+fn trained_with(optimizer: OptimizerConfig) -> Learner {
     let space = Arc::new(LabelSpace::new(TaskKind::Binary, vec![]).expect("space"));
-    let mut l = Learner::new(Params::new(space, 18), OptimizerConfig::default());
+    let mut l = Learner::new(Params::new(space, 18), optimizer);
     for i in 0..1000 {
         l.learn_one(&example(i), Target::Class(i % 2));
     }
@@ -100,6 +108,37 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+
+    // The same three for `auto` (three candidates mixed into the
+    // published weights), with the publish as the trainer does it: the
+    // weights for the new version and a clone of the learner (its
+    // candidates' table) for the trainer's copy of the live version.
+    let mut auto = trained_with(OptimizerConfig::default());
+    c.bench_function("auto_predict_binary_2^18", |b| {
+        b.iter(|| black_box(auto.params().predict(black_box(&x))))
+    });
+    c.bench_function("auto_learn_one_binary_2^18", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            auto.learn_one(black_box(&x), Target::Class(i % 2))
+        })
+    });
+    for (name, l) in [("adagrad", &mut learner), ("auto", &mut auto)] {
+        c.bench_function(
+            &format!("{name}_publish_as_trainer_then_minibatch_32"),
+            |b| {
+                b.iter(|| {
+                    let published = (l.params().clone(), l.clone());
+                    l.params_mut().weights.take_touched();
+                    for (i, x) in batch.iter().enumerate() {
+                        l.learn_one(x, Target::Class(i % 2));
+                    }
+                    black_box(published)
+                })
+            },
+        );
+    }
 }
 
 /// One batch-training pass over 100,000 Elec2-sized examples, allocated

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::learn::{Family, MlpConfig, OptimizerConfig, TaskKind};
+use crate::learn::{Family, MlpConfig, OptimizerConfig, OptimizerKind, Params, TaskKind};
 use crate::serving::ModelRuntime;
 use crate::serving::guard::GuardReport;
 use crate::serving::monitor::MonitorReport;
@@ -46,6 +46,10 @@ pub struct ModelInfo<'a> {
     /// When the live version was published.
     updated_at: String,
     optimizer: &'a OptimizerConfig,
+    /// The rule(s) and rate(s) the live version was learned with: one for
+    /// an explicit kind; `auto`'s candidates with their weight in the
+    /// combination the live weights are.
+    optimizer_state: OptimizerState,
     minibatch_size: usize,
     /// `running`, or `paused` (by an operator or `on_degrade = "pause"`).
     training: &'static str,
@@ -59,6 +63,20 @@ pub struct ModelInfo<'a> {
     monitor: Monitor,
     /// The ingestion guard's decisions (`enabled: false` without one).
     guard: GuardReport,
+}
+
+#[derive(Serialize)]
+struct OptimizerState {
+    kind: OptimizerKind,
+    candidates: Vec<CandidateShare>,
+}
+
+#[derive(Serialize)]
+struct CandidateShare {
+    rule: &'static str,
+    learning_rate: f32,
+    /// Share of the combination (1 for an explicit kind).
+    weight: f32,
 }
 
 #[derive(Serialize)]
@@ -125,6 +143,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         created_at: rfc3339(m.created_at),
         updated_at: rfc3339(live.published_at),
         optimizer: &m.config.optimizer,
+        optimizer_state: optimizer_state(&m.config.optimizer, &live.params),
         minibatch_size: m.config.training.minibatch_size.get(),
         training: if m.stats.paused.load(Ordering::Acquire) {
             "paused"
@@ -150,6 +169,42 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
             excluded_examples: count(&m.stats.excluded),
         },
         guard: GuardReport::clone(&m.stats.guard.load()),
+    }
+}
+
+fn optimizer_state(config: &OptimizerConfig, live: &Params) -> OptimizerState {
+    let candidates = match (&live.mixture, config.rule()) {
+        (Some(mixture), _) => mixture
+            .iter()
+            .map(|c| CandidateShare {
+                rule: c.rule.kind.name(),
+                learning_rate: c.rule.learning_rate,
+                weight: c.weight,
+            })
+            .collect(),
+        (None, Some(rule)) => vec![CandidateShare {
+            rule: rule.kind.name(),
+            learning_rate: rule.learning_rate,
+            weight: 1.0,
+        }],
+        // `auto` before its first version is published: the candidates
+        // at equal weights.
+        (None, None) => {
+            let n = config.candidates().len() as f32;
+            config
+                .candidates()
+                .iter()
+                .map(|r| CandidateShare {
+                    rule: r.kind.name(),
+                    learning_rate: r.learning_rate,
+                    weight: 1.0 / n,
+                })
+                .collect()
+        }
+    };
+    OptimizerState {
+        kind: config.kind,
+        candidates,
     }
 }
 

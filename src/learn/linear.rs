@@ -12,6 +12,9 @@
 //!
 //! `Params` is what predict reads (immutable once published); `Learner`
 //! owns a working copy plus optimizer state and is what trainers mutate.
+//! With the `auto` optimizer the working copy's weights are the
+//! combination of its candidates' (`optim::AutoState`), kept exact row by
+//! row as they learn.
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use super::eval::Scored;
 use super::features::{FeatureHasher, FeatureVec};
 use super::label::{LabelSpace, Target, TaskKind};
 use super::mlp::{Net, NetLearner, NetState};
-use super::optim::OptimizerConfig;
+use super::optim::{AutoState, MixtureWeight, OptimizerConfig, Rule};
 
 /// Largest standardised input magnitude the model sees (a million standard
 /// deviations: no real feature gets there, and it keeps sums finite).
@@ -120,6 +123,10 @@ pub struct Params {
     /// The `mlp` family's network (`learn::mlp`), whose output adds to the
     /// weights above; `None` for the linear family.
     pub net: Option<Net>,
+    /// With the `auto` optimizer: the candidates and their weights in the
+    /// combination these weights are (for reports; predict does not read
+    /// it).
+    pub mixture: Option<Arc<[MixtureWeight]>>,
 }
 
 /// A model output.
@@ -160,6 +167,7 @@ impl Params {
             scaler: Blocked::new(rows, 1),
             target: Moments::default(),
             net: None,
+            mixture: None,
         }
     }
 
@@ -302,6 +310,17 @@ pub struct OptimState {
     pub bias: Array2<f32>,
     /// Examples learned so far (Adam's bias correction counts them).
     pub steps: u64,
+    /// The `auto` optimizer's candidates and mixture (then `weights` and
+    /// `bias` above have no columns).
+    pub auto: Option<AutoState>,
+}
+
+/// What the gradient is taken against: a class, or the standardised
+/// regression target.
+#[derive(Debug, Clone, Copy)]
+enum Truth {
+    Class(usize),
+    Value(f32),
 }
 
 /// A trainer's private model: parameters plus optimizer state.
@@ -309,9 +328,12 @@ pub struct OptimState {
 pub struct Learner {
     params: Params,
     optimizer: OptimizerConfig,
+    /// The update rule of an explicit kind (`None` with `auto`).
+    rule: Option<Rule>,
     state: OptimState,
     /// Scratch for the standardised inputs of one example.
     inputs: Vec<(usize, f32)>,
+
     scores: Vec<f32>,
     /// The network's update state when `params.net` is set (the `mlp`
     /// family learns through it, not through `optimizer`).
@@ -319,6 +341,8 @@ pub struct Learner {
 }
 
 impl Learner {
+    /// A learner starting from `params` with fresh optimizer state (with
+    /// `auto`, every candidate starts from `params`' weights).
     pub fn new(params: Params, optimizer: OptimizerConfig) -> Self {
         let slots = optimizer.slots();
         let outputs = params.outputs();
@@ -326,22 +350,55 @@ impl Learner {
             weights: Blocked::new(params.weights.rows(), outputs * slots),
             bias: Array2::zeros((outputs, slots)),
             steps: 0,
+            auto: None,
         };
         Self::with_state(params, optimizer, state)
     }
 
     /// Resumes from saved state; the caller checks the shapes match.
-    pub fn with_state(params: Params, optimizer: OptimizerConfig, state: OptimState) -> Self {
+    /// With `auto`, saved candidates are kept when they are the ones this
+    /// build runs (their L1 and L2 taken from `optimizer`), and started
+    /// afresh from `params` otherwise; without `auto`, candidates are
+    /// dropped.
+    pub fn with_state(
+        mut params: Params,
+        optimizer: OptimizerConfig,
+        mut state: OptimState,
+    ) -> Self {
         let outputs = params.outputs();
         let net = params
             .net
             .as_ref()
             .map(|n| NetLearner::new(NetState::new(n, params.weights.rows(), outputs)));
+        let rule = optimizer.rule();
+        // A network takes its own constant normalised steps: the
+        // optimizer's candidates are the linear family's.
+        if rule.is_some() || net.is_some() {
+            state.auto = None;
+            params.mixture = None;
+        } else {
+            let rules = optimizer.candidates();
+            let same = |a: &Rule, b: &Rule| a.kind == b.kind && a.learning_rate == b.learning_rate;
+            let mut auto = match state.auto.take() {
+                Some(a)
+                    if a.rules().len() == rules.len()
+                        && a.rules().iter().zip(&rules).all(|(a, b)| same(a, b)) =>
+                {
+                    a
+                }
+                _ => AutoState::starting_from(&rules, &params.weights, &params.bias),
+            };
+            auto.set_regularization(optimizer.l1 as f32, optimizer.l2 as f32);
+            params.mixture = Some(auto.weights().into());
+            state.auto = Some(auto);
+        }
         Self {
             params,
             optimizer,
+            rule,
             state,
             inputs: Vec::new(),
+
             scores: vec![0.0; outputs],
             net,
         }
@@ -401,6 +458,26 @@ impl Learner {
                 self.inputs.push((f.index as usize, v));
             }
         }
+        let truth = match (p.space.kind(), y) {
+            (TaskKind::Binary | TaskKind::Multiclass, Target::Class(c)) => Truth::Class(c),
+            (TaskKind::Regression, Target::Value(v)) => {
+                p.target.push(v);
+                let (mean, sd) = p.target_scale();
+                Truth::Value(((v - mean) / sd) as f32)
+            }
+            // The label space validated the target; a mismatch is a bug in
+            // the caller, and learning nothing is the safe answer.
+            _ => return,
+        };
+        match self.rule {
+            Some(rule) => self.learn_with(rule, truth),
+            None => self.learn_auto(truth),
+        }
+    }
+
+    /// An explicit kind's step: one rule on the published weights.
+    fn learn_with(&mut self, rule: Rule, truth: Truth) {
+        let p = &mut self.params;
         let z = &mut self.scores;
         z.copy_from_slice(&p.bias);
         for (r, v) in &self.inputs {
@@ -408,36 +485,21 @@ impl Learner {
                 *o += wk * v;
             }
         }
-        // z becomes the loss gradient with respect to each output.
-        match (p.space.kind(), y) {
-            (TaskKind::Binary, Target::Class(c)) => z[0] = sigmoid(z[0]) - c as f32,
-            (TaskKind::Multiclass, Target::Class(c)) => {
-                softmax(z);
-                z[c] -= 1.0;
-            }
-            (TaskKind::Regression, Target::Value(v)) => {
-                p.target.push(v);
-                let (mean, sd) = p.target_scale();
-                z[0] -= ((v - mean) / sd) as f32;
-            }
-            // The label space validated the target; a mismatch is a bug in
-            // the caller, and learning nothing is the safe answer.
-            _ => return,
-        }
-        // A diverged or overflowing step would poison every later version;
+        // z becomes the loss gradient with respect to each output. A
+        // diverged or overflowing step would poison every later version;
         // skip the example instead.
-        if !z.iter().all(|g| g.is_finite()) {
+        if !gradient(p.space.kind(), truth, z) {
             return;
         }
         self.state.steps += 1;
         let step = self.state.steps;
-        let slots = self.optimizer.slots();
+        let slots = rule.slots();
         for (r, v) in &self.inputs {
             let mut w = p.weights.row_mut(*r);
             let mut s = self.state.weights.row_mut(*r);
             let s = s.as_slice_mut().expect("state rows are contiguous");
             for (k, g) in z.iter().enumerate() {
-                self.optimizer.update(
+                rule.update(
                     &mut w[k],
                     &mut s[k * slots..(k + 1) * slots],
                     g * v,
@@ -449,8 +511,60 @@ impl Learner {
         for (k, g) in z.iter().enumerate() {
             let mut s = self.state.bias.row_mut(k);
             let s = s.as_slice_mut().expect("state rows are contiguous");
-            self.optimizer.update(&mut p.bias[k], s, *g, step, false);
+            rule.update(&mut p.bias[k], s, *g, step, false);
         }
+    }
+
+    /// `auto`'s step: every candidate scores the example (its loss goes
+    /// to the mixture) and learns it; then the rows it touched are
+    /// combined again, or every active row when the mixture weights move.
+    fn learn_auto(&mut self, truth: Truth) {
+        let Some(auto) = self.state.auto.as_mut() else {
+            return;
+        };
+        self.state.steps += 1;
+        let p = &mut self.params;
+        let kind = p.space.kind();
+        let moved = auto.learn(
+            &self.inputs,
+            self.state.steps,
+            |z| gradient(kind, truth, z).then(|| loss_of(truth, z)),
+            &mut p.weights,
+            &mut p.bias,
+        );
+        if moved {
+            p.mixture = Some(auto.weights().into());
+        }
+    }
+}
+
+/// Turns raw scores `z` into the loss gradient with respect to each
+/// output, in place; false when it is not finite.
+#[inline]
+fn gradient(kind: TaskKind, truth: Truth, z: &mut [f32]) -> bool {
+    match (kind, truth) {
+        (TaskKind::Binary, Truth::Class(c)) => z[0] = sigmoid(z[0]) - c as f32,
+        (TaskKind::Multiclass, Truth::Class(c)) => {
+            softmax(z);
+            z[c] -= 1.0;
+        }
+        (TaskKind::Regression, Truth::Value(t)) => z[0] -= t,
+        _ => return false,
+    }
+    z.iter().all(|g| g.is_finite())
+}
+
+/// The example's loss from its gradient: log loss for classes (the true
+/// class's probability is one minus the size of its gradient), half the
+/// squared standardised error for regression.
+#[inline]
+fn loss_of(truth: Truth, g: &[f32]) -> f64 {
+    match truth {
+        Truth::Class(c) => {
+            let g = if g.len() == 1 { g[0] } else { g[c] };
+            -(1.0 - f64::from(g.abs())).max(1e-12).ln()
+        }
+        Truth::Value(_) => 0.5 * f64::from(g[0]) * f64::from(g[0]),
     }
 }
 
@@ -626,6 +740,177 @@ mod tests {
             panic!()
         };
         assert!(p.iter().all(|v| v.is_finite()), "{p:?}");
+    }
+
+    fn auto_learner(kind: TaskKind, classes: &[&str], bits: u8) -> Learner {
+        let space = LabelSpace::new(kind, classes.iter().map(|s| s.to_string()).collect()).unwrap();
+        let optimizer = OptimizerConfig {
+            kind: OptimizerKind::Auto,
+            ..OptimizerConfig::default()
+        };
+        Learner::new(Params::new(Arc::new(space), bits), optimizer)
+    }
+
+    fn mixture(l: &Learner) -> Vec<(f32, f32)> {
+        l.params()
+            .mixture
+            .as_deref()
+            .expect("auto reports its mixture")
+            .iter()
+            .map(|w| (w.rule.learning_rate, w.weight))
+            .collect()
+    }
+
+    /// A deterministic pseudo-random number in [0, 1) for example `i`.
+    fn noise(i: u64) -> f64 {
+        (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn auto_weighs_the_candidate_that_fits_the_stream() {
+        // A concept that flips every 300 examples: only a high constant
+        // rate keeps up, and the mixture must find it.
+        let mut drifting = auto_learner(TaskKind::Binary, &[], 12);
+        for i in 0..6000u64 {
+            let v = noise(i) * 2.0 - 1.0;
+            let y = usize::from((v > 0.0) == ((i / 300) % 2 == 0));
+            drifting.learn_one(&x(&format!(r#"{{"v": {v}}}"#)), Target::Class(y));
+        }
+        let w = mixture(&drifting);
+        let best = w
+            .iter()
+            .copied()
+            .fold((0.0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        assert_eq!(best.0, 0.1, "the fast RMS candidate leads on drift: {w:?}");
+        assert!(best.1 > 0.5, "{w:?}");
+        // A stationary concept under 20% label noise: the fast rate
+        // chases the noise and loses its weight.
+        let mut noisy = auto_learner(TaskKind::Binary, &[], 12);
+        for i in 0..20_000u64 {
+            let v = noise(i) * 2.0 - 1.0;
+            let flip = noise(i + 1_000_000) < 0.2;
+            let y = usize::from((v > 0.0) != flip);
+            noisy.learn_one(
+                &x(&format!(r#"{{"v": {v}, "w": {}}}"#, noise(i + 7))),
+                Target::Class(y),
+            );
+        }
+        let w = mixture(&noisy);
+        let fast = w.iter().find(|(rate, _)| *rate == 0.1).unwrap().1;
+        assert!(
+            fast < 0.2,
+            "the fast candidate gives way on a noisy stationary stream: {w:?}"
+        );
+        assert!((w.iter().map(|c| c.1).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn auto_publishes_exactly_the_mixture_of_its_candidates() {
+        let classes = ["a", "b", "c"];
+        let mut l = auto_learner(TaskKind::Multiclass, &classes, 12);
+        let example = |i: u64| {
+            x(&format!(
+                r#"{{"p": {}, "q": {}, "k": "{}"}}"#,
+                noise(i) * 10.0,
+                noise(i + 99) * 1000.0,
+                i % 5
+            ))
+        };
+        let label = |i: u64| Target::Class(((i / 500 + i % 3) % 3) as usize);
+        let check = |l: &Learner| {
+            let auto = l.state().auto.as_ref().unwrap();
+            let shares = auto.mixture.applied();
+            let p = l.params();
+            let moved = shares.iter().any(|s| (s - 1.0 / 3.0).abs() > 1e-3);
+            for r in 0..p.weights.rows() {
+                for o in 0..3 {
+                    let mut want = 0.0f32;
+                    for (k, share) in shares.iter().enumerate() {
+                        want += share * auto.candidate_row(k, r)[o];
+                    }
+                    assert_eq!(p.weights.row_slice(r)[o], want, "row {r} output {o}");
+                }
+            }
+            for o in 0..3 {
+                let mut want = 0.0f32;
+                for (k, share) in shares.iter().enumerate() {
+                    want += share * auto.candidate_bias(k)[o];
+                }
+                assert_eq!(p.bias[o], want);
+            }
+            // Predict's one dot product is the mixture of the candidates'
+            // logits.
+            for i in 0..20 {
+                let e = example(10_000 + i);
+                let mut logits = vec![0.0f32; 3];
+                p.scores(&e, &mut logits);
+                let inputs: Vec<(usize, f32)> = e
+                    .features
+                    .iter()
+                    .map(|f| (f.index as usize, p.input(f.index, f.value, f.numeric)))
+                    .collect();
+                for (o, logit) in logits.iter().enumerate() {
+                    let mut mixed = 0.0f32;
+                    for (k, share) in shares.iter().enumerate() {
+                        let mut z = auto.candidate_bias(k)[o];
+                        for (r, v) in &inputs {
+                            z += auto.candidate_row(k, *r)[o] * v;
+                        }
+                        mixed += share * z;
+                    }
+                    assert!((logit - mixed).abs() < 1e-4, "{logit} vs {mixed}");
+                }
+            }
+            moved
+        };
+        let mut ever_moved = false;
+        for i in 0..3000 {
+            l.learn_one(&example(i), label(i));
+            if i % 500 == 499 {
+                ever_moved |= check(&l);
+            }
+        }
+        assert!(ever_moved, "the mixture weights moved at some point");
+    }
+
+    #[test]
+    fn auto_candidates_start_from_adopted_weights() {
+        let mut adagrad = learner(TaskKind::Binary, &[]);
+        adagrad = Learner::new(
+            adagrad.params.clone(),
+            OptimizerConfig {
+                kind: OptimizerKind::Adagrad,
+                ..OptimizerConfig::default()
+            },
+        );
+        for i in 0..300u64 {
+            let v = noise(i);
+            adagrad.learn_one(
+                &x(&format!(r#"{{"v": {v}}}"#)),
+                Target::Class(usize::from(v > 0.5)),
+            );
+        }
+        let probe = x(r#"{"v": 0.9}"#);
+        let auto = Learner::with_state(
+            adagrad.params().clone(),
+            OptimizerConfig::default(),
+            adagrad.state().clone(),
+        );
+        assert_eq!(
+            auto.params().predict(&probe),
+            adagrad.params().predict(&probe)
+        );
+        assert_eq!(auto.state().auto.as_ref().unwrap().active.count(), 1);
+        // And back: an explicit kind drops the candidates.
+        let back = Learner::with_state(
+            auto.params().clone(),
+            OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                ..OptimizerConfig::default()
+            },
+            auto.state().clone(),
+        );
+        assert!(back.state().auto.is_none() && back.params().mixture.is_none());
     }
 
     #[test]

@@ -12,11 +12,16 @@
 //! where the payload is a safetensors file (readable by other ML tools):
 //! tensors `weights` (f32, rows x outputs), `bias` (f32), `scaler` (f64,
 //! rows x 3: count, mean, M2), `target` (f64, 3), `optim.weights` and
-//! `optim.bias` (f32, when the optimizer keeps state), for the `mlp`
-//! family the network's `mlp.embedding` (f32, 2^embedding_bits x hidden),
-//! `mlp.hidden_bias`, `mlp.output` (outputs x hidden) and its update state
-//! `mlp.state.{embedding,wide,hidden_bias,output,bias}` (f32), and the
-//! metadata entry `eddy` holding `SnapshotMeta` as JSON. A truncated or corrupted
+//! `optim.bias` (f32, when the optimizer keeps state), the `auto`
+//! optimizer's state (`auto.rules` f32 (K x 2: rule code, rate),
+//! `auto.table` f32 (rows x width: each candidate's weights and rule
+//! state), `auto.bias` f32 (width), `auto.losses` f64 (K), `auto.applied`
+//! f32 (K), `auto.counters` i64 (2), `auto.active` u32 (the rows
+//! learned)), for the `mlp` family the network's `mlp.embedding` (f32,
+//! 2^embedding_bits x hidden), `mlp.hidden_bias`, `mlp.output` (outputs x
+//! hidden) and its update state `mlp.state.{embedding,wide,hidden_bias,
+//! output,bias}` (f32), and the metadata entry `eddy` holding
+//! `SnapshotMeta` as JSON. A truncated or corrupted
 //! file fails the length or checksum test and is never loaded.
 //!
 //! The envelope (magic, format, length, checksum) stays the same in every
@@ -24,10 +29,13 @@
 //! intact file written by a newer eddy is told from a damaged one: it is
 //! refused with `Error::NewerFormat`, which stops start-up rather than
 //! being skipped as corruption. `tests/data/fixtures/snapshot-v1.eddy` is a
-//! format 1 file that every later build must still load. Format 3 adds
-//! `family` and `mlp` to the metadata and the `mlp.*` tensors; a format 1
-//! file reads as a linear model. (Format 2 is reserved for the self-tuning
-//! optimizer's state, issue 13 part 1.) `snapshot-v3-mlp.eddy` pins it.
+//! format 1 file (before `auto` and `mlp`) that every later build must
+//! still load. Format 2 added the `auto` tensors (`snapshot-v2.eddy`),
+//! format 3 `family` and `mlp` in the metadata and the `mlp.*` tensors
+//! (`snapshot-v3-mlp.eddy`; those two were written by parallel builds of
+//! one release), and format 4, written now, may hold either. Every format
+//! only adds entries, so one reader reads them all; a format 1 or 2 file
+//! reads as a linear model.
 //!
 //! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
 //! fsync, rename, fsync of the directory), so a crash part-way leaves
@@ -47,13 +55,14 @@ use crate::config::{ModelConfig, StorageConfig};
 use crate::learn::blocked::Blocked;
 use crate::learn::linear::{Moments, OptimState};
 use crate::learn::mlp::{Net, NetState};
+use crate::learn::optim::{ActiveRows, AutoParts, AutoState, Mixture, Rule, RuleKind};
 use crate::learn::{
     Family, FeatureNames, LabelSpace, Learner, MlpConfig, OptimizerConfig, Params, TaskKind,
 };
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
@@ -223,6 +232,9 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
             (ns.steps as i64).to_le_bytes().to_vec(),
         ));
     }
+    if let Some(auto) = &st.auto {
+        auto_tensors(&name, auto, out);
+    }
     if !prefix.is_empty() {
         out.push((
             name("steps"),
@@ -232,6 +244,68 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
         ));
     }
     Ok(())
+}
+
+/// The `auto` optimizer's tensors (see the module doc).
+fn auto_tensors(name: &dyn Fn(&str) -> String, auto: &AutoState, out: &mut Vec<Owned>) {
+    let parts = auto.to_parts();
+    let k = parts.rules.len();
+    let rules: Vec<f32> = parts
+        .rules
+        .iter()
+        .flat_map(|r| [f32::from(r.kind.code()), r.learning_rate])
+        .collect();
+    out.push((
+        name("auto.rules"),
+        Dtype::F32,
+        vec![k, 2],
+        f32_bytes(&rules),
+    ));
+    out.push((
+        name("auto.table"),
+        Dtype::F32,
+        vec![parts.table.rows(), parts.table.cols()],
+        f32_bytes(&parts.table.to_vec()),
+    ));
+    out.push((
+        name("auto.bias"),
+        Dtype::F32,
+        vec![parts.bias.len()],
+        f32_bytes(&parts.bias),
+    ));
+    out.push((
+        name("auto.losses"),
+        Dtype::F64,
+        vec![k],
+        f64_bytes(parts.mixture.losses()),
+    ));
+    out.push((
+        name("auto.applied"),
+        Dtype::F32,
+        vec![k],
+        f32_bytes(parts.mixture.applied()),
+    ));
+    let (examples, touched) = parts.mixture.counters();
+    out.push((
+        name("auto.counters"),
+        Dtype::I64,
+        vec![2],
+        [examples, touched]
+            .iter()
+            .flat_map(|c| (*c as i64).to_le_bytes())
+            .collect(),
+    ));
+    let active: Vec<u8> = parts
+        .active
+        .iter()
+        .flat_map(|r| (r as u32).to_le_bytes())
+        .collect();
+    out.push((
+        name("auto.active"),
+        Dtype::U32,
+        vec![parts.active.count()],
+        active,
+    ));
 }
 
 #[derive(Debug, Error)]
@@ -340,8 +414,8 @@ impl Snapshot {
         let path = path.to_owned();
         let (format, payload) = open_envelope(bytes, &path)?;
         match format {
-            // Format 3 is format 1's payload with the family's fields.
-            1 | 3 => Self::decode_v1(payload, path),
+            // Each later format only adds entries to format 1's payload.
+            1..=4 => Self::decode_v1(payload, path),
             found if found > FORMAT_VERSION => Err(Error::NewerFormat {
                 path,
                 found,
@@ -351,7 +425,8 @@ impl Snapshot {
         }
     }
 
-    /// Format 1: the payload is a safetensors file (see the module doc).
+    /// Formats 1 and 2: the payload is a safetensors file (see the module
+    /// doc; format 2 adds the `auto` tensors).
     fn decode_v1(payload: &[u8], path: PathBuf) -> Result<Self, Error> {
         let invalid = |message: String| Error::Invalid {
             path: path.clone(),
@@ -598,6 +673,19 @@ fn read_learner(
         scaler: Blocked::from_vec(rows, 1, scaler).ok_or_else(|| invalid("scaler shape".into()))?,
         target: Moments::from_parts(t[0], t[1], t[2]),
         net: None,
+        mixture: None,
+    };
+    let auto = match st.tensor(&format!("{prefix}auto.rules")) {
+        Err(_) => None,
+        Ok(_) => {
+            let len_at = |name: &str, dim: usize| {
+                st.tensor(&format!("{prefix}{name}"))
+                    .ok()
+                    .and_then(|t| t.shape().get(dim).copied())
+                    .unwrap_or(0)
+            };
+            Some(read_auto(&tensor, &len_at, rows, outputs, invalid)?)
+        }
     };
     let state = OptimState {
         weights: Blocked::from_vec(rows, outputs * slots, optim_w)
@@ -605,6 +693,7 @@ fn read_learner(
         bias: Array2::from_shape_vec((outputs, slots), optim_b)
             .map_err(|e| invalid(e.to_string()))?,
         steps,
+        auto,
     };
     let Some(config) = shape.mlp else {
         return Ok(Learner::with_state(params, shape.optimizer, state));
@@ -644,6 +733,66 @@ fn read_learner(
         return Err(invalid("mlp state shape".into()));
     }
     Ok(learner)
+}
+
+/// Reads one tensor of a learner by name, checking its type and shape.
+type TensorReader<'a> = dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error> + 'a;
+
+/// Reads the `auto` tensors of one learner; `tensor` reads one by name
+/// (under the learner's prefix), checking its type and shape, and `len`
+/// says a tensor's dimension (by index).
+fn read_auto<'a>(
+    tensor: &TensorReader<'a>,
+    len_at: &dyn Fn(&str, usize) -> usize,
+    rows: usize,
+    outputs: usize,
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<AutoState, Error> {
+    let rules_bytes = tensor("auto.rules", Dtype::F32, &[len_at("auto.rules", 0), 2])?;
+    let rules: Vec<Rule> = read_f32(rules_bytes)
+        .chunks_exact(2)
+        .map(|c| {
+            let kind = RuleKind::from_code(c[0] as u8)
+                .filter(|_| c[0].fract() == 0.0)
+                .ok_or_else(|| invalid(format!("auto.rules: unknown rule {}", c[0])))?;
+            Ok(Rule {
+                kind,
+                learning_rate: c[1],
+                l1: 0.0,
+                l2: 0.0,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    let k = rules.len();
+    if k == 0 {
+        return Err(invalid("auto.rules: no candidates".into()));
+    }
+    let losses = read_f64(tensor("auto.losses", Dtype::F64, &[k])?);
+    let applied = read_f32(tensor("auto.applied", Dtype::F32, &[k])?);
+    let counters: Vec<u64> = tensor("auto.counters", Dtype::I64, &[2])?
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")).max(0) as u64)
+        .collect();
+    let mixture = Mixture::from_parts(losses, applied, counters[0], counters[1])
+        .ok_or_else(|| invalid("auto: mixture losses or weights invalid".into()))?;
+    let active_list: Vec<u32> = tensor("auto.active", Dtype::U32, &[len_at("auto.active", 0)])?
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let active = ActiveRows::from_list(rows, &active_list)
+        .ok_or_else(|| invalid("auto.active: row out of range".into()))?;
+    let width = len_at("auto.table", 1);
+    let table = read_f32(tensor("auto.table", Dtype::F32, &[rows, width])?);
+    AutoState::from_parts(AutoParts {
+        rules,
+        table: Blocked::from_vec(rows, width, table)
+            .ok_or_else(|| invalid("auto.table shape".into()))?,
+        bias: read_f32(tensor("auto.bias", Dtype::F32, &[width])?),
+        mixture,
+        active,
+    })
+    .filter(|a| a.candidate_bias(0).len() == outputs)
+    .ok_or_else(|| invalid("auto: tensors do not fit the rules and outputs".into()))
 }
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
@@ -1013,11 +1162,19 @@ mod tests {
             ),
             (OptimizerKind::Adam, TaskKind::Regression, &[][..]),
             (OptimizerKind::Ftrl, TaskKind::Binary, &["no", "yes"][..]),
+            (OptimizerKind::Auto, TaskKind::Binary, &[][..]),
+            (
+                OptimizerKind::Auto,
+                TaskKind::Multiclass,
+                &["x", "y", "z"][..],
+            ),
+            (OptimizerKind::Auto, TaskKind::Regression, &[][..]),
         ] {
             let s = trained(kind, task, classes);
             let bytes = s.encode().unwrap();
             let back = Snapshot::decode(&bytes, Path::new("x")).unwrap();
             assert_eq!(back.meta, s.meta);
+            assert_eq!(back.encode().unwrap(), bytes, "{kind:?}: bit-identical");
             assert_eq!(back.meta.feature_names.len(), 4, "a, c=k0, c=k1, c=k2");
             let probe = features(r#"{"a": 5, "c": "k1"}"#);
             assert_eq!(
@@ -1031,13 +1188,21 @@ mod tests {
             } else {
                 Target::Class(1)
             };
-            a.learn_one(&probe, y);
-            b.learn_one(&probe, y);
+            for _ in 0..100 {
+                a.learn_one(&probe, y);
+                b.learn_one(&probe, y);
+            }
             assert_eq!(
                 a.params().predict(&probe),
                 b.params().predict(&probe),
                 "{kind:?}"
             );
+            assert_eq!(
+                a.params().weights.to_vec(),
+                b.params().weights.to_vec(),
+                "{kind:?}"
+            );
+            assert_eq!(a.params().mixture, b.params().mixture, "{kind:?}");
         }
     }
 
@@ -1201,9 +1366,37 @@ mod tests {
         }
     }
 
-    /// Regenerates the committed fixture, only when asked: the file is
-    /// evidence of what an earlier build wrote, so it must not follow the
-    /// current encoder.
+    /// The committed format 2 snapshot: an `auto` model.
+    const FIXTURE_V2: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/fixtures/snapshot-v2.eddy"
+    );
+
+    /// The format 2 fixture's model: 400 deterministic examples whose
+    /// concept flips halfway, binary, `auto`, hash_bits 6 (enough for the
+    /// mixture weights to move away from equal).
+    fn fixture_v2() -> Snapshot {
+        let mut s = fixture_v1();
+        let space = s.learner.params().space.clone();
+        let optimizer = OptimizerConfig::default();
+        let mut learner = Learner::new(Params::new(space, 6), optimizer);
+        for i in 0..400u32 {
+            let x = (i * 7) % 11;
+            let json = format!(r#"{{"x": {x}, "colour": "c{}"}}"#, i % 4);
+            let y = usize::from((x > 5) == (i < 200));
+            learner.learn_one(&fixture_features(&json), Target::Class(y));
+        }
+        s.meta.optimizer = optimizer;
+        s.meta.optimizer_steps = learner.state().steps;
+        s.meta.examples_trained = 400;
+        s.meta.feedback_position = 400;
+        s.learner = learner;
+        s
+    }
+
+    /// Writes a committed fixture that is missing, only when asked: a
+    /// committed file is evidence of what an earlier build wrote, so it
+    /// never follows the current encoder.
     #[test]
     fn write_fixtures_when_asked() {
         if std::env::var("EDDY_WRITE_FIXTURES").as_deref() == Ok("1") {
@@ -1211,6 +1404,7 @@ mod tests {
             // format, and today's encoder writes the newest format.
             for (path, snapshot) in [
                 (FIXTURE_V1, fixture_v1()),
+                (FIXTURE_V2, fixture_v2()),
                 (FIXTURE_V3_MLP, fixture_v3_mlp()),
             ] {
                 if !Path::new(path).exists() {
@@ -1354,6 +1548,90 @@ mod tests {
             (config_m.family, config_m.mlp) = (Family::Mlp, config);
             back.check_compatible(&config_m, Path::new("x")).unwrap();
         }
+    }
+
+    /// What the format 2 fixture predicts for the probe, and its mixture
+    /// weights, recorded when it was made.
+    const PROBE_V2_P1: f32 = 0.054526318;
+    const MIXTURE_V2: [f32; 3] = [0.0054383287, 0.9892033, 0.005358384];
+
+    #[test]
+    fn the_committed_format_2_fixture_still_loads() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V2)).unwrap();
+        let m = &s.meta;
+        assert_eq!(
+            (m.format_version, m.examples_trained, m.hash_bits),
+            (2, 400, 6)
+        );
+        assert_eq!(m.optimizer.kind, OptimizerKind::Auto);
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let crate::learn::Output::Probabilities(p) = s.learner.params().predict(&probe) else {
+            panic!("binary")
+        };
+        let weights: Vec<f32> = s
+            .learner
+            .params()
+            .mixture
+            .as_deref()
+            .unwrap()
+            .iter()
+            .map(|w| w.weight)
+            .collect();
+        assert_eq!(p[1], PROBE_V2_P1);
+        assert_eq!(weights, MIXTURE_V2);
+        // The candidates came back too: learning on from the loaded state
+        // keeps the published weights the mixture of the candidates.
+        let mut loaded = s.learner.clone();
+        for i in 0..100 {
+            let x = fixture_features(&format!(r#"{{"x": {}, "colour": "c2"}}"#, i % 11));
+            loaded.learn_one(&x, Target::Class(i % 2));
+        }
+        let auto = loaded.state().auto.as_ref().unwrap();
+        let shares = auto.mixture.applied();
+        for r in auto.active.iter() {
+            let want: f32 = (0..3)
+                .map(|k| shares[k] * auto.candidate_row(k, r)[0])
+                .sum();
+            assert_eq!(loaded.params().weights.row_slice(r)[0], want);
+        }
+        assert_ne!(
+            loaded.params().predict(&probe),
+            s.learner.params().predict(&probe)
+        );
+    }
+
+    /// An explicit kind learns exactly as before `auto` existed: the
+    /// format 1 fixture's model, trained again by this build, has the
+    /// committed file's weights to the bit.
+    #[test]
+    fn explicit_adagrad_learns_as_the_format_1_build_did() {
+        let committed = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        let again = fixture_v1();
+        assert_eq!(
+            again.learner.params().weights.to_vec(),
+            committed.learner.params().weights.to_vec()
+        );
+        assert_eq!(again.learner.params().bias, committed.learner.params().bias);
+        assert_eq!(
+            again.learner.state().weights.to_vec(),
+            committed.learner.state().weights.to_vec()
+        );
+    }
+
+    /// A snapshot written before `auto` (AdaGrad) adopted by an `auto`
+    /// model predicts as it did, then learns with the candidates.
+    #[test]
+    fn a_format_1_snapshot_adopted_by_auto_predicts_as_before() {
+        let s = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        let probe = fixture_features(r#"{"x": 8, "colour": "c1"}"#);
+        let before = s.learner.params().predict(&probe);
+        let mut adopted = s.adopt(OptimizerConfig::default());
+        assert_eq!(adopted.params().predict(&probe), before);
+        assert_eq!(adopted.params().mixture.as_deref().map(<[_]>::len), Some(3));
+        for i in 0..50 {
+            adopted.learn_one(&probe, Target::Class(i % 2));
+        }
+        assert_ne!(adopted.params().predict(&probe), before);
     }
 
     #[test]

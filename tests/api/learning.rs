@@ -69,6 +69,44 @@ async fn binary_model_learns_from_feedback_and_versions_increase() {
     }
     let accuracy = correct as f64 / 400.0;
     assert!(accuracy >= 0.9, "accuracy through /predict was {accuracy}");
+    // The default optimizer tunes itself: the model says which candidates
+    // the live weights combine, and how much of each.
+    let state = &info["optimizer_state"];
+    assert_eq!(state["kind"], "auto", "{info}");
+    let candidates = state["candidates"].as_array().expect("candidates");
+    assert_eq!(candidates.len(), 3, "{state}");
+    let total: f64 = candidates
+        .iter()
+        .map(|c| c["weight"].as_f64().expect("weight"))
+        .sum();
+    assert!((total - 1.0).abs() < 1e-4, "{state}");
+    assert!(
+        candidates
+            .iter()
+            .all(|c| c["rule"].is_string() && c["learning_rate"].as_f64() > Some(0.0)),
+        "{state}"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_explicit_optimizer_reports_its_one_rate() {
+    let app = spawn_app(
+        r#"
+        [[models]]
+        name = "tuned"
+        task = "binary"
+        [models.optimizer]
+        kind = "adagrad"
+        learning_rate = 0.25
+        "#,
+    )
+    .await;
+    let info = app.info("tuned").await;
+    assert_eq!(
+        info["optimizer_state"],
+        json!({"kind": "adagrad", "candidates": [{"rule": "adagrad", "learning_rate": 0.25, "weight": 1.0}]})
+    );
     app.stop().await.expect("clean stop");
 }
 

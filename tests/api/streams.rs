@@ -32,6 +32,53 @@ pub fn sea(n: usize, seed: u64) -> Vec<Value> {
         .collect()
 }
 
+/// A multiclass stream with many sparse numeric features: 8 classes, 400
+/// features on scales from 1 to 1000, 12 of them present per example;
+/// the class is the best-scoring of linear class prototypes plus noise,
+/// and the prototypes move from one set to another over the stream
+/// (gradual drift).
+pub fn sparse_multiclass(n: usize, seed: u64) -> Vec<Value> {
+    const CLASSES: usize = 8;
+    const FEATURES: usize = 400;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let normal = |rng: &mut rand::rngs::StdRng| -> f64 {
+        // Box-Muller.
+        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random_range(0.0..1.0));
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let protos = |rng: &mut rand::rngs::StdRng| -> Vec<Vec<f64>> {
+        (0..CLASSES)
+            .map(|_| (0..FEATURES).map(|_| normal(rng)).collect())
+            .collect()
+    };
+    let (start, end) = (protos(&mut rng), protos(&mut rng));
+    let scales: Vec<f64> = (0..FEATURES)
+        .map(|_| 10f64.powf(rng.random_range(0.0..3.0)))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / n as f64;
+            let mut features = serde_json::Map::new();
+            let mut score = [0.0f64; CLASSES];
+            for _ in 0..12 {
+                let j = rng.random_range(0..FEATURES);
+                let x: f64 = rng.random_range(0.0..1.0);
+                for (c, s) in score.iter_mut().enumerate() {
+                    *s += x * ((1.0 - t) * start[c][j] + t * end[c][j]);
+                }
+                features.insert(format!("f{j}"), json!(x * scales[j]));
+            }
+            for s in score.iter_mut() {
+                *s += 0.5 * rng.random_range(-1.0..1.0);
+            }
+            let label = (0..CLASSES)
+                .max_by(|a, b| score[*a].total_cmp(&score[*b]))
+                .unwrap_or(0);
+            json!({"features": features, "label": format!("c{label}")})
+        })
+        .collect()
+}
+
 /// A stationary stream: label = [2a - b + 0.5c + noise > 0], features on
 /// scales of their own; `a` arrives 1000x too large on rows `broken` (a
 /// broken upstream).

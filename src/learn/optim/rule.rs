@@ -1,53 +1,70 @@
-//! Per-coordinate optimizers: SGD, AdaGrad, Adam and FTRL-Proximal.
+//! Per-coordinate update rules: SGD, AdaGrad, Adam, FTRL-Proximal and the
+//! RMS-normalised constant rate the `auto` optimizer's candidates use.
 //!
-//! Each weight owns `Optimizer::slots()` floats of state (AdaGrad's sum of
-//! squared gradients, Adam's two moments, FTRL's `z` and `n`). The state
-//! lives in the trainer's working copy and in snapshots, never in a
-//! published version: predict needs weights only. Updates are sparse: only
-//! the coordinates an example touches move, so L1/L2 act lazily on them.
+//! Each weight owns `Rule::slots()` floats of state (AdaGrad's sum of
+//! squared gradients, Adam's two moments, FTRL's `z` and `n`, RMS's mean
+//! square). The state lives in the trainer's working copy and in
+//! snapshots, never in a published version: predict needs weights only.
+//! Updates are sparse: only the coordinates an example touches move, so
+//! L1/L2 act lazily on them.
 
-use serde::{Deserialize, Serialize};
-
-/// Which update rule; see the README for why AdaGrad is the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
+/// Which update rule a set of weights learns with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
     Sgd,
     Adagrad,
     Adam,
     Ftrl,
+    /// A constant rate on the gradient divided by its running root mean
+    /// square (RMSprop without a decaying rate): it keeps adapting to
+    /// change for as long as the stream runs, which AdaGrad's growing sum
+    /// does not.
+    Rms,
 }
 
-/// The `[models.optimizer]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerConfig {
-    #[serde(default = "default_kind")]
-    pub kind: OptimizerKind,
-    #[serde(default = "default_learning_rate")]
-    pub learning_rate: f64,
-    #[serde(default)]
-    pub l1: f64,
-    #[serde(default)]
-    pub l2: f64,
+/// An update rule with its settings, ready to apply (rates in f32, as
+/// the weights are).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rule {
+    pub kind: RuleKind,
+    pub learning_rate: f32,
+    pub l1: f32,
+    pub l2: f32,
 }
 
-fn default_kind() -> OptimizerKind {
-    OptimizerKind::Adagrad
-}
-
-fn default_learning_rate() -> f64 {
-    0.8
-}
-
-impl Default for OptimizerConfig {
-    fn default() -> Self {
-        Self {
-            kind: default_kind(),
-            learning_rate: default_learning_rate(),
-            l1: 0.0,
-            l2: 0.0,
+impl RuleKind {
+    /// The name a report shows (`kind` names in config for the shared ones).
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleKind::Sgd => "sgd",
+            RuleKind::Adagrad => "adagrad",
+            RuleKind::Adam => "adam",
+            RuleKind::Ftrl => "ftrl",
+            RuleKind::Rms => "rms",
         }
+    }
+
+    /// A stable number for snapshots.
+    pub fn code(self) -> u8 {
+        match self {
+            RuleKind::Sgd => 0,
+            RuleKind::Adagrad => 1,
+            RuleKind::Adam => 2,
+            RuleKind::Ftrl => 3,
+            RuleKind::Rms => 4,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            RuleKind::Sgd,
+            RuleKind::Adagrad,
+            RuleKind::Adam,
+            RuleKind::Ftrl,
+            RuleKind::Rms,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
     }
 }
 
@@ -56,15 +73,19 @@ const ADAM_BETA1: f32 = 0.9;
 const ADAM_BETA2: f32 = 0.999;
 const ADAM_EPS: f32 = 1e-8;
 /// FTRL's beta: the per-coordinate rate starts at `alpha / beta`.
-const FTRL_BETA: f32 = 1.0;
+pub(super) const FTRL_BETA: f32 = 1.0;
+/// RMS's memory of squared gradients: about the last 1,000 updates of a
+/// coordinate.
+const RMS_BETA: f32 = 0.999;
+const RMS_EPS: f32 = 1e-6;
 
-impl OptimizerConfig {
+impl Rule {
     /// State floats per weight.
     pub fn slots(&self) -> usize {
         match self.kind {
-            OptimizerKind::Sgd => 0,
-            OptimizerKind::Adagrad => 1,
-            OptimizerKind::Adam | OptimizerKind::Ftrl => 2,
+            RuleKind::Sgd => 0,
+            RuleKind::Adagrad | RuleKind::Rms => 1,
+            RuleKind::Adam | RuleKind::Ftrl => 2,
         }
     }
 
@@ -73,14 +94,28 @@ impl OptimizerConfig {
     /// correction; `regularize` is false for intercepts.
     #[inline]
     pub fn update(&self, w: &mut f32, state: &mut [f32], g: f32, step: u64, regularize: bool) {
-        let lr = self.learning_rate as f32;
+        self.update_inline(w, state, g, step, regularize)
+    }
+
+    /// `update`, always inlined: a caller that makes the kind a constant
+    /// gets the one rule's code without the others (`auto`'s candidates).
+    #[inline(always)]
+    pub(super) fn update_inline(
+        &self,
+        w: &mut f32,
+        state: &mut [f32],
+        g: f32,
+        step: u64,
+        regularize: bool,
+    ) {
+        let lr = self.learning_rate;
         let (l1, l2) = if regularize {
-            (self.l1 as f32, self.l2 as f32)
+            (self.l1, self.l2)
         } else {
             (0.0, 0.0)
         };
         match self.kind {
-            OptimizerKind::Ftrl => {
+            RuleKind::Ftrl => {
                 let (z, n) = (state[0], state[1]);
                 let n_new = n + g * g;
                 let sigma = (n_new.sqrt() - n.sqrt()) / lr;
@@ -96,12 +131,22 @@ impl OptimizerConfig {
             kind => {
                 let g = g + l2 * *w;
                 let rate = match kind {
-                    OptimizerKind::Sgd => lr,
-                    OptimizerKind::Adagrad => {
+                    RuleKind::Sgd => lr,
+                    RuleKind::Adagrad => {
                         state[0] += g * g;
                         lr / (state[0].sqrt() + ADAGRAD_EPS)
                     }
-                    OptimizerKind::Adam => {
+                    RuleKind::Rms => {
+                        // The first gradient seeds the mean square, so the
+                        // first step is `lr` long rather than 30 times that.
+                        state[0] = if state[0] == 0.0 {
+                            g * g
+                        } else {
+                            RMS_BETA * state[0] + (1.0 - RMS_BETA) * g * g
+                        };
+                        lr / (state[0].sqrt() + RMS_EPS)
+                    }
+                    RuleKind::Adam => {
                         state[0] = ADAM_BETA1 * state[0] + (1.0 - ADAM_BETA1) * g;
                         state[1] = ADAM_BETA2 * state[1] + (1.0 - ADAM_BETA2) * g * g;
                         let t = step.min(i32::MAX as u64) as i32;
@@ -116,7 +161,7 @@ impl OptimizerConfig {
                         }
                         return;
                     }
-                    OptimizerKind::Ftrl => unreachable!("handled above"),
+                    RuleKind::Ftrl => unreachable!("handled above"),
                 };
                 *w -= rate * g;
                 if l1 > 0.0 {
@@ -136,8 +181,16 @@ fn shrink(w: f32, by: f32) -> f32 {
 mod tests {
     use super::*;
 
-    fn cfg(kind: OptimizerKind) -> OptimizerConfig {
-        OptimizerConfig {
+    const ALL_KINDS: [RuleKind; 5] = [
+        RuleKind::Sgd,
+        RuleKind::Adagrad,
+        RuleKind::Adam,
+        RuleKind::Ftrl,
+        RuleKind::Rms,
+    ];
+
+    fn cfg(kind: RuleKind) -> Rule {
+        Rule {
             kind,
             learning_rate: 0.1,
             l1: 0.0,
@@ -146,7 +199,7 @@ mod tests {
     }
 
     /// Minimises (w - 3)^2 / 2 with each optimizer from w = 0.
-    fn converges(c: OptimizerConfig, steps: u64) -> f32 {
+    fn converges(c: Rule, steps: u64) -> f32 {
         let mut w = 0.0;
         let mut state = vec![0.0; c.slots()];
         for t in 1..=steps {
@@ -159,13 +212,14 @@ mod tests {
     #[test]
     fn every_optimizer_descends_a_quadratic() {
         for (kind, steps) in [
-            (OptimizerKind::Sgd, 200),
-            (OptimizerKind::Adagrad, 5000),
-            (OptimizerKind::Adam, 5000),
-            (OptimizerKind::Ftrl, 5000),
+            (RuleKind::Sgd, 200),
+            (RuleKind::Adagrad, 5000),
+            (RuleKind::Adam, 5000),
+            (RuleKind::Ftrl, 5000),
+            (RuleKind::Rms, 5000),
         ] {
             let mut c = cfg(kind);
-            if kind != OptimizerKind::Sgd {
+            if kind != RuleKind::Sgd {
                 c.learning_rate = 1.0;
             }
             let w = converges(c, steps);
@@ -175,18 +229,13 @@ mod tests {
 
     #[test]
     fn zero_gradient_leaves_weight_alone() {
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::Adagrad,
-            OptimizerKind::Adam,
-            OptimizerKind::Ftrl,
-        ] {
+        for kind in ALL_KINDS {
             let c = cfg(kind);
             let mut w = 0.5;
             let mut state = vec![0.0; c.slots()];
-            if kind == OptimizerKind::Ftrl {
+            if kind == RuleKind::Ftrl {
                 // FTRL keeps its weight in z: w = -z * alpha / beta.
-                state[0] = -0.5 * FTRL_BETA / c.learning_rate as f32;
+                state[0] = -0.5 * FTRL_BETA / c.learning_rate;
             }
             c.update(&mut w, &mut state, 0.0, 1, true);
             assert!((w - 0.5).abs() < 1e-6, "{kind:?} moved to {w}");
@@ -195,39 +244,22 @@ mod tests {
 
     #[test]
     fn l1_shrinks_weights_and_zeroes_small_ones() {
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::Adagrad,
-            OptimizerKind::Adam,
-            OptimizerKind::Ftrl,
-        ] {
+        for kind in ALL_KINDS {
             let mut c = cfg(kind);
-            if kind != OptimizerKind::Sgd {
+            if kind != RuleKind::Sgd {
                 c.learning_rate = 1.0;
             }
             // FTRL's L1 weighs against the accumulated loss, so its pull
             // shows early in a run; the others shrink at every step.
-            let steps = if kind == OptimizerKind::Ftrl {
-                50
-            } else {
-                3000
-            };
+            let steps = if kind == RuleKind::Ftrl { 50 } else { 3000 };
             let plain = converges(c, steps);
-            c.l1 = if kind == OptimizerKind::Ftrl {
-                30.0
-            } else {
-                0.5
-            };
+            c.l1 = if kind == RuleKind::Ftrl { 30.0 } else { 0.5 };
             let shrunk = converges(c, steps);
             assert!(
                 shrunk > 0.0 && shrunk < plain - 0.01,
                 "{kind:?}: {shrunk} vs {plain}"
             );
-            c.l1 = if kind == OptimizerKind::Ftrl {
-                1e6
-            } else {
-                10.0
-            };
+            c.l1 = if kind == RuleKind::Ftrl { 1e6 } else { 10.0 };
             assert_eq!(
                 converges(c, 3000),
                 0.0,
