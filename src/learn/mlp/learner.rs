@@ -98,7 +98,7 @@ impl NetLearner {
         let lr = net.config.learning_rate as f32;
         self.inputs.clear();
         let inputs = &mut self.inputs;
-        for_each_input(p, x, net.clip(), net.config.bins, |r, v| {
+        for_each_input(p, x, &net.config, |r, v| {
             inputs.push((r, v))
         });
         // Forward, keeping the activations.
