@@ -7,6 +7,16 @@
 //! about the same share of a roughly normal feature. The bin is hashed
 //! with its feature's row into a row of its own. A categorical or 0/1
 //! feature gives its value; zeros are skipped.
+//!
+//! An example with at most `crosses` numeric inputs (a low-dimensional
+//! stream, where a local 2-D boundary is likely and the pairs are few)
+//! also gives, for every pair of them, a 1 on the pair's cell in each of
+//! `cross_tilings` grids of `cross_bins` x `cross_bins` quantile bins,
+//! each grid shifted by a fraction of a bin (tile coding): the network
+//! gets the grid cell directly, and the overlapping grids draw a boundary
+//! finer than one grid's cells while each cell still sees many examples.
+//! With more numeric inputs the pairs would crowd out the inputs (measured:
+//! Elec2 loses 0.4 to 1.3 points), so such examples are left as they were.
 
 use super::{MAX_CROSSES, MlpConfig};
 use crate::learn::features::FeatureVec;

@@ -15,7 +15,8 @@
 //! input also switches on one of `bins` quantile bins (the standardised
 //! value through a normal-shaped CDF), hashed as a feature of its own, so
 //! a local boundary is a few bins' vectors rather than a fine balance of
-//! weights. Categorical and 0/1 inputs pass as they are and are skipped
+//! weights; an example with few numeric inputs also switches on its
+//! pairs' cells in a few shifted 2-D grids (`inputs.rs`). Categorical and 0/1 inputs pass as they are and are skipped
 //! when 0. Steps are RMSprop-style normalised constant steps (no decay,
 //! so the network keeps following drift), row-wise for the embedding and
 //! wide tables; initialisation is from a fixed seed, and nothing reads
