@@ -81,8 +81,14 @@ pub struct SnapshotMeta {
     #[serde(default, skip_serializing_if = "is_linear")]
     pub family: Family,
     /// The network's settings when `family` is `mlp` (the embedding
-    /// table's rows as built, capped at `hash_bits`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// table's rows as built, capped at `hash_bits`), which include how a
+    /// feature vector becomes its inputs (`bins`, `crosses`): a loaded
+    /// network keeps the encoding it learned with, whatever the config says.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "saved_mlp"
+    )]
     pub mlp: Option<MlpConfig>,
     pub optimizer: OptimizerConfig,
     /// The model version these weights were published as.
@@ -123,6 +129,24 @@ pub fn family_of(learner: &Learner) -> (Family, Option<MlpConfig>) {
         Some(net) => (Family::Mlp, Some(net.config)),
         None => (Family::Linear, None),
     }
+}
+
+/// `SnapshotMeta::mlp` as saved. A snapshot from before the crossed grids
+/// has no `crosses`: its network learned without them, so it keeps none
+/// (the config's default would give its rows another meaning).
+fn saved_mlp<'de, D>(d: D) -> Result<Option<MlpConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let Some(mut table) = Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)?
+    else {
+        return Ok(None);
+    };
+    table.entry("crosses").or_insert(0.into());
+    serde_json::from_value(serde_json::Value::Object(table))
+        .map(Some)
+        .map_err(D::Error::custom)
 }
 
 fn is_linear(f: &Family) -> bool {
@@ -1423,13 +1447,30 @@ mod tests {
     /// What it predicts for the probe, recorded when it was made.
     const MLP_PROBE_P1: f32 = 0.584_625_24;
 
+    /// Written before the crossed grids: `crosses` is absent from its
+    /// metadata and reads as 0.
     fn fixture_mlp_config() -> MlpConfig {
         MlpConfig {
             hidden: 8,
             embedding_bits: 6,
             bins: 4,
+            crosses: 0,
             ..MlpConfig::default()
         }
+    }
+
+    #[test]
+    fn an_mlp_saved_without_crosses_keeps_none_and_one_with_them_keeps_them() {
+        let mut meta = fixture_v3_mlp().meta;
+        let crossed = MlpConfig::default();
+        assert!(crossed.crosses > 0);
+        meta.mlp = Some(crossed);
+        let mut json: serde_json::Value = serde_json::to_value(&meta).unwrap();
+        let back: SnapshotMeta = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.mlp, Some(crossed));
+        json["mlp"].as_object_mut().unwrap().remove("crosses");
+        let old: SnapshotMeta = serde_json::from_value(json).unwrap();
+        assert_eq!(old.mlp.unwrap().crosses, 0);
     }
 
     /// The mlp fixture's model: `fixture_v1`'s examples through a small

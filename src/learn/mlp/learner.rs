@@ -98,9 +98,7 @@ impl NetLearner {
         let lr = net.config.learning_rate as f32;
         self.inputs.clear();
         let inputs = &mut self.inputs;
-        for_each_input(p, x, net.clip(), net.config.bins, |r, v| {
-            inputs.push((r, v))
-        });
+        for_each_input(p, x, &net.config, |r, v| inputs.push((r, v)));
         // Forward, keeping the activations.
         let (hidden, z) = (&mut self.hidden, &mut self.grad);
         hidden.copy_from_slice(&net.hidden_bias);

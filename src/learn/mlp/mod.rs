@@ -15,7 +15,8 @@
 //! input also switches on one of `bins` quantile bins (the standardised
 //! value through a normal-shaped CDF), hashed as a feature of its own, so
 //! a local boundary is a few bins' vectors rather than a fine balance of
-//! weights. Categorical and 0/1 inputs pass as they are and are skipped
+//! weights; an example with few numeric inputs also switches on its
+//! pairs' cells in a few shifted 2-D grids (`inputs.rs`). Categorical and 0/1 inputs pass as they are and are skipped
 //! when 0. Steps are RMSprop-style normalised constant steps (no decay,
 //! so the network keeps following drift), row-wise for the embedding and
 //! wide tables; initialisation is from a fixed seed, and nothing reads
@@ -49,6 +50,13 @@ pub const MAX_HIDDEN: usize = 1024;
 /// Largest number of quantile bins per numeric input.
 pub const MAX_BINS: u32 = 1024;
 
+/// Most numeric inputs crossed in pairs (`MAX_CROSSES * (MAX_CROSSES - 1)
+/// / 2` grid cells per example at most).
+pub const MAX_CROSSES: u32 = 16;
+
+/// Most grids per crossed pair.
+pub const MAX_TILINGS: u32 = 16;
+
 /// `models[].family`: which model a model name serves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +89,16 @@ pub struct MlpConfig {
     pub embedding_bits: u8,
     /// Quantile bins per numeric input (each its own hashed input); 0 = none.
     pub bins: u32,
+    /// An example with at most `crosses` numeric inputs has every pair of
+    /// them crossed: the pair's cell in each of `cross_tilings` grids of
+    /// `cross_bins` x `cross_bins` quantile bins is a hashed input of its
+    /// own; 0 = never.
+    pub crosses: u32,
+    /// Quantile bins per side of a crossed pair's grid.
+    pub cross_bins: u32,
+    /// Grids per crossed pair, each shifted by `1 / cross_tilings` of a bin
+    /// from the last (tile coding).
+    pub cross_tilings: u32,
     /// The step of the normalised (RMSprop-style) update.
     pub learning_rate: f64,
     /// Standardised numeric inputs are clipped to `±clip`.
@@ -95,6 +113,9 @@ impl Default for MlpConfig {
             hidden: 64,
             embedding_bits: 16,
             bins: 16,
+            crosses: 4,
+            cross_bins: 6,
+            cross_tilings: 6,
             learning_rate: 0.003,
             clip: 3.0,
             seed: 0x6564_6479_6d6c_7030, // "eddymlp0"
@@ -122,6 +143,15 @@ impl MlpConfig {
         }
         if self.bins > MAX_BINS || self.bins == 1 {
             return Some(("bins", format!("must be 0 (none) or lie in 2..={MAX_BINS}")));
+        }
+        if self.crosses > MAX_CROSSES {
+            return Some(("crosses", format!("must lie in 0..={MAX_CROSSES}")));
+        }
+        if self.cross_bins > MAX_BINS || self.cross_bins < 2 {
+            return Some(("cross_bins", format!("must lie in 2..={MAX_BINS}")));
+        }
+        if !(1..=MAX_TILINGS).contains(&self.cross_tilings) {
+            return Some(("cross_tilings", format!("must lie in 1..={MAX_TILINGS}")));
         }
         if !(self.learning_rate.is_finite()
             && self.learning_rate > 0.0

@@ -78,18 +78,13 @@ impl Net {
         r & (self.embedding.rows() - 1)
     }
 
-    #[inline]
-    pub(super) fn clip(&self) -> f32 {
-        self.config.clip as f32
-    }
-
     /// Hidden activations (after ReLU) into `hidden` and raw outputs
     /// (logits, or the standardised regression value) into `out`.
     #[inline]
     pub(super) fn forward(&self, p: &Params, x: &FeatureVec, hidden: &mut [f32], out: &mut [f32]) {
         hidden.copy_from_slice(&self.hidden_bias);
         out.copy_from_slice(&p.bias);
-        for_each_input(p, x, self.clip(), self.config.bins, |r, v| {
+        for_each_input(p, x, &self.config, |r, v| {
             add_scaled(hidden, self.embedding.row_slice(self.row(r)), v);
             if let [o] = out {
                 *o += p.weights.at(r, 0) * v;

@@ -8,8 +8,12 @@ use crate::learn::{Feature, FeatureHasher};
 use crate::learn::{FeatureVec, LabelSpace, Learner, OptimizerConfig, Target, TaskKind};
 
 fn learner(family: Family, kind: TaskKind, classes: &[&str]) -> Learner {
+    learner_with(family, kind, classes, &MlpConfig::default())
+}
+
+fn learner_with(family: Family, kind: TaskKind, classes: &[&str], mlp: &MlpConfig) -> Learner {
     let space = LabelSpace::new(kind, classes.iter().map(|s| s.to_string()).collect()).unwrap();
-    let params = fresh_params(Arc::new(space), 12, family, &MlpConfig::default());
+    let params = fresh_params(Arc::new(space), 12, family, mlp);
     Learner::new(params, OptimizerConfig::default())
 }
 
@@ -43,11 +47,34 @@ fn points(n: usize, d: usize) -> impl Iterator<Item = Vec<f64>> {
     })
 }
 
-/// Prequential accuracy of `family` on `concept` over `n` points.
+/// Accuracy of `family` on `concept` over the last quarter of a
+/// prequential pass of `n` points (what it has learned by then).
 fn accuracy(family: Family, d: usize, n: usize, concept: impl Fn(&[f64]) -> bool) -> f64 {
-    let mut l = learner(family, TaskKind::Binary, &[]);
+    accuracy_over(&MlpConfig::default(), family, d, n, n / 4, concept)
+}
+
+/// Accuracy of the network over a whole prequential pass of `n` points
+/// (what `eddy eval --prequential` reports: how fast it learns, too).
+fn prequential_accuracy(
+    mlp: &MlpConfig,
+    d: usize,
+    n: usize,
+    concept: impl Fn(&[f64]) -> bool,
+) -> f64 {
+    accuracy_over(mlp, Family::Mlp, d, n, n, concept)
+}
+
+/// Accuracy over the last `tail` points of a prequential pass of `n`.
+fn accuracy_over(
+    mlp: &MlpConfig,
+    family: Family,
+    d: usize,
+    n: usize,
+    tail: usize,
+    concept: impl Fn(&[f64]) -> bool,
+) -> f64 {
+    let mut l = learner_with(family, TaskKind::Binary, &[], mlp);
     let mut right = 0;
-    let tail = n / 4;
     for (i, p) in points(n, d).enumerate() {
         let x = numeric(&p);
         let y = usize::from(concept(&p));
@@ -80,6 +107,40 @@ fn learns_a_conjunction_of_thresholds_better_than_a_linear_model() {
     );
     assert!(mlp > 0.95, "mlp {mlp}");
     assert!(mlp - linear > 0.1, "mlp {mlp}, linear {linear}");
+}
+
+#[test]
+fn crossed_grids_learn_a_small_checkerboard_the_bins_alone_miss() {
+    // A 4 x 4 checkerboard on [0,1)^2, 4,000 points: each square is a
+    // local 2-D boundary that no single input's bins can draw, so without
+    // the grids the network needs many more examples to find it.
+    let board = |p: &[f64]| ((p[0] * 4.0) as u32 + (p[1] * 4.0) as u32) % 2 == 1;
+    let crossed = MlpConfig::default();
+    let bins_only = MlpConfig {
+        crosses: 0,
+        ..crossed
+    };
+    let (with, without) = (
+        prequential_accuracy(&crossed, 2, 4000, board),
+        prequential_accuracy(&bins_only, 2, 4000, board),
+    );
+    assert!(with > 0.89, "crossed {with}");
+    assert!(without < 0.85, "bins alone {without}");
+}
+
+#[test]
+fn crosses_leave_examples_with_more_numeric_inputs_as_they_were() {
+    let concept = |p: &[f64]| p[0] + p[1] > p[2] + p[3] * p[4];
+    let crossed = MlpConfig::default();
+    let bins_only = MlpConfig {
+        crosses: 0,
+        ..crossed
+    };
+    assert!(crossed.crosses < 5);
+    assert_eq!(
+        prequential_accuracy(&crossed, 5, 2000, concept),
+        prequential_accuracy(&bins_only, 5, 2000, concept)
+    );
 }
 
 #[test]
@@ -142,8 +203,10 @@ fn a_published_copy_does_not_move_and_a_step_copies_few_blocks() {
     let before = published.predict(&probe);
     l.learn_one(&numeric(&[0.3, 0.7]), Target::Class(1));
     let emb = &l.params().net.as_ref().unwrap().embedding;
-    // Two numeric inputs and their two bins: at most four blocks of rows.
-    assert!(emb.unshared_blocks() <= 4, "{}", emb.unshared_blocks());
+    // Two numeric inputs, their two bins and the pair's cell in each
+    // grid: at most that many blocks of rows.
+    let inputs = 4 + MlpConfig::default().cross_tilings as usize;
+    assert!(emb.unshared_blocks() <= inputs, "{}", emb.unshared_blocks());
     assert_eq!(published.predict(&probe), before);
     assert_ne!(l.params().predict(&probe), before);
 }
