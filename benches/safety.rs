@@ -14,7 +14,13 @@
 //! 4. SEA-style abrupt drift (generated): the threshold moves three times;
 //!    target zero rollbacks, and the model adapts.
 //!
-//! Run: `cargo bench --bench safety` (under a minute).
+//! The ingestion guard is off, so the monitor is measured alone
+//! (`SAFETY_GUARD=1` turns it on).
+//!
+//! Run: `cargo bench --bench safety` (under a minute); `SAFETY_OPTIMIZER`
+//! and `SAFETY_MONITOR` add keys to `[models.optimizer]` and
+//! `[models.monitor]` (`;` for a new line), e.g.
+//! `SAFETY_OPTIMIZER='kind = "adagrad"'`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,7 +46,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn model(extra: &str) -> ModelConfig {
     Config::from_toml_over_default(&format!(
-        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.monitor]\n{}\n{extra}",
+        "[[models]]\nname = \"m\"\ntask = \"binary\"\n[models.optimizer]\n{}\n[models.guard]\nenabled = {}\n[models.monitor]\n{}\n{extra}",
+        std::env::var("SAFETY_OPTIMIZER")
+            .unwrap_or_default()
+            .replace(';', "\n"),
+        // The safety loop alone: the guard would keep most attacks from
+        // reaching it (`cargo bench --bench guard` measures the two
+        // together). SAFETY_GUARD=1 runs them together here too.
+        std::env::var("SAFETY_GUARD").is_ok_and(|v| v == "1"),
         std::env::var("SAFETY_MONITOR")
             .unwrap_or_default()
             .replace(';', "\n")
