@@ -145,7 +145,7 @@ impl ApiError {
             ApiError::InvalidLabel(LabelError::UnknownClass(..)) => {
                 (S::UNPROCESSABLE_ENTITY, "unknown_class")
             }
-            ApiError::InvalidLabel(LabelError::WrongType(_)) => {
+            ApiError::InvalidLabel(LabelError::WrongType(_) | LabelError::OutOfRange(_)) => {
                 (S::UNPROCESSABLE_ENTITY, "invalid_label")
             }
             ApiError::InvalidBatch(_) => (S::UNPROCESSABLE_ENTITY, "invalid_batch"),

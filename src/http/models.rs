@@ -48,7 +48,8 @@ pub struct ModelInfo<'a> {
     optimizer: &'a OptimizerConfig,
     /// The rule(s) and rate(s) the live version was learned with: one for
     /// an explicit kind; `auto`'s candidates with their weight in the
-    /// combination the live weights are.
+    /// combination the live weights are; for the `mlp` family, the
+    /// network's own step (`rms` at `mlp.learning_rate`).
     optimizer_state: OptimizerState,
     minibatch_size: usize,
     /// `running`, or `paused` (by an operator or `on_degrade = "pause"`).
@@ -143,7 +144,19 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         created_at: rfc3339(m.created_at),
         updated_at: rfc3339(live.published_at),
         optimizer: &m.config.optimizer,
-        optimizer_state: optimizer_state(&m.config.optimizer, &live.params),
+        optimizer_state: match m.config.family {
+            // The network takes its own constant normalised step; the
+            // optimizer's table is not used.
+            Family::Mlp => OptimizerState {
+                kind: m.config.optimizer.kind,
+                candidates: vec![CandidateShare {
+                    rule: "rms",
+                    learning_rate: m.config.mlp.learning_rate as f32,
+                    weight: 1.0,
+                }],
+            },
+            Family::Linear => optimizer_state(&m.config.optimizer, &live.params),
+        },
         minibatch_size: m.config.training.minibatch_size.get(),
         training: if m.stats.paused.load(Ordering::Acquire) {
             "paused"

@@ -312,6 +312,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawFeatures<'a> {
 
 struct FeaturesVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
+/// Up to this many names, a repeated one is found by comparing with each.
+const DUPLICATE_SCAN: usize = 32;
+
 impl<'de: 'a, 'a> Visitor<'de> for FeaturesVisitor<'a> {
     type Value = RawFeatures<'a>;
 
@@ -321,9 +324,27 @@ impl<'de: 'a, 'a> Visitor<'de> for FeaturesVisitor<'a> {
         )
     }
 
+    /// A name given twice is refused: each copy would count (past the
+    /// per-value bounds), and JSON parsers disagree on which one wins.
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8));
+        let mut pairs: Vec<(Cow<'a, str>, RawValue<'a>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(8));
+        // Few names are compared one by one; many through a set.
+        let mut names: Option<std::collections::HashSet<Cow<'a, str>>> = None;
         while let Some(key) = map.next_key::<CowStr<'a>>()? {
+            let repeated = if pairs.len() < DUPLICATE_SCAN {
+                pairs.iter().any(|(k, _)| *k == key.0)
+            } else {
+                let set =
+                    names.get_or_insert_with(|| pairs.iter().map(|(k, _)| k.clone()).collect());
+                !set.insert(key.0.clone())
+            };
+            if repeated {
+                return Err(de::Error::custom(format_args!(
+                    "feature {:?} is given more than once",
+                    key.0
+                )));
+            }
             let value = map.next_value::<RawValue<'a>>()?;
             pairs.push((key.0, value));
         }
@@ -447,6 +468,28 @@ mod tests {
     fn hash(json: &str) -> Result<FeatureVec, FeatureError> {
         let raw: RawFeatures = serde_json::from_str(json).expect("valid json");
         FeatureHasher::new(18).hash(&raw)
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused_however_many_names() {
+        for n in [2usize, 40, 200] {
+            let mut names: Vec<String> = (0..n).map(|i| format!("\"f{i}\": {i}")).collect();
+            names.push("\"f1\": 9".into());
+            let json = format!("{{{}}}", names.join(", "));
+            let err = serde_json::from_str::<RawFeatures>(&json)
+                .err()
+                .unwrap_or_else(|| panic!("{n} names and a repeat accepted"));
+            assert!(
+                err.to_string().contains("\"f1\" is given more than once"),
+                "{err}"
+            );
+            names.pop();
+            let json = format!("{{{}}}", names.join(", "));
+            assert!(
+                serde_json::from_str::<RawFeatures>(&json).is_ok(),
+                "{n} distinct names"
+            );
+        }
     }
 
     #[test]

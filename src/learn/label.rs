@@ -69,6 +69,8 @@ pub enum LabelError {
     UnknownClass(String, String),
     #[error("label has the wrong type: {0}")]
     WrongType(String),
+    #[error("label out of range: {0}")]
+    OutOfRange(String),
 }
 
 /// Why a label space cannot be built from config.
@@ -167,7 +169,7 @@ impl LabelSpace {
                 RawLabel::Float(f) if f.is_finite() && f.abs() <= MAX_TARGET => {
                     Ok(Target::Value(*f))
                 }
-                RawLabel::Int(_) | RawLabel::Float(_) => Err(LabelError::WrongType(format!(
+                RawLabel::Int(_) | RawLabel::Float(_) => Err(LabelError::OutOfRange(format!(
                     "regression labels must be finite numbers of magnitude at most {MAX_TARGET:e}"
                 ))),
                 other => Err(LabelError::WrongType(format!(
@@ -325,7 +327,7 @@ mod tests {
         assert_eq!(check(&s, "2.5"), Ok(Target::Value(2.5)));
         assert_eq!(check(&s, "-3"), Ok(Target::Value(-3.0)));
         assert!(matches!(check(&s, r#""2""#), Err(LabelError::WrongType(_))));
-        assert!(matches!(check(&s, "1e200"), Err(LabelError::WrongType(_))));
+        assert!(matches!(check(&s, "1e200"), Err(LabelError::OutOfRange(_))));
     }
 
     #[test]

@@ -265,6 +265,10 @@ async fn rollback_to_a_named_version_or_to_last_good() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restored"], kept);
     assert_eq!(body["rolled_back_from"], before);
+    assert_eq!(
+        body["dropped"], 64,
+        "the 64 examples learned after the snapshot"
+    );
     let now = body["version"].as_u64().expect("version");
     assert!(now > before, "versions only go up: {now} after {before}");
     let p = app.predict("demo", probe.clone()).await;

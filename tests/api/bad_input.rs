@@ -66,6 +66,20 @@ const CASES: &[(&str, &str, &str, u16, &str)] = &[
         "invalid_request",
     ),
     (
+        "a feature name given twice (each copy would count)",
+        "/v1/models/bin/predict",
+        r#"{"features": {"z": 1e30, "z": 1e30}}"#,
+        422,
+        "invalid_request",
+    ),
+    (
+        "a feature name given twice in feedback",
+        "/v1/models/bin/feedback",
+        r#"{"features": {"c": "x", "d": 1, "c": "y"}, "label": 1}"#,
+        422,
+        "invalid_request",
+    ),
+    (
         "instances not a list",
         "/v1/models/bin/predict",
         r#"{"instances": {}}"#,

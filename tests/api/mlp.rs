@@ -78,6 +78,12 @@ async fn an_mlp_model_learns_snapshots_restarts_and_rolls_back_exactly() {
         (Some("mlp"), Some(16))
     );
     assert_eq!(app.info("lin").await["family"], "linear");
+    // What the network learns with: its own step, not the optimizer's.
+    let step = &info["optimizer_state"]["candidates"];
+    assert_eq!(
+        (step[0]["rule"].as_str(), step.as_array().map(Vec::len)),
+        (Some("rms"), Some(1))
+    );
     for model in ["lin", "net"] {
         for chunk in 0..10 {
             let (status, body) = app

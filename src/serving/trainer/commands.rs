@@ -276,6 +276,8 @@ impl Trainer {
             }
             (Some(v), _) => {
                 let (learner, examples_trained) = self.load_retained(v)?;
+                // What was learned after that snapshot was taken.
+                let dropped = self.examples_trained().saturating_sub(examples_trained);
                 self.learner = learner;
                 if let Some(m) = &mut self.monitor {
                     m.adopt_last_good(Checkpoint {
@@ -285,7 +287,7 @@ impl Trainer {
                         examples_trained,
                     });
                 }
-                (v, 0)
+                (v, usize::try_from(dropped).unwrap_or(usize::MAX))
             }
         };
         self.cadence.published(at);
