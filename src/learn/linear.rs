@@ -240,10 +240,24 @@ impl Params {
         if let Some(net) = &self.net {
             return net.score(self, x, y);
         }
+        self.score_one_output(y, |z| self.scores(x, z))
+            .unwrap_or_else(|| Scored::of(&self.predict(x), y))
+    }
+
+    /// The score of a binary or regression model from its one raw output,
+    /// which `raw` computes; `None` for other tasks (or a target of the
+    /// wrong kind), which score `predict`'s output instead. Both families
+    /// score through it.
+    #[inline]
+    pub(crate) fn score_one_output(
+        &self,
+        y: Target,
+        raw: impl FnOnce(&mut [f32; 1]),
+    ) -> Option<Scored> {
         let mut z = [0.0f32; 1];
         match (self.space.kind(), y) {
             (TaskKind::Binary, Target::Class(c)) => {
-                self.scores(x, &mut z);
+                raw(&mut z);
                 let p1 = sigmoid(z[0]);
                 let p0 = 1.0 - p1;
                 let (p_true, correct) = if c == 1 {
@@ -251,13 +265,13 @@ impl Params {
                 } else {
                     (p0, p0 >= p1)
                 };
-                Scored::class_f32(correct, p_true)
+                Some(Scored::class_f32(correct, p_true))
             }
             (TaskKind::Regression, Target::Value(t)) => {
-                self.scores(x, &mut z);
-                Scored::value(self.target_value(z[0]) - t)
+                raw(&mut z);
+                Some(Scored::value(self.target_value(z[0]) - t))
             }
-            _ => Scored::of(&self.predict(x), y),
+            _ => None,
         }
     }
 

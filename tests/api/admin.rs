@@ -213,18 +213,6 @@ async fn paused_learning_keeps_feedback_and_learns_it_on_resume() {
     app.stop().await.expect("clean stop");
 }
 
-async fn admin_post(app: &crate::helpers::TestApp, path: &str, body: &str) -> (u16, Value) {
-    let r = app
-        .client
-        .post(format!("http://{}/admin/models/{path}", app.admin))
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("admin request");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("json"))
-}
-
 fn probability(p: &Value) -> f64 {
     p["probabilities"]["1"].as_f64().expect("p(1)")
 }
@@ -242,7 +230,7 @@ async fn rollback_to_a_named_version_or_to_last_good() {
     };
     assert_eq!(app.feedback("demo", train(64, 1)).await.0, 202);
     app.wait_trained("demo", 64).await;
-    let (status, snap) = admin_post(&app, "demo/snapshot", "").await;
+    let (status, snap) = app.admin_post("demo/snapshot", "").await;
     assert_eq!(status, 200, "{snap}");
     let kept = snap["snapshot"]["version"].as_u64().expect("version");
     let at_kept = probability(&app.predict("demo", probe.clone()).await);
@@ -256,12 +244,9 @@ async fn rollback_to_a_named_version_or_to_last_good() {
         at_kept
     );
 
-    let (status, body) = admin_post(
-        &app,
-        "demo/rollback",
-        &json!({ "version": kept }).to_string(),
-    )
-    .await;
+    let (status, body) = app
+        .admin_post("demo/rollback", &json!({ "version": kept }).to_string())
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restored"], kept);
     assert_eq!(body["rolled_back_from"], before);
@@ -284,7 +269,7 @@ async fn rollback_to_a_named_version_or_to_last_good() {
     // `{}` (or no body) goes back to last-good.
     assert_eq!(app.feedback("demo", train(32, 0)).await.0, 202);
     app.wait_trained("demo", 160).await;
-    let (status, body) = admin_post(&app, "demo/rollback", "").await;
+    let (status, body) = app.admin_post("demo/rollback", "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["restored"], kept);
     assert_eq!(
@@ -292,22 +277,24 @@ async fn rollback_to_a_named_version_or_to_last_good() {
         at_kept
     );
 
-    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": 99999}"#).await;
+    let (status, body) = app
+        .admin_post("demo/rollback", r#"{"version": 99999}"#)
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("version_not_retained"))
     );
-    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": "x"}"#).await;
+    let (status, body) = app.admin_post("demo/rollback", r#"{"version": "x"}"#).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("invalid_request"))
     );
-    let (status, body) = admin_post(&app, "demo/rollback", r#"{"version": 1"#).await;
+    let (status, body) = app.admin_post("demo/rollback", r#"{"version": 1"#).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (400, Some("malformed_json"))
     );
-    let (status, _) = admin_post(&app, "nope/rollback", "{}").await;
+    let (status, _) = app.admin_post("nope/rollback", "{}").await;
     assert_eq!(status, 404);
 
     let events = events(&app, "demo").await;

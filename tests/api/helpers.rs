@@ -90,6 +90,18 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// POSTs `body` to `/admin/models/{path}` (no token); status and JSON.
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("http://{}/admin/models/{path}", self.admin))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("admin request");
+        (r.status().as_u16(), r.json().await.expect("json"))
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client

@@ -55,17 +55,6 @@ async fn answers(app: &TestApp, model: &str) -> Vec<f64> {
     out
 }
 
-async fn admin_post(app: &TestApp, path: &str, body: &str) -> (u16, Value) {
-    let r = app
-        .client
-        .post(format!("http://{}/admin/models/{path}", app.admin))
-        .body(body.to_owned())
-        .send()
-        .await
-        .expect("admin request");
-    (r.status().as_u16(), r.json().await.expect("json"))
-}
-
 #[tokio::test]
 async fn an_mlp_model_learns_snapshots_restarts_and_rolls_back_exactly() {
     let dir = tempfile::tempdir().expect("dir");
@@ -104,7 +93,7 @@ async fn an_mlp_model_learns_snapshots_restarts_and_rolls_back_exactly() {
     assert_eq!(right(&net), 4, "the network learns XOR: {net:?}");
     assert!(right(&lin) < 4, "a linear model cannot: {lin:?}");
 
-    let (status, snap) = admin_post(&app, "net/snapshot", "").await;
+    let (status, snap) = app.admin_post("net/snapshot", "").await;
     assert_eq!(status, 200, "{snap}");
     let kept = snap["snapshot"]["version"].as_u64().expect("version");
     // The opposite concept moves the weights away...
@@ -113,12 +102,9 @@ async fn an_mlp_model_learns_snapshots_restarts_and_rolls_back_exactly() {
     app.wait_trained("net", 4800).await;
     assert_ne!(answers(&app, "net").await, net);
     // ...and a rollback brings back exactly the kept ones.
-    let (status, body) = admin_post(
-        &app,
-        "net/rollback",
-        &json!({ "version": kept }).to_string(),
-    )
-    .await;
+    let (status, body) = app
+        .admin_post("net/rollback", &json!({ "version": kept }).to_string())
+        .await;
     assert_eq!(
         (status, body["restored"].as_u64()),
         (200, Some(kept)),

@@ -291,14 +291,6 @@ impl TimeBlocks {
         }
     }
 
-    pub fn width(&self) -> u64 {
-        self.width
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
     pub fn heap_bytes(&self) -> usize {
         self.blocks.capacity() * std::mem::size_of::<Block>()
             + self

@@ -131,25 +131,8 @@ impl Net {
     pub fn score(&self, p: &Params, x: &FeatureVec, y: Target) -> Scored {
         let mut hidden = [0.0f32; MAX_HIDDEN];
         let hidden = &mut hidden[..self.hidden()];
-        let mut z = [0.0f32; 1];
-        match (p.space.kind(), y) {
-            (TaskKind::Binary, Target::Class(c)) => {
-                self.forward(p, x, hidden, &mut z);
-                let p1 = sigmoid(z[0]);
-                let p0 = 1.0 - p1;
-                let (p_true, correct) = if c == 1 {
-                    (p1, p1 > p0)
-                } else {
-                    (p0, p0 >= p1)
-                };
-                Scored::class_f32(correct, p_true)
-            }
-            (TaskKind::Regression, Target::Value(t)) => {
-                self.forward(p, x, hidden, &mut z);
-                Scored::value(p.target_value(z[0]) - t)
-            }
-            _ => Scored::of(&self.predict(p, x), y),
-        }
+        p.score_one_output(y, |z| self.forward(p, x, hidden, z))
+            .unwrap_or_else(|| Scored::of(&self.predict(p, x), y))
     }
 }
 
