@@ -506,7 +506,7 @@ impl Learner {
             return;
         }
         self.state.steps += 1;
-        let step = self.state.steps;
+        let step = rule.step(self.state.steps);
         let slots = rule.slots();
         for (r, v) in &self.inputs {
             let mut w = p.weights.row_mut(*r);

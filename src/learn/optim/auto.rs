@@ -12,7 +12,7 @@
 
 use crate::learn::blocked::Blocked;
 
-use super::{Mixture, MixtureWeight, Rule, RuleKind};
+use super::{Mixture, MixtureWeight, Rule, RuleKind, Step};
 
 /// Everything `auto` keeps beside the published weights.
 #[derive(Debug, Clone)]
@@ -189,6 +189,7 @@ impl AutoState {
                 }
             }
         }
+        let step = Step::new(step, self.rules.iter().any(|r| r.kind == RuleKind::Adam));
         let shares = self.mixture.applied();
         let scores = &self.scores;
         let candidates = || {
@@ -255,7 +256,7 @@ fn layout(rules: &[Rule], outputs: usize) -> (Vec<usize>, usize) {
 /// A candidate's update, with the rules `auto` runs compiled inline (their
 /// kind a constant in each arm) and any other through the general path.
 #[inline(always)]
-fn step_candidate(rule: &Rule, w: &mut f32, s: &mut [f32], g: f32, step: u64, regularize: bool) {
+fn step_candidate(rule: &Rule, w: &mut f32, s: &mut [f32], g: f32, step: Step, regularize: bool) {
     match rule.kind {
         RuleKind::Rms => Rule {
             kind: RuleKind::Rms,
@@ -341,7 +342,7 @@ fn step_row<'a>(
     out: &mut [f32],
     o: usize,
     v: f32,
-    step: u64,
+    step: Step,
     regularize: bool,
 ) {
     out.fill(0.0);

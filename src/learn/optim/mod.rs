@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auto::{ActiveRows, AutoParts, AutoState, MAX_CANDIDATES};
 pub use mixture::{Mixture, MixtureWeight};
-pub use rule::{Rule, RuleKind};
+pub use rule::{Rule, RuleKind, Step};
 
 /// Which optimizer; see the README ("Choosing the optimizer") for why
 /// `auto` is the default.
