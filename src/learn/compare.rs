@@ -171,7 +171,17 @@ impl PairedWindow {
     pub fn judge(&self, rule: &DegradationRule, task: TaskKind) -> Verdict {
         match task {
             TaskKind::Regression => self.judge_loss(rule),
-            TaskKind::Binary | TaskKind::Multiclass => self.judge_accuracy(rule),
+            TaskKind::Binary | TaskKind::Multiclass => match self.judge_accuracy(rule) {
+                // Less accurate but lower in log loss, the loss it learns
+                // by, is a learner tracking the stream more closely and
+                // more noisily (a fast rate on an autocorrelated stream),
+                // not one that bad data moved: poisoned or broken inputs
+                // raise both.
+                Verdict::Degraded { p_value } if self.live_mean_loss() < self.base_mean_loss() => {
+                    Verdict::Fine { p_value }
+                }
+                v => v,
+            },
         }
     }
 
@@ -457,6 +467,37 @@ mod tests {
             panic!("{:?}", w.judge_accuracy(&RULE))
         };
         assert!((p_value - 106.0 / 16384.0).abs() < 1e-9, "{p_value}");
+    }
+
+    #[test]
+    fn a_less_accurate_live_side_with_lower_log_loss_is_not_degraded() {
+        // 2 vs 40 discordant: worse by 12.7 points, significantly. With
+        // the losses that go with it (each wrong answer costing 1) that
+        // is a degradation; the same answers with the live side less sure
+        // when wrong and surer when right (lower log loss overall) are a
+        // noisier learner, not a damaged one.
+        let (live_only, base_only) = (2, 40);
+        let judge = |live_loss: &dyn Fn(bool) -> f64| {
+            let mut w = PairedWindow::default();
+            for i in 0..300 {
+                let (l, b) = match i {
+                    i if i < 200 => (true, true),
+                    i if i < 200 + live_only => (true, false),
+                    i if i < 200 + live_only + base_only => (false, true),
+                    _ => (false, false),
+                };
+                w.add_class(l, b, live_loss(l), if b { 0.3 } else { 1.5 });
+            }
+            w.judge(&RULE, TaskKind::Binary)
+        };
+        assert!(matches!(
+            judge(&|right| if right { 0.3 } else { 1.5 }),
+            Verdict::Degraded { .. }
+        ));
+        assert!(matches!(
+            judge(&|right| if right { 0.05 } else { 0.8 }),
+            Verdict::Fine { .. }
+        ));
     }
 
     #[test]
