@@ -568,15 +568,34 @@ fn gradient(kind: TaskKind, truth: Truth, z: &mut [f32]) -> bool {
     z.iter().all(|g| g.is_finite())
 }
 
-/// The example's loss from its gradient: log loss for classes (the true
-/// class's probability is one minus the size of its gradient), half the
-/// squared standardised error for regression.
+/// The example's loss for `auto`'s mixture, from its gradient: for
+/// classes a mistake (1 when another class is more probable than the
+/// true one, 1/2 on a tie), for regression half the squared standardised
+/// error. Mixing by mistakes (Hedge, the weighted majority) aims the
+/// mixture at accuracy, what a classifier is judged by: mixing by log
+/// loss picked a well calibrated but less accurate candidate on streams a
+/// linear model cannot fit (a disc in the plane, Agrawal's function 3).
 #[inline]
 fn loss_of(truth: Truth, g: &[f32]) -> f64 {
+    let verdict = |truth_p: f32, other_p: f32| match other_p.partial_cmp(&truth_p) {
+        Some(std::cmp::Ordering::Greater) => 1.0,
+        Some(std::cmp::Ordering::Equal) => 0.5,
+        _ => 0.0,
+    };
     match truth {
+        // Binary: the gradient is p - c, so the true class's probability
+        // is 1 - |g| and the other one's |g|.
+        Truth::Class(_) if g.len() == 1 => verdict(1.0 - g[0].abs(), g[0].abs()),
+        // Multiclass: g[k] is p_k, except g[c] = p_c - 1.
         Truth::Class(c) => {
-            let g = if g.len() == 1 { g[0] } else { g[c] };
-            -(1.0 - f64::from(g.abs())).max(1e-12).ln()
+            let truth_p = g[c] + 1.0;
+            let other = g
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != c)
+                .map(|(_, p)| *p)
+                .fold(0.0f32, f32::max);
+            verdict(truth_p, other)
         }
         Truth::Value(_) => 0.5 * f64::from(g[0]) * f64::from(g[0]),
     }
@@ -587,6 +606,27 @@ mod tests {
     use super::*;
     use crate::learn::features::RawFeatures;
     use crate::learn::optim::OptimizerKind;
+
+    #[test]
+    fn the_mixture_counts_mistakes_for_classes_and_squared_error_otherwise() {
+        // Binary: the gradient is p - c.
+        let binary = |p: f32, c: usize| loss_of(Truth::Class(c), &[p - c as f32]);
+        assert_eq!(
+            (binary(0.8, 1), binary(0.3, 1), binary(0.5, 1)),
+            (0.0, 1.0, 0.5)
+        );
+        assert_eq!((binary(0.2, 0), binary(0.9, 0)), (0.0, 1.0));
+        // Multiclass: probabilities with 1 taken off the true class.
+        let multi = |p: [f32; 3], c: usize| {
+            let mut g = p;
+            g[c] -= 1.0;
+            loss_of(Truth::Class(c), &g)
+        };
+        assert_eq!(multi([0.5, 0.3, 0.2], 0), 0.0);
+        assert_eq!(multi([0.5, 0.3, 0.2], 2), 1.0);
+        assert_eq!(multi([0.375, 0.375, 0.25], 1), 0.5);
+        assert_eq!(loss_of(Truth::Value(0.0), &[2.0]), 2.0);
+    }
 
     #[test]
     fn moments_know_the_spread_exactly_when_std_does() {

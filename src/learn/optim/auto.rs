@@ -268,6 +268,11 @@ fn step_candidate(rule: &Rule, w: &mut f32, s: &mut [f32], g: f32, step: Step, r
             ..*rule
         }
         .update_inline(w, s, g, step, regularize),
+        RuleKind::Sgd => Rule {
+            kind: RuleKind::Sgd,
+            ..*rule
+        }
+        .update_inline(w, s, g, step, regularize),
         _ => rule.update(w, s, g, step, regularize),
     }
 }

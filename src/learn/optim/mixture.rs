@@ -2,7 +2,8 @@
 //! their recent prequential loss.
 //!
 //! Each candidate's loss on every example, taken before it learns that
-//! example, is added to a discounted sum (half-life `HALF_LIFE` examples,
+//! example (a mistake for a classifier, half the squared standardised
+//! error for regression: the learner's `loss_of`), is added to a discounted sum (half-life `HALF_LIFE` examples,
 //! so a candidate that was best long ago but not lately loses its
 //! weight). The target weights are `exp(-ETA * loss) / sum`.
 //!
@@ -19,10 +20,10 @@
 
 /// How many examples back a loss counts half.
 pub const HALF_LIFE: f64 = 2000.0;
-/// Inverse temperature of the exponential weights, per unit of log loss:
-/// 1, Vovk's aggregating rate for log loss (the Bayesian mixture); in
-/// trials 0.05 to 1 gave the same accuracy within 0.3 point everywhere
-/// but SEA, where 1 was best.
+/// Inverse temperature of the exponential weights, per unit of loss (one
+/// mistake): 1. With log loss as the loss (before mistakes), 0.05 to 1
+/// gave the same accuracy within 0.3 point everywhere but SEA, where 1
+/// was best.
 pub const ETA: f64 = 1.0;
 /// Fewest examples between two changes of the applied weights.
 pub const MIN_INTERVAL: u64 = 64;
