@@ -1608,30 +1608,15 @@ mod tests {
         let crate::learn::Output::Probabilities(p) = s.learner.params().predict(&probe) else {
             panic!("binary")
         };
-        let weights: Vec<f32> = s
-            .learner
-            .params()
-            .mixture
-            .as_deref()
-            .unwrap()
-            .iter()
-            .map(|w| w.weight)
-            .collect();
+        let mixture = s.learner.params().mixture.as_deref().unwrap();
         assert_eq!(p[1], PROBE_V2_P1);
         // Its candidates (RMS 0.01, RMS 0.1, AdaGrad 0.3) are not this
         // build's, so they are not resumed: this build's candidates start
         // from the published weights, in equal shares, and the model
         // predicts what it did.
+        let weights: Vec<f32> = mixture.iter().map(|w| w.weight).collect();
+        let rules: Vec<_> = mixture.iter().map(|w| w.rule).collect();
         assert_eq!(weights, vec![1.0 / 3.0; 3]);
-        let rules: Vec<_> = s
-            .learner
-            .params()
-            .mixture
-            .as_deref()
-            .unwrap()
-            .iter()
-            .map(|w| w.rule)
-            .collect();
         assert_eq!(rules, s.meta.optimizer.candidates());
         // Learning on from there keeps the published weights the mixture
         // of the candidates.
