@@ -12,7 +12,9 @@
 # 3. HTTP: one server with a linear and an mlp model on the same Elec2
 #    features; predict p99 of each (wrk -t2 -c$CONNS -d$DURATION, one Elec2
 #    row, alternating rounds), then feedback ingest into the mlp model with
-#    the monitor on (batches of 1000 Elec2 rows, wrk -c4): examples trained/s.
+#    the monitor on and, alternating, into a second mlp model with it off
+#    (batches of 1000 Elec2 rows, wrk -c4): examples trained/s and their
+#    ratio, the monitor's and gate's cost.
 #
 # Usage: benches/nonlinear.sh   (ROUNDS=3 DURATION=5s CONNS=16; PARTS=quality,train,http)
 set -euo pipefail
@@ -89,7 +91,8 @@ rows = [json.loads(l) for l in gzip.open("tests/data/elec2.jsonl.gz", "rt")]
 json.dump({"features": rows[100]["features"]}, open(f"{sys.argv[1]}/predict.json", "w"))
 json.dump({"examples": rows[:1000]}, open(f"{sys.argv[1]}/feedback.json", "w"))
 PY
-  { model_toml lin binary linear; model_toml net binary mlp; } > "$work/serve.toml"
+  { model_toml lin binary linear; model_toml net binary mlp;
+    model_toml netoff binary mlp; printf '[models.monitor]\nenabled = false\n'; } > "$work/serve.toml"
   EDDY_SERVER__LISTEN=127.0.0.1:$PORT EDDY_ADMIN__LISTEN=127.0.0.1:0 EDDY_STORAGE__DIR=$work/data EDDY_LOG__LEVEL=warn \
     "$eddy" serve -c "$work/serve.toml" & pids+=($!)
   for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:$PORT/healthz && break; sleep 0.1; done
@@ -109,18 +112,21 @@ PY
     lin_p+=("$l"); net_p+=("$n"); ratios+=("$(awk -v a="$n" -v b="$l" 'BEGIN {printf "%.3f", a/b}')")
   done
   echo "median p99: linear $(printf '%s\n' "${lin_p[@]}" | median) us, mlp $(printf '%s\n' "${net_p[@]}" | median) us, median of per-round ratios (mlp/linear) $(printf '%s\n' "${ratios[@]}" | median)"
-  echo "== feedback ingest into the mlp model, monitor on: batches of 1000, wrk -t2 -c4 -d$DURATION, $ROUNDS rounds"
-  trained() { curl -s 127.0.0.1:$PORT/v1/models/net | python3 -c 'import json,sys; print(json.load(sys.stdin)["examples_trained"])'; }
-  runs=()
+  echo "== feedback ingest into the mlp model, monitor on (net) and off (netoff): batches of 1000, wrk -t2 -c4 -d$DURATION, $ROUNDS alternating rounds"
+  trained() { curl -s 127.0.0.1:$PORT/v1/models/$1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["examples_trained"])'; }
+  runs=(); offs=(); costs=()
   for r in $(seq "$ROUNDS"); do
-    before=$(trained); t0=$(date +%s.%N)
-    BODY=$work/feedback.json wrk -t2 -c4 -d"$DURATION" -s benches/wrk/post.lua http://127.0.0.1:$PORT/v1/models/net/feedback > "$work/fb.$r"
-    # Drain: wait until the trainer has caught up with what was accepted.
-    for _ in $(seq 200); do a=$(trained); sleep 0.05; [[ $(trained) == "$a" ]] && break; done
-    after=$(trained); t1=$(date +%s.%N)
-    rate=$(awk -v a="$before" -v b="$after" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b-a)/(e-s)}')
-    echo "round $r: $rate examples/s trained ($(awk '/Non-2xx/ {print $5}' "$work/fb.$r") refused)"
-    runs+=("$rate")
+    for m in net netoff; do
+      before=$(trained $m); t0=$(date +%s.%N)
+      BODY=$work/feedback.json wrk -t2 -c4 -d"$DURATION" -s benches/wrk/post.lua http://127.0.0.1:$PORT/v1/models/$m/feedback > "$work/fb.$m.$r"
+      # Drain: wait until the trainer has caught up with what was accepted.
+      for _ in $(seq 200); do a=$(trained $m); sleep 0.05; [[ $(trained $m) == "$a" ]] && break; done
+      after=$(trained $m); t1=$(date +%s.%N)
+      rate=$(awk -v a="$before" -v b="$after" -v s="$t0" -v e="$t1" 'BEGIN {printf "%.0f", (b-a)/(e-s)}')
+      echo "round $r, $m: $rate examples/s trained ($(awk '/Non-2xx/ {print $5}' "$work/fb.$m.$r") refused)"
+      if [[ $m == net ]]; then on=$rate; runs+=("$rate"); else offs+=("$rate"); costs+=("$(awk -v a="$on" -v b="$rate" 'BEGIN {printf "%.3f", a/b}')"); fi
+    done
   done
+  echo "median off: $(printf '%s\n' "${offs[@]}" | median) examples/s; median of per-round ratios on/off (the monitor's and gate's cost) $(printf '%s\n' "${costs[@]}" | median)"
   echo "median: $(printf '%s\n' "${runs[@]}" | median) examples/s trained into the mlp model, monitor on"
 fi
