@@ -171,17 +171,29 @@ impl PairedWindow {
     pub fn judge(&self, rule: &DegradationRule, task: TaskKind) -> Verdict {
         match task {
             TaskKind::Regression => self.judge_loss(rule),
-            TaskKind::Binary | TaskKind::Multiclass => match self.judge_accuracy(rule) {
-                // Less accurate but lower in log loss, the loss it learns
-                // by, is a learner tracking the stream more closely and
-                // more noisily (a fast rate on an autocorrelated stream),
-                // not one that bad data moved: poisoned or broken inputs
-                // raise both.
-                Verdict::Degraded { p_value } if self.live_mean_loss() < self.base_mean_loss() => {
-                    Verdict::Fine { p_value }
-                }
-                v => v,
-            },
+            TaskKind::Binary | TaskKind::Multiclass => self.judge_accuracy(rule),
+        }
+    }
+
+    /// `judge` for rolling back versions already served: a classifier
+    /// that is less accurate than the baseline but lower in mean log
+    /// loss, the loss it learns by, is not degraded. That is a learner
+    /// tracking the stream more closely and more noisily (a fast rate on
+    /// an autocorrelated stream), not one bad data moved: poisoned or
+    /// broken inputs raise both. Only here, not at the gate or for
+    /// promotion: labels made noisy on purpose pull a candidate's
+    /// probabilities towards 1/2, which can beat an overconfident
+    /// last-good's log loss by a hair, and the gate's accuracy test is
+    /// what keeps such a candidate from being published.
+    pub fn judge_rollback(&self, rule: &DegradationRule, task: TaskKind) -> Verdict {
+        match self.judge(rule, task) {
+            Verdict::Degraded { p_value }
+                if task != TaskKind::Regression
+                    && self.live_mean_loss() < self.base_mean_loss() =>
+            {
+                Verdict::Fine { p_value }
+            }
+            v => v,
         }
     }
 
@@ -470,14 +482,15 @@ mod tests {
     }
 
     #[test]
-    fn a_less_accurate_live_side_with_lower_log_loss_is_not_degraded() {
+    fn a_less_accurate_live_side_with_lower_log_loss_is_not_rolled_back() {
         // 2 vs 40 discordant: worse by 12.7 points, significantly. With
         // the losses that go with it (each wrong answer costing 1) that
         // is a degradation; the same answers with the live side less sure
         // when wrong and surer when right (lower log loss overall) are a
-        // noisier learner, not a damaged one.
+        // noisier learner, not a damaged one, and not rolled back; the
+        // gate's test (`judge`) still finds the candidate worse.
         let (live_only, base_only) = (2, 40);
-        let judge = |live_loss: &dyn Fn(bool) -> f64| {
+        let window = |live_loss: &dyn Fn(bool) -> f64| {
             let mut w = PairedWindow::default();
             for i in 0..300 {
                 let (l, b) = match i {
@@ -488,16 +501,18 @@ mod tests {
                 };
                 w.add_class(l, b, live_loss(l), if b { 0.3 } else { 1.5 });
             }
-            w.judge(&RULE, TaskKind::Binary)
+            w
         };
-        assert!(matches!(
-            judge(&|right| if right { 0.3 } else { 1.5 }),
-            Verdict::Degraded { .. }
+        let same_losses = window(&|right| if right { 0.3 } else { 1.5 });
+        let lower_loss = window(&|right| if right { 0.05 } else { 0.8 });
+        let degraded = |v: Verdict| matches!(v, Verdict::Degraded { .. });
+        assert!(degraded(
+            same_losses.judge_rollback(&RULE, TaskKind::Binary)
         ));
-        assert!(matches!(
-            judge(&|right| if right { 0.05 } else { 0.8 }),
-            Verdict::Fine { .. }
+        assert!(!degraded(
+            lower_loss.judge_rollback(&RULE, TaskKind::Binary)
         ));
+        assert!(degraded(lower_loss.judge(&RULE, TaskKind::Binary)));
     }
 
     #[test]

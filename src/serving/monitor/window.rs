@@ -9,7 +9,7 @@ impl Monitor {
     pub fn close_window(&mut self) -> WindowOutcome {
         let fresh = self.paired();
         let window = std::mem::replace(&mut self.window, fresh);
-        if let Verdict::Degraded { p_value } = window.judge(&self.rule, self.task)
+        if let Verdict::Degraded { p_value } = window.judge_rollback(&self.rule, self.task)
             && self.cooldown_left == 0
         {
             let mut figures = window.figures(self.task);
