@@ -103,7 +103,9 @@ impl App {
                 _ => None,
             };
             let loaded_from_file = loaded.snapshot.is_some() || seeded.is_some();
-            let (learner, version, meta, created_ms, names, part) = match loaded.snapshot.or(seeded)
+            let (learner, version, meta, created_ms, names, part, optimizer_resumes) = match loaded
+                .snapshot
+                .or(seeded)
             {
                 Some((mut snapshot, path)) => {
                     snapshot.check_compatible(m, &path)?;
@@ -116,9 +118,19 @@ impl App {
                     let (version, created) =
                         (snapshot.meta.version, snapshot.meta.model_created_at_ms);
                     let names = snapshot.meta.feature_names.clone();
+                    let resumes = snapshot.optimizer_resumes(&m.optimizer);
                     let part = snapshot.trainer.take();
+                    let saved_with = snapshot.meta.optimizer;
                     let learner = snapshot.adopt(m.optimizer);
-                    (learner, version, meta, created, names, part)
+                    let part = part.map(|mut part| {
+                        // Last-good and the candidate go on under the
+                        // configured optimizer too, so a rollback keeps it.
+                        for (_, l) in &mut part.learners {
+                            *l = crate::persist::snapshot::adopt(l, &saved_with, m.optimizer);
+                        }
+                        part
+                    });
+                    (learner, version, meta, created, names, part, resumes)
                 }
                 None => {
                     let fresh = Learner::new(m.fresh_params(space.clone()), m.optimizer);
@@ -127,7 +139,7 @@ impl App {
                         feedback_position: 0,
                         rolled_back_from: None,
                     };
-                    (fresh, 1, meta, epoch_ms(), Arc::default(), None)
+                    (fresh, 1, meta, epoch_ms(), Arc::default(), None, true)
                 }
             };
             let has_state = part.is_some();
@@ -199,8 +211,9 @@ impl App {
                     .unwrap_or_default();
                 waiting.sort_unstable();
                 // The logged steps are replayed exactly only under the
-                // guard that took them: the one the snapshot's state was
-                // saved with (none in a snapshot from before the guard).
+                // guard and the optimizer that took them: the ones the
+                // snapshot's state was saved with (no guard in a snapshot
+                // from before the guard).
                 // Without a snapshot the log's guard is not known, so only
                 // a model without one replays it exactly. Otherwise the
                 // examples are learned afresh, as after a stateless
@@ -219,7 +232,7 @@ impl App {
                     next_example,
                     applied: s.map_or(0, |s| s.applied),
                     trained_position: s.map_or(meta.feedback_position, |s| s.trained_position),
-                    exact: (s.is_some() || !loaded_from_file) && same_guard,
+                    exact: (s.is_some() || !loaded_from_file) && same_guard && optimizer_resumes,
                     held: s.map(|s| s.held.clone()).unwrap_or_default(),
                     buffer: s
                         .and_then(|s| s.monitor.as_ref())

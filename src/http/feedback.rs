@@ -118,8 +118,9 @@ enum Input<'a> {
 
 /// The feedback route's query: `?wait=published` (optional
 /// `timeout_ms`) answers once the examples are in a published version.
+/// Other parameters (a client's cache buster or trace id) are ignored, as
+/// they were before `wait` existed.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FeedbackQuery {
     wait: Option<String>,
     timeout_ms: Option<u64>,
@@ -153,10 +154,15 @@ pub async fn feedback(
     headers: HeaderMap,
     body: FeedbackBody,
 ) -> Result<Response, ApiError> {
+    // `wait=published` waits until a deadline counted from here, so the
+    // time parsing, the log append and its fsync take comes out of it and
+    // the answer (`pending` at worst) beats the request timeout.
+    let admitted = tokio::time::Instant::now();
     let runtime = Arc::clone(state.model(&model)?);
     let wait = query
         .map_err(|e| ApiError::InvalidRequest(e.body_text()))
-        .and_then(|Query(q)| publish_wait(&q, &state));
+        .and_then(|Query(q)| publish_wait(&q, &state))
+        .map(|w| w.map(|w| admitted + w));
     let wait = match wait {
         Ok(w) => w,
         Err(e) => {
@@ -273,17 +279,17 @@ async fn answer(
     n: usize,
     replayed: bool,
     durable: Option<Durable>,
-    wait: Option<(Duration, Option<u64>)>,
+    wait: Option<(tokio::time::Instant, Option<u64>)>,
 ) -> Result<Response, ApiError> {
     if let Some(durable) = durable {
         durable.await.map_err(ApiError::NotDurable)?;
     }
-    let Some((timeout, end)) = wait else {
+    let Some((deadline, end)) = wait else {
         return Ok(acknowledged(n, replayed, None));
     };
     let mut settled = runtime.stats.settled.subscribe();
     let version = match end {
-        Some(end) => tokio::time::timeout(timeout, settled.wait_for(|s| s.position >= end))
+        Some(end) => tokio::time::timeout_at(deadline, settled.wait_for(|s| s.position >= end))
             .await
             .ok()
             .and_then(Result::ok)

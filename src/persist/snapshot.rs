@@ -183,6 +183,11 @@ pub struct TrainerPart {
     /// before the guard, or of a model without one.
     pub guard: Option<Vec<u8>>,
     pub learners: Vec<(String, Learner)>,
+    /// Whether the saved `auto` candidates are this build's: when they
+    /// are not (the set changed in an upgrade), they are started afresh
+    /// and the steps logged after the snapshot cannot be replayed exactly.
+    /// Not stored: worked out when the snapshot is read.
+    pub candidates_resumed: bool,
 }
 
 /// Owned tensor bytes waiting to be viewed for `safetensors::serialize`.
@@ -495,7 +500,7 @@ impl Snapshot {
             mlp,
         };
         let read = |prefix: &str, steps: u64| read_learner(&st, prefix, &shape, steps, &invalid);
-        let learner = read("", meta.optimizer_steps)?;
+        let (learner, candidates_resumed) = read("", meta.optimizer_steps)?;
         let trainer = match st.tensor(TRAINER_STATE) {
             Err(_) => None,
             Ok(state) => {
@@ -508,7 +513,7 @@ impl Snapshot {
                             .and_then(|t| t.data().try_into().ok())
                             .map(i64::from_le_bytes)
                             .ok_or_else(|| invalid(format!("{name}: not one i64")))?;
-                        let learner = read(&format!("{prefix}."), steps.max(0) as u64)?;
+                        let (learner, _) = read(&format!("{prefix}."), steps.max(0) as u64)?;
                         learners.push((prefix.to_owned(), learner));
                     }
                 }
@@ -517,6 +522,7 @@ impl Snapshot {
                     state: state.data().to_vec(),
                     guard: st.tensor(GUARD_STATE).ok().map(|t| t.data().to_vec()),
                     learners,
+                    candidates_resumed,
                 })
             }
         };
@@ -580,17 +586,34 @@ impl Snapshot {
     /// if the optimizer kind changed, the saved parameters with fresh
     /// optimizer state (the old state means nothing to another rule).
     pub fn adopt(self, optimizer: OptimizerConfig) -> Learner {
-        let mut learner = if self.meta.optimizer.kind == optimizer.kind {
-            let state = self.learner.state().clone();
-            Learner::with_state(self.learner.params().clone(), optimizer, state)
-        } else {
-            Learner::new(self.learner.params().clone(), optimizer)
-        };
-        if let Some(state) = self.learner.net_state() {
-            learner.set_net_state(state.clone());
-        }
-        learner
+        adopt(&self.learner, &self.meta.optimizer, optimizer)
     }
+
+    /// Whether the saved learners go on learning exactly as they were
+    /// saved under `optimizer`: the same settings and, for `auto`, the
+    /// same candidates. Otherwise the trainer's logged steps after this
+    /// snapshot cannot be replayed exactly (they were taken by another
+    /// learner) and the log's examples are learned afresh.
+    pub fn optimizer_resumes(&self, optimizer: &OptimizerConfig) -> bool {
+        self.meta.optimizer == *optimizer
+            && self.trainer.as_ref().is_none_or(|t| t.candidates_resumed)
+    }
+}
+
+/// `saved` (learned under `saved_with`) continued under `optimizer`: see
+/// `Snapshot::adopt`. The trainer's saved learners (last-good, the
+/// candidate) go through it too, so a rollback after a change of
+/// optimizer keeps the configured one.
+pub fn adopt(saved: &Learner, saved_with: &OptimizerConfig, optimizer: OptimizerConfig) -> Learner {
+    let mut learner = if saved_with.kind == optimizer.kind {
+        Learner::with_state(saved.params().clone(), optimizer, saved.state().clone())
+    } else {
+        Learner::new(saved.params().clone(), optimizer)
+    };
+    if let Some(state) = saved.net_state() {
+        learner.set_net_state(state.clone());
+    }
+    learner
 }
 
 /// Checks the envelope every format shares and returns the format and the
@@ -652,7 +675,7 @@ fn read_learner(
     shape: &Shape<'_>,
     steps: u64,
     invalid: &dyn Fn(String) -> Error,
-) -> Result<Learner, Error> {
+) -> Result<(Learner, bool), Error> {
     let (rows, outputs) = (shape.rows, shape.outputs);
     let slots = shape.optimizer.slots();
     let tensor = |name: &str, dtype: Dtype, dims: &[usize]| -> Result<&[u8], Error> {
@@ -719,8 +742,25 @@ fn read_learner(
         steps,
         auto,
     };
+    // Whether `auto`'s saved candidates are the ones this build runs
+    // (`Learner::with_state` starts others afresh).
+    let candidates_resumed = match (&state.auto, shape.optimizer.kind) {
+        (Some(a), crate::learn::OptimizerKind::Auto) => {
+            let now = shape.optimizer.candidates();
+            a.rules().len() == now.len()
+                && a.rules()
+                    .iter()
+                    .zip(&now)
+                    .all(|(a, b)| a.kind == b.kind && a.learning_rate == b.learning_rate)
+        }
+        (None, crate::learn::OptimizerKind::Auto) => shape.mlp.is_some(),
+        _ => true,
+    };
     let Some(config) = shape.mlp else {
-        return Ok(Learner::with_state(params, shape.optimizer, state));
+        return Ok((
+            Learner::with_state(params, shape.optimizer, state),
+            candidates_resumed,
+        ));
     };
     let (hidden, er) = (config.hidden, 1usize << config.embedding_bits);
     let f32s = |name: &str, dims: &[usize]| tensor(name, Dtype::F32, dims).map(read_f32);
@@ -756,7 +796,7 @@ fn read_learner(
     if !learner.set_net_state(net_state) {
         return Err(invalid("mlp state shape".into()));
     }
-    Ok(learner)
+    Ok((learner, candidates_resumed))
 }
 
 /// Reads one tensor of a learner by name, checking its type and shape.
@@ -1562,6 +1602,7 @@ mod tests {
                 state: vec![1, 2, 3],
                 guard: None,
                 learners: vec![("last_good".into(), s.learner.clone())],
+                candidates_resumed: true,
             });
             let back = Snapshot::decode(&s.encode().unwrap(), Path::new("x")).unwrap();
             assert_eq!(back.meta, s.meta);
@@ -1645,6 +1686,8 @@ mod tests {
     #[test]
     fn explicit_adagrad_learns_as_the_format_1_build_did() {
         let committed = SnapshotStore::load(Path::new(FIXTURE_V1)).unwrap();
+        assert!(committed.optimizer_resumes(&committed.meta.optimizer));
+        assert!(!committed.optimizer_resumes(&OptimizerConfig::default()));
         let again = fixture_v1();
         assert_eq!(
             again.learner.params().weights.to_vec(),

@@ -106,7 +106,6 @@ async fn a_version_that_cannot_come_in_time_is_pending_and_quarantined_examples_
         "wait=trained",
         "timeout_ms=10",
         "wait=published&timeout_ms=-1",
-        "wait=published&bogus=1",
     ] {
         let (status, body) = feedback_waiting(&app, query, one.clone()).await;
         assert_eq!(
@@ -115,6 +114,10 @@ async fn a_version_that_cannot_come_in_time_is_pending_and_quarantined_examples_
             "{query}: {body}"
         );
     }
+
+    // Other parameters (cache busters, trace ids) are ignored.
+    let (status, body) = feedback_waiting(&app, "wait=published&trace=1", one.clone()).await;
+    assert_eq!(status, 202, "{body}");
 
     let r = app
         .client

@@ -145,3 +145,52 @@ async fn last_good_is_snapshotted_on_promotion_and_kept_across_a_restart() {
     );
     app.stop().await.expect("clean stop");
 }
+
+/// A model saved under one optimizer and restarted under another (the
+/// upgrade's default moved from `adagrad` to `auto`) keeps the configured
+/// one after a rollback to last-good: the saved last-good learner is
+/// adopted like the live one, so `auto` goes on mixing its candidates.
+#[tokio::test]
+async fn a_rollback_after_a_change_of_optimizer_keeps_the_configured_one() {
+    let monitor = "[models.monitor]\nwindow = 200\nmin_samples = 100\nblock_size = 10\ngate_examples = 100\npromotion_snapshot_interval_ms = 0";
+    let adagrad = format!("{MODEL}\n[models.optimizer]\nkind = \"adagrad\"\n{monitor}");
+    let dir = tempfile::tempdir().expect("dir");
+    let app = spawn_at(&adagrad, dir.path(), |_| {})
+        .await
+        .expect("starts");
+    let mut fed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        feed(&app, fed, 200).await;
+        fed += 200;
+        let info = app.wait_trained("demo", u64::from(fed)).await;
+        if info["last_good_version"].as_u64() > Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never promoted: {info}"
+        );
+    }
+    app.stop().await.expect("clean stop");
+
+    let auto = format!("{MODEL}\n{monitor}");
+    let app = spawn_at(&auto, dir.path(), |_| {}).await.expect("restarts");
+    let (status, body) = app.admin_post("demo/rollback", "").await;
+    assert_eq!(status, 200, "{body}");
+    feed(&app, fed, 1000).await;
+    let info = app.wait_trained("demo", u64::from(fed + 1000)).await;
+    let state = &info["optimizer_state"];
+    assert_eq!(state["kind"], "auto", "{state}");
+    let weights: Vec<f64> = state["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .map(|c| c["weight"].as_f64().expect("weight"))
+        .collect();
+    assert!(
+        weights.iter().any(|w| (w - 1.0 / 3.0).abs() > 0.01),
+        "auto mixes its candidates after the rollback: {state}"
+    );
+    app.stop().await.expect("clean stop");
+}

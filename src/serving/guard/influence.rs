@@ -255,6 +255,11 @@ impl Influence {
         self.waiting.iter().map(|(_, fb)| fb.position).collect()
     }
 
+    /// The smallest log position among the waiting examples.
+    pub fn oldest_waiting(&self) -> Option<u64> {
+        self.waiting.iter().map(|(_, fb)| fb.position).min()
+    }
+
     /// Puts back an example that was waiting when the state was saved.
     pub fn restore_waiting(&mut self, source: SourceId, fb: Feedback) {
         self.waiting_bytes += cost(&fb);

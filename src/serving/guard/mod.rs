@@ -463,7 +463,7 @@ impl Guard {
 
     /// The smallest log position the guard's waiting examples need.
     pub fn oldest_waiting(&self) -> Option<u64> {
-        self.influence.waiting_positions().into_iter().min()
+        self.influence.oldest_waiting()
     }
 
     /// The id a source is counted under (see `SourceNames`).

@@ -460,9 +460,17 @@ impl Trainer {
         if self.cadence.minibatches == 0 {
             self.stats.settled.advance(stats::Settled {
                 version: self.live.version,
-                position: self.trained_position,
+                position: self.settled_position(),
             });
         }
+    }
+
+    /// Where the examples in the live version or kept out of it end: the
+    /// trained position, or the oldest example still waiting for its
+    /// source's share (not in any version yet, and not kept out for good).
+    fn settled_position(&self) -> u64 {
+        let waiting = self.guard.as_ref().and_then(|g| g.oldest_waiting());
+        waiting.map_or(self.trained_position, |w| w.min(self.trained_position))
     }
 
     /// Takes up to `size` queued examples without waiting and learns them;
@@ -691,7 +699,7 @@ impl Trainer {
                 self.published = self.learner.clone();
                 self.stats.settled.advance(stats::Settled {
                     version: v,
-                    position: self.trained_position,
+                    position: self.settled_position(),
                 });
                 if self.replaying.is_none() {
                     self.step_versions.push(v);

@@ -56,6 +56,7 @@ impl Trainer {
                     .transpose()
                     .map_err(SnapshotError::Failed)?,
                 learners,
+                candidates_resumed: true,
             });
         }
         self.write_snapshot(snapshot, wait)

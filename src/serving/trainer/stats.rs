@@ -59,8 +59,9 @@ pub struct TrainingStats {
 }
 
 /// Every example before `position` in the feedback log is in `version`
-/// (the live version) or was kept out of it (quarantined, excluded from a
-/// blamed source, waiting for its source's share).
+/// (the live version) or was kept out of it for good (quarantined,
+/// excluded from a blamed source); an example waiting for its source's
+/// share holds the position back until it is learned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
     pub version: u64,

@@ -269,3 +269,40 @@ fn a_candidate_held_at_shutdown_is_neither_published_nor_snapshotted() {
         "the snapshot holds the live weights, not the held candidate"
     );
 }
+
+/// `?wait=published` reads `settled`: an example waiting for its source's
+/// share is in no version yet, so the settled position stays at it until
+/// it is learned, though later examples were trained.
+#[test]
+fn an_example_waiting_for_its_share_holds_the_settled_position_back() {
+    let m = model(
+        "[models.guard.influence]\nmax_share = 0.5\nactive_examples = 100\nwait_capacity = 1000\n[models.monitor]\nenabled = false",
+    );
+    let clock = Arc::new(ManualClock::default());
+    let (mut trainer, queue, _commands) = Trainer::in_memory(&m, clock.clone()).expect("trainer");
+    let labelled = |i: usize, source: &str| {
+        let (x, y) = row(i);
+        Feedback::labelled(x, Target::Class(y), Some(source.into()))
+    };
+    // The normal: one source, long enough for the history.
+    send(&queue, (0..1200).map(|i| labelled(i, "honest")).collect());
+    while trainer.step(32) > 0 {}
+    // Then a surge: five from the flood for every honest one.
+    let surge = (1200..1800)
+        .map(|i| labelled(i, if i % 6 == 0 { "honest" } else { "flood" }))
+        .collect();
+    send(&queue, surge);
+    let mut held = 0;
+    while trainer.step(32) > 0 {
+        clock.advance(std::time::Duration::from_millis(100));
+        let settled = trainer.stats().settled.subscribe().borrow().position;
+        if let Some(oldest) = trainer.guard().expect("guard").oldest_waiting() {
+            assert!(settled <= oldest, "settled {settled} past waiting {oldest}");
+            held += usize::from(settled > 1200 && trainer.position() > oldest);
+        }
+    }
+    assert!(
+        held > 0,
+        "some of the flood waited while later examples were taken"
+    );
+}
