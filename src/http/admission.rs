@@ -47,6 +47,27 @@ use super::error::ApiError;
 use super::refusals::Refusals;
 use crate::metrics::Refusal;
 
+/// The body budget's permits a request holds while its bytes live. The
+/// listener keeps them until the answer is ready; a handler done with the
+/// body sooner (a feedback request about to wait for its version, with
+/// `?wait=published`) hands them back with `release`, so waiting clients
+/// cannot hold the budget that predicts' bodies need.
+#[derive(Debug, Clone)]
+pub struct BodyPermit(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl BodyPermit {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(permit))))
+    }
+
+    /// Gives the permits back now.
+    pub fn release(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            held.take();
+        }
+    }
+}
+
 /// The body budget's unit: a permit is one KiB.
 const PERMIT_BYTES: usize = 1024;
 
@@ -153,7 +174,7 @@ where
             }
             let read =
                 tokio::time::timeout(settings.body_read_timeout, read_body(body, &settings)).await;
-            let (bytes, _permit) = match read {
+            let (bytes, permit) = match read {
                 Ok(Ok(read)) => read,
                 Ok(Err(Unread::Refused(refusal, error))) => {
                     return Ok(refuse(&settings, refusal, error));
@@ -171,9 +192,11 @@ where
                     ));
                 }
             };
-            // The permit stays held until the answer is ready: the body's
-            // bytes live that long.
-            let request = Request::from_parts(parts, Body::from(bytes));
+            // The permit stays held until the answer is ready (the body's
+            // bytes live that long), unless the handler releases it first.
+            let _permit = BodyPermit::new(permit);
+            let mut request = Request::from_parts(parts, Body::from(bytes));
+            request.extensions_mut().insert(_permit.clone());
             match own {
                 Some(router) => {
                     match tokio::time::timeout(settings.request_timeout, router.oneshot(request))

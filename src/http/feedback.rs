@@ -47,11 +47,12 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::body::HttpBody;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::admission::BodyPermit;
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
 use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
@@ -151,6 +152,7 @@ pub async fn feedback(
     ModelName(model): ModelName,
     Sender(sender): Sender,
     query: Result<Query<FeedbackQuery>, QueryRejection>,
+    permit: Option<Extension<BodyPermit>>,
     headers: HeaderMap,
     body: FeedbackBody,
 ) -> Result<Response, ApiError> {
@@ -187,6 +189,11 @@ pub async fn feedback(
                 .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string())))
         }
     };
+    // The body is parsed and gone: its share of the body budget goes back
+    // before any wait for an fsync or a version.
+    if let Some(Extension(permit)) = &permit {
+        permit.release();
+    }
     // With `fsync = "always"` the 202 waits for an fsync covering the
     // examples (shared with concurrent requests); a retry waits for the
     // same fsync, and is refused as the first attempt was if it failed.

@@ -27,7 +27,7 @@ pub struct ModelInfo<'a> {
     /// `linear` or `mlp`; the network's settings with `mlp`.
     family: Family,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mlp: Option<&'a MlpConfig>,
+    mlp: Option<MlpConfig>,
     /// The live version.
     version: u64,
     /// Examples the trainer has applied since the model was created.
@@ -131,7 +131,9 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         classes: &m.config.classes,
         hash_bits: m.config.hash_bits,
         family: m.config.family,
-        mlp: (m.config.family == Family::Mlp).then_some(&m.config.mlp),
+        // The network's own settings: a model restored from a snapshot
+        // keeps the ones it was trained with.
+        mlp: live.params.net.as_ref().map(|n| n.config),
         version: live.version,
         examples_trained: m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed),
         minibatches_trained: m.stats.minibatches_trained.load(Ordering::Relaxed),
@@ -151,7 +153,12 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
                 kind: m.config.optimizer.kind,
                 candidates: vec![CandidateShare {
                     rule: "rms",
-                    learning_rate: m.config.mlp.learning_rate as f32,
+                    learning_rate: live
+                        .params
+                        .net
+                        .as_ref()
+                        .map_or(m.config.mlp.learning_rate, |n| n.config.learning_rate)
+                        as f32,
                     weight: 1.0,
                 }],
             },

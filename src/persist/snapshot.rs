@@ -569,8 +569,10 @@ impl Snapshot {
             )));
         }
         if let Some(saved) = &m.mlp {
-            // The shape must match; the step, clip and bins are read from
-            // the config (a changed learning rate applies from here on).
+            // The shape must match. The network's other settings (step,
+            // clip, bins, crosses) are the snapshot's: it goes on learning
+            // as it was, so a restart replays its log exactly; a model
+            // that should learn otherwise is trained afresh.
             let built = Net::new(&config.mlp, config.hash_bits, 0).config;
             if (saved.hidden, saved.embedding_bits) != (built.hidden, built.embedding_bits) {
                 return Err(mismatch(format!(

@@ -9,7 +9,7 @@ use eddy::config::Config;
 use eddy::learn::eval::prequential;
 use eddy::learn::{Example, FeatureHasher, Learner, Params};
 
-use crate::helpers::{TestApp, dataset, spawn_app};
+use crate::helpers::{TestApp, dataset, spawn_app, spawn_with};
 
 const ONE_BY_ONE: &str = "[[models]]\nname = \"m\"\ntask = \"binary\"\nhash_bits = 14\n[models.training]\nminibatch_size = 1";
 
@@ -141,5 +141,62 @@ async fn a_version_that_cannot_come_in_time_is_pending_and_quarantined_examples_
         accepted_before.map(|n| n + 1),
         "the examples stay accepted"
     );
+    app.stop().await.expect("stops");
+}
+
+/// A request waiting for its version has handed its body's share of the
+/// body budget back: clients waiting on a paused model with large bodies
+/// cannot crowd out predicts (found by the hostile client of issue 13).
+#[tokio::test]
+async fn waiting_requests_hold_no_body_budget() {
+    let app = spawn_with(ONE_BY_ONE, |c| {
+        c.server.max_concurrency = 2.try_into().expect("non-zero");
+        c.server.max_body_bytes = (64 * 1024).try_into().expect("non-zero");
+    })
+    .await;
+    let (status, body) = app.admin_post("m/training/pause", "").await;
+    assert_eq!(status, 200, "{body}");
+    // Two bodies of 64 KiB (64 permits of 1 KiB each, rounded up): the
+    // whole 128 KiB budget.
+    let big = format!(
+        r#"{{"features": {{"x": 1}},{}"label": 1}}"#,
+        " ".repeat(65_000)
+    );
+    let url = format!(
+        "http://{}/v1/models/m/feedback?wait=published&timeout_ms=5000",
+        app.addr
+    );
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, big) = (app.client.clone(), url.clone(), big.clone());
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(big)
+                    .send()
+                    .await
+                    .expect("sent");
+                (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+            })
+        })
+        .collect();
+    let beside = async {
+        while app.info("m").await["feedback_accepted"].as_u64() < Some(2) {
+            tokio::task::yield_now().await;
+        }
+        app.post("/v1/models/m/predict", &json!({ "features": { "x": 1 } }))
+            .await
+    };
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(4), beside)
+        .await
+        .expect("the waiters were accepted and a predict answered beside them");
+    assert_eq!(status, 200, "a predict beside the waiters: {body}");
+    let (status, body) = app.admin_post("m/training/resume", "").await;
+    assert_eq!(status, 200, "{body}");
+    for w in waiters {
+        let (status, body) = w.await.expect("joined");
+        assert_eq!(status, 202, "{body}");
+    }
     app.stop().await.expect("stops");
 }
