@@ -29,9 +29,12 @@ pub const ETA: f64 = 1.0;
 pub const MIN_INTERVAL: u64 = 64;
 /// A change of every weight below this leaves the combination alone.
 pub const SETTLED: f32 = 0.01;
-/// One example's loss counts at most this much (probability ~1e-7), so a
-/// single wild example cannot decide the mixture.
-const MAX_LOSS: f64 = 16.0;
+/// One example's loss counts at most this much: one mistake's worth, so
+/// a single wild example (a regression error far out) moves the shares by
+/// at most a factor e and cannot decide the mixture. (Capped at 16, a
+/// run of 40 examples with one feature 100 times too large drove a
+/// regression model's steadiest candidate to a share of exactly 0.)
+const MAX_LOSS: f64 = 1.0;
 
 /// The mixture's state: losses, the weights in use, and the counters of
 /// the change cadence.
@@ -205,5 +208,15 @@ mod tests {
         let mut m = Mixture::new(2);
         m.observe(&[f64::INFINITY, f64::NAN], 1);
         assert_eq!(m.losses(), &[MAX_LOSS, MAX_LOSS]);
+    }
+
+    #[test]
+    fn one_wild_example_moves_the_shares_by_at_most_a_factor_e() {
+        let mut m = Mixture::new(2);
+        // A regression candidate's squared error on one far-out example.
+        m.observe(&[1e6, 0.1], 1);
+        let t = m.target();
+        let ratio = f64::from(t[1] / t[0]);
+        assert!(ratio <= std::f64::consts::E * 1.0001, "{t:?}");
     }
 }
