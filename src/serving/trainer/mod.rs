@@ -682,8 +682,13 @@ impl Trainer {
         };
         match result {
             Ok(version) => {
-                let written = self.learner.params_mut().weights.take_touched().len();
-                self.learner.params_mut().scaler.take_touched();
+                let params = self.learner.params_mut();
+                let mut written = params.weights.take_touched().len();
+                params.scaler.take_touched();
+                // A network's embedding rows are copied on write too.
+                if let Some(net) = params.net.as_mut() {
+                    written += net.embedding.take_touched().len();
+                }
                 self.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .blocks_written_last_publish

@@ -14,7 +14,8 @@ pub struct TrainingStats {
     pub publishes: AtomicU64,
     /// Training ticks that panicked (their minibatch was discarded).
     pub panics: AtomicU64,
-    /// Blocks the last publish had written (a measure of its cost).
+    /// Blocks the last publish had written (a measure of its cost): the
+    /// linear weights', and a network's embedding blocks (16 rows each).
     pub blocks_written_last_publish: AtomicU64,
     pub snapshots_written: AtomicU64,
     pub snapshot_failures: AtomicU64,
