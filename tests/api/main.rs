@@ -7,6 +7,7 @@ mod batch;
 mod concurrency;
 mod connections;
 mod delayed_labels;
+mod deploy;
 mod durability;
 mod faults;
 mod guard;

@@ -1,0 +1,104 @@
+//! The operator artefacts in `deploy/` checked by the tools that read them:
+//! the Prometheus scrape config and alerting rules by promtool (check and
+//! unit tests), and every metric the rules name against a live /metrics.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::helpers::{scrape, spawn_app};
+
+fn prometheus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
+}
+
+/// Runs promtool with `args` in `dir`; in CI its absence is a failure
+/// (.ci/run installs it), elsewhere the check is skipped.
+fn promtool_in(dir: &Path, args: &[&str]) {
+    match std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI: {e}"
+        ),
+    }
+}
+
+#[test]
+fn the_scrape_config_and_alert_rules_pass_promtool() {
+    // The config names a token file next to it, which promtool checks
+    // exists: check a copy with a token in place.
+    let dir = tempfile::tempdir().expect("dir");
+    for f in ["prometheus.yml", "rules.yml", "rules_test.yml"] {
+        std::fs::copy(prometheus_dir().join(f), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(dir.path().join("eddy-admin-token"), "token\n").expect("token");
+    promtool_in(dir.path(), &["check", "config", "prometheus.yml"]);
+    promtool_in(dir.path(), &["check", "rules", "rules.yml"]);
+    promtool_in(dir.path(), &["test", "rules", "rules_test.yml"]);
+}
+
+/// The `eddy_*` names in `text`.
+fn eddy_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("eddy_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        out.insert(name);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_alert_rules_name_only_metrics_eddy_exports() {
+    let app = spawn_app("[[models]]\nname = \"demo\"\ntask = \"binary\"").await;
+    // A little traffic, a refused request among it: a labelled family is
+    // exposed once it has a sample.
+    app.predict("demo", json!({ "x": 1.0 })).await;
+    let (status, _) = app
+        .feedback("demo", json!({ "features": { "x": 1.0 }, "label": 1 }))
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = app.feedback("demo", json!({ "label": 1 })).await;
+    assert_eq!(status, 422);
+    let exported: BTreeSet<String> = scrape(&app)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let rules = std::fs::read_to_string(prometheus_dir().join("rules.yml")).expect("rules");
+    let named = eddy_names(&rules);
+    assert!(named.len() >= 10, "{named:?}");
+    // Counters are exposed as `<name>_total` with the family typed as
+    // `<name>`.
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|n| {
+            !exported.contains(*n)
+                && !n
+                    .strip_suffix("_total")
+                    .is_some_and(|f| exported.contains(f))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}\nexported: {exported:?}"
+    );
+    app.stop().await.expect("stops");
+}
