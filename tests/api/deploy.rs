@@ -7,31 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::helpers::{scrape, spawn_app};
+use crate::helpers::{promtool_run, scrape, spawn_app};
 
 fn prometheus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
 }
 
-/// Runs promtool with `args` in `dir`; in CI its absence is a failure
-/// (.ci/run installs it), elsewhere the check is skipped.
 fn promtool_in(dir: &Path, args: &[&str]) {
-    match std::process::Command::new("promtool")
-        .args(args)
-        .current_dir(dir)
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required in CI: {e}"
-        ),
-    }
+    promtool_run(args, Some(dir), "");
 }
 
 #[test]

@@ -249,29 +249,38 @@ pub fn sample(text: &str, prefix: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
 }
 
-/// Runs `promtool check metrics` on an exposition. promtool (Debian
-/// package `prometheus`) is installed by .ci/run; in CI its absence is a
-/// failure, elsewhere the check is skipped.
+/// Runs `promtool check metrics` on an exposition.
 pub fn promtool(text: &str) {
+    promtool_run(&["check", "metrics"], None, text);
+}
+
+/// Runs promtool with `args` (in `dir`, when given) and `stdin`, and
+/// asserts it succeeds. promtool (Debian package `prometheus`) is
+/// installed by .ci/run; in CI its absence is a failure, elsewhere the
+/// check is skipped.
+pub fn promtool_run(args: &[&str], dir: Option<&Path>, stdin: &str) {
     use std::io::Write;
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
+    let mut command = std::process::Command::new("promtool");
+    command
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    match command.spawn() {
         Ok(mut child) => {
             child
                 .stdin
                 .take()
                 .expect("stdin")
-                .write_all(text.as_bytes())
+                .write_all(stdin.as_bytes())
                 .expect("write");
             let out = child.wait_with_output().expect("promtool runs");
             assert!(
                 out.status.success(),
-                "promtool: {}{}",
+                "promtool {args:?}: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
