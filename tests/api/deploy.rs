@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::helpers::{promtool_run, scrape, spawn_app};
+use crate::helpers::{missing_tool, promtool_run, scrape, spawn_app};
 
 fn prometheus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
@@ -84,4 +84,61 @@ async fn the_alert_rules_name_only_metrics_eddy_exports() {
         "not exported: {missing:?}\nexported: {exported:?}"
     );
     app.stop().await.expect("stops");
+}
+
+fn unit() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/eddy.service"),
+    )
+    .expect("unit")
+}
+
+/// The unit file passes `systemd-analyze verify` with the binary where
+/// its `ExecStart` says (this build's, in a copy of the unit), warnings
+/// included: an unknown key is only a warning to systemd.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = unit();
+    assert!(unit.contains("ExecStart=/usr/local/bin/eddy serve"));
+    let dir = tempfile::tempdir().expect("dir");
+    let copy = dir.path().join("eddy.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/eddy", env!("CARGO_BIN_EXE_eddy")),
+    )
+    .expect("copy");
+    match std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "systemd-analyze verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => missing_tool("systemd-analyze", &e),
+    }
+}
+
+/// The stop timeout covers the whole graceful stop the default
+/// configuration allows: requests, then feedback jobs, each within
+/// `server.shutdown_grace_ms`, then the trainers within twice that.
+#[test]
+fn the_unit_waits_longer_than_the_shutdown_sequence() {
+    let unit = unit();
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    let grace_ms = eddy::config::Config::from_toml_over_default("")
+        .expect("defaults")
+        .server
+        .shutdown_grace_ms;
+    assert!(
+        stop * 1000 > 4 * grace_ms,
+        "{stop} s against 4 x {grace_ms} ms"
+    );
 }
