@@ -17,6 +17,30 @@ fn promtool_in(dir: &Path, args: &[&str]) {
     promtool_run(args, Some(dir), "");
 }
 
+/// Runs `program` with `args` in `dir` and asserts it succeeds; `None`
+/// when it is not installed outside CI (see `missing_tool`).
+fn run_tool(program: &str, args: &[&std::ffi::OsStr], dir: &Path) -> Option<std::process::Output> {
+    match std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{program}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(out)
+        }
+        Err(e) => {
+            missing_tool(program, &e);
+            None
+        }
+    }
+}
+
 #[test]
 fn the_scrape_config_and_alert_rules_pass_promtool() {
     // The config names a token file next to it, which promtool checks
@@ -107,18 +131,18 @@ fn the_systemd_unit_verifies() {
         unit.replace("/usr/local/bin/eddy", env!("CARGO_BIN_EXE_eddy")),
     )
     .expect("copy");
-    match std::process::Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+    if let Some(out) = run_tool(
+        "systemd-analyze",
+        &["verify".as_ref(), copy.as_os_str()],
+        dir.path(),
+    ) {
+        // An unknown key is only a warning to systemd: none is allowed.
+        assert!(
+            out.stderr.is_empty() && out.stdout.is_empty(),
             "systemd-analyze verify: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => missing_tool("systemd-analyze", &e),
+        );
     }
 }
 
@@ -159,17 +183,62 @@ fn the_dockerfile_passes_hadolint() {
     ] {
         assert!(dockerfile.contains(needed), "Dockerfile lacks {needed}");
     }
-    match std::process::Command::new("hadolint")
-        .args(["--config", "deploy/.hadolint.yaml", "deploy/Dockerfile"])
-        .current_dir(root)
+    run_tool(
+        "hadolint",
+        &[
+            "--config".as_ref(),
+            "deploy/.hadolint.yaml".as_ref(),
+            "deploy/Dockerfile".as_ref(),
+        ],
+        root,
+    );
+}
+
+/// The Kubernetes manifests validate against the API's schemas (PyPI
+/// `kubernetes-validate --strict`, offline, installed by .ci/run), and the
+/// configuration their ConfigMap carries is one `eddy` accepts with the
+/// Secret's token in the environment.
+#[test]
+fn the_kubernetes_manifests_validate_and_carry_a_valid_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        "configmap.yaml",
+        "secret.yaml",
+        "service.yaml",
+        "statefulset.yaml",
+    ];
+    let args: Vec<&std::ffi::OsStr> = std::iter::once("--strict".as_ref())
+        .chain(files.iter().map(|f| f.as_ref()))
+        .collect();
+    run_tool(
+        "kubernetes-validate",
+        &args,
+        &root.join("deploy/kubernetes"),
+    );
+    // The block scalar under `eddy.toml: |`, indented four spaces.
+    let map = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).expect("map");
+    let toml: String = map
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("eddy.toml: |"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("[[models]]"), "{toml}");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("eddy.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eddy"))
+        .arg("config")
+        .arg("--config")
+        .arg(&path)
+        .env("EDDY_ADMIN__TOKEN", "a-token-long-enough-for-the-check")
+        .env("EDDY_STORAGE__DIR", dir.path())
         .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "hadolint: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => missing_tool("hadolint", &e),
-    }
+        .expect("eddy config runs");
+    assert!(
+        out.status.success(),
+        "eddy config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
