@@ -1,6 +1,9 @@
 //! The operator artefacts in `deploy/` checked by the tools that read them:
 //! the Prometheus scrape config and alerting rules by promtool (check and
-//! unit tests), and every metric the rules name against a live /metrics.
+//! unit tests), the unit file by systemd-analyze, the Dockerfile by
+//! hadolint, the Kubernetes manifests by kubernetes-validate, and every
+//! metric the rules and the Grafana dashboard name against a live
+//! /metrics.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -70,8 +73,29 @@ fn eddy_names(text: &str) -> BTreeSet<String> {
     out
 }
 
+/// The Prometheus queries in the Grafana dashboard (panels and
+/// annotations), parsed as JSON.
+fn dashboard_queries() -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/eddy.json"),
+    )
+    .expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_owned());
+        }
+    }
+    for a in dash["annotations"]["list"].as_array().expect("annotations") {
+        exprs.push(a["expr"].as_str().expect("annotation expr").to_owned());
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    exprs.join("\n")
+}
+
 #[tokio::test]
-async fn the_alert_rules_name_only_metrics_eddy_exports() {
+async fn the_alert_rules_and_the_dashboard_name_only_metrics_eddy_exports() {
     let app = spawn_app("[[models]]\nname = \"demo\"\ntask = \"binary\"").await;
     // A little traffic, a refused request among it: a labelled family is
     // exposed once it has a sample.
@@ -90,23 +114,25 @@ async fn the_alert_rules_name_only_metrics_eddy_exports() {
         .map(str::to_owned)
         .collect();
     let rules = std::fs::read_to_string(prometheus_dir().join("rules.yml")).expect("rules");
-    let named = eddy_names(&rules);
-    assert!(named.len() >= 10, "{named:?}");
-    // Counters are exposed as `<name>_total` with the family typed as
-    // `<name>`.
-    let missing: Vec<&String> = named
-        .iter()
-        .filter(|n| {
-            !exported.contains(*n)
-                && !n
-                    .strip_suffix("_total")
-                    .is_some_and(|f| exported.contains(f))
-        })
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "not exported: {missing:?}\nexported: {exported:?}"
-    );
+    for (what, text) in [("rules.yml", rules), ("the dashboard", dashboard_queries())] {
+        let named = eddy_names(&text);
+        assert!(named.len() >= 8, "{what}: {named:?}");
+        // A counter's samples are `<family>_total` (typed so in the
+        // classic text), a histogram's `<family>_bucket`, `_sum`, `_count`.
+        let missing: Vec<&String> = named
+            .iter()
+            .filter(|n| {
+                !exported.contains(*n)
+                    && !["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| n.strip_suffix(s).is_some_and(|f| exported.contains(f)))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{what} names metrics eddy does not export: {missing:?}\nexported: {exported:?}"
+        );
+    }
     app.stop().await.expect("stops");
 }
 
