@@ -268,3 +268,121 @@ fn the_kubernetes_manifests_validate_and_carry_a_valid_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Kills the child process (by its PID, through the handle) when dropped,
+/// so a failing test leaves no Prometheus behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// End to end: a real Prometheus (Debian package `prometheus`, installed by
+/// .ci/run with promtool) scrapes a running eddy on loopback with the
+/// shipped rules; the series arrive, and an operator's rollback makes the
+/// `EddyRollback` alert fire.
+#[tokio::test]
+async fn prometheus_scrapes_eddy_and_the_rollback_alert_fires() {
+    let binary = match std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+    {
+        Ok(_) => "prometheus",
+        Err(e) => return missing_tool("prometheus", &e),
+    };
+    let app = spawn_app("[[models]]\nname = \"demo\"\ntask = \"binary\"").await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::copy(
+        prometheus_dir().join("rules.yml"),
+        dir.path().join("rules.yml"),
+    )
+    .expect("rules");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n  - job_name: eddy\n    static_configs:\n      - targets: [\"{}\"]\n",
+            app.admin
+        ),
+    )
+    .expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let _prometheus = Killed(
+        std::process::Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let query = |q: &'static str| {
+        let client = app.client.clone();
+        async move {
+            let url = reqwest::Url::parse_with_params(
+                &format!("http://127.0.0.1:{port}/api/v1/query"),
+                &[("query", q)],
+            )
+            .ok()?;
+            let r = client.get(url).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            let results = v["data"]["result"].as_array()?.clone();
+            (!results.is_empty()).then_some(results)
+        }
+    };
+    let until = |q: &'static str, what: &'static str| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(r) = query(q).await {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} never showed in Prometheus"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let series = until(r#"eddy_model_version{model="demo"}"#, "eddy's series").await;
+    assert_eq!(series[0]["metric"]["job"], "eddy");
+
+    // Learn, keep a version, learn more, and roll back to it.
+    let train = |label: u64| {
+        let batch: Vec<serde_json::Value> = (0..64u64)
+            .map(|i| json!({ "features": { "x": i % 7 }, "label": label }))
+            .collect();
+        json!({ "examples": batch })
+    };
+    assert_eq!(app.feedback("demo", train(1)).await.0, 202);
+    app.wait_trained("demo", 64).await;
+    let (status, snap) = app.admin_post("demo/snapshot", "").await;
+    assert_eq!(status, 200, "{snap}");
+    let kept = snap["snapshot"]["version"].as_u64().expect("version");
+    assert_eq!(app.feedback("demo", train(0)).await.0, 202);
+    app.wait_trained("demo", 128).await;
+    let (status, body) = app
+        .admin_post("demo/rollback", &json!({ "version": kept }).to_string())
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let alerts = until(
+        r#"ALERTS{alertname="EddyRollback", alertstate="firing"}"#,
+        "the EddyRollback alert",
+    )
+    .await;
+    assert_eq!(alerts[0]["metric"]["model"], "demo");
+    assert_eq!(alerts[0]["metric"]["reason"], "operator");
+    app.stop().await.expect("stops");
+}
