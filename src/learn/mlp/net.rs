@@ -105,8 +105,10 @@ impl Net {
     }
 
     pub fn predict(&self, p: &Params, x: &FeatureVec) -> Output {
-        let mut hidden = [0.0f32; MAX_HIDDEN];
-        let hidden = &mut hidden[..self.hidden()];
+        with_buffer(self.hidden(), |hidden| self.predict_with(p, x, hidden))
+    }
+
+    fn predict_with(&self, p: &Params, x: &FeatureVec, hidden: &mut [f32]) -> Output {
         let mut z = [0.0f32; 1];
         match p.space.kind() {
             TaskKind::Binary => {
@@ -129,10 +131,25 @@ impl Net {
 
     /// As `Params::score`: without allocating for binary and regression.
     pub fn score(&self, p: &Params, x: &FeatureVec, y: Target) -> Scored {
-        let mut hidden = [0.0f32; MAX_HIDDEN];
-        let hidden = &mut hidden[..self.hidden()];
-        p.score_one_output(y, |z| self.forward(p, x, hidden, z))
-            .unwrap_or_else(|| Scored::of(&self.predict(p, x), y))
+        with_buffer(self.hidden(), |hidden| {
+            p.score_one_output(y, |z| self.forward(p, x, hidden, z))
+        })
+        .unwrap_or_else(|| Scored::of(&self.predict(p, x), y))
+    }
+}
+
+/// Runs `f` on a zeroed stack buffer of `len` floats: a small one for the
+/// usual widths, so a prediction at the default `hidden` (64) zeroes 512
+/// bytes rather than `MAX_HIDDEN`'s 4 KiB.
+#[inline]
+fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    const SMALL: usize = 128;
+    if len <= SMALL {
+        let mut buffer = [0.0f32; SMALL];
+        f(&mut buffer[..len])
+    } else {
+        let mut buffer = [0.0f32; MAX_HIDDEN];
+        f(&mut buffer[..len])
     }
 }
 
