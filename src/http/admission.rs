@@ -194,9 +194,9 @@ where
             };
             // The permit stays held until the answer is ready (the body's
             // bytes live that long), unless the handler releases it first.
-            let _permit = BodyPermit::new(permit);
+            let held = BodyPermit::new(permit);
             let mut request = Request::from_parts(parts, Body::from(bytes));
-            request.extensions_mut().insert(_permit.clone());
+            request.extensions_mut().insert(held.clone());
             match own {
                 Some(router) => {
                     match tokio::time::timeout(settings.request_timeout, router.oneshot(request))

@@ -125,15 +125,16 @@ pub async fn show(
 fn info(m: &ModelRuntime) -> ModelInfo<'_> {
     let live = m.store.live();
     let report = MonitorReport::clone(&m.stats.monitor.load());
+    // The network's own settings: a model restored from a snapshot keeps
+    // the ones it was trained with.
+    let net = live.params.net.as_ref().map(|n| n.config);
     ModelInfo {
         name: &m.name,
         task: m.config.task,
         classes: &m.config.classes,
         hash_bits: m.config.hash_bits,
         family: m.config.family,
-        // The network's own settings: a model restored from a snapshot
-        // keeps the ones it was trained with.
-        mlp: live.params.net.as_ref().map(|n| n.config),
+        mlp: net,
         version: live.version,
         examples_trained: m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed),
         minibatches_trained: m.stats.minibatches_trained.load(Ordering::Relaxed),
@@ -153,12 +154,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
                 kind: m.config.optimizer.kind,
                 candidates: vec![CandidateShare {
                     rule: "rms",
-                    learning_rate: live
-                        .params
-                        .net
-                        .as_ref()
-                        .map_or(m.config.mlp.learning_rate, |n| n.config.learning_rate)
-                        as f32,
+                    learning_rate: net.unwrap_or(m.config.mlp).learning_rate as f32,
                     weight: 1.0,
                 }],
             },

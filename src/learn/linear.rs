@@ -392,14 +392,8 @@ impl Learner {
             params.mixture = None;
         } else {
             let rules = optimizer.candidates();
-            let same = |a: &Rule, b: &Rule| a.kind == b.kind && a.learning_rate == b.learning_rate;
             let mut auto = match state.auto.take() {
-                Some(a)
-                    if a.rules().len() == rules.len()
-                        && a.rules().iter().zip(&rules).all(|(a, b)| same(a, b)) =>
-                {
-                    a
-                }
+                Some(a) if a.runs(&rules) => a,
                 _ => AutoState::starting_from(&rules, &params.weights, &params.bias),
             };
             auto.set_regularization(optimizer.l1 as f32, optimizer.l2 as f32);

@@ -747,14 +747,7 @@ fn read_learner(
     // Whether `auto`'s saved candidates are the ones this build runs
     // (`Learner::with_state` starts others afresh).
     let candidates_resumed = match (&state.auto, shape.optimizer.kind) {
-        (Some(a), crate::learn::OptimizerKind::Auto) => {
-            let now = shape.optimizer.candidates();
-            a.rules().len() == now.len()
-                && a.rules()
-                    .iter()
-                    .zip(&now)
-                    .all(|(a, b)| a.kind == b.kind && a.learning_rate == b.learning_rate)
-        }
+        (Some(a), crate::learn::OptimizerKind::Auto) => a.runs(&shape.optimizer.candidates()),
         (None, crate::learn::OptimizerKind::Auto) => shape.mlp.is_some(),
         _ => true,
     };

@@ -12,8 +12,20 @@ use serde_json::json;
 
 use crate::helpers::{missing_tool, promtool_run, scrape, spawn_app};
 
+/// A path under `deploy/`.
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+/// A file under `deploy/`, as text.
+fn read_deploy(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
 fn prometheus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus")
+    deploy("prometheus")
 }
 
 fn promtool_in(dir: &Path, args: &[&str]) {
@@ -76,10 +88,7 @@ fn eddy_names(text: &str) -> BTreeSet<String> {
 /// The Prometheus queries in the Grafana dashboard (panels and
 /// annotations), parsed as JSON.
 fn dashboard_queries() -> String {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/eddy.json"),
-    )
-    .expect("dashboard");
+    let text = read_deploy("grafana/eddy.json");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let mut exprs = Vec::new();
     for panel in dash["panels"].as_array().expect("panels") {
@@ -113,7 +122,7 @@ async fn the_alert_rules_and_the_dashboard_name_only_metrics_eddy_exports() {
         .filter_map(|l| l.split(' ').next())
         .map(str::to_owned)
         .collect();
-    let rules = std::fs::read_to_string(prometheus_dir().join("rules.yml")).expect("rules");
+    let rules = read_deploy("prometheus/rules.yml");
     for (what, text) in [("rules.yml", rules), ("the dashboard", dashboard_queries())] {
         let named = eddy_names(&text);
         assert!(named.len() >= 8, "{what}: {named:?}");
@@ -136,19 +145,12 @@ async fn the_alert_rules_and_the_dashboard_name_only_metrics_eddy_exports() {
     app.stop().await.expect("stops");
 }
 
-fn unit() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/eddy.service"),
-    )
-    .expect("unit")
-}
-
 /// The unit file passes `systemd-analyze verify` with the binary where
 /// its `ExecStart` says (this build's, in a copy of the unit), warnings
 /// included: an unknown key is only a warning to systemd.
 #[test]
 fn the_systemd_unit_verifies() {
-    let unit = unit();
+    let unit = read_deploy("systemd/eddy.service");
     assert!(unit.contains("ExecStart=/usr/local/bin/eddy serve"));
     let dir = tempfile::tempdir().expect("dir");
     let copy = dir.path().join("eddy.service");
@@ -177,7 +179,7 @@ fn the_systemd_unit_verifies() {
 /// `server.shutdown_grace_ms`, then the trainers within twice that.
 #[test]
 fn the_unit_waits_longer_than_the_shutdown_sequence() {
-    let unit = unit();
+    let unit = read_deploy("systemd/eddy.service");
     let stop: u64 = unit
         .lines()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
@@ -198,8 +200,7 @@ fn the_unit_waits_longer_than_the_shutdown_sequence() {
 /// the shutdown sequence's bound it documents.
 #[test]
 fn the_dockerfile_passes_hadolint() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).expect("Dockerfile");
+    let dockerfile = read_deploy("Dockerfile");
     for needed in [
         "STOPSIGNAL SIGTERM",
         "HEALTHCHECK",
@@ -213,10 +214,10 @@ fn the_dockerfile_passes_hadolint() {
         "hadolint",
         &[
             "--config".as_ref(),
-            "deploy/.hadolint.yaml".as_ref(),
-            "deploy/Dockerfile".as_ref(),
+            ".hadolint.yaml".as_ref(),
+            "Dockerfile".as_ref(),
         ],
-        root,
+        &deploy(""),
     );
 }
 
@@ -226,7 +227,6 @@ fn the_dockerfile_passes_hadolint() {
 /// Secret's token in the environment.
 #[test]
 fn the_kubernetes_manifests_validate_and_carry_a_valid_config() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = [
         "configmap.yaml",
         "secret.yaml",
@@ -236,13 +236,9 @@ fn the_kubernetes_manifests_validate_and_carry_a_valid_config() {
     let args: Vec<&std::ffi::OsStr> = std::iter::once("--strict".as_ref())
         .chain(files.iter().map(|f| f.as_ref()))
         .collect();
-    run_tool(
-        "kubernetes-validate",
-        &args,
-        &root.join("deploy/kubernetes"),
-    );
+    run_tool("kubernetes-validate", &args, &deploy("kubernetes"));
     // The block scalar under `eddy.toml: |`, indented four spaces.
-    let map = std::fs::read_to_string(root.join("deploy/kubernetes/configmap.yaml")).expect("map");
+    let map = read_deploy("kubernetes/configmap.yaml");
     let toml: String = map
         .lines()
         .skip_while(|l| !l.trim_start().starts_with("eddy.toml: |"))

@@ -30,6 +30,28 @@ async fn answers(app: &crate::helpers::TestApp) -> Vec<Value> {
     out
 }
 
+/// A monitor that judges small windows, so a few hundred examples promote.
+const QUICK_MONITOR: &str = "[models.monitor]\nwindow = 200\nmin_samples = 100\nblock_size = 10\ngate_examples = 100\npromotion_snapshot_interval_ms = 0";
+
+/// Feeds 200 examples at a time until a version after the first is
+/// promoted to last-good; returns how many were fed and that version.
+async fn feed_until_promoted(app: &crate::helpers::TestApp) -> (u32, u64) {
+    let mut fed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        feed(app, fed, 200).await;
+        fed += 200;
+        let info = app.wait_trained("demo", u64::from(fed)).await;
+        if let Some(v) = info["last_good_version"].as_u64().filter(|v| *v > 1) {
+            return (fed, v);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never promoted: {info}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_restart_resumes_the_model_exactly() {
     let dir = tempfile::tempdir().expect("dir");
@@ -105,25 +127,10 @@ async fn a_restart_resumes_the_model_exactly() {
 
 #[tokio::test]
 async fn last_good_is_snapshotted_on_promotion_and_kept_across_a_restart() {
-    let model = format!(
-        "{MODEL}\n[models.monitor]\nwindow = 200\nmin_samples = 100\nblock_size = 10\ngate_examples = 100\npromotion_snapshot_interval_ms = 0"
-    );
+    let model = format!("{MODEL}\n{QUICK_MONITOR}");
     let dir = tempfile::tempdir().expect("dir");
     let app = spawn_at(&model, dir.path(), |_| {}).await.expect("starts");
-    let mut fed = 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let promoted = loop {
-        feed(&app, fed, 200).await;
-        fed += 200;
-        let info = app.wait_trained("demo", u64::from(fed)).await;
-        if let Some(v) = info["last_good_version"].as_u64().filter(|v| *v > 1) {
-            break v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never promoted: {info}"
-        );
-    };
+    let (_, promoted) = feed_until_promoted(&app).await;
     app.stop().await.expect("clean stop");
     let good: Vec<String> = std::fs::read_dir(dir.path().join("demo"))
         .expect("dir")
@@ -152,29 +159,15 @@ async fn last_good_is_snapshotted_on_promotion_and_kept_across_a_restart() {
 /// adopted like the live one, so `auto` goes on mixing its candidates.
 #[tokio::test]
 async fn a_rollback_after_a_change_of_optimizer_keeps_the_configured_one() {
-    let monitor = "[models.monitor]\nwindow = 200\nmin_samples = 100\nblock_size = 10\ngate_examples = 100\npromotion_snapshot_interval_ms = 0";
-    let adagrad = format!("{MODEL}\n[models.optimizer]\nkind = \"adagrad\"\n{monitor}");
+    let adagrad = format!("{MODEL}\n[models.optimizer]\nkind = \"adagrad\"\n{QUICK_MONITOR}");
     let dir = tempfile::tempdir().expect("dir");
     let app = spawn_at(&adagrad, dir.path(), |_| {})
         .await
         .expect("starts");
-    let mut fed = 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        feed(&app, fed, 200).await;
-        fed += 200;
-        let info = app.wait_trained("demo", u64::from(fed)).await;
-        if info["last_good_version"].as_u64() > Some(1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never promoted: {info}"
-        );
-    }
+    let (fed, _) = feed_until_promoted(&app).await;
     app.stop().await.expect("clean stop");
 
-    let auto = format!("{MODEL}\n{monitor}");
+    let auto = format!("{MODEL}\n{QUICK_MONITOR}");
     let app = spawn_at(&auto, dir.path(), |_| {}).await.expect("restarts");
     let (status, body) = app.admin_post("demo/rollback", "").await;
     assert_eq!(status, 200, "{body}");

@@ -120,6 +120,17 @@ impl AutoState {
         &self.rules
     }
 
+    /// Whether this state runs `rules` (the same kinds and rates, in
+    /// order): only then can it be resumed under them.
+    pub fn runs(&self, rules: &[Rule]) -> bool {
+        self.rules.len() == rules.len()
+            && self
+                .rules
+                .iter()
+                .zip(rules)
+                .all(|(a, b)| a.kind == b.kind && a.learning_rate == b.learning_rate)
+    }
+
     /// Takes this table's L1 and L2 (the rules and rates stay).
     pub fn set_regularization(&mut self, l1: f32, l2: f32) {
         for r in &mut self.rules {

@@ -3,9 +3,9 @@
 //!
 //! Each candidate's loss on every example, taken before it learns that
 //! example (a mistake for a classifier, half the squared standardised
-//! error for regression: the learner's `loss_of`), is added to a discounted sum (half-life `HALF_LIFE` examples,
-//! so a candidate that was best long ago but not lately loses its
-//! weight). The target weights are `exp(-ETA * loss) / sum`.
+//! error for regression: the learner's `loss_of`), is added to a
+//! discounted sum (half-life `HALF_LIFE` examples, so a candidate that
+//! was best long ago but not lately loses its weight). The target weights are `exp(-ETA * loss) / sum`.
 //!
 //! The published model is `sum_k weight_k * w_k`, so a change of weights
 //! changes every row ever learned. To keep a publish copy-on-write, the
