@@ -40,6 +40,9 @@ pub enum Command {
     /// Read a snapshot file.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Print the public API's OpenAPI 3.1 document (what `GET
+    /// /openapi.json` serves; committed as deploy/openapi.json).
+    Openapi,
 }
 
 /// What every data-reading command shares.

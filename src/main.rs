@@ -38,6 +38,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => eddy::batch::commands::train_command(args),
         Command::Eval(args) => eddy::batch::commands::eval_command(args),
         Command::Snapshot(command) => eddy::batch::commands::snapshot_command(command),
+        Command::Openapi => {
+            print!(
+                "{}",
+                eddy::http::openapi::to_json(&eddy::http::public_document())
+            );
+            Ok(())
+        }
         Command::Serve { config, repair } => {
             // Configuration errors end the process before any socket is bound.
             let mut config = Config::load(config.as_deref(), std::env::vars())?;

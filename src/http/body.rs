@@ -34,8 +34,25 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// Parses JSON, telling syntax errors (400) from shape errors (422).
+/// Parses a JSON object, telling syntax errors (400) from shape errors
+/// (422). Every request body is an object: serde would also read a struct
+/// from an array of its fields in order, which no client means.
 pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return match parsed::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => Err(ApiError::InvalidRequest(
+                "the request body must be a JSON object".into(),
+            )),
+            Err(e) => Err(e),
+        };
+    }
+    parsed(bytes)
+}
+
+fn parsed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
         // JSON has no NaN or infinity; a literal beyond f64's range is the

@@ -124,7 +124,7 @@ pub enum ApiError {
 }
 
 /// Why one example of a batch was refused.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ItemError {
     pub index: usize,
     pub code: &'static str,

@@ -50,7 +50,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::admission::BodyPermit;
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
@@ -65,6 +66,7 @@ use super::AppState;
 use super::body::{JsonBody, parse};
 use super::error::{ApiError, ItemError};
 use super::model_name::ModelName;
+use super::openapi::ErrorResponse;
 use super::sender::Sender;
 
 /// Header of a request the client may retry: a retry answers the first
@@ -75,9 +77,11 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// Header naming the sender when the body does not.
 pub const SOURCE_HEADER: &str = "x-eddy-source";
 
+/// One example (`features` or `prediction_id`, with `label`) or a batch
+/// (`examples`, with an optional `source` for all of them).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FeedbackRequest<'a> {
+pub struct FeedbackRequest<'a> {
     #[serde(borrow, default)]
     examples: Option<Vec<ExampleIn<'a>>>,
     #[serde(borrow, default)]
@@ -90,9 +94,11 @@ struct FeedbackRequest<'a> {
     source: Option<Cow<'a, str>>,
 }
 
+/// One example of a batch: `features` or the `prediction_id` of an earlier
+/// prediction, and its `label`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExampleIn<'a> {
+pub struct ExampleIn<'a> {
     #[serde(borrow, default)]
     features: Option<RawFeatures<'a>>,
     #[serde(borrow, default)]
@@ -121,9 +127,17 @@ enum Input<'a> {
 /// `timeout_ms`) answers once the examples are in a published version.
 /// Other parameters (a client's cache buster or trace id) are ignored, as
 /// they were before `wait` existed.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeedbackQuery {
+    /// `published`: answer once the examples are in a published version
+    /// (or were kept out of it), with that `model_version`.
+    #[param(pattern = "^published$")]
     wait: Option<String>,
+    /// With `wait=published`: the longest wait, capped at nine tenths of
+    /// server.request_timeout_ms (default 1000); past it the answer is
+    /// `pending`.
+    #[param(minimum = 0)]
     timeout_ms: Option<u64>,
 }
 
@@ -147,6 +161,49 @@ fn publish_wait(query: &FeedbackQuery, state: &AppState) -> Result<Option<Durati
 /// `timeout_ms` of `wait=published` when none is given.
 pub const DEFAULT_PUBLISH_WAIT_MS: u64 = 1000;
 
+/// The 202 answer: how many examples were accepted and, with
+/// `wait=published`, the version that holds them.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    accepted: usize,
+    /// With `wait=published`: the published version holding the examples,
+    /// or null when it did not come within the wait (`pending`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<Option<u64>>,
+    /// With `wait=published`: true when the wait ran out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pending: Option<bool>,
+}
+
+/// Accepts labelled examples: logged (durably, per `wal`), queued for the
+/// trainer, answered 202.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/feedback",
+    tag = "feedback",
+    params(
+        ("model" = String, Path, description = "The model's name"),
+        FeedbackQuery,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 128, description = "1 to 128 bytes: a retry with the same key and body is answered as the first, without training twice"),
+        ("X-Eddy-Source" = Option<super::openapi::Source>, Header, nullable = false, description = "The sender, when the body names none (without `[[sources]]`)"),
+    ),
+    request_body(content = FeedbackRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: logged and queued", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` on the answer to a retry"))),
+        (status = 401, description = "`unauthorized`: the server has `[[sources]]` and the token is missing or wrong", body = ErrorResponse,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`source_mismatch`: the request names another source than its token's", body = ErrorResponse),
+        (status = 404, description = "`model_not_found` or `unknown_prediction_id`", body = ErrorResponse),
+        (status = 409, description = "`already_labelled`, `label_in_flight` or `idempotency_key_in_flight`", body = ErrorResponse),
+        (status = 422, description = "`invalid_request`, `invalid_features`, `too_many_features`, `invalid_label`, `unknown_class`, `prediction_expired`, `invalid_batch`, `batch_too_large`, `exceeds_burst` or `idempotency_key_reused`", body = ErrorResponse),
+        (status = 429, description = "`queue_full`, `feedback_overloaded` or `rate_limited`: nothing was accepted", body = ErrorResponse),
+        (status = 503, description = "`shutting_down`, or `not_ready` for a keyed request while the log replays", body = ErrorResponse),
+        (status = 507, description = "`insufficient_storage`: the log cannot store or sync the examples", body = ErrorResponse),
+    ),
+    security((), ("source_token" = [])),
+)]
 pub async fn feedback(
     State(state): State<AppState>,
     ModelName(model): ModelName,
@@ -318,6 +375,9 @@ fn ingest(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Ingested, ApiError> {
+    // Checked first, also for a retry: a request with a header that names
+    // no valid source, or another source than its token's, is refused.
+    let header_source = header_source(sender, headers)?;
     // The sender is part of what a retry must repeat: its credential when
     // it has one, else the source its header names.
     let who = match sender {
@@ -342,7 +402,7 @@ fn ingest(
         Some(Keyed::New(record)) => Some(record),
         None => None,
     };
-    let accepted = accept(state, runtime, sender, headers, body, key.as_ref());
+    let accepted = accept(state, runtime, sender, body, header_source, key.as_ref());
     if let Some(record) = &key {
         // Once appended and queued the examples are trained: a retry gets
         // this answer (also if the client goes before the fsync), once the
@@ -361,14 +421,10 @@ fn ingest(
 /// With `published` (a `wait=published` request): `Some(version)` holding
 /// the examples, or `None` when it did not come in time (`pending`).
 fn acknowledged(accepted: usize, replayed: bool, published: Option<Option<u64>>) -> Response {
-    let body = match published {
-        None => serde_json::json!({ "accepted": accepted }),
-        Some(Some(version)) => {
-            serde_json::json!({ "accepted": accepted, "model_version": version })
-        }
-        Some(None) => {
-            serde_json::json!({ "accepted": accepted, "model_version": null, "pending": true })
-        }
+    let body = Accepted {
+        accepted,
+        model_version: published,
+        pending: published.and_then(|v| v.is_none().then_some(true)),
     };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
@@ -430,26 +486,34 @@ fn begin(
     })
 }
 
+/// The source the `X-Eddy-Source` header names, if it has one: a valid
+/// name, and the token's own when there is a token.
+fn header_source(
+    sender: Option<&Credential>,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(v) = headers.get(SOURCE_HEADER) else {
+        return Ok(None);
+    };
+    if let Some(sender) = sender {
+        sender_only(sender, &String::from_utf8_lossy(v.as_bytes()))?;
+    }
+    let text = v
+        .to_str()
+        .map_err(|_| ApiError::InvalidRequest("X-Eddy-Source is not valid text".into()))?;
+    source(text).map(Some)
+}
+
 /// Validates, logs and enqueues a request; returns how many examples it
 /// holds and, when the log must be fsynced first, what to wait for.
 fn accept(
     state: &AppState,
     runtime: &ModelRuntime,
     sender: Option<&Credential>,
-    headers: &HeaderMap,
     body: &[u8],
+    header_source: Option<Arc<str>>,
     key: Option<&KeyRecord>,
 ) -> Result<(usize, Option<Durable>, u64), ApiError> {
-    let header = headers.get(SOURCE_HEADER);
-    if let (Some(sender), Some(v)) = (sender, header) {
-        sender_only(sender, &String::from_utf8_lossy(v.as_bytes()))?;
-    }
-    let header_source = match header {
-        Some(v) => Some(source(v.to_str().map_err(|_| {
-            ApiError::InvalidRequest("X-Eddy-Source is not valid text".into())
-        })?)?),
-        None => None,
-    };
     let request: FeedbackRequest = parse(body)?;
     if let Some(sender) = sender {
         let named = request

@@ -17,6 +17,7 @@ pub mod health;
 pub mod listener;
 pub mod model_name;
 pub mod models;
+pub mod openapi;
 pub mod predict;
 pub mod quarantine;
 pub mod refusals;
@@ -35,10 +36,12 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::{ListenerLimits, ServerConfig};
 use crate::metrics::{HttpLabels, Metrics, RouteLabel};
@@ -119,27 +122,43 @@ impl std::ops::Deref for AppState {
 }
 
 /// Route templates of the public API; also the `route` metric label.
-const ROUTES: [&str; 6] = [
+/// `public_routes` serves exactly these (a test compares them with the
+/// OpenAPI document it produces).
+pub const ROUTES: [&str; 7] = [
     "/v1/models",
     "/v1/models/{model}",
     "/v1/models/{model}/predict",
     "/v1/models/{model}/feedback",
     "/healthz",
     "/readyz",
+    "/openapi.json",
 ];
+
+/// Every public route, registered together with its OpenAPI description.
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(models::list))
+        .routes(routes!(models::show))
+        .routes(routes!(predict::predict))
+        .routes(routes!(feedback::feedback))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(openapi::serve))
+}
+
+/// The public API's OpenAPI document (`GET /openapi.json`,
+/// `eddy openapi`, `deploy/openapi.json`).
+pub fn public_document() -> utoipa::openapi::OpenApi {
+    openapi::complete(public_routes().into_openapi(), PUBLIC_PROBES)
+}
 
 /// The public routes, with the layers that work per route: panics become
 /// 500s, bodies are limited. Load shedding, the concurrency limit and the
 /// timeout are added around the whole router by `protect`.
 pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
     let limit = server.max_body_bytes.get();
-    let router = Router::new()
-        .route(ROUTES[0], get(models::list))
-        .route(ROUTES[1], get(models::show))
-        .route(ROUTES[2], post(predict::predict))
-        .route(ROUTES[3], post(feedback::feedback))
-        .route(ROUTES[4], get(health::live))
-        .route(ROUTES[5], get(health::ready))
+    let (routes, _) = public_routes().split_for_parts();
+    let router = routes
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
@@ -161,7 +180,7 @@ pub fn public_router(state: AppState, server: &ServerConfig) -> Router {
 }
 
 /// The public listener's probes: answered without a concurrency slot.
-pub const PUBLIC_PROBES: &[&str] = &[ROUTES[4], ROUTES[5]];
+pub const PUBLIC_PROBES: &[&str] = &[ROUTES[4], ROUTES[5], ROUTES[6]];
 
 /// Whether `path` is a model's feedback route, whose requests keep their
 /// own admission limit (`server.feedback_concurrency`, the feedback

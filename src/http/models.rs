@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use axum::extract::State;
 use axum::response::Response;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::learn::{Family, MlpConfig, OptimizerConfig, OptimizerKind, Params, TaskKind};
 use crate::serving::ModelRuntime;
@@ -17,8 +18,10 @@ use super::AppState;
 use super::body::json_response;
 use super::error::ApiError;
 use super::model_name::ModelName;
+use super::openapi::ErrorResponse;
 
-#[derive(Serialize)]
+/// A model and how far its training has come.
+#[derive(Serialize, ToSchema)]
 pub struct ModelInfo<'a> {
     name: &'a str,
     task: TaskKind,
@@ -66,13 +69,13 @@ pub struct ModelInfo<'a> {
     guard: GuardReport,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct OptimizerState {
     kind: OptimizerKind,
     candidates: Vec<CandidateShare>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CandidateShare {
     rule: &'static str,
     learning_rate: f32,
@@ -80,13 +83,17 @@ struct CandidateShare {
     weight: f32,
 }
 
-#[derive(Serialize)]
+/// The live versions' rolling quality and last-good's on the same
+/// examples.
+#[derive(Serialize, ToSchema)]
+#[schema(as = QualityPair)]
 struct Quality {
     live: crate::serving::monitor::Quality,
     baseline: crate::serving::monitor::Quality,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = MonitorInfo)]
 struct Monitor {
     #[serde(flatten)]
     report: MonitorReport,
@@ -98,23 +105,43 @@ struct Monitor {
     excluded_examples: u64,
 }
 
-#[derive(Serialize)]
+/// Rollbacks since start-up, by cause.
+#[derive(Serialize, ToSchema)]
 struct Rollbacks {
     degraded: u64,
     gate_refused: u64,
     operator: u64,
 }
 
-#[derive(Serialize)]
+/// Every model the server hosts.
+#[derive(Serialize, ToSchema)]
 pub struct ModelList<'a> {
     models: Vec<ModelInfo<'a>>,
 }
 
+/// Every model, in configuration order.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    responses((status = 200, description = "The models", body = ModelList)),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let models = state.registry.iter().map(|m| info(m)).collect();
     json_response(&ModelList { models })
 }
 
+/// One model.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model", body = ModelInfo),
+        (status = 404, description = "`model_not_found`", body = ErrorResponse),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     ModelName(model): ModelName,

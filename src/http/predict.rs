@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use axum::extract::State;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::learn::{FeatureVec, LabelOut, LabelSpace, Output, RawFeatures};
 use crate::serving::PendingPrediction;
@@ -17,10 +18,12 @@ use super::AppState;
 use super::body::{JsonBody, json_response, parse};
 use super::error::ApiError;
 use super::model_name::ModelName;
+use super::openapi::ErrorResponse;
 
+/// One instance (`features`) or a batch (`instances`), not both.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PredictRequest<'a> {
+pub struct PredictRequest<'a> {
     #[serde(borrow, default)]
     features: Option<RawFeatures<'a>>,
     #[serde(borrow, default)]
@@ -29,24 +32,33 @@ struct PredictRequest<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Instance<'a> {
+pub struct Instance<'a> {
     #[serde(borrow)]
     features: RawFeatures<'a>,
 }
 
-/// One prediction as it is written in a response.
-#[derive(Serialize)]
+/// One prediction as it is written in a response. `model` and
+/// `model_version` are on a single instance's answer (a batch has them
+/// once); classifiers answer `label` and `probabilities`, regression
+/// `value`.
+#[derive(Serialize, ToSchema)]
 pub struct PredictionOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     model: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     model_version: Option<u64>,
+    /// Send it back with the label as feedback (`prediction_id`).
     prediction_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     label: Option<LabelOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     probabilities: Option<Probabilities<'a>>,
 }
 
@@ -66,13 +78,35 @@ impl Serialize for Probabilities<'_> {
     }
 }
 
-#[derive(Serialize)]
+/// A batch's predictions, in the order of its instances, from one version.
+#[derive(Serialize, ToSchema)]
 pub struct BatchOut<'a> {
     model: &'a str,
     model_version: u64,
     predictions: Vec<PredictionOut<'a>>,
 }
 
+/// The answer to one instance or to a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictAnswer<'a> {
+    One(PredictionOut<'a>),
+    Batch(BatchOut<'a>),
+}
+
+/// Predicts with the live version.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict",
+    tag = "predict",
+    params(("model" = String, Path, description = "The model's name")),
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prediction(s)", body = PredictAnswer),
+        (status = 404, description = "`model_not_found`", body = ErrorResponse),
+        (status = 422, description = "`invalid_request`, `invalid_features`, `too_many_features`, `invalid_batch` or `batch_too_large`", body = ErrorResponse),
+    ),
+)]
 pub async fn predict(
     State(state): State<AppState>,
     ModelName(model): ModelName,
@@ -97,7 +131,7 @@ pub async fn predict(
             if let Some(i) = state.metrics.model(&runtime.name) {
                 i.predictions.inc();
             }
-            json_response(&one)
+            json_response(&PredictAnswer::One(one))
         }
         (None, Some(instances)) => {
             if instances.is_empty() {
@@ -138,7 +172,7 @@ pub async fn predict(
             if let Some(i) = state.metrics.model(&runtime.name) {
                 i.predictions.inc_by(out.predictions.len() as u64);
             }
-            json_response(&out)
+            json_response(&PredictAnswer::Batch(out))
         }
         (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
             "send either `features` or `instances`, not both".into(),

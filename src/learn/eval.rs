@@ -131,7 +131,7 @@ impl Scores {
 
 /// The figures that fit a task (accuracy and log loss, or MAE and RMSE),
 /// by name; a figure with no examples behind it is absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Figures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,

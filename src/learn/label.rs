@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::linear::MAX_TARGET;
 
 /// The `task` config key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     Binary,

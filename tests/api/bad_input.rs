@@ -52,6 +52,28 @@ const CASES: &[(&str, &str, &str, u16, &str)] = &[
         "malformed_json",
     ),
     (
+        // serde would read a struct from an array of its fields.
+        "an array instead of an object (predict)",
+        "/v1/models/bin/predict",
+        r#"[[1, 2]]"#,
+        422,
+        "invalid_request",
+    ),
+    (
+        "an array instead of an object (feedback)",
+        "/v1/models/bin/feedback",
+        r#" [{"a": 1}, 1]"#,
+        422,
+        "invalid_request",
+    ),
+    (
+        "a broken array is still malformed",
+        "/v1/models/bin/feedback",
+        r#"[{"a": 1}, 1"#,
+        400,
+        "malformed_json",
+    ),
+    (
         "features of wrong type",
         "/v1/models/bin/predict",
         r#"{"features": 3}"#,

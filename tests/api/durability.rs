@@ -219,6 +219,18 @@ async fn a_retried_request_with_its_idempotency_key_is_trained_once() {
     assert_eq!(err["error"]["code"], "idempotency_key_reused");
     let long = "k".repeat(129);
     assert_eq!(send(&app, &long, &body).await.expect("sent").status(), 422);
+    // A retry whose header names no valid source is refused, not replayed
+    // (an empty header once hashed as no header; found by schemathesis).
+    let empty_source = app
+        .client
+        .post(app.url("/v1/models/demo/feedback"))
+        .header("Idempotency-Key", "order-17")
+        .header("X-Eddy-Source", "")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(empty_source.status(), 422);
     // Enough unkeyed feedback for a promotion and snapshots to trim the
     // request's segment (last-good's range is kept until then).
     for chunk in rows[5..3005].chunks(250) {

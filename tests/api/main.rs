@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod memory;
 mod mlp;
+mod openapi;
 mod overload;
 mod progressive;
 mod published;

@@ -58,7 +58,7 @@ pub const MAX_CROSSES: u32 = 16;
 pub const MAX_TILINGS: u32 = 16;
 
 /// `models[].family`: which model a model name serves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// Logistic, softmax or linear regression (`learn::linear`).
@@ -79,7 +79,7 @@ impl Family {
 
 /// The `[models.mlp]` table. Every default is the one in
 /// `config/eddy.toml`; `Default` is the single source of both.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct MlpConfig {
     /// Units in the hidden layer.

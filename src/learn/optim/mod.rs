@@ -20,7 +20,7 @@ pub use rule::{Rule, RuleKind, Step};
 
 /// Which optimizer; see the README ("Choosing the optimizer") for why
 /// `auto` is the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
@@ -33,7 +33,7 @@ pub enum OptimizerKind {
 }
 
 /// The `[models.optimizer]` table.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     #[serde(default = "default_kind")]

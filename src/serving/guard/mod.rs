@@ -52,7 +52,19 @@ pub use report::{GuardReport, QuarantineCount};
 const MAX_DETAIL_BYTES: usize = 256;
 
 /// Why an example is in quarantine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Reason {
     Schema,

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Guard, Reason};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct GuardReport {
     pub enabled: bool,
     /// Examples in quarantine now, their bytes, and how many the bounds
@@ -30,14 +30,14 @@ pub struct GuardReport {
     pub outlier_features: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QuarantineCount {
     pub reason: Reason,
     pub source: String,
     pub examples: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SourceGuard {
     pub source: String,
     /// Its share of the last `influence.active_examples` learned.

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Rolling quality of one version (or one source) as users see it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Quality {
     pub examples: u64,
     #[serde(flatten)]
@@ -25,7 +25,7 @@ impl Quality {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SourceReport {
     pub source: String,
     /// Labelled examples from it since start-up.
@@ -36,7 +36,7 @@ pub struct SourceReport {
 }
 
 /// What the monitor shows operators (model info, metrics).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MonitorReport {
     pub enabled: bool,
     pub last_good_version: Option<u64>,
