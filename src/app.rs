@@ -339,6 +339,7 @@ impl App {
                 queue,
                 joins: JoinCache::new(m.join.ttl(), m.join.capacity, m.join.max_bytes),
                 keys,
+                history: Default::default(),
                 schema: (m.guard.enabled && !m.guard.features.is_empty())
                     .then(|| Schema::new(&m.guard.features, m.guard.unknown_features)),
                 stats,
@@ -471,6 +472,7 @@ impl App {
                 token: self.config.admin.token.clone(),
                 storage: self.config.storage.clone(),
                 trainer_timeout: self.config.admin.trainer_wait(),
+                status_sample_ms: self.config.admin.status_sample_ms,
             }),
             &admin_limits,
             admin_refusals.clone(),
@@ -484,6 +486,11 @@ impl App {
             self.admin_tls,
         );
         tracker.spawn(admin_server.serve(admin, self.shutdown.clone()));
+        tracker.spawn(sample_status(
+            self.state.clone(),
+            Duration::from_millis(self.config.admin.status_sample_ms),
+            self.shutdown.clone(),
+        ));
         self.state.ready.store(true, Ordering::Release);
         let shutdown = self.shutdown.clone();
         let server = Listener::new(
@@ -743,6 +750,23 @@ fn load_reference(
     }
     anyhow::ensure!(!out.is_empty(), "{} holds no examples", path.display());
     Ok(out)
+}
+
+/// Records each model's status point every `every` until shutdown (the
+/// admin status page's history; `serving::history`).
+async fn sample_status(state: AppState, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let at_ms = epoch_ms();
+        for model in state.registry.iter() {
+            model.history.record(model.status_point(at_ms));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -146,6 +146,10 @@ pub struct AdminConfig {
     pub max_connections: NonZeroUsize,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How often the status page's history (`GET /`) records each model's
+    /// quality, version and queue depth (a point only when one changed).
+    #[serde(default = "default_status_sample")]
+    pub status_sample_ms: u64,
 }
 
 /// `[server.tls]` / `[admin.tls]`: PEM files, re-read when they change.
@@ -437,6 +441,9 @@ fn default_admin_max_body() -> NonZeroUsize {
 }
 fn default_admin_request_timeout() -> u64 {
     60_000
+}
+fn default_status_sample() -> u64 {
+    5000
 }
 fn default_admin_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(64).expect("non-zero")
@@ -1158,6 +1165,12 @@ impl Config {
                     "must be set when admin.listen ({}) is not a loopback address; without a token the admin routes are open",
                     self.admin.listen
                 ),
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.admin.status_sample_ms) {
+            return Err(invalid(
+                "admin.status_sample_ms".into(),
+                "must be 10 to 3600000 (an hour)".into(),
             ));
         }
         if self.server.shutdown_grace_ms == 0 {

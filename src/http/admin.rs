@@ -27,12 +27,13 @@
 //! The routes that ask the model's trainer wait for it at most
 //! nine tenths of `admin.request_timeout_ms`, then answer 503 `trainer_busy`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::serving::trainer::SnapshotError;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -60,6 +61,8 @@ pub struct AdminState {
     /// How long a call waits for the trainer (nine tenths of
     /// `admin.request_timeout_ms`: `AdminConfig::trainer_wait`).
     pub trainer_timeout: Duration,
+    /// `admin.status_sample_ms`, shown by the status page.
+    pub status_sample_ms: u64,
 }
 
 /// The admin listener's probes: `/metrics` answers without a concurrency
@@ -90,6 +93,9 @@ pub fn admin_router(state: AdminState) -> Router {
             "/admin/models/{model}/quarantine/drop",
             post(super::quarantine::drop),
         )
+        .route("/", get(super::status::page))
+        .route("/status.js", get(super::status::script))
+        .route("/admin/status", get(super::status::status))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -106,12 +112,43 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if state.token.is_empty() {
         return next.run(request).await;
     }
-    let presented = presented_token(request.headers()).unwrap_or(b"");
+    let headers = request.headers();
+    let presented = presented_token(headers)
+        .map(Cow::Borrowed)
+        .or_else(|| basic_password(headers).map(Cow::Owned));
+    let presented: &[u8] = presented.as_deref().unwrap_or(b"");
     if bool::from(presented.ct_eq(state.token.as_bytes())) {
         next.run(request).await
     } else {
-        ApiError::Unauthorized.into_response()
+        let mut response = ApiError::Unauthorized.into_response();
+        // A browser opening the status page asks for Basic credentials.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer, Basic realm=\"eddy admin\", charset=\"UTF-8\""),
+        );
+        response
     }
+}
+
+/// The password of an `Authorization: Basic` header (RFC 7617), which
+/// the admin listener takes as the token: how a browser presents it.
+fn basic_password(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?.as_bytes();
+    if values.next().is_some() {
+        return None;
+    }
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic

@@ -23,6 +23,7 @@ pub mod quarantine;
 pub mod refusals;
 pub mod sender;
 pub mod source;
+pub mod status;
 
 use std::any::Any;
 use std::convert::Infallible;

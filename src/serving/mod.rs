@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod events;
 pub mod guard;
+pub mod history;
 pub mod idempotency;
 pub mod ingest;
 pub mod join;

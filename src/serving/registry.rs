@@ -43,9 +43,24 @@ pub struct ModelRuntime {
     /// the raw features of predict and feedback; `None` without any, or
     /// with the guard disabled.
     pub schema: Option<crate::learn::guard::Schema>,
+    /// Recent quality, version and queue depth (the admin status page).
+    pub history: super::history::StatusHistory,
 }
 
 impl ModelRuntime {
+    /// Its state now, as the status page's history records it.
+    pub fn status_point(&self, at_ms: u64) -> super::history::StatusPoint {
+        let report = self.stats.monitor.load();
+        super::history::StatusPoint {
+            at_ms,
+            version: self.store.live().version,
+            live: report.live.figures,
+            baseline: report.baseline.figures,
+            examples: report.live.examples,
+            queue_depth: self.queue.depth(),
+        }
+    }
+
     /// How `raw` breaks the declared schema, if there is one and it does.
     pub fn schema_violation(&self, raw: &crate::learn::RawFeatures<'_>) -> Option<Arc<str>> {
         let schema = self.schema.as_ref()?;

@@ -26,5 +26,6 @@ mod published;
 mod restart;
 mod safety;
 mod sources;
+mod status;
 mod streams;
 mod tidy;

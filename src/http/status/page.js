@@ -1,0 +1,164 @@
+// The eddy status page: fetches /admin/status every two seconds and draws
+// each model's summary, a chart of live vs last-good quality over time
+// (SVG) and its newest events. Everything the server sends is written as
+// text (textContent), never parsed as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const SVG = "http://www.w3.org/2000/svg";
+const W = 1000, H = 220, PAD = { left: 48, right: 12, top: 10, bottom: 24 };
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  return e;
+}
+
+// The figure the chart follows: accuracy for classifiers, MAE for regression.
+function metric(task) {
+  return task === "regression"
+    ? { key: "mae", label: "MAE (lower is better)" }
+    : { key: "accuracy", label: "accuracy" };
+}
+
+function fmt(x) {
+  return x === null || x === undefined ? "–" : Number(x).toFixed(4);
+}
+
+function time(ms) {
+  return new Date(ms).toLocaleTimeString();
+}
+
+function summary(m) {
+  const dl = el("dl", { class: "summary" });
+  const q = metric(m.task);
+  const items = [
+    ["version", m.version],
+    ["training", m.training],
+    ["queue", m.queue_depth + " / " + m.queue_capacity],
+    ["examples trained", m.examples_trained],
+    ["last-good", m.last_good_version === null ? "–" : m.last_good_version],
+    ["live " + q.key, fmt(m.live[q.key])],
+    ["last-good " + q.key, fmt(m.baseline[q.key])],
+    ["quarantined", m.quarantined],
+  ];
+  for (const [k, v] of items) {
+    const d = el("div");
+    d.append(el("dt", {}, k), el("dd", { "data-field": k, class: k === "training" && v === "paused" ? "paused" : "" }, String(v)));
+    dl.append(d);
+  }
+  return dl;
+}
+
+function queueBar(m) {
+  const bar = el("div", { class: "queue", title: "queue depth" });
+  const share = m.queue_capacity > 0 ? Math.min(1, m.queue_depth / m.queue_capacity) : 0;
+  bar.append(el("div", { style: "width:" + (share * 100).toFixed(1) + "%" }));
+  return bar;
+}
+
+function chart(m) {
+  const q = metric(m.task);
+  const points = m.history.filter((p) => p.live[q.key] !== undefined);
+  const wrap = el("div", { class: "chart-wrap" });
+  const legend = el("div", { class: "legend" });
+  legend.append(el("span", { class: "l-live" }, "live " + q.label), el("span", { class: "l-baseline" }, "last-good, same examples"), el("span", { class: "l-rollback" }, "rollback"));
+  wrap.append(legend);
+  if (points.length === 0) {
+    wrap.append(el("p", { class: "empty" }, "no labelled examples scored yet"));
+    return wrap;
+  }
+  const s = svg("svg", { class: "chart", viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", "data-points": points.length });
+  const t0 = points[0].at_ms, t1 = Math.max(points[points.length - 1].at_ms, t0 + 1);
+  const values = [];
+  for (const p of points) {
+    values.push(p.live[q.key]);
+    if (p.baseline[q.key] !== undefined) values.push(p.baseline[q.key]);
+  }
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (q.key === "accuracy") { lo = Math.max(0, Math.min(lo, hi - 0.05)); hi = Math.min(1, Math.max(hi, lo + 0.05)); }
+  if (hi - lo < 1e-9) { hi = lo + 1; }
+  const x = (t) => PAD.left + ((t - t0) / (t1 - t0)) * (W - PAD.left - PAD.right);
+  const y = (v) => PAD.top + (1 - (v - lo) / (hi - lo)) * (H - PAD.top - PAD.bottom);
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    s.append(svg("line", { class: "grid", x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v) }));
+    const label = svg("text", { x: 4, y: y(v) + 4 });
+    label.textContent = v.toFixed(3);
+    s.append(label);
+  }
+  s.append(svg("line", { class: "axis", x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: H - PAD.bottom }));
+  s.append(svg("line", { class: "axis", x1: PAD.left, x2: W - PAD.right, y1: H - PAD.bottom, y2: H - PAD.bottom }));
+  for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
+    const label = svg("text", { x: x(t), y: H - 6, "text-anchor": anchor });
+    label.textContent = time(t);
+    s.append(label);
+  }
+  for (const e of m.events) {
+    if (e.kind !== "rollback" && e.kind !== "promotion") continue;
+    const t = Date.parse(e.at);
+    if (!(t >= t0 && t <= t1)) continue;
+    s.append(svg("line", { class: "event-" + e.kind, x1: x(t), x2: x(t), y1: PAD.top, y2: H - PAD.bottom }));
+  }
+  const line = (key, cls) => {
+    let d = "";
+    for (const p of points) {
+      const v = p[key][q.key];
+      if (v === undefined) continue;
+      d += (d ? " L" : "M") + x(p.at_ms).toFixed(1) + " " + y(v).toFixed(1);
+    }
+    if (points.length === 1 && d) d += " L" + (W - PAD.right) + " " + d.split(" ")[1];
+    if (d) s.append(svg("path", { class: cls, d: d }));
+  };
+  line("baseline", "baseline");
+  line("live", "live");
+  wrap.append(s);
+  return wrap;
+}
+
+function events(m) {
+  if (m.events.length === 0) return el("p", { class: "empty" }, "no events");
+  const table = el("table", { class: "events" });
+  const head = el("tr");
+  for (const h of ["when", "event", "version", "why"]) head.append(el("th", {}, h));
+  table.append(head);
+  for (const e of m.events.slice().reverse()) {
+    const row = el("tr", { class: "kind-" + e.kind, "data-kind": e.kind });
+    row.append(el("td", {}, time(Date.parse(e.at))), el("td", { class: "kind" }, e.kind.replace(/_/g, " ")), el("td", {}, String(e.version)), el("td", {}, e.reason));
+    table.append(row);
+  }
+  return table;
+}
+
+function render(status) {
+  const main = document.getElementById("models");
+  const sections = status.models.map((m) => {
+    const section = el("section", { class: "model", "data-model": m.name });
+    section.append(el("h2", {}, m.name + " (" + m.task + ", " + m.family + ")"), summary(m), queueBar(m), chart(m), events(m));
+    return section;
+  });
+  main.replaceChildren(...sections);
+  document.getElementById("updated").textContent = "updated " + time(status.generated_at_ms);
+  document.getElementById("error").textContent = "";
+}
+
+async function refresh() {
+  try {
+    const response = await fetch("/admin/status", { cache: "no-store", credentials: "same-origin" });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    render(await response.json());
+  } catch (e) {
+    document.getElementById("error").textContent = "could not refresh: " + e.message;
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+refresh();
