@@ -54,7 +54,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .thread_name("eddy-worker")
                 .build()?;
-            runtime.block_on(serve(config))
+            let served = runtime.block_on(serve(config));
+            // A trainer past its shutdown bound (`NotSaved`) runs on a
+            // blocking thread; dropping the runtime would wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
     }
 }

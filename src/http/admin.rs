@@ -18,27 +18,27 @@
 //!   source's feedback again.
 //! - `/admin/models/{model}/quarantine` (list), `.../quarantine/release`,
 //!   `.../quarantine/drop`: see `quarantine`.
+//! - `GET /`, `GET /status.js`, `GET /admin/status`: the status page
+//!   (`status`).
 //!
-//! Every `/admin` route needs `Authorization: Bearer <admin.token>` (the
-//! scheme in any case, RFC 7235), compared in constant time; without it
-//! the answer is 401. When no token is configured the admin routes are
-//! open, which the config's validation allows only on a loopback listener.
+//! Every route but `/metrics` is behind `admin_auth::authorize`: the
+//! bearer token (`admin.token`; the status page's GETs also take it as a
+//! Basic password), and no browser request from another site. When no
+//! token is configured the routes are open to loopback names only, which
+//! the config's validation allows only on a loopback listener.
 //!
 //! The routes that ask the model's trainer wait for it at most
 //! nine tenths of `admin.request_timeout_ms`, then answer 503 `trainer_busy`.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::serving::trainer::SnapshotError;
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 use crate::metrics::to_prometheus_text;
 use crate::persist::SnapshotStore;
@@ -49,7 +49,6 @@ use super::AppState;
 use super::body::parse;
 use super::error::ApiError;
 use super::model_name::{ModelName, SourceName};
-use super::sender::presented_token;
 
 /// What the admin routes need besides the shared state.
 #[derive(Clone)]
@@ -98,7 +97,7 @@ pub fn admin_router(state: AdminState) -> Router {
         .route("/admin/status", get(super::status::status))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            authorize,
+            super::admin_auth::authorize,
         ));
     Router::new()
         .route("/metrics", get(metrics))
@@ -106,49 +105,6 @@ pub fn admin_router(state: AdminState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-}
-
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if state.token.is_empty() {
-        return next.run(request).await;
-    }
-    let headers = request.headers();
-    let presented = presented_token(headers)
-        .map(Cow::Borrowed)
-        .or_else(|| basic_password(headers).map(Cow::Owned));
-    let presented: &[u8] = presented.as_deref().unwrap_or(b"");
-    if bool::from(presented.ct_eq(state.token.as_bytes())) {
-        next.run(request).await
-    } else {
-        let mut response = ApiError::Unauthorized.into_response();
-        // A browser opening the status page asks for Basic credentials.
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer, Basic realm=\"eddy admin\", charset=\"UTF-8\""),
-        );
-        response
-    }
-}
-
-/// The password of an `Authorization: Basic` header (RFC 7617), which
-/// the admin listener takes as the token: how a browser presents it.
-fn basic_password(headers: &HeaderMap) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?.as_bytes();
-    if values.next().is_some() {
-        return None;
-    }
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim_ascii())
-        .ok()?;
-    let colon = decoded.iter().position(|&b| b == b':')?;
-    Some(decoded[colon + 1..].to_vec())
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic

@@ -3,7 +3,7 @@
 //!
 //! In order:
 //!
-//! 1. Probes (`/healthz`, `/readyz` on the public listener, `/metrics` on
+//! 1. Probes (`/healthz`, `/readyz`, `/openapi.json` on the public listener, `/metrics` on
 //!    the admin one) go straight to the router: no body, no concurrency
 //!    slot, so an orchestrator's checks answer however busy the listener
 //!    is.

@@ -72,6 +72,8 @@ pub enum ApiError {
     NotReady,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("refused: {0}")]
+    CrossSite(String),
     #[error(
         "the request names source `{claimed}`, but its token is `{sender}`'s: a token's examples are its own; nothing was accepted"
     )]
@@ -172,6 +174,7 @@ impl ApiError {
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            ApiError::CrossSite(_) => (S::FORBIDDEN, "cross_site"),
             ApiError::SourceMismatch { .. } => (S::FORBIDDEN, "source_mismatch"),
             ApiError::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::ExceedsBurst { .. } => (S::UNPROCESSABLE_ENTITY, "exceeds_burst"),

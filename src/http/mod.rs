@@ -9,6 +9,7 @@
 //! knows about JSON envelopes.
 
 pub mod admin;
+pub mod admin_auth;
 pub mod admission;
 pub mod body;
 pub mod error;

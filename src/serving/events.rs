@@ -86,6 +86,16 @@ impl EventLog {
         self.lock().iter().cloned().collect()
     }
 
+    /// The newest `n` kept events, oldest first.
+    pub fn newest(&self, n: usize) -> Vec<Event> {
+        let events = self.lock();
+        events
+            .iter()
+            .skip(events.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+
     /// Events ever pushed.
     pub fn total(&self) -> u64 {
         self.total.load(std::sync::atomic::Ordering::Relaxed)

@@ -1,28 +1,27 @@
 //! `StatusHistory`: a model's recent quality, version and queue depth as
 //! points in time, for the admin status page's chart. A sampler in `app`
-//! records one point per model every `admin.status_sample_ms`, and only
-//! when something changed, so an idle model keeps no points and a busy
-//! one at most `POINTS_KEPT`.
+//! looks at each model every `admin.status_sample_ms` and records a point
+//! only when something changed: a model that never changes keeps one
+//! point, a busy one at most `POINTS_KEPT` (about 20 KB).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::learn::Figures;
-
-/// Points kept per model: an hour at the default five seconds.
-pub const POINTS_KEPT: usize = 720;
+/// Points kept per model: 42 minutes at the default five seconds.
+pub const POINTS_KEPT: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StatusPoint {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub version: u64,
-    /// Rolling quality of the live versions and of last-good on the same
-    /// examples (`quality` of `GET /v1/models/{model}`).
-    pub live: Figures,
-    pub baseline: Figures,
+    /// The chart's figure (accuracy for classifiers, MAE for regression)
+    /// of the live versions' rolling quality and of last-good's on the
+    /// same examples (`quality` of `GET /v1/models/{model}`).
+    pub live: Option<f32>,
+    pub baseline: Option<f32>,
     /// Labelled examples behind `live`.
     pub examples: u64,
     pub queue_depth: usize,
@@ -37,6 +36,7 @@ impl StatusPoint {
 
 #[derive(Debug, Default)]
 pub struct StatusHistory {
+    /// Oldest first, in time order (the sampler's clock).
     points: Mutex<VecDeque<StatusPoint>>,
 }
 
@@ -55,9 +55,11 @@ impl StatusHistory {
         true
     }
 
-    /// Every kept point, oldest first.
-    pub fn points(&self) -> Vec<StatusPoint> {
-        self.lock().iter().copied().collect()
+    /// The kept points recorded after `since_ms`, oldest first.
+    pub fn points_since(&self, since_ms: u64) -> Vec<StatusPoint> {
+        let points = self.lock();
+        let newer = points.partition_point(|p| p.at_ms <= since_ms);
+        points.range(newer..).copied().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<StatusPoint>> {
@@ -74,11 +76,8 @@ mod tests {
         StatusPoint {
             at_ms,
             version,
-            live: Figures {
-                accuracy: Some(accuracy),
-                ..Figures::default()
-            },
-            baseline: Figures::default(),
+            live: Some(accuracy as f32),
+            baseline: None,
             examples: 10,
             queue_depth,
         }
@@ -91,14 +90,20 @@ mod tests {
         assert!(!history.record(point(2, 1, 0.5, 0)), "nothing changed");
         assert!(history.record(point(3, 1, 0.5, 4)), "the queue changed");
         assert!(history.record(point(4, 2, 0.5, 4)), "a new version");
-        assert_eq!(
-            history.points().iter().map(|p| p.at_ms).collect::<Vec<_>>(),
-            [1, 3, 4]
-        );
+        let times = |since| {
+            history
+                .points_since(since)
+                .iter()
+                .map(|p| p.at_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(times(0), [1, 3, 4]);
+        assert_eq!(times(1), [3, 4], "only what came after");
+        assert_eq!(times(4), [] as [u64; 0]);
         for i in 0..(POINTS_KEPT as u64 + 5) {
             history.record(point(10 + i, 3, i as f64, 0));
         }
-        let points = history.points();
+        let points = history.points_since(0);
         assert_eq!(points.len(), POINTS_KEPT);
         assert_eq!(points[0].at_ms, 15, "the oldest went first");
         assert_eq!(

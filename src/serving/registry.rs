@@ -51,11 +51,15 @@ impl ModelRuntime {
     /// Its state now, as the status page's history records it.
     pub fn status_point(&self, at_ms: u64) -> super::history::StatusPoint {
         let report = self.stats.monitor.load();
+        let figure = |f: &crate::learn::Figures| match self.config.task {
+            crate::learn::TaskKind::Regression => f.mae,
+            _ => f.accuracy,
+        };
         super::history::StatusPoint {
             at_ms,
             version: self.store.live().version,
-            live: report.live.figures,
-            baseline: report.baseline.figures,
+            live: figure(&report.live.figures).map(|v| v as f32),
+            baseline: figure(&report.baseline.figures).map(|v| v as f32),
             examples: report.live.examples,
             queue_depth: self.queue.depth(),
         }

@@ -174,6 +174,44 @@ fn the_systemd_unit_verifies() {
     }
 }
 
+/// The unit's syscall filter denies nothing eddy calls: a denied syscall
+/// outside `SystemCallErrorNumber` kills the process (SIGSYS), and
+/// `verify` does not look. eddy's feedback threads lower their priority
+/// (`setpriority`, `server.feedback_nice`) and it raises its open-file
+/// limit (`prlimit64`, `setrlimit`).
+#[test]
+fn the_units_syscall_filter_allows_what_eddy_calls() {
+    const CALLED: [&str; 3] = ["setpriority", "prlimit64", "setrlimit"];
+    let unit = read_deploy("systemd/eddy.service");
+    let denied: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("SystemCallFilter=~"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!denied.is_empty(), "the unit denies some syscalls");
+    for entry in denied {
+        let names = if entry.starts_with('@') {
+            let dir = tempfile::tempdir().expect("dir");
+            let Some(out) = run_tool(
+                "systemd-analyze",
+                &["syscall-filter".as_ref(), entry.as_ref()],
+                dir.path(),
+            ) else {
+                return;
+            };
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            entry.to_owned()
+        };
+        for call in CALLED {
+            assert!(
+                !names.split_whitespace().any(|n| n == call),
+                "{entry} denies {call}, which eddy calls"
+            );
+        }
+    }
+}
+
 /// The stop timeout covers the whole graceful stop the default
 /// configuration allows: requests, then feedback jobs, each within
 /// `server.shutdown_grace_ms`, then the trainers within twice that.

@@ -111,8 +111,12 @@ hash_bits = 12
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let app: TestApp = spawn_app(MODELS).await;
     let schema = app.url("/openapi.json");
+    // schemathesis keeps a cache of failures in its working directory.
+    let dir = tempfile::tempdir().expect("dir");
+    let cwd = dir.path().to_owned();
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new("st")
+            .current_dir(cwd)
             .args([
                 "run",
                 &schema,

@@ -177,8 +177,9 @@ async fn the_status_page_draws_quality_over_time_and_lists_a_rollback() {
 #[tokio::test]
 async fn with_a_token_the_page_and_its_data_need_it() {
     let app = spawn_with(CONFIG, |c| c.admin.token = "s3cret-token".into()).await;
+    let admin = app.admin;
     let get = |path: &str, auth: Option<&str>| {
-        let mut r = app.client.get(format!("http://{}{path}", app.admin));
+        let mut r = app.client.get(format!("http://{admin}{path}"));
         if let Some(a) = auth {
             r = r.header("Authorization", a);
         }
@@ -187,8 +188,16 @@ async fn with_a_token_the_page_and_its_data_need_it() {
     for path in ["/", "/status.js", "/admin/status"] {
         let r = get(path, None).await.expect("sent");
         assert_eq!(r.status(), 401, "{path}");
-        let challenge = r.headers()["www-authenticate"].to_str().expect("text");
-        assert!(challenge.contains("Basic") && challenge.contains("Bearer"));
+        // Two challenges, each its own header value: browsers ask for
+        // Basic credentials only then.
+        let challenges: Vec<&str> = r
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(challenges.len(), 2, "{challenges:?}");
+        assert!(challenges.iter().any(|c| c.starts_with("Basic ")));
         // user:wrong, then any user with the token as password.
         let wrong = get(path, Some("Basic dXNlcjp3cm9uZw=="))
             .await
@@ -213,5 +222,65 @@ async fn with_a_token_the_page_and_its_data_need_it() {
             .expect("html")
             .contains("<script src=\"/status.js\">")
     );
+
+    // Routes that change anything take no Basic credentials, which a
+    // browser would send with a hostile page's form too, and no request
+    // a browser makes for another site.
+    let pause = format!("http://{admin}/admin/models/demo/training/pause");
+    let basic = app
+        .client
+        .post(&pause)
+        .header("Authorization", "Basic b3BzOnMzY3JldC10b2tlbg==")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(basic.status(), 401);
+    let forged = app
+        .client
+        .post(&pause)
+        .header("Authorization", "Bearer s3cret-token")
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(forged.status(), 403);
+    assert_eq!(app.info("demo").await["training"], "running");
+
+    // A browser given the credentials in the URL answers the challenge
+    // and draws the page.
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("http://ops:s3cret-token@{admin}/");
+    if let Some(dom) = chromium(dir.path(), &["--dump-dom"], &url).await {
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        assert!(dom.contains("data-model=\"demo\""), "{dom}");
+    }
+    app.stop().await.expect("clean stop");
+}
+
+/// Without a token the admin listener is open to this machine only: a
+/// browser led to it under another name (DNS rebinding) or by another
+/// site is refused.
+#[tokio::test]
+async fn an_open_admin_listener_answers_loopback_names_only() {
+    let app = spawn_app(CONFIG).await;
+    let status = format!("http://{}/admin/status", app.admin);
+    let ok = app.client.get(&status).send().await.expect("sent");
+    assert_eq!(ok.status(), 200);
+    for (name, value) in [
+        ("Host", "rebound.evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Origin", "http://evil.example"),
+    ] {
+        let r = app
+            .client
+            .get(&status)
+            .header(name, value)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), 403, "{name}: {value}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "cross_site");
+    }
     app.stop().await.expect("clean stop");
 }

@@ -100,8 +100,12 @@ pub fn complete(mut doc: Document, probes: &[&str]) -> Document {
         .flatten()
         {
             if admitted {
+                let has_body = op.request_body.is_some();
                 for (status, why) in ADMISSION_REFUSALS {
-                    add_error(op, status, why);
+                    // Only a body can be malformed; a GET's is ignored.
+                    if status != "400" || has_body {
+                        add_error(op, status, why);
+                    }
                 }
             }
             for (status, response) in op.responses.responses.iter_mut() {
@@ -139,7 +143,7 @@ const ADMISSION_REFUSALS: [(&str, &str); 4] = [
     ),
     (
         "503",
-        "`overloaded` (concurrency limit or body memory budget), `timeout` (server.request_timeout_ms), `shutting_down` or `not_ready`",
+        "`overloaded` (concurrency limit or body memory budget) or `timeout` (server.request_timeout_ms)",
     ),
 ];
 

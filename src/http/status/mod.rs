@@ -14,10 +14,11 @@
 //! event reasons) with `textContent`, never as HTML, and is served with a
 //! Content-Security-Policy that allows only its own script and data.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::learn::{Family, Figures, TaskKind};
 use crate::serving::ModelRuntime;
@@ -89,27 +90,44 @@ struct ModelStatus<'a> {
     baseline: Figures,
     /// Examples in quarantine now.
     quarantined: usize,
-    /// Oldest first; a point only when something changed.
+    /// Oldest first, recorded after `?since=`; a point only when
+    /// something changed.
     history: Vec<StatusPoint>,
     /// The newest `EVENTS_SHOWN`, oldest first.
     events: Vec<Event>,
 }
 
+/// `?since=`: the `generated_at_ms` of the answer before, so that only
+/// newer history points are sent (the page keeps the older ones).
+#[derive(Deserialize)]
+pub struct StatusQuery {
+    #[serde(default)]
+    since: u64,
+}
+
 /// `GET /admin/status`: what the page shows.
-pub async fn status(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let models = state.app.registry.iter().map(|m| model_status(m)).collect();
+pub async fn status(
+    State(state): State<AdminState>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let generated_at_ms = epoch_ms();
+    let models = state
+        .app
+        .registry
+        .iter()
+        .map(|m| model_status(m, query.since))
+        .collect();
     json_response(&Status {
-        generated_at_ms: epoch_ms(),
+        generated_at_ms,
         sample_ms: state.status_sample_ms,
         models,
     })
 }
 
-fn model_status(m: &ModelRuntime) -> ModelStatus<'_> {
+fn model_status(m: &ModelRuntime, since_ms: u64) -> ModelStatus<'_> {
     use std::sync::atomic::Ordering;
     let report = m.stats.monitor.load();
-    let mut events = m.events.all();
-    events.drain(..events.len().saturating_sub(EVENTS_SHOWN));
     ModelStatus {
         name: &m.name,
         task: m.config.task,
@@ -128,7 +146,7 @@ fn model_status(m: &ModelRuntime) -> ModelStatus<'_> {
         live: report.live.figures,
         baseline: report.baseline.figures,
         quarantined: m.stats.guard.load().quarantined,
-        history: m.history.points(),
-        events,
+        history: m.history.points_since(since_ms),
+        events: m.events.newest(EVENTS_SHOWN),
     }
 }

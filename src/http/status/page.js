@@ -7,6 +7,12 @@
 const REFRESH_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
 const W = 1000, H = 220, PAD = { left: 48, right: 12, top: 10, bottom: 24 };
+// Points kept per model, as the server keeps them.
+const POINTS_KEPT = 512;
+// Each model's history as this page has it: the server sends only points
+// newer than `since` (with some overlap, deduplicated by time).
+const histories = new Map();
+let since = 0;
 
 function el(tag, attrs, text) {
   const e = document.createElement(tag);
@@ -64,9 +70,18 @@ function queueBar(m) {
   return bar;
 }
 
-function chart(m) {
+function merge(m) {
+  const kept = histories.get(m.name) || [];
+  const last = kept.length ? kept[kept.length - 1].at_ms : -1;
+  for (const p of m.history) if (p.at_ms > last) kept.push(p);
+  kept.splice(0, Math.max(0, kept.length - POINTS_KEPT));
+  histories.set(m.name, kept);
+  return kept;
+}
+
+function chart(m, history) {
   const q = metric(m.task);
-  const points = m.history.filter((p) => p.live[q.key] !== undefined);
+  const points = history.filter((p) => p.live !== null && p.live !== undefined);
   const wrap = el("div", { class: "chart-wrap" });
   const legend = el("div", { class: "legend" });
   legend.append(el("span", { class: "l-live" }, "live " + q.label), el("span", { class: "l-baseline" }, "last-good, same examples"), el("span", { class: "l-rollback" }, "rollback"));
@@ -79,8 +94,8 @@ function chart(m) {
   const t0 = points[0].at_ms, t1 = Math.max(points[points.length - 1].at_ms, t0 + 1);
   const values = [];
   for (const p of points) {
-    values.push(p.live[q.key]);
-    if (p.baseline[q.key] !== undefined) values.push(p.baseline[q.key]);
+    values.push(p.live);
+    if (p.baseline !== null && p.baseline !== undefined) values.push(p.baseline);
   }
   let lo = Math.min(...values), hi = Math.max(...values);
   if (q.key === "accuracy") { lo = Math.max(0, Math.min(lo, hi - 0.05)); hi = Math.min(1, Math.max(hi, lo + 0.05)); }
@@ -110,8 +125,8 @@ function chart(m) {
   const line = (key, cls) => {
     let d = "";
     for (const p of points) {
-      const v = p[key][q.key];
-      if (v === undefined) continue;
+      const v = p[key];
+      if (v === null || v === undefined) continue;
       d += (d ? " L" : "M") + x(p.at_ms).toFixed(1) + " " + y(v).toFixed(1);
     }
     if (points.length === 1 && d) d += " L" + (W - PAD.right) + " " + d.split(" ")[1];
@@ -141,9 +156,12 @@ function render(status) {
   const main = document.getElementById("models");
   const sections = status.models.map((m) => {
     const section = el("section", { class: "model", "data-model": m.name });
-    section.append(el("h2", {}, m.name + " (" + m.task + ", " + m.family + ")"), summary(m), queueBar(m), chart(m), events(m));
+    section.append(el("h2", {}, m.name + " (" + m.task + ", " + m.family + ")"), summary(m), queueBar(m), chart(m, merge(m)), events(m));
     return section;
   });
+  // Ask again from a little before this answer: a point the sampler was
+  // recording meanwhile is not missed (duplicates are dropped by time).
+  since = Math.max(0, status.generated_at_ms - 2 * status.sample_ms - 1000);
   main.replaceChildren(...sections);
   document.getElementById("updated").textContent = "updated " + time(status.generated_at_ms);
   document.getElementById("error").textContent = "";
@@ -151,7 +169,10 @@ function render(status) {
 
 async function refresh() {
   try {
-    const response = await fetch("/admin/status", { cache: "no-store", credentials: "same-origin" });
+    // From the origin: a page opened with credentials in its URL cannot
+    // fetch a URL relative to it; the browser sends them as it did for the
+    // page.
+    const response = await fetch(location.origin + "/admin/status?since=" + since, { cache: "no-store", credentials: "same-origin" });
     if (!response.ok) throw new Error("HTTP " + response.status);
     render(await response.json());
   } catch (e) {
