@@ -437,7 +437,7 @@ fn acknowledged(accepted: usize, replayed: bool, published: Option<Option<u64>>)
 
 /// The request's `Idempotency-Key`, if it has one (1 to 128 bytes).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+    let Some(value) = single(headers, IDEMPOTENCY_HEADER)? else {
         return Ok(None);
     };
     let key = value.as_bytes();
@@ -492,16 +492,29 @@ fn header_source(
     sender: Option<&Credential>,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<str>>, ApiError> {
-    let Some(v) = headers.get(SOURCE_HEADER) else {
+    let Some(v) = single(headers, SOURCE_HEADER)? else {
         return Ok(None);
     };
     if let Some(sender) = sender {
         sender_only(sender, &String::from_utf8_lossy(v.as_bytes()))?;
     }
-    let text = v
-        .to_str()
-        .map_err(|_| ApiError::InvalidRequest("X-Eddy-Source is not valid text".into()))?;
+    // UTF-8, as a `source` in the body may be.
+    let text = std::str::from_utf8(v.as_bytes())
+        .map_err(|_| ApiError::InvalidRequest("X-Eddy-Source is not UTF-8".into()))?;
     source(text).map(Some)
+}
+
+/// The one value of header `name`, if present; two or more are refused
+/// (a proxy and a client could each read another one).
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(format!(
+            "the {name} header is given more than once"
+        )));
+    }
+    Ok(first)
 }
 
 /// Validates, logs and enqueues a request; returns how many examples it

@@ -231,6 +231,17 @@ async fn a_retried_request_with_its_idempotency_key_is_trained_once() {
         .await
         .expect("sent");
     assert_eq!(empty_source.status(), 422);
+    // Two keys (or two sources) in one request: refused, not the first.
+    let two_keys = app
+        .client
+        .post(app.url("/v1/models/demo/feedback"))
+        .header("Idempotency-Key", "order-17")
+        .header("Idempotency-Key", "order-18")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(two_keys.status(), 422);
     // Enough unkeyed feedback for a promotion and snapshots to trim the
     // request's segment (last-good's range is kept until then).
     for chunk in rows[5..3005].chunks(250) {

@@ -135,7 +135,7 @@ const ADMISSION_REFUSALS: [(&str, &str); 4] = [
     ),
     (
         "408",
-        "`body_timeout`: the body did not arrive within server.body_timeout_ms",
+        "`body_timeout`: the body did not arrive within server.body_read_timeout_ms",
     ),
     (
         "413",

@@ -223,7 +223,6 @@ impl ToSchema for PredictRequest<'_> {
 fn example() -> OneOfBuilder {
     let id = ObjectBuilder::new()
         .schema_type(Type::String)
-        .min_length(Some(1))
         .description(Some("The `prediction_id` of an earlier prediction"));
     OneOfBuilder::new()
         .item(closed(

@@ -111,18 +111,24 @@ pub async fn status(
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let generated_at_ms = epoch_ms();
-    let models = state
-        .app
-        .registry
-        .iter()
-        .map(|m| model_status(m, query.since))
-        .collect();
-    json_response(&Status {
-        generated_at_ms,
-        sample_ms: state.status_sample_ms,
-        models,
+    // Off the runtime's threads: with many models the answer is large,
+    // and predict must not wait behind it.
+    tokio::task::spawn_blocking(move || {
+        let generated_at_ms = epoch_ms();
+        let models = state
+            .app
+            .registry
+            .iter()
+            .map(|m| model_status(m, query.since))
+            .collect();
+        json_response(&Status {
+            generated_at_ms,
+            sample_ms: state.status_sample_ms,
+            models,
+        })
     })
+    .await
+    .map_err(|e| ApiError::Internal(format!("status: {e}")))?
 }
 
 fn model_status(m: &ModelRuntime, since_ms: u64) -> ModelStatus<'_> {
