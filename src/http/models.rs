@@ -4,10 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::Response;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::learn::{Family, MlpConfig, OptimizerConfig, OptimizerKind, Params, TaskKind};
 use crate::serving::ModelRuntime;
@@ -113,22 +114,70 @@ struct Rollbacks {
     operator: u64,
 }
 
-/// Every model the server hosts.
+/// The models the server hosts: all of them, or a page.
 #[derive(Serialize, ToSchema)]
 pub struct ModelList<'a> {
     models: Vec<ModelInfo<'a>>,
+    /// Paged (`limit`): the `after` of the next page, or null after the
+    /// last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Option<&'a str>>,
 }
 
-/// Every model, in configuration order.
+/// Most models one page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/models` paged: `?limit=` (1 to 1000) models in name order,
+/// those named after `?after=` (the `next` of the page before). Other
+/// parameters are ignored.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 1000; without it every model is listed, in
+    /// configuration order.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// With `limit`: list the models whose names sort after this one.
+    after: Option<String>,
+}
+
+/// Every model in configuration order, or a page of them in name order.
 #[utoipa::path(
     get,
     path = "/v1/models",
     tag = "models",
-    responses((status = 200, description = "The models", body = ModelList)),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The models", body = ModelList),
+        (status = 422, description = "`invalid_request`: a bad `limit`, or `after` without `limit`", body = ErrorResponse),
+    ),
 )]
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let models = state.registry.iter().map(|m| info(m)).collect();
-    json_response(&ModelList { models })
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    match query.limit {
+        None if query.after.is_some() => {
+            Err(ApiError::InvalidRequest("after goes with limit".into()))
+        }
+        None => {
+            let models = state.registry.iter().map(|m| info(m)).collect();
+            json_response(&ModelList { models, next: None })
+        }
+        Some(limit) if !(1..=MAX_PAGE).contains(&limit) => Err(ApiError::InvalidRequest(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        ))),
+        Some(limit) => {
+            let (page, more) = state.registry.page(query.after.as_deref(), limit);
+            let next = more.then(|| page.last().map(|m| &*m.name)).flatten();
+            let models = page.into_iter().map(|m| info(m)).collect();
+            json_response(&ModelList {
+                models,
+                next: Some(next),
+            })
+        }
+    }
 }
 
 /// One model.

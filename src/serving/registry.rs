@@ -77,13 +77,31 @@ pub struct Registry {
     models: HashMap<Arc<str>, Arc<ModelRuntime>>,
     /// Names in config order, for listings.
     order: Vec<Arc<str>>,
+    /// Names in byte order, for pages (`page`): a cursor that stays valid
+    /// whatever is added or removed.
+    sorted: Vec<Arc<str>>,
 }
 
 impl Registry {
     pub fn insert(&mut self, runtime: ModelRuntime) {
         let name = runtime.name.clone();
         self.order.push(name.clone());
+        let at = self.sorted.partition_point(|n| **n < *name);
+        self.sorted.insert(at, name.clone());
         self.models.insert(name, Arc::new(runtime));
+    }
+
+    /// Up to `limit` models in name order, those named after `after`
+    /// (all when `None`); and whether more follow.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<&Arc<ModelRuntime>>, bool) {
+        let start = after.map_or(0, |a| self.sorted.partition_point(|n| **n <= *a));
+        let rest = &self.sorted[start..];
+        let models = rest
+            .iter()
+            .take(limit)
+            .filter_map(|n| self.models.get(n))
+            .collect();
+        (models, rest.len() > limit)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<ModelRuntime>> {

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod memory;
 mod mlp;
+mod models;
 mod openapi;
 mod overload;
 mod progressive;
