@@ -882,7 +882,7 @@ impl Collector for ModelCollector {
             "Examples the trainer has applied since the model was created",
             None,
             MetricType::Counter,
-            count(|m| m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed)),
+            count(|m| m.stats.examples_trained_total()),
         )?;
         self.family(
             &mut e,

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 
 use super::admin::AdminState;
 use super::error::ApiError;
-use super::sender::presented_token;
+use super::sender::{credentials, presented_token};
 
 /// The routes a browser opens: the status page, its script and its data.
 pub const PAGE_ROUTES: [&str; 3] = ["/", "/status.js", "/admin/status"];
@@ -122,18 +122,9 @@ fn is_loopback_host(host: &[u8]) -> bool {
 /// The password of an `Authorization: Basic` header (RFC 7617).
 fn basic_password(headers: &HeaderMap) -> Option<Vec<u8>> {
     use base64::Engine;
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?.as_bytes();
-    if values.next().is_some() {
-        return None;
-    }
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"basic") {
-        return None;
-    }
+    let encoded = credentials(headers, b"basic")?;
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim_ascii())
+        .decode(encoded)
         .ok()?;
     let colon = decoded.iter().position(|&b| b == b':')?;
     Some(decoded[colon + 1..].to_vec())

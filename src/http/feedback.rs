@@ -67,7 +67,7 @@ use super::body::{JsonBody, parse};
 use super::error::{ApiError, ItemError};
 use super::model_name::ModelName;
 use super::openapi::ErrorResponse;
-use super::sender::Sender;
+use super::sender::{Sender, single};
 
 /// Header of a request the client may retry: a retry answers the first
 /// 202 without training the examples again.
@@ -502,19 +502,6 @@ fn header_source(
     let text = std::str::from_utf8(v.as_bytes())
         .map_err(|_| ApiError::InvalidRequest("X-Eddy-Source is not UTF-8".into()))?;
     source(text).map(Some)
-}
-
-/// The one value of header `name`, if present; two or more are refused
-/// (a proxy and a client could each read another one).
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ApiError> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(ApiError::InvalidRequest(format!(
-            "the {name} header is given more than once"
-        )));
-    }
-    Ok(first)
 }
 
 /// Validates, logs and enqueues a request; returns how many examples it

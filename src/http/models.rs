@@ -212,7 +212,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         family: m.config.family,
         mlp: net,
         version: live.version,
-        examples_trained: m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed),
+        examples_trained: m.stats.examples_trained_total(),
         minibatches_trained: m.stats.minibatches_trained.load(Ordering::Relaxed),
         version_examples_trained: live.examples_trained,
         queue_depth: m.queue.depth(),
@@ -237,11 +237,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
             Family::Linear => optimizer_state(&m.config.optimizer, &live.params),
         },
         minibatch_size: m.config.training.minibatch_size.get(),
-        training: if m.stats.paused.load(Ordering::Acquire) {
-            "paused"
-        } else {
-            "running"
-        },
+        training: m.stats.training_state(),
         rolled_back_from: live.rolled_back_from,
         last_good_version: report.last_good_version,
         quality: Quality {

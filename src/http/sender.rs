@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::serving::sources::Credential;
 
@@ -59,25 +59,46 @@ impl FromRequestParts<AppState> for Sender {
 /// with several presents no token: which one would count is ambiguous, and
 /// proxies and servers differ on it (RFC 9110 allows the field once).
 pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    bearer_token(value.as_bytes())
+    credentials(headers, b"bearer")
 }
 
-/// The token of an `Authorization: Bearer <token>` value. The scheme is
-/// case-insensitive (RFC 7235, section 2.1: `bearer`, `BEARER`), and one or
-/// more spaces separate it from the token; anything else is no token.
+/// The credentials after `scheme` in a request's one `Authorization`
+/// header (none when it has several, see `presented_token`).
+pub fn credentials<'h>(headers: &'h HeaderMap, scheme: &[u8]) -> Option<&'h [u8]> {
+    let value = single(headers, header::AUTHORIZATION.as_str()).ok()??;
+    scheme_credentials(value.as_bytes(), scheme)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
 pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    scheme_credentials(value, b"bearer")
+}
+
+/// What follows `scheme` in an `Authorization` value. The scheme is
+/// case-insensitive (RFC 7235, section 2.1: `bearer`, `BEARER`), and one or
+/// more spaces separate it from the credentials; anything else is none.
+fn scheme_credentials<'v>(value: &'v [u8], scheme: &[u8]) -> Option<&'v [u8]> {
     let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
+    let (named, rest) = value.split_at(space);
+    if !named.eq_ignore_ascii_case(scheme) {
         return None;
     }
-    let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    let credentials = rest.trim_ascii();
+    (!credentials.is_empty()).then_some(credentials)
+}
+
+/// The one value of header `name`, if present; two or more are refused:
+/// which one counts is ambiguous, and a proxy and a server could each
+/// read another.
+pub fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::InvalidRequest(format!(
+            "the {name} header is given more than once"
+        )));
+    }
+    Ok(first)
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi as Document, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -162,7 +161,7 @@ fn add_error(op: &mut Operation, status: &str, why: &str) {
                 .content(
                     "application/json",
                     ContentBuilder::new()
-                        .schema(Some(ErrorResponse::schema_ref()))
+                        .schema(Some(wire::reference::<ErrorResponse>()))
                         .build(),
                 )
                 .build();
@@ -170,16 +169,6 @@ fn add_error(op: &mut Operation, status: &str, why: &str) {
                 .responses
                 .insert(status.to_owned(), RefOr::T(response));
         }
-    }
-}
-
-trait SchemaRef {
-    fn schema_ref() -> RefOr<Schema>;
-}
-
-impl<T: ToSchema> SchemaRef for T {
-    fn schema_ref() -> RefOr<Schema> {
-        RefOr::Ref(utoipa::openapi::Ref::from_schema_name(T::name()))
     }
 }
 

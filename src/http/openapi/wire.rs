@@ -25,7 +25,8 @@ use crate::learn::{LabelOut, RawFeatures, RawLabel};
 /// Largest feature value accepted (`FeatureError::TooLarge`).
 const MAX_FEATURE: f64 = 1e30;
 
-fn reference<T: ToSchema>() -> RefOr<Schema> {
+/// A `$ref` to `T`'s component.
+pub(super) fn reference<T: ToSchema>() -> RefOr<Schema> {
     RefOr::Ref(Ref::from_schema_name(T::name()))
 }
 

@@ -132,21 +132,16 @@ pub async fn status(
 }
 
 fn model_status(m: &ModelRuntime, since_ms: u64) -> ModelStatus<'_> {
-    use std::sync::atomic::Ordering;
     let report = m.stats.monitor.load();
     ModelStatus {
         name: &m.name,
         task: m.config.task,
         family: m.config.family,
         version: m.store.live().version,
-        training: if m.stats.paused.load(Ordering::Acquire) {
-            "paused"
-        } else {
-            "running"
-        },
+        training: m.stats.training_state(),
         queue_depth: m.queue.depth(),
         queue_capacity: m.queue.capacity(),
-        examples_trained: m.stats.examples_base + m.stats.examples_trained.load(Ordering::Relaxed),
+        examples_trained: m.stats.examples_trained_total(),
         last_good_version: report.last_good_version,
         monitor_enabled: report.enabled,
         live: report.live.figures,

@@ -722,7 +722,7 @@ impl Trainer {
     }
 
     fn examples_trained(&self) -> u64 {
-        self.stats.examples_base + self.stats.examples_trained.load(Ordering::Relaxed)
+        self.stats.examples_trained_total()
     }
 }
 

@@ -59,6 +59,23 @@ pub struct TrainingStats {
     pub timings: Timings,
 }
 
+impl TrainingStats {
+    /// Examples applied since the model was created: the snapshot's count
+    /// plus this run's.
+    pub fn examples_trained_total(&self) -> u64 {
+        self.examples_base + self.examples_trained.load(Ordering::Relaxed)
+    }
+
+    /// `paused` or `running`, as model info and the status page show it.
+    pub fn training_state(&self) -> &'static str {
+        if self.paused.load(Ordering::Acquire) {
+            "paused"
+        } else {
+            "running"
+        }
+    }
+}
+
 /// Every example before `position` in the feedback log is in `version`
 /// (the live version) or was kept out of it for good (quarantined,
 /// excluded from a blamed source); an example waiting for its source's
