@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -29,13 +29,14 @@ use crate::learn::guard::Schema;
 use crate::learn::{Example, FeatureHasher, LabelSpace, Learner};
 use crate::persist::atomic::remove_stale_temps;
 use crate::persist::wal::MemoryLog;
-use crate::persist::wal::{FeedbackLog, LocalLog};
+use crate::persist::wal::{FeedbackLog, LazyLog};
 use crate::persist::{DirLock, SnapshotStore, VersionFloor};
 use crate::serving::events::EventLog;
 use crate::serving::guard::{Guard, GuardState};
 use crate::serving::idempotency::IdempotencyKeys;
 use crate::serving::ingest::IngestPool;
 use crate::serving::monitor::{BaselineHandle, Checkpoint, Labelled, Monitor};
+use crate::serving::pool::TrainerPool;
 use crate::serving::sources::FeedbackSources;
 use crate::serving::trainer::{CANDIDATE, LAST_GOOD, Recovery, TrainerState};
 use crate::serving::trainer::{SnapshotPolicy, Unsaved, epoch_ms};
@@ -53,6 +54,8 @@ pub struct App {
     admin_tls: Option<Arc<CertFiles>>,
     state: AppState,
     trainers: Vec<Trainer>,
+    /// Where the trainers run (`server.trainer_threads`).
+    pool: TrainerPool,
     shutdown: CancellationToken,
     /// The model directories this process owns, until it ends.
     _locks: Vec<DirLock>,
@@ -370,6 +373,13 @@ impl App {
         let ingest = IngestPool::start(config.server.ingest_options())
             .context("cannot start the feedback threads")?;
         let sources = FeedbackSources::new(&config);
+        let shutdown = CancellationToken::new();
+        let pool = TrainerPool::new(
+            config.server.trainer_pool_threads(),
+            shutdown.clone(),
+            config.server.shutdown_grace(),
+        )
+        .context("cannot start the trainer pool")?;
         Ok(Self {
             config: Arc::new(config),
             listener,
@@ -385,7 +395,8 @@ impl App {
                 request_timeout,
             ),
             trainers,
-            shutdown: CancellationToken::new(),
+            pool,
+            shutdown,
             _locks: locks,
         })
     }
@@ -415,45 +426,8 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let grace = self.config.server.shutdown_grace();
         let tracker = TaskTracker::new();
-        let stop_training = CancellationToken::new();
-        let failed = Arc::new(AtomicBool::new(false));
-        let unsaved = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stopped = Arc::new(std::sync::Mutex::new(Vec::new()));
         for trainer in self.trainers {
-            let rt = tokio::runtime::Handle::current();
-            let stop = stop_training.clone();
-            let model = trainer.model().clone();
-            let handle = tracker.spawn_blocking(move || {
-                let span = tracing::info_span!("trainer", model = %trainer.model());
-                let _entered = span.enter();
-                trainer.run_blocking(rt, stop, grace)
-            });
-            // Supervision: a trainer only ends when asked to; if it dies
-            // otherwise, serving without learning would be a silent lie, so
-            // the whole server shuts down and exits non-zero.
-            let shutdown = self.shutdown.clone();
-            let stop = stop_training.clone();
-            let failed = failed.clone();
-            let unsaved = unsaved.clone();
-            let stopped = stopped.clone();
-            tracker.spawn(async move {
-                let result = handle.await;
-                stopped
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(model.clone());
-                if !stop.is_cancelled() || result.is_err() {
-                    tracing::error!(%model, error = ?result.as_ref().err(), "trainer ended unexpectedly; shutting down");
-                    failed.store(true, Ordering::SeqCst);
-                    shutdown.cancel();
-                }
-                if let Ok(Some(lost)) = result {
-                    unsaved
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(lost);
-                }
-            });
+            self.pool.start(trainer);
         }
         let (public_limits, admin_limits) = listener_limits(&self.config);
         let metrics = &self.state.metrics.listeners;
@@ -522,27 +496,26 @@ impl App {
             tracing::warn!("feedback jobs did not finish within the grace period");
         }
         tracing::info!("training what is queued");
-        stop_training.cancel();
-        tracker.close();
         // The trainers bound their own draining by `grace`; allow a little
         // more for the final publish before giving up on them.
         let mut unconfirmed = Vec::new();
-        if tokio::time::timeout(grace * 2, tracker.wait())
-            .await
-            .is_err()
-        {
+        let all_ended = self.pool.stop_all(grace * 2).await;
+        // The admin listener and the status sampler stop on the shutdown
+        // token.
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("the admin listener did not stop within the grace period");
+        }
+        if !all_ended {
             // Their final snapshots may still fail after this: say so
             // rather than exit 0 on work that may not be saved.
-            let stopped = stopped
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let ended = self.pool.ended();
             unconfirmed = self
                 .state
                 .registry
                 .iter()
                 .map(|m| m.name.clone())
-                .filter(|name| !stopped.contains(name))
+                .filter(|name| !ended.contains(name))
                 .collect();
             tracing::warn!(models = ?unconfirmed, waited_ms = (grace * 2).as_millis() as u64, "trainers did not stop within the grace period; their final snapshots are not confirmed");
         } else {
@@ -554,14 +527,10 @@ impl App {
                 }
             }
         }
-        if failed.load(Ordering::SeqCst) {
+        if self.pool.failed() {
             anyhow::bail!("a trainer ended unexpectedly");
         }
-        let unsaved = std::mem::take(
-            &mut *unsaved
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        let unsaved = self.pool.take_unsaved();
         if !unsaved.is_empty() || !unconfirmed.is_empty() {
             // Each trainer logged its own; the process exits with
             // `NotSaved::EXIT_CODE` and repeats them on stderr.
@@ -641,10 +610,12 @@ fn listener_limits(config: &Config) -> (ListenerLimits, ListenerLimits) {
 
 /// Opens the model's feedback log (`<dir>/wal`), whose positions continue
 /// the snapshot's: the records from `position` on are what the snapshot
-/// does not hold, to be replayed. A log that ends before the snapshot's
-/// position holds nothing the snapshot lacks (it was written while the log
-/// was off, or came with a copied snapshot): it is moved aside, kept for
-/// the operator, and a new one starts at the snapshot's position.
+/// does not hold, to be replayed. A model whose log holds nothing yet gets
+/// it at its first record (`LazyLog`: no file, thread or buffer until
+/// then). A log that ends before the snapshot's position holds nothing the
+/// snapshot lacks (it was written while the log was off, or came with a
+/// copied snapshot): it is moved aside, kept for the operator, and a new
+/// one starts at the snapshot's position.
 fn open_log(
     model: &str,
     dir: &std::path::Path,
@@ -653,18 +624,22 @@ fn open_log(
 ) -> anyhow::Result<Arc<dyn FeedbackLog>> {
     let wal = dir.join("wal");
     let options = config.storage.log_options(model);
+    if LazyLog::absent(&wal) {
+        return Ok(Arc::new(LazyLog::new(&wal, options, position)));
+    }
     let open = |options| {
-        LocalLog::open(&wal, options, position)
+        LazyLog::new(&wal, options, position)
+            .opened()
             .with_context(|| format!("model {model}: feedback log {}", wal.display()))
     };
-    let (mut log, mut report) = open(options.clone())?;
+    let (log, report) = open(options.clone())?;
     if log.next_position() < position {
         drop(log);
         let aside = dir.join(format!("wal-before-{position}-{}", epoch_ms()));
         tracing::warn!(model, log = %wal.display(), moved_to = %aside.display(), position, "the feedback log ends before the snapshot's position; starting a new one");
         std::fs::rename(&wal, &aside)
             .with_context(|| format!("model {model}: cannot move {} aside", wal.display()))?;
-        (log, report) = open(options)?;
+        return Ok(Arc::new(LazyLog::new(&wal, options, position)));
     }
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(model, file = %torn.path.display(), offset = torn.offset, bytes = torn.bytes_dropped, "the feedback log ended in a torn record (a crash mid-write); truncated there");

@@ -47,8 +47,8 @@ const MAX_FEATURES_PER_EXAMPLE: usize = 1 << 20;
 /// entry itself and its source's name (checked in `serving::monitor`).
 pub const REPLAY_ENTRY_SLACK: usize = 1024;
 
-/// Most feedback threads (`server.feedback_threads`); far beyond any core
-/// count that helps.
+/// Most feedback or trainer threads (`server.feedback_threads`,
+/// `server.trainer_threads`); far beyond any core count that helps.
 const MAX_FEEDBACK_THREADS: usize = 1024;
 
 /// Prefix of environment overrides.
@@ -87,6 +87,11 @@ pub struct ServerConfig {
     /// request runtime (`serving::ingest`); 0: one per CPU core.
     #[serde(default)]
     pub feedback_threads: usize,
+    /// Threads of the trainer pool, which every model's trainer shares
+    /// (`serving::trainer`: a model with nothing queued uses none); 0: one
+    /// per CPU core.
+    #[serde(default)]
+    pub trainer_threads: usize,
     /// Feedback requests admitted at once (running or waiting for a
     /// feedback thread); beyond it 429 `feedback_overloaded` before the
     /// body is parsed.
@@ -689,6 +694,14 @@ impl ServerConfig {
         }
     }
 
+    /// Threads of the trainer pool (`trainer_threads = 0`: one per core).
+    pub fn trainer_pool_threads(&self) -> usize {
+        match self.trainer_threads {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            n => n,
+        }
+    }
+
     pub fn limits(&self) -> ListenerLimits {
         let ms = Duration::from_millis;
         ListenerLimits {
@@ -1039,6 +1052,12 @@ impl Config {
         if self.server.feedback_threads > MAX_FEEDBACK_THREADS {
             return Err(invalid(
                 "server.feedback_threads".into(),
+                &format!("must be at most {MAX_FEEDBACK_THREADS}"),
+            ));
+        }
+        if self.server.trainer_threads > MAX_FEEDBACK_THREADS {
+            return Err(invalid(
+                "server.trainer_threads".into(),
                 &format!("must be at most {MAX_FEEDBACK_THREADS}"),
             ));
         }

@@ -6,6 +6,13 @@
 //! Cloning is cheap (one `Arc` per block). Writing a row copies its block
 //! once if a published version still holds it. The set of blocks written
 //! since `take_touched` is tracked, which is what a version delta needs.
+//!
+//! Memory follows use: every block still holding only the fill value (the
+//! value the matrix was built with, zero for weights) is the same shared
+//! `fill` block, so a matrix nobody has written costs one block, and a
+//! written row allocates its block then (the copy-on-write above). Reads
+//! never branch on it. `to_sparse` / `from_sparse` carry only the allocated
+//! blocks, which is how snapshots store them.
 
 use std::sync::Arc;
 
@@ -23,12 +30,17 @@ pub struct Blocked<T> {
     /// log2 of the rows per block (`BLOCK_ROWS` unless built `*_in`).
     shift: u32,
     blocks: Vec<Arc<Array2<T>>>,
+    /// The block every unwritten (full-size) block shares: `block_rows`
+    /// rows of the fill value.
+    fill: Arc<Array2<T>>,
+    /// The fill value (what an unwritten row holds).
+    value: T,
     /// Blocks written since the last `take_touched`. Not shared with clones'
     /// meaning: a clone starts with the same flags.
     touched: Vec<bool>,
 }
 
-impl<T: Clone + Default> Blocked<T> {
+impl<T: Clone + Default + PartialEq> Blocked<T> {
     pub fn new(rows: usize, cols: usize) -> Self {
         Self::filled(rows, cols, T::default())
     }
@@ -44,10 +56,16 @@ impl<T: Clone + Default> Blocked<T> {
     pub fn filled_in(rows: usize, cols: usize, block_rows: usize, value: T) -> Self {
         debug_assert!(block_rows.is_power_of_two());
         let n = rows.div_ceil(block_rows);
+        let fill = Arc::new(Array2::from_elem((block_rows, cols), value.clone()));
         let blocks = (0..n)
             .map(|b| {
                 let len = block_rows.min(rows - b * block_rows);
-                Arc::new(Array2::from_elem((len, cols), value.clone()))
+                if len == block_rows {
+                    fill.clone()
+                } else {
+                    // A short last block is its own (small) allocation.
+                    Arc::new(Array2::from_elem((len, cols), value.clone()))
+                }
             })
             .collect();
         Self {
@@ -55,6 +73,8 @@ impl<T: Clone + Default> Blocked<T> {
             cols,
             shift: block_rows.trailing_zeros(),
             blocks,
+            fill,
+            value,
             touched: vec![false; n],
         }
     }
@@ -82,10 +102,77 @@ impl<T: Clone + Default> Blocked<T> {
         for (b, block) in out.blocks.iter_mut().enumerate() {
             let start = (b << shift) * cols;
             let len = block.nrows() * cols;
-            let slice = values[start..start + len].to_vec();
-            *block = Arc::new(Array2::from_shape_vec((len / cols, cols), slice).ok()?);
+            let slice = &values[start..start + len];
+            if slice.iter().any(|v| *v != out.value) {
+                *block = Arc::new(Array2::from_shape_vec((len / cols, cols), slice.to_vec()).ok()?);
+            }
         }
         Some(out)
+    }
+
+    /// Builds from the allocated blocks only (`to_sparse`'s output): block
+    /// `indices[i]` holds the `i`-th run of `block_rows * cols` values in
+    /// `values` (the short last block, if listed, fewer); every other block
+    /// holds `value`. `None` if the parts do not fit the shape.
+    pub fn from_sparse(
+        rows: usize,
+        cols: usize,
+        block_rows: usize,
+        value: T,
+        indices: &[u32],
+        values: &[T],
+    ) -> Option<Self> {
+        if !block_rows.is_power_of_two() {
+            return None;
+        }
+        let mut out = Self::filled_in(rows, cols, block_rows, value);
+        let mut at = 0usize;
+        let mut previous: Option<usize> = None;
+        for &b in indices {
+            let b = b as usize;
+            // Strictly increasing, so each block is given once.
+            if b >= out.blocks.len() || previous.is_some_and(|p| p >= b) {
+                return None;
+            }
+            previous = Some(b);
+            let len = block_rows.min(rows - b * block_rows) * cols;
+            let slice = values.get(at..at.checked_add(len)?)?;
+            at += len;
+            if slice.iter().all(|v| *v == out.value) && len == block_rows * cols {
+                continue;
+            }
+            out.blocks[b] =
+                Arc::new(Array2::from_shape_vec((len / cols.max(1), cols), slice.to_vec()).ok()?);
+        }
+        (at == values.len()).then_some(out)
+    }
+
+    /// The allocated blocks (those not sharing the fill block) by index,
+    /// and their values concatenated row-major: what `from_sparse` reads.
+    pub fn to_sparse(&self) -> (Vec<u32>, Vec<T>) {
+        let mut indices = Vec::new();
+        let mut values = Vec::new();
+        for (b, block) in self.blocks.iter().enumerate() {
+            if !Arc::ptr_eq(block, &self.fill) {
+                indices.push(b as u32);
+                values.extend(block.iter().cloned());
+            }
+        }
+        (indices, values)
+    }
+
+    /// Blocks holding their own memory (written, or loaded with values
+    /// other than the fill value).
+    pub fn allocated_blocks(&self) -> usize {
+        self.blocks
+            .iter()
+            .filter(|b| !Arc::ptr_eq(b, &self.fill))
+            .count()
+    }
+
+    /// The fill value unwritten rows hold.
+    pub fn fill_value(&self) -> &T {
+        &self.value
     }
 
     pub fn rows(&self) -> usize {
@@ -163,7 +250,8 @@ impl<T: Clone + Default> Blocked<T> {
         out
     }
 
-    /// Number of blocks this value holds alone (not shared with any clone).
+    /// Number of blocks this value holds alone (not shared with any clone;
+    /// the fill block is always shared).
     pub fn unshared_blocks(&self) -> usize {
         self.blocks
             .iter()
@@ -208,6 +296,32 @@ mod tests {
         assert_eq!(*a.at(33, 2), 5.0);
         let back = Blocked::from_vec_in(100, 4, 16, a.to_vec()).unwrap();
         assert_eq!((back.to_vec(), back.block_rows()), (a.to_vec(), 16));
+    }
+
+    #[test]
+    fn unwritten_blocks_cost_nothing_and_round_trip_sparse() {
+        let mut a: Blocked<f32> = Blocked::new(8 * BLOCK_ROWS + 5, 2);
+        // Only the short last block has memory of its own.
+        assert_eq!(a.allocated_blocks(), 1);
+        let published = a.clone();
+        a.row_slice_mut(3 * BLOCK_ROWS + 7)[1] = 2.5;
+        assert_eq!(a.allocated_blocks(), 2);
+        assert_eq!(published.allocated_blocks(), 1);
+        assert_eq!(published.row(3 * BLOCK_ROWS + 7)[1], 0.0);
+        assert_eq!(a.row(5 * BLOCK_ROWS)[0], 0.0);
+        let (indices, values) = a.to_sparse();
+        assert_eq!(indices, vec![3, 8]);
+        assert_eq!(values.len(), (BLOCK_ROWS + 5) * 2);
+        let back = Blocked::from_sparse(a.rows(), 2, BLOCK_ROWS, 0.0, &indices, &values).unwrap();
+        assert_eq!((back.to_vec(), back.allocated_blocks()), (a.to_vec(), 2));
+        // A dense vector of mostly zeros shares the fill block too.
+        let dense = Blocked::from_vec(a.rows(), 2, a.to_vec()).unwrap();
+        assert_eq!(dense.allocated_blocks(), 2);
+        // Parts that do not fit are refused, not read past.
+        assert!(Blocked::from_sparse(a.rows(), 2, BLOCK_ROWS, 0.0, &[3, 3], &values).is_none());
+        assert!(Blocked::from_sparse(a.rows(), 2, BLOCK_ROWS, 0.0, &[9], &values).is_none());
+        assert!(Blocked::from_sparse(a.rows(), 2, BLOCK_ROWS, 0.0, &[3], &values).is_none());
+        assert!(Blocked::from_sparse(a.rows(), 2, BLOCK_ROWS, 0.0, &[8, 3], &values).is_none());
     }
 
     #[test]

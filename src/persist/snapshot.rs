@@ -33,9 +33,15 @@
 //! still load. Format 2 added the `auto` tensors (`snapshot-v2.eddy`),
 //! format 3 `family` and `mlp` in the metadata and the `mlp.*` tensors
 //! (`snapshot-v3-mlp.eddy`; those two were written by parallel builds of
-//! one release), and format 4, written now, may hold either. Every format
-//! only adds entries, so one reader reads them all; a format 1 or 2 file
-//! reads as a linear model.
+//! one release), and format 4 may hold either. Format 5, written now,
+//! stores the row-blocked tensors (`weights`, `scaler`, `optim.weights`,
+//! `auto.table`, `mlp.state.embedding`, `mlp.state.wide`) sparsely: the
+//! tensor holds only the blocks of 1024 rows that have been written, one
+//! after the other (2-D: their rows x the tensor's columns), and
+//! `<name>.blocks` (u32) lists which blocks they are, in increasing order;
+//! every other row holds zeros. A model that learned nothing is a few KB.
+//! Every format only adds entries or reads as the one before it, so one
+//! reader reads them all; a format 1 or 2 file reads as a linear model.
 //!
 //! `SnapshotStore` writes files through `atomic::write_atomic` (temp file,
 //! fsync, rename, fsync of the directory), so a crash part-way leaves
@@ -52,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{ModelConfig, StorageConfig};
-use crate::learn::blocked::Blocked;
+use crate::learn::blocked::{BLOCK_ROWS, Blocked};
 use crate::learn::linear::{Moments, OptimState};
 use crate::learn::mlp::{Net, NetState};
 use crate::learn::optim::{ActiveRows, AutoParts, AutoState, Mixture, Rule, RuleKind};
@@ -62,7 +68,7 @@ use crate::learn::{
 
 const MAGIC: &[u8; 8] = b"EDDYSNAP";
 /// The on-disk format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
 const META_KEY: &str = "eddy";
@@ -198,28 +204,16 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
     let p = learner.params();
     let st = learner.state();
     let outputs = p.outputs();
-    let rows = p.weights.rows();
     let slots = learner.optimizer().slots();
-    let scaler: Vec<f64> = p
-        .scaler
-        .to_vec()
-        .iter()
-        .flat_map(|m| [m.n, m.mean, m.m2])
-        .collect();
     let name = |n: &str| format!("{prefix}{n}");
-    out.push((
-        name("weights"),
-        Dtype::F32,
-        vec![rows, outputs],
-        f32_bytes(&p.weights.to_vec()),
-    ));
+    push_blocked(out, name("weights"), &p.weights, Dtype::F32, 1, f32_bytes);
     out.push((name("bias"), Dtype::F32, vec![outputs], f32_bytes(&p.bias)));
-    out.push((
-        name("scaler"),
-        Dtype::F64,
-        vec![rows, 3],
-        f64_bytes(&scaler),
-    ));
+    push_blocked(out, name("scaler"), &p.scaler, Dtype::F64, 3, |m| {
+        m.iter()
+            .flat_map(|m| [m.n, m.mean, m.m2])
+            .flat_map(f64::to_le_bytes)
+            .collect()
+    });
     out.push((
         name("target"),
         Dtype::F64,
@@ -228,12 +222,14 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
     ));
     if slots > 0 {
         let optim_b = st.bias.as_slice().ok_or("optimizer state not contiguous")?;
-        out.push((
+        push_blocked(
+            out,
             name("optim.weights"),
+            &st.weights,
             Dtype::F32,
-            vec![rows, outputs * slots],
-            f32_bytes(&st.weights.to_vec()),
-        ));
+            1,
+            f32_bytes,
+        );
         out.push((
             name("optim.bias"),
             Dtype::F32,
@@ -249,11 +245,25 @@ fn learner_tensors(prefix: &str, learner: &Learner, out: &mut Vec<Owned>) -> Res
         f32s("mlp.embedding", vec![er, hidden], &net.embedding.to_vec());
         f32s("mlp.hidden_bias", vec![hidden], &net.hidden_bias);
         f32s("mlp.output", vec![outputs, hidden], &net.output);
-        f32s("mlp.state.embedding", vec![er], &ns.embedding.to_vec());
-        f32s("mlp.state.wide", vec![rows], &ns.wide.to_vec());
         f32s("mlp.state.hidden_bias", vec![hidden], &ns.hidden_bias);
         f32s("mlp.state.output", vec![outputs, hidden], &ns.output);
         f32s("mlp.state.bias", vec![outputs], &ns.bias);
+        push_blocked(
+            out,
+            name("mlp.state.embedding"),
+            &ns.embedding,
+            Dtype::F32,
+            1,
+            f32_bytes,
+        );
+        push_blocked(
+            out,
+            name("mlp.state.wide"),
+            &ns.wide,
+            Dtype::F32,
+            1,
+            f32_bytes,
+        );
         out.push((
             name("mlp.state.examples"),
             Dtype::I64,
@@ -290,12 +300,14 @@ fn auto_tensors(name: &dyn Fn(&str) -> String, auto: &AutoState, out: &mut Vec<O
         vec![k, 2],
         f32_bytes(&rules),
     ));
-    out.push((
+    push_blocked(
+        out,
         name("auto.table"),
+        &parts.table,
         Dtype::F32,
-        vec![parts.table.rows(), parts.table.cols()],
-        f32_bytes(&parts.table.to_vec()),
-    ));
+        1,
+        f32_bytes,
+    );
     out.push((
         name("auto.bias"),
         Dtype::F32,
@@ -443,8 +455,9 @@ impl Snapshot {
         let path = path.to_owned();
         let (format, payload) = open_envelope(bytes, &path)?;
         match format {
-            // Each later format only adds entries to format 1's payload.
-            1..=4 => Self::decode_v1(payload, path),
+            // Each later format only adds entries to format 1's payload
+            // (format 5's sparse tensors are told by their `.blocks`).
+            1..=FORMAT_VERSION => Self::decode_v1(payload, path),
             found if found > FORMAT_VERSION => Err(Error::NewerFormat {
                 path,
                 found,
@@ -694,32 +707,57 @@ fn read_learner(
         }
         Ok(t.data())
     };
-    let weights = read_f32(tensor("weights", Dtype::F32, &[rows, outputs])?);
+    let blocked = |name: &str, dtype, rows, width, dense: &[usize]| {
+        read_blocked(
+            st,
+            &format!("{prefix}{name}"),
+            rows,
+            width,
+            dtype,
+            dense,
+            invalid,
+        )
+    };
+    let weights = blocked("weights", Dtype::F32, rows, outputs, &[rows, outputs])?;
+    let weights = Blocked::from_sparse(
+        rows,
+        outputs,
+        BLOCK_ROWS,
+        0.0,
+        &weights.0,
+        &read_f32(weights.1),
+    )
+    .ok_or_else(|| invalid("weights shape".into()))?;
     let bias = read_f32(tensor("bias", Dtype::F32, &[outputs])?);
-    let scaler: Vec<Moments> = read_f64(tensor("scaler", Dtype::F64, &[rows, 3])?)
+    let scaler = blocked("scaler", Dtype::F64, rows, 3, &[rows, 3])?;
+    let moments: Vec<Moments> = read_f64(scaler.1)
         .chunks_exact(3)
         .map(|c| Moments::from_parts(c[0], c[1], c[2]))
         .collect();
+    let scaler = Blocked::from_sparse(rows, 1, BLOCK_ROWS, Moments::default(), &scaler.0, &moments)
+        .ok_or_else(|| invalid("scaler shape".into()))?;
     let t = read_f64(tensor("target", Dtype::F64, &[3])?);
     let (optim_w, optim_b) = if slots > 0 {
+        let w = blocked(
+            "optim.weights",
+            Dtype::F32,
+            rows,
+            outputs * slots,
+            &[rows, outputs * slots],
+        )?;
         (
-            read_f32(tensor(
-                "optim.weights",
-                Dtype::F32,
-                &[rows, outputs * slots],
-            )?),
+            Blocked::from_sparse(rows, outputs * slots, BLOCK_ROWS, 0.0, &w.0, &read_f32(w.1)),
             read_f32(tensor("optim.bias", Dtype::F32, &[outputs, slots])?),
         )
     } else {
-        (Vec::new(), Vec::new())
+        (Some(Blocked::new(rows, 0)), Vec::new())
     };
     let params = Params {
         space: shape.space.clone(),
         hash_bits: shape.hash_bits,
-        weights: Blocked::from_vec(rows, outputs, weights)
-            .ok_or_else(|| invalid("weights shape".into()))?,
+        weights,
         bias,
-        scaler: Blocked::from_vec(rows, 1, scaler).ok_or_else(|| invalid("scaler shape".into()))?,
+        scaler,
         target: Moments::from_parts(t[0], t[1], t[2]),
         net: None,
         mixture: None,
@@ -733,12 +771,13 @@ fn read_learner(
                     .and_then(|t| t.shape().get(dim).copied())
                     .unwrap_or(0)
             };
-            Some(read_auto(&tensor, &len_at, rows, outputs, invalid)?)
+            let table =
+                |width: usize| blocked("auto.table", Dtype::F32, rows, width, &[rows, width]);
+            Some(read_auto(&tensor, &len_at, &table, rows, outputs, invalid)?)
         }
     };
     let state = OptimState {
-        weights: Blocked::from_vec(rows, outputs * slots, optim_w)
-            .ok_or_else(|| invalid("optimizer state shape".into()))?,
+        weights: optim_w.ok_or_else(|| invalid("optimizer state shape".into()))?,
         bias: Array2::from_shape_vec((outputs, slots), optim_b)
             .map_err(|e| invalid(e.to_string()))?,
         steps,
@@ -768,11 +807,14 @@ fn read_learner(
     )
     .ok_or_else(|| invalid("mlp shape".into()))?;
     let net_steps = tensor("mlp.state.examples", Dtype::I64, &[1])?;
+    let state_rows = |name: &str, rows: usize| {
+        let (blocks, data) = blocked(name, Dtype::F32, rows, 1, &[rows])?;
+        Blocked::from_sparse(rows, 1, BLOCK_ROWS, 0.0, &blocks, &read_f32(data))
+            .ok_or_else(|| invalid("mlp state shape".into()))
+    };
     let net_state = NetState {
-        embedding: Blocked::from_vec(er, 1, f32s("mlp.state.embedding", &[er])?)
-            .ok_or_else(|| invalid("mlp state shape".into()))?,
-        wide: Blocked::from_vec(rows, 1, f32s("mlp.state.wide", &[rows])?)
-            .ok_or_else(|| invalid("mlp state shape".into()))?,
+        embedding: state_rows("mlp.state.embedding", er)?,
+        wide: state_rows("mlp.state.wide", rows)?,
         hidden_bias: f32s("mlp.state.hidden_bias", &[hidden])?,
         output: f32s("mlp.state.output", &[outputs, hidden])?,
         bias: f32s("mlp.state.bias", &[outputs])?,
@@ -803,6 +845,7 @@ type TensorReader<'a> = dyn Fn(&str, Dtype, &[usize]) -> Result<&'a [u8], Error>
 fn read_auto<'a>(
     tensor: &TensorReader<'a>,
     len_at: &dyn Fn(&str, usize) -> usize,
+    table: &dyn Fn(usize) -> Result<(Vec<u32>, &'a [u8]), Error>,
     rows: usize,
     outputs: usize,
     invalid: &dyn Fn(String) -> Error,
@@ -841,10 +884,10 @@ fn read_auto<'a>(
     let active = ActiveRows::from_list(rows, &active_list)
         .ok_or_else(|| invalid("auto.active: row out of range".into()))?;
     let width = len_at("auto.table", 1);
-    let table = read_f32(tensor("auto.table", Dtype::F32, &[rows, width])?);
+    let (blocks, table) = table(width)?;
     AutoState::from_parts(AutoParts {
         rules,
-        table: Blocked::from_vec(rows, width, table)
+        table: Blocked::from_sparse(rows, width, BLOCK_ROWS, 0.0, &blocks, &read_f32(table))
             .ok_or_else(|| invalid("auto.table shape".into()))?,
         bias: read_f32(tensor("auto.bias", Dtype::F32, &[width])?),
         mixture,
@@ -856,6 +899,79 @@ fn read_auto<'a>(
 
 fn view(dtype: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<TensorView<'_>, String> {
     TensorView::new(dtype, shape, data).map_err(|e| e.to_string())
+}
+
+/// A row-blocked matrix as format 5 stores it: the allocated blocks'
+/// rows in `name` (2-D, `width` columns per row of the matrix) and their
+/// indices in `name.blocks`.
+fn push_blocked<T: Clone + Default + PartialEq>(
+    out: &mut Vec<Owned>,
+    name: String,
+    matrix: &Blocked<T>,
+    dtype: Dtype,
+    width_per_col: usize,
+    bytes: impl Fn(&[T]) -> Vec<u8>,
+) {
+    let (blocks, values) = matrix.to_sparse();
+    let width = matrix.cols() * width_per_col;
+    let rows = values.len() / matrix.cols().max(1);
+    out.push((
+        format!("{name}.blocks"),
+        Dtype::U32,
+        vec![blocks.len()],
+        blocks.iter().flat_map(|b| b.to_le_bytes()).collect(),
+    ));
+    out.push((name, dtype, vec![rows, width], bytes(&values)));
+}
+
+/// Reads a row-blocked matrix's tensor `name` (full name): with
+/// `name.blocks` (format 5) the listed blocks and their packed rows,
+/// checked to be `width` wide; without (formats 1-4) the dense tensor of
+/// shape `dense`, whose blocks are all listed. Returns the block indices
+/// and the raw bytes for `Blocked::from_sparse`, which checks they fit.
+#[allow(clippy::too_many_arguments)]
+fn read_blocked<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    name: &str,
+    rows: usize,
+    width: usize,
+    dtype: Dtype,
+    dense: &[usize],
+    invalid: &dyn Fn(String) -> Error,
+) -> Result<(Vec<u32>, &'a [u8]), Error> {
+    let read = |name: &str| -> Result<_, Error> {
+        st.tensor(name).map_err(|e| invalid(format!("{name}: {e}")))
+    };
+    let blocks_name = format!("{name}.blocks");
+    let Ok(listed) = st.tensor(&blocks_name) else {
+        let t = read(name)?;
+        if t.dtype() != dtype || t.shape() != dense {
+            return Err(invalid(format!(
+                "{name}: expected {dtype:?} {dense:?}, found {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        let all = (0..rows.div_ceil(BLOCK_ROWS) as u32).collect();
+        return Ok((all, t.data()));
+    };
+    if listed.dtype() != Dtype::U32 || listed.shape().len() != 1 {
+        return Err(invalid(format!("{blocks_name}: expected a u32 list")));
+    }
+    let blocks = listed
+        .data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let t = read(name)?;
+    if t.dtype() != dtype || t.shape().len() != 2 || t.shape()[1] != width {
+        return Err(invalid(format!(
+            "{name}: expected {dtype:?} [_, {width}], found {:?} {:?}",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    Ok((blocks, t.data()))
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -1208,6 +1324,36 @@ mod tests {
     fn features(json: &str) -> crate::learn::FeatureVec {
         let raw: RawFeatures = serde_json::from_str(json).unwrap();
         FeatureHasher::new(10).hash(&raw).unwrap()
+    }
+
+    #[test]
+    fn an_untouched_model_is_a_few_kb_and_memory_follows_the_rows_learned() {
+        let mut s = trained(OptimizerKind::Auto, TaskKind::Binary, &[]);
+        let space = s.learner.params().space.clone();
+        // The default shape: 2^18 rows.
+        s.learner = Learner::new(Params::new(space, 18), s.meta.optimizer);
+        s.meta.hash_bits = 18;
+        let empty = s.encode().unwrap();
+        assert!(empty.len() < 16 * 1024, "{} bytes", empty.len());
+        let back = Snapshot::decode(&empty, Path::new("x")).unwrap();
+        assert_eq!(back.learner.params().weights.allocated_blocks(), 0);
+        assert_eq!(back.learner.params().scaler.allocated_blocks(), 0);
+        // Two features touch at most two blocks of each matrix.
+        let x = features(r#"{"a": 5, "c": "k1"}"#);
+        for _ in 0..50 {
+            s.learner.learn_one(&x, Target::Class(1));
+        }
+        let blocks = s.learner.params().weights.allocated_blocks();
+        assert!((1..=2).contains(&blocks), "{blocks}");
+        let bytes = s.encode().unwrap();
+        assert!(bytes.len() < 256 * 1024, "{} bytes", bytes.len());
+        let back = Snapshot::decode(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.learner.params().weights.allocated_blocks(), blocks);
+        assert_eq!(back.encode().unwrap(), bytes);
+        assert_eq!(
+            back.learner.params().predict(&x),
+            s.learner.params().predict(&x)
+        );
     }
 
     #[test]

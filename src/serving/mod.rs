@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod join;
 pub mod log_record;
 pub mod monitor;
+pub mod pool;
 pub mod queue;
 pub mod registry;
 pub mod sources;

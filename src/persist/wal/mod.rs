@@ -71,6 +71,7 @@
 
 mod batch;
 mod durability;
+mod lazy;
 mod local;
 mod memory;
 mod read;
@@ -92,6 +93,7 @@ use thiserror::Error;
 pub use batch::{FRAME_LEN, RecordBatch};
 #[cfg(test)]
 pub(crate) use durability::fail_fsyncs_under;
+pub use lazy::LazyLog;
 pub use local::LocalLog;
 pub use memory::MemoryLog;
 pub use read::read_dir;

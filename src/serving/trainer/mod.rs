@@ -1,4 +1,4 @@
-//! `Trainer`: one per model, on its own blocking thread. Drains the
+//! `Trainer`: one per model, a task on the shared trainer pool. Drains the
 //! feedback queue into minibatches (by size, or after `max_wait_ms`), hands
 //! each to the model's `Monitor` (scored by the live and last-good versions
 //! before it is learned), trains it on a private `Learner`, and publishes a
@@ -27,8 +27,14 @@
 //! the examples since are replayed without blamed sources (or dropped), and
 //! that result is published at once as the rollback version.
 //!
-//! Waiting uses the tokio runtime's timers through `Handle::block_on`, but
-//! the training itself runs on this thread, never on the request executor.
+//! Trainers are tasks on the trainer pool (`app`: a runtime of its own with
+//! `server.trainer_threads` threads, never the request executor). A trainer
+//! with nothing queued is parked on its queue and uses no thread. The
+//! scheduling rule: a trainer with work takes one minibatch (with the
+//! publish, gate and snapshot hand-off it makes due) and then yields to
+//! the back of the pool's run queue, so every model with work gets a
+//! minibatch per round and one busy model cannot starve the others. Each
+//! keeps its own order, monitor, gate and log; only threads are shared.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -40,7 +46,6 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -186,7 +191,7 @@ impl Trainer {
         let mut snapshots = parts.snapshots;
         if let Some(policy) = &mut snapshots {
             policy.started(now, position);
-            let writer = writer::SnapshotWriter::spawn(writer::WriterParts {
+            policy.writer = Some(writer::SnapshotWriter::new(writer::WriterParts {
                 model: parts.model.clone(),
                 store: policy.store.clone(),
                 journal: parts.journal.clone(),
@@ -194,13 +199,7 @@ impl Trainer {
                 stats: parts.stats.clone(),
                 events: parts.events.clone(),
                 owed: policy.owed.clone(),
-            });
-            match writer {
-                Ok(w) => policy.writer = Some(w),
-                Err(e) => {
-                    tracing::error!(model = %parts.model, error = %e, "cannot start the snapshot writer; snapshots fail")
-                }
-            }
+            }));
         }
         let (next_example, applied, trained_position) = parts
             .recovery
@@ -322,12 +321,7 @@ impl Trainer {
     /// what is still queued (for at most `grace`), publishes it and writes
     /// a final snapshot. Returns what that snapshot did not save when the
     /// disk refused it (`None`: saved, or nothing to save).
-    pub fn run_blocking(
-        mut self,
-        rt: Handle,
-        stop: CancellationToken,
-        grace: Duration,
-    ) -> Option<Unsaved> {
+    pub async fn run(mut self, stop: CancellationToken, grace: Duration) -> Option<Unsaved> {
         let size = self.config.minibatch_size.get();
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
@@ -359,6 +353,8 @@ impl Trainer {
                 batch.extend(self.backlog.drain(..n));
                 self.learn(&mut batch);
                 self.recovered();
+                // The pool's turn goes to the next trainer with work.
+                tokio::task::yield_now().await;
                 continue;
             }
             if self.stream.is_empty() {
@@ -372,15 +368,13 @@ impl Trainer {
             // the busy writer could not take.
             let unpublished =
                 self.cadence.minibatches > 0 || self.snapshot_waiting || self.cadence.report_owed;
-            let wake = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => Wake::Stop,
-                    Some(cmd) = commands.recv() => Wake::Command(cmd),
-                    n = stream.recv_many(&mut batch, size), if !paused => if n == 0 { Wake::Closed } else { Wake::Items },
-                    _ = tokio::time::sleep(max_wait), if unpublished => Wake::Flush,
-                }
-            });
+            let wake = tokio::select! {
+                biased;
+                _ = stop.cancelled() => Wake::Stop,
+                Some(cmd) = commands.recv() => Wake::Command(cmd),
+                n = stream.recv_many(&mut batch, size), if !paused => if n == 0 { Wake::Closed } else { Wake::Items },
+                _ = tokio::time::sleep(max_wait), if unpublished => Wake::Flush,
+            };
             match wake {
                 Wake::Stop | Wake::Closed => break,
                 // The flush timer fires only when the queue ran dry.
@@ -393,12 +387,14 @@ impl Trainer {
                 }
                 Wake::Command(command) => self.command(command),
                 Wake::Items => {
-                    let stopped =
-                        self.fill(&rt, &mut batch, size, Instant::now() + max_wait, &stop);
+                    let stopped = self
+                        .fill(&mut batch, size, Instant::now() + max_wait, &stop)
+                        .await;
                     self.learn(&mut batch);
                     if stopped {
                         break;
                     }
+                    tokio::task::yield_now().await;
                 }
             }
         }
@@ -411,7 +407,7 @@ impl Trainer {
                 held,
             );
         }
-        self.drain(&rt, size, grace)
+        self.drain(size, grace).await
     }
 
     /// Ready once what the log held is learned again (or learning is
@@ -505,9 +501,8 @@ impl Trainer {
 
     /// Tops the minibatch up to `size`, waiting until `deadline` at most.
     /// Returns true if `stop` fired meanwhile.
-    fn fill(
+    async fn fill(
         &mut self,
-        rt: &Handle,
         batch: &mut Vec<Feedback>,
         size: usize,
         deadline: Instant,
@@ -523,13 +518,11 @@ impl Trainer {
             }
             let stream = &mut self.stream;
             let want = size - batch.len();
-            let stopped = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => true,
-                    _ = tokio::time::timeout(left, stream.recv_many(batch, want)) => false,
-                }
-            });
+            let stopped = tokio::select! {
+                biased;
+                _ = stop.cancelled() => true,
+                _ = tokio::time::timeout(left, stream.recv_many(batch, want)) => false,
+            };
             if stopped {
                 return true;
             }
@@ -546,7 +539,7 @@ impl Trainer {
     /// already made still deliver. With a feedback log, what is left when
     /// the grace runs out (or while paused) is in the log and learned
     /// after the restart. Returns what the final snapshot did not save.
-    fn drain(&mut self, rt: &Handle, size: usize, grace: Duration) -> Option<Unsaved> {
+    async fn drain(&mut self, size: usize, grace: Duration) -> Option<Unsaved> {
         self.stream.close();
         let deadline = Instant::now() + grace;
         let mut batch = Vec::with_capacity(size);
@@ -556,6 +549,7 @@ impl Trainer {
             batch.clear();
             batch.extend(self.backlog.drain(..n));
             self.learn(&mut batch);
+            tokio::task::yield_now().await;
         }
         loop {
             if paused {
@@ -564,7 +558,7 @@ impl Trainer {
             batch.clear();
             let stream = &mut self.stream;
             let left = deadline.saturating_duration_since(Instant::now());
-            let done = rt.block_on(async {
+            let done = async {
                 while batch.len() < size {
                     match tokio::time::timeout(left, stream.recv()).await {
                         Ok(Some(item)) => batch.push(item),
@@ -573,8 +567,10 @@ impl Trainer {
                     }
                 }
                 false
-            });
+            }
+            .await;
             self.learn(&mut batch);
+            tokio::task::yield_now().await;
             if done || self.stats.paused.load(Ordering::Acquire) {
                 break;
             }

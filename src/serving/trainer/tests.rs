@@ -251,7 +251,7 @@ fn a_candidate_held_at_shutdown_is_neither_published_nor_snapshotted() {
     let stop = CancellationToken::new();
     stop.cancel();
     let (trainer, _queue) = (r.trainer, r.queue);
-    trainer.run_blocking(rt.handle().clone(), stop, Duration::from_secs(1));
+    rt.block_on(trainer.run(stop, Duration::from_secs(1)));
     assert_eq!(
         store.live().version,
         live.version,

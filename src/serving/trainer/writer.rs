@@ -1,17 +1,23 @@
-//! `SnapshotWriter`: one thread per model that encodes and writes the
-//! snapshots the trainer hands it, so the trainer goes on training while a
-//! large model is encoded and fsynced. The trainer hands over copy-on-write
-//! clones (a few pointer copies); the writer syncs the feedback log (a
-//! snapshot never records a position the log could lose), writes the file
-//! atomically, saves the idempotency keys, and trims the log.
+//! `SnapshotWriter`: encodes and writes the snapshots a model's trainer
+//! hands it, off the trainer's turn, so the trainer goes on training while
+//! a large model is encoded and fsynced. The trainer hands over
+//! copy-on-write clones (a few pointer copies); the writer syncs the
+//! feedback log (a snapshot never records a position the log could lose),
+//! writes the file atomically, saves the idempotency keys, and trims the
+//! log.
 //!
-//! Jobs run in order. A periodic snapshot is offered without waiting and
-//! skipped (still due) while another is being written; a shutdown or an
-//! operator's snapshot waits for its answer.
+//! A model has no thread of its own for this: while it has jobs, one task
+//! on the trainer pool's blocking threads (bounded, shared by all models;
+//! a plain thread when no runtime is running, as in-process drivers) writes
+//! them, and ends when none is left. Jobs run in order, one at a time per
+//! model. A periodic snapshot is offered without waiting and skipped
+//! (still due) while another waits behind the one being written; a
+//! shutdown or an operator's snapshot waits for its answer.
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc as std_mpsc;
-use std::thread::JoinHandle;
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use super::super::idempotency::IdempotencyKeys;
 use super::*;
@@ -39,60 +45,127 @@ pub(super) struct WriterParts {
     pub(super) owed: Arc<AtomicBool>,
 }
 
+/// Jobs waiting, and whether a task is writing them.
+#[derive(Default)]
+struct Jobs {
+    waiting: VecDeque<Job>,
+    running: bool,
+}
+
+struct Shared {
+    parts: WriterParts,
+    jobs: Mutex<Jobs>,
+    /// Signalled when the writing task ends (nothing left).
+    idle: Condvar,
+}
+
 pub(super) struct SnapshotWriter {
-    jobs: Option<std_mpsc::SyncSender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl SnapshotWriter {
-    pub(super) fn spawn(parts: WriterParts) -> std::io::Result<Self> {
-        // One job waiting besides the one being written.
-        let (jobs, rx) = std_mpsc::sync_channel::<Job>(1);
-        let thread = std::thread::Builder::new()
-            .name("eddy-snapshots".into())
-            .spawn(move || {
-                for job in rx {
-                    let result = parts.write(job.snapshot, &job.protect, job.needed);
-                    if let Some(reply) = job.reply {
-                        let _ = reply.send(result);
-                    }
-                }
-            })?;
-        Ok(Self {
-            jobs: Some(jobs),
-            thread: Some(thread),
+    pub(super) fn new(parts: WriterParts) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                parts,
+                jobs: Mutex::default(),
+                idle: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Offers a job without waiting; false if one is already waiting
+    /// behind the one being written.
+    pub(super) fn offer(&self, job: Job) -> bool {
+        let mut jobs = self.shared.lock();
+        if !jobs.waiting.is_empty() {
+            return false;
+        }
+        jobs.waiting.push_back(job);
+        self.start(&mut jobs);
+        true
+    }
+
+    /// Writes `job` after those handed over before, and waits for the
+    /// outcome.
+    pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, SnapshotError> {
+        let (tx, rx) = std_mpsc::channel();
+        job.reply = Some(tx);
+        {
+            let mut jobs = self.shared.lock();
+            jobs.waiting.push_back(job);
+            self.start(&mut jobs);
+        }
+        rx.recv().unwrap_or_else(|_| {
+            Err(SnapshotError::Failed(
+                "the snapshot writer could not start".into(),
+            ))
         })
     }
 
-    /// Offers a job without waiting; false if the writer is busy.
-    pub(super) fn offer(&self, job: Job) -> bool {
-        self.jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.try_send(job).is_ok())
+    /// Starts the writing task unless one runs.
+    fn start(&self, jobs: &mut Jobs) {
+        if jobs.running {
+            return;
+        }
+        jobs.running = true;
+        let shared = Arc::clone(&self.shared);
+        let work = move || shared.run();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(work)),
+            Err(_) => {
+                if let Err(e) = std::thread::Builder::new()
+                    .name("eddy-snapshots".into())
+                    .spawn(work)
+                {
+                    tracing::error!(model = %self.shared.parts.model, error = %e, "cannot start a snapshot writer thread");
+                    // Dropping the jobs drops their reply senders: waiters
+                    // get an error, an offered snapshot stays due.
+                    jobs.waiting.clear();
+                    jobs.running = false;
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `job` and waits for the outcome.
-    pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, SnapshotError> {
-        let stopped = || SnapshotError::Failed("the snapshot writer has stopped".into());
-        let (tx, rx) = std_mpsc::channel();
-        job.reply = Some(tx);
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok());
-        if !sent {
-            return Err(stopped());
+    /// Writes jobs in order until none is left.
+    fn run(&self) {
+        loop {
+            let job = {
+                let mut jobs = self.lock();
+                match jobs.waiting.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        jobs.running = false;
+                        self.idle.notify_all();
+                        return;
+                    }
+                }
+            };
+            let result = self.parts.write(job.snapshot, &job.protect, job.needed);
+            if let Some(reply) = job.reply {
+                let _ = reply.send(result);
+            }
         }
-        rx.recv().unwrap_or_else(|_| Err(stopped()))
     }
 }
 
 impl Drop for SnapshotWriter {
     /// Writes what was handed over, then stops.
     fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let mut jobs = self.shared.lock();
+        while jobs.running {
+            jobs = self
+                .shared
+                .idle
+                .wait(jobs)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Many models in one process, on 127.0.0.1 only, bounded in time (every wrk
+# run has -d, every wait a deadline); the server is stopped by its PID.
+#
+# Starts `eddy serve` with MODELS default binary models (names m0000, ...)
+# on a fresh storage directory and reports:
+#   ready:    from exec to /readyz answering 200;
+#   idle:     RSS and threads of the idle server (from /proc/PID/status);
+#   predict:  p50/p99 of predict spread over the idle models (wrk -t1
+#             -c$CONNS -d$DURATION), first with nothing else running, then
+#             while BUSY models take feedback at full rate (a second wrk,
+#             -c$FEEDBACK_CONNS, batches of 1,000 Elec2 rows spread over
+#             the busy models, ignoring Retry-After);
+#   loaded:   RSS and threads after that;
+#   stop:     from SIGTERM to the process's exit;
+#   disk:     snapshot bytes of the idle models and of the busy ones, and
+#             the bytes of their feedback logs.
+# ROUNDS rounds of the predict pair; medians at the end.
+#
+# Targets (issue 15): 1,000 idle models in < 1 GB RSS, ready < 10 s,
+# stopped < 10 s, < 50 threads; idle models' predict p99 under the busy
+# models' load within the idle server's p99; idle snapshots < 10 MB.
+#
+# BIN=path/to/eddy runs another build (e.g. an older release, with fewer
+# MODELS) through the same steps.
+#
+# Usage: benches/many_models.sh   (MODELS=1000 BUSY=10 ROUNDS=3 DURATION=10
+#        CONNS=4 FEEDBACK_CONNS=8 PORT=18391 BIN=; extra EDDY_* variables
+#        reach the server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODELS=${MODELS:-1000}
+BUSY=${BUSY:-10}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+DURATION=${DURATION%s}
+CONNS=${CONNS:-4}
+FEEDBACK_CONNS=${FEEDBACK_CONNS:-8}
+PORT=${PORT:-18391}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
+STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-120}
+BIN=${BIN:-}
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet --bin eddy
+  target=${CARGO_TARGET_DIR:-target}; [[ $target == /* ]] || target=$PWD/$target
+  BIN=$target/release/eddy
+fi
+
+work=$(mktemp -d)
+pid=
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+python3 - "$work" "$MODELS" "$BUSY" <<'PY'
+import gzip, json, sys
+out, models, busy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows = [json.loads(l) for l in gzip.open("tests/data/elec2.jsonl.gz", "rt")]
+names = [f"m{i:04d}" for i in range(models)]
+with open(f"{out}/eddy.toml", "w") as f:
+    for n in names:
+        f.write(f'[[models]]\nname = "{n}"\ntask = "binary"\n\n')
+with open(f"{out}/busy", "w") as f:
+    f.writelines(f"/v1/models/{n}/feedback\n" for n in names[:busy])
+with open(f"{out}/idle", "w") as f:
+    f.writelines(f"/v1/models/{n}/predict\n" for n in names[busy:])
+json.dump({"features": rows[100]["features"]}, open(f"{out}/predict.json", "w"))
+json.dump({"examples": rows[:1000]}, open(f"{out}/feedback.json", "w"))
+PY
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+proc() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$pid/status"; }
+field() { awk -v k="$1" '$1 == k {print $2}' "$2"; }
+
+for url in "127.0.0.1:$PORT" "127.0.0.1:$((PORT + 1))"; do
+  if curl -s -o /dev/null --max-time 1 "http://$url/"; then
+    echo "something already listens on $url; set PORT" >&2; exit 1
+  fi
+done
+started=$(now_ms)
+EDDY_SERVER__LISTEN=127.0.0.1:$PORT EDDY_ADMIN__LISTEN=127.0.0.1:$((PORT + 1)) \
+  EDDY_STORAGE__DIR="$work/data" EDDY_LOG__LEVEL=warn \
+  "$BIN" serve --config "$work/eddy.toml" >"$work/server.log" 2>&1 &
+pid=$!
+end=$((started + READY_TIMEOUT_S * 1000))
+until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$PORT/readyz")" = 200 ]; do
+  if [ "$(now_ms)" -gt "$end" ] || ! kill -0 "$pid" 2>/dev/null; then
+    echo "the server did not become ready; its log:" >&2; tail -20 "$work/server.log" >&2; exit 1
+  fi
+  sleep 0.05
+done
+ready_ms=$(($(now_ms) - started))
+# Let start-up work (the first snapshots) settle before measuring.
+sleep 3
+idle_rss=$(proc VmRSS) idle_threads=$(proc Threads)
+echo "== $MODELS models: ready in ${ready_ms} ms; idle RSS $((idle_rss / 1024)) MiB ($((idle_rss / MODELS)) KiB per model), $idle_threads threads"
+
+# predict OUT: one predict run over the idle models; fails on any non-2xx.
+predict() {
+  BODY=$work/predict.json PATHS=$work/idle wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+    -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$1"
+  if grep -q "Non-2xx" "$1"; then echo "predict answered errors:" >&2; cat "$1" >&2; exit 1; fi
+}
+echo "== predict over the $((MODELS - BUSY)) idle models: alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
+printf '%-6s %10s %10s %12s %12s %14s %8s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s
+for r in $(seq "$ROUNDS"); do
+  predict "$work/idle.$r"
+  BODY=$work/feedback.json PATHS=$work/busy wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
+    -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$work/fb.$r" &
+  fb=$!
+  sleep 1
+  predict "$work/load.$r"
+  wait "$fb"
+  ok=$(awk '$1 == "status" && $2 == 202 {print $3}' "$work/fb.$r"); ok=${ok:-0}
+  refused=$(awk '$1 == "status" && $2 == 429 {print $3}' "$work/fb.$r"); refused=${refused:-0}
+  other=$(awk '$1 == "status" && $2 != 202 && $2 != 429 {n += $3} END {print n + 0}' "$work/fb.$r")
+  if [ "$other" -gt 0 ]; then echo "feedback got $other answers other than 202/429:" >&2; cat "$work/fb.$r" >&2; fi
+  rate=$(awk -v n="$ok" -v d="$((DURATION + 2))" 'BEGIN {printf "%.0f", n * 1000 / d}')
+  ip50=$(field latency_p50_us "$work/idle.$r"); ip99=$(field latency_p99_us "$work/idle.$r")
+  lp50=$(field latency_p50_us "$work/load.$r"); lp99=$(field latency_p99_us "$work/load.$r")
+  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused"
+  echo "$ip50 $ip99 $lp50 $lp99 $rate" >>"$work/rows"
+done
+col() { awk -v c="$1" '{print $c}' "$work/rows" | median; }
+ip99=$(col 2) lp99=$(col 4)
+echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted"
+loaded_rss=$(proc VmRSS) loaded_threads=$(proc Threads)
+echo "== after the load: RSS $((loaded_rss / 1024)) MiB, $loaded_threads threads"
+
+stopping=$(now_ms)
+kill -TERM "$pid"
+end=$((stopping + STOP_TIMEOUT_S * 1000))
+while kill -0 "$pid" 2>/dev/null; do
+  if [ "$(now_ms)" -gt "$end" ]; then echo "the server did not stop within ${STOP_TIMEOUT_S} s" >&2; exit 1; fi
+  sleep 0.02
+done
+stop_ms=$(($(now_ms) - stopping))
+wait "$pid" || { echo "the server exited non-zero; its log:" >&2; tail -20 "$work/server.log" >&2; exit 1; }
+pid=
+bytes() { find "$@" -type f -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}'; }
+busy_dirs=() idle_dirs=()
+while read -r p; do busy_dirs+=("$work/data/$(basename "$(dirname "$p")")"); done <"$work/busy"
+while read -r p; do idle_dirs+=("$work/data/$(basename "$(dirname "$p")")"); done <"$work/idle"
+idle_snap=$(find "${idle_dirs[@]}" -maxdepth 1 -name 'snapshot-*' -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}')
+busy_snap=$(find "${busy_dirs[@]}" -maxdepth 1 -name 'snapshot-*' -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}')
+idle_wal=$(bytes "${idle_dirs[@]/%//wal}")
+echo "== stopped in ${stop_ms} ms; snapshots: $((MODELS - BUSY)) idle models $((idle_snap / 1024)) KiB in all ($((idle_snap / (MODELS - BUSY))) bytes each), $BUSY busy models $((busy_snap / 1024)) KiB; idle models' logs $idle_wal bytes"
+if grep -qE ' (WARN|ERROR) ' "$work/server.log"; then
+  echo "note: the server logged warnings/errors, first ones:"; grep -E ' (WARN|ERROR) ' "$work/server.log" | head -3
+fi
