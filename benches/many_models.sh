@@ -137,19 +137,22 @@ echo "== after the load: RSS $((loaded_rss / 1024)) MiB, $loaded_threads threads
 stopping=$(now_ms)
 kill -TERM "$pid"
 end=$((stopping + STOP_TIMEOUT_S * 1000))
-while kill -0 "$pid" 2>/dev/null; do
+# Until it exits (a zombie, not yet reaped, has exited).
+while [ -e "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; do
   if [ "$(now_ms)" -gt "$end" ]; then echo "the server did not stop within ${STOP_TIMEOUT_S} s" >&2; exit 1; fi
   sleep 0.02
 done
 stop_ms=$(($(now_ms) - stopping))
 wait "$pid" || { echo "the server exited non-zero; its log:" >&2; tail -20 "$work/server.log" >&2; exit 1; }
 pid=
-bytes() { find "$@" -type f -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}'; }
+# Sums file sizes; a missing directory (an idle model has no log) counts 0.
+bytes() { { find "$@" "${FIND_ARGS[@]}" -type f -printf '%s\n' 2>/dev/null || true; } | awk '{n += $1} END {print n + 0}'; }
 busy_dirs=() idle_dirs=()
 while read -r p; do busy_dirs+=("$work/data/$(basename "$(dirname "$p")")"); done <"$work/busy"
 while read -r p; do idle_dirs+=("$work/data/$(basename "$(dirname "$p")")"); done <"$work/idle"
-idle_snap=$(find "${idle_dirs[@]}" -maxdepth 1 -name 'snapshot-*' -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}')
-busy_snap=$(find "${busy_dirs[@]}" -maxdepth 1 -name 'snapshot-*' -printf '%s\n' 2>/dev/null | awk '{n += $1} END {print n + 0}')
+FIND_ARGS=(-maxdepth 1 -name 'snapshot-*')
+idle_snap=$(bytes "${idle_dirs[@]}") busy_snap=$(bytes "${busy_dirs[@]}")
+FIND_ARGS=()
 idle_wal=$(bytes "${idle_dirs[@]/%//wal}")
 echo "== stopped in ${stop_ms} ms; snapshots: $((MODELS - BUSY)) idle models $((idle_snap / 1024)) KiB in all ($((idle_snap / (MODELS - BUSY))) bytes each), $BUSY busy models $((busy_snap / 1024)) KiB; idle models' logs $idle_wal bytes"
 if grep -qE ' (WARN|ERROR) ' "$work/server.log"; then

@@ -30,7 +30,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config { config } => {
-            let config = Config::load(config.as_deref(), std::env::vars())?;
+            // With the models added at runtime, marked so.
+            let config =
+                Config::load(config.as_deref(), std::env::vars())?.with_runtime_models()?;
             // Tokens are never printed (`Config::redacted`).
             print!("{}", toml::to_string(&config.redacted())?);
             Ok(())

@@ -8,8 +8,11 @@
 //! atomics (queue depth, examples trained, versions, snapshots) is read at
 //! scrape time by `ModelCollector`, so the trainer needs no metric handles.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
 use std::time::SystemTime;
 
 use prometheus_client::collector::Collector;
@@ -22,8 +25,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::persist::wal::LogStats;
-use crate::serving::ModelRuntime;
 use crate::serving::sources::FeedbackSources;
+use crate::serving::{ModelRuntime, Registry as Models};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
@@ -74,7 +77,12 @@ pub struct ModelInstruments {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    per_model: std::collections::HashMap<Arc<str>, ModelInstruments>,
+    /// Live models' instruments (swapped when a model is added or
+    /// deleted at runtime, read without locks by requests).
+    per_model: ArcSwap<std::collections::HashMap<Arc<str>, ModelInstruments>>,
+    /// The label sets of `feedback_rejected` and `join_misses` in use, so
+    /// a deleted model's series can be removed.
+    reasons: Mutex<HashSet<ReasonLabels>>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistogramFamily<RouteLabel>,
     pub predictions: Family<ModelLabel, Counter>,
@@ -124,7 +132,7 @@ where
 
 impl Metrics {
     /// Registers every family; `models` feed the scrape-time collector.
-    pub fn new(models: Vec<Arc<ModelRuntime>>) -> Self {
+    pub fn new(models: Arc<ArcSwap<Models>>) -> Self {
         let mut registry = Registry::with_prefix("eddy");
         let http_requests = counters(
             &mut registry,
@@ -168,26 +176,13 @@ impl Metrics {
             "Time from a prediction to its label, for feedback joined by prediction_id",
             delay_histogram,
         );
-        let per_model = models
-            .iter()
-            .map(|m| {
-                let label = ModelLabel {
-                    model: m.name.to_string(),
-                };
-                let instruments = ModelInstruments {
-                    predictions: predictions.get_or_create(&label).clone(),
-                    feedback_accepted: feedback_accepted.get_or_create(&label).clone(),
-                    feedback_joined: feedback_joined.get_or_create(&label).clone(),
-                    feedback_delay: feedback_delay.get_or_create(&label).clone(),
-                };
-                (m.name.clone(), instruments)
-            })
-            .collect();
+        let names: Vec<Arc<str>> = models.load().iter().map(|m| m.name.clone()).collect();
         let listeners = ListenerFamilies::register(&mut registry);
         registry.register_collector(Box::new(ModelCollector { models }));
-        Self {
+        let metrics = Self {
             registry,
-            per_model,
+            per_model: ArcSwap::default(),
+            reasons: Mutex::default(),
             http_requests,
             http_duration,
             predictions,
@@ -197,7 +192,57 @@ impl Metrics {
             join_misses,
             feedback_delay,
             listeners,
+        };
+        for name in names {
+            metrics.add_model(&name);
         }
+        metrics
+    }
+
+    /// Creates the request-path instruments of a model (at start-up, or
+    /// added at runtime).
+    pub fn add_model(&self, name: &Arc<str>) {
+        let label = ModelLabel {
+            model: name.to_string(),
+        };
+        let instruments = ModelInstruments {
+            predictions: self.predictions.get_or_create(&label).clone(),
+            feedback_accepted: self.feedback_accepted.get_or_create(&label).clone(),
+            feedback_joined: self.feedback_joined.get_or_create(&label).clone(),
+            feedback_delay: self.feedback_delay.get_or_create(&label).clone(),
+        };
+        self.per_model.rcu(|current| {
+            let mut next = (**current).clone();
+            next.insert(name.clone(), instruments.clone());
+            next
+        });
+    }
+
+    /// Removes every series of a deleted model, so metrics stay bounded
+    /// by the live models. (Its scrape-time series go with it from the
+    /// registry of models.)
+    pub fn remove_model(&self, name: &str) {
+        self.per_model.rcu(|current| {
+            let mut next = (**current).clone();
+            next.remove(name);
+            next
+        });
+        let label = ModelLabel {
+            model: name.to_owned(),
+        };
+        self.predictions.remove(&label);
+        self.feedback_accepted.remove(&label);
+        self.feedback_joined.remove(&label);
+        self.feedback_delay.remove(&label);
+        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        reasons.retain(|r| {
+            if r.model != name {
+                return true;
+            }
+            self.feedback_rejected.remove(r);
+            self.join_misses.remove(r);
+            false
+        });
     }
 
     /// Exports `sources`' counters (rate-limited examples, unauthorized
@@ -208,27 +253,34 @@ impl Metrics {
     }
 
     /// The instruments of a configured model.
-    pub fn model(&self, name: &str) -> Option<&ModelInstruments> {
-        self.per_model.get(name)
+    pub fn model(&self, name: &str) -> Option<ModelInstruments> {
+        self.per_model.load().get(name).cloned()
+    }
+
+    /// Notes a reason label set in use (see `remove_model`).
+    fn reason(&self, model: &str, reason: &str) -> ReasonLabels {
+        let labels = ReasonLabels {
+            model: model.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        if !reasons.contains(&labels) {
+            reasons.insert(labels.clone());
+        }
+        labels
     }
 
     /// Counts a refused feedback request.
     pub fn feedback_refused(&self, model: &str, code: &str) {
         self.feedback_rejected
-            .get_or_create(&ReasonLabels {
-                model: model.to_owned(),
-                reason: code.to_owned(),
-            })
+            .get_or_create(&self.reason(model, code))
             .inc();
     }
 
     /// Counts a prediction_id that could not be joined.
     pub fn join_missed(&self, model: &str, reason: &str) {
         self.join_misses
-            .get_or_create(&ReasonLabels {
-                model: model.to_owned(),
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&self.reason(model, reason))
             .inc();
     }
 
@@ -529,7 +581,8 @@ impl Collector for SourcesCollector {
 /// Per-model state read at scrape time.
 #[derive(Debug)]
 struct ModelCollector {
-    models: Vec<Arc<ModelRuntime>>,
+    /// The live models, read at each scrape.
+    models: Arc<ArcSwap<Models>>,
 }
 
 impl ModelCollector {
@@ -543,7 +596,7 @@ impl ModelCollector {
         value: impl Fn(&ModelRuntime) -> M,
     ) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(name, help, unit, metric_type)?;
-        for m in &self.models {
+        for m in self.models.load().iter() {
             let labels = ModelLabel {
                 model: m.name.to_string(),
             };
@@ -598,6 +651,7 @@ impl ModelCollector {
         };
         let reports: Vec<_> = self
             .models
+            .load()
             .iter()
             .map(|m| (m.name.to_string(), m.stats.monitor.load_full()))
             .collect();
@@ -655,7 +709,7 @@ impl ModelCollector {
             blamed,
         )?;
         let mut rollbacks = Vec::new();
-        for m in &self.models {
+        for m in self.models.load().iter() {
             for (reason, c) in [
                 ("degraded", &m.stats.rollbacks_degraded),
                 ("gate_refused", &m.stats.rollbacks_gate),
@@ -758,6 +812,7 @@ impl ModelCollector {
     fn encode_guard(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let reports: Vec<_> = self
             .models
+            .load()
             .iter()
             .map(|m| (m.name.to_string(), m.stats.guard.load_full()))
             .filter(|(_, r)| r.enabled)
@@ -1064,7 +1119,7 @@ impl ModelCollector {
         )?;
         let mut joins = Vec::new();
         let mut replay = Vec::new();
-        for m in &self.models {
+        for m in self.models.load().iter() {
             let usage = m.joins.usage();
             let report = m.stats.monitor.load();
             for (reason, join, kept) in [

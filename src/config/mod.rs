@@ -21,7 +21,10 @@ use thiserror::Error;
 use toml::{Table, Value};
 
 mod guard;
+mod runtime;
 mod sources;
+
+pub use runtime::{ARCHIVE_DIR, RUNTIME_MODELS_FILE, model_from_json};
 
 pub use guard::{
     DeclaredFeature, DeclaredKind, GuardConfig, InfluenceConfig, LabelConfig, OutlierConfig,
@@ -280,6 +283,15 @@ pub struct ModelConfig {
     /// seeds this model when it has no snapshot of its own yet.
     #[serde(default)]
     pub init_snapshot: String,
+    /// Added at runtime (`PUT /admin/models/{model}`) rather than defined
+    /// in the configuration file: kept in `<storage.dir>/.models.json`.
+    /// Shown by `eddy config` and `GET /v1/models`; never read from a file.
+    #[serde(default, skip_deserializing, skip_serializing_if = "is_false")]
+    pub added_at_runtime: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `[models.monitor]`: prequential scoring, the publish gate, promotion
@@ -1090,6 +1102,12 @@ impl Config {
                     }
                 )
             };
+            if m.name.starts_with('.') {
+                // Names are directory names: ".", ".." and the storage
+                // directory's own entries (`.deleted`, `.models.json`) are
+                // never a model's.
+                return Err(invalid(key("name"), "must not start with '.'"));
+            }
             if m.name.is_empty()
                 || m.name.len() > 64
                 || !m

@@ -62,6 +62,9 @@ pub struct AdminState {
     pub trainer_timeout: Duration,
     /// `admin.status_sample_ms`, shown by the status page.
     pub status_sample_ms: u64,
+    /// The served models' configuration, directories and trainers: adds
+    /// and deletes at runtime.
+    pub catalog: std::sync::Arc<crate::app::catalog::Catalog>,
 }
 
 /// The admin listener's probes: `/metrics` answers without a concurrency
@@ -70,6 +73,10 @@ pub const ADMIN_PROBES: &[&str] = &["/metrics"];
 
 pub fn admin_router(state: AdminState) -> Router {
     let admin = Router::new()
+        .route(
+            "/admin/models/{model}",
+            axum::routing::put(super::models_admin::add).delete(super::models_admin::delete),
+        )
         .route("/admin/models/{model}/snapshots", get(snapshots))
         .route("/admin/models/{model}/snapshot", post(snapshot_now))
         .route("/admin/models/{model}/training/pause", post(pause))
@@ -163,7 +170,7 @@ async fn snapshot_now(
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
-    let file = ask(&state, runtime, TrainerCommand::Snapshot)
+    let file = ask(&state, &runtime, TrainerCommand::Snapshot)
         .await?
         .map_err(|e| match e {
             SnapshotError::Holding => ApiError::SnapshotDeferred(e.to_string()),
@@ -219,9 +226,9 @@ async fn set_training(
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
     if pause {
-        ask(&state, runtime, TrainerCommand::Pause).await?;
+        ask(&state, &runtime, TrainerCommand::Pause).await?;
     } else {
-        ask(&state, runtime, TrainerCommand::Resume).await?;
+        ask(&state, &runtime, TrainerCommand::Resume).await?;
     }
     let training = if pause { "paused" } else { "running" };
     Ok(axum::Json(json!({ "model": runtime.name.as_ref(), "training": training })).into_response())
@@ -245,7 +252,7 @@ async fn rollback(
     } else {
         parse(&body)?
     };
-    let done = ask(&state, runtime, |reply| TrainerCommand::Rollback {
+    let done = ask(&state, &runtime, |reply| TrainerCommand::Rollback {
         version: request.version,
         reply,
     })
@@ -278,7 +285,7 @@ async fn readmit(
     SourceName(source): SourceName,
 ) -> Result<Response, ApiError> {
     let runtime = state.app.model(&model)?;
-    let readmitted = ask(&state, runtime, |reply| TrainerCommand::Readmit {
+    let readmitted = ask(&state, &runtime, |reply| TrainerCommand::Readmit {
         source: source.clone(),
         reply,
     })

@@ -404,7 +404,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_listener_sheds_and_times_out_but_probes_answer() {
-        let metrics = Metrics::new(Vec::new());
+        let metrics = Metrics::new(Default::default());
         let refusals = Refusals::new(metrics.listeners.instruments("public"));
         let release = Arc::new(tokio::sync::Notify::new());
         let started = Arc::new(AtomicUsize::new(0));
@@ -443,7 +443,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_are_read_within_the_limit_before_the_handler() {
-        let metrics = Metrics::new(Vec::new());
+        let metrics = Metrics::new(Default::default());
         let refusals = Refusals::new(metrics.listeners.instruments("public"));
         let release = Arc::new(tokio::sync::Notify::new());
         let service = crate::http::protect(

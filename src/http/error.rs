@@ -123,6 +123,17 @@ pub enum ApiError {
     SnapshotStorage(String),
     #[error("internal error")]
     Internal(String),
+    /// `PUT /admin/models/{model}` for a name already served.
+    #[error("{0}")]
+    ModelExists(String),
+    /// `DELETE /admin/models/{model}` of a model the configuration file
+    /// defines.
+    #[error("{0}")]
+    ModelInConfig(String),
+    /// A model table that the configuration's checks refuse (the message
+    /// names the key), or a model that cannot be built from it.
+    #[error("{0}")]
+    InvalidConfig(String),
 }
 
 /// Why one example of a batch was refused.
@@ -192,6 +203,9 @@ impl ApiError {
             ApiError::Storage(_) | ApiError::NotDurable(_) => {
                 (S::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
+            ApiError::ModelExists(_) => (S::CONFLICT, "model_exists"),
+            ApiError::ModelInConfig(_) => (S::CONFLICT, "model_in_config"),
+            ApiError::InvalidConfig(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
             ApiError::IdempotencyKey(KeyError::InFlight) => {
                 (S::CONFLICT, "idempotency_key_in_flight")
             }

@@ -217,7 +217,7 @@ pub async fn feedback(
     // time parsing, the log append and its fsync take comes out of it and
     // the answer (`pending` at worst) beats the request timeout.
     let admitted = tokio::time::Instant::now();
-    let runtime = Arc::clone(state.model(&model)?);
+    let runtime = state.model(&model)?;
     let wait = query
         .map_err(|e| ApiError::InvalidRequest(e.body_text()))
         .and_then(|Query(q)| publish_wait(&q, &state))
@@ -709,7 +709,7 @@ fn enqueue(
                 let p = claimed
                     .get(*claim)
                     .ok_or_else(|| ApiError::Internal("claimed prediction vanished".into()))?;
-                if let Some(i) = instruments {
+                if let Some(i) = &instruments {
                     i.feedback_joined.inc();
                     let delay = now.duration_since(p.predicted_at).unwrap_or_default();
                     i.feedback_delay.observe(delay.as_secs_f64());
@@ -755,7 +755,7 @@ fn enqueue(
     if let Some(claimed) = claimed {
         claimed.commit();
     }
-    if let Some(i) = instruments {
+    if let Some(i) = &instruments {
         i.feedback_accepted.inc_by(n as u64);
     }
     Ok((n, durable, appended.end))

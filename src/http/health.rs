@@ -50,13 +50,13 @@ pub async fn live() -> Json<Live> {
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let recovering = state
-        .registry
+        .models()
         .iter()
         .any(|m| m.stats.recovering.load(Ordering::Acquire));
     if state.ready.load(Ordering::Acquire) && !recovering {
         Ok(Json(Ready {
             status: "ready",
-            models: state.registry.len(),
+            models: state.models().len(),
         }))
     } else {
         Err(ApiError::NotReady)

@@ -18,6 +18,7 @@ pub mod health;
 pub mod listener;
 pub mod model_name;
 pub mod models;
+pub mod models_admin;
 pub mod openapi;
 pub mod predict;
 pub mod quarantine;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -61,8 +63,9 @@ use refusals::Refusals;
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    /// Immutable after start-up.
-    pub registry: Registry,
+    /// The served models: replaced whole when one is added or deleted at
+    /// runtime (`http::models_admin`), read without locks.
+    pub registry: Arc<ArcSwap<Registry>>,
     /// Readiness latch: set by `app` once trainers run, cleared at shutdown.
     pub ready: AtomicBool,
     /// `server.max_body_bytes`, for the 413 message.
@@ -93,7 +96,8 @@ impl AppState {
         request_timeout: std::time::Duration,
     ) -> Self {
         let sources = Arc::new(sources);
-        let mut metrics = Metrics::new(registry.iter().cloned().collect());
+        let registry = Arc::new(ArcSwap::from_pointee(registry));
+        let mut metrics = Metrics::new(Arc::clone(&registry));
         metrics.register_sources(Arc::clone(&sources));
         Self(Arc::new(Shared {
             registry,
@@ -107,11 +111,19 @@ impl AppState {
         }))
     }
 
-    pub fn model(&self, name: &str) -> Result<&Arc<ModelRuntime>, ApiError> {
+    pub fn model(&self, name: &str) -> Result<Arc<ModelRuntime>, ApiError> {
         self.0
             .registry
+            .load()
             .get(name)
+            .cloned()
             .ok_or_else(|| ApiError::ModelNotFound(name.to_owned()))
+    }
+
+    /// The served models now (a snapshot of the registry: models added or
+    /// deleted after the call are not in it).
+    pub fn models(&self) -> Arc<Registry> {
+        self.0.registry.load_full()
     }
 }
 

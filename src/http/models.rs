@@ -58,6 +58,9 @@ pub struct ModelInfo<'a> {
     minibatch_size: usize,
     /// `running`, or `paused` (by an operator or `on_degrade = "pause"`).
     training: &'static str,
+    /// Added at runtime (`PUT /admin/models/{model}`) rather than defined
+    /// in the configuration file.
+    added_at_runtime: bool,
     /// Set when the live version restores older weights.
     rolled_back_from: Option<u64>,
     /// The version the monitor trusts (null when the monitor is disabled).
@@ -162,14 +165,16 @@ pub async fn list(
             Err(ApiError::InvalidRequest("after goes with limit".into()))
         }
         None => {
-            let models = state.registry.iter().map(|m| info(m)).collect();
+            let all = state.models();
+            let models = all.iter().map(|m| info(m)).collect();
             json_response(&ModelList { models, next: None })
         }
         Some(limit) if !(1..=MAX_PAGE).contains(&limit) => Err(ApiError::InvalidRequest(format!(
             "limit must be 1 to {MAX_PAGE}"
         ))),
         Some(limit) => {
-            let (page, more) = state.registry.page(query.after.as_deref(), limit);
+            let models = state.models();
+            let (page, more) = models.page(query.after.as_deref(), limit);
             let next = more.then(|| page.last().map(|m| &*m.name)).flatten();
             let models = page.into_iter().map(|m| info(m)).collect();
             json_response(&ModelList {
@@ -195,10 +200,10 @@ pub async fn show(
     State(state): State<AppState>,
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
-    json_response(&info(state.model(&model)?))
+    json_response(&info(&*state.model(&model)?))
 }
 
-fn info(m: &ModelRuntime) -> ModelInfo<'_> {
+pub(crate) fn info(m: &ModelRuntime) -> ModelInfo<'_> {
     let live = m.store.live();
     let report = MonitorReport::clone(&m.stats.monitor.load());
     // The network's own settings: a model restored from a snapshot keeps
@@ -220,6 +225,7 @@ fn info(m: &ModelRuntime) -> ModelInfo<'_> {
         feedback_accepted: m.queue.accepted(),
         feedback_processed: m.stats.processed.load(Ordering::Acquire),
         pending_predictions: m.joins.len(),
+        added_at_runtime: m.config.added_at_runtime,
         created_at: rfc3339(m.created_at),
         updated_at: rfc3339(live.published_at),
         optimizer: &m.config.optimizer,

@@ -82,7 +82,7 @@ pub async fn list(
         reason: reason(query.reason)?,
         source: query.source,
     };
-    let page = ask(&state, runtime, |reply| TrainerCommand::ListQuarantine {
+    let page = ask(&state, &runtime, |reply| TrainerCommand::ListQuarantine {
         selector,
         after: query.after,
         limit,
@@ -145,13 +145,13 @@ async fn act(
         ));
     }
     let n = if release {
-        ask(&state, runtime, |reply| TrainerCommand::Release {
+        ask(&state, &runtime, |reply| TrainerCommand::Release {
             selector,
             reply,
         })
         .await?
     } else {
-        ask(&state, runtime, |reply| TrainerCommand::Drop {
+        ask(&state, &runtime, |reply| TrainerCommand::Drop {
             selector,
             reply,
         })

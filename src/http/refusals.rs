@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn every_refusal_is_counted_but_few_are_logged() {
-        let metrics = Metrics::new(Vec::new());
+        let metrics = Metrics::new(Default::default());
         let refusals = Refusals::new(metrics.listeners.instruments("public"));
         for _ in 0..1000 {
             refusals.refuse(Refusal::BodyTimeout);

@@ -44,7 +44,7 @@ impl FromRequestParts<AppState> for Sender {
                     .as_ref()
                     .ok()
                     .and_then(|p| p.iter().find(|(k, _)| *k == "model"))
-                    && state.registry.get(model).is_some()
+                    && state.models().get(model).is_some()
                 {
                     state.sources.count_unauthorized(model);
                     state.metrics.feedback_refused(model, "unauthorized");

@@ -214,18 +214,18 @@ fn work(rx: &Mutex<mpsc::Receiver<Job>>) {
 /// request runtime's threads. On Linux niceness is a per-thread attribute
 /// (setpriority(2), NOTES) and raising it needs no privilege.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) {
+pub(crate) fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
     }
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-        tracing::warn!(nice, error = %e, "cannot lower the feedback threads' priority");
+        tracing::warn!(nice, error = %e, "cannot lower the feedback or trainer threads' priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(nice: i32) {
+pub(crate) fn lower_priority(nice: i32) {
     if nice != 0 {
         tracing::debug!(nice, "server.feedback_nice is applied on Linux only");
     }

@@ -65,10 +65,13 @@ impl Running {
 }
 
 impl TrainerPool {
-    /// `threads` workers; `grace` bounds each trainer's draining at stop;
-    /// `shutdown` is cancelled if a trainer dies.
+    /// `threads` workers at niceness `nice` (`server.feedback_nice`, so
+    /// predict's threads win the CPU from training as from feedback);
+    /// `grace` bounds each trainer's draining at stop; `shutdown` is
+    /// cancelled if a trainer dies.
     pub fn new(
         threads: usize,
+        nice: i32,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<Self> {
@@ -77,6 +80,7 @@ impl TrainerPool {
             .worker_threads(threads)
             .max_blocking_threads(threads.max(2))
             .thread_name("eddy-trainer")
+            .on_thread_start(move || super::ingest::lower_priority(nice))
             .enable_time()
             .build()?;
         Ok(Self {
@@ -132,6 +136,11 @@ impl TrainerPool {
         tokio::time::timeout(limit, self.tracker.wait())
             .await
             .is_ok()
+    }
+
+    /// Whether the pool is stopping (shutdown began).
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
     }
 
     /// Whether a trainer ended without being asked to.

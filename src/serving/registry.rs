@@ -1,6 +1,8 @@
 //! `Registry`: model name -> `ModelRuntime`, the per-model bundle of
 //! handles that request handlers use (store, feedback queue, join cache,
-//! training counters). Built once at start-up; immutable afterwards.
+//! training counters). Built at start-up; a model added or deleted at
+//! runtime makes a new `Registry` that replaces the old one atomically
+//! (`ArcSwap` in the app's state), so requests read it without locks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,7 +74,7 @@ impl ModelRuntime {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     models: HashMap<Arc<str>, Arc<ModelRuntime>>,
     /// Names in config order, for listings.
@@ -84,11 +86,24 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&mut self, runtime: ModelRuntime) {
+        self.insert_shared(Arc::new(runtime));
+    }
+
+    /// Adds a model (last in configuration order).
+    pub fn insert_shared(&mut self, runtime: Arc<ModelRuntime>) {
         let name = runtime.name.clone();
         self.order.push(name.clone());
         let at = self.sorted.partition_point(|n| **n < *name);
         self.sorted.insert(at, name.clone());
-        self.models.insert(name, Arc::new(runtime));
+        self.models.insert(name, runtime);
+    }
+
+    /// Takes a model out; `None` if there is none by that name.
+    pub fn remove(&mut self, name: &str) -> Option<Arc<ModelRuntime>> {
+        let runtime = self.models.remove(name)?;
+        self.order.retain(|n| **n != *name);
+        self.sorted.retain(|n| **n != *name);
+        Some(runtime)
     }
 
     /// Up to `limit` models in name order, those named after `after`

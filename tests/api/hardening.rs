@@ -523,6 +523,7 @@ async fn an_admin_call_on_a_busy_trainer_times_out_with_503() {
         storage: config.storage.clone(),
         trainer_timeout: Duration::from_millis(200),
         status_sample_ms: config.admin.status_sample_ms,
+        catalog: app.catalog(),
     });
     let call = |path: &str, body: &'static str| {
         let request = axum::http::Request::post(format!("/admin/models/demo/{path}"))

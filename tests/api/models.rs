@@ -85,3 +85,204 @@ async fn models_are_listed_whole_or_by_pages() {
     }
     app.stop().await.expect("clean stop");
 }
+
+/// `PUT`/`DELETE /admin/models/{model}` over HTTP; status and JSON.
+async fn admin(
+    app: &crate::helpers::TestApp,
+    method: reqwest::Method,
+    model: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method, format!("http://{}/admin/models/{model}", app.admin));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.expect("admin request");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+fn example(i: u32) -> Value {
+    serde_json::json!({ "features": { "x": f64::from(i % 13) * 0.1, "tag": format!("t{}", i % 3) }, "label": u32::from(i % 13 > 6) })
+}
+
+/// Added at runtime: served at once, kept across a restart (predicting
+/// identically), listed as such; deleted: 404 from then on, its directory
+/// archived with what it learned, its metrics gone; file models refuse.
+#[tokio::test]
+async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = "[[models]]\nname = \"fixed\"\ntask = \"binary\"\nhash_bits = 8\n";
+    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+        .await
+        .expect("starts");
+    let table = serde_json::json!({ "task": "binary", "hash_bits": 10, "training": { "minibatch_size": 8 } });
+
+    // Refused, naming the key; nothing is left behind.
+    let (status, body) = admin(
+        &app,
+        Method::PUT,
+        "tenant-a",
+        Some(serde_json::json!({ "task": "binary", "hash_bits": 99 })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_config")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("models[tenant-a].hash_bits"),
+        "{body}"
+    );
+    let (status, body) = admin(
+        &app,
+        Method::PUT,
+        "tenant-a",
+        Some(serde_json::json!({ "task": "binary", "training": { "minibatch_sise": 8 } })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("minibatch_sise"),
+        "{body}"
+    );
+    assert_eq!(app.get("/v1/models/tenant-a").await.0, 404);
+    assert!(!dir.path().join("tenant-a").exists());
+
+    let (status, body) = admin(&app, Method::PUT, "tenant-a", Some(table.clone())).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (
+            body["name"].as_str(),
+            body["added_at_runtime"].as_bool(),
+            body["hash_bits"].as_u64()
+        ),
+        (Some("tenant-a"), Some(true), Some(10))
+    );
+    // Served as soon as the 201 is heard.
+    let probe = serde_json::json!({ "x": 0.9, "tag": "t1" });
+    let before = app.predict("tenant-a", probe.clone()).await;
+    assert!(
+        before["probabilities"].is_object()
+            || before["probabilities"].is_array()
+            || before["probability"].is_number(),
+        "{before}"
+    );
+    let (status, body) = admin(&app, Method::PUT, "tenant-a", Some(table.clone())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("model_exists")),
+        "{body}"
+    );
+    let (status, body) = admin(&app, Method::PUT, "fixed", Some(table.clone())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("model_exists")),
+        "{body}"
+    );
+    let (status, body) = admin(&app, Method::DELETE, "fixed", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("model_in_config")),
+        "{body}"
+    );
+
+    let examples: Vec<Value> = (0..200).map(example).collect();
+    let (status, body) = app
+        .feedback("tenant-a", serde_json::json!({ "examples": examples }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_trained("tenant-a", 200).await;
+    let (_, list) = app.get("/v1/models").await;
+    assert_eq!(names(&list), ["fixed", "tenant-a"]);
+    assert!(
+        crate::helpers::scrape(&app)
+            .await
+            .contains("model=\"tenant-a\"")
+    );
+    let learned = app.predict("tenant-a", probe.clone()).await;
+    app.stop().await.expect("stops");
+
+    // After a restart it is back, from its snapshot, predicting the same.
+    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+        .await
+        .expect("restarts");
+    app.wait_ready().await;
+    let info = app.info("tenant-a").await;
+    assert_eq!(
+        (
+            info["added_at_runtime"].as_bool(),
+            info["examples_trained"].as_u64()
+        ),
+        (Some(true), Some(200)),
+        "{info}"
+    );
+    let again = app.predict("tenant-a", probe.clone()).await;
+    assert_eq!(again["probabilities"], learned["probabilities"]);
+    assert_eq!(again["version"], learned["version"]);
+
+    // Deleted after more feedback: every acknowledged example is trained
+    // before the answer, the model answers 404, its directory is archived.
+    let more: Vec<Value> = (200..300).map(example).collect();
+    let (status, body) = app
+        .feedback("tenant-a", serde_json::json!({ "examples": more }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, deleted) = admin(&app, Method::DELETE, "tenant-a", None).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(
+        deleted["feedback_accepted"].as_u64(),
+        Some(100),
+        "{deleted}"
+    );
+    assert_eq!(
+        deleted["feedback_processed"].as_u64(),
+        Some(100),
+        "{deleted}"
+    );
+    assert_eq!(deleted["examples_trained"].as_u64(), Some(300), "{deleted}");
+    let archived = std::path::PathBuf::from(deleted["archived_to"].as_str().expect("archived_to"));
+    assert!(
+        archived.starts_with(dir.path().join(".deleted")),
+        "{deleted}"
+    );
+    assert!(
+        std::fs::read_dir(&archived)
+            .expect("archived")
+            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("snapshot-")))
+    );
+    assert!(!dir.path().join("tenant-a").exists());
+    assert_eq!(app.get("/v1/models/tenant-a").await.0, 404);
+    let (status, _) = app
+        .post(
+            "/v1/models/tenant-a/predict",
+            &serde_json::json!({ "features": probe }),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&app, Method::DELETE, "tenant-a", None).await;
+    assert_eq!(status, 404);
+    let text = crate::helpers::scrape(&app).await;
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("model=\"tenant-a\""))
+        .collect();
+    assert!(left.is_empty(), "its series are gone: {left:?}");
+    app.stop().await.expect("stops");
+    // And it stays deleted across a restart.
+    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+        .await
+        .expect("restarts");
+    let (_, list) = app.get("/v1/models").await;
+    assert_eq!(names(&list), ["fixed"]);
+    app.stop().await.expect("stops");
+}

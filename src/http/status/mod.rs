@@ -115,12 +115,8 @@ pub async fn status(
     // and predict must not wait behind it.
     tokio::task::spawn_blocking(move || {
         let generated_at_ms = epoch_ms();
-        let models = state
-            .app
-            .registry
-            .iter()
-            .map(|m| model_status(m, query.since))
-            .collect();
+        let all = state.app.models();
+        let models = all.iter().map(|m| model_status(m, query.since)).collect();
         json_response(&Status {
             generated_at_ms,
             sample_ms: state.status_sample_ms,

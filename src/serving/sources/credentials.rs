@@ -1,6 +1,6 @@
 //! `Credential`: one `[[sources]]` entry as the server holds it: its name,
-//! a digest of its token, its rate limit (over all models) and what that
-//! limit refused, per model.
+//! a digest of its token and its rate limit (over all models); what that
+//! limit refused is counted per model (`ModelSources`).
 //!
 //! A presented token is matched against every configured token in
 //! constant time: both sides are blake3 digests (so the comparison does not
@@ -9,8 +9,6 @@
 //! says nothing about which token, if any, matched.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::SourceConfig;
@@ -24,30 +22,19 @@ pub struct Credential {
     digest: [u8; 32],
     /// `None`: unlimited (`rate = 0`).
     pub(super) bucket: Option<Buckets>,
-    /// Examples the limit refused, by model (in `FeedbackSources` order).
-    refused: Box<[AtomicU64]>,
+    /// Its place among the configured sources (where each model counts
+    /// what this limit refused).
+    pub(super) index: usize,
 }
 
 impl Credential {
-    pub(super) fn new(config: &SourceConfig, models: usize) -> Self {
+    pub(super) fn new(config: &SourceConfig, index: usize) -> Self {
         Self {
             name: config.name.as_str().into(),
             digest: *blake3::hash(config.token.as_bytes()).as_bytes(),
             bucket: config.limit().map(|limit| Buckets::new(limit, 1)),
-            refused: (0..models).map(|_| AtomicU64::new(0)).collect(),
+            index,
         }
-    }
-
-    pub(super) fn count_refused(&self, model: usize, examples: u64) {
-        if let Some(c) = self.refused.get(model) {
-            c.fetch_add(examples, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn refused(&self, model: usize) -> u64 {
-        self.refused
-            .get(model)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 

@@ -20,6 +20,7 @@ mod bucket;
 mod credentials;
 mod table;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,14 +28,18 @@ pub use bucket::{Buckets, Shortfall};
 pub use credentials::Credential;
 pub use table::{SourceTable, TableRefusal, Taken};
 
-use crate::config::{Config, RateLimit};
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ModelConfig, RateLimit};
 
 /// The server's view of feedback senders, shared by request threads.
 #[derive(Debug)]
 pub struct FeedbackSources {
     /// Empty: sources are self-declared.
     credentials: Vec<Arc<Credential>>,
-    models: Vec<ModelSources>,
+    /// The served models' part, replaced whole when a model is added or
+    /// deleted at runtime.
+    models: ArcSwap<HashMap<Arc<str>, Arc<ModelSources>>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +50,8 @@ struct ModelSources {
     /// source is a credential).
     table: Option<SourceTable>,
     unauthorized: AtomicU64,
+    /// Examples each credential's limit refused here (by its index).
+    refused: Box<[AtomicU64]>,
 }
 
 /// A request's examples were refused by a source's limit.
@@ -68,7 +75,7 @@ pub struct Charge<'a> {
 enum Paid<'a> {
     Nothing,
     Credential(&'a Buckets, u32),
-    Table(&'a SourceTable, Vec<Taken>),
+    Table(Arc<ModelSources>, Vec<Taken>),
 }
 
 /// One row of `eddy_feedback_rate_limited_total`.
@@ -83,28 +90,48 @@ impl FeedbackSources {
     /// Builds the credentials and each model's table from a validated
     /// config.
     pub fn new(config: &Config) -> Self {
-        let models = config.models.len();
         let credentials: Vec<_> = config
             .sources
             .iter()
-            .map(|s| Arc::new(Credential::new(s, models)))
+            .enumerate()
+            .map(|(i, s)| Arc::new(Credential::new(s, i)))
             .collect();
-        let self_declared = credentials.is_empty();
-        let models = config
-            .models
-            .iter()
-            .map(|m| ModelSources {
-                name: m.name.as_str().into(),
-                table: RateLimit::new(m.guard.rate, m.guard.burst)
-                    .filter(|_| self_declared && m.guard.enabled)
-                    .map(|limit| SourceTable::new(limit, m.guard.max_sources)),
-                unauthorized: AtomicU64::new(0),
-            })
-            .collect();
-        Self {
+        let sources = Self {
             credentials,
-            models,
+            models: ArcSwap::default(),
+        };
+        for m in &config.models {
+            sources.add_model(m);
         }
+        sources
+    }
+
+    /// Adds a model's limits and counters (at start-up, or added at
+    /// runtime).
+    pub fn add_model(&self, m: &ModelConfig) {
+        let self_declared = self.credentials.is_empty();
+        let added = Arc::new(ModelSources {
+            name: m.name.as_str().into(),
+            table: RateLimit::new(m.guard.rate, m.guard.burst)
+                .filter(|_| self_declared && m.guard.enabled)
+                .map(|limit| SourceTable::new(limit, m.guard.max_sources)),
+            unauthorized: AtomicU64::new(0),
+            refused: self.credentials.iter().map(|_| AtomicU64::new(0)).collect(),
+        });
+        self.models.rcu(|current| {
+            let mut next = (**current).clone();
+            next.insert(Arc::clone(&added.name), Arc::clone(&added));
+            next
+        });
+    }
+
+    /// Forgets a deleted model (its metrics series go with it).
+    pub fn remove_model(&self, name: &str) {
+        self.models.rcu(|current| {
+            let mut next = (**current).clone();
+            next.remove(name);
+            next
+        });
     }
 
     /// Whether feedback needs a token (`[[sources]]` are configured).
@@ -120,7 +147,7 @@ impl FeedbackSources {
     /// Counts a feedback request refused for its credentials (models not
     /// configured are not counted: their names come from clients).
     pub fn count_unauthorized(&self, model: &str) {
-        if let Some((_, m)) = self.model(model) {
+        if let Some(m) = self.model(model) {
             m.unauthorized.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -138,7 +165,7 @@ impl FeedbackSources {
         let nothing = Charge {
             paid: Paid::Nothing,
         };
-        let Some((index, m)) = self.model(model) else {
+        let Some(m) = self.model(model) else {
             return Ok(nothing);
         };
         if let Some(sender) = sender {
@@ -151,7 +178,9 @@ impl FeedbackSources {
                     paid: Paid::Credential(bucket, n),
                 }),
                 Err(shortfall) => {
-                    sender.count_refused(index, u64::from(n));
+                    if let Some(c) = m.refused.get(sender.index) {
+                        c.fetch_add(u64::from(n), Ordering::Relaxed);
+                    }
                     Err(RateRefusal {
                         source: Arc::clone(&sender.name),
                         limit: bucket.limit(),
@@ -165,7 +194,7 @@ impl FeedbackSources {
         };
         match table.take(groups) {
             Ok(taken) => Ok(Charge {
-                paid: Paid::Table(table, taken),
+                paid: Paid::Table(Arc::clone(&m), taken),
             }),
             Err(TableRefusal { source, shortfall }) => Err(RateRefusal {
                 source,
@@ -177,20 +206,19 @@ impl FeedbackSources {
 
     /// Self-declared names `model` tracks now (`None`: no table).
     pub fn tracked(&self, model: &str) -> Option<usize> {
-        self.model(model)?
-            .1
-            .table
-            .as_ref()
-            .map(SourceTable::tracked)
+        self.model(model)?.table.as_ref().map(SourceTable::tracked)
     }
 
     /// Examples refused by rate limits, by model and source (only sources
     /// with any).
     pub fn rate_limited(&self) -> Vec<RateLimited> {
         let mut rows = Vec::new();
-        for (i, m) in self.models.iter().enumerate() {
+        for m in self.models.load().values() {
             for c in &self.credentials {
-                let examples = c.refused(i);
+                let examples = m
+                    .refused
+                    .get(c.index)
+                    .map_or(0, |n| n.load(Ordering::Relaxed));
                 if examples > 0 {
                     rows.push(RateLimited {
                         model: Arc::clone(&m.name),
@@ -215,16 +243,14 @@ impl FeedbackSources {
     /// Feedback requests refused for their credentials, by model.
     pub fn unauthorized(&self) -> Vec<(Arc<str>, u64)> {
         self.models
-            .iter()
+            .load()
+            .values()
             .map(|m| (Arc::clone(&m.name), m.unauthorized.load(Ordering::Relaxed)))
             .collect()
     }
 
-    fn model(&self, name: &str) -> Option<(usize, &ModelSources)> {
-        self.models
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.name.as_ref() == name)
+    fn model(&self, name: &str) -> Option<Arc<ModelSources>> {
+        self.models.load().get(name).cloned()
     }
 }
 
@@ -240,7 +266,11 @@ impl Drop for Charge<'_> {
         match std::mem::replace(&mut self.paid, Paid::Nothing) {
             Paid::Nothing => {}
             Paid::Credential(bucket, n) => bucket.refund(0, n),
-            Paid::Table(table, taken) => table.refund(&taken),
+            Paid::Table(m, taken) => {
+                if let Some(table) = &m.table {
+                    table.refund(&taken);
+                }
+            }
         }
     }
 }
@@ -313,11 +343,12 @@ mod tests {
         }
         s.count_unauthorized("a");
         s.count_unauthorized("not-a-model");
-        let counts: Vec<_> = s
+        let mut counts: Vec<_> = s
             .unauthorized()
             .into_iter()
             .map(|(m, n)| (m.to_string(), n))
             .collect();
+        counts.sort();
         assert_eq!(counts, [("a".into(), 1), ("b".into(), 0), ("c".into(), 0)]);
     }
 }
