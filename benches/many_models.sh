@@ -101,6 +101,14 @@ ready_ms=$(($(now_ms) - started))
 sleep 3
 idle_rss=$(proc VmRSS) idle_threads=$(proc Threads)
 echo "== $MODELS models: ready in ${ready_ms} ms; idle RSS $((idle_rss / 1024)) MiB ($((idle_rss / MODELS)) KiB per model), $idle_threads threads"
+# GET /v1/models, whole and by pages of 100: median of 5 each.
+list_ms() {
+  for _ in 1 2 3 4 5; do
+    curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "http://127.0.0.1:$PORT/v1/models$1"
+  done | median | awk '{printf "%.1f", $1 * 1000}'
+}
+list_bytes=$(curl -s --max-time 10 "http://127.0.0.1:$PORT/v1/models" | wc -c)
+echo "== GET /v1/models: whole $(list_ms "") ms ($((list_bytes / 1024)) KiB), ?limit=100 $(list_ms "?limit=100") ms"
 
 # predict OUT: one predict run over the idle models; fails on any non-2xx.
 predict() {

@@ -30,11 +30,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config { config } => {
-            // With the models added at runtime, marked so.
-            let config =
-                Config::load(config.as_deref(), std::env::vars())?.with_runtime_models()?;
+            let config = Config::load(config.as_deref(), std::env::vars())?;
             // Tokens are never printed (`Config::redacted`).
             print!("{}", toml::to_string(&config.redacted())?);
+            // Then the models added at runtime, as comments: marked so, and
+            // the output stays a configuration file eddy reads.
+            match config.clone().with_runtime_models() {
+                Ok(all) => print!("{}", eddy::config::runtime_models_comment(&all)?),
+                Err(e) => eprintln!("warning: the models added at runtime cannot be read: {e}"),
+            }
             Ok(())
         }
         Command::Train(args) => eddy::batch::commands::train_command(args),

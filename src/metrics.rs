@@ -272,6 +272,11 @@ impl Metrics {
 
     /// Counts a refused feedback request.
     pub fn feedback_refused(&self, model: &str, code: &str) {
+        // A deleted model's request finishing late counts nothing: its
+        // series are gone for good.
+        if !self.per_model.load().contains_key(model) {
+            return;
+        }
         self.feedback_rejected
             .get_or_create(&self.reason(model, code))
             .inc();
@@ -279,6 +284,9 @@ impl Metrics {
 
     /// Counts a prediction_id that could not be joined.
     pub fn join_missed(&self, model: &str, reason: &str) {
+        if !self.per_model.load().contains_key(model) {
+            return;
+        }
         self.join_misses
             .get_or_create(&self.reason(model, reason))
             .inc();

@@ -32,6 +32,7 @@ use crate::config::{ARCHIVE_DIR, Config, model_from_json};
 use crate::http::AppState;
 use crate::persist::DirLock;
 use crate::persist::atomic::write_atomic;
+use crate::persist::wal::LazyLog;
 use crate::serving::pool::{Running, TrainerPool};
 use crate::serving::trainer::epoch_ms;
 use crate::serving::{ModelRuntime, SharedClock, Trainer};
@@ -45,9 +46,18 @@ pub struct Catalog {
     clock: SharedClock,
     pool: TrainerPool,
     running: Mutex<HashMap<Arc<str>, Running>>,
-    locks: Mutex<HashMap<Arc<str>, DirLock>>,
+    held: Mutex<HashMap<Arc<str>, Held>>,
     /// One change at a time.
     changes: tokio::sync::Mutex<()>,
+}
+
+/// What a model owns on disk while it is served.
+struct Held {
+    /// Its directory, locked against a second owner (released when
+    /// dropped).
+    _lock: DirLock,
+    /// Its feedback log, retired before the directory moves.
+    log: Option<Arc<LazyLog>>,
 }
 
 /// Why a change was refused.
@@ -59,6 +69,8 @@ pub enum ChangeError {
     InConfig(String),
     #[error("model {0} not found")]
     NotFound(String),
+    #[error("{0} models are served, server.max_models")]
+    Limit(usize),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -76,16 +88,22 @@ pub struct Deleted {
     pub archived_to: String,
     pub version: u64,
     pub examples_trained: u64,
-    /// Feedback examples acknowledged (202) over the model's life in
-    /// this process, and how many the trainer took before it stopped
-    /// (trained, or kept out by the guard); any difference is in the
-    /// archived feedback log.
+    /// Feedback examples acknowledged (202) since start-up, and how many
+    /// the trainer took before it stopped (trained, or kept out by the
+    /// guard); any difference is in the archived feedback log.
     pub feedback_accepted: u64,
     pub feedback_processed: u64,
+    /// Acknowledged examples the shutdown grace did not cover: not
+    /// trained, kept in the archived feedback log (0 normally).
+    pub feedback_in_log: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn storage(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ChangeError {
+    ChangeError::Storage(format!("cannot {what} {}: {e}", path.display()))
 }
 
 impl Catalog {
@@ -95,14 +113,20 @@ impl Catalog {
             clock,
             pool,
             running: Mutex::default(),
-            locks: Mutex::default(),
+            held: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Keeps a model's directory lock (start-up).
-    pub fn hold(&self, name: Arc<str>, dir_lock: DirLock) {
-        lock(&self.locks).insert(name, dir_lock);
+    /// Keeps what a model built at start-up owns on disk.
+    pub fn hold(&self, name: Arc<str>, dir_lock: DirLock, log: Option<Arc<LazyLog>>) {
+        lock(&self.held).insert(
+            name,
+            Held {
+                _lock: dir_lock,
+                log,
+            },
+        );
     }
 
     /// Starts a model's trainer on the pool.
@@ -117,7 +141,9 @@ impl Catalog {
         &self.pool
     }
 
-    /// Adds the model `name` from its `[[models]]` table (JSON).
+    /// Adds the model `name` from its `[[models]]` table (JSON). Callers
+    /// run it to the end (a spawned task), whatever becomes of the
+    /// request.
     pub async fn add(
         &self,
         state: &AppState,
@@ -128,37 +154,42 @@ impl Catalog {
         if self.pool.stopping() {
             return Err(ChangeError::ShuttingDown);
         }
-        if state.models().get(name).is_some() {
+        let served = state.models();
+        if served.get(name).is_some() {
             return Err(ChangeError::Exists(name.to_owned()));
+        }
+        let limit = lock(&self.config).server.max_models.get();
+        if served.len() >= limit {
+            return Err(ChangeError::Limit(limit));
         }
         let invalid = |e: crate::config::Error| ChangeError::Invalid(e.to_string());
         let m = model_from_json(name, table).map_err(invalid)?;
-        let next = lock(&self.config).adding(m.clone()).map_err(invalid)?;
+        let before = lock(&self.config).clone();
+        let next = before.adding(m.clone()).map_err(invalid)?;
         let clock = self.clock.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        let (built, next) = tokio::task::spawn_blocking(move || {
             let built = model::build(&next, &m, &clock)
                 .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
             // Kept before it is served: a 201 survives a restart.
-            write_atomic(&next.runtime_models_path(), &next.runtime_models_json()).map_err(
-                |e| {
-                    ChangeError::Storage(format!(
-                        "cannot write {}: {e}",
-                        next.runtime_models_path().display()
-                    ))
-                },
-            )?;
+            let path = next.runtime_models_path();
+            write_atomic(&path, &next.runtime_models_json())
+                .map_err(|e| storage("write", &path, e))?;
             Ok::<_, ChangeError>((built, next))
         })
         .await
         .map_err(|e| ChangeError::Storage(format!("adding the model failed: {e}")))??;
-        let (built, next) = built;
         let name: Arc<str> = built.runtime.name.clone();
         let Some(running) = self.pool.start(built.trainer) else {
+            // Shutdown began meanwhile: not served, so not kept either.
+            let path = before.runtime_models_path();
+            if let Err(e) = write_atomic(&path, &before.runtime_models_json()) {
+                tracing::error!(model = %name, error = %e, "cannot take the model back out of {}", path.display());
+            }
             return Err(ChangeError::ShuttingDown);
         };
         *lock(&self.config) = next;
         lock(&self.running).insert(name.clone(), running);
-        lock(&self.locks).insert(name.clone(), built.lock);
+        self.hold(name.clone(), built.lock, built.log);
         let runtime = Arc::new(built.runtime);
         state.metrics.add_model(&name);
         state.sources.add_model(&runtime.config);
@@ -172,6 +203,8 @@ impl Catalog {
     }
 
     /// Deletes the model `name` (added at runtime) as the module doc says.
+    /// Callers run it to the end (a spawned task), whatever becomes of
+    /// the request.
     pub async fn delete(&self, state: &AppState, name: &str) -> Result<Deleted, ChangeError> {
         let _change = self.changes.lock().await;
         let runtime = state
@@ -185,61 +218,102 @@ impl Catalog {
         if self.pool.stopping() {
             return Err(ChangeError::ShuttingDown);
         }
+        // Requests find it no more; those already holding it finish.
         state.registry.rcu(|current| {
             let mut next = (**current).clone();
             next.remove(name);
             next
         });
-        state.metrics.remove_model(name);
-        state.sources.remove_model(name);
+        // Trains what it acknowledged and writes its final snapshot; the
+        // queue refuses new feedback from the start of this.
         let running = lock(&self.running).remove(name);
         if let Some(running) = running {
             running.stop().await;
         }
+        let held = lock(&self.held).remove(name);
+        if let Some(log) = held.as_ref().and_then(|h| h.log.as_ref()) {
+            // An append still under way finishes first; a later one fails
+            // unacknowledged, so nothing is written outside the archive.
+            log.retire();
+        }
+        // Its series and limits go only now: a refusal counted during the
+        // drain would otherwise bring a series back.
+        state.metrics.remove_model(name);
+        state.sources.remove_model(name);
         let next = {
             let mut config = lock(&self.config).clone();
             config.models.retain(|m| m.name != name);
             config
         };
-        let dir_lock = lock(&self.locks).remove(name);
         let from = next.storage.model_dir(name);
-        let to = next
-            .storage
-            .dir
-            .join(ARCHIVE_DIR)
-            .join(format!("{name}.{}", epoch_ms()));
-        let (kept, to) = {
+        let stamp = format!("{name}.{}", epoch_ms());
+        let to = next.storage.dir.join(ARCHIVE_DIR).join(&stamp);
+        let archive = Some(next.storage.archive_dir.clone()).filter(|a| !a.as_os_str().is_empty());
+        let moved = {
             let next = next.clone();
+            let (from, to) = (from.clone(), to.clone());
             tokio::task::spawn_blocking(move || {
-                let moved = std::fs::create_dir_all(to.parent().unwrap_or(&to))
-                    .and_then(|()| std::fs::rename(&from, &to));
-                // The lock goes with the directory; released once moved.
-                drop(dir_lock);
-                let kept = write_atomic(&next.runtime_models_path(), &next.runtime_models_json());
-                (moved.and(kept), to)
+                // The configuration first: a crash after it leaves the
+                // directory where it was, but no model of that name.
+                let path = next.runtime_models_path();
+                write_atomic(&path, &next.runtime_models_json())
+                    .map_err(|e| storage("write", &path, e))?;
+                std::fs::create_dir_all(to.parent().unwrap_or(&to))
+                    .and_then(|()| std::fs::rename(&from, &to))
+                    .map_err(|e| storage("move the model's directory to", &to, e))?;
+                // Log segments archived by `storage.archive_dir` go along,
+                // so a model added later under the name starts afresh.
+                if let Some(segments) = archive.map(|a| a.join(&*name_of(&from)))
+                    && segments.exists()
+                    && let Some(archive) = segments.parent()
+                {
+                    let aside = archive.join(ARCHIVE_DIR).join(&stamp);
+                    std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
+                        .and_then(|()| std::fs::rename(&segments, &aside))
+                        .map_err(|e| storage("move the archived log segments to", &aside, e))?;
+                }
+                Ok::<_, ChangeError>(())
             })
             .await
             .map_err(|e| ChangeError::Storage(format!("deleting the model failed: {e}")))?
         };
         *lock(&self.config) = next;
-        let stats = &runtime.stats;
+        if let Err(e) = moved {
+            // Served no more; the directory stays locked (a model added
+            // under the name now fails rather than adopt it) and the
+            // operator moves it by hand.
+            if let Some(held) = held {
+                lock(&self.held).insert(Arc::from(name), held);
+            }
+            tracing::error!(model = %name, error = %e, "model deleted, but its directory was not archived");
+            return Err(ChangeError::Storage(format!(
+                "model {name} is deleted, but {e}; its directory is still {}",
+                from.display()
+            )));
+        }
+        // The lock went with the directory; released now.
+        drop(held);
+        let accepted = runtime.queue.accepted();
+        let processed = runtime
+            .stats
+            .processed
+            .load(std::sync::atomic::Ordering::Acquire);
         let deleted = Deleted {
             model: name.to_owned(),
             archived_to: to.display().to_string(),
             version: runtime.store.live().version,
-            examples_trained: stats.examples_trained_total(),
-            feedback_accepted: runtime.queue.accepted(),
-            feedback_processed: stats.processed.load(std::sync::atomic::Ordering::Acquire),
+            examples_trained: runtime.stats.examples_trained_total(),
+            feedback_accepted: accepted,
+            feedback_processed: processed,
+            feedback_in_log: accepted.saturating_sub(processed),
         };
-        if let Err(e) = kept {
-            // Served no more either way; the operator must finish by hand.
-            tracing::error!(model = %name, error = %e, "model deleted, but its directory or the runtime models file could not be updated");
-            return Err(ChangeError::Storage(format!(
-                "model {name} is no longer served, but its directory could not be archived or {} updated: {e}",
-                crate::config::RUNTIME_MODELS_FILE
-            )));
-        }
         tracing::info!(model = %name, archived_to = %deleted.archived_to, "model deleted at runtime");
         Ok(deleted)
     }
+}
+
+fn name_of(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

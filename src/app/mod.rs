@@ -81,7 +81,7 @@ impl App {
         let clock: SharedClock = Arc::new(SystemClock::default());
         for m in &config.models {
             let built = model::build(&config, m, &clock)?;
-            locks.push((built.runtime.name.clone(), built.lock));
+            locks.push((built.runtime.name.clone(), built.lock, built.log));
             trainers.push(built.trainer);
             registry.insert(built.runtime);
         }
@@ -109,14 +109,14 @@ impl App {
         let shutdown = CancellationToken::new();
         let pool = TrainerPool::new(
             config.server.trainer_pool_threads(),
-            config.server.feedback_nice,
+            config.server.trainer_nice,
             shutdown.clone(),
             config.server.shutdown_grace(),
         )
         .context("cannot start the trainer pool")?;
         let catalog = Arc::new(Catalog::new(config.clone(), clock, pool));
-        for (name, lock) in locks {
-            catalog.hold(name, lock);
+        for (name, lock, log) in locks {
+            catalog.hold(name, lock, log);
         }
         Ok(Self {
             config: Arc::new(config),

@@ -12,6 +12,9 @@ pub struct Built {
     pub runtime: ModelRuntime,
     pub trainer: Trainer,
     pub lock: DirLock,
+    /// Its feedback log (`None` with `storage.wal = false`), retired when
+    /// the model is deleted.
+    pub log: Option<Arc<LazyLog>>,
 }
 
 /// Builds `m` (already validated as part of `config`).
@@ -47,6 +50,9 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
         _ => None,
     };
     let loaded_from_file = loaded.snapshot.is_some() || seeded.is_some();
+    // Seeded from another directory's snapshot: its own is written at
+    // once, so a restart never goes back to the seed (which may be gone).
+    let from_seed = loaded.snapshot.is_none() && seeded.is_some();
     let (learner, version, meta, created_ms, names, part, optimizer_resumes) = match loaded
         .snapshot
         .or(seeded)
@@ -128,6 +134,7 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
     let next_example = state
         .as_ref()
         .map_or(meta.feedback_position, |(s, _)| s.next_example);
+    let mut file_log = None;
     let log: Arc<dyn FeedbackLog> = if config.storage.wal {
         // Keys saved with the snapshot; those after it come back
         // with the log's replay.
@@ -139,7 +146,9 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
             }
             tracing::warn!(model = %m.name, error = %e, "idempotency keys cannot be read; going on without them (repair)");
         }
-        open_log(&m.name, &dir, config, meta.feedback_position)?
+        let log = open_log(&m.name, &dir, config, meta.feedback_position)?;
+        file_log = Some(log.clone());
+        log
     } else {
         Arc::new(MemoryLog::starting_at(meta.feedback_position))
     };
@@ -260,7 +269,7 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
             .saving_keys(keys.clone())
             // A run starts from a snapshot with its trainer's state,
             // so that a crash before the next one replays exactly.
-            .owing(config.storage.wal && !has_state),
+            .owing(config.storage.wal && (!has_state || from_seed)),
         ),
         live,
         commands,
@@ -290,6 +299,7 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
         baseline,
     };
     Ok(Built {
+        log: file_log,
         runtime,
         trainer,
         lock,
@@ -309,7 +319,7 @@ fn open_log(
     dir: &std::path::Path,
     config: &Config,
     position: u64,
-) -> anyhow::Result<Arc<dyn FeedbackLog>> {
+) -> anyhow::Result<Arc<LazyLog>> {
     let wal = dir.join("wal");
     let options = config.storage.log_options(model);
     if LazyLog::absent(&wal) {
@@ -392,18 +402,37 @@ fn load_reference(
     m: &ModelConfig,
     space: &LabelSpace,
 ) -> anyhow::Result<Vec<Labelled>> {
-    use std::io::BufRead;
+    use std::io::{BufRead, Read};
+    /// The most a reference set may hold (decompressed): it is scored on
+    /// every candidate, so a large one is a mistake, and a device that
+    /// never ends must not exhaust memory.
+    const MAX_BYTES: u64 = 256 << 20;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    anyhow::ensure!(
+        file.metadata()?.is_file(),
+        "{} is not a regular file",
+        path.display()
+    );
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+        Box::new(std::io::BufReader::new(
+            flate2::read::GzDecoder::new(file).take(MAX_BYTES + 1),
+        ))
     } else {
-        Box::new(std::io::BufReader::new(file))
+        Box::new(std::io::BufReader::new(file.take(MAX_BYTES + 1)))
     };
+    let mut read = 0u64;
     let hasher = FeatureHasher::new(m.hash_bits);
     let mut out = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        read += line.len() as u64 + 1;
+        anyhow::ensure!(
+            read <= MAX_BYTES,
+            "{} holds more than {} MiB",
+            path.display(),
+            MAX_BYTES >> 20
+        );
         if line.trim().is_empty() {
             continue;
         }

@@ -24,7 +24,7 @@ mod guard;
 mod runtime;
 mod sources;
 
-pub use runtime::{ARCHIVE_DIR, RUNTIME_MODELS_FILE, model_from_json};
+pub use runtime::{ARCHIVE_DIR, RUNTIME_MODELS_FILE, model_from_json, runtime_models_comment};
 
 pub use guard::{
     DeclaredFeature, DeclaredKind, GuardConfig, InfluenceConfig, LabelConfig, OutlierConfig,
@@ -53,6 +53,10 @@ pub const REPLAY_ENTRY_SLACK: usize = 1024;
 /// Most feedback or trainer threads (`server.feedback_threads`,
 /// `server.trainer_threads`); far beyond any core count that helps.
 const MAX_FEEDBACK_THREADS: usize = 1024;
+
+/// The largest `mlp` embedding table a model may have (allocated whole at
+/// start).
+const MAX_EMBEDDING_BYTES: u64 = 1 << 30;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDDY_";
@@ -84,6 +88,11 @@ pub struct ServerConfig {
     /// Instances one predict may hold; more answer 422 `batch_too_large`.
     #[serde(default = "default_batch_instances")]
     pub max_batch_instances: NonZeroUsize,
+    /// Models one process serves, from the file and added at runtime
+    /// together; a `PUT /admin/models/{model}` beyond it answers 409
+    /// `model_limit`.
+    #[serde(default = "default_max_models")]
+    pub max_models: NonZeroUsize,
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
     /// Threads that parse, check, score and log feedback, apart from the
@@ -104,6 +113,11 @@ pub struct ServerConfig {
     /// threads win the CPU; 0 leaves it unchanged.
     #[serde(default = "default_feedback_nice")]
     pub feedback_nice: i32,
+    /// Niceness of the trainer pool's threads on Linux (0 to 19); 0 (the
+    /// default) leaves them at the request threads' priority, so training
+    /// keeps up under predict load.
+    #[serde(default)]
+    pub trainer_nice: i32,
     /// How long a feedback request over `feedback_concurrency` waits for a
     /// place (its body not parsed) before the 429; 0: refused at once.
     #[serde(default = "default_feedback_wait")]
@@ -423,6 +437,10 @@ fn default_max_body() -> NonZeroUsize {
 fn default_request_timeout() -> u64 {
     10_000
 }
+fn default_max_models() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).expect("non-zero")
+}
+
 fn default_batch_instances() -> NonZeroUsize {
     NonZeroUsize::new(1000).expect("non-zero")
 }
@@ -1067,6 +1085,16 @@ impl Config {
                 &format!("must be at most {MAX_FEEDBACK_THREADS}"),
             ));
         }
+        if self.models.len() > self.server.max_models.get() {
+            return Err(invalid(
+                "models".into(),
+                &format!(
+                    "{} models, more than server.max_models ({})",
+                    self.models.len(),
+                    self.server.max_models
+                ),
+            ));
+        }
         if self.server.trainer_threads > MAX_FEEDBACK_THREADS {
             return Err(invalid(
                 "server.trainer_threads".into(),
@@ -1088,6 +1116,12 @@ impl Config {
         if !(0..=19).contains(&self.server.feedback_nice) {
             return Err(invalid(
                 "server.feedback_nice".into(),
+                "must be 0 to 19 (a thread may lower its priority, not raise it)",
+            ));
+        }
+        if !(0..=19).contains(&self.server.trainer_nice) {
+            return Err(invalid(
+                "server.trainer_nice".into(),
                 "must be 0 to 19 (a thread may lower its priority, not raise it)",
             ));
         }
@@ -1132,6 +1166,23 @@ impl Config {
             }
             if let Some((k, message)) = m.mlp.problem() {
                 return Err(invalid(key(&format!("mlp.{k}")), &message));
+            }
+            // The network's embedding table starts random, so it is
+            // allocated whole (and copied by a rollback's checkpoint):
+            // bound it as the memory it is.
+            let embedding_rows = 1u64 << m.mlp.embedding_bits.min(m.hash_bits).min(40);
+            let embedding_bytes = embedding_rows.saturating_mul(m.mlp.hidden as u64 * 4);
+            if m.family == Family::Mlp && embedding_bytes > MAX_EMBEDDING_BYTES {
+                return Err(invalid(
+                    key("mlp.embedding_bits"),
+                    &format!(
+                        "the embedding table (2^{} rows x {} hidden) would take {} MiB; at most {} MiB",
+                        m.mlp.embedding_bits.min(m.hash_bits),
+                        m.mlp.hidden,
+                        embedding_bytes >> 20,
+                        MAX_EMBEDDING_BYTES >> 20
+                    ),
+                ));
             }
             let o = &m.optimizer;
             if !(o.learning_rate.is_finite() && o.learning_rate > 0.0) {
@@ -1482,6 +1533,7 @@ mod tests {
                 "server.max_body_bytes",
             ),
             ("[server]\nfeedback_nice = 20", &[], "server.feedback_nice"),
+            ("[server]\ntrainer_nice = -1", &[], "server.trainer_nice"),
             (
                 "",
                 &[("EDDY_SERVER__FEEDBACK_CONCURRENCY", "0")],
@@ -1496,6 +1548,26 @@ mod tests {
                 "[server]\nfeedback_threads = 100000",
                 &[],
                 "server.feedback_threads",
+            ),
+            (
+                "[server]\ntrainer_threads = 100000",
+                &[],
+                "server.trainer_threads",
+            ),
+            (
+                "[server]\nmax_models = 1\n[[models]]\nname = \"a\"\ntask = \"binary\"\n[[models]]\nname = \"b\"\ntask = \"binary\"",
+                &[],
+                "models",
+            ),
+            (
+                "[[models]]\nname = \".hidden\"\ntask = \"binary\"",
+                &[],
+                "models[.hidden].name",
+            ),
+            (
+                "[[models]]\nname = \"m\"\ntask = \"binary\"\nfamily = \"mlp\"\nhash_bits = 24\n[models.mlp]\nhidden = 1024\nembedding_bits = 24",
+                &[],
+                "models[m].mlp.embedding_bits",
             ),
             (
                 "",

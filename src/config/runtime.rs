@@ -77,6 +77,34 @@ impl Config {
     }
 }
 
+/// The models of `config` added at runtime as commented TOML (what
+/// `eddy config` prints after the configuration): empty without any.
+pub fn runtime_models_comment(config: &Config) -> Result<String, toml::ser::Error> {
+    #[derive(serde::Serialize)]
+    struct Models<'a> {
+        models: Vec<&'a ModelConfig>,
+    }
+    let models: Vec<&ModelConfig> = config
+        .models
+        .iter()
+        .filter(|m| m.added_at_runtime)
+        .collect();
+    if models.is_empty() {
+        return Ok(String::new());
+    }
+    let text = toml::to_string(&Models { models })?;
+    let mut out = format!(
+        "\n# Models added at runtime (PUT /admin/models/{{model}}), kept in {}:\n",
+        config.runtime_models_path().display()
+    );
+    for line in text.lines() {
+        out.push_str(if line.is_empty() { "#" } else { "# " });
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 /// Reads one model's table from JSON (`name` from the route, which the
 /// table may repeat but not contradict), with the file's defaults and
 /// checks of types; errors name the key under `models[NAME]`.
@@ -192,8 +220,16 @@ mod tests {
         let back = config.clone().with_runtime_models().unwrap();
         assert_eq!(back.models.len(), 2);
         assert!(back.models[1].added_at_runtime && !back.models[0].added_at_runtime);
-        let printed = toml::to_string(&back).unwrap();
-        assert!(printed.contains("added_at_runtime = true"), "{printed}");
+        let printed = runtime_models_comment(&back).unwrap();
+        assert!(
+            printed.contains("# name = \"t1\"") && printed.contains("# added_at_runtime = true"),
+            "{printed}"
+        );
+        assert!(
+            printed.lines().all(|l| l.is_empty() || l.starts_with('#')),
+            "{printed}"
+        );
+        assert!(runtime_models_comment(&config).unwrap().is_empty());
         // The file's model of the same name wins nothing: start-up stops.
         let demo = model_from_json("demo", serde_json::json!({"task": "binary"})).unwrap();
         let mut twice = config.clone();

@@ -126,6 +126,9 @@ pub enum ApiError {
     /// `PUT /admin/models/{model}` for a name already served.
     #[error("{0}")]
     ModelExists(String),
+    /// `PUT /admin/models/{model}` with `server.max_models` served.
+    #[error("{0}")]
+    ModelLimit(String),
     /// `DELETE /admin/models/{model}` of a model the configuration file
     /// defines.
     #[error("{0}")]
@@ -205,6 +208,7 @@ impl ApiError {
             }
             ApiError::ModelExists(_) => (S::CONFLICT, "model_exists"),
             ApiError::ModelInConfig(_) => (S::CONFLICT, "model_in_config"),
+            ApiError::ModelLimit(_) => (S::CONFLICT, "model_limit"),
             ApiError::InvalidConfig(_) => (S::UNPROCESSABLE_ENTITY, "invalid_config"),
             ApiError::IdempotencyKey(KeyError::InFlight) => {
                 (S::CONFLICT, "idempotency_key_in_flight")

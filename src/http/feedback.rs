@@ -691,7 +691,19 @@ fn enqueue(
     // queue, a failed append) puts the predictions back.
     let claimed = joins.map(|joins| joins.unlock());
     let n = checked.len();
-    let reservation = runtime.queue.reserve(n)?;
+    let reservation = runtime.queue.reserve(n).map_err(|e| match e {
+        // Closed with the model gone from the registry: it was deleted
+        // meanwhile (at shutdown it is still there).
+        crate::serving::QueueError::Closed
+            if !state
+                .models()
+                .get(&runtime.name)
+                .is_some_and(|m| std::ptr::eq(&**m, runtime)) =>
+        {
+            ApiError::ModelNotFound(runtime.name.to_string())
+        }
+        e => ApiError::from(e),
+    })?;
     // Charged last, so a request refused by any check above costs no
     // quota; `charge` dropped before its commit (a failed append) gives
     // the examples back.
@@ -744,7 +756,13 @@ fn enqueue(
     // Appended, then queued in log order under the log's lock.
     let appended = reservation
         .append(items, key.as_ref())
-        .map_err(ApiError::Storage)?;
+        .map_err(|e| match e {
+            // The model was deleted meanwhile: nothing was written.
+            crate::persist::wal::LogError::Closed => {
+                ApiError::ModelNotFound(runtime.name.to_string())
+            }
+            e => ApiError::Storage(e),
+        })?;
     let log = runtime.queue.log();
     if let Some(key) = &key {
         let position = log.keeps_records().then_some(appended.first);

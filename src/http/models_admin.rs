@@ -19,6 +19,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Exists(_) => ApiError::ModelExists(e.to_string()),
             ChangeError::InConfig(_) => ApiError::ModelInConfig(e.to_string()),
             ChangeError::NotFound(name) => ApiError::ModelNotFound(name),
+            ChangeError::Limit(_) => ApiError::ModelLimit(e.to_string()),
             ChangeError::Invalid(message) => ApiError::InvalidConfig(message),
             ChangeError::Storage(message) => ApiError::SnapshotStorage(message),
             ChangeError::ShuttingDown => ApiError::ShuttingDown,
@@ -34,7 +35,13 @@ pub async fn add(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let table: serde_json::Value = parse(&body)?;
-    let runtime = state.catalog.add(&state.app, &model, table).await?;
+    // Run to the end even if the request is dropped (timeout, client
+    // gone): a change half made would leave the model served but not
+    // kept, or kept but not served.
+    let change = tokio::spawn(async move { state.catalog.add(&state.app, &model, table).await });
+    let runtime = change
+        .await
+        .map_err(|e| ApiError::Internal(format!("adding the model: {e}")))??;
     let body = serde_json::to_vec(&info(&runtime))
         .map_err(|e| ApiError::Internal(format!("model description: {e}")))?;
     Ok((
@@ -51,6 +58,9 @@ pub async fn delete(
     State(state): State<AdminState>,
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
-    let deleted = state.catalog.delete(&state.app, &model).await?;
+    let change = tokio::spawn(async move { state.catalog.delete(&state.app, &model).await });
+    let deleted = change
+        .await
+        .map_err(|e| ApiError::Internal(format!("deleting the model: {e}")))??;
     Ok(axum::Json(deleted).into_response())
 }

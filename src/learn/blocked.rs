@@ -170,6 +170,17 @@ impl<T: Clone + Default + PartialEq> Blocked<T> {
             .count()
     }
 
+    /// The rows of the allocated blocks, in order (every other row holds
+    /// the fill value).
+    pub fn allocated_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        let (rows, shift) = (self.rows, self.shift);
+        self.blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !Arc::ptr_eq(b, &self.fill))
+            .flat_map(move |(i, _)| (i << shift)..((i + 1) << shift).min(rows))
+    }
+
     /// The fill value unwritten rows hold.
     pub fn fill_value(&self) -> &T {
         &self.value

@@ -883,7 +883,14 @@ fn read_auto<'a>(
         .collect();
     let active = ActiveRows::from_list(rows, &active_list)
         .ok_or_else(|| invalid("auto.active: row out of range".into()))?;
-    let width = len_at("auto.table", 1);
+    // The row width the rules and outputs make, never the file's word for
+    // it: a sparse table of no blocks costs no bytes, whatever its shape.
+    let width: usize = rules.iter().map(|r| outputs * (1 + r.slots())).sum();
+    if len_at("auto.table", 1) != width {
+        return Err(invalid(format!(
+            "auto.table: expected {width} columns for these rules and outputs"
+        )));
+    }
     let (blocks, table) = table(width)?;
     AutoState::from_parts(AutoParts {
         rules,
@@ -957,6 +964,11 @@ fn read_blocked<'a>(
     };
     if listed.dtype() != Dtype::U32 || listed.shape().len() != 1 {
         return Err(invalid(format!("{blocks_name}: expected a u32 list")));
+    }
+    // The shared block of zeros is allocated whatever the file holds:
+    // bound it (1 GiB of f32), as a dense tensor was bounded by its bytes.
+    if width.checked_mul(BLOCK_ROWS).is_none_or(|n| n > 1 << 28) {
+        return Err(invalid(format!("{name}: {width} columns is too wide")));
     }
     let blocks = listed
         .data()
@@ -1141,10 +1153,18 @@ impl SnapshotStore {
 
     /// Loads one file.
     pub fn load(path: &Path) -> Result<Snapshot, Error> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // A device or a pipe never ends or never answers: only files.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(Error::Invalid {
+                path: path.to_owned(),
+                message: "not a regular file".into(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
         Snapshot::decode(&bytes, path)
     }
 

@@ -5,8 +5,7 @@
 //! threads, named `eddy-trainer`), apart from the request runtime, so
 //! training never takes predict's threads. Each trainer is a task on it
 //! (see `serving::trainer` for the scheduling rule); its snapshot writes
-//! run on the same runtime's blocking threads, at most as many as workers
-//! (at least two). Models added at runtime start their trainer here too.
+//! run on the snapshot threads (`trainer::writer`). Models added at runtime start their trainer here too.
 //!
 //! Supervision: a trainer ends only when asked (its stop token: all at
 //! shutdown, one when its model is deleted). One that ends otherwise, or
@@ -35,6 +34,10 @@ pub struct TrainerPool {
     stop: CancellationToken,
     grace: Duration,
     outcomes: Arc<Outcomes>,
+    /// Held while a trainer starts and while `stop_all` stops them, so a
+    /// trainer starting then is either stopped and waited for, or not
+    /// started.
+    starting: Mutex<()>,
 }
 
 /// How the trainers ended, for the shutdown's report.
@@ -65,8 +68,7 @@ impl Running {
 }
 
 impl TrainerPool {
-    /// `threads` workers at niceness `nice` (`server.feedback_nice`, so
-    /// predict's threads win the CPU from training as from feedback);
+    /// `threads` workers at niceness `nice` (`server.trainer_nice`);
     /// `grace` bounds each trainer's draining at stop; `shutdown` is
     /// cancelled if a trainer dies.
     pub fn new(
@@ -78,7 +80,10 @@ impl TrainerPool {
         let threads = threads.max(1);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
-            .max_blocking_threads(threads.max(2))
+            // Only for trainers waiting in `block_in_place` (a snapshot
+            // someone waits for, a replay): another thread takes over
+            // their turn meanwhile.
+            .max_blocking_threads(threads + 8)
             .thread_name("eddy-trainer")
             .on_thread_start(move || super::ingest::lower_priority(nice))
             .enable_time()
@@ -92,6 +97,7 @@ impl TrainerPool {
                 shutdown,
                 ..Outcomes::default()
             }),
+            starting: Mutex::new(()),
         })
     }
 
@@ -99,6 +105,7 @@ impl TrainerPool {
     /// runtime, which must be running). `None` once the pool is stopping.
     pub fn start(&self, trainer: Trainer) -> Option<Running> {
         let runtime = self.runtime.as_ref()?;
+        let _starting = lock(&self.starting);
         if self.stop.is_cancelled() {
             return None;
         }
@@ -131,8 +138,11 @@ impl TrainerPool {
     /// Asks every trainer to train what is queued, snapshot and stop, and
     /// waits for them for at most `limit`; false if some had not ended.
     pub async fn stop_all(&self, limit: Duration) -> bool {
-        self.stop.cancel();
-        self.tracker.close();
+        {
+            let _starting = lock(&self.starting);
+            self.stop.cancel();
+            self.tracker.close();
+        }
         tokio::time::timeout(limit, self.tracker.wait())
             .await
             .is_ok()

@@ -103,6 +103,10 @@ async fn admin(
     (r.status().as_u16(), r.json().await.expect("json"))
 }
 
+fn two_models(c: &mut eddy::config::Config) {
+    c.server.max_models = std::num::NonZeroUsize::new(2).expect("2");
+}
+
 fn example(i: u32) -> Value {
     serde_json::json!({ "features": { "x": f64::from(i % 13) * 0.1, "tag": format!("t{}", i % 3) }, "label": u32::from(i % 13 > 6) })
 }
@@ -115,7 +119,7 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
     use reqwest::Method;
     let dir = tempfile::tempdir().expect("dir");
     let file = "[[models]]\nname = \"fixed\"\ntask = \"binary\"\nhash_bits = 8\n";
-    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+    let app = crate::helpers::spawn_at(file, dir.path(), two_models)
         .await
         .expect("starts");
     let table = serde_json::json!({ "task": "binary", "hash_bits": 10, "training": { "minibatch_size": 8 } });
@@ -189,6 +193,13 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
         (409, Some("model_exists")),
         "{body}"
     );
+    // server.max_models = 2: a third is refused.
+    let (status, body) = admin(&app, Method::PUT, "tenant-b", Some(table.clone())).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("model_limit")),
+        "{body}"
+    );
     let (status, body) = admin(&app, Method::DELETE, "fixed", None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -213,7 +224,7 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
     app.stop().await.expect("stops");
 
     // After a restart it is back, from its snapshot, predicting the same.
-    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+    let app = crate::helpers::spawn_at(file, dir.path(), two_models)
         .await
         .expect("restarts");
     app.wait_ready().await;
@@ -250,6 +261,7 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
         "{deleted}"
     );
     assert_eq!(deleted["examples_trained"].as_u64(), Some(300), "{deleted}");
+    assert_eq!(deleted["feedback_in_log"].as_u64(), Some(0), "{deleted}");
     let archived = std::path::PathBuf::from(deleted["archived_to"].as_str().expect("archived_to"));
     assert!(
         archived.starts_with(dir.path().join(".deleted")),
@@ -279,7 +291,7 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
     assert!(left.is_empty(), "its series are gone: {left:?}");
     app.stop().await.expect("stops");
     // And it stays deleted across a restart.
-    let app = crate::helpers::spawn_at(file, dir.path(), |_| {})
+    let app = crate::helpers::spawn_at(file, dir.path(), two_models)
         .await
         .expect("restarts");
     let (_, list) = app.get("/v1/models").await;

@@ -37,7 +37,9 @@ pub struct AutoState {
 /// the combination).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveRows {
-    bits: Vec<u64>,
+    /// Bits by chunk of `CHUNK_ROWS` rows, a chunk allocated at its first
+    /// row: memory follows the rows learned, not `2^hash_bits`.
+    chunks: Vec<Option<Box<[u64; 64]>>>,
     count: usize,
 }
 
@@ -288,18 +290,22 @@ fn step_candidate(rule: &Rule, w: &mut f32, s: &mut [f32], g: f32, step: Step, r
     }
 }
 
+/// Rows per chunk of `ActiveRows` (64 words of 64 bits).
+const CHUNK_ROWS: usize = 4096;
+
 impl ActiveRows {
     pub fn new(rows: usize) -> Self {
         Self {
-            bits: vec![0; rows.div_ceil(64)],
+            chunks: vec![None; rows.div_ceil(CHUNK_ROWS)],
             count: 0,
         }
     }
 
-    /// The rows where `weights` is not all zero.
+    /// The rows where `weights` is not all zero (only written blocks can
+    /// hold any).
     pub fn nonzero(weights: &Blocked<f32>) -> Self {
         let mut out = Self::new(weights.rows());
-        for r in 0..weights.rows() {
+        for r in weights.allocated_rows() {
             if weights.row_slice(r).iter().any(|w| *w != 0.0) {
                 out.mark(r);
             }
@@ -322,9 +328,10 @@ impl ActiveRows {
 
     #[inline]
     pub fn mark(&mut self, r: usize) {
-        let (word, bit) = (r / 64, 1u64 << (r % 64));
-        if self.bits[word] & bit == 0 {
-            self.bits[word] |= bit;
+        let chunk = self.chunks[r / CHUNK_ROWS].get_or_insert_with(|| Box::new([0; 64]));
+        let (word, bit) = ((r % CHUNK_ROWS) / 64, 1u64 << (r % 64));
+        if chunk[word] & bit == 0 {
+            chunk[word] |= bit;
             self.count += 1;
         }
     }
@@ -335,16 +342,22 @@ impl ActiveRows {
 
     /// The rows in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.bits.iter().enumerate().flat_map(|(i, word)| {
-            let mut w = *word;
-            std::iter::from_fn(move || {
-                (w != 0).then(|| {
-                    let b = w.trailing_zeros() as usize;
-                    w &= w - 1;
-                    i * 64 + b
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(c, chunk)| chunk.as_ref().map(|chunk| (c, chunk)))
+            .flat_map(|(c, chunk)| {
+                chunk.iter().enumerate().flat_map(move |(i, word)| {
+                    let mut w = *word;
+                    std::iter::from_fn(move || {
+                        (w != 0).then(|| {
+                            let b = w.trailing_zeros() as usize;
+                            w &= w - 1;
+                            c * CHUNK_ROWS + i * 64 + b
+                        })
+                    })
                 })
             })
-        })
     }
 }
 

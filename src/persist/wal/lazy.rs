@@ -6,7 +6,8 @@
 //! records to replay); only an absent or empty one waits.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use super::{
     Append, Appended, Durable, FeedbackLog, LocalLog, LogError, LogOptions, LogStats, OpenReport,
@@ -21,8 +22,11 @@ pub struct LazyLog {
     log: OnceLock<LocalLog>,
     /// Held while the log is being opened, so only one caller opens it.
     opening: Mutex<()>,
-    /// What `stats` shows before the log is open (nothing happened yet).
+    /// What `stats` shows before the log is open (failed opens only).
     unopened: LogStats,
+    /// Set by `retire` (the model was deleted): appends fail from then on.
+    /// Appends hold it shared, so `retire` waits for those under way.
+    retired: RwLock<bool>,
 }
 
 impl LazyLog {
@@ -35,7 +39,16 @@ impl LazyLog {
             log: OnceLock::new(),
             opening: Mutex::new(()),
             unopened: LogStats::default(),
+            retired: RwLock::new(false),
         }
+    }
+
+    /// Refuses every later append (its model was deleted and its directory
+    /// is about to move), after the appends under way have finished, so
+    /// nothing is acknowledged into a directory that is no longer the
+    /// model's.
+    pub fn retire(&self) {
+        *self.retired.write().unwrap_or_else(PoisonError::into_inner) = true;
     }
 
     /// Opens the log now (it holds records to replay).
@@ -69,7 +82,16 @@ impl LazyLog {
         if let Some(log) = self.log.get() {
             return Ok(log);
         }
-        let (log, _) = LocalLog::open(&self.dir, self.options.clone(), self.start_at)?;
+        let (log, _) =
+            LocalLog::open(&self.dir, self.options.clone(), self.start_at).inspect_err(|_| {
+                // Counted as a failed write (a full disk, most often).
+                self.unopened.write_failures.fetch_add(1, Ordering::Relaxed);
+            })?;
+        // The counter carries on where the failed opens left it.
+        log.stats().write_failures.fetch_add(
+            self.unopened.write_failures.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         tracing::debug!(dir = %self.dir.display(), "opened the feedback log at its first record");
         Ok(self.log.get_or_init(|| log))
     }
@@ -81,6 +103,10 @@ impl FeedbackLog for LazyLog {
         batch: Append<'_>,
         then: &mut dyn FnMut(Position),
     ) -> Result<Appended, LogError> {
+        let retired = self.retired.read().unwrap_or_else(PoisonError::into_inner);
+        if *retired {
+            return Err(LogError::Closed);
+        }
         self.open()?.append(batch, then)
     }
 
@@ -157,6 +183,23 @@ mod tests {
         assert!(log.is_open() && !LazyLog::absent(&dir));
         let records: Vec<_> = log.read_from(7).unwrap().map(Result::unwrap).collect();
         assert_eq!(records, vec![(7, b"one".to_vec())]);
+        // Retired (its model deleted): appends fail, nothing is written.
+        log.retire();
+        let mut batch = RecordBatch::default();
+        batch.push_with(|buf| buf.extend_from_slice(b"two"));
+        assert!(matches!(
+            log.append(Append::new(&mut batch), &mut |_| {}),
+            Err(LogError::Closed)
+        ));
+        assert_eq!(log.next_position(), 8);
+        let retired = LazyLog::new(&tmp.path().join("never"), LogOptions::default(), 0);
+        retired.retire();
+        assert!(
+            retired
+                .append(Append::new(&mut batch), &mut |_| {})
+                .is_err()
+        );
+        assert!(!tmp.path().join("never").exists(), "no directory made");
         // Reopened, the log is found (and opened at once).
         drop(log);
         let (again, _) = LazyLog::new(&dir, LogOptions::default(), 0)

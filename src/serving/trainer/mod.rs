@@ -326,8 +326,10 @@ impl Trainer {
         let max_wait = self.config.max_wait();
         let mut batch: Vec<Feedback> = Vec::with_capacity(size);
         self.refresh_report();
+        // Replaying a long log is long: the pool's other trainers move on
+        // meanwhile.
         if let Some(recovery) = self.recovery.take()
-            && let Err(e) = self.recover_from_log(recovery)
+            && let Err(e) = writer::off_the_pool(|| self.recover_from_log(recovery))
         {
             // Starting without what the log holds would serve a model
             // that silently forgot acknowledged feedback: stop instead

@@ -7,9 +7,11 @@
 //! log.
 //!
 //! A model has no thread of its own for this: while it has jobs, one task
-//! on the trainer pool's blocking threads (bounded, shared by all models;
-//! a plain thread when no runtime is running, as in-process drivers) writes
-//! them, and ends when none is left. Jobs run in order, one at a time per
+//! on the snapshot threads (`eddy-snapshots`: at most `WRITER_THREADS`,
+//! shared by all models, started when needed and gone after a few idle
+//! seconds) writes them, and ends when none is left. They are apart from
+//! the trainer pool, so a trainer waiting for its snapshot never holds a
+//! thread its snapshot needs. Jobs run in order, one at a time per
 //! model. A periodic snapshot is offered without waiting and skipped
 //! (still due) while another waits behind the one being written; a
 //! shutdown or an operator's snapshot waits for its answer.
@@ -96,7 +98,9 @@ impl SnapshotWriter {
             jobs.waiting.push_back(job);
             self.start(&mut jobs);
         }
-        rx.recv().unwrap_or_else(|_| {
+        // On the trainer pool, the other trainers of this worker move on
+        // while this one waits (`block_in_place`).
+        off_the_pool(|| rx.recv()).unwrap_or_else(|_| {
             Err(SnapshotError::Failed(
                 "the snapshot writer could not start".into(),
             ))
@@ -109,11 +113,14 @@ impl SnapshotWriter {
             return;
         }
         jobs.running = true;
-        let shared = Arc::clone(&self.shared);
-        let work = move || shared.run();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(work)),
-            Err(_) => {
+        let task = Task {
+            shared: Arc::clone(&self.shared),
+            done: false,
+        };
+        let work = move || task.run();
+        match writer_threads() {
+            Some(rt) => drop(rt.spawn_blocking(work)),
+            None => {
                 if let Err(e) = std::thread::Builder::new()
                     .name("eddy-snapshots".into())
                     .spawn(work)
@@ -133,22 +140,36 @@ impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
+/// The writing task. Dropped without having run (its runtime shut down
+/// first), it gives the jobs back as failures instead of leaving their
+/// waiters blocked.
+struct Task {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Task {
     /// Writes jobs in order until none is left.
-    fn run(&self) {
+    fn run(mut self) {
         loop {
             let job = {
-                let mut jobs = self.lock();
+                let mut jobs = self.shared.lock();
                 match jobs.waiting.pop_front() {
                     Some(job) => job,
                     None => {
                         jobs.running = false;
-                        self.idle.notify_all();
+                        self.done = true;
+                        self.shared.idle.notify_all();
                         return;
                     }
                 }
             };
-            let result = self.parts.write(job.snapshot, &job.protect, job.needed);
+            let result = self
+                .shared
+                .parts
+                .write(job.snapshot, &job.protect, job.needed);
             if let Some(reply) = job.reply {
                 let _ = reply.send(result);
             }
@@ -156,9 +177,65 @@ impl Shared {
     }
 }
 
+impl Drop for Task {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut jobs = self.shared.lock();
+        // Their reply senders go with them: waiters get an error.
+        jobs.waiting.clear();
+        jobs.running = false;
+        self.shared.idle.notify_all();
+    }
+}
+
+/// Snapshot writes at once, over all models.
+const WRITER_THREADS: usize = 4;
+
+/// The snapshot threads: a runtime of blocking threads only (one idle
+/// worker besides), built at the first snapshot; `None` if it cannot be.
+fn writer_threads() -> Option<&'static tokio::runtime::Runtime> {
+    static WRITERS: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    WRITERS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(WRITER_THREADS)
+                .thread_keep_alive(Duration::from_secs(5))
+                .thread_name("eddy-snapshots")
+                .build()
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the snapshot threads; a thread per write instead"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Runs `f`, which blocks, without holding up the other tasks of a
+/// trainer-pool worker (`block_in_place` on a multi-threaded runtime;
+/// plainly elsewhere).
+pub(super) fn off_the_pool<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl Drop for SnapshotWriter {
     /// Writes what was handed over, then stops.
     fn drop(&mut self) {
+        let jobs = self.shared.lock();
+        if jobs.running {
+            drop(jobs);
+            off_the_pool(|| self.wait_idle());
+        }
+    }
+}
+
+impl SnapshotWriter {
+    fn wait_idle(&self) {
         let mut jobs = self.shared.lock();
         while jobs.running {
             jobs = self
