@@ -1,8 +1,10 @@
 //! The admin status page (`GET /`): in headless Chromium (Debian
 //! `chromium`, installed by `.ci/run`) after a short load and an operator
 //! rollback, the chart is drawn with data and the rollback is listed;
-//! with `admin.token` set the page and its data need the token, as a
-//! bearer token or as a browser's Basic password.
+//! with many models the data comes in pages of compact rows, drawn as a
+//! table, and one model's card on its own; with `admin.token` set the
+//! page and its data need the token, as a bearer token or as a browser's
+//! Basic password.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -65,14 +67,34 @@ async fn chromium(dir: &Path, args: &[&str], url: &str) -> Option<std::process::
 }
 
 async fn status(app: &TestApp) -> Value {
-    app.client
-        .get(format!("http://{}/admin/status", app.admin))
+    let (code, body) = status_at(app, "").await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// `GET /admin/status` with `query` (`?...` or empty): status and JSON.
+async fn status_at(app: &TestApp, query: &str) -> (u16, Value) {
+    let r = app
+        .client
+        .get(format!("http://{}/admin/status{query}", app.admin))
         .send()
         .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json")
+        .expect("status");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+/// Feeds `model` the first `n` Elec2 rows by hundreds, each hundred
+/// trained before the next, so that its history has steps.
+async fn learn_in_steps(app: &TestApp, model: &str, n: usize) {
+    let rows = dataset("elec2");
+    let mut sent = 0;
+    for chunk in rows[..n].chunks(100) {
+        let (code, body) = app.feedback(model, json!({ "examples": chunk })).await;
+        assert_eq!(code, 202, "{body}");
+        sent += chunk.len() as u64;
+        app.wait_trained(model, sent).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
 }
 
 /// Pixels of `png` within a small distance of `rgb`.
@@ -95,16 +117,7 @@ fn pixels_like(png: &[u8], rgb: [u8; 3]) -> usize {
 #[tokio::test]
 async fn the_status_page_draws_quality_over_time_and_lists_a_rollback() {
     let app = spawn_app(CONFIG).await;
-    let rows = dataset("elec2");
-    let mut sent = 0;
-    for chunk in rows[..1500].chunks(100) {
-        let (code, body) = app.feedback("demo", json!({ "examples": chunk })).await;
-        assert_eq!(code, 202, "{body}");
-        sent += chunk.len() as u64;
-        // Trained before the next chunk, so the history has steps.
-        app.wait_trained("demo", sent).await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+    learn_in_steps(&app, "demo", 1500).await;
     let (code, body) = app.admin_post("demo/rollback", "{}").await;
     assert_eq!(code, 200, "{body}");
     // The sampler records the rollback's version within a few ticks.
@@ -282,5 +295,141 @@ async fn an_open_admin_listener_answers_loopback_names_only() {
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["error"]["code"], "cross_site");
     }
+    app.stop().await.expect("clean stop");
+}
+
+/// Models of the many-models test, declared in reverse name order so
+/// that name order (pages) and configuration order differ.
+const MANY: usize = 25;
+
+fn many_models() -> String {
+    let mut config = String::from("[admin]\nstatus_sample_ms = 20\n");
+    for i in (0..MANY).rev() {
+        config.push_str(&format!(
+            "[[models]]\nname = \"m{i:02}\"\ntask = \"binary\"\nhash_bits = 10\n"
+        ));
+    }
+    config
+}
+
+fn names(rows: &Value) -> Vec<String> {
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn with_many_models_the_page_lists_them_and_shows_one_in_full() {
+    let app = spawn_app(&many_models()).await;
+    // One model learns (its chart gets points) and is paused and resumed
+    // (its events).
+    learn_in_steps(&app, "m07", 300).await;
+    for step in ["pause", "resume"] {
+        let (code, body) = app.admin_post(&format!("m07/training/{step}"), "").await;
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // Unpaged, more than 20 models: the first page of compact rows.
+    let all: Vec<String> = (0..MANY).map(|i| format!("m{i:02}")).collect();
+    let s = status(&app).await;
+    assert_eq!(s["total"], MANY, "{s}");
+    assert_eq!(names(&s["models"]), all, "the first page, in name order");
+    assert!(s["next"].is_null(), "25 fit the first page of 100: {s}");
+    for row in s["models"].as_array().expect("rows") {
+        assert!(row.get("history").is_none() && row.get("events").is_none());
+        assert_eq!(row["rollbacks"], 0, "{row}");
+    }
+    let m07 = &s["models"][7];
+    assert_eq!(m07["examples_trained"], 300, "{m07}");
+    assert!(m07["last_event_at"].is_string(), "{m07}");
+    assert!(s["models"][0]["last_event_at"].is_null());
+
+    // Pages of 10 walk every model once, in name order.
+    let mut walked = Vec::new();
+    let mut query = "?limit=10".to_owned();
+    for page in 1.. {
+        let (code, s) = status_at(&app, &query).await;
+        assert_eq!(code, 200, "{s}");
+        walked.extend(names(&s["models"]));
+        match s["next"].as_str() {
+            Some(next) => query = format!("?limit=10&after={next}"),
+            None => {
+                assert_eq!(page, 3);
+                break;
+            }
+        }
+    }
+    assert_eq!(walked, all);
+
+    // One model in full: its history and its events.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, s) = status_at(&app, "?model=m07").await;
+        assert_eq!(code, 200, "{s}");
+        assert_eq!(names(&s["models"]), ["m07"]);
+        let m = &s["models"][0];
+        let kinds: Vec<&Value> = m["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| &e["kind"])
+            .collect();
+        let scored = m["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .any(|p| p["live"].is_number());
+        if scored && kinds == ["paused", "resumed"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scored history or events: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (code, body) = status_at(&app, "?model=nope").await;
+    assert_eq!(
+        (code, &body["error"]["code"]),
+        (404, &json!("model_not_found"))
+    );
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+        "?after=m03",
+        "?model=m07&limit=5",
+    ] {
+        let (code, body) = status_at(&app, bad).await;
+        assert_eq!(
+            (code, &body["error"]["code"]),
+            (422, &json!("invalid_request")),
+            "{bad}"
+        );
+    }
+
+    // The page: a table of the rows, and a model's card from the URL.
+    let dir = tempfile::tempdir().expect("dir");
+    let page = format!("http://{}/", app.admin);
+    let Some(list) = chromium(dir.path(), &["--dump-dom"], &page).await else {
+        return;
+    };
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(list.matches("<tr data-row=").count(), MANY, "{list}");
+    assert!(list.contains("<a href=\"#model=m07\">m07</a>"), "{list}");
+    assert!(!list.contains("<section class=\"model\""), "{list}");
+    let detail = format!("{page}#model=m07");
+    let detail = chromium(dir.path(), &["--dump-dom"], &detail)
+        .await
+        .expect("chromium ran before");
+    let detail = String::from_utf8_lossy(&detail.stdout);
+    assert!(detail.contains("data-model=\"m07\""), "{detail}");
+    assert!(detail.contains("<path class=\"live\""), "{detail}");
+    assert!(detail.contains("data-kind=\"paused\""), "{detail}");
+    assert!(!detail.contains("data-row="), "{detail}");
+    assert!(!detail.contains("could not refresh"), "{detail}");
     app.stop().await.expect("clean stop");
 }

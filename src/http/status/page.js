@@ -1,7 +1,11 @@
-// The eddy status page: fetches /admin/status every two seconds and draws
-// each model's summary, a chart of live vs last-good quality over time
-// (SVG) and its newest events. Everything the server sends is written as
-// text (textContent), never parsed as HTML.
+// The eddy status page: fetches /admin/status every two seconds. With few
+// models the answer holds every model in full, drawn as a card each: a
+// summary, a chart of live vs last-good quality over time (SVG) and the
+// newest events. With many it holds a page of compact rows, drawn as a
+// table (a name prefix filter, previous/next pages); a model's name opens
+// its card alone (#model=NAME in the URL, so a reload keeps it), fetched
+// with ?model=NAME. Everything the server sends is written as text
+// (textContent), never parsed as HTML.
 "use strict";
 
 const REFRESH_MS = 2000;
@@ -9,10 +13,24 @@ const SVG = "http://www.w3.org/2000/svg";
 const W = 1000, H = 220, PAD = { left: 48, right: 12, top: 10, bottom: 24 };
 // Points kept per model, as the server keeps them.
 const POINTS_KEPT = 512;
+// Rows per page of the table.
+const PAGE = 100;
 // Each model's history as this page has it: the server sends only points
 // newer than `since` (with some overlap, deduplicated by time).
 const histories = new Map();
 let since = 0;
+// The table's pages: the `after` of each page opened with "next", the
+// newest last (none: the first page).
+const cursors = [];
+// The name prefix the table is filtered by ("" for none).
+let prefix = "";
+// The `next` of the table's page on screen (null: the last page).
+let nextCursor = null;
+// Bumped whenever what the page shows changes (model, page, filter): an
+// answer fetched for something else is dropped, and only the newest
+// refresh schedules the next one.
+let generation = 0;
+let timer = null;
 
 function el(tag, attrs, text) {
   const e = document.createElement(tag);
@@ -152,34 +170,166 @@ function events(m) {
   return table;
 }
 
-function render(status) {
+// The model in the URL's fragment (#model=NAME), or null.
+function selected() {
+  const m = /^#model=(.+)$/.exec(location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch (e) {
+    return null;
+  }
+}
+
+// The greatest `after` that keeps every name starting with `prefix`: the
+// prefix with its last character lowered by one, then "~", which sorts
+// after every character a model name may hold (A-Z a-z 0-9 - _ .).
+function below(prefix) {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) - 1) + "~";
+}
+
+// The `after` of the table's page on screen, or null for the first page
+// without a filter (which the server answers in full when models are few).
+function pageAfter() {
+  if (cursors.length) return cursors[cursors.length - 1];
+  return prefix ? below(prefix) : null;
+}
+
+function dataUrl(model) {
+  const q = new URLSearchParams();
+  const after = pageAfter();
+  if (model !== null) {
+    q.set("model", model);
+    q.set("since", since);
+  } else if (after !== null) {
+    q.set("limit", PAGE);
+    q.set("after", after);
+  } else {
+    q.set("since", since);
+  }
+  // From the origin: a page opened with credentials in its URL cannot
+  // fetch a URL relative to it; the browser sends them as it did for the
+  // page.
+  return location.origin + "/admin/status?" + q.toString();
+}
+
+function card(m) {
+  const section = el("section", { class: "model", "data-model": m.name });
+  section.append(el("h2", {}, m.name + " (" + m.task + ", " + m.family + ")"), summary(m), queueBar(m), chart(m, merge(m)), events(m));
+  return section;
+}
+
+function listRow(m) {
+  const q = metric(m.task);
+  const row = el("tr", { "data-row": m.name });
+  const name = el("td");
+  name.append(el("a", { href: "#model=" + encodeURIComponent(m.name) }, m.name));
+  const cells = [
+    [m.task], [m.family], [m.version], [m.training, m.training === "paused" ? "paused" : ""],
+    [m.queue_depth + " / " + m.queue_capacity], [m.quarantined], [m.examples_trained],
+    [fmt(m.live[q.key]), "", q.label], [fmt(m.baseline[q.key]), "", q.label], [m.rollbacks],
+    [m.last_event_at ? time(Date.parse(m.last_event_at)) : "–"],
+  ];
+  row.append(name);
+  for (const [text, cls, title] of cells) {
+    const td = el("td", cls ? { class: cls } : {}, String(text));
+    if (title) td.title = title;
+    row.append(td);
+  }
+  return row;
+}
+
+function table(status) {
+  const shown = status.models.filter((m) => m.name.startsWith(prefix));
+  // Past the names with the prefix, no later page has any.
+  const last = status.models[status.models.length - 1];
+  nextCursor = last && last.name.startsWith(prefix) ? status.next : null;
+  document.getElementById("count").textContent =
+    status.total + " models" + (prefix ? ", " + shown.length + " here start with " + prefix : "") + ", page " + (cursors.length + 1);
+  document.getElementById("previous").disabled = cursors.length === 0;
+  document.getElementById("next").disabled = nextCursor === null;
+  if (shown.length === 0) return [el("p", { class: "empty" }, "no models here")];
+  const t = el("table", { class: "list" });
+  const head = el("tr");
+  for (const h of ["model", "task", "family", "version", "training", "queue", "quarantined", "examples trained", "live", "last-good", "rollbacks", "last event"]) {
+    head.append(el("th", {}, h));
+  }
+  t.append(head, ...shown.map(listRow));
+  return [t];
+}
+
+function render(status, model) {
   const main = document.getElementById("models");
-  const sections = status.models.map((m) => {
-    const section = el("section", { class: "model", "data-model": m.name });
-    section.append(el("h2", {}, m.name + " (" + m.task + ", " + m.family + ")"), summary(m), queueBar(m), chart(m, merge(m)), events(m));
-    return section;
-  });
-  // Ask again from a little before this answer: a point the sampler was
-  // recording meanwhile is not missed (duplicates are dropped by time).
-  since = Math.max(0, status.generated_at_ms - 2 * status.sample_ms - 1000);
-  main.replaceChildren(...sections);
+  const list = model === null && "next" in status;
+  document.getElementById("list-tools").hidden = !list;
+  document.getElementById("detail-tools").hidden = model === null;
+  document.title = model === null ? "eddy status" : model + " – eddy status";
+  let children;
+  if (list) {
+    children = table(status);
+    // The rows carry no history: the next cards ask for all of it.
+    since = 0;
+  } else {
+    children = status.models.map(card);
+    // Ask again from a little before this answer: a point the sampler was
+    // recording meanwhile is not missed (duplicates are dropped by time).
+    since = Math.max(0, status.generated_at_ms - 2 * status.sample_ms - 1000);
+  }
+  main.replaceChildren(...children);
   document.getElementById("updated").textContent = "updated " + time(status.generated_at_ms);
   document.getElementById("error").textContent = "";
 }
 
+function schedule(ms) {
+  clearTimeout(timer);
+  timer = setTimeout(refresh, ms);
+}
+
+// Shows something else now: the answer on its way is for the old view.
+function changed(ms) {
+  generation += 1;
+  since = 0;
+  schedule(ms);
+}
+
 async function refresh() {
+  const mine = generation;
+  const model = selected();
   try {
-    // From the origin: a page opened with credentials in its URL cannot
-    // fetch a URL relative to it; the browser sends them as it did for the
-    // page.
-    const response = await fetch(location.origin + "/admin/status?since=" + since, { cache: "no-store", credentials: "same-origin" });
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
+    const response = await fetch(dataUrl(model), { cache: "no-store", credentials: "same-origin" });
+    const body = await response.json().catch(() => null);
+    if (mine !== generation) return;
+    if (!response.ok) {
+      if (response.status === 404 && model !== null) {
+        document.getElementById("detail-tools").hidden = false;
+        document.getElementById("list-tools").hidden = true;
+        document.getElementById("models").replaceChildren(el("p", { class: "empty" }, "no model named " + model));
+      }
+      const why = body && body.error ? body.error.message : "HTTP " + response.status;
+      throw new Error(why);
+    }
+    render(body, model);
   } catch (e) {
-    document.getElementById("error").textContent = "could not refresh: " + e.message;
+    if (mine === generation) document.getElementById("error").textContent = "could not refresh: " + e.message;
   } finally {
-    setTimeout(refresh, REFRESH_MS);
+    if (mine === generation) schedule(REFRESH_MS);
   }
 }
 
+window.addEventListener("hashchange", () => changed(0));
+document.getElementById("filter").addEventListener("input", (e) => {
+  prefix = e.target.value.trim();
+  cursors.length = 0;
+  // A little later: typing a name is one fetch, not one per key.
+  changed(250);
+});
+document.getElementById("next").addEventListener("click", () => {
+  if (nextCursor === null) return;
+  cursors.push(nextCursor);
+  changed(0);
+});
+document.getElementById("previous").addEventListener("click", () => {
+  cursors.pop();
+  changed(0);
+});
 refresh();
