@@ -140,7 +140,13 @@ col() { awk -v c="$1" '{print $c}' "$work/rows" | median; }
 ip99=$(col 2) lp99=$(col 4)
 echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted"
 loaded_rss=$(proc VmRSS) loaded_threads=$(proc Threads)
-echo "== after the load: RSS $((loaded_rss / 1024)) MiB, $loaded_threads threads"
+# What the load left held: predictions awaiting labels (the join caches
+# of the idle models) and examples queued.
+held=$(curl -s --max-time 10 "http://127.0.0.1:$PORT/v1/models" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)["models"]
+print(sum(x["pending_predictions"] for x in m), sum(x["queue_depth"] for x in m))')
+echo "== after the load: RSS $((loaded_rss / 1024)) MiB, $loaded_threads threads; held: ${held% *} predictions awaiting labels, ${held#* } examples queued"
 
 stopping=$(now_ms)
 kill -TERM "$pid"

@@ -222,6 +222,7 @@ impl Metrics {
     /// by the live models. (Its scrape-time series go with it from the
     /// registry of models.)
     pub fn remove_model(&self, name: &str) {
+        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
         self.per_model.rcu(|current| {
             let mut next = (**current).clone();
             next.remove(name);
@@ -234,7 +235,6 @@ impl Metrics {
         self.feedback_accepted.remove(&label);
         self.feedback_joined.remove(&label);
         self.feedback_delay.remove(&label);
-        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
         reasons.retain(|r| {
             if r.model != name {
                 return true;
@@ -257,39 +257,31 @@ impl Metrics {
         self.per_model.load().get(name).cloned()
     }
 
-    /// Notes a reason label set in use (see `remove_model`).
-    fn reason(&self, model: &str, reason: &str) -> ReasonLabels {
+    /// Counts one in `family` for a live model's reason, under the lock
+    /// `remove_model` takes, so a deleted model's series never comes back.
+    fn count_reason(&self, family: &Family<ReasonLabels, Counter>, model: &str, reason: &str) {
+        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.per_model.load().contains_key(model) {
+            return;
+        }
         let labels = ReasonLabels {
             model: model.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut reasons = self.reasons.lock().unwrap_or_else(PoisonError::into_inner);
+        family.get_or_create(&labels).inc();
         if !reasons.contains(&labels) {
-            reasons.insert(labels.clone());
+            reasons.insert(labels);
         }
-        labels
     }
 
-    /// Counts a refused feedback request.
+    /// Counts a refused feedback request (of a live model).
     pub fn feedback_refused(&self, model: &str, code: &str) {
-        // A deleted model's request finishing late counts nothing: its
-        // series are gone for good.
-        if !self.per_model.load().contains_key(model) {
-            return;
-        }
-        self.feedback_rejected
-            .get_or_create(&self.reason(model, code))
-            .inc();
+        self.count_reason(&self.feedback_rejected, model, code);
     }
 
-    /// Counts a prediction_id that could not be joined.
+    /// Counts a prediction_id that could not be joined (of a live model).
     pub fn join_missed(&self, model: &str, reason: &str) {
-        if !self.per_model.load().contains_key(model) {
-            return;
-        }
-        self.join_misses
-            .get_or_create(&self.reason(model, reason))
-            .inc();
+        self.count_reason(&self.join_misses, model, reason);
     }
 
     /// The exposition in OpenMetrics text format.

@@ -155,7 +155,8 @@ impl Catalog {
             return Err(ChangeError::ShuttingDown);
         }
         let served = state.models();
-        if served.get(name).is_some() {
+        // Served, or still holding its directory after a failed delete.
+        if served.get(name).is_some() || lock(&self.held).contains_key(name) {
             return Err(ChangeError::Exists(name.to_owned()));
         }
         let limit = lock(&self.config).server.max_models.get();
@@ -231,11 +232,7 @@ impl Catalog {
             running.stop().await;
         }
         let held = lock(&self.held).remove(name);
-        if let Some(log) = held.as_ref().and_then(|h| h.log.as_ref()) {
-            // An append still under way finishes first; a later one fails
-            // unacknowledged, so nothing is written outside the archive.
-            log.retire();
-        }
+        let log = held.as_ref().and_then(|h| h.log.clone());
         // Its series and limits go only now: a refusal counted during the
         // drain would otherwise bring a series back.
         state.metrics.remove_model(name);
@@ -249,19 +246,27 @@ impl Catalog {
         let stamp = format!("{name}.{}", epoch_ms());
         let to = next.storage.dir.join(ARCHIVE_DIR).join(&stamp);
         let archive = Some(next.storage.archive_dir.clone()).filter(|a| !a.as_os_str().is_empty());
+        // Each step says where things are if it fails.
         let moved = {
             let next = next.clone();
             let (from, to) = (from.clone(), to.clone());
             tokio::task::spawn_blocking(move || {
+                if let Some(log) = log {
+                    // An append still under way finishes first; a later
+                    // one fails unacknowledged, so nothing is written
+                    // outside the archive.
+                    log.retire();
+                }
                 // The configuration first: a crash after it leaves the
                 // directory where it was, but no model of that name.
                 let path = next.runtime_models_path();
-                write_atomic(&path, &next.runtime_models_json())
-                    .map_err(|e| storage("write", &path, e))?;
-                std::fs::create_dir_all(to.parent().unwrap_or(&to))
-                    .and_then(|()| std::fs::rename(&from, &to))
-                    .map_err(|e| storage("move the model's directory to", &to, e))?;
-                // Log segments archived by `storage.archive_dir` go along,
+                write_atomic(&path, &next.runtime_models_json()).map_err(|e| {
+                    format!(
+                        "{}; it is listed there still, so it comes back at the next start unless removed by hand",
+                        storage("write", &path, e)
+                    )
+                })?;
+                // Log segments archived by `storage.archive_dir` go first,
                 // so a model added later under the name starts afresh.
                 if let Some(segments) = archive.map(|a| a.join(&*name_of(&from)))
                     && segments.exists()
@@ -270,25 +275,39 @@ impl Catalog {
                     let aside = archive.join(ARCHIVE_DIR).join(&stamp);
                     std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
                         .and_then(|()| std::fs::rename(&segments, &aside))
-                        .map_err(|e| storage("move the archived log segments to", &aside, e))?;
+                        .map_err(|e| {
+                            format!(
+                                "{}; its directory is still {}",
+                                storage("move the archived log segments to", &aside, e),
+                                from.display()
+                            )
+                        })?;
                 }
-                Ok::<_, ChangeError>(())
+                std::fs::create_dir_all(to.parent().unwrap_or(&to))
+                    .and_then(|()| std::fs::rename(&from, &to))
+                    .map_err(|e| {
+                        format!(
+                            "{}; its directory is still {}",
+                            storage("move the model's directory to", &to, e),
+                            from.display()
+                        )
+                    })?;
+                Ok::<_, String>(())
             })
             .await
             .map_err(|e| ChangeError::Storage(format!("deleting the model failed: {e}")))?
         };
+        // Not served any more, whatever the disk did.
         *lock(&self.config) = next;
         if let Err(e) = moved {
-            // Served no more; the directory stays locked (a model added
-            // under the name now fails rather than adopt it) and the
-            // operator moves it by hand.
+            // The directory stays locked: a model added under the name is
+            // refused (409) rather than adopt it; the operator moves it.
             if let Some(held) = held {
                 lock(&self.held).insert(Arc::from(name), held);
             }
-            tracing::error!(model = %name, error = %e, "model deleted, but its directory was not archived");
+            tracing::error!(model = %name, error = %e, "model deleted, but not archived");
             return Err(ChangeError::Storage(format!(
-                "model {name} is deleted, but {e}; its directory is still {}",
-                from.display()
+                "model {name} is no longer served, but {e}"
             )));
         }
         // The lock went with the directory; released now.

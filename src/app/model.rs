@@ -269,7 +269,7 @@ pub fn build(config: &Config, m: &ModelConfig, clock: &SharedClock) -> anyhow::R
             .saving_keys(keys.clone())
             // A run starts from a snapshot with its trainer's state,
             // so that a crash before the next one replays exactly.
-            .owing(config.storage.wal && (!has_state || from_seed)),
+            .owing(from_seed || (config.storage.wal && !has_state)),
         ),
         live,
         commands,
@@ -407,13 +407,12 @@ fn load_reference(
     /// every candidate, so a large one is a mistake, and a device that
     /// never ends must not exhaust memory.
     const MAX_BYTES: u64 = 256 << 20;
+    // Checked before opening: opening a FIFO waits for a writer.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    anyhow::ensure!(
-        file.metadata()?.is_file(),
-        "{} is not a regular file",
-        path.display()
-    );
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(std::io::BufReader::new(
             flate2::read::GzDecoder::new(file).take(MAX_BYTES + 1),

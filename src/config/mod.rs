@@ -54,6 +54,9 @@ pub const REPLAY_ENTRY_SLACK: usize = 1024;
 /// `server.trainer_threads`); far beyond any core count that helps.
 const MAX_FEEDBACK_THREADS: usize = 1024;
 
+/// Most classes a model may have.
+const MAX_CLASSES: usize = 32_768;
+
 /// The largest `mlp` embedding table a model may have (allocated whole at
 /// start).
 const MAX_EMBEDDING_BYTES: u64 = 1 << 30;
@@ -1085,12 +1088,14 @@ impl Config {
                 &format!("must be at most {MAX_FEEDBACK_THREADS}"),
             ));
         }
-        if self.models.len() > self.server.max_models.get() {
+        // The file's models only: those added at runtime are served
+        // whatever the limit became since (it bounds further adds).
+        let in_file = self.models.iter().filter(|m| !m.added_at_runtime).count();
+        if in_file > self.server.max_models.get() {
             return Err(invalid(
                 "models".into(),
                 &format!(
-                    "{} models, more than server.max_models ({})",
-                    self.models.len(),
+                    "{in_file} models, more than server.max_models ({})",
                     self.server.max_models
                 ),
             ));
@@ -1158,6 +1163,11 @@ impl Config {
                 return Err(invalid(key("name"), "two models share this name"));
             }
             m.label_space()?;
+            if m.classes.len() > MAX_CLASSES {
+                // Each class is a column of every row-blocked matrix; a
+                // snapshot refuses wider ones.
+                return Err(invalid(key("classes"), &format!("at most {MAX_CLASSES}")));
+            }
             if !(MIN_HASH_BITS..=MAX_HASH_BITS).contains(&m.hash_bits) {
                 return Err(invalid(
                     key("hash_bits"),

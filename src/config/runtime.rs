@@ -200,6 +200,14 @@ mod tests {
             model_from_json("t1", serde_json::json!({"task": "binary", "hash_bits": 40})).unwrap();
         let e = base.adding(bad).unwrap_err();
         assert!(e.to_string().starts_with("models[t1].hash_bits"), "{e}");
+        let classes: Vec<String> = (0..40_000).map(|i| format!("c{i}")).collect();
+        let wide = model_from_json(
+            "t1",
+            serde_json::json!({"task": "multiclass", "classes": classes}),
+        )
+        .unwrap();
+        let e = base.adding(wide).unwrap_err();
+        assert!(e.to_string().starts_with("models[t1].classes"), "{e}");
         let dots = model_from_json("..", serde_json::json!({"task": "binary"})).unwrap();
         assert!(
             base.adding(dots)

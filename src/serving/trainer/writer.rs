@@ -84,7 +84,9 @@ impl SnapshotWriter {
             return false;
         }
         jobs.waiting.push_back(job);
-        self.start(&mut jobs);
+        let task = self.claim(&mut jobs);
+        drop(jobs);
+        self.spawn(task);
         true
     }
 
@@ -93,11 +95,12 @@ impl SnapshotWriter {
     pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, SnapshotError> {
         let (tx, rx) = std_mpsc::channel();
         job.reply = Some(tx);
-        {
+        let task = {
             let mut jobs = self.shared.lock();
             jobs.waiting.push_back(job);
-            self.start(&mut jobs);
-        }
+            self.claim(&mut jobs)
+        };
+        self.spawn(task);
         // On the trainer pool, the other trainers of this worker move on
         // while this one waits (`block_in_place`).
         off_the_pool(|| rx.recv()).unwrap_or_else(|_| {
@@ -107,15 +110,24 @@ impl SnapshotWriter {
         })
     }
 
-    /// Starts the writing task unless one runs.
-    fn start(&self, jobs: &mut Jobs) {
+    /// The writing task to start, unless one runs (under the lock).
+    fn claim(&self, jobs: &mut Jobs) -> Option<Task> {
         if jobs.running {
-            return;
+            return None;
         }
         jobs.running = true;
-        let task = Task {
+        Some(Task {
             shared: Arc::clone(&self.shared),
             done: false,
+        })
+    }
+
+    /// Starts `task` (outside the lock: a task dropped unstarted takes
+    /// it, giving its jobs back as failures, and an offered snapshot stays
+    /// due).
+    fn spawn(&self, task: Option<Task>) {
+        let Some(task) = task else {
+            return;
         };
         let work = move || task.run();
         match writer_threads() {
@@ -126,10 +138,6 @@ impl SnapshotWriter {
                     .spawn(work)
                 {
                     tracing::error!(model = %self.shared.parts.model, error = %e, "cannot start a snapshot writer thread");
-                    // Dropping the jobs drops their reply senders: waiters
-                    // get an error, an offered snapshot stays due.
-                    jobs.waiting.clear();
-                    jobs.running = false;
                 }
             }
         }
