@@ -362,9 +362,16 @@ async fn sample_status(state: AppState, every: Duration, shutdown: CancellationT
             () = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let at_ms = epoch_ms();
-        for model in state.models().iter() {
-            model.history.record(model.status_point(at_ms));
+        // Off the request runtime: with many models a pass is not free.
+        let state = state.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let at_ms = epoch_ms();
+            for model in state.models().iter() {
+                model.history.record(model.status_point(at_ms));
+            }
+        });
+        if let Err(e) = pass.await {
+            tracing::warn!(error = %e, "status sampling failed");
         }
     }
 }
