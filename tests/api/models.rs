@@ -298,3 +298,53 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
     assert_eq!(names(&list), ["fixed"]);
     app.stop().await.expect("stops");
 }
+
+/// The trainer pool's fairness, as a user sees it: with one trainer
+/// thread, a model with a long backlog does not hold back another
+/// model's training. The quiet model's feedback is published (waited for
+/// with `wait=published`) while the busy one still has examples queued.
+#[tokio::test]
+async fn a_busy_model_does_not_starve_another_on_one_trainer_thread() {
+    // The busy model is a network: slow to train, so its backlog lasts.
+    let models = "[[models]]\nname = \"busy\"\ntask = \"binary\"\nhash_bits = 12\nfamily = \"mlp\"\n\
+                  [models.training]\nqueue_capacity = 400000\n\
+                  [[models]]\nname = \"quiet\"\ntask = \"binary\"\nhash_bits = 12\n";
+    let app = crate::helpers::spawn_with(models, |c| {
+        c.server.trainer_threads = 1;
+        c.server.max_body_bytes = std::num::NonZeroUsize::new(64 << 20).expect("size");
+        c.server.max_batch_instances = std::num::NonZeroUsize::new(100_000).expect("n");
+    })
+    .await;
+    let rows = crate::helpers::dataset("elec2");
+    let examples: Vec<Value> = rows
+        .iter()
+        .cycle()
+        .take(40_000)
+        .map(|r| serde_json::json!({ "features": r["features"], "label": r["label"] }))
+        .collect();
+    let (status, body) = app
+        .feedback("busy", serde_json::json!({ "examples": examples }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let r = app
+        .client
+        .post(app.url("/v1/models/quiet/feedback?wait=published&timeout_ms=8000"))
+        .json(&serde_json::json!({ "examples": examples[..10] }))
+        .send()
+        .await
+        .expect("sent");
+    let (status, body) = (r.status().as_u16(), r.json::<Value>().await.expect("json"));
+    let busy_left = app.info("busy").await["queue_depth"]
+        .as_u64()
+        .expect("depth");
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        body["model_version"].is_u64(),
+        "published, not pending: {body}"
+    );
+    assert!(
+        busy_left > 0,
+        "the busy model still had a backlog ({busy_left})"
+    );
+    app.stop().await.expect("stops");
+}
