@@ -159,8 +159,23 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
             .contains("minibatch_sise"),
         "{body}"
     );
+    // Files that are not regular files (a device never ends, a FIFO never
+    // answers) are refused at once, not read.
+    for table in [
+        serde_json::json!({ "task": "binary", "init_snapshot": "/dev/zero" }),
+        serde_json::json!({ "task": "binary", "monitor": { "reference_set": "/dev/zero" } }),
+    ] {
+        let (status, body) = admin(&app, Method::PUT, "tenant-a", Some(table)).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not a regular file"),
+            "{body}"
+        );
+    }
     assert_eq!(app.get("/v1/models/tenant-a").await.0, 404);
-    assert!(!dir.path().join("tenant-a").exists());
 
     let (status, body) = admin(&app, Method::PUT, "tenant-a", Some(table.clone())).await;
     assert_eq!(status, 201, "{body}");
