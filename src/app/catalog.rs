@@ -69,8 +69,10 @@ pub enum ChangeError {
     InConfig(String),
     #[error("model {0} not found")]
     NotFound(String),
-    #[error("{0} models are served, server.max_models")]
-    Limit(usize),
+    #[error("{served} models are served, server.max_models is {limit}: delete one first")]
+    Limit { served: usize, limit: usize },
+    #[error("another model is being added or deleted; retry")]
+    Busy(std::time::Duration),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -141,6 +143,17 @@ impl Catalog {
         &self.pool
     }
 
+    /// This change's turn, or `Busy` after `wait`: a change that could
+    /// not start before its caller gave up never happens later.
+    async fn turn(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>, ChangeError> {
+        tokio::time::timeout(wait, self.changes.lock())
+            .await
+            .map_err(|_| ChangeError::Busy(wait))
+    }
+
     /// Adds the model `name` from its `[[models]]` table (JSON). Callers
     /// run it to the end (a spawned task), whatever becomes of the
     /// request.
@@ -149,8 +162,9 @@ impl Catalog {
         state: &AppState,
         name: &str,
         table: serde_json::Value,
+        wait: std::time::Duration,
     ) -> Result<Arc<ModelRuntime>, ChangeError> {
-        let _change = self.changes.lock().await;
+        let _change = self.turn(wait).await?;
         if self.pool.stopping() {
             return Err(ChangeError::ShuttingDown);
         }
@@ -161,7 +175,10 @@ impl Catalog {
         }
         let limit = lock(&self.config).server.max_models.get();
         if served.len() >= limit {
-            return Err(ChangeError::Limit(limit));
+            return Err(ChangeError::Limit {
+                served: served.len(),
+                limit,
+            });
         }
         let invalid = |e: crate::config::Error| ChangeError::Invalid(e.to_string());
         let m = model_from_json(name, table).map_err(invalid)?;
@@ -206,8 +223,13 @@ impl Catalog {
     /// Deletes the model `name` (added at runtime) as the module doc says.
     /// Callers run it to the end (a spawned task), whatever becomes of
     /// the request.
-    pub async fn delete(&self, state: &AppState, name: &str) -> Result<Deleted, ChangeError> {
-        let _change = self.changes.lock().await;
+    pub async fn delete(
+        &self,
+        state: &AppState,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Deleted, ChangeError> {
+        let _change = self.turn(wait).await?;
         let runtime = state
             .models()
             .get(name)

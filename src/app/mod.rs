@@ -73,6 +73,9 @@ impl App {
         // a config built or changed in code; among them, no admin listener
         // off loopback without a token.
         config.validate()?;
+        // A crash while `.models.json` was written leaves a temp file.
+        remove_stale_temps(&config.storage.dir)
+            .with_context(|| format!("cannot clean {}", config.storage.dir.display()))?;
         // Then the models added at runtime before (`.models.json`).
         let config = config.with_runtime_models()?;
         let mut registry = Registry::default();

@@ -59,7 +59,7 @@ const MAX_CLASSES: usize = 32_768;
 
 /// The largest `mlp` embedding table a model may have (allocated whole at
 /// start).
-const MAX_EMBEDDING_BYTES: u64 = 1 << 30;
+const MAX_EMBEDDING_BYTES: u64 = 256 << 20;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "EDDY_";

@@ -119,6 +119,14 @@ pub fn model_from_json(name: &str, mut table: serde_json::Value) -> Result<Model
             }
         )
     };
+    // What the file can hold (TOML integers are i64): the table must be
+    // one an operator could move into the configuration file.
+    if let Some(path) = too_large(&table, String::new()) {
+        return Err(Error::Invalid {
+            key: key(&path),
+            message: format!("at most {} (what the configuration file holds)", i64::MAX),
+        });
+    }
     let Some(object) = table.as_object_mut() else {
         return Err(Error::Invalid {
             key: key("."),
@@ -157,6 +165,29 @@ pub fn model_from_json(name: &str, mut table: serde_json::Value) -> Result<Model
 /// Where deleted models' directories go, under `storage.dir`.
 pub const ARCHIVE_DIR: &str = ".deleted";
 
+/// The path of the first integer above `i64::MAX` in `value`.
+fn too_large(value: &serde_json::Value, at: String) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match value {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .is_some_and(|n| n > i64::MAX as u64)
+            .then_some(at),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| too_large(v, format!("{at}[{i}]"))),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| too_large(v, join(k))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +225,12 @@ mod tests {
         let e =
             model_from_json("t1", serde_json::json!({"task": "binary", "name": "t2"})).unwrap_err();
         assert!(e.to_string().starts_with("models[t1].name"), "{e}");
+        let e = model_from_json(
+            "t1",
+            serde_json::json!({"task": "binary", "mlp": {"seed": u64::MAX}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("models[t1].mlp.seed"), "{e}");
         let e = model_from_json("t1", serde_json::json!([1])).unwrap_err();
         assert!(e.to_string().starts_with("models[t1]"), "{e}");
         let bad =

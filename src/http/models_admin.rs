@@ -19,7 +19,8 @@ impl From<ChangeError> for ApiError {
             ChangeError::Exists(_) => ApiError::ModelExists(e.to_string()),
             ChangeError::InConfig(_) => ApiError::ModelInConfig(e.to_string()),
             ChangeError::NotFound(name) => ApiError::ModelNotFound(name),
-            ChangeError::Limit(_) => ApiError::ModelLimit(e.to_string()),
+            ChangeError::Limit { .. } => ApiError::ModelLimit(e.to_string()),
+            ChangeError::Busy(wait) => ApiError::TrainerBusy(wait),
             ChangeError::Invalid(message) => ApiError::InvalidConfig(message),
             ChangeError::Storage(message) => ApiError::SnapshotStorage(message),
             ChangeError::ShuttingDown => ApiError::ShuttingDown,
@@ -38,7 +39,9 @@ pub async fn add(
     // Run to the end even if the request is dropped (timeout, client
     // gone): a change half made would leave the model served but not
     // kept, or kept but not served.
-    let change = tokio::spawn(async move { state.catalog.add(&state.app, &model, table).await });
+    let wait = state.trainer_timeout;
+    let change =
+        tokio::spawn(async move { state.catalog.add(&state.app, &model, table, wait).await });
     let runtime = change
         .await
         .map_err(|e| ApiError::Internal(format!("adding the model: {e}")))??;
@@ -58,7 +61,8 @@ pub async fn delete(
     State(state): State<AdminState>,
     ModelName(model): ModelName,
 ) -> Result<Response, ApiError> {
-    let change = tokio::spawn(async move { state.catalog.delete(&state.app, &model).await });
+    let wait = state.trainer_timeout;
+    let change = tokio::spawn(async move { state.catalog.delete(&state.app, &model, wait).await });
     let deleted = change
         .await
         .map_err(|e| ApiError::Internal(format!("deleting the model: {e}")))??;

@@ -352,3 +352,70 @@ async fn rollback_needs_the_token_and_a_last_good() {
     assert_eq!(app.info("demo").await["monitor"]["enabled"], false);
     app.stop().await.expect("clean stop");
 }
+
+/// A resume answered 200 survives a crash even with a backlog to learn:
+/// the step is in the log before the answer (it used to wait in the
+/// trainer's buffer while the backlog was learned, so a crash right after
+/// the 200 left the model paused with its examples held).
+#[tokio::test]
+async fn an_acknowledged_resume_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("dir");
+    let settings = [
+        ("EDDY_MODELS__DEMO__HASH_BITS", "12"),
+        // A network: slow to learn, so the backlog lasts past the kill.
+        ("EDDY_MODELS__DEMO__FAMILY", "mlp"),
+        ("EDDY_MODELS__DEMO__TRAINING__QUEUE_CAPACITY", "100000"),
+        ("EDDY_SERVER__MAX_BATCH_INSTANCES", "20000"),
+        ("EDDY_SERVER__MAX_BODY_BYTES", "16777216"),
+    ];
+    let mut server = crate::helpers::start_binary(dir.path(), &settings);
+    let client = reqwest::Client::new();
+    let admin = |what: &str| format!("http://{}/admin/models/demo/training/{what}", server.admin);
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(client.post(admin("pause")).send().await.expect("pause")),
+        200
+    );
+    let examples: Vec<Value> = crate::helpers::dataset("elec2")
+        .iter()
+        .take(20_000)
+        .map(|r| json!({ "features": r["features"], "label": r["label"] }))
+        .collect();
+    let fed = client
+        .post(format!("http://{}/v1/models/demo/feedback", server.addr))
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(status(fed), 202);
+    assert_eq!(
+        status(client.post(admin("resume")).send().await.expect("resume")),
+        200
+    );
+    server.child.kill().expect("SIGKILL right after the 200");
+    server.child.wait().expect("reaped");
+    let mut again = crate::helpers::start_binary(dir.path(), &settings);
+    // Ready once the log is replayed: the resume is after the examples.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ready = format!("http://{}/readyz", again.addr);
+    while client
+        .get(&ready)
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let info: Value = client
+        .get(format!("http://{}/v1/models/demo", again.addr))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("json");
+    again.child.kill().expect("kill");
+    again.child.wait().expect("reaped");
+    assert_eq!(info["training"], "running", "{info}");
+}

@@ -142,11 +142,17 @@ impl Trainer {
                 if !self.stats.paused.load(Ordering::Acquire) {
                     self.take(Step::Pause, &mut Vec::new());
                 }
+                // Answered once it is in the log: an acknowledged pause
+                // survives a crash.
+                self.log_steps();
                 let _ = reply.send(());
             }
             TrainerCommand::Resume(reply) => {
                 self.take(Step::Resume, &mut Vec::new());
                 self.publish_live(self.backlog.is_empty() && self.stream.is_empty());
+                // As a pause: with a backlog to learn, the step would
+                // otherwise wait in the buffer while the caller hears 200.
+                self.log_steps();
                 let _ = reply.send(());
             }
             TrainerCommand::Snapshot(reply) => {
