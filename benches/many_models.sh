@@ -15,7 +15,10 @@
 #   stop:     from SIGTERM to the process's exit;
 #   disk:     snapshot bytes of the idle models and of the busy ones, and
 #             the bytes of their feedback logs.
-# ROUNDS rounds of the predict pair; medians at the end.
+# ROUNDS rounds of the predict pair, each round also timing the no-op axum
+# server (examples/noop_server.rs) under the same predict load, what this
+# host's scheduling alone costs a p99 (NOOP=0 skips it); medians at the
+# end.
 #
 # Targets (issue 15): 1,000 idle models in < 1 GB RSS, ready < 10 s,
 # stopped < 10 s, < 50 threads; idle models' predict p99 under the busy
@@ -43,6 +46,8 @@ STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-120}
 BIN=${BIN:-}
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+NOOP=${NOOP:-1}
+if [ "$NOOP" = 1 ]; then cargo build --release --quiet --example noop_server; fi
 if [ -z "$BIN" ]; then
   cargo build --release --quiet --bin eddy
   target=${CARGO_TARGET_DIR:-target}; [[ $target == /* ]] || target=$PWD/$target
@@ -50,9 +55,10 @@ if [ -z "$BIN" ]; then
 fi
 
 work=$(mktemp -d)
-pid=
+pid= noop=
 cleanup() {
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [ -n "$noop" ]; then kill "$noop" 2>/dev/null || true; wait "$noop" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -116,9 +122,26 @@ predict() {
     -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$1"
   if grep -q "Non-2xx" "$1"; then echo "predict answered errors:" >&2; cat "$1" >&2; exit 1; fi
 }
+if [ "$NOOP" = 1 ]; then
+  target=${CARGO_TARGET_DIR:-target}; [[ $target == /* ]] || target=$PWD/$target
+  "$target/release/examples/noop_server" "127.0.0.1:$((PORT + 2))" 2>/dev/null &
+  noop=$!
+  echo "/noop" >"$work/noop"
+  end=$(($(now_ms) + 10000))
+  until curl -s -o /dev/null --max-time 1 -X POST -d '{}' "http://127.0.0.1:$((PORT + 2))/noop"; do
+    if [ "$(now_ms)" -gt "$end" ]; then echo "the no-op server did not start" >&2; exit 1; fi
+    sleep 0.05
+  done
+fi
 echo "== predict over the $((MODELS - BUSY)) idle models: alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
-printf '%-6s %10s %10s %12s %12s %14s %8s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s
+printf '%-6s %10s %10s %12s %12s %14s %8s %10s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99
 for r in $(seq "$ROUNDS"); do
+  np99=0
+  if [ "$NOOP" = 1 ]; then
+    BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$work/noop.$r"
+    np99=$(field latency_p99_us "$work/noop.$r")
+  fi
   predict "$work/idle.$r"
   BODY=$work/feedback.json PATHS=$work/busy wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
     -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$work/fb.$r" &
@@ -133,12 +156,12 @@ for r in $(seq "$ROUNDS"); do
   rate=$(awk -v n="$ok" -v d="$((DURATION + 2))" 'BEGIN {printf "%.0f", n * 1000 / d}')
   ip50=$(field latency_p50_us "$work/idle.$r"); ip99=$(field latency_p99_us "$work/idle.$r")
   lp50=$(field latency_p50_us "$work/load.$r"); lp99=$(field latency_p99_us "$work/load.$r")
-  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused"
-  echo "$ip50 $ip99 $lp50 $lp99 $rate" >>"$work/rows"
+  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s %8dus\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused" "$np99"
+  echo "$ip50 $ip99 $lp50 $lp99 $rate $np99" >>"$work/rows"
 done
 col() { awk -v c="$1" '{print $c}' "$work/rows" | median; }
 ip99=$(col 2) lp99=$(col 4)
-echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted"
+echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted | no-op server p99 $(col 6) us"
 loaded_rss=$(proc VmRSS) loaded_threads=$(proc Threads)
 # What the load left held: predictions awaiting labels (the join caches
 # of the idle models) and examples queued.
