@@ -79,7 +79,7 @@ pub struct Metrics {
     registry: Registry,
     /// Live models' instruments (swapped when a model is added or
     /// deleted at runtime, read without locks by requests).
-    per_model: ArcSwap<std::collections::HashMap<Arc<str>, ModelInstruments>>,
+    per_model: ArcSwap<std::collections::HashMap<Arc<str>, Arc<ModelInstruments>>>,
     /// The label sets of `feedback_rejected` and `join_misses` in use, so
     /// a deleted model's series can be removed.
     reasons: Mutex<HashSet<ReasonLabels>>,
@@ -205,15 +205,15 @@ impl Metrics {
         let label = ModelLabel {
             model: name.to_string(),
         };
-        let instruments = ModelInstruments {
+        let instruments = Arc::new(ModelInstruments {
             predictions: self.predictions.get_or_create(&label).clone(),
             feedback_accepted: self.feedback_accepted.get_or_create(&label).clone(),
             feedback_joined: self.feedback_joined.get_or_create(&label).clone(),
             feedback_delay: self.feedback_delay.get_or_create(&label).clone(),
-        };
+        });
         self.per_model.rcu(|current| {
             let mut next = (**current).clone();
-            next.insert(name.clone(), instruments.clone());
+            next.insert(name.clone(), Arc::clone(&instruments));
             next
         });
     }
@@ -253,7 +253,7 @@ impl Metrics {
     }
 
     /// The instruments of a configured model.
-    pub fn model(&self, name: &str) -> Option<ModelInstruments> {
+    pub fn model(&self, name: &str) -> Option<Arc<ModelInstruments>> {
         self.per_model.load().get(name).cloned()
     }
 

@@ -104,10 +104,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn storage(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ChangeError {
-    ChangeError::Storage(format!("cannot {what} {}: {e}", path.display()))
-}
-
 impl Catalog {
     pub fn new(config: Config, clock: SharedClock, pool: TrainerPool) -> Self {
         Self {
@@ -189,9 +185,7 @@ impl Catalog {
             let built = model::build(&next, &m, &clock)
                 .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
             // Kept before it is served: a 201 survives a restart.
-            let path = next.runtime_models_path();
-            write_atomic(&path, &next.runtime_models_json())
-                .map_err(|e| storage("write", &path, e))?;
+            keep(&next).map_err(ChangeError::Storage)?;
             Ok::<_, ChangeError>((built, next))
         })
         .await
@@ -199,9 +193,8 @@ impl Catalog {
         let name: Arc<str> = built.runtime.name.clone();
         let Some(running) = self.pool.start(built.trainer) else {
             // Shutdown began meanwhile: not served, so not kept either.
-            let path = before.runtime_models_path();
-            if let Err(e) = write_atomic(&path, &before.runtime_models_json()) {
-                tracing::error!(model = %name, error = %e, "cannot take the model back out of {}", path.display());
+            if let Err(e) = keep(&before) {
+                tracing::error!(model = %name, error = %e, "cannot take the model back out");
             }
             return Err(ChangeError::ShuttingDown);
         };
@@ -267,7 +260,10 @@ impl Catalog {
         let from = next.storage.model_dir(name);
         let stamp = format!("{name}.{}", epoch_ms());
         let to = next.storage.dir.join(ARCHIVE_DIR).join(&stamp);
-        let archive = Some(next.storage.archive_dir.clone()).filter(|a| !a.as_os_str().is_empty());
+        // Log segments archived by `storage.archive_dir`, and where they go.
+        let segments = Some(&next.storage.archive_dir)
+            .filter(|a| !a.as_os_str().is_empty())
+            .map(|a| (a.join(name), a.join(ARCHIVE_DIR).join(&stamp)));
         // Each step says where things are if it fails.
         let moved = {
             let next = next.clone();
@@ -281,40 +277,16 @@ impl Catalog {
                 }
                 // The configuration first: a crash after it leaves the
                 // directory where it was, but no model of that name.
-                let path = next.runtime_models_path();
-                write_atomic(&path, &next.runtime_models_json()).map_err(|e| {
-                    format!(
-                        "{}; it is listed there still, so it comes back at the next start unless removed by hand",
-                        storage("write", &path, e)
-                    )
+                keep(&next).map_err(|e| {
+                    format!("{e}; it is listed there still, so it comes back at the next start unless removed by hand")
                 })?;
-                // Log segments archived by `storage.archive_dir` go first,
-                // so a model added later under the name starts afresh.
-                if let Some(segments) = archive.map(|a| a.join(&*name_of(&from)))
-                    && segments.exists()
-                    && let Some(archive) = segments.parent()
-                {
-                    let aside = archive.join(ARCHIVE_DIR).join(&stamp);
-                    std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
-                        .and_then(|()| std::fs::rename(&segments, &aside))
-                        .map_err(|e| {
-                            format!(
-                                "{}; its directory is still {}",
-                                storage("move the archived log segments to", &aside, e),
-                                from.display()
-                            )
-                        })?;
+                let still = |e: String| format!("{e}; its directory is still {}", from.display());
+                // The archived segments go first, so a model added later
+                // under the name starts afresh.
+                if let Some((segments, aside)) = segments.filter(|(s, _)| s.exists()) {
+                    move_to(&segments, &aside, "move the archived log segments to").map_err(still)?;
                 }
-                std::fs::create_dir_all(to.parent().unwrap_or(&to))
-                    .and_then(|()| std::fs::rename(&from, &to))
-                    .map_err(|e| {
-                        format!(
-                            "{}; its directory is still {}",
-                            storage("move the model's directory to", &to, e),
-                            from.display()
-                        )
-                    })?;
-                Ok::<_, String>(())
+                move_to(&from, &to, "move the model's directory to").map_err(still)
             })
             .await
             .map_err(|e| ChangeError::Storage(format!("deleting the model failed: {e}")))?
@@ -353,8 +325,16 @@ impl Catalog {
     }
 }
 
-fn name_of(dir: &std::path::Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// Writes the models added at runtime to `.models.json`, atomically.
+fn keep(config: &Config) -> Result<(), String> {
+    let path = config.runtime_models_path();
+    write_atomic(&path, &config.runtime_models_json())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Moves `from` to `to`, making `to`'s parent first.
+fn move_to(from: &std::path::Path, to: &std::path::Path, what: &str) -> Result<(), String> {
+    std::fs::create_dir_all(to.parent().unwrap_or(to))
+        .and_then(|()| std::fs::rename(from, to))
+        .map_err(|e| format!("cannot {what} {}: {e}", to.display()))
 }

@@ -181,11 +181,6 @@ impl<T: Clone + Default + PartialEq> Blocked<T> {
             .flat_map(move |(i, _)| (i << shift)..((i + 1) << shift).min(rows))
     }
 
-    /// The fill value unwritten rows hold.
-    pub fn fill_value(&self) -> &T {
-        &self.value
-    }
-
     pub fn rows(&self) -> usize {
         self.rows
     }

@@ -79,14 +79,11 @@ impl SnapshotWriter {
     /// Offers a job without waiting; false if one is already waiting
     /// behind the one being written.
     pub(super) fn offer(&self, job: Job) -> bool {
-        let mut jobs = self.shared.lock();
+        let jobs = self.shared.lock();
         if !jobs.waiting.is_empty() {
             return false;
         }
-        jobs.waiting.push_back(job);
-        let task = self.claim(&mut jobs);
-        drop(jobs);
-        self.spawn(task);
+        self.hand_over(jobs, job);
         true
     }
 
@@ -95,12 +92,7 @@ impl SnapshotWriter {
     pub(super) fn write(&self, mut job: Job) -> Result<SnapshotFile, SnapshotError> {
         let (tx, rx) = std_mpsc::channel();
         job.reply = Some(tx);
-        let task = {
-            let mut jobs = self.shared.lock();
-            jobs.waiting.push_back(job);
-            self.claim(&mut jobs)
-        };
-        self.spawn(task);
+        self.hand_over(self.shared.lock(), job);
         // On the trainer pool, the other trainers of this worker move on
         // while this one waits (`block_in_place`).
         off_the_pool(|| rx.recv()).unwrap_or_else(|_| {
@@ -110,24 +102,19 @@ impl SnapshotWriter {
         })
     }
 
-    /// The writing task to start, unless one runs (under the lock).
-    fn claim(&self, jobs: &mut Jobs) -> Option<Task> {
+    /// Queues `job` and starts the writing task unless one runs. The task
+    /// is started outside the lock: one dropped unstarted takes it, giving
+    /// its jobs back as failures (an offered snapshot stays due).
+    fn hand_over(&self, mut jobs: std::sync::MutexGuard<'_, Jobs>, job: Job) {
+        jobs.waiting.push_back(job);
         if jobs.running {
-            return None;
+            return;
         }
         jobs.running = true;
-        Some(Task {
+        drop(jobs);
+        let task = Task {
             shared: Arc::clone(&self.shared),
             done: false,
-        })
-    }
-
-    /// Starts `task` (outside the lock: a task dropped unstarted takes
-    /// it, giving its jobs back as failures, and an offered snapshot stays
-    /// due).
-    fn spawn(&self, task: Option<Task>) {
-        let Some(task) = task else {
-            return;
         };
         let work = move || task.run();
         match writer_threads() {
