@@ -10,15 +10,22 @@
 #             -c$CONNS -d$DURATION), first with nothing else running, then
 #             while BUSY models take feedback at full rate (a second wrk,
 #             -c$FEEDBACK_CONNS, batches of 1,000 Elec2 rows spread over
-#             the busy models, ignoring Retry-After);
+#             the busy models, ignoring Retry-After). PREDICT_DELAY_MS=0
+#             (the default) sends each predict as soon as the last is
+#             answered, so the predict client and server take every core
+#             and p99 is mostly queueing for them; PREDICT_DELAY_MS=1 has
+#             each connection wait 1 ms between predicts, a fixed offered
+#             load (about 3,000 a second with CONNS=4) whose p99 is the
+#             service time plus what the feedback load adds to it;
 #   loaded:   RSS and threads after that;
 #   stop:     from SIGTERM to the process's exit;
 #   disk:     snapshot bytes of the idle models and of the busy ones, and
 #             the bytes of their feedback logs.
 # ROUNDS rounds of the predict pair, each round also timing the no-op axum
-# server (examples/noop_server.rs) under the same predict load, what this
-# host's scheduling alone costs a p99 (NOOP=0 skips it); medians at the
-# end.
+# server (examples/noop_server.rs) under the same predict load, alone and
+# while the same feedback client posts its batches to it (which it reads
+# and drops): what this host's scheduling, the clients and the bytes alone
+# cost a p99 (NOOP=0 skips it); medians at the end.
 #
 # Targets (issue 15): 1,000 idle models in < 1 GB RSS, ready < 10 s,
 # stopped < 10 s, < 50 threads; idle models' predict p99 under the busy
@@ -28,7 +35,7 @@
 # MODELS) through the same steps.
 #
 # Usage: benches/many_models.sh   (MODELS=1000 BUSY=10 ROUNDS=3 DURATION=10
-#        CONNS=4 FEEDBACK_CONNS=8 PORT=18391 BIN=; extra EDDY_* variables
+#        CONNS=4 FEEDBACK_CONNS=8 PREDICT_DELAY_MS=0 PORT=18391 BIN=; extra EDDY_* variables
 #        reach the server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +47,7 @@ DURATION=${DURATION:-10}
 DURATION=${DURATION%s}
 CONNS=${CONNS:-4}
 FEEDBACK_CONNS=${FEEDBACK_CONNS:-8}
+PREDICT_DELAY_MS=${PREDICT_DELAY_MS:-0}
 PORT=${PORT:-18391}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-120}
@@ -118,7 +126,7 @@ echo "== GET /v1/models: whole $(list_ms "") ms ($((list_bytes / 1024)) KiB), ?l
 
 # predict OUT: one predict run over the idle models; fails on any non-2xx.
 predict() {
-  BODY=$work/predict.json PATHS=$work/idle wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+  DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/idle wrk -t1 -c"$CONNS" -d"${DURATION}s" \
     -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$1"
   if grep -q "Non-2xx" "$1"; then echo "predict answered errors:" >&2; cat "$1" >&2; exit 1; fi
 }
@@ -134,13 +142,23 @@ if [ "$NOOP" = 1 ]; then
   done
 fi
 echo "== predict over the $((MODELS - BUSY)) idle models: alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
-printf '%-6s %10s %10s %12s %12s %14s %8s %10s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99
+printf '%-6s %10s %10s %12s %12s %14s %8s %10s %12s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99 noop_fed_p99
 for r in $(seq "$ROUNDS"); do
-  np99=0
+  np99=0 nfp99=0
   if [ "$NOOP" = 1 ]; then
-    BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
-      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$work/noop.$r"
+    noop_predict() {
+      DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+        -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
+    }
+    noop_predict "$work/noop.$r"
     np99=$(field latency_p99_us "$work/noop.$r")
+    BODY=$work/feedback.json PATHS=$work/noop wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
+      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >/dev/null &
+    nfb=$!
+    sleep 1
+    noop_predict "$work/noopfed.$r"
+    wait "$nfb"
+    nfp99=$(field latency_p99_us "$work/noopfed.$r")
   fi
   predict "$work/idle.$r"
   BODY=$work/feedback.json PATHS=$work/busy wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
@@ -156,12 +174,12 @@ for r in $(seq "$ROUNDS"); do
   rate=$(awk -v n="$ok" -v d="$((DURATION + 2))" 'BEGIN {printf "%.0f", n * 1000 / d}')
   ip50=$(field latency_p50_us "$work/idle.$r"); ip99=$(field latency_p99_us "$work/idle.$r")
   lp50=$(field latency_p50_us "$work/load.$r"); lp99=$(field latency_p99_us "$work/load.$r")
-  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s %8dus\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused" "$np99"
-  echo "$ip50 $ip99 $lp50 $lp99 $rate $np99" >>"$work/rows"
+  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s %8dus %10dus\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused" "$np99" "$nfp99"
+  echo "$ip50 $ip99 $lp50 $lp99 $rate $np99 $nfp99" >>"$work/rows"
 done
 col() { awk -v c="$1" '{print $c}' "$work/rows" | median; }
 ip99=$(col 2) lp99=$(col 4)
-echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted | no-op server p99 $(col 6) us"
+echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted | no-op server p99 $(col 6) us, while fed $(col 7) us"
 loaded_rss=$(proc VmRSS) loaded_threads=$(proc Threads)
 # What the load left held: predictions awaiting labels (the join caches
 # of the idle models) and examples queued.

@@ -56,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = Config::load(config.as_deref(), std::env::vars())?;
             config.storage.repair |= repair;
             eddy::telemetry::init(&config.log);
+            eddy::serving::priority::keep_huge_pages(config.server.huge_pages);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("eddy-worker")

@@ -27,6 +27,15 @@ function request()
   return wrk.format("POST", path, { ["Content-Type"] = "application/json" }, body)
 end
 
+-- DELAY_MS (optional): each connection waits this long before each
+-- request, a fixed offered load instead of as fast as answers come.
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "")
+if delay_ms and delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
+
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end

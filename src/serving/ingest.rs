@@ -6,8 +6,9 @@
 //! one piece; on the request runtime's few worker threads that piece delays
 //! every predict queued behind it. Here such work runs on a small set of
 //! dedicated threads (`server.feedback_threads`), at a lower OS priority on
-//! Linux (`server.feedback_nice`), so the scheduler gives the runtime's
-//! threads the CPU as soon as a predict arrives. At most
+//! Linux (`server.feedback_nice`, or `SCHED_IDLE` with
+//! `server.background_policy = "idle"`: `serving::priority`), so the
+//! scheduler gives the runtime's threads the CPU when a predict arrives. At most
 //! `server.feedback_concurrency` requests are admitted at once (running or
 //! waiting for a thread); a request beyond that is refused before its body
 //! is parsed, so an overload of feedback costs the runtime little more than
@@ -39,8 +40,9 @@ pub struct IngestOptions {
     pub threads: usize,
     /// Requests admitted at once, running or waiting for a thread.
     pub concurrency: usize,
-    /// Niceness of the worker threads (Linux; 0 leaves it unchanged).
-    pub nice: i32,
+    /// What the worker threads run at (`server.background_policy`,
+    /// `server.feedback_nice`).
+    pub priority: super::priority::Background,
     /// How long a request may wait for a place before it is refused.
     pub wait: Duration,
 }
@@ -77,11 +79,11 @@ impl IngestPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..options.threads.max(1) {
             let rx = Arc::clone(&rx);
-            let nice = options.nice;
+            let priority = options.priority;
             std::thread::Builder::new()
                 .name(format!("eddy-feedback-{i}"))
                 .spawn(move || {
-                    lower_priority(nice);
+                    priority.apply();
                     work(&rx);
                 })?;
         }
@@ -210,27 +212,6 @@ fn work(rx: &Mutex<mpsc::Receiver<Job>>) {
     }
 }
 
-/// Raises the calling thread's niceness so the scheduler prefers the
-/// request runtime's threads. On Linux niceness is a per-thread attribute
-/// (setpriority(2), NOTES) and raising it needs no privilege.
-#[cfg(target_os = "linux")]
-pub(crate) fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
-        tracing::warn!(nice, error = %e, "cannot lower the feedback or trainer threads' priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn lower_priority(nice: i32) {
-    if nice != 0 {
-        tracing::debug!(nice, "server.feedback_nice is applied on Linux only");
-    }
-}
-
 /// Counts a request as waiting for a place while it lives.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -259,7 +240,10 @@ mod tests {
         IngestPool::start(IngestOptions {
             threads,
             concurrency,
-            nice: 0,
+            priority: crate::serving::priority::Background {
+                policy: crate::serving::priority::BackgroundPolicy::Nice,
+                nice: 0,
+            },
             wait,
         })
         .unwrap()

@@ -12,6 +12,7 @@ pub mod join;
 pub mod log_record;
 pub mod monitor;
 pub mod pool;
+pub mod priority;
 pub mod queue;
 pub mod registry;
 pub mod sources;

@@ -533,3 +533,97 @@ async fn kill_9_under_load_from_several_clients_keeps_every_acknowledged_example
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }
+
+/// What the kernel is asked for (Linux): transparent huge pages off for
+/// the process unless `server.huge_pages`, and with `background_policy =
+/// "idle"` the feedback and trainer threads at `SCHED_IDLE` while the
+/// request threads stay at the normal policy. Read from /proc while the
+/// server learns.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_background_threads_give_way_and_huge_pages_stay_off() {
+    use serde_json::json;
+    /// Each thread's name and scheduling policy (stat field 41).
+    fn policies(pid: u32) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+            let path = task.expect("task").path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("stat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+            let policy = rest.split(' ').nth(41 - 3).expect("policy");
+            out.push((comm.trim().to_owned(), policy.parse().expect("number")));
+        }
+        out
+    }
+    let thp = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, addr, _) =
+        start_binary_with(dir.path(), &[("EDDY_SERVER__BACKGROUND_POLICY", "idle")]);
+    let examples: Vec<_> = (0..50)
+        .map(|i| json!({ "features": { "x": i }, "label": i % 2 }))
+        .collect();
+    let fed = match reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/v1/models/demo/feedback?wait=published&timeout_ms=8000"
+        ))
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+    {
+        Ok(r) => Some((
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.ok(),
+        )),
+        Err(_) => None,
+    };
+    let seen = policies(child.id());
+    let huge = thp(child.id());
+    let (mut plain, _, _) = start_binary(tempfile::tempdir().expect("dir").path());
+    let plain_seen = policies(plain.id());
+    for c in [&mut child, &mut plain] {
+        c.kill().expect("kill");
+        c.wait().expect("reaped");
+    }
+    let (status, body) = fed.expect("feedback answered");
+    assert_eq!(status, 202, "{body:?}");
+    assert!(
+        body.as_ref().is_some_and(|b| b["model_version"].is_u64()),
+        "learned and published at SCHED_IDLE: {body:?}"
+    );
+    assert_eq!(huge.as_deref(), Some("0"), "transparent huge pages off");
+    let of = |seen: &[(String, u32)], name: &str| -> Vec<u32> {
+        seen.iter()
+            .filter(|(n, _)| n.starts_with(name))
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    const NORMAL: u32 = 0;
+    const IDLE: u32 = 5;
+    for name in ["eddy-feedback", "eddy-trainer"] {
+        let p = of(&seen, name);
+        assert!(
+            !p.is_empty() && p.iter().all(|&p| p == IDLE),
+            "{name}: {seen:?}"
+        );
+        let p = of(&plain_seen, name);
+        assert!(
+            !p.is_empty() && p.iter().all(|&p| p == NORMAL),
+            "default {name}: {plain_seen:?}"
+        );
+    }
+    let workers = of(&seen, "eddy-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&p| p == NORMAL),
+        "{seen:?}"
+    );
+}
