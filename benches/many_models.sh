@@ -63,8 +63,9 @@ if [ -z "$BIN" ]; then
 fi
 
 work=$(mktemp -d)
-pid= noop=
+pid= noop= fb= nfb=
 cleanup() {
+  for load in $fb $nfb; do kill "$load" 2>/dev/null || true; done
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$noop" ]; then kill "$noop" 2>/dev/null || true; wait "$noop" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -132,7 +133,8 @@ predict() {
 }
 if [ "$NOOP" = 1 ]; then
   target=${CARGO_TARGET_DIR:-target}; [[ $target == /* ]] || target=$PWD/$target
-  "$target/release/examples/noop_server" "127.0.0.1:$((PORT + 2))" 2>/dev/null &
+  # Transparent huge pages off, as eddy serve turns them off for itself.
+  MIMALLOC_ALLOW_THP=0 "$target/release/examples/noop_server" "127.0.0.1:$((PORT + 2))" 2>/dev/null &
   noop=$!
   echo "/noop" >"$work/noop"
   end=$(($(now_ms) + 10000))
@@ -141,24 +143,26 @@ if [ "$NOOP" = 1 ]; then
     sleep 0.05
   done
 fi
-echo "== predict over the $((MODELS - BUSY)) idle models: alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
-printf '%-6s %10s %10s %12s %12s %14s %8s %10s %12s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99 noop_fed_p99
+noop_predict() {
+  DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+    -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
+}
+echo "== predict over the $((MODELS - BUSY)) idle models (PREDICT_DELAY_MS=$PREDICT_DELAY_MS): alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
+printf '%-6s %10s %10s %12s %12s %14s %8s %10s %12s %14s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99 noop_fed_p99 noop_read_ex/s
 for r in $(seq "$ROUNDS"); do
-  np99=0 nfp99=0
+  np99=0 nfp99=0 nrate=0
   if [ "$NOOP" = 1 ]; then
-    noop_predict() {
-      DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
-        -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
-    }
     noop_predict "$work/noop.$r"
     np99=$(field latency_p99_us "$work/noop.$r")
     BODY=$work/feedback.json PATHS=$work/noop wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
-      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >/dev/null &
+      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$work/noopfb.$r" &
     nfb=$!
     sleep 1
     noop_predict "$work/noopfed.$r"
-    wait "$nfb"
+    wait "$nfb"; nfb=
     nfp99=$(field latency_p99_us "$work/noopfed.$r")
+    # Bodies the no-op read and dropped (all answered 200), as examples/s.
+    nrate=$(awk -v d="$((DURATION + 2))" '$1 == "requests" {printf "%.0f", $2 * 1000 / d}' "$work/noopfb.$r")
   fi
   predict "$work/idle.$r"
   BODY=$work/feedback.json PATHS=$work/busy wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
@@ -166,7 +170,7 @@ for r in $(seq "$ROUNDS"); do
   fb=$!
   sleep 1
   predict "$work/load.$r"
-  wait "$fb"
+  wait "$fb"; fb=
   ok=$(awk '$1 == "status" && $2 == 202 {print $3}' "$work/fb.$r"); ok=${ok:-0}
   refused=$(awk '$1 == "status" && $2 == 429 {print $3}' "$work/fb.$r"); refused=${refused:-0}
   other=$(awk '$1 == "status" && $2 != 202 && $2 != 429 {n += $3} END {print n + 0}' "$work/fb.$r")
@@ -174,12 +178,12 @@ for r in $(seq "$ROUNDS"); do
   rate=$(awk -v n="$ok" -v d="$((DURATION + 2))" 'BEGIN {printf "%.0f", n * 1000 / d}')
   ip50=$(field latency_p50_us "$work/idle.$r"); ip99=$(field latency_p99_us "$work/idle.$r")
   lp50=$(field latency_p50_us "$work/load.$r"); lp99=$(field latency_p99_us "$work/load.$r")
-  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s %8dus %10dus\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused" "$np99" "$nfp99"
-  echo "$ip50 $ip99 $lp50 $lp99 $rate $np99 $nfp99" >>"$work/rows"
+  printf '%-6s %8dus %8dus %10dus %10dus %14s %8s %8dus %10dus %14s\n' "$r" "$ip50" "$ip99" "$lp50" "$lp99" "$rate" "$refused" "$np99" "$nfp99" "$nrate"
+  echo "$ip50 $ip99 $lp50 $lp99 $rate $np99 $nfp99 $nrate" >>"$work/rows"
 done
 col() { awk -v c="$1" '{print $c}' "$work/rows" | median; }
 ip99=$(col 2) lp99=$(col 4)
-echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted | no-op server p99 $(col 6) us, while fed $(col 7) us"
+echo "== medians: idle predict p50 $(col 1) us, p99 $ip99 us | while $BUSY models learn p50 $(col 3) us, p99 $lp99 us (ratio $(awk -v a="$lp99" -v b="$ip99" 'BEGIN {printf "%.2f", a / b}')) | feedback $(col 5) examples/s accepted | no-op server p99 $(col 6) us, while fed $(col 7) us ($(col 8) examples/s read)"
 loaded_rss=$(proc VmRSS) loaded_threads=$(proc Threads)
 # What the load left held: predictions awaiting labels (the join caches
 # of the idle models) and examples queued.

@@ -121,12 +121,6 @@ pub struct ServerConfig {
     /// keeps up under predict load.
     #[serde(default)]
     pub trainer_nice: i32,
-    /// How the feedback and trainer threads give way to the request
-    /// threads on Linux (`serving::priority`): `nice` (the two keys above)
-    /// or `idle` (`SCHED_IDLE`: they run only when no request thread wants
-    /// the CPU).
-    #[serde(default)]
-    pub background_policy: crate::serving::priority::BackgroundPolicy,
     /// Transparent huge pages for the process's heap (Linux). Off by
     /// default: a huge page is cleared whole by the request thread that
     /// first touches it, a stall of milliseconds (`serving::priority`).
@@ -733,19 +727,8 @@ impl ServerConfig {
         crate::serving::ingest::IngestOptions {
             threads,
             concurrency: self.feedback_concurrency.get(),
-            priority: crate::serving::priority::Background {
-                policy: self.background_policy,
-                nice: self.feedback_nice,
-            },
+            nice: self.feedback_nice,
             wait: Duration::from_millis(self.feedback_wait_ms),
-        }
-    }
-
-    /// What the trainer pool's threads run at.
-    pub fn trainer_priority(&self) -> crate::serving::priority::Background {
-        crate::serving::priority::Background {
-            policy: self.background_policy,
-            nice: self.trainer_nice,
         }
     }
 
@@ -1585,11 +1568,6 @@ mod tests {
                 "[server]\ntrainer_threads = 100000",
                 &[],
                 "server.trainer_threads",
-            ),
-            (
-                "[server]\nbackground_policy = \"realtime\"",
-                &[],
-                "server.background_policy",
             ),
             (
                 "",

@@ -6,9 +6,8 @@
 //! one piece; on the request runtime's few worker threads that piece delays
 //! every predict queued behind it. Here such work runs on a small set of
 //! dedicated threads (`server.feedback_threads`), at a lower OS priority on
-//! Linux (`server.feedback_nice`, or `SCHED_IDLE` with
-//! `server.background_policy = "idle"`: `serving::priority`), so the
-//! scheduler gives the runtime's threads the CPU when a predict arrives. At most
+//! Linux (`server.feedback_nice`: `serving::priority`), so the scheduler
+//! gives the runtime's threads the CPU when a predict arrives. At most
 //! `server.feedback_concurrency` requests are admitted at once (running or
 //! waiting for a thread); a request beyond that is refused before its body
 //! is parsed, so an overload of feedback costs the runtime little more than
@@ -40,9 +39,8 @@ pub struct IngestOptions {
     pub threads: usize,
     /// Requests admitted at once, running or waiting for a thread.
     pub concurrency: usize,
-    /// What the worker threads run at (`server.background_policy`,
-    /// `server.feedback_nice`).
-    pub priority: super::priority::Background,
+    /// Niceness of the worker threads (Linux; 0 leaves it unchanged).
+    pub nice: i32,
     /// How long a request may wait for a place before it is refused.
     pub wait: Duration,
 }
@@ -79,11 +77,11 @@ impl IngestPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..options.threads.max(1) {
             let rx = Arc::clone(&rx);
-            let priority = options.priority;
+            let nice = options.nice;
             std::thread::Builder::new()
                 .name(format!("eddy-feedback-{i}"))
                 .spawn(move || {
-                    priority.apply();
+                    super::priority::lower_priority(nice);
                     work(&rx);
                 })?;
         }
@@ -240,10 +238,7 @@ mod tests {
         IngestPool::start(IngestOptions {
             threads,
             concurrency,
-            priority: crate::serving::priority::Background {
-                policy: crate::serving::priority::BackgroundPolicy::Nice,
-                nice: 0,
-            },
+            nice: 0,
             wait,
         })
         .unwrap()

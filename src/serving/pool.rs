@@ -68,13 +68,12 @@ impl Running {
 }
 
 impl TrainerPool {
-    /// `threads` workers at `priority` (`server.background_policy`,
-    /// `server.trainer_nice`);
+    /// `threads` workers at niceness `nice` (`server.trainer_nice`);
     /// `grace` bounds each trainer's draining at stop; `shutdown` is
     /// cancelled if a trainer dies.
     pub fn new(
         threads: usize,
-        priority: super::priority::Background,
+        nice: i32,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<Self> {
@@ -86,7 +85,7 @@ impl TrainerPool {
             // their turn meanwhile.
             .max_blocking_threads(threads + 8)
             .thread_name("eddy-trainer")
-            .on_thread_start(move || priority.apply())
+            .on_thread_start(move || super::priority::lower_priority(nice))
             .enable_time()
             .build()?;
         Ok(Self {
