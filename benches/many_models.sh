@@ -63,9 +63,9 @@ if [ -z "$BIN" ]; then
 fi
 
 work=$(mktemp -d)
-pid= noop= fb= nfb=
+pid= noop= fb=
 cleanup() {
-  for load in $fb $nfb; do kill "$load" 2>/dev/null || true; done
+  if [ -n "$fb" ]; then kill "$fb" 2>/dev/null || true; fi
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   if [ -n "$noop" ]; then kill "$noop" 2>/dev/null || true; wait "$noop" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -143,6 +143,17 @@ if [ "$NOOP" = 1 ]; then
     sleep 0.05
   done
 fi
+# while_fed PATHS PORT FB_OUT PREDICT OUT: the feedback client posts its
+# batches to the paths listed in $work/PATHS on PORT (output in FB_OUT)
+# while PREDICT OUT runs, starting a second after it.
+while_fed() {
+  BODY=$work/feedback.json PATHS=$work/$1 wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
+    -s benches/wrk/rotate.lua "http://127.0.0.1:$2" >"$3" &
+  fb=$!
+  sleep 1
+  "$4" "$5"
+  wait "$fb"; fb=
+}
 noop_predict() {
   DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
     -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
@@ -154,23 +165,13 @@ for r in $(seq "$ROUNDS"); do
   if [ "$NOOP" = 1 ]; then
     noop_predict "$work/noop.$r"
     np99=$(field latency_p99_us "$work/noop.$r")
-    BODY=$work/feedback.json PATHS=$work/noop wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
-      -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$work/noopfb.$r" &
-    nfb=$!
-    sleep 1
-    noop_predict "$work/noopfed.$r"
-    wait "$nfb"; nfb=
+    while_fed noop "$((PORT + 2))" "$work/noopfb.$r" noop_predict "$work/noopfed.$r"
     nfp99=$(field latency_p99_us "$work/noopfed.$r")
     # Bodies the no-op read and dropped (all answered 200), as examples/s.
     nrate=$(awk -v d="$((DURATION + 2))" '$1 == "requests" {printf "%.0f", $2 * 1000 / d}' "$work/noopfb.$r")
   fi
   predict "$work/idle.$r"
-  BODY=$work/feedback.json PATHS=$work/busy wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
-    -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$work/fb.$r" &
-  fb=$!
-  sleep 1
-  predict "$work/load.$r"
-  wait "$fb"; fb=
+  while_fed busy "$PORT" "$work/fb.$r" predict "$work/load.$r"
   ok=$(awk '$1 == "status" && $2 == 202 {print $3}' "$work/fb.$r"); ok=${ok:-0}
   refused=$(awk '$1 == "status" && $2 == 429 {print $3}' "$work/fb.$r"); refused=${refused:-0}
   other=$(awk '$1 == "status" && $2 != 202 && $2 != 429 {n += $3} END {print n + 0}' "$work/fb.$r")

@@ -103,6 +103,23 @@ async fn admin(
     (r.status().as_u16(), r.json().await.expect("json"))
 }
 
+/// An admin change refused with this status and error code (the body in
+/// the failure message).
+async fn refused(
+    app: &crate::helpers::TestApp,
+    method: reqwest::Method,
+    model: &str,
+    body: Option<Value>,
+    (status, code): (u16, &str),
+) {
+    let (got, answer) = admin(app, method, model, body).await;
+    assert_eq!(
+        (got, answer["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{answer}"
+    );
+}
+
 fn two_models(c: &mut eddy::config::Config) {
     c.server.max_models = std::num::NonZeroUsize::new(2).expect("2");
 }
@@ -196,31 +213,39 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
             || before["probability"].is_number(),
         "{before}"
     );
-    let (status, body) = admin(&app, Method::PUT, "tenant-a", Some(table.clone())).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("model_exists")),
-        "{body}"
-    );
-    let (status, body) = admin(&app, Method::PUT, "fixed", Some(table.clone())).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("model_exists")),
-        "{body}"
-    );
+    refused(
+        &app,
+        Method::PUT,
+        "tenant-a",
+        Some(table.clone()),
+        (409, "model_exists"),
+    )
+    .await;
+    refused(
+        &app,
+        Method::PUT,
+        "fixed",
+        Some(table.clone()),
+        (409, "model_exists"),
+    )
+    .await;
     // server.max_models = 2: a third is refused.
-    let (status, body) = admin(&app, Method::PUT, "tenant-b", Some(table.clone())).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("model_limit")),
-        "{body}"
-    );
-    let (status, body) = admin(&app, Method::DELETE, "fixed", None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("model_in_config")),
-        "{body}"
-    );
+    refused(
+        &app,
+        Method::PUT,
+        "tenant-b",
+        Some(table.clone()),
+        (409, "model_limit"),
+    )
+    .await;
+    refused(
+        &app,
+        Method::DELETE,
+        "fixed",
+        None,
+        (409, "model_in_config"),
+    )
+    .await;
 
     let examples: Vec<Value> = (0..200).map(example).collect();
     let (status, body) = app
