@@ -31,11 +31,18 @@
 # stopped < 10 s, < 50 threads; idle models' predict p99 under the busy
 # models' load within the idle server's p99; idle snapshots < 10 MB.
 #
+# FEEDBACK_CLIENT=idle runs the feedback client at SCHED_IDLE (chrt
+# --idle 0), as if it ran on another machine: on these 2 cores its own CPU
+# (building and sending 150 KB bodies) otherwise competes with predict's
+# client and the request threads, whatever the server does. The default,
+# normal, keeps it at the normal policy.
+#
 # BIN=path/to/eddy runs another build (e.g. an older release, with fewer
 # MODELS) through the same steps.
 #
 # Usage: benches/many_models.sh   (MODELS=1000 BUSY=10 ROUNDS=3 DURATION=10
-#        CONNS=4 FEEDBACK_CONNS=8 PREDICT_DELAY_MS=0 PORT=18391 BIN=; extra EDDY_* variables
+#        CONNS=4 FEEDBACK_CONNS=8 PREDICT_DELAY_MS=0 FEEDBACK_CLIENT=normal PORT=18391 BIN=;
+#        extra EDDY_* variables
 #        reach the server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +55,12 @@ DURATION=${DURATION%s}
 CONNS=${CONNS:-4}
 FEEDBACK_CONNS=${FEEDBACK_CONNS:-8}
 PREDICT_DELAY_MS=${PREDICT_DELAY_MS:-0}
+FEEDBACK_CLIENT=${FEEDBACK_CLIENT:-normal}
+case $FEEDBACK_CLIENT in
+  normal) feedback_client=() ;;
+  idle) feedback_client=(chrt --idle 0) ;;
+  *) echo "FEEDBACK_CLIENT is normal or idle" >&2; exit 2 ;;
+esac
 PORT=${PORT:-18391}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-120}
@@ -147,7 +160,7 @@ fi
 # batches to the paths listed in $work/PATHS on PORT (output in FB_OUT)
 # while PREDICT OUT runs, starting a second after it.
 while_fed() {
-  BODY=$work/feedback.json PATHS=$work/$1 wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
+  BODY=$work/feedback.json PATHS=$work/$1 "${feedback_client[@]}" wrk -t1 -c"$FEEDBACK_CONNS" -d"$((DURATION + 2))s" \
     -s benches/wrk/rotate.lua "http://127.0.0.1:$2" >"$3" &
   fb=$!
   sleep 1
@@ -158,7 +171,7 @@ noop_predict() {
   DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
     -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
 }
-echo "== predict over the $((MODELS - BUSY)) idle models (PREDICT_DELAY_MS=$PREDICT_DELAY_MS): alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
+echo "== predict over the $((MODELS - BUSY)) idle models (PREDICT_DELAY_MS=$PREDICT_DELAY_MS, FEEDBACK_CLIENT=$FEEDBACK_CLIENT): alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
 printf '%-6s %10s %10s %12s %12s %14s %8s %10s %12s %14s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99 noop_fed_p99 noop_read_ex/s
 for r in $(seq "$ROUNDS"); do
   np99=0 nfp99=0 nrate=0

@@ -112,7 +112,7 @@ impl App {
         let shutdown = CancellationToken::new();
         let pool = TrainerPool::new(
             config.server.trainer_pool_threads(),
-            config.server.trainer_nice,
+            config.server.trainer_priority(),
             shutdown.clone(),
             config.server.shutdown_grace(),
         )

@@ -112,15 +112,27 @@ pub struct ServerConfig {
     /// body is parsed.
     #[serde(default = "default_feedback_concurrency")]
     pub feedback_concurrency: NonZeroUsize,
-    /// Niceness of the feedback threads on Linux (0 to 19), so predict's
-    /// threads win the CPU; 0 leaves it unchanged.
+    /// Niceness of the feedback threads on Linux (0 to 19) under
+    /// `background_policy = "nice"`, so predict's threads win the CPU; 0
+    /// leaves it unchanged.
     #[serde(default = "default_feedback_nice")]
     pub feedback_nice: i32,
-    /// Niceness of the trainer pool's threads on Linux (0 to 19); 0 (the
-    /// default) leaves them at the request threads' priority, so training
-    /// keeps up under predict load.
+    /// Niceness of the trainer pool's threads on Linux (0 to 19) under
+    /// `background_policy = "nice"`; 0 (the default) leaves them at the
+    /// request threads' priority.
     #[serde(default)]
     pub trainer_nice: i32,
+    /// How the feedback and trainer threads give way to the request
+    /// threads on Linux (`serving::priority`): `idle` (the default,
+    /// `SCHED_IDLE`: they run only when no request thread wants the CPU) or
+    /// `nice` (the normal policy at the two keys above).
+    #[serde(default)]
+    pub background_policy: crate::serving::priority::BackgroundPolicy,
+    /// CPUs kept free of the feedback and trainer threads for the request
+    /// threads (which still run anywhere), on Linux: the lowest-numbered of
+    /// those the process may use, when it may use more; 0: none kept.
+    #[serde(default = "default_request_cpus")]
+    pub request_cpus: usize,
     /// Transparent huge pages for the process's heap (Linux). Off by
     /// default: a huge page is cleared whole by the request thread that
     /// first touches it, a stall of milliseconds (`serving::priority`).
@@ -461,6 +473,9 @@ fn default_grace() -> u64 {
 fn default_feedback_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(4).expect("non-zero")
 }
+fn default_request_cpus() -> usize {
+    1
+}
 fn default_feedback_nice() -> i32 {
     10
 }
@@ -727,8 +742,21 @@ impl ServerConfig {
         crate::serving::ingest::IngestOptions {
             threads,
             concurrency: self.feedback_concurrency.get(),
-            nice: self.feedback_nice,
+            priority: crate::serving::priority::Background {
+                policy: self.background_policy,
+                nice: self.feedback_nice,
+                keep_free: self.request_cpus,
+            },
             wait: Duration::from_millis(self.feedback_wait_ms),
+        }
+    }
+
+    /// What the trainer pool's threads run at.
+    pub fn trainer_priority(&self) -> crate::serving::priority::Background {
+        crate::serving::priority::Background {
+            policy: self.background_policy,
+            nice: self.trainer_nice,
+            keep_free: self.request_cpus,
         }
     }
 
@@ -1568,6 +1596,11 @@ mod tests {
                 "[server]\ntrainer_threads = 100000",
                 &[],
                 "server.trainer_threads",
+            ),
+            (
+                "[server]\nbackground_policy = \"realtime\"",
+                &[],
+                "server.background_policy",
             ),
             (
                 "",

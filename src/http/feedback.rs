@@ -656,6 +656,10 @@ fn enqueue(
         .any(|(_, c)| matches!(c.input, Input::Joined(_)));
     let mut joins = any_joined.then(|| runtime.joins.batch());
     let mut claims = vec![None; checked.len()];
+    // Counted once the claims are settled, not while the batch may hold
+    // the join lock predict takes.
+    let mut missed = Vec::new();
+    let mut refused = None;
     if let Some(joins) = joins.as_mut() {
         let mut seen = HashSet::new();
         for (pos, (i, c)) in checked.iter().enumerate() {
@@ -669,11 +673,10 @@ fn enqueue(
                     Ok(claim) => claims[pos] = Some(claim),
                     Err(e) => {
                         let e = ApiError::from(e);
-                        state
-                            .metrics
-                            .join_missed(&runtime.name, e.status_and_code().1);
+                        missed.push(e.status_and_code().1);
                         if !is_batch {
-                            return Err(e);
+                            refused = Some(e);
+                            break;
                         }
                         errors.push(e.item(*i));
                     }
@@ -681,8 +684,16 @@ fn enqueue(
             }
         }
     }
-    // On a refusal the batch is dropped still locked: its claims go back
-    // unseen.
+    // On a refusal the batch is dropped: its claims go back unseen.
+    if refused.is_some() || !errors.is_empty() {
+        drop(joins.take());
+    }
+    for reason in missed {
+        state.metrics.join_missed(&runtime.name, reason);
+    }
+    if let Some(e) = refused {
+        return Err(e);
+    }
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.index);
         return Err(ApiError::InvalidBatch(errors));

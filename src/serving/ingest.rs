@@ -6,8 +6,9 @@
 //! one piece; on the request runtime's few worker threads that piece delays
 //! every predict queued behind it. Here such work runs on a small set of
 //! dedicated threads (`server.feedback_threads`), at a lower OS priority on
-//! Linux (`server.feedback_nice`: `serving::priority`), so the scheduler
-//! gives the runtime's threads the CPU when a predict arrives. At most
+//! Linux (`SCHED_IDLE`, or `server.feedback_nice` with
+//! `server.background_policy = "nice"`: `serving::priority`), so the
+//! scheduler gives the runtime's threads the CPU when a predict arrives. At most
 //! `server.feedback_concurrency` requests are admitted at once (running or
 //! waiting for a thread); a request beyond that is refused before its body
 //! is parsed, so an overload of feedback costs the runtime little more than
@@ -39,8 +40,9 @@ pub struct IngestOptions {
     pub threads: usize,
     /// Requests admitted at once, running or waiting for a thread.
     pub concurrency: usize,
-    /// Niceness of the worker threads (Linux; 0 leaves it unchanged).
-    pub nice: i32,
+    /// What the worker threads run at (`server.background_policy`,
+    /// `server.feedback_nice`).
+    pub priority: super::priority::Background,
     /// How long a request may wait for a place before it is refused.
     pub wait: Duration,
 }
@@ -75,13 +77,14 @@ impl IngestPool {
     pub fn start(options: IngestOptions) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        options.priority.prepare();
         for i in 0..options.threads.max(1) {
             let rx = Arc::clone(&rx);
-            let nice = options.nice;
+            let priority = options.priority;
             std::thread::Builder::new()
                 .name(format!("eddy-feedback-{i}"))
                 .spawn(move || {
-                    super::priority::lower_priority(nice);
+                    priority.apply();
                     work(&rx);
                 })?;
         }
@@ -238,7 +241,11 @@ mod tests {
         IngestPool::start(IngestOptions {
             threads,
             concurrency,
-            nice: 0,
+            priority: crate::serving::priority::Background {
+                policy: crate::serving::priority::BackgroundPolicy::Nice,
+                nice: 0,
+                keep_free: 0,
+            },
             wait,
         })
         .unwrap()

@@ -185,6 +185,10 @@ enum Held {
     Evicted,
 }
 
+/// Ids a batch looks up, claims commit or claims go back per hold of the
+/// lock.
+const PER_HOLD: usize = 64;
+
 /// A parsed id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
@@ -193,13 +197,19 @@ struct Key {
     seq: u32,
 }
 
-/// A locked view used to check and claim several ids at once, so a batch
-/// is all-or-nothing. Every check uses the same `now`, so an entry cannot
-/// expire between its check and its claim. Claims still here when it is
-/// dropped go back to pending under the same lock, unseen.
+/// A view used to check and claim several ids at once, so a batch is
+/// all-or-nothing: claims still here when it is dropped go back to pending,
+/// unseen. Every check uses the same `now`, so an entry cannot expire
+/// between its check and its claim. The lock is let go every
+/// `PER_HOLD` ids, so a predict inserting into the cache waits for at most
+/// that many, whatever the batch's size and the claiming thread's priority
+/// (a feedback thread at `SCHED_IDLE` may be preempted while it holds it).
 pub struct JoinBatch<'a> {
     cache: &'a JoinCache,
-    ring: MutexGuard<'a, Ring>,
+    /// `None` between holds.
+    ring: Option<MutexGuard<'a, Ring>>,
+    /// Ids looked up in the current hold.
+    in_hold: usize,
     now: Instant,
     now_ms: u64,
     taken: Vec<Taken>,
@@ -334,7 +344,8 @@ impl JoinCache {
     pub fn batch(&self) -> JoinBatch<'_> {
         JoinBatch {
             cache: self,
-            ring: self.lock(),
+            ring: Some(self.lock()),
+            in_hold: 0,
             now: Instant::now(),
             now_ms: epoch_ms(SystemTime::now()),
             taken: Vec::new(),
@@ -386,6 +397,23 @@ impl JoinCache {
         self.usage.bytes.store(ring.bytes as u64, Ordering::Relaxed);
     }
 
+    /// Puts released claims back, `PER_HOLD` at a time; `held` is the lock
+    /// if the caller has it.
+    fn put_back_all<'a>(&'a self, taken: Vec<Taken>, held: Option<MutexGuard<'a, Ring>>) {
+        let mut freed = Vec::new();
+        let mut ring = held.unwrap_or_else(|| self.lock());
+        for (n, t) in taken.into_iter().enumerate() {
+            if n > 0 && n % PER_HOLD == 0 {
+                drop(ring);
+                ring = self.lock();
+            }
+            self.put_back(&mut ring, t, &mut freed);
+        }
+        drop(ring);
+        // The features are freed outside the lock.
+        drop(freed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ring> {
         // Every mutation is a single slot write or a push, so a poisoned
         // lock still guards a consistent ring.
@@ -395,16 +423,41 @@ impl JoinCache {
 
 impl<'a> JoinBatch<'a> {
     /// Whether `id` can be claimed; claims nothing.
-    pub fn check(&self, id: &str) -> Result<(), JoinError> {
-        self.find(id).map(|_| ())
+    pub fn check(&mut self, id: &str) -> Result<(), JoinError> {
+        let found = self.find(id).map(|_| ());
+        self.pace();
+        found
+    }
+
+    /// Ends the hold once it has looked up `PER_HOLD` ids.
+    fn pace(&mut self) {
+        self.in_hold += 1;
+        if self.in_hold >= PER_HOLD {
+            self.ring = None;
+            self.in_hold = 0;
+        }
+    }
+
+    /// The lock, taken again if the last hold ended.
+    fn ring(&mut self) -> &mut MutexGuard<'a, Ring> {
+        let cache = self.cache;
+        self.ring.get_or_insert_with(|| cache.lock())
     }
 
     /// Checks `id` and claims it: its prediction moves to the claims and
     /// its slot answers `InFlight` until they are committed or dropped.
     /// Returns the prediction's index among the claims.
     pub fn claim(&mut self, id: &str) -> Result<usize, JoinError> {
+        let claimed = self.take(id);
+        self.pace();
+        claimed
+    }
+
+    fn take(&mut self, id: &str) -> Result<usize, JoinError> {
         let i = self.find(id)?;
-        let slot = &mut self.ring.slots[i];
+        let usage = &self.cache.usage;
+        let ring = self.ring();
+        let slot = &mut ring.slots[i];
         let key = slot.key;
         let (prediction, cost) = match std::mem::replace(&mut slot.held, Held::Claiming) {
             Held::Pending(p, cost) => (p, cost),
@@ -414,11 +467,8 @@ impl<'a> JoinBatch<'a> {
                 return Err(JoinError::InFlight);
             }
         };
-        self.ring.bytes -= cost;
-        self.cache
-            .usage
-            .bytes
-            .store(self.ring.bytes as u64, Ordering::Relaxed);
+        ring.bytes -= cost;
+        usage.bytes.store(ring.bytes as u64, Ordering::Relaxed);
         self.taken.push(Taken {
             key,
             prediction,
@@ -436,7 +486,7 @@ impl<'a> JoinBatch<'a> {
     }
 
     /// The slot of a claimable `id`, or why it cannot be claimed.
-    fn find(&self, id: &str) -> Result<usize, JoinError> {
+    fn find(&mut self, id: &str) -> Result<usize, JoinError> {
         let key = parse_id(id).ok_or(JoinError::Unknown)?;
         let cache = self.cache;
         // Another model's or another process's id is unknown here,
@@ -445,9 +495,10 @@ impl<'a> JoinBatch<'a> {
             return Err(JoinError::Unknown);
         }
         let i = key.seq as usize % cache.capacity;
-        match self.ring.slots.get(i) {
+        let (now, now_ms) = (self.now, self.now_ms);
+        match self.ring().slots.get(i) {
             Some(slot) if slot.key == key => {
-                if self.now.saturating_duration_since(slot.issued) > cache.ttl {
+                if now.saturating_duration_since(slot.issued) > cache.ttl {
                     Err(JoinError::Expired)
                 } else {
                     match slot.held {
@@ -459,7 +510,7 @@ impl<'a> JoinBatch<'a> {
                 }
             }
             // Gone from the ring: say why, from the time the id carries.
-            _ if Duration::from_millis(self.now_ms.saturating_sub(key.ms)) > cache.ttl => {
+            _ if Duration::from_millis(now_ms.saturating_sub(key.ms)) > cache.ttl => {
                 Err(JoinError::Expired)
             }
             _ => Err(JoinError::Unknown),
@@ -470,9 +521,9 @@ impl<'a> JoinBatch<'a> {
 impl Drop for JoinBatch<'_> {
     fn drop(&mut self) {
         // Nothing has seen these claims: each goes back as it was.
-        let mut freed = Vec::new();
-        for t in std::mem::take(&mut self.taken) {
-            self.cache.put_back(&mut self.ring, t, &mut freed);
+        let taken = std::mem::take(&mut self.taken);
+        if !taken.is_empty() {
+            self.cache.put_back_all(taken, self.ring.take());
         }
     }
 }
@@ -488,7 +539,11 @@ impl Claimed<'_> {
     pub fn commit(mut self) {
         let taken = std::mem::take(&mut self.taken);
         let mut ring = self.cache.lock();
-        for t in &taken {
+        for (n, t) in taken.iter().enumerate() {
+            if n > 0 && n % PER_HOLD == 0 {
+                drop(ring);
+                ring = self.cache.lock();
+            }
             let i = t.key.seq as usize % self.cache.capacity;
             if let Some(slot) = ring.slots.get_mut(i)
                 && slot.key == t.key
@@ -505,16 +560,10 @@ impl Claimed<'_> {
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
-        if self.taken.is_empty() {
-            return;
+        if !self.taken.is_empty() {
+            self.cache
+                .put_back_all(std::mem::take(&mut self.taken), None);
         }
-        let mut freed = Vec::new();
-        let mut ring = self.cache.lock();
-        for t in std::mem::take(&mut self.taken) {
-            self.cache.put_back(&mut ring, t, &mut freed);
-        }
-        drop(ring);
-        drop(freed);
     }
 }
 
@@ -556,7 +605,7 @@ mod tests {
         let claimed = b.unlock();
         assert_eq!(claimed.get(claim).unwrap().version, 3);
         claimed.commit();
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&id), Err(JoinError::AlreadyLabelled));
         assert_eq!(b.check("zz"), Err(JoinError::Unknown));
         let old = format!("{:012x}{:08x}{:08x}", 1u64, cache.nonce, 999u32);
@@ -573,7 +622,7 @@ mod tests {
         let cache = JoinCache::new(Duration::from_secs(60), 3, usize::MAX);
         let ids: Vec<String> = (0..5).map(|_| cache.insert(pending())).collect();
         assert_eq!(cache.len(), 3);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&ids[1]), Err(JoinError::Unknown));
         assert!(b.check(&ids[2]).is_ok());
         assert_eq!(b.check(&ids[0]), Err(JoinError::Unknown));
@@ -586,7 +635,7 @@ mod tests {
         let cache = JoinCache::new(Duration::from_secs(60), 2_500, usize::MAX);
         let ids: Vec<String> = (0..3_000).map(|_| cache.insert(pending())).collect();
         assert_eq!(cache.len(), 2_500);
-        let b = cache.batch();
+        let mut b = cache.batch();
         for gone in [0, 499] {
             assert_eq!(b.check(&ids[gone]), Err(JoinError::Unknown), "{gone}");
         }
@@ -603,7 +652,7 @@ mod tests {
         cache.lock().next = cache.wrap - 2;
         let ids: Vec<String> = (0..5).map(|_| cache.insert(pending())).collect();
         assert_eq!(cache.len(), 3);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&ids[1]), Err(JoinError::Unknown));
         for id in &ids[2..] {
             assert!(b.check(id).is_ok(), "{id} is among the newest three");
@@ -663,7 +712,7 @@ mod tests {
         b.unlock().commit();
         let newest = cache.insert(wide(1000));
         assert_eq!(cache.usage().evicted_bytes.load(Ordering::Relaxed), 2);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&ids[2]), Err(JoinError::AlreadyLabelled));
         for id in [&ids[3], &ids[4], &newest] {
             assert!(b.check(id).is_ok(), "{id} is within the budget");
@@ -671,7 +720,7 @@ mod tests {
         drop(b);
         // A wide one takes the place of several narrow ones.
         let big = cache.insert(wide(2000));
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&ids[3]), Err(JoinError::Evicted));
         assert_eq!(b.check(&ids[4]), Err(JoinError::Evicted));
         assert!(b.check(&newest).is_ok());
@@ -686,7 +735,7 @@ mod tests {
         let small = cache.insert(wide(10));
         let id = cache.insert(wide(1000));
         assert_eq!(bytes(&cache), 0);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&id), Err(JoinError::Evicted));
         assert_eq!(b.check(&small), Err(JoinError::Evicted));
     }
@@ -698,7 +747,7 @@ mod tests {
         cache.lock().next = cache.wrap - 2;
         let ids: Vec<String> = (0..7).map(|_| cache.insert(wide(1000))).collect();
         assert_eq!(bytes(&cache), 2 * one as u64);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&ids[4]), Err(JoinError::Evicted));
         assert!(b.check(&ids[5]).is_ok());
         assert!(b.check(&ids[6]).is_ok());
@@ -807,7 +856,7 @@ mod tests {
                 drop(claimed);
             }
             assert_eq!(bytes(&cache), 2 * one as u64);
-            let b = cache.batch();
+            let mut b = cache.batch();
             assert_eq!(b.check(&a), Err(JoinError::Unknown), "overwritten");
             assert_eq!(b.check(&c), Err(JoinError::Evicted));
             let b_now = b.check(&b_id);
@@ -839,7 +888,7 @@ mod tests {
         drop(claimed);
         // Back over the budget: the oldest goes.
         assert_eq!(bytes(&cache), 2 * one as u64);
-        let b = cache.batch();
+        let mut b = cache.batch();
         assert_eq!(b.check(&old), Err(JoinError::Evicted));
         assert!(b.check(&id).is_ok());
         assert!(b.check(&newest).is_ok());
@@ -870,7 +919,7 @@ mod tests {
                 });
             }
         });
-        let b = cache.batch();
+        let mut b = cache.batch();
         let labelled = ids
             .iter()
             .filter(|id| b.check(id) == Err(JoinError::AlreadyLabelled))
@@ -893,5 +942,40 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(cache.is_empty());
+    }
+
+    /// A batch larger than one hold lets the lock go between holds (a
+    /// predict can insert meanwhile) and is still all-or-nothing: dropped,
+    /// every claim from every hold is pending again; committed, every one
+    /// is labelled.
+    #[test]
+    fn a_large_batch_lets_predict_in_between_holds() {
+        let n = PER_HOLD * 3 + 5;
+        let cache = JoinCache::new(Duration::from_secs(60), n * 2, usize::MAX);
+        let ids: Vec<String> = (0..n).map(|_| cache.insert(pending())).collect();
+        let mut b = cache.batch();
+        for id in &ids[..PER_HOLD] {
+            b.claim(id).unwrap();
+        }
+        assert!(cache.inner.try_lock().is_ok(), "free after a hold's ids");
+        let late = cache.insert(pending());
+        for id in &ids[PER_HOLD..] {
+            b.claim(id).unwrap();
+        }
+        assert_eq!(b.claim(&ids[0]), Err(JoinError::InFlight));
+        drop(b);
+        let mut b = cache.batch();
+        for id in ids.iter().chain([&late]) {
+            assert_eq!(b.check(id), Ok(()), "back to pending");
+        }
+        for id in &ids {
+            b.claim(id).unwrap();
+        }
+        b.unlock().commit();
+        let mut b = cache.batch();
+        for id in &ids {
+            assert_eq!(b.check(id), Err(JoinError::AlreadyLabelled));
+        }
+        assert_eq!(b.check(&late), Ok(()));
     }
 }

@@ -68,16 +68,18 @@ impl Running {
 }
 
 impl TrainerPool {
-    /// `threads` workers at niceness `nice` (`server.trainer_nice`);
+    /// `threads` workers at `priority` (`server.background_policy`,
+    /// `server.trainer_nice`);
     /// `grace` bounds each trainer's draining at stop; `shutdown` is
     /// cancelled if a trainer dies.
     pub fn new(
         threads: usize,
-        nice: i32,
+        priority: super::priority::Background,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<Self> {
         let threads = threads.max(1);
+        priority.prepare();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             // Only for trainers waiting in `block_in_place` (a snapshot
@@ -85,7 +87,7 @@ impl TrainerPool {
             // their turn meanwhile.
             .max_blocking_threads(threads + 8)
             .thread_name("eddy-trainer")
-            .on_thread_start(move || super::priority::lower_priority(nice))
+            .on_thread_start(move || priority.apply())
             .enable_time()
             .build()?;
         Ok(Self {

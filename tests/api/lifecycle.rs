@@ -534,30 +534,56 @@ async fn kill_9_under_load_from_several_clients_keeps_every_acknowledged_example
     child.wait().expect("reaped");
 }
 
-/// What the kernel is asked for (Linux): transparent huge pages off for
-/// the process unless `server.huge_pages` (a request thread would clear a
-/// whole 2 MiB page on a fault), and the feedback threads niced below the
-/// request threads (`server.feedback_nice`, 10). Read from /proc.
+/// What the kernel is asked for (Linux): the feedback and trainer threads
+/// at `SCHED_IDLE` and off the lowest-numbered CPU (`request_cpus` 1, when
+/// there are two or more) by default, while the request threads, the log's
+/// fsync thread and the snapshot threads (started later, from those idle
+/// threads) keep the normal policy and every CPU; with `background_policy
+/// = "nice"` and `request_cpus = 0` the feedback threads at
+/// `feedback_nice` on every CPU instead. Transparent huge pages off
+/// for the process unless `server.huge_pages`. Read from /proc while the
+/// servers learn.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn huge_pages_stay_off_and_the_feedback_threads_give_way() {
-    /// Each thread's name and niceness (stat field 19).
-    fn nice_of_threads(pid: u32) -> Vec<(String, i32)> {
+async fn the_background_threads_give_way_and_huge_pages_stay_off() {
+    /// Each thread's name, scheduling policy (stat field 41), niceness
+    /// (field 19) and the CPUs it may run on.
+    fn threads_of(pid: u32) -> Vec<(String, u32, i32, Vec<usize>)> {
         let mut out = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
             let path = task.expect("task").path();
-            let (Ok(comm), Ok(stat)) = (
+            let (Ok(comm), Ok(stat), Ok(status)) = (
                 std::fs::read_to_string(path.join("comm")),
                 std::fs::read_to_string(path.join("stat")),
+                std::fs::read_to_string(path.join("status")),
             ) else {
                 continue; // the thread ended meanwhile
             };
             // Fields after the command name, which ends at the last ')'.
-            let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-            let nice = rest.split(' ').nth(19 - 3).expect("nice");
-            out.push((comm.trim().to_owned(), nice.parse().expect("number")));
+            let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+                .split(' ')
+                .collect();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .expect("Cpus_allowed_list");
+            out.push((
+                comm.trim().to_owned(),
+                fields[41 - 3].parse().expect("policy"),
+                fields[19 - 3].parse().expect("nice"),
+                cpu_list(cpus.trim()),
+            ));
         }
         out
+    }
+    /// "0-2,5" as [0, 1, 2, 5].
+    fn cpu_list(list: &str) -> Vec<usize> {
+        let mut cpus = Vec::new();
+        for part in list.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            cpus.extend(a.parse::<usize>().expect("cpu")..=b.parse::<usize>().expect("cpu"));
+        }
+        cpus
     }
     /// "THP_enabled" of /proc/PID/status (Linux 5.0 and later).
     fn thp(pid: &str) -> Option<String> {
@@ -566,40 +592,113 @@ async fn huge_pages_stay_off_and_the_feedback_threads_give_way() {
             .lines()
             .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
     }
+    /// Feeds `demo` until published, then snapshots it: the log's fsync
+    /// thread and the snapshot threads exist once it returns.
+    async fn learn(addr: &str, admin: &str) {
+        let client = reqwest::Client::new();
+        let examples: Vec<_> = (0..50)
+            .map(|i| json!({ "features": { "x": i }, "label": i % 2 }))
+            .collect();
+        let fed = answer(
+            client
+                .post(format!(
+                    "http://{addr}/v1/models/demo/feedback?wait=published&timeout_ms=20000"
+                ))
+                .json(&json!({ "examples": examples })),
+        )
+        .await;
+        assert!(
+            fed["model_version"].is_u64(),
+            "learned and published: {fed}"
+        );
+        let snap = answer(client.post(format!("http://{admin}/admin/models/demo/snapshot"))).await;
+        assert!(snap["snapshot"]["version"].is_u64(), "{snap}");
+    }
     let dir = tempfile::tempdir().expect("dir");
-    let (mut child, _, _) = start_binary(dir.path());
-    let (mut allowed, _, _) = start_binary_with(
+    let (mut child, addr, admin) = start_binary(dir.path());
+    let (mut nice, nice_addr, nice_admin) = start_binary_with(
         tempfile::tempdir().expect("dir").path(),
-        &[("EDDY_SERVER__HUGE_PAGES", "true")],
+        &[
+            ("EDDY_SERVER__HUGE_PAGES", "true"),
+            ("EDDY_SERVER__BACKGROUND_POLICY", "nice"),
+            ("EDDY_SERVER__REQUEST_CPUS", "0"),
+        ],
     );
-    let threads = nice_of_threads(child.id());
-    let (off, on) = (thp(&child.id().to_string()), thp(&allowed.id().to_string()));
-    for c in [&mut child, &mut allowed] {
+    learn(&addr, &admin).await;
+    learn(&nice_addr, &nice_admin).await;
+    let (seen, nice_seen) = (threads_of(child.id()), threads_of(nice.id()));
+    let (off, on) = (thp(&child.id().to_string()), thp(&nice.id().to_string()));
+    for c in [&mut child, &mut nice] {
         c.kill().expect("kill");
         c.wait().expect("reaped");
     }
-    if thp("self").is_none()
-        || !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists()
-    {
-        return; // a kernel before 5.0 does not say; one without THP has none
-    }
-    assert_eq!(off.as_deref(), Some("0"), "huge pages off by default");
-    assert_eq!(
-        on.as_deref(),
-        Some("1"),
-        "server.huge_pages = true leaves them on"
-    );
-    let of = |name: &str| -> Vec<i32> {
-        threads
-            .iter()
-            .filter(|(n, _)| n.starts_with(name))
-            .map(|(_, nice)| *nice)
+    const NORMAL: u32 = 0;
+    const IDLE: u32 = 5;
+    type Thread = (String, u32, i32, Vec<usize>);
+    let of = |seen: &[Thread], name: &str| -> Vec<(u32, i32, Vec<usize>)> {
+        seen.iter()
+            .filter(|(n, ..)| n.starts_with(name))
+            .map(|(_, policy, nice, cpus)| (*policy, *nice, cpus.clone()))
             .collect()
     };
-    let (feedback, workers) = (of("eddy-feedback"), of("eddy-worker"));
-    assert!(!feedback.is_empty() && !workers.is_empty(), "{threads:?}");
-    let base = workers[0];
-    assert!(workers.iter().all(|&n| n == base), "{threads:?}");
-    // feedback_nice is absolute: 10, or the process's own if it is higher.
-    assert!(feedback.iter().all(|&n| n == base.max(10)), "{threads:?}");
+    let workers = of(&seen, "eddy-worker");
+    assert!(!workers.is_empty(), "{seen:?}");
+    let (base, all) = (workers[0].1, workers[0].2.clone());
+    // The lowest CPU kept free when there are two or more.
+    let rest = if all.len() > 1 {
+        all[1..].to_vec()
+    } else {
+        all.clone()
+    };
+    let normal = |name: &str| {
+        let t = of(&seen, name);
+        assert!(
+            !t.is_empty() && t.iter().all(|t| *t == (NORMAL, base, all.clone())),
+            "{name} at the normal priority, on every CPU: {seen:?}"
+        );
+    };
+    for name in [
+        "eddy-worker",
+        "eddy-wal-sync",
+        "eddy-snapshots",
+        "eddy-spawner",
+    ] {
+        normal(name);
+    }
+    for name in ["eddy-feedback", "eddy-trainer"] {
+        let t = of(&seen, name);
+        assert!(
+            !t.is_empty()
+                && t.iter()
+                    .all(|(policy, _, cpus)| *policy == IDLE && *cpus == rest),
+            "{name} at SCHED_IDLE, off CPU {}: {seen:?}",
+            all[0]
+        );
+    }
+    // Under "nice", feedback_nice is absolute: 10, or the process's own if
+    // it is higher; nothing at SCHED_IDLE.
+    let feedback = of(&nice_seen, "eddy-feedback");
+    assert!(
+        !feedback.is_empty()
+            && feedback
+                .iter()
+                .all(|t| *t == (NORMAL, base.max(10), all.clone())),
+        "{nice_seen:?}"
+    );
+    assert!(
+        nice_seen
+            .iter()
+            .all(|(_, policy, _, cpus)| *policy == NORMAL && *cpus == all),
+        "{nice_seen:?}"
+    );
+    if thp("self").is_some() && std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists()
+    {
+        // (A kernel before 5.0 does not say; one without THP has none.)
+        assert_eq!(off.as_deref(), Some("0"), "huge pages off by default");
+        assert_eq!(
+            on.as_deref(),
+            Some("1"),
+            "server.huge_pages = true leaves them on"
+        );
+    }
 }

@@ -177,10 +177,15 @@ impl LocalLog {
         });
         let sync_thread = if inner.durability.needs_thread() {
             let shared = Arc::clone(&inner);
-            let handle = std::thread::Builder::new()
-                .name("eddy-wal-sync".into())
-                .spawn(move || shared.durability.run(&shared.stats))
-                .map_err(|e| LogError::io(dir, e))?;
+            // Not at a feedback thread's lower priority, which a log opened
+            // on the first feedback would pass on: a starved fsync thread
+            // would stretch `fsync_interval_ms`'s window.
+            let handle = crate::serving::priority::at_normal_priority(move || {
+                std::thread::Builder::new()
+                    .name("eddy-wal-sync".into())
+                    .spawn(move || shared.durability.run(&shared.stats))
+            })
+            .map_err(|e| LogError::io(dir, e))?;
             Some(handle)
         } else {
             None

@@ -118,12 +118,20 @@ impl SnapshotWriter {
         };
         let work = move || task.run();
         match writer_threads() {
-            Some(rt) => drop(rt.spawn_blocking(work)),
+            // Through the runtime's own worker: a blocking thread is
+            // started by the thread that asks for it, and the trainer's
+            // lower priority would pass on.
+            Some(rt) => drop(rt.spawn(async move {
+                let _ = tokio::task::spawn_blocking(work).await;
+            })),
             None => {
-                if let Err(e) = std::thread::Builder::new()
-                    .name("eddy-snapshots".into())
-                    .spawn(work)
-                {
+                let spawned = crate::serving::priority::at_normal_priority(move || {
+                    std::thread::Builder::new()
+                        .name("eddy-snapshots".into())
+                        .spawn(work)
+                        .map(drop)
+                });
+                if let Err(e) = spawned {
                     tracing::error!(model = %self.shared.parts.model, error = %e, "cannot start a snapshot writer thread");
                 }
             }
@@ -195,14 +203,18 @@ fn writer_threads() -> Option<&'static tokio::runtime::Runtime> {
         std::sync::OnceLock::new();
     WRITERS
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .max_blocking_threads(WRITER_THREADS)
-                .thread_keep_alive(Duration::from_secs(5))
-                .thread_name("eddy-snapshots")
-                .build()
-                .inspect_err(|e| tracing::error!(error = %e, "cannot start the snapshot threads; a thread per write instead"))
-                .ok()
+            // Built (its worker started) at the normal priority, whichever
+            // thread snapshots first.
+            crate::serving::priority::at_normal_priority(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .max_blocking_threads(WRITER_THREADS)
+                    .thread_keep_alive(Duration::from_secs(5))
+                    .thread_name("eddy-snapshots")
+                    .build()
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot start the snapshot threads; a thread per write instead"))
+                    .ok()
+            })
         })
         .as_ref()
 }
