@@ -748,6 +748,9 @@ impl ServerConfig {
                 keep_free: self.request_cpus,
             },
             wait: Duration::from_millis(self.feedback_wait_ms),
+            // Half the request's time: the client hears 429 before its
+            // request times out with an unknown outcome.
+            start_within: Duration::from_millis(self.request_timeout_ms / 2),
         }
     }
 

@@ -173,6 +173,9 @@ impl ApiError {
             ApiError::Join(JoinError::Expired) => (S::UNPROCESSABLE_ENTITY, "prediction_expired"),
             ApiError::Join(JoinError::AlreadyLabelled) => (S::CONFLICT, "already_labelled"),
             ApiError::Join(JoinError::InFlight) => (S::CONFLICT, "label_in_flight"),
+            ApiError::Join(JoinError::Repeated) => {
+                (S::UNPROCESSABLE_ENTITY, "duplicate_prediction_id")
+            }
             ApiError::RouteNotFound => (S::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),

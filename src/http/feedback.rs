@@ -57,7 +57,7 @@ use super::admission::BodyPermit;
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
 use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
-use crate::serving::ingest::Admission;
+use crate::serving::ingest::{Admission, IngestError};
 use crate::serving::queue::Prescored;
 use crate::serving::sources::{Credential, RateRefusal, Shortfall};
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
@@ -243,7 +243,10 @@ pub async fn feedback(
                     ingest(&job_state, &job_runtime, sender.as_deref(), &headers, &body)
                 })
                 .await
-                .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string())))
+                .unwrap_or_else(|e| match e {
+                    IngestError::Late => Err(ApiError::FeedbackOverloaded),
+                    e => Err(ApiError::Internal(e.to_string())),
+                })
         }
     };
     // The body is parsed and gone: its share of the body budget goes back
@@ -664,19 +667,27 @@ fn enqueue(
         let mut seen = HashSet::new();
         for (pos, (i, c)) in checked.iter().enumerate() {
             if let Input::Joined(id) = c.input {
-                let result = if seen.insert(id) {
-                    joins.claim(id)
+                // Once the batch is refused, ids are only checked (for the
+                // answer's list), and what it claimed is given back, so a
+                // concurrent batch naming the same ids is not refused too.
+                let result = if !seen.insert(id) {
+                    Err(JoinError::Repeated)
+                } else if errors.is_empty() {
+                    joins.claim(id).map(Some)
                 } else {
-                    Err(JoinError::AlreadyLabelled)
+                    joins.check(id).map(|()| None)
                 };
                 match result {
-                    Ok(claim) => claims[pos] = Some(claim),
+                    Ok(claim) => claims[pos] = claim,
                     Err(e) => {
                         let e = ApiError::from(e);
                         missed.push(e.status_and_code().1);
                         if !is_batch {
                             refused = Some(e);
                             break;
+                        }
+                        if errors.is_empty() {
+                            joins.release();
                         }
                         errors.push(e.item(*i));
                     }

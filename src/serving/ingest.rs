@@ -31,6 +31,10 @@ pub enum IngestError {
     Stopped,
     #[error("a feedback job panicked")]
     Panicked,
+    /// Not started within `IngestOptions::start_within` (the feedback
+    /// threads get no CPU: predict takes every core); nothing was done.
+    #[error("the feedback threads did not start the request in time")]
+    Late,
 }
 
 /// How the pool is sized (from `[server]`).
@@ -45,6 +49,9 @@ pub struct IngestOptions {
     pub priority: super::priority::Background,
     /// How long a request may wait for a place before it is refused.
     pub wait: Duration,
+    /// How long an admitted request may wait for a feedback thread to
+    /// start it before it is refused, untouched (`IngestError::Late`).
+    pub start_within: Duration,
 }
 
 /// The feedback threads and their admission limit. Cheap to share behind
@@ -59,6 +66,7 @@ pub struct IngestPool {
     wait: Duration,
     /// Requests waiting for a place now.
     waiting: std::sync::atomic::AtomicUsize,
+    start_within: Duration,
     /// Set by `close`: nothing more is admitted.
     closed: std::sync::atomic::AtomicBool,
     jobs: mpsc::Sender<Job>,
@@ -93,6 +101,7 @@ impl IngestPool {
             admission: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
             wait: options.wait,
+            start_within: options.start_within,
             waiting: Default::default(),
             closed: Default::default(),
             jobs: tx,
@@ -138,14 +147,23 @@ impl IngestPool {
     /// Runs `job` on a feedback thread and returns its result. The
     /// admission is released when the job has run, whether or not the
     /// caller still waits for it (a request that timed out or whose client
-    /// left still has its job finished: it may already be in the log).
+    /// left still has its job finished: it may already be in the log). A
+    /// job no thread started within `start_within` is dropped unrun:
+    /// `IngestError::Late`, a clear refusal rather than a request timeout
+    /// with an unknown outcome.
     pub async fn run<T, F>(&self, admission: Admission, job: F) -> Result<T, IngestError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let (queued, start_within) = (std::time::Instant::now(), self.start_within);
         let job: Job = Box::new(move || {
+            if queued.elapsed() > start_within {
+                drop(admission);
+                let _ = tx.send(Err(IngestError::Late));
+                return;
+            }
             let result = std::panic::catch_unwind(AssertUnwindSafe(job));
             drop(admission);
             match result {
@@ -247,6 +265,7 @@ mod tests {
                 keep_free: 0,
             },
             wait,
+            start_within: Duration::from_secs(30),
         })
         .unwrap()
     }
@@ -291,6 +310,31 @@ mod tests {
         assert_eq!(r, Err(IngestError::Panicked));
         let a = pool.try_admit().expect("released after the panic");
         assert_eq!(pool.run(a, || "still here").await, Ok("still here"));
+    }
+
+    #[tokio::test]
+    async fn a_job_not_started_in_time_is_refused_unrun() {
+        let mut pool = pool(1, 2);
+        pool.start_within = Duration::from_millis(20);
+        let (a, b) = (pool.try_admit().unwrap(), pool.try_admit().unwrap());
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let (first, second, ()) = tokio::join!(
+            pool.run(a, move || blocked.recv().is_ok()),
+            pool.run(b, move || {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }),
+            async {
+                // The only thread stays busy past `start_within`.
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                release.send(()).unwrap();
+            }
+        );
+        assert_eq!(first, Ok(true));
+        assert_eq!(second, Err(IngestError::Late));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "not run");
+        assert_eq!(pool.in_flight(), 0, "its admission released");
     }
 
     #[tokio::test]

@@ -75,6 +75,8 @@ pub enum JoinError {
         "prediction_id is being labelled by another request; retry to learn whether that label was accepted"
     )]
     InFlight,
+    #[error("prediction_id appears more than once in this batch")]
+    Repeated,
 }
 
 /// What the cache holds and has let go, for metrics; written under the
@@ -477,6 +479,18 @@ impl<'a> JoinBatch<'a> {
         Ok(self.taken.len() - 1)
     }
 
+    /// Puts back every claim made so far (a batch that will be refused),
+    /// so a concurrent request naming the same ids is not refused for
+    /// them; later lookups can still `check`.
+    pub fn release(&mut self) {
+        self.ring = None;
+        self.in_hold = 0;
+        let taken = std::mem::take(&mut self.taken);
+        if !taken.is_empty() {
+            self.cache.put_back_all(taken, None);
+        }
+    }
+
     /// Lets go of the lock; the claims stay in flight.
     pub fn unlock(mut self) -> Claimed<'a> {
         Claimed {
@@ -521,10 +535,7 @@ impl<'a> JoinBatch<'a> {
 impl Drop for JoinBatch<'_> {
     fn drop(&mut self) {
         // Nothing has seen these claims: each goes back as it was.
-        let taken = std::mem::take(&mut self.taken);
-        if !taken.is_empty() {
-            self.cache.put_back_all(taken, self.ring.take());
-        }
+        self.release();
     }
 }
 
@@ -977,5 +988,28 @@ mod tests {
             assert_eq!(b.check(id), Err(JoinError::AlreadyLabelled));
         }
         assert_eq!(b.check(&late), Ok(()));
+    }
+
+    /// A batch that is refused gives back what it claimed: a concurrent
+    /// batch naming the same ids then claims them, instead of both being
+    /// refused `InFlight`.
+    #[test]
+    fn a_refused_batch_gives_its_claims_back() {
+        let cache = JoinCache::new(Duration::from_secs(60), 1000, usize::MAX);
+        let ids: Vec<String> = (0..200).map(|_| cache.insert(pending())).collect();
+        let mut a = cache.batch();
+        for id in &ids[..PER_HOLD] {
+            a.claim(id).unwrap();
+        }
+        let mut b = cache.batch();
+        b.claim(&ids[100]).unwrap();
+        assert_eq!(b.claim(&ids[0]), Err(JoinError::InFlight));
+        b.release();
+        assert_eq!(b.check(&ids[150]), Ok(()), "still checks after");
+        drop(b);
+        for id in &ids[PER_HOLD..] {
+            a.claim(id).expect("given back");
+        }
+        a.unlock().commit();
     }
 }

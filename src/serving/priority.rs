@@ -5,20 +5,24 @@
 //! On Linux a thread's scheduling policy and niceness are its own
 //! (sched(7)), a thread may lower its own priority without privilege, and
 //! threads it spawns inherit it. `server.background_policy` chooses:
-//! - `idle` (the default): `SCHED_IDLE`, which the kernel preempts as soon
-//!   as a normal thread wants the CPU: predict waits on no feedback parsing
-//!   or training, and when the request threads take every core, feedback is
-//!   refused (429, its queue full) and training waits until they do not.
+//! - `idle` (the default): `SCHED_IDLE`, the lowest class: such a thread
+//!   gets a core when no normal thread wants it, and a normal thread that
+//!   wakes on its core preempts it (not always at once, below). When the
+//!   request threads take every core, training waits and feedback is
+//!   refused (429: its queue full, or not started within half the request
+//!   timeout). It gives way to every normal thread of the machine, not only
+//!   eddy's: a CPU-bound neighbour stalls learning too.
 //! - `nice`: the normal policy at `server.feedback_nice` /
 //!   `server.trainer_nice`. Such threads still run their time slice before
 //!   a request thread that wakes gets the CPU, so under a full feedback load
 //!   predict's p99 rises by a few slices.
 //!
-//! Neither keeps a request thread from waiting behind them on this
-//! kernel's scheduler (EEVDF, Linux 6.6 and later): a request thread that
-//! wakes is not always picked before a running `SCHED_IDLE` thread, and
-//! `benches/many_models.sh` measured waits of 1 to 4 ms (one tick) that way
-//! (perf sched). So by default the background threads also keep off some
+//! Neither keeps a request thread from waiting behind them on the EEVDF
+//! scheduler (Linux 6.6 and later): a request thread that woke was not
+//! always picked before a `SCHED_IDLE` thread on the same core, and
+//! `benches/many_models.sh` measured waits of 1 to 4 ms (up to a tick at
+//! 250 Hz) that way (perf sched: the idle thread picked while the woken
+//! request thread sat runnable). So by default the background threads also keep off some
 //! CPUs (`server.request_cpus`, the lowest-numbered of those the process
 //! may use), which are then always free for the request threads; those
 //! still run anywhere.
@@ -58,7 +62,9 @@ pub struct Background {
 }
 
 thread_local! {
-    /// Whether this thread gave up priority (`Background::apply`).
+    /// Whether this is a background thread (`Background::apply`): one
+    /// whose priority or CPUs may have been narrowed, which the threads it
+    /// spawns would inherit.
     static LOWERED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -73,14 +79,14 @@ impl Background {
     }
 
     /// Applies to the calling thread (Linux; elsewhere logged and ignored).
-    /// Threads it spawns afterwards inherit it.
+    /// Threads it spawns afterwards inherit it; `at_normal_priority` starts
+    /// them on the spawner instead, whether or not anything here took
+    /// effect (a niceness of 0 still narrows the CPUs).
     pub fn apply(self) {
-        let lowered = match self.policy {
+        LOWERED.set(true);
+        match self.policy {
             BackgroundPolicy::Nice => lower_priority(self.nice),
             BackgroundPolicy::Idle => idle_policy(),
-        };
-        if lowered {
-            LOWERED.set(true);
         }
         keep_cpus_free(self.keep_free);
     }
@@ -178,6 +184,7 @@ pub(crate) fn at_normal_priority<T: Send + 'static>(f: impl FnOnce() -> T + Send
         None => Some(job),
     };
     if let Some(job) = unsent {
+        tracing::warn!("no spawner thread: starting a thread at a background thread's priority");
         job();
     }
     match rx.recv() {
@@ -190,23 +197,21 @@ pub(crate) fn at_normal_priority<T: Send + 'static>(f: impl FnOnce() -> T + Send
 
 /// Raises the calling thread's niceness (`server.feedback_nice`,
 /// `server.trainer_nice`) so the scheduler prefers the request runtime's
-/// threads; 0 leaves it unchanged. Whether it changed.
+/// threads; 0 leaves it unchanged.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) -> bool {
+fn lower_priority(nice: i32) {
     if nice == 0 {
-        return false;
+        return;
     }
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
         tracing::warn!(nice, error = %e, "cannot lower the feedback or trainer threads' priority");
-        return false;
     }
-    true
 }
 
 /// Puts the calling thread at `SCHED_IDLE` (Linux).
 #[cfg(target_os = "linux")]
-fn idle_policy() -> bool {
+fn idle_policy() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid `sched_param` for the call's duration, and
     // pid 0 names the calling thread (sched_setscheduler(2)).
@@ -214,23 +219,19 @@ fn idle_policy() -> bool {
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         tracing::warn!(error = %e, "cannot put the feedback or trainer threads at SCHED_IDLE");
-        return false;
     }
-    true
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(nice: i32) -> bool {
+fn lower_priority(nice: i32) {
     if nice != 0 {
         tracing::debug!(nice, "thread niceness is applied on Linux only");
     }
-    false
 }
 
 #[cfg(not(target_os = "linux"))]
-fn idle_policy() -> bool {
+fn idle_policy() {
     tracing::debug!("server.background_policy = \"idle\" is applied on Linux only");
-    false
 }
 
 /// Turns transparent huge pages off for this process (Linux), unless `on`

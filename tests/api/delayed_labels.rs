@@ -118,7 +118,7 @@ async fn batch_predict_ids_are_distinct_and_belong_to_their_model() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         item_codes(&body),
-        [(1, "unknown_prediction_id"), (3, "already_labelled")]
+        [(1, "unknown_prediction_id"), (3, "duplicate_prediction_id")]
     );
     assert_eq!(
         app.info("a").await["feedback_accepted"],
