@@ -137,6 +137,30 @@ fn start_binary_with(
     (b.child, b.addr, b.admin)
 }
 
+/// Posts `examples` to `demo` (202) and waits until the published version
+/// has trained them all. The trainer runs at `SCHED_IDLE`: on a busy CI
+/// machine it may wait a while.
+async fn feed_and_train(addr: &str, examples: Vec<serde_json::Value>) {
+    let client = reqwest::Client::new();
+    let n = examples.len();
+    let r = client
+        .post(format!("http://{addr}/v1/models/demo/feedback"))
+        .json(&json!({ "examples": examples }))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
+        if info["version_examples_trained"] == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{info}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// SIGKILL, then restart: the model comes back from its last snapshot with
 /// identical predictions under the same version, and new versions continue
 /// above every number the killed process could have used.
@@ -149,22 +173,7 @@ async fn a_killed_server_restarts_from_its_snapshot_predicting_the_same() {
     let examples: Vec<Value> = (0..300)
         .map(|i| json!({ "features": { "x": f64::from(i % 13), "c": format!("k{}", i % 3) }, "label": i % 2 }))
         .collect();
-    let r = client
-        .post(format!("http://{addr}/v1/models/demo/feedback"))
-        .json(&json!({ "examples": examples }))
-        .send()
-        .await
-        .expect("feedback");
-    assert_eq!(r.status(), 202);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
-        if info["version_examples_trained"] == 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{info}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    feed_and_train(&addr, examples).await;
     let snap = answer(client.post(format!("http://{admin}/admin/models/demo/snapshot"))).await;
     let saved = snap["snapshot"]["version"].as_u64().expect("version");
     let probes = [
@@ -599,26 +608,10 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
     /// threads exist by then.
     async fn learn(pid: u32, addr: &str, admin: &str) -> Vec<Thread> {
         let client = reqwest::Client::new();
-        let examples: Vec<_> = (0..50)
+        let examples = (0..50)
             .map(|i| json!({ "features": { "x": i }, "label": i % 2 }))
             .collect();
-        let r = client
-            .post(format!("http://{addr}/v1/models/demo/feedback"))
-            .json(&json!({ "examples": examples }))
-            .send()
-            .await
-            .expect("feedback");
-        assert_eq!(r.status(), 202);
-        // The trainer runs at SCHED_IDLE: on a busy CI machine it may wait.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let info = answer(client.get(format!("http://{addr}/v1/models/demo"))).await;
-            if info["version_examples_trained"] == 50 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{info}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        feed_and_train(addr, examples).await;
         let snap = answer(client.post(format!("http://{admin}/admin/models/demo/snapshot"))).await;
         assert!(snap["snapshot"]["version"].is_u64(), "{snap}");
         threads_of(pid)
