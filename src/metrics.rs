@@ -168,7 +168,7 @@ impl Metrics {
         let join_misses = counters(
             &mut registry,
             "feedback_join_misses",
-            "prediction_ids that could not be joined: unknown, expired, already_labelled or label_in_flight",
+            "prediction_ids that could not be joined: unknown, expired, already_labelled, label_in_flight or duplicate_prediction_id",
         );
         let feedback_delay = histograms(
             &mut registry,

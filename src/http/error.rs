@@ -66,6 +66,10 @@ pub enum ApiError {
         "feedback intake is at its limit (server.feedback_concurrency); nothing was accepted, retry later"
     )]
     FeedbackOverloaded,
+    #[error(
+        "the feedback threads got no CPU in time (predict is taking every core); nothing was accepted, retry later"
+    )]
+    FeedbackStarved,
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("not ready")]
@@ -187,7 +191,9 @@ impl ApiError {
             ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::MalformedBody(_) => (S::BAD_REQUEST, "malformed_body"),
             ApiError::Overloaded => (S::SERVICE_UNAVAILABLE, "overloaded"),
-            ApiError::FeedbackOverloaded => (S::TOO_MANY_REQUESTS, "feedback_overloaded"),
+            ApiError::FeedbackOverloaded | ApiError::FeedbackStarved => {
+                (S::TOO_MANY_REQUESTS, "feedback_overloaded")
+            }
             ApiError::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),

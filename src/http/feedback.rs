@@ -57,7 +57,7 @@ use super::admission::BodyPermit;
 use crate::learn::{FeatureVec, RawFeatures, RawLabel, Target};
 use crate::persist::wal::Durable;
 use crate::serving::idempotency::{Begin, KeyRecord, MAX_KEY_BYTES};
-use crate::serving::ingest::{Admission, IngestError};
+use crate::serving::ingest::{Admission, Gate, IngestError};
 use crate::serving::queue::Prescored;
 use crate::serving::sources::{Credential, RateRefusal, Shortfall};
 use crate::serving::{Feedback, JoinError, ModelRuntime, PredictionRef};
@@ -239,12 +239,19 @@ pub async fn feedback(
             let (job_state, job_runtime) = (state.clone(), Arc::clone(&runtime));
             state
                 .ingest
-                .run(admission, move || {
-                    ingest(&job_state, &job_runtime, sender.as_deref(), &headers, &body)
+                .run(admission, move |gate| {
+                    ingest(
+                        &job_state,
+                        &job_runtime,
+                        sender.as_deref(),
+                        &headers,
+                        &body,
+                        gate,
+                    )
                 })
                 .await
                 .unwrap_or_else(|e| match e {
-                    IngestError::Late => Err(ApiError::FeedbackOverloaded),
+                    IngestError::Late => Err(ApiError::FeedbackStarved),
                     e => Err(ApiError::Internal(e.to_string())),
                 })
         }
@@ -377,6 +384,7 @@ fn ingest(
     sender: Option<&Credential>,
     headers: &HeaderMap,
     body: &[u8],
+    gate: &Gate,
 ) -> Result<Ingested, ApiError> {
     // Checked first, also for a retry: a request with a header that names
     // no valid source, or another source than its token's, is refused.
@@ -405,7 +413,15 @@ fn ingest(
         Some(Keyed::New(record)) => Some(record),
         None => None,
     };
-    let accepted = accept(state, runtime, sender, body, header_source, key.as_ref());
+    let accepted = accept(
+        state,
+        runtime,
+        sender,
+        body,
+        header_source,
+        key.as_ref(),
+        gate,
+    );
     if let Some(record) = &key {
         // Once appended and queued the examples are trained: a retry gets
         // this answer (also if the client goes before the fsync), once the
@@ -516,6 +532,7 @@ fn accept(
     body: &[u8],
     header_source: Option<Arc<str>>,
     key: Option<&KeyRecord>,
+    gate: &Gate,
 ) -> Result<(usize, Option<Durable>, u64), ApiError> {
     let request: FeedbackRequest = parse(body)?;
     if let Some(sender) = sender {
@@ -554,6 +571,7 @@ fn accept(
                     Err(e) => errors.push(e.item(i)),
                 }
             }
+            committed(gate)?;
             enqueue(state, runtime, sender, checked, errors, true, key)?
         }
         None => {
@@ -564,6 +582,7 @@ fn accept(
                 source: None,
             };
             let checked = check(runtime, &one, &batch_source)?;
+            committed(gate)?;
             enqueue(
                 state,
                 runtime,
@@ -576,6 +595,16 @@ fn accept(
         }
     };
     Ok(accepted)
+}
+
+/// Parsed and checked (most of a request's work): from here on it changes
+/// things, unless its request was given up meanwhile (`Gate`).
+fn committed(gate: &Gate) -> Result<(), ApiError> {
+    if gate.commit() {
+        Ok(())
+    } else {
+        Err(ApiError::FeedbackStarved)
+    }
 }
 
 /// Refuses a source a credentialed request names that is not its own
@@ -670,7 +699,8 @@ fn enqueue(
                 // Once the batch is refused, ids are only checked (for the
                 // answer's list), and what it claimed is given back, so a
                 // concurrent batch naming the same ids is not refused too.
-                let result = if !seen.insert(id) {
+                // Hex ids are read in either case: the same id twice.
+                let result = if !seen.insert(id.to_ascii_lowercase()) {
                     Err(JoinError::Repeated)
                 } else if errors.is_empty() {
                     joins.claim(id).map(Some)

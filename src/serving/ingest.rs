@@ -18,8 +18,10 @@
 //! `http::feedback` decides what a job is and how a refusal is answered.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
+use std::time::Instant;
 
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -31,9 +33,10 @@ pub enum IngestError {
     Stopped,
     #[error("a feedback job panicked")]
     Panicked,
-    /// Not started within `IngestOptions::start_within` (the feedback
-    /// threads get no CPU: predict takes every core); nothing was done.
-    #[error("the feedback threads did not start the request in time")]
+    /// Not committed within `IngestOptions::start_within` of asking for
+    /// admission (the feedback threads get no CPU: predict takes every
+    /// core); nothing was applied.
+    #[error("the feedback threads did not reach the request in time")]
     Late,
 }
 
@@ -49,8 +52,9 @@ pub struct IngestOptions {
     pub priority: super::priority::Background,
     /// How long a request may wait for a place before it is refused.
     pub wait: Duration,
-    /// How long an admitted request may wait for a feedback thread to
-    /// start it before it is refused, untouched (`IngestError::Late`).
+    /// How long after asking for admission a request's job may still
+    /// commit (`Gate::commit`); past it the request is answered
+    /// `IngestError::Late` and its job applies nothing.
     pub start_within: Duration,
 }
 
@@ -76,6 +80,49 @@ pub struct IngestPool {
 #[derive(Debug)]
 pub struct Admission {
     _permit: OwnedSemaphorePermit,
+    /// When the request asked for it.
+    asked: Instant,
+}
+
+/// Where a job and its request agree, once, whether the job applies
+/// anything: the job `commit`s before its first change, the request
+/// abandons it when `start_within` has passed. Whichever comes first wins,
+/// so a request answered `Late` has changed nothing, and one whose job
+/// committed waits for it.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<AtomicU8>);
+
+const OPEN: u8 = 0;
+const COMMITTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Gate {
+    /// The job's side, before it changes anything: false if its request
+    /// was given up (the job must then return without applying).
+    pub fn commit(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == COMMITTED,
+        }
+    }
+
+    /// The request's side: true if the job will apply nothing.
+    fn abandon(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ABANDONED,
+        }
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ABANDONED
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -111,13 +158,20 @@ impl IngestPool {
     /// A place for one request, or `None` when `concurrency` requests are
     /// already admitted. Never waits.
     pub fn try_admit(&self) -> Option<Admission> {
+        self.try_admit_asked(Instant::now())
+    }
+
+    fn try_admit_asked(&self, asked: Instant) -> Option<Admission> {
         if self.is_closed() {
             return None;
         }
         Arc::clone(&self.admission)
             .try_acquire_owned()
             .ok()
-            .map(|permit| Admission { _permit: permit })
+            .map(|permit| Admission {
+                _permit: permit,
+                asked,
+            })
     }
 
     /// A place for one request, waiting up to the configured wait for one
@@ -126,8 +180,8 @@ impl IngestPool {
     /// read by the listener within its budget, is not parsed), and a client that ignores `Retry-After` is
     /// slowed to one refusal per `wait` per connection.
     pub async fn admit(&self) -> Option<Admission> {
-        let wait = self.wait;
-        if let Some(admission) = self.try_admit() {
+        let (wait, asked) = (self.wait, Instant::now());
+        if let Some(admission) = self.try_admit_asked(asked) {
             return Some(admission);
         }
         if wait.is_zero() {
@@ -139,7 +193,10 @@ impl IngestPool {
         let acquire = Arc::clone(&self.admission).acquire_owned();
         let _waiting = Waiting::new(&self.waiting);
         match tokio::time::timeout(wait, acquire).await {
-            Ok(Ok(permit)) => Some(Admission { _permit: permit }),
+            Ok(Ok(permit)) => Some(Admission {
+                _permit: permit,
+                asked,
+            }),
             Ok(Err(_)) | Err(_) => None,
         }
     }
@@ -148,23 +205,27 @@ impl IngestPool {
     /// admission is released when the job has run, whether or not the
     /// caller still waits for it (a request that timed out or whose client
     /// left still has its job finished: it may already be in the log). A
-    /// job no thread started within `start_within` is dropped unrun:
-    /// `IngestError::Late`, a clear refusal rather than a request timeout
-    /// with an unknown outcome.
+    /// job that has not committed (`Gate::commit`) within `start_within`
+    /// of the request asking for admission is given up: the request gets
+    /// `IngestError::Late` at once, a clear refusal rather than a request
+    /// timeout with an unknown outcome, and the job applies nothing when
+    /// it runs (or is skipped).
     pub async fn run<T, F>(&self, admission: Admission, job: F) -> Result<T, IngestError>
     where
         T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
+        F: FnOnce(&Gate) -> T + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let (queued, start_within) = (std::time::Instant::now(), self.start_within);
+        let (tx, mut rx) = oneshot::channel();
+        let gate = Gate::default();
+        let deadline = admission.asked + self.start_within;
+        let job_gate = gate.clone();
         let job: Job = Box::new(move || {
-            if queued.elapsed() > start_within {
+            if job_gate.is_abandoned() {
                 drop(admission);
                 let _ = tx.send(Err(IngestError::Late));
                 return;
             }
-            let result = std::panic::catch_unwind(AssertUnwindSafe(job));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| job(&job_gate)));
             drop(admission);
             match result {
                 Ok(value) => {
@@ -179,7 +240,12 @@ impl IngestPool {
         if self.jobs.send(job).is_err() {
             return Err(IngestError::Stopped);
         }
-        rx.await.unwrap_or(Err(IngestError::Stopped))
+        match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(result) => result.unwrap_or(Err(IngestError::Stopped)),
+            Err(_) if gate.abandon() => Err(IngestError::Late),
+            // Committed: its outcome is coming.
+            Err(_) => rx.await.unwrap_or(Err(IngestError::Stopped)),
+        }
     }
 
     /// Waits until no request is admitted (every job has run), for at most
@@ -278,7 +344,7 @@ mod tests {
         assert!(pool.try_admit().is_none(), "a third request is refused");
         assert_eq!(pool.in_flight(), 2);
         drop(b);
-        assert_eq!(pool.run(a, || 41 + 1).await, Ok(42));
+        assert_eq!(pool.run(a, |_| 41 + 1).await, Ok(42));
         assert_eq!(pool.in_flight(), 0, "the job released its admission");
         assert!(pool.idle(Duration::from_secs(5)).await);
     }
@@ -306,35 +372,42 @@ mod tests {
     async fn a_panicking_job_is_reported_and_the_thread_lives_on() {
         let pool = pool(1, 1);
         let a = pool.try_admit().unwrap();
-        let r: Result<(), _> = pool.run(a, || panic!("boom")).await;
+        let r: Result<(), _> = pool.run(a, |_| panic!("boom")).await;
         assert_eq!(r, Err(IngestError::Panicked));
         let a = pool.try_admit().expect("released after the panic");
-        assert_eq!(pool.run(a, || "still here").await, Ok("still here"));
+        assert_eq!(pool.run(a, |_| "still here").await, Ok("still here"));
     }
 
+    /// The only thread is busy past `start_within`: the queued request is
+    /// answered `Late` at its deadline, and its job, run later, applies
+    /// nothing; a job that committed in time is waited for past it.
     #[tokio::test]
-    async fn a_job_not_started_in_time_is_refused_unrun() {
-        let mut pool = pool(1, 2);
+    async fn a_job_not_committed_in_time_is_given_up() {
+        let mut pool = pool(1, 3);
         pool.start_within = Duration::from_millis(20);
         let (a, b) = (pool.try_admit().unwrap(), pool.try_admit().unwrap());
         let (release, blocked) = std::sync::mpsc::channel::<()>();
-        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = Arc::clone(&ran);
-        let (first, second, ()) = tokio::join!(
-            pool.run(a, move || blocked.recv().is_ok()),
-            pool.run(b, move || {
+        let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&applied);
+        let busy = pool.run(a, move |gate| gate.commit() && blocked.recv().is_ok());
+        let late = pool.run(b, move |gate| {
+            if gate.commit() {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            }),
-            async {
-                // The only thread stays busy past `start_within`.
-                tokio::time::sleep(Duration::from_millis(60)).await;
-                release.send(()).unwrap();
             }
-        );
-        assert_eq!(first, Ok(true));
+        });
+        let (first, second) = tokio::join!(busy, async {
+            let late = late.await;
+            // Answered while the thread is still busy.
+            release.send(()).unwrap();
+            late
+        });
+        assert_eq!(first, Ok(true), "committed in time, waited for");
         assert_eq!(second, Err(IngestError::Late));
-        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "not run");
-        assert_eq!(pool.in_flight(), 0, "its admission released");
+        assert!(pool.idle(Duration::from_secs(5)).await, "both jobs done");
+        assert!(
+            !applied.load(std::sync::atomic::Ordering::SeqCst),
+            "the given-up job applied nothing"
+        );
     }
 
     #[tokio::test]
@@ -342,7 +415,7 @@ mod tests {
         let pool = pool(2, 4);
         let a = pool.try_admit().unwrap();
         let name = pool
-            .run(a, || std::thread::current().name().map(str::to_owned))
+            .run(a, |_| std::thread::current().name().map(str::to_owned))
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("eddy-feedback-"));

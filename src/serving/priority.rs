@@ -132,7 +132,10 @@ fn keep_cpus_free(n: usize) {
         }
     }
     if let Err(e) = rustix::thread::sched_setaffinity(None, &left) {
-        tracing::warn!(error = %e, "cannot keep the feedback or trainer threads off the request threads' CPUs");
+        tracing::warn!(
+            error = %e,
+            "cannot keep the feedback or trainer threads off the request threads' CPUs"
+        );
     }
 }
 

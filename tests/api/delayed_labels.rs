@@ -112,13 +112,19 @@ async fn batch_predict_ids_are_distinct_and_belong_to_their_model() {
                 { "prediction_id": "ffffffffffffffffffffffffffff", "label": 1 },
                 { "prediction_id": ids[1], "label": 1 },
                 { "prediction_id": ids[1], "label": 0 },
+                { "prediction_id": ids[2], "label": 0 },
+                { "prediction_id": ids[2].to_uppercase(), "label": 0 },
             ]}),
         )
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(
         item_codes(&body),
-        [(1, "unknown_prediction_id"), (3, "duplicate_prediction_id")]
+        [
+            (1, "unknown_prediction_id"),
+            (3, "duplicate_prediction_id"),
+            (5, "duplicate_prediction_id")
+        ]
     );
     assert_eq!(
         app.info("a").await["feedback_accepted"],
