@@ -123,9 +123,9 @@ pub struct ServerConfig {
     #[serde(default)]
     pub trainer_nice: i32,
     /// How the feedback and trainer threads give way to the request
-    /// threads on Linux (`serving::priority`): `idle` (the default,
-    /// `SCHED_IDLE`: they run only when no request thread wants the CPU) or
-    /// `nice` (the normal policy at the two keys above).
+    /// threads on Linux (`serving::priority`): `nice` (the default: the
+    /// normal policy at the two keys above) or `idle` (`SCHED_IDLE`: they
+    /// run only when no normal thread wants the CPU).
     #[serde(default)]
     pub background_policy: crate::serving::priority::BackgroundPolicy,
     /// CPUs kept free of the feedback and trainer threads for the request

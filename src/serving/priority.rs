@@ -5,27 +5,24 @@
 //! On Linux a thread's scheduling policy and niceness are its own
 //! (sched(7)), a thread may lower its own priority without privilege, and
 //! threads it spawns inherit it. `server.background_policy` chooses:
-//! - `idle` (the default): `SCHED_IDLE`, the lowest class: such a thread
-//!   gets a core when no normal thread wants it, and a normal thread that
-//!   wakes on its core preempts it (not always at once, below). When the
-//!   request threads take every core, training waits and feedback is
-//!   refused (429: its queue full, or not started within half the request
-//!   timeout). It gives way to every normal thread of the machine, not only
-//!   eddy's: a CPU-bound neighbour stalls learning too.
-//! - `nice`: the normal policy at `server.feedback_nice` /
-//!   `server.trainer_nice`. Such threads still run their time slice before
-//!   a request thread that wakes gets the CPU, so under a full feedback load
-//!   predict's p99 rises by a few slices.
+//! - `nice` (the default): the normal policy at `server.feedback_nice` /
+//!   `server.trainer_nice`: a share of the CPU by weight, never starved.
+//! - `idle`: `SCHED_IDLE`, the lowest class: such a thread gets a core
+//!   when no normal thread wants it. When the request threads take every
+//!   core, training waits and feedback is refused (429). It gives way to
+//!   every normal thread of the machine, not only eddy's: a CPU-bound
+//!   neighbour (or a parallel test run) stalls learning for as long as it
+//!   runs, so it is not the default.
 //!
 //! Neither keeps a request thread from waiting behind them on the EEVDF
 //! scheduler (Linux 6.6 and later): a request thread that woke was not
-//! always picked before a `SCHED_IDLE` thread on the same core, and
-//! `benches/many_models.sh` measured waits of 1 to 4 ms (up to a tick at
-//! 250 Hz) that way (perf sched: the idle thread picked while the woken
-//! request thread sat runnable). So by default the background threads also keep off some
-//! CPUs (`server.request_cpus`, the lowest-numbered of those the process
-//! may use), which are then always free for the request threads; those
-//! still run anywhere.
+//! always picked before a background thread on the same core (perf sched:
+//! even a `SCHED_IDLE` one was picked while the woken request thread sat
+//! runnable), and `benches/many_models.sh` measured waits of 1 to 4 ms (up
+//! to a tick at 250 Hz) that way. What keeps predict clear is space: the
+//! background threads keep off some CPUs (`server.request_cpus`, the
+//! lowest-numbered of those the process may use), which are then always
+//! free for the request threads; those still run anywhere.
 //!
 //! A thread cannot leave `SCHED_IDLE`, or lower its niceness, without
 //! `CAP_SYS_NICE`. So what a background thread starts for the whole
@@ -42,10 +39,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackgroundPolicy {
-    /// `SCHED_IDLE`: only when no request thread wants the CPU.
-    #[default]
+    /// `SCHED_IDLE`: only when no normal thread wants the CPU.
     Idle,
     /// Normal scheduling at the configured niceness.
+    #[default]
     Nice,
 }
 

@@ -12,13 +12,9 @@ use crate::helpers::spawn_app;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_stay_consistent_while_versions_are_published() {
     // Minibatches of one, published every time: the highest publish rate.
-    // The clients below take every core, so the trainer runs at the normal
-    // priority on every CPU here: by default it would give way to them
-    // (`server.background_policy`) and publish little while they read.
     let app = Arc::new(
         spawn_app(
-            "[server]\nbackground_policy = \"nice\"\nrequest_cpus = 0\n\
-             [[models]]\nname = \"demo\"\ntask = \"multiclass\"\nclasses = [\"a\", \"b\", \"c\"]\n\
+            "[[models]]\nname = \"demo\"\ntask = \"multiclass\"\nclasses = [\"a\", \"b\", \"c\"]\n\
              [models.training]\nminibatch_size = 1\nmin_publish_interval_ms = 0",
         )
         .await,

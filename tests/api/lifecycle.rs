@@ -139,9 +139,9 @@ fn start_binary_with(
 
 /// Posts `examples` to `demo` until accepted (202) and waits until the
 /// published version has trained them all. The feedback and trainer
-/// threads run at `SCHED_IDLE`: on a busy CI machine the request may be
-/// refused 429 (retried under the same `Idempotency-Key`) and training may
-/// wait a while.
+/// threads run below the request threads and off one CPU: on a busy CI
+/// machine the request may be refused 429 (retried under the same
+/// `Idempotency-Key`) and training may wait a while.
 async fn feed_and_train(addr: &str, examples: Vec<serde_json::Value>) {
     let client = reqwest::Client::new();
     let n = examples.len();
@@ -160,7 +160,7 @@ async fn feed_and_train(addr: &str, examples: Vec<serde_json::Value>) {
             429 if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            status => panic!("feedback answered {status}"),
+            status => panic!("feedback answered {status}: {:?}", r.text().await),
         }
     }
     loop {
@@ -555,15 +555,15 @@ async fn kill_9_under_load_from_several_clients_keeps_every_acknowledged_example
     child.wait().expect("reaped");
 }
 
-/// What the kernel is asked for (Linux): the feedback and trainer threads
-/// at `SCHED_IDLE` and off the lowest-numbered CPU (`request_cpus` 1, when
-/// there are two or more) by default, while the request threads, the log's
-/// fsync thread and the snapshot threads (started later, from those
-/// background threads) keep the request threads' policy, niceness and
-/// CPUs; with `background_policy = "nice"` the feedback threads at
-/// `feedback_nice` instead (the trainers at 0, yet still off that CPU, and
-/// the threads they start on all); with `request_cpus = 0` every thread on
-/// every CPU. Transparent huge pages off for the process unless
+/// What the kernel is asked for (Linux): by default the feedback threads
+/// at `feedback_nice` and the trainers at `trainer_nice` 0, both off the
+/// lowest-numbered CPU (`request_cpus` 1, when there are two or more),
+/// while the request threads, the log's fsync thread and the snapshot
+/// threads (started later, from those background threads) keep the
+/// request threads' policy, niceness and CPUs; with `background_policy =
+/// "idle"` the feedback and trainer threads at `SCHED_IDLE` (the threads
+/// they start still as the request threads); with `request_cpus = 0`
+/// every thread on every CPU. Transparent huge pages off for the process unless
 /// `server.huge_pages`. Read from /proc right after the servers learned
 /// and snapshotted (the snapshot threads outlive a write by 5 s).
 #[cfg(target_os = "linux")]
@@ -631,24 +631,24 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
     type Thread = (String, u32, i32, Vec<usize>);
     let dir = tempfile::tempdir().expect("dir");
     let (mut child, addr, admin) = start_binary(dir.path());
-    let (nice_dir, everywhere_dir) = (
+    let (idle_dir, everywhere_dir) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let (mut nice, nice_addr, nice_admin) = start_binary_with(
-        nice_dir.path(),
+    let (mut idle, idle_addr, idle_admin) = start_binary_with(
+        idle_dir.path(),
         &[
             ("EDDY_SERVER__HUGE_PAGES", "true"),
-            ("EDDY_SERVER__BACKGROUND_POLICY", "nice"),
+            ("EDDY_SERVER__BACKGROUND_POLICY", "idle"),
         ],
     );
     let (mut everywhere, _, _) =
         start_binary_with(everywhere_dir.path(), &[("EDDY_SERVER__REQUEST_CPUS", "0")]);
     let seen = learn(child.id(), &addr, &admin).await;
-    let nice_seen = learn(nice.id(), &nice_addr, &nice_admin).await;
+    let idle_seen = learn(idle.id(), &idle_addr, &idle_admin).await;
     let everywhere_seen = threads_of(everywhere.id());
-    let (off, on) = (thp(&child.id().to_string()), thp(&nice.id().to_string()));
-    for c in [&mut child, &mut nice, &mut everywhere] {
+    let (off, on) = (thp(&child.id().to_string()), thp(&idle.id().to_string()));
+    for c in [&mut child, &mut idle, &mut everywhere] {
         c.kill().expect("kill");
         c.wait().expect("reaped");
     }
@@ -684,33 +684,35 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
         "eddy-spawner",
     ] {
         as_requests(&seen, name);
-        as_requests(&nice_seen, name);
+        as_requests(&idle_seen, name);
     }
-    for name in ["eddy-feedback", "eddy-trainer"] {
-        let t = of(&seen, name);
-        assert!(
-            !t.is_empty()
-                && t.iter()
-                    .all(|(policy, _, cpus)| *policy == IDLE && *cpus == rest),
-            "{name} at SCHED_IDLE, off CPU {}: {seen:?}",
-            all[0]
-        );
-    }
-    // Under "nice", feedback_nice is absolute: 10, or the process's own if
-    // it is higher; the trainers keep the niceness but not the CPU.
-    let feedback = of(&nice_seen, "eddy-feedback");
+    // feedback_nice is absolute: 10, or the process's own if it is
+    // higher; the trainers keep the niceness (0) but not the CPU.
+    let feedback = of(&seen, "eddy-feedback");
     assert!(
         !feedback.is_empty()
             && feedback
                 .iter()
                 .all(|t| *t == (policy, base.max(10), rest.clone())),
-        "{nice_seen:?}"
+        "feedback threads niced, off CPU {}: {seen:?}",
+        all[0]
     );
-    let trainers = of(&nice_seen, "eddy-trainer");
+    let trainers = of(&seen, "eddy-trainer");
     assert!(
         !trainers.is_empty() && trainers.iter().all(|t| *t == (policy, base, rest.clone())),
-        "{nice_seen:?}"
+        "trainers off CPU {}: {seen:?}",
+        all[0]
     );
+    for name in ["eddy-feedback", "eddy-trainer"] {
+        let t = of(&idle_seen, name);
+        assert!(
+            !t.is_empty()
+                && t.iter()
+                    .all(|(policy, _, cpus)| *policy == IDLE && *cpus == rest),
+            "{name} at SCHED_IDLE, off CPU {}: {idle_seen:?}",
+            all[0]
+        );
+    }
     assert!(
         !of(&everywhere_seen, "eddy-feedback").is_empty()
             && !of(&everywhere_seen, "eddy-trainer").is_empty()
