@@ -67,7 +67,7 @@ pub enum ApiError {
     )]
     FeedbackOverloaded,
     #[error(
-        "no feedback thread got through this request within half of server.request_timeout_ms (the feedback threads are busy or get no CPU while predict takes every core, or the request is too large to check in that time); nothing was accepted, retry later"
+        "no feedback thread got through this request within half of server.request_timeout_ms (the feedback threads are busy or get too little CPU while predict takes every core, or the request is too large to check in that time); nothing was accepted, retry later"
     )]
     FeedbackStarved,
     #[error("server is shutting down")]

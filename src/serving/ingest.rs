@@ -5,10 +5,10 @@
 //! A feedback batch of 1,000 examples costs about a millisecond of CPU in
 //! one piece; on the request runtime's few worker threads that piece delays
 //! every predict queued behind it. Here such work runs on a small set of
-//! dedicated threads (`server.feedback_threads`), at a lower OS priority on
-//! Linux (`SCHED_IDLE`, or `server.feedback_nice` with
-//! `server.background_policy = "nice"`: `serving::priority`), so the
-//! scheduler gives the runtime's threads the CPU when a predict arrives. At most
+//! dedicated threads (`server.feedback_threads`), at a lower OS priority
+//! and off the CPU kept for the request threads on Linux
+//! (`server.feedback_nice`, `server.request_cpus`: `serving::priority`), so
+//! a predict finds a core when it arrives. At most
 //! `server.feedback_concurrency` requests are admitted at once (running or
 //! waiting for a thread); a request beyond that is refused before its body
 //! is parsed, so an overload of feedback costs the runtime little more than

@@ -205,7 +205,7 @@ struct Key {
 /// between its check and its claim. The lock is let go every
 /// `PER_HOLD` ids, so a predict inserting into the cache waits for at most
 /// that many, whatever the batch's size and the claiming thread's priority
-/// (a feedback thread at `SCHED_IDLE` may be preempted while it holds it).
+/// (a lower-priority feedback thread may be preempted while it holds it).
 pub struct JoinBatch<'a> {
     cache: &'a JoinCache,
     /// `None` between holds.
