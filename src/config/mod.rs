@@ -113,8 +113,8 @@ pub struct ServerConfig {
     #[serde(default = "default_feedback_concurrency")]
     pub feedback_concurrency: NonZeroUsize,
     /// Niceness of the feedback threads on Linux (0 to 19) under
-    /// `background_policy = "nice"`, so predict's threads win the CPU; 0
-    /// leaves it unchanged.
+    /// `background_policy = "nice"`, a smaller share of a core than the
+    /// request threads'; 0 leaves it unchanged.
     #[serde(default = "default_feedback_nice")]
     pub feedback_nice: i32,
     /// Niceness of the trainer pool's threads on Linux (0 to 19) under

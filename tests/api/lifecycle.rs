@@ -138,8 +138,8 @@ fn start_binary_with(
 }
 
 /// Posts `examples` to `demo` until accepted (202) and waits until the
-/// published version has trained them all. The feedback and trainer
-/// threads run below the request threads and off one CPU: on a busy CI
+/// published version has trained them all. The feedback threads are
+/// niced and, with the trainers, kept off one CPU: on a busy CI
 /// machine the request may be refused 429 (retried under the same
 /// `Idempotency-Key`) and training may wait a while.
 async fn feed_and_train(addr: &str, examples: Vec<serde_json::Value>) {
