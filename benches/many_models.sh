@@ -138,12 +138,15 @@ list_ms() {
 list_bytes=$(curl -s --max-time 10 "http://127.0.0.1:$PORT/v1/models" | wc -c)
 echo "== GET /v1/models: whole $(list_ms "") ms ($((list_bytes / 1024)) KiB), ?limit=100 $(list_ms "?limit=100") ms"
 
-# predict OUT: one predict run over the idle models; fails on any non-2xx.
-predict() {
-  DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/idle wrk -t1 -c"$CONNS" -d"${DURATION}s" \
-    -s benches/wrk/rotate.lua "http://127.0.0.1:$PORT" >"$1"
-  if grep -q "Non-2xx" "$1"; then echo "predict answered errors:" >&2; cat "$1" >&2; exit 1; fi
+# predict_on PATHS PORT OUT: one predict run over the paths listed in
+# $work/PATHS; fails on any non-2xx.
+predict_on() {
+  DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/$1 wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+    -s benches/wrk/rotate.lua "http://127.0.0.1:$2" >"$3"
+  if grep -q "Non-2xx" "$3"; then echo "predict answered errors:" >&2; cat "$3" >&2; exit 1; fi
 }
+# predict OUT: over eddy's idle models.
+predict() { predict_on idle "$PORT" "$1"; }
 if [ "$NOOP" = 1 ]; then
   target=${CARGO_TARGET_DIR:-target}; [[ $target == /* ]] || target=$PWD/$target
   # Transparent huge pages off, as eddy serve turns them off for itself.
@@ -167,10 +170,7 @@ while_fed() {
   "$4" "$5"
   wait "$fb"; fb=
 }
-noop_predict() {
-  DELAY_MS=$PREDICT_DELAY_MS BODY=$work/predict.json PATHS=$work/noop wrk -t1 -c"$CONNS" -d"${DURATION}s" \
-    -s benches/wrk/rotate.lua "http://127.0.0.1:$((PORT + 2))" >"$1"
-}
+noop_predict() { predict_on noop "$((PORT + 2))" "$1"; }
 echo "== predict over the $((MODELS - BUSY)) idle models (PREDICT_DELAY_MS=$PREDICT_DELAY_MS, FEEDBACK_CLIENT=$FEEDBACK_CLIENT): alone, then while $BUSY models take feedback at full rate ($ROUNDS rounds)"
 printf '%-6s %10s %10s %12s %12s %14s %8s %10s %12s %14s\n' round idle_p50 idle_p99 loaded_p50 loaded_p99 accepted_ex/s 429s noop_p99 noop_fed_p99 noop_read_ex/s
 for r in $(seq "$ROUNDS"); do

@@ -699,8 +699,14 @@ fn enqueue(
                 // Once the batch is refused, ids are only checked (for the
                 // answer's list), and what it claimed is given back, so a
                 // concurrent batch naming the same ids is not refused too.
-                // Hex ids are read in either case: the same id twice.
-                let result = if !seen.insert(id.to_ascii_lowercase()) {
+                // Hex ids are read in either case: the same id twice
+                // (eddy issues them in lower case: no copy then).
+                let folded = if id.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(id.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(id)
+                };
+                let result = if !seen.insert(folded) {
                     Err(JoinError::Repeated)
                 } else if errors.is_empty() {
                     joins.claim(id).map(Some)

@@ -100,23 +100,22 @@ impl Gate {
     /// The job's side, before it changes anything: false if its request
     /// was given up (the job must then return without applying).
     pub fn commit(&self) -> bool {
-        match self
-            .0
-            .compare_exchange(OPEN, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(state) => state == COMMITTED,
-        }
+        self.settle(COMMITTED)
     }
 
     /// The request's side: true if the job will apply nothing.
     fn abandon(&self) -> bool {
+        self.settle(ABANDONED)
+    }
+
+    /// Moves an open gate to `to`; true if it is (now or already) there.
+    fn settle(&self, to: u8) -> bool {
         match self
             .0
-            .compare_exchange(OPEN, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => true,
-            Err(state) => state == ABANDONED,
+            Err(state) => state == to,
         }
     }
 

@@ -399,21 +399,30 @@ impl JoinCache {
         self.usage.bytes.store(ring.bytes as u64, Ordering::Relaxed);
     }
 
-    /// Puts released claims back, `PER_HOLD` at a time; `held` is the lock
-    /// if the caller has it.
+    /// Puts released claims back; `held` is the lock if the caller has it.
     fn put_back_all<'a>(&'a self, taken: Vec<Taken>, held: Option<MutexGuard<'a, Ring>>) {
         let mut freed = Vec::new();
+        self.in_holds(taken, held, |ring, t| self.put_back(ring, t, &mut freed));
+        // The features are freed outside the lock.
+        drop(freed);
+    }
+
+    /// Applies `f` to each item under the lock (`held`, or taken here),
+    /// letting it go every `PER_HOLD` items.
+    fn in_holds<'a, T>(
+        &'a self,
+        items: impl IntoIterator<Item = T>,
+        held: Option<MutexGuard<'a, Ring>>,
+        mut f: impl FnMut(&mut Ring, T),
+    ) {
         let mut ring = held.unwrap_or_else(|| self.lock());
-        for (n, t) in taken.into_iter().enumerate() {
+        for (n, item) in items.into_iter().enumerate() {
             if n > 0 && n % PER_HOLD == 0 {
                 drop(ring);
                 ring = self.lock();
             }
-            self.put_back(&mut ring, t, &mut freed);
+            f(&mut ring, item);
         }
-        drop(ring);
-        // The features are freed outside the lock.
-        drop(freed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Ring> {
@@ -551,21 +560,16 @@ impl Claimed<'_> {
     /// (or, overwritten meanwhile, `Unknown`).
     pub fn commit(mut self) {
         let taken = std::mem::take(&mut self.taken);
-        let mut ring = self.cache.lock();
-        for (n, t) in taken.iter().enumerate() {
-            if n > 0 && n % PER_HOLD == 0 {
-                drop(ring);
-                ring = self.cache.lock();
-            }
-            let i = t.key.seq as usize % self.cache.capacity;
+        let capacity = self.cache.capacity;
+        self.cache.in_holds(&taken, None, |ring, t| {
+            let i = t.key.seq as usize % capacity;
             if let Some(slot) = ring.slots.get_mut(i)
                 && slot.key == t.key
                 && matches!(slot.held, Held::Claiming)
             {
                 slot.held = Held::Labelled;
             }
-        }
-        drop(ring);
+        });
         // The features are freed outside the lock.
         drop(taken);
     }

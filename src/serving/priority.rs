@@ -118,15 +118,8 @@ fn keep_cpus_free(n: usize) {
         return;
     }
     let mut left = all;
-    let mut freed = 0;
-    for cpu in 0..CpuSet::MAX_CPU {
-        if freed == n {
-            break;
-        }
-        if left.is_set(cpu) {
-            left.unset(cpu);
-            freed += 1;
-        }
+    for cpu in (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c)).take(n) {
+        left.unset(cpu);
     }
     if let Err(e) = rustix::thread::sched_setaffinity(None, &left) {
         tracing::warn!(

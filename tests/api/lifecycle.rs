@@ -569,9 +569,10 @@ async fn kill_9_under_load_from_several_clients_keeps_every_acknowledged_example
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_background_threads_give_way_and_huge_pages_stay_off() {
-    /// Each thread's name, scheduling policy (stat field 41), niceness
-    /// (field 19) and the CPUs it may run on.
-    fn threads_of(pid: u32) -> Vec<(String, u32, i32, Vec<usize>)> {
+    /// A thread's name, scheduling policy (stat field 41), niceness (field
+    /// 19) and the CPUs it may run on.
+    type Thread = (String, u32, i32, Vec<usize>);
+    fn threads_of(pid: u32) -> Vec<Thread> {
         let mut out = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
             let path = task.expect("task").path();
@@ -628,7 +629,6 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
         assert!(snap["snapshot"]["version"].is_u64(), "{snap}");
         threads_of(pid)
     }
-    type Thread = (String, u32, i32, Vec<usize>);
     let dir = tempfile::tempdir().expect("dir");
     let (mut child, addr, admin) = start_binary(dir.path());
     let (idle_dir, everywhere_dir) = (

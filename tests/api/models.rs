@@ -213,39 +213,16 @@ async fn models_are_added_and_deleted_at_runtime_and_survive_a_restart() {
             || before["probability"].is_number(),
         "{before}"
     );
-    refused(
-        &app,
-        Method::PUT,
-        "tenant-a",
-        Some(table.clone()),
-        (409, "model_exists"),
-    )
-    .await;
-    refused(
-        &app,
-        Method::PUT,
-        "fixed",
-        Some(table.clone()),
-        (409, "model_exists"),
-    )
-    .await;
-    // server.max_models = 2: a third is refused.
-    refused(
-        &app,
-        Method::PUT,
-        "tenant-b",
-        Some(table.clone()),
-        (409, "model_limit"),
-    )
-    .await;
-    refused(
-        &app,
-        Method::DELETE,
-        "fixed",
-        None,
-        (409, "model_in_config"),
-    )
-    .await;
+    // The name taken (at runtime, in the file); server.max_models = 2: a
+    // third is refused; a model of the file cannot be deleted.
+    for (method, model, body, expected) in [
+        (Method::PUT, "tenant-a", Some(&table), (409, "model_exists")),
+        (Method::PUT, "fixed", Some(&table), (409, "model_exists")),
+        (Method::PUT, "tenant-b", Some(&table), (409, "model_limit")),
+        (Method::DELETE, "fixed", None, (409, "model_in_config")),
+    ] {
+        refused(&app, method, model, body.cloned(), expected).await;
+    }
 
     let examples: Vec<Value> = (0..200).map(example).collect();
     let (status, body) = app
