@@ -34,8 +34,12 @@
 # FEEDBACK_CLIENT=idle runs the feedback client at SCHED_IDLE (chrt
 # --idle 0), as if it ran on another machine: on these 2 cores its own CPU
 # (building and sending 150 KB bodies) otherwise competes with predict's
-# client and the request threads, whatever the server does. The default,
-# normal, keeps it at the normal policy.
+# client and the request threads, whatever the server does. Since the
+# kernel does not always pick a woken thread over an idle-class one,
+# FEEDBACK_CLIENT=pinned comes closer to another machine: the client runs
+# on the highest-numbered CPU only (taskset), where eddy's background
+# threads also run, and leaves the others to predict. The default,
+# normal, keeps it at the normal policy on every CPU.
 #
 # BIN=path/to/eddy runs another build (e.g. an older release, with fewer
 # MODELS) through the same steps.
@@ -59,7 +63,8 @@ FEEDBACK_CLIENT=${FEEDBACK_CLIENT:-normal}
 case $FEEDBACK_CLIENT in
   normal) feedback_client=() ;;
   idle) feedback_client=(chrt --idle 0) ;;
-  *) echo "FEEDBACK_CLIENT is normal or idle" >&2; exit 2 ;;
+  pinned) feedback_client=(taskset -c "$(python3 -c 'import os; print(max(os.sched_getaffinity(0)))')") ;;
+  *) echo "FEEDBACK_CLIENT is normal, idle or pinned" >&2; exit 2 ;;
 esac
 PORT=${PORT:-18391}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}

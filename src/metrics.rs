@@ -396,6 +396,7 @@ pub struct ListenerFamilies {
     protocol_errors: Family<ProtocolErrorLabels, Counter>,
     connections: Family<ListenerLabel, Gauge>,
     idle_closed: Family<ListenerLabel, Counter>,
+    feedback_lane: Family<ListenerLabel, Counter>,
 }
 
 /// One listener's instruments, resolved once so that counting allocates
@@ -409,6 +410,9 @@ pub struct ListenerInstruments {
     pub connections: Gauge,
     /// Keep-alive connections closed after `idle_timeout_ms`.
     pub idle_closed: Counter,
+    /// Connections served on the feedback I/O threads
+    /// (`http::listener::lane`).
+    pub feedback_lane: Counter,
 }
 
 impl ListenerFamilies {
@@ -434,11 +438,17 @@ impl ListenerFamilies {
             "http_idle_closed",
             "Keep-alive connections closed after idle_timeout_ms, by listener",
         );
+        let feedback_lane = counters(
+            registry,
+            "http_feedback_lane_connections",
+            "Connections whose first request posted feedback, served on the feedback I/O threads (server.feedback_io_threads), by listener",
+        );
         Self {
             refusals,
             protocol_errors,
             connections,
             idle_closed,
+            feedback_lane,
         }
     }
 
@@ -468,6 +478,10 @@ impl ListenerFamilies {
                 .clone(),
             idle_closed: self
                 .idle_closed
+                .get_or_create(&ListenerLabel { listener })
+                .clone(),
+            feedback_lane: self
+                .feedback_lane
                 .get_or_create(&ListenerLabel { listener })
                 .clone(),
         }

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenerLimits, ModelConfig};
 use crate::http::admin::{ADMIN_PROBES, AdminState, admin_router};
-use crate::http::listener::{CertFiles, Listener, connection_room};
+use crate::http::listener::{CertFiles, FeedbackLane, Listener, connection_room};
 use crate::http::refusals::Refusals;
 use crate::http::{AppState, PUBLIC_PROBES, is_feedback, protect, public_router};
 use crate::learn::guard::Schema;
@@ -63,6 +63,9 @@ pub struct App {
     /// pool of `server.trainer_threads`), and their changes at runtime.
     catalog: Arc<Catalog>,
     shutdown: CancellationToken,
+    /// The threads that serve connections starting with a feedback post
+    /// (`server.feedback_io_threads`); dropped after the listener.
+    lane: Option<FeedbackLane>,
 }
 
 impl App {
@@ -108,6 +111,12 @@ impl App {
         let max_batch_instances = config.server.max_batch_instances.get();
         let ingest = IngestPool::start(config.server.ingest_options())
             .context("cannot start the feedback threads")?;
+        let lane = config
+            .server
+            .feedback_lane()
+            .map(|(threads, priority)| FeedbackLane::start(threads, priority))
+            .transpose()
+            .context("cannot start the feedback I/O threads")?;
         let sources = FeedbackSources::new(&config);
         let shutdown = CancellationToken::new();
         let pool = TrainerPool::new(
@@ -138,6 +147,7 @@ impl App {
             trainers,
             catalog,
             shutdown,
+            lane,
         })
     }
 
@@ -220,6 +230,7 @@ impl App {
             public_refusals,
             self.public_tls,
         )
+        .with_lane(self.lane.as_ref().and_then(FeedbackLane::handle))
         .serve(service, shutdown.clone());
         tokio::pin!(server);
         tokio::select! {

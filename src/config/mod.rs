@@ -51,7 +51,7 @@ const MAX_FEATURES_PER_EXAMPLE: usize = 1 << 20;
 pub const REPLAY_ENTRY_SLACK: usize = 1024;
 
 /// Most feedback or trainer threads (`server.feedback_threads`,
-/// `server.trainer_threads`); far beyond any core count that helps.
+/// `server.feedback_io_threads`, `server.trainer_threads`); far beyond any core count that helps.
 const MAX_FEEDBACK_THREADS: usize = 1024;
 
 /// Most classes a model may have.
@@ -102,6 +102,12 @@ pub struct ServerConfig {
     /// request runtime (`serving::ingest`); 0: one per CPU core.
     #[serde(default)]
     pub feedback_threads: usize,
+    /// Threads that serve the connections whose first request posts
+    /// feedback (`http::listener::lane`), at the feedback threads'
+    /// priority and off `request_cpus`, so reading feedback bodies keeps
+    /// off the request threads; 0 serves them on the request threads.
+    #[serde(default = "default_feedback_io_threads")]
+    pub feedback_io_threads: usize,
     /// Threads of the trainer pool, which every model's trainer shares
     /// (`serving::trainer`: a model with nothing queued uses none); 0: one
     /// per CPU core.
@@ -476,6 +482,9 @@ fn default_feedback_concurrency() -> NonZeroUsize {
 fn default_request_cpus() -> usize {
     1
 }
+fn default_feedback_io_threads() -> usize {
+    1
+}
 fn default_feedback_nice() -> i32 {
     10
 }
@@ -752,6 +761,13 @@ impl ServerConfig {
             // request times out with an unknown outcome.
             start_within: Duration::from_millis(self.request_timeout_ms / 2),
         }
+    }
+
+    /// The feedback lane's threads and what they run at (the feedback
+    /// threads' priority); `None` when `feedback_io_threads = 0`.
+    pub fn feedback_lane(&self) -> Option<(usize, crate::serving::priority::Background)> {
+        (self.feedback_io_threads > 0)
+            .then(|| (self.feedback_io_threads, self.ingest_options().priority))
     }
 
     /// What the trainer pool's threads run at.
@@ -1118,11 +1134,19 @@ impl Config {
         }
         validate_listener("server", &self.server.limits(), self.server.tls.as_ref())?;
         validate_listener("admin", &self.admin.limits(), self.admin.tls.as_ref())?;
-        if self.server.feedback_threads > MAX_FEEDBACK_THREADS {
-            return Err(invalid(
-                "server.feedback_threads".into(),
-                &format!("must be at most {MAX_FEEDBACK_THREADS}"),
-            ));
+        for (key, threads) in [
+            ("server.feedback_threads", self.server.feedback_threads),
+            (
+                "server.feedback_io_threads",
+                self.server.feedback_io_threads,
+            ),
+        ] {
+            if threads > MAX_FEEDBACK_THREADS {
+                return Err(invalid(
+                    key.into(),
+                    &format!("must be at most {MAX_FEEDBACK_THREADS}"),
+                ));
+            }
         }
         // The file's models only: those added at runtime are served
         // whatever the limit became since (it bounds further adds).
@@ -1599,6 +1623,11 @@ mod tests {
                 "[server]\ntrainer_threads = 100000",
                 &[],
                 "server.trainer_threads",
+            ),
+            (
+                "[server]\nfeedback_io_threads = 100000",
+                &[],
+                "server.feedback_io_threads",
             ),
             (
                 "[server]\nbackground_policy = \"realtime\"",

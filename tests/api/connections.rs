@@ -3,8 +3,10 @@
 //! an oversized `Content-Length` gets the JSON 413 at once, slow bodies
 //! get the JSON 408, dripped headers and idle keep-alive connections are
 //! closed, connections beyond `max_connections` are refused, protocol
-//! errors get hyper's status and are counted, and TLS certificates are
-//! served and reloaded. Every refusal shows in the metrics.
+//! errors get hyper's status and are counted, connections that start by
+//! posting feedback are served on the feedback I/O threads, and TLS
+//! certificates are served and reloaded. Every refusal shows in the
+//! metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -223,6 +225,73 @@ async fn oversized_and_slow_bodies_get_json_errors() {
     assert_eq!(refusals(&app, "public", "payload_too_large").await, 2.0);
     assert_eq!(refusals(&app, "public", "body_timeout").await, 1.0);
     app.stop().await.expect("clean stop");
+}
+
+/// A request on a connection the server keeps open; `last` asks it to
+/// close after answering.
+fn request(path: &str, body: &Value, last: bool) -> Vec<u8> {
+    let body = body.to_string();
+    let close = if last { "Connection: close\r\n" } else { "" };
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{close}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The statuses of the answers a connection got, in order.
+async fn statuses(addr: SocketAddr, requests: &[Vec<u8>]) -> Vec<u16> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    for r in requests {
+        s.write_all(r).await.expect("write");
+    }
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut all)).await;
+    assert!(
+        read.is_ok(),
+        "the server did not close after the last answer"
+    );
+    String::from_utf8_lossy(&all)
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| all.get(i + 9..i + 12))
+        .filter_map(|code| std::str::from_utf8(code).ok()?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_start_with_feedback_are_served_on_the_feedback_threads() {
+    let lane = |text: &str| {
+        sample(
+            text,
+            "eddy_http_feedback_lane_connections_total{listener=\"public\"}",
+        )
+    };
+    let feedback = json!({ "features": { "x": 1.0 }, "label": 1 });
+    let predict = json!({ "features": { "x": 1.0 } });
+    let feedback_first = [
+        request("/v1/models/demo/feedback", &feedback, false),
+        request("/v1/models/demo/predict", &predict, false),
+        request("/v1/models/nope/feedback", &feedback, true),
+    ];
+    let predict_first = [
+        request("/v1/models/demo/predict", &predict, false),
+        request("/v1/models/demo/feedback", &feedback, true),
+    ];
+    for threads in [1, 0] {
+        let app = spawn_with("", |c| c.server.feedback_io_threads = threads).await;
+        let expected = if threads > 0 { 1.0 } else { 0.0 };
+        // Every request is answered wherever its connection is served,
+        // later ones included (keep-alive, in order).
+        assert_eq!(statuses(app.addr, &feedback_first).await, [202, 200, 404]);
+        assert_eq!(lane(&scrape(&app).await), expected);
+        assert_eq!(statuses(app.addr, &predict_first).await, [200, 202]);
+        assert_eq!(
+            lane(&scrape(&app).await),
+            expected,
+            "a connection that starts with a predict stays where it was accepted"
+        );
+        app.stop().await.expect("clean stop");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -689,6 +689,12 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
     // feedback_nice is absolute: 10, or the process's own if it is
     // higher; the trainers keep the niceness (0) but not the CPU.
     let feedback = of(&seen, "eddy-feedback");
+    // The feedback lane's threads (`eddy-feedback-io`, the name cut to 15
+    // bytes) among them.
+    assert!(
+        !of(&seen, "eddy-feedback-i").is_empty(),
+        "feedback I/O threads: {seen:?}"
+    );
     assert!(
         !feedback.is_empty()
             && feedback

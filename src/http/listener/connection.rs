@@ -47,6 +47,30 @@ use crate::metrics::{ProtocolError, Refusal};
 /// head.
 const MAX_HEAD_BYTES: usize = 96 << 10;
 
+/// An accepted connection's place under `max_connections`, counted in
+/// the open-connection gauge from accept to close, wherever it is served.
+pub(super) struct Place {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Place {
+    pub fn take(permit: OwnedSemaphorePermit, refusals: &Refusals) -> Self {
+        let open = refusals.instruments().connections.clone();
+        open.inc();
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// What every connection of a listener shares.
 pub(super) struct Connection {
     pub limits: ListenerLimits,
@@ -54,24 +78,23 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Serves one accepted connection to its end; `_permit` is its place
+    /// Serves one accepted connection to its end; `_place` is its place
     /// under `max_connections`, given back when it closes.
     pub async fn serve<S>(
         self: Arc<Self>,
         stream: TcpStream,
+        accepted: Instant,
         tls: Option<TlsAcceptor>,
         service: S,
         shutdown: CancellationToken,
-        _permit: OwnedSemaphorePermit,
+        _place: Place,
     ) where
         S: HttpService,
     {
-        let gauge = self.refusals.instruments().connections.clone();
-        gauge.inc();
         // Answers are written whole; waiting for more would add latency.
         let _ = stream.set_nodelay(true);
         match tls {
-            None => self.http(stream, service, &shutdown).await,
+            None => self.http(stream, accepted, service, &shutdown).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
@@ -96,19 +119,18 @@ impl Connection {
                     },
                 };
                 if let Some(stream) = stream {
-                    self.http(stream, service, &shutdown).await;
+                    self.http(stream, accepted, service, &shutdown).await;
                 }
             }
         }
-        gauge.dec();
     }
 
-    async fn http<IO, S>(&self, io: IO, service: S, shutdown: &CancellationToken)
+    async fn http<IO, S>(&self, io: IO, accepted: Instant, service: S, shutdown: &CancellationToken)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService,
     {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(accepted));
         let io = TokioIo::new(Watched {
             inner: io,
             activity: activity.clone(),
@@ -198,13 +220,13 @@ struct Activity {
 }
 
 impl Activity {
-    /// A new connection is on the head deadline from the start, as nginx's
-    /// `client_header_timeout`: one that sends nothing (or stops after its
-    /// TLS handshake) is closed after `header_read_timeout_ms`, not the
-    /// longer idle timeout.
-    fn new() -> Self {
+    /// A new connection is on the head deadline from the start (`opened`,
+    /// when it was accepted), as nginx's `client_header_timeout`: one that
+    /// sends nothing (or stops after its TLS handshake) is closed after
+    /// `header_read_timeout_ms`, not the longer idle timeout.
+    fn new(opened: Instant) -> Self {
         Self {
-            opened: Instant::now(),
+            opened,
             state: AtomicU64::new(Phase::Head as u64),
             changed: Notify::new(),
         }

@@ -16,16 +16,18 @@
 //! reading, concurrency and request timeouts.
 
 mod connection;
+pub mod lane;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +35,9 @@ use tokio_util::task::TaskTracker;
 use super::refusals::Refusals;
 use crate::config::ListenerLimits;
 use crate::metrics::Refusal;
-use connection::Connection;
+use connection::{Connection, Place};
+pub use lane::FeedbackLane;
+use lane::FirstRequest;
 pub use tls::CertFiles;
 
 /// What a listener serves: the protected router, cloned per connection.
@@ -71,6 +75,9 @@ pub struct Listener {
     limits: ListenerLimits,
     refusals: Refusals,
     tls: Option<Arc<CertFiles>>,
+    /// Where plain-text connections that start by posting feedback are
+    /// served (`lane`); `None`: every connection where it was accepted.
+    lane: Option<Handle>,
 }
 
 impl Listener {
@@ -85,7 +92,15 @@ impl Listener {
             limits,
             refusals,
             tls,
+            lane: None,
         }
+    }
+
+    /// Serves connections whose first request posts feedback on `lane`'s
+    /// runtime (plain-text connections only).
+    pub fn with_lane(mut self, lane: Option<Handle>) -> Self {
+        self.lane = lane;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -103,6 +118,7 @@ impl Listener {
             limits,
             refusals,
             tls,
+            lane,
         } = self;
         let connections = TaskTracker::new();
         if let Some(files) = &tls {
@@ -138,17 +154,90 @@ impl Listener {
                 drop(stream);
                 continue;
             };
-            connections.spawn(setup.clone().serve(
-                stream,
-                acceptor.clone(),
-                service.clone(),
-                shutdown.clone(),
-                permit,
-            ));
+            let accepted = Instant::now();
+            let place = Place::take(permit, &refusals);
+            match (&lane, &acceptor) {
+                (Some(lane), None) => connections.spawn(steer(
+                    setup.clone(),
+                    stream,
+                    accepted,
+                    Lane {
+                        runtime: lane.clone(),
+                        connections: connections.clone(),
+                    },
+                    service.clone(),
+                    shutdown.clone(),
+                    place,
+                )),
+                _ => connections.spawn(setup.clone().serve(
+                    stream,
+                    accepted,
+                    acceptor.clone(),
+                    service.clone(),
+                    shutdown.clone(),
+                    place,
+                )),
+            };
         }
         drop(tcp);
         connections.close();
         connections.wait().await;
+    }
+}
+
+/// The lane's runtime and the tracker its connections join.
+struct Lane {
+    runtime: Handle,
+    connections: TaskTracker,
+}
+
+/// Serves a plain-text connection on the lane if its first request posts
+/// feedback, else here.
+async fn steer<S: HttpService>(
+    setup: Arc<Connection>,
+    stream: TcpStream,
+    accepted: Instant,
+    lane: Lane,
+    service: S,
+    shutdown: CancellationToken,
+    place: Place,
+) {
+    let deadline = accepted + setup.limits.header_read_timeout;
+    match lane::first_request(&stream, deadline, &shutdown).await {
+        FirstRequest::Feedback => {
+            // Deregistered from this runtime's reactor, registered with
+            // the lane's once there; the bytes peeked stay in the socket.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot move a feedback connection to its threads");
+                    return;
+                }
+            };
+            setup.refusals.instruments().feedback_lane.inc();
+            lane.connections.spawn_on(
+                async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            setup
+                                .serve(stream, accepted, None, service, shutdown, place)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot serve a feedback connection on its threads")
+                        }
+                    }
+                },
+                &lane.runtime,
+            );
+        }
+        FirstRequest::Other => {
+            setup
+                .serve(stream, accepted, None, service, shutdown, place)
+                .await
+        }
+        FirstRequest::TimedOut => setup.refusals.refuse(Refusal::HeaderTimeout),
+        FirstRequest::Gone | FirstRequest::Shutdown => {}
     }
 }
 
