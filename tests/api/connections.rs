@@ -227,35 +227,47 @@ async fn oversized_and_slow_bodies_get_json_errors() {
     app.stop().await.expect("clean stop");
 }
 
-/// A request on a connection the server keeps open; `last` asks it to
-/// close after answering.
-fn request(path: &str, body: &Value, last: bool) -> Vec<u8> {
+/// A keep-alive request posting `body` to `path`.
+fn request(path: &str, body: &Value) -> Vec<u8> {
     let body = body.to_string();
-    let close = if last { "Connection: close\r\n" } else { "" };
     format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{close}Content-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
 }
 
-/// The statuses of the answers a connection got, in order.
-async fn statuses(addr: SocketAddr, requests: &[Vec<u8>]) -> Vec<u16> {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    for r in requests {
-        s.write_all(r).await.expect("write");
-    }
-    let mut all = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut all)).await;
-    assert!(
-        read.is_ok(),
-        "the server did not close after the last answer"
-    );
-    String::from_utf8_lossy(&all)
-        .match_indices("HTTP/1.1 ")
-        .filter_map(|(i, _)| all.get(i + 9..i + 12))
-        .filter_map(|code| std::str::from_utf8(code).ok()?.parse().ok())
-        .collect()
+/// Sends one request and reads its answer whole (by `Content-Length`):
+/// the status, and whether it says `Connection: close`.
+async fn one(s: &mut TcpStream, bytes: &[u8]) -> (u16, bool) {
+    s.write_all(bytes).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answered = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let answer = Answer {
+                    status: text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
+                    head: text[..end].to_owned(),
+                    body: Vec::new(),
+                };
+                let length: usize = answer
+                    .header("content-length")
+                    .and_then(|n| n.parse().ok())
+                    .expect("content-length");
+                if buf.len() >= end + 4 + length {
+                    let close = answer.header("connection").as_deref() == Some("close");
+                    return (answer.status, close);
+                }
+            }
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before the answer: {text:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    answered.expect("an answer in time")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,30 +278,56 @@ async fn connections_that_start_with_feedback_are_served_on_the_feedback_threads
             "eddy_http_feedback_lane_connections_total{listener=\"public\"}",
         )
     };
-    let feedback = json!({ "features": { "x": 1.0 }, "label": 1 });
-    let predict = json!({ "features": { "x": 1.0 } });
-    let feedback_first = [
-        request("/v1/models/demo/feedback", &feedback, false),
-        request("/v1/models/demo/predict", &predict, false),
-        request("/v1/models/nope/feedback", &feedback, true),
-    ];
-    let predict_first = [
-        request("/v1/models/demo/predict", &predict, false),
-        request("/v1/models/demo/feedback", &feedback, true),
-    ];
+    let feedback = request(
+        "/v1/models/demo/feedback",
+        &json!({ "features": { "x": 1.0 }, "label": 1 }),
+    );
+    let predict = request(
+        "/v1/models/demo/predict",
+        &json!({ "features": { "x": 1.0 } }),
+    );
     for threads in [1, 0] {
-        let app = spawn_with("", |c| c.server.feedback_io_threads = threads).await;
-        let expected = if threads > 0 { 1.0 } else { 0.0 };
-        // Every request is answered wherever its connection is served,
-        // later ones included (keep-alive, in order).
-        assert_eq!(statuses(app.addr, &feedback_first).await, [202, 200, 404]);
-        assert_eq!(lane(&scrape(&app).await), expected);
-        assert_eq!(statuses(app.addr, &predict_first).await, [200, 202]);
+        let app = spawn_with("", |c| {
+            c.server.feedback_io_threads = threads;
+            c.server.header_read_timeout_ms = 300;
+        })
+        .await;
+        let on = threads > 0;
+        let steered = if on { 1.0 } else { 0.0 };
+        // Started with feedback: on the lane, kept open for feedback; a
+        // predict there is answered, then the connection is closed (a
+        // keep-alive pool reopens one, steered again).
+        let mut s = TcpStream::connect(app.addr).await.expect("connect");
+        assert_eq!(one(&mut s, &feedback).await, (202, false));
+        assert_eq!(one(&mut s, &feedback).await, (202, false));
+        assert_eq!(one(&mut s, &predict).await, (200, on));
+        if on {
+            assert!(closed_by_server(&mut s, PATIENCE).await);
+        }
+        assert_eq!(lane(&scrape(&app).await), steered);
+        // Started with a predict: where it was accepted, closed after a
+        // feedback when the lane runs.
+        let mut s = TcpStream::connect(app.addr).await.expect("connect");
+        assert_eq!(one(&mut s, &predict).await, (200, false));
+        assert_eq!(one(&mut s, &predict).await, (200, false));
+        assert_eq!(one(&mut s, &feedback).await, (202, on));
         assert_eq!(
             lane(&scrape(&app).await),
-            expected,
+            steered,
             "a connection that starts with a predict stays where it was accepted"
         );
+        // A feedback head that stops after its request line is closed at
+        // the head deadline, counted once, wherever it is served.
+        let mut s = TcpStream::connect(app.addr).await.expect("connect");
+        s.write_all(b"POST /v1/models/demo/feedback HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        assert!(
+            closed_by_server(&mut s, PATIENCE).await,
+            "dripped head kept"
+        );
+        assert_eq!(refusals(&app, "public", "header_timeout").await, 1.0);
+        assert_eq!(lane(&scrape(&app).await), 2.0 * steered);
         app.stop().await.expect("clean stop");
     }
 }

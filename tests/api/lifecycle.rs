@@ -709,8 +709,13 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
         "trainers off CPU {}: {seen:?}",
         all[0]
     );
+    const LANE: &str = "eddy-feedback-i";
     for name in ["eddy-feedback", "eddy-trainer"] {
-        let t = of(&idle_seen, name);
+        let t: Vec<_> = idle_seen
+            .iter()
+            .filter(|(n, ..)| n.starts_with(name) && n != LANE)
+            .map(|(_, policy, nice, cpus)| (*policy, *nice, cpus.clone()))
+            .collect();
         assert!(
             !t.is_empty()
                 && t.iter()
@@ -719,6 +724,16 @@ async fn the_background_threads_give_way_and_huge_pages_stay_off() {
             all[0]
         );
     }
+    // The lane is niced, never idle: a SCHED_IDLE lane would leave its
+    // connections unanswered (not even a 429) while predict takes every core.
+    let lane = of(&idle_seen, LANE);
+    assert!(
+        !lane.is_empty()
+            && lane
+                .iter()
+                .all(|t| *t == (policy, base.max(10), rest.clone())),
+        "the feedback lane niced under the idle policy: {idle_seen:?}"
+    );
     assert!(
         !of(&everywhere_seen, "eddy-feedback").is_empty()
             && !of(&everywhere_seen, "eddy-trainer").is_empty()

@@ -36,7 +36,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use axum::http::HeaderValue;
+use axum::http::header::CONNECTION;
+use axum::response::Response;
+
 use super::HttpService;
+use super::lane::Keep;
 use crate::config::ListenerLimits;
 use crate::http::refusals::Refusals;
 use crate::metrics::{ProtocolError, Refusal};
@@ -80,10 +85,15 @@ pub(super) struct Connection {
 impl Connection {
     /// Serves one accepted connection to its end; `_place` is its place
     /// under `max_connections`, given back when it closes.
+    /// `accepted` starts the head deadline of a plain-text connection;
+    /// `keep` is what it stays open for (`lane::Keep`; a TLS connection
+    /// stays open for every request).
+    #[allow(clippy::too_many_arguments)]
     pub async fn serve<S>(
         self: Arc<Self>,
         stream: TcpStream,
         accepted: Instant,
+        keep: Keep,
         tls: Option<TlsAcceptor>,
         service: S,
         shutdown: CancellationToken,
@@ -94,7 +104,7 @@ impl Connection {
         // Answers are written whole; waiting for more would add latency.
         let _ = stream.set_nodelay(true);
         match tls {
-            None => self.http(stream, accepted, service, &shutdown).await,
+            None => self.http(stream, accepted, keep, service, &shutdown).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream));
@@ -119,14 +129,23 @@ impl Connection {
                     },
                 };
                 if let Some(stream) = stream {
-                    self.http(stream, accepted, service, &shutdown).await;
+                    // The handshake had its own deadline; the head's
+                    // starts now.
+                    self.http(stream, Instant::now(), Keep::All, service, &shutdown)
+                        .await;
                 }
             }
         }
     }
 
-    async fn http<IO, S>(&self, io: IO, accepted: Instant, service: S, shutdown: &CancellationToken)
-    where
+    async fn http<IO, S>(
+        &self,
+        io: IO,
+        accepted: Instant,
+        keep: Keep,
+        service: S,
+        shutdown: &CancellationToken,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService,
     {
@@ -138,6 +157,7 @@ impl Connection {
         let service = TowerToHyperService::new(Tracked {
             inner: service,
             activity: activity.clone(),
+            keep,
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -358,16 +378,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 }
 
 /// The service, marking the connection busy from a request's head to its
-/// answer.
+/// answer, and closing it after a request of the kind it does not keep.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    keep: Keep,
 }
 
 impl<S> tower::Service<axum::http::Request<Incoming>> for Tracked<S>
 where
-    S: tower::Service<axum::http::Request<Incoming>, Future: Unpin>,
+    S: tower::Service<axum::http::Request<Incoming>, Response = Response, Future: Unpin>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -379,9 +400,13 @@ where
 
     fn call(&mut self, request: axum::http::Request<Incoming>) -> Self::Future {
         self.activity.busy();
+        let close = self
+            .keep
+            .closes_after(request.method(), request.uri().path());
         TrackedFuture {
             inner: self.inner.call(request),
             activity: self.activity.clone(),
+            close,
         }
     }
 }
@@ -389,13 +414,25 @@ where
 struct TrackedFuture<F> {
     inner: F,
     activity: Arc<Activity>,
+    close: bool,
 }
 
-impl<F: Future + Unpin> Future for TrackedFuture<F> {
+impl<F, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let output = ready!(Pin::new(&mut self.inner).poll(cx));
+        let mut output = ready!(Pin::new(&mut self.inner).poll(cx));
+        if self.close
+            && let Ok(response) = &mut output
+        {
+            // hyper ends the connection once this answer is written.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         self.activity.idle();
         Poll::Ready(output)
     }

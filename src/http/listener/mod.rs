@@ -11,7 +11,9 @@
 //! returns once every connection has ended (`App::run` bounds the wait by
 //! `server.shutdown_grace_ms`).
 //!
-//! All HTTP parsing is hyper's; nothing here reads HTTP bytes. Requests go
+//! All HTTP parsing is hyper's; the only bytes read here are the first
+//! request line of a new plain-text connection, peeked without consuming
+//! them, to steer a feedback connection to its own threads (`lane`). Requests go
 //! to the service `http::protect` built (`Admission`), which owns body
 //! reading, concurrency and request timeouts.
 
@@ -34,10 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use super::refusals::Refusals;
 use crate::config::ListenerLimits;
-use crate::metrics::Refusal;
+use crate::metrics::{ProtocolError, Refusal};
 use connection::{Connection, Place};
 pub use lane::FeedbackLane;
-use lane::FirstRequest;
+use lane::{FirstRequest, Keep};
 pub use tls::CertFiles;
 
 /// What a listener serves: the protected router, cloned per connection.
@@ -172,6 +174,7 @@ impl Listener {
                 _ => connections.spawn(setup.clone().serve(
                     stream,
                     accepted,
+                    Keep::All,
                     acceptor.clone(),
                     service.clone(),
                     shutdown.clone(),
@@ -214,13 +217,21 @@ async fn steer<S: HttpService>(
                     return;
                 }
             };
-            setup.refusals.instruments().feedback_lane.inc();
             lane.connections.spawn_on(
                 async move {
                     match TcpStream::from_std(stream) {
                         Ok(stream) => {
+                            setup.refusals.instruments().feedback_lane.inc();
                             setup
-                                .serve(stream, accepted, None, service, shutdown, place)
+                                .serve(
+                                    stream,
+                                    accepted,
+                                    Keep::Feedback,
+                                    None,
+                                    service,
+                                    shutdown,
+                                    place,
+                                )
                                 .await
                         }
                         Err(e) => {
@@ -231,13 +242,25 @@ async fn steer<S: HttpService>(
                 &lane.runtime,
             );
         }
-        FirstRequest::Other => {
+        // A request that arrived as shutdown began is still answered
+        // (hyper's graceful shutdown serves a new connection's first
+        // request, then closes), here rather than on the lane.
+        FirstRequest::Other | FirstRequest::Shutdown => {
             setup
-                .serve(stream, accepted, None, service, shutdown, place)
+                .serve(
+                    stream,
+                    accepted,
+                    Keep::Others,
+                    None,
+                    service,
+                    shutdown,
+                    place,
+                )
                 .await
         }
         FirstRequest::TimedOut => setup.refusals.refuse(Refusal::HeaderTimeout),
-        FirstRequest::Gone | FirstRequest::Shutdown => {}
+        FirstRequest::Failed(e) => setup.refusals.protocol_error(ProtocolError::Incomplete, &e),
+        FirstRequest::Gone => {}
     }
 }
 
